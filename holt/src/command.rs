@@ -1,0 +1,151 @@
+//! The replicated command: what goes into the Raft log.
+//!
+//! This is an on-disk format. `LogPayload` is versioned; never reorder or
+//! remove enum variants or fields of a released version: add a new version.
+//! Values the leader decides (the time, the request id) live only here, so
+//! `apply` never reads a clock.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Epoch, InodeId, RequestId};
+
+/// Where a namespace entry lives: an absolute path, or a name in a directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryRef {
+    /// An absolute path such as `/a/b`. Intermediate symlinks are followed,
+    /// the final component is not.
+    Path(String),
+    /// `name` inside directory `parent`.
+    Child { parent: InodeId, name: String },
+}
+
+/// Which inode an operation addresses: a path (final symlink not followed) or an id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InodeRef {
+    Path(String),
+    Id(InodeId),
+}
+
+/// How `rename` treats an existing destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// POSIX `rename(2)`: replace a compatible destination (a file by a
+    /// non-directory, an empty directory by a directory).
+    Replace,
+    /// `RENAME_NOREPLACE`: fail with `AlreadyExists` if the destination exists.
+    NoReplace,
+}
+
+/// `setxattr` flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrFlag {
+    /// Create or replace.
+    Upsert,
+    /// `XATTR_CREATE`: fail with `AlreadyExists` if present.
+    Create,
+    /// `XATTR_REPLACE`: fail with `NoData` if absent.
+    Replace,
+}
+
+/// Attribute changes; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime_ns: Option<u64>,
+}
+
+/// One namespace mutation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a directory. With `parents` (only for `EntryRef::Path`), missing
+    /// ancestors are created and an existing directory at the path is success.
+    Mkdir {
+        at: EntryRef,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        parents: bool,
+    },
+    /// Create an empty regular file; `AlreadyExists` if the name is taken.
+    Create {
+        at: EntryRef,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        at: EntryRef,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+    /// Hard link an existing non-directory inode under a new name.
+    Link {
+        inode: InodeRef,
+        at: EntryRef,
+    },
+    /// Remove a non-directory entry.
+    Unlink {
+        at: EntryRef,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        at: EntryRef,
+    },
+    Rename {
+        from: EntryRef,
+        to: EntryRef,
+        mode: RenameMode,
+    },
+    SetAttr {
+        inode: InodeRef,
+        set: SetAttr,
+    },
+    SetXattr {
+        inode: InodeRef,
+        name: String,
+        value: Vec<u8>,
+        flag: XattrFlag,
+    },
+    RemoveXattr {
+        inode: InodeRef,
+        name: String,
+    },
+}
+
+/// One client mutation as replicated: the op plus everything the leader
+/// decided about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Dedupe key: a retried request with the same id returns the first result.
+    pub request_id: RequestId,
+    /// The epoch the client routed under; `None` skips the check.
+    pub epoch: Option<Epoch>,
+    /// Leader wall-clock time in ns since the Unix epoch, used for mtime/ctime.
+    pub time_ns: u64,
+    pub op: Op,
+}
+
+/// The payload of one Raft log entry: a group-committed batch of commands,
+/// applied in order. Versioned because it is stored on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogPayload {
+    V1(Vec<Command>),
+}
+
+impl LogPayload {
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            LogPayload::V1(c) => c,
+        }
+    }
+}
+
+impl std::fmt::Display for LogPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch({} commands)", self.commands().len())
+    }
+}

@@ -1,0 +1,349 @@
+//! The state machine: one shard's namespace, [`Holt::apply`] and [`Holt::query`].
+//!
+//! Everything here is deterministic. State lives in `BTreeMap`s and a
+//! `VecDeque` (never a `HashMap`, whose iteration order differs between
+//! processes), `apply` reads no clock (times come in the command), and every
+//! failure is a typed [`FsError`] that is itself a replicated result.
+//!
+//! `apply` is also total: it must not panic on any command, however
+//! malformed, because a panic in the state machine would take down every
+//! replica applying the same log entry. Every operation therefore checks all
+//! of its preconditions before it mutates anything, so an operation either
+//! happens completely or not at all.
+//!
+//! Layout of the submodules:
+//! - `resolve`: path and reference resolution (symlinks, `..` in targets);
+//! - `ops`: one function per mutation;
+//! - `read`: the read-only queries;
+//! - `invariants`: the structural checks run on a decoded image.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, EntryRef, InodeRef, Op};
+use crate::error::FsError;
+use crate::path::{
+    split_path, validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
+};
+use crate::types::{Attr, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId};
+
+mod invariants;
+mod ops;
+mod read;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+/// Static configuration of one engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoltConfig {
+    /// The shard this engine holds; every inode id it allocates carries it.
+    pub shard: ShardId,
+    /// How many request outcomes the dedupe table remembers (oldest evicted
+    /// first). 0 disables deduplication.
+    pub dedupe_capacity: usize,
+}
+
+impl Default for HoltConfig {
+    fn default() -> Self {
+        HoltConfig {
+            shard: ShardId(0),
+            dedupe_capacity: 100_000,
+        }
+    }
+}
+
+/// What a successful mutation returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// The attributes of the created or changed inode.
+    Attr(Attr),
+    /// The mutation succeeded and has nothing to report.
+    Done,
+}
+
+/// The replicated result of one command.
+pub type Outcome = Result<Applied, FsError>;
+
+/// Counters describing an engine, for metrics and tests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub inodes: u64,
+    pub dentries: u64,
+    pub dedupe_entries: u64,
+    /// The shard-local number the next new inode will get.
+    pub next_inode: u64,
+    pub epoch: Epoch,
+    pub last_applied: LogIndex,
+}
+
+/// One inode and everything attached to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InodeRecord {
+    pub(crate) attr: Attr,
+    /// The target, for symlinks only.
+    pub(crate) symlink_target: Option<String>,
+    pub(crate) xattrs: BTreeMap<String, Vec<u8>>,
+    /// The containing directory, for directories only (a directory has
+    /// exactly one name). Needed to resolve `..` in symlink targets and to
+    /// refuse moving a directory into its own subtree. The root points to itself.
+    pub(crate) parent: Option<InodeId>,
+}
+
+/// The metadata engine of one shard. See the module docs.
+///
+/// Equality compares the complete state, including the dedupe table and
+/// `last_applied`, which is what replica-convergence tests need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holt {
+    pub(crate) shard: ShardId,
+    pub(crate) dedupe_capacity: usize,
+    pub(crate) inodes: BTreeMap<InodeId, InodeRecord>,
+    /// `(directory, name) -> child`. Keyed by directory first so a listing is
+    /// a range scan.
+    pub(crate) dentries: BTreeMap<(InodeId, String), InodeId>,
+    /// Shard-local number of the next inode; `InodeId::MAX_LOCAL + 1` when exhausted.
+    pub(crate) next_local: u64,
+    pub(crate) epoch: Epoch,
+    pub(crate) last_applied: LogIndex,
+    pub(crate) dedupe: BTreeMap<RequestId, Outcome>,
+    /// Keys of `dedupe` in insertion order, for eviction.
+    pub(crate) dedupe_order: VecDeque<RequestId>,
+}
+
+/// When a mutation happens: its log index (the new `version` of every inode
+/// it touches) and the leader's timestamp (for mtime/ctime).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamp {
+    pub(crate) index: LogIndex,
+    pub(crate) time_ns: u64,
+}
+
+impl Holt {
+    /// A fresh shard holding only its root directory.
+    pub fn new(config: HoltConfig) -> Holt {
+        let root = InodeId::root(config.shard);
+        let root_record = InodeRecord {
+            attr: Attr {
+                inode: root,
+                file_type: FileType::Directory,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                size: 0,
+                generation: Generation(0),
+                mtime_ns: 0,
+                ctime_ns: 0,
+                version: LogIndex(0),
+            },
+            symlink_target: None,
+            xattrs: BTreeMap::new(),
+            parent: Some(root),
+        };
+        Holt {
+            shard: config.shard,
+            dedupe_capacity: config.dedupe_capacity,
+            inodes: BTreeMap::from([(root, root_record)]),
+            dentries: BTreeMap::new(),
+            next_local: InodeId::ROOT_LOCAL + 1,
+            epoch: Epoch(1),
+            last_applied: LogIndex(0),
+            dedupe: BTreeMap::new(),
+            dedupe_order: VecDeque::new(),
+        }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The highest log index passed to [`Holt::apply`].
+    pub fn last_applied(&self) -> LogIndex {
+        self.last_applied
+    }
+
+    /// The engine's configuration (as restored from an image, if it was).
+    pub fn config(&self) -> HoltConfig {
+        HoltConfig {
+            shard: self.shard,
+            dedupe_capacity: self.dedupe_capacity,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            inodes: self.inodes.len() as u64,
+            dentries: self.dentries.len() as u64,
+            dedupe_entries: self.dedupe.len() as u64,
+            next_inode: self.next_local,
+            epoch: self.epoch,
+            last_applied: self.last_applied,
+        }
+    }
+
+    /// Applies one committed command at log position `index`.
+    ///
+    /// Order of checks: a remembered request id returns its first outcome;
+    /// then the epoch; then the static validation of
+    /// [`Holt::validate_command`]; then the operation itself. Outcomes of the
+    /// epoch check and of the operation (success or error) are remembered for
+    /// deduplication. Validation errors are not: they depend on the command
+    /// alone, so a retry gets the same error anyway, and keeping them out
+    /// means a malformed command leaves the state untouched except for
+    /// `last_applied`.
+    pub fn apply(&mut self, index: LogIndex, cmd: &Command) -> Outcome {
+        self.last_applied = self.last_applied.max(index);
+        if let Some(first) = self.dedupe.get(&cmd.request_id) {
+            return first.clone();
+        }
+        let outcome = match cmd.epoch {
+            Some(epoch) if epoch != self.epoch => Err(FsError::StaleEpoch {
+                current: self.epoch,
+            }),
+            _ => {
+                Self::validate_command(cmd)?;
+                let stamp = Stamp {
+                    index,
+                    time_ns: cmd.time_ns,
+                };
+                self.execute(stamp, &cmd.op)
+            }
+        };
+        self.remember(cmd.request_id, outcome.clone());
+        outcome
+    }
+
+    /// Static checks of names, paths and sizes that need no state: run by
+    /// the server before proposing, and again by `apply`.
+    pub fn validate_command(cmd: &Command) -> Result<(), FsError> {
+        match &cmd.op {
+            Op::Mkdir { at, parents, .. } => {
+                if *parents && matches!(at, EntryRef::Child { .. }) {
+                    return Err(FsError::InvalidArgument(
+                        "mkdir with parents needs a path, not a (directory, name) pair".into(),
+                    ));
+                }
+                validate_entry(at)
+            }
+            Op::Create { at, .. } | Op::Unlink { at } | Op::Rmdir { at } => validate_entry(at),
+            Op::Symlink { at, target, .. } => {
+                validate_entry(at)?;
+                validate_symlink_target(target)
+            }
+            Op::Link { inode, at } => {
+                validate_inode(inode)?;
+                validate_entry(at)
+            }
+            Op::Rename { from, to, .. } => {
+                validate_entry(from)?;
+                validate_entry(to)
+            }
+            Op::SetAttr { inode, .. } => validate_inode(inode),
+            Op::SetXattr {
+                inode, name, value, ..
+            } => {
+                validate_inode(inode)?;
+                validate_xattr_name(name)?;
+                validate_xattr_value(value)
+            }
+            Op::RemoveXattr { inode, name } => {
+                validate_inode(inode)?;
+                validate_xattr_name(name)
+            }
+        }
+    }
+
+    fn execute(&mut self, stamp: Stamp, op: &Op) -> Outcome {
+        match op {
+            Op::Mkdir {
+                at,
+                mode,
+                uid,
+                gid,
+                parents,
+            } => {
+                let owner = Owner {
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                };
+                if *parents {
+                    self.mkdir_parents(stamp, at, owner)
+                } else {
+                    self.mkdir(stamp, at, owner)
+                }
+            }
+            Op::Create { at, mode, uid, gid } => {
+                let owner = Owner {
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                };
+                self.create(stamp, at, owner)
+            }
+            Op::Symlink {
+                at,
+                target,
+                uid,
+                gid,
+            } => self.symlink(stamp, at, target, *uid, *gid),
+            Op::Link { inode, at } => self.link(stamp, inode, at),
+            Op::Unlink { at } => self.unlink(stamp, at),
+            Op::Rmdir { at } => self.rmdir(stamp, at),
+            Op::Rename { from, to, mode } => self.rename(stamp, from, to, *mode),
+            Op::SetAttr { inode, set } => self.set_attr(stamp, inode, set),
+            Op::SetXattr {
+                inode,
+                name,
+                value,
+                flag,
+            } => self.set_xattr(stamp, inode, name, value, *flag),
+            Op::RemoveXattr { inode, name } => self.remove_xattr(stamp, inode, name),
+        }
+    }
+
+    /// Records an outcome, evicting the oldest entries beyond capacity.
+    fn remember(&mut self, request: RequestId, outcome: Outcome) {
+        if self.dedupe_capacity == 0 {
+            return;
+        }
+        while self.dedupe_order.len() >= self.dedupe_capacity {
+            match self.dedupe_order.pop_front() {
+                Some(oldest) => {
+                    self.dedupe.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        self.dedupe.insert(request, outcome);
+        self.dedupe_order.push_back(request);
+    }
+}
+
+/// Permission bits and ownership of a new inode.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Owner {
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+fn validate_entry(at: &EntryRef) -> Result<(), FsError> {
+    match at {
+        EntryRef::Path(path) => split_path(path).map(drop),
+        EntryRef::Child { name, .. } => validate_name(name),
+    }
+}
+
+fn validate_inode(inode: &InodeRef) -> Result<(), FsError> {
+    match inode {
+        InodeRef::Path(path) => split_path(path).map(drop),
+        InodeRef::Id(_) => Ok(()),
+    }
+}

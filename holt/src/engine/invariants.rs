@@ -1,0 +1,164 @@
+//! Structural invariants of the state, checked on every decoded image.
+//!
+//! A snapshot that passes its checksum can still describe a nonsensical
+//! state (a bug in an older writer, a hand-crafted file). `apply` would not
+//! panic on it, but it could misbehave: a cycle of directory parents, an
+//! entry pointing at a missing inode, link counts that never reach zero.
+//! Refusing such an image at decode time keeps those cases out entirely.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use super::{Holt, InodeRecord};
+use crate::path::{
+    validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
+};
+use crate::types::{FileType, InodeId};
+
+impl Holt {
+    /// Checks the whole state; the error says which invariant failed.
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        self.check_root()?;
+        for (id, record) in &self.inodes {
+            self.check_inode(*id, record)?;
+        }
+        self.check_dentries()?;
+        self.check_link_counts()?;
+        self.check_reachable()?;
+        self.check_dedupe()
+    }
+
+    fn check_root(&self) -> Result<(), String> {
+        let root = self.root();
+        let record = self.inodes.get(&root).ok_or("the root inode is missing")?;
+        if record.attr.file_type != FileType::Directory || record.parent != Some(root) {
+            return Err("the root is not a self-parented directory".into());
+        }
+        if self.next_local <= InodeId::ROOT_LOCAL || self.next_local > InodeId::MAX_LOCAL + 1 {
+            return Err(format!(
+                "next inode number {} is out of range",
+                self.next_local
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_inode(&self, id: InodeId, record: &InodeRecord) -> Result<(), String> {
+        let attr = &record.attr;
+        if attr.inode != id || id.shard() != self.shard {
+            return Err(format!("inode {id} is filed under the wrong id or shard"));
+        }
+        if id.local() < InodeId::ROOT_LOCAL || id.local() >= self.next_local {
+            return Err(format!("inode {id} was never allocated"));
+        }
+        if attr.mode > 0o7777 {
+            return Err(format!("inode {id} has type bits in its mode"));
+        }
+        let is_dir = attr.file_type == FileType::Directory;
+        if record.parent.is_some() != is_dir {
+            return Err(format!("inode {id}: only directories have a parent"));
+        }
+        match (attr.file_type, &record.symlink_target) {
+            (FileType::Symlink, Some(target)) => {
+                validate_symlink_target(target).map_err(|e| format!("inode {id}: {e}"))?;
+            }
+            (FileType::Symlink, None) | (_, Some(_)) => {
+                return Err(format!("inode {id}: only symlinks have a target"));
+            }
+            _ => {}
+        }
+        for (name, value) in &record.xattrs {
+            validate_xattr_name(name)
+                .and_then(|()| validate_xattr_value(value))
+                .map_err(|e| format!("inode {id}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn check_dentries(&self) -> Result<(), String> {
+        for ((dir, name), child) in &self.dentries {
+            validate_name(name).map_err(|e| format!("entry in {dir}: {e}"))?;
+            if self.directory(*dir).is_err() {
+                return Err(format!("entry {name:?} is in {dir}, not a directory"));
+            }
+            let record = self
+                .inodes
+                .get(child)
+                .ok_or_else(|| format!("entry {name:?} in {dir} points to missing {child}"))?;
+            if *child == self.root() {
+                return Err(format!("entry {name:?} in {dir} points to the root"));
+            }
+            if record.attr.file_type == FileType::Directory && record.parent != Some(*dir) {
+                return Err(format!("directory {child} has the wrong parent"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `nlink` must equal what the entries imply: names for a
+    /// non-directory; 2 plus subdirectories for a directory, which itself
+    /// has exactly one name (none for the root).
+    fn check_link_counts(&self) -> Result<(), String> {
+        let mut names: BTreeMap<InodeId, u64> = BTreeMap::new();
+        let mut subdirs: BTreeMap<InodeId, u64> = BTreeMap::new();
+        for ((dir, _), child) in &self.dentries {
+            *names.entry(*child).or_default() += 1;
+            if self.directory(*child).is_ok() {
+                *subdirs.entry(*dir).or_default() += 1;
+            }
+        }
+        for (id, record) in &self.inodes {
+            let name_count = names.get(id).copied().unwrap_or(0);
+            let (expected_names, expected_nlink) = match record.attr.file_type {
+                FileType::Directory => {
+                    let own = if *id == self.root() { 0 } else { 1 };
+                    (own, 2 + subdirs.get(id).copied().unwrap_or(0))
+                }
+                _ => (name_count.max(1), name_count),
+            };
+            if name_count != expected_names || u64::from(record.attr.nlink) != expected_nlink {
+                return Err(format!("inode {id} has inconsistent link counts"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every inode hangs off the root (no detached directory cycles).
+    fn check_reachable(&self) -> Result<(), String> {
+        let root = self.root();
+        let mut seen = BTreeSet::from([root]);
+        let mut queue = vec![root];
+        while let Some(dir) = queue.pop() {
+            let children = self
+                .dentries
+                .range((Bound::Included((dir, String::new())), Bound::Unbounded))
+                .take_while(|((parent, _), _)| *parent == dir);
+            for (_, child) in children {
+                if seen.insert(*child) && self.directory(*child).is_ok() {
+                    queue.push(*child);
+                }
+            }
+        }
+        if seen.len() != self.inodes.len() {
+            return Err(format!(
+                "{} inodes are not reachable from the root",
+                self.inodes.len().saturating_sub(seen.len())
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_dedupe(&self) -> Result<(), String> {
+        let ordered: BTreeSet<_> = self.dedupe_order.iter().collect();
+        let consistent = ordered.len() == self.dedupe_order.len()
+            && ordered.len() == self.dedupe.len()
+            && ordered.iter().all(|id| self.dedupe.contains_key(id));
+        if !consistent {
+            return Err("the dedupe table and its eviction order disagree".into());
+        }
+        if self.dedupe.len() > self.dedupe_capacity {
+            return Err("the dedupe table exceeds its capacity".into());
+        }
+        Ok(())
+    }
+}

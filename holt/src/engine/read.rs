@@ -1,0 +1,108 @@
+//! The read-only queries. They never change state and need no log entry.
+
+use std::ops::Bound;
+
+use super::resolve::describe_inode;
+use super::Holt;
+use crate::command::InodeRef;
+use crate::error::FsError;
+use crate::path::{validate_name, validate_xattr_name};
+use crate::query::{Query, QueryResult, MAX_READDIR_PAGE};
+use crate::types::{DirEntry, FileType, InodeId};
+
+impl Holt {
+    /// Answers a query against the current state.
+    pub fn query(&self, q: &Query) -> Result<QueryResult, FsError> {
+        match q {
+            Query::Lookup { parent, name } => self.lookup(*parent, name),
+            Query::GetAttr { inode } => {
+                let id = self.inode(inode)?;
+                Ok(QueryResult::Attr(self.record(id)?.attr.clone()))
+            }
+            Query::ReadDir { dir, after, limit } => self.read_dir(dir, after.as_deref(), *limit),
+            Query::ReadLink { inode } => self.read_link(inode),
+            Query::GetXattr { inode, name } => {
+                validate_xattr_name(name)?;
+                let id = self.inode(inode)?;
+                self.record(id)?
+                    .xattrs
+                    .get(name)
+                    .map(|value| QueryResult::Xattr(value.clone()))
+                    .ok_or_else(|| {
+                        FsError::NoData(format!("xattr {name:?} on {}", describe_inode(inode)))
+                    })
+            }
+            Query::ListXattr { inode } => {
+                let id = self.inode(inode)?;
+                let names = self.record(id)?.xattrs.keys().cloned().collect();
+                Ok(QueryResult::XattrNames(names))
+            }
+        }
+    }
+
+    fn lookup(&self, parent: InodeId, name: &str) -> Result<QueryResult, FsError> {
+        validate_name(name)?;
+        self.directory(parent)?;
+        let child = self
+            .child(parent, name)
+            .ok_or_else(|| FsError::NotFound(format!("{name:?} in {parent}")))?;
+        Ok(QueryResult::Attr(self.record(child)?.attr.clone()))
+    }
+
+    /// One page of a directory, in byte order of names, strictly after
+    /// `after`. A range scan over the dentry map: cost is the page, not the
+    /// directory.
+    fn read_dir(
+        &self,
+        dir: &InodeRef,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<QueryResult, FsError> {
+        let id = self.inode(dir)?;
+        if self.record(id)?.attr.file_type != FileType::Directory {
+            return Err(FsError::NotADirectory(describe_inode(dir)));
+        }
+        let page = if limit == 0 || limit > MAX_READDIR_PAGE {
+            MAX_READDIR_PAGE
+        } else {
+            limit
+        } as usize;
+        let start = match after {
+            Some(name) => Bound::Excluded((id, name.to_string())),
+            None => Bound::Included((id, String::new())),
+        };
+        let mut entries = Vec::new();
+        let mut more = false;
+        for ((parent, name), child) in self.dentries.range((start, Bound::Unbounded)) {
+            if *parent != id {
+                break;
+            }
+            if entries.len() == page {
+                more = true;
+                break;
+            }
+            entries.push(DirEntry {
+                name: name.clone(),
+                attr: self.record(*child)?.attr.clone(),
+            });
+        }
+        let next = if more {
+            entries.last().map(|entry| entry.name.clone())
+        } else {
+            None
+        };
+        Ok(QueryResult::Dir { entries, next })
+    }
+
+    fn read_link(&self, inode: &InodeRef) -> Result<QueryResult, FsError> {
+        let id = self.inode(inode)?;
+        let record = self.record(id)?;
+        match (&record.attr.file_type, &record.symlink_target) {
+            (FileType::Symlink, Some(target)) => Ok(QueryResult::Target(target.clone())),
+            _ => Err(FsError::InvalidArgument(format!(
+                "{} is not a symlink",
+                describe_inode(inode)
+            ))),
+        }
+    }
+}

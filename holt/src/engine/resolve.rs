@@ -1,0 +1,200 @@
+//! Resolution of [`EntryRef`]s and [`InodeRef`]s against the current state.
+//!
+//! Intermediate path components are resolved like the kernel does: a
+//! symlink is followed (absolute targets restart at the root, relative ones
+//! continue from the symlink's directory, `..` in a target climbs to the
+//! parent and stops at the root), at most [`MAX_SYMLINK_HOPS`] times per
+//! resolution. The final component is never followed; operations decide
+//! what to do with it.
+
+use std::ops::Bound;
+
+use super::{Holt, InodeRecord};
+use crate::command::{EntryRef, InodeRef};
+use crate::error::FsError;
+use crate::path::{preview, split_path, validate_name, MAX_SYMLINK_HOPS};
+use crate::types::{FileType, InodeId};
+
+/// Where an [`EntryRef`] points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// The path `/`: the root directory, which has no entry of its own.
+    Root,
+    /// `name` inside directory `parent` (which exists and is a directory).
+    Entry { parent: InodeId, name: String },
+}
+
+impl Holt {
+    pub(crate) fn root(&self) -> InodeId {
+        InodeId::root(self.shard)
+    }
+
+    /// The record of an existing inode.
+    pub(crate) fn record(&self, id: InodeId) -> Result<&InodeRecord, FsError> {
+        self.inodes
+            .get(&id)
+            .ok_or_else(|| FsError::NotFound(format!("inode {id}")))
+    }
+
+    /// The record of an existing directory.
+    pub(crate) fn directory(&self, id: InodeId) -> Result<&InodeRecord, FsError> {
+        let record = self.record(id)?;
+        if record.attr.file_type != FileType::Directory {
+            return Err(FsError::NotADirectory(format!("inode {id}")));
+        }
+        Ok(record)
+    }
+
+    pub(crate) fn child(&self, parent: InodeId, name: &str) -> Option<InodeId> {
+        self.dentries.get(&(parent, name.to_string())).copied()
+    }
+
+    pub(crate) fn has_children(&self, dir: InodeId) -> bool {
+        self.dentries
+            .range((Bound::Included((dir, String::new())), Bound::Unbounded))
+            .next()
+            .is_some_and(|((parent, _), _)| *parent == dir)
+    }
+
+    /// The directory containing `dir`; the root (and, defensively, anything
+    /// without a recorded parent) is its own parent.
+    pub(crate) fn parent_of(&self, dir: InodeId) -> InodeId {
+        self.inodes
+            .get(&dir)
+            .and_then(|record| record.parent)
+            .unwrap_or_else(|| self.root())
+    }
+
+    /// Whether `dir` is `ancestor` or lies below it. The walk is bounded by
+    /// the number of inodes so that even a corrupt parent chain terminates.
+    pub(crate) fn is_within(&self, dir: InodeId, ancestor: InodeId) -> bool {
+        let root = self.root();
+        let mut current = dir;
+        for _ in 0..=self.inodes.len() {
+            if current == ancestor {
+                return true;
+            }
+            if current == root {
+                return false;
+            }
+            current = self.parent_of(current);
+        }
+        false
+    }
+
+    /// Resolves an entry reference to its place, validating names on the way.
+    pub(crate) fn place(&self, at: &EntryRef) -> Result<Place, FsError> {
+        match at {
+            EntryRef::Path(path) => self.place_path(path),
+            EntryRef::Child { parent, name } => {
+                validate_name(name)?;
+                self.directory(*parent)?;
+                Ok(Place::Entry {
+                    parent: *parent,
+                    name: name.clone(),
+                })
+            }
+        }
+    }
+
+    /// Resolves an absolute path to its place: all but the last component
+    /// must lead to a directory.
+    fn place_path(&self, path: &str) -> Result<Place, FsError> {
+        let components = split_path(path)?;
+        let Some((name, dirs)) = components.split_last() else {
+            return Ok(Place::Root);
+        };
+        let parent = self.walk_dirs(self.root(), dirs, path)?;
+        Ok(Place::Entry {
+            parent,
+            name: (*name).to_string(),
+        })
+    }
+
+    /// Resolves an inode reference to an existing inode (final symlink not followed).
+    pub(crate) fn inode(&self, inode: &InodeRef) -> Result<InodeId, FsError> {
+        match inode {
+            InodeRef::Id(id) => self.record(*id).map(|record| record.attr.inode),
+            InodeRef::Path(path) => match self.place_path(path)? {
+                Place::Root => Ok(self.root()),
+                Place::Entry { parent, name } => self
+                    .child(parent, &name)
+                    .ok_or_else(|| FsError::NotFound(path.clone())),
+            },
+        }
+    }
+
+    /// Walks `components` from `start`, each of which must resolve to a
+    /// directory, following symlinks. `path` is only for error messages.
+    pub(crate) fn walk_dirs(
+        &self,
+        start: InodeId,
+        components: &[&str],
+        path: &str,
+    ) -> Result<InodeId, FsError> {
+        let mut hops = 0;
+        self.walk_dirs_counting(start, components, path, &mut hops)
+    }
+
+    /// [`Holt::walk_dirs`] with a caller-owned symlink hop counter, so that a
+    /// caller walking one path in steps (mkdir -p) shares one budget.
+    pub(crate) fn walk_dirs_counting(
+        &self,
+        start: InodeId,
+        components: &[&str],
+        path: &str,
+        hops: &mut u32,
+    ) -> Result<InodeId, FsError> {
+        // A stack of components still to resolve, next on top. A symlink's
+        // target is pushed in front of the rest, which handles nested links
+        // without recursion.
+        let mut pending: Vec<&str> = components.iter().rev().copied().collect();
+        let mut dir = start;
+        while let Some(component) = pending.pop() {
+            match component {
+                "" | "." => continue,
+                ".." => {
+                    dir = self.parent_of(dir);
+                    continue;
+                }
+                _ => {}
+            }
+            let child = self
+                .child(dir, component)
+                .ok_or_else(|| FsError::NotFound(path.to_string()))?;
+            let record = self.record(child)?;
+            match record.attr.file_type {
+                FileType::Directory => dir = child,
+                FileType::File => return Err(FsError::NotADirectory(path.to_string())),
+                FileType::Symlink => {
+                    *hops += 1;
+                    if *hops > MAX_SYMLINK_HOPS {
+                        return Err(FsError::Loop(path.to_string()));
+                    }
+                    let target = record.symlink_target.as_deref().unwrap_or_default();
+                    if target.starts_with('/') {
+                        dir = self.root();
+                    }
+                    pending.extend(target.split('/').rev());
+                }
+            }
+        }
+        Ok(dir)
+    }
+}
+
+/// A short description of an entry reference for error messages.
+pub(crate) fn describe_entry(at: &EntryRef) -> String {
+    match at {
+        EntryRef::Path(path) => path.clone(),
+        EntryRef::Child { parent, name } => format!("{} in {parent}", preview(name)),
+    }
+}
+
+/// A short description of an inode reference for error messages.
+pub(crate) fn describe_inode(inode: &InodeRef) -> String {
+    match inode {
+        InodeRef::Path(path) => path.clone(),
+        InodeRef::Id(id) => format!("inode {id}"),
+    }
+}

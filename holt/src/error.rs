@@ -1,0 +1,89 @@
+//! The engine's typed errors, with POSIX errno and stable code strings.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Epoch;
+
+/// A namespace operation failed. Every variant is deterministic: the same
+/// state and command give the same error on every replica, so errors are
+/// replicated results too (and remembered by the dedupe table).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum FsError {
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("is a directory: {0}")]
+    IsADirectory(String),
+    #[error("directory not empty: {0}")]
+    NotEmpty(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("name too long: {0}")]
+    NameTooLong(String),
+    #[error("too many levels of symbolic links: {0}")]
+    Loop(String),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    #[error("no such attribute: {0}")]
+    NoData(String),
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("stale epoch: current is {current}")]
+    StaleEpoch { current: Epoch },
+}
+
+impl FsError {
+    /// Stable machine-readable code; clients and tests match on it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FsError::NotFound(_) => "ENOENT",
+            FsError::AlreadyExists(_) => "EEXIST",
+            FsError::NotADirectory(_) => "ENOTDIR",
+            FsError::IsADirectory(_) => "EISDIR",
+            FsError::NotEmpty(_) => "ENOTEMPTY",
+            FsError::InvalidArgument(_) => "EINVAL",
+            FsError::NameTooLong(_) => "ENAMETOOLONG",
+            FsError::Loop(_) => "ELOOP",
+            FsError::NotPermitted(_) => "EPERM",
+            FsError::NoData(_) => "ENODATA",
+            FsError::NoSpace(_) => "ENOSPC",
+            FsError::StaleEpoch { .. } => "STALE_EPOCH",
+        }
+    }
+
+    /// Linux errno for the FUSE layer.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound(_) => 2,
+            FsError::AlreadyExists(_) => 17,
+            FsError::NotADirectory(_) => 20,
+            FsError::IsADirectory(_) => 21,
+            FsError::NotEmpty(_) => 39,
+            FsError::InvalidArgument(_) => 22,
+            FsError::NameTooLong(_) => 36,
+            FsError::Loop(_) => 40,
+            FsError::NotPermitted(_) => 1,
+            FsError::NoData(_) => 61,
+            FsError::NoSpace(_) => 28,
+            FsError::StaleEpoch { .. } => 116,
+        }
+    }
+}
+
+/// A snapshot image could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("not a Holt image (bad magic)")]
+    BadMagic,
+    #[error("unsupported Holt image version {0}")]
+    UnsupportedVersion(u32),
+    #[error("Holt image is truncated")]
+    Truncated,
+    #[error("Holt image checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("Holt image body is corrupt: {0}")]
+    Corrupt(String),
+}

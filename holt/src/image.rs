@@ -1,0 +1,214 @@
+//! The snapshot image codec: the whole engine state as one byte string.
+//!
+//! Layout (all integers little-endian):
+//!
+//! | bytes | field                                   |
+//! |-------|-----------------------------------------|
+//! | 8     | magic `NOKVHOLT`                        |
+//! | 4     | format version ([`IMAGE_VERSION`])      |
+//! | 8     | body length                             |
+//! | 4     | CRC-32 (crc32fast) of the body          |
+//! | n     | body: bincode 1.3 of the private state  |
+//!
+//! Bincode runs with fixed-width integers and a size limit equal to the
+//! body length, so a corrupt length prefix inside the body fails cleanly
+//! instead of attempting a huge allocation. Maps are written in key order
+//! and the dedupe table in eviction order, so equal states encode to equal
+//! bytes: replicas can compare snapshots byte for byte.
+//!
+//! Decoding never panics: every malformed input maps to an [`ImageError`],
+//! and a well-formed body must also pass the engine's structural checks.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Holt, InodeRecord, Outcome};
+use crate::error::ImageError;
+use crate::types::{Epoch, InodeId, LogIndex, RequestId, ShardId};
+
+/// First bytes of every image.
+pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
+/// The image format this build writes (and the only one it reads).
+pub const IMAGE_VERSION: u32 = 1;
+/// Magic, version, body length, checksum.
+const HEADER_LEN: usize = 8 + 4 + 8 + 4;
+
+/// The image format version this build writes.
+pub fn image_version() -> u32 {
+    IMAGE_VERSION
+}
+
+/// The body as written: borrows the state, so encoding copies nothing but
+/// the output. Field order and types must match [`ImageBody`] exactly.
+#[derive(Serialize)]
+struct ImageBodyRef<'a> {
+    shard: ShardId,
+    dedupe_capacity: u64,
+    epoch: Epoch,
+    last_applied: LogIndex,
+    next_local: u64,
+    inodes: Vec<(&'a InodeId, &'a InodeRecord)>,
+    dentries: Vec<(&'a (InodeId, String), &'a InodeId)>,
+    /// Oldest first, so decoding restores the eviction order.
+    dedupe: Vec<(&'a RequestId, &'a Outcome)>,
+}
+
+/// The body as read. Sequences rather than maps so that duplicate or
+/// unsorted keys are detected instead of silently merged.
+#[derive(Deserialize)]
+struct ImageBody {
+    shard: ShardId,
+    dedupe_capacity: u64,
+    epoch: Epoch,
+    last_applied: LogIndex,
+    next_local: u64,
+    inodes: Vec<(InodeId, InodeRecord)>,
+    dentries: Vec<((InodeId, String), InodeId)>,
+    dedupe: Vec<(RequestId, Outcome)>,
+}
+
+fn body_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+        .reject_trailing_bytes()
+}
+
+impl Holt {
+    /// The image format version this build writes.
+    pub fn image_version() -> u32 {
+        IMAGE_VERSION
+    }
+
+    /// Encodes the complete state. Deterministic: equal states give equal bytes.
+    pub fn encode_image(&self) -> Vec<u8> {
+        let body = ImageBodyRef {
+            shard: self.shard,
+            dedupe_capacity: self.dedupe_capacity as u64,
+            epoch: self.epoch,
+            last_applied: self.last_applied,
+            next_local: self.next_local,
+            inodes: self.inodes.iter().collect(),
+            dentries: self.dentries.iter().collect(),
+            dedupe: self
+                .dedupe_order
+                .iter()
+                .filter_map(|id| self.dedupe.get_key_value(id))
+                .collect(),
+        };
+        // Serializing plain data into a Vec cannot fail: there is no size
+        // limit, no I/O, and every sequence has a known length.
+        let body = body_options()
+            .serialize(&body)
+            .expect("serializing the state into memory is infallible");
+        let mut image = Vec::with_capacity(HEADER_LEN + body.len());
+        image.extend_from_slice(&IMAGE_MAGIC);
+        image.extend_from_slice(&IMAGE_VERSION.to_le_bytes());
+        image.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        image.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        image.extend_from_slice(&body);
+        image
+    }
+
+    /// Decodes an image written by [`Holt::encode_image`]. Never panics.
+    pub fn decode_image(bytes: &[u8]) -> Result<Holt, ImageError> {
+        let body = split_header(bytes)?;
+        let decoded: ImageBody = body_options()
+            .with_limit(body.len() as u64)
+            .deserialize(body)
+            .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+        let holt = decoded.into_holt().map_err(ImageError::Corrupt)?;
+        holt.check_invariants().map_err(ImageError::Corrupt)?;
+        Ok(holt)
+    }
+}
+
+/// Checks the header and returns the checksummed body.
+fn split_header(bytes: &[u8]) -> Result<&[u8], ImageError> {
+    let magic = bytes.get(..IMAGE_MAGIC.len()).unwrap_or(bytes);
+    if !IMAGE_MAGIC.starts_with(magic) {
+        return Err(ImageError::BadMagic);
+    }
+    let version = read_u32(bytes, 8).ok_or(ImageError::Truncated)?;
+    if version != IMAGE_VERSION {
+        return Err(ImageError::UnsupportedVersion(version));
+    }
+    let body_len = read_u64(bytes, 12).ok_or(ImageError::Truncated)?;
+    let stored = read_u32(bytes, 20).ok_or(ImageError::Truncated)?;
+    let body = bytes.get(HEADER_LEN..).ok_or(ImageError::Truncated)?;
+    match (body.len() as u64).cmp(&body_len) {
+        std::cmp::Ordering::Less => return Err(ImageError::Truncated),
+        std::cmp::Ordering::Greater => {
+            return Err(ImageError::Corrupt(format!(
+                "{} trailing bytes after the body",
+                body.len() as u64 - body_len
+            )))
+        }
+        std::cmp::Ordering::Equal => {}
+    }
+    let computed = crc32fast::hash(body);
+    if computed != stored {
+        return Err(ImageError::Checksum { stored, computed });
+    }
+    Ok(body)
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let field = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(field.try_into().ok()?))
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let field = bytes.get(at..at.checked_add(8)?)?;
+    Some(u64::from_le_bytes(field.try_into().ok()?))
+}
+
+impl ImageBody {
+    fn into_holt(self) -> Result<Holt, String> {
+        let dedupe_capacity = usize::try_from(self.dedupe_capacity)
+            .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
+        let mut dedupe_order = VecDeque::with_capacity(self.dedupe.len());
+        for (id, _) in &self.dedupe {
+            dedupe_order.push_back(*id);
+        }
+        Ok(Holt {
+            shard: self.shard,
+            dedupe_capacity,
+            inodes: sorted_map(self.inodes, "inodes")?,
+            dentries: sorted_map(self.dentries, "dentries")?,
+            next_local: self.next_local,
+            epoch: self.epoch,
+            last_applied: self.last_applied,
+            // Insertion order, not key order: checked for duplicates by
+            // length, since the map would silently merge them.
+            dedupe: collect_unique(self.dedupe)?,
+            dedupe_order,
+        })
+    }
+}
+
+/// Builds a map from entries that must be in strictly increasing key order,
+/// as the encoder writes them; anything else means a corrupt image.
+fn sorted_map<K: Ord, V>(entries: Vec<(K, V)>, what: &str) -> Result<BTreeMap<K, V>, String> {
+    if entries
+        .windows(2)
+        .any(|pair| matches!(pair, [a, b] if a.0 >= b.0))
+    {
+        return Err(format!("{what} are not in strictly increasing key order"));
+    }
+    Ok(entries.into_iter().collect())
+}
+
+fn collect_unique<K: Ord, V>(entries: Vec<(K, V)>) -> Result<BTreeMap<K, V>, String> {
+    let count = entries.len();
+    let map: BTreeMap<K, V> = entries.into_iter().collect();
+    if map.len() != count {
+        return Err("duplicate request ids in the dedupe table".into());
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,30 @@
+//! Holt: NoKV's metadata engine.
+//!
+//! Holt holds one shard's namespace (inodes, dentries, xattrs, the inode
+//! allocator and the request dedupe table) and changes it only through
+//! [`Holt::apply`], a deterministic function of (state, command, log index):
+//! no clocks, randomness, I/O or hash-map iteration order. Replicas that
+//! apply the same log reach byte-identical state, and [`Holt::encode_image`]
+//! turns that state into a versioned, checksummed snapshot image.
+//!
+//! Must not depend on: tokio, openraft, sled, tonic, or any I/O. The Raft
+//! adapter in `meta-node` wraps it; tests drive it directly.
+//!
+//! Main types: [`Holt`], [`Command`]/[`Op`] (mutations), [`Query`] (reads),
+//! [`FsError`] (POSIX-style errors).
+
+pub mod command;
+pub mod engine;
+pub mod error;
+pub mod image;
+pub mod path;
+pub mod query;
+pub mod types;
+
+pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag};
+pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};
+pub use error::{FsError, ImageError};
+pub use query::{Query, QueryResult, MAX_READDIR_PAGE};
+pub use types::{
+    Attr, DirEntry, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId,
+};

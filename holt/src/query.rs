@@ -1,0 +1,52 @@
+//! Read-only queries. A query never changes state and needs no log entry.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::InodeRef;
+use crate::types::{Attr, DirEntry, InodeId};
+
+/// Largest page a `ReadDir` returns, whatever `limit` asks for.
+pub const MAX_READDIR_PAGE: u32 = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// `name` in directory `parent`.
+    Lookup {
+        parent: InodeId,
+        name: String,
+    },
+    /// Attributes of an inode (a path's final symlink is not followed).
+    GetAttr {
+        inode: InodeRef,
+    },
+    /// A page of a directory in name order, strictly after `after`.
+    /// `limit` 0 means the maximum page.
+    ReadDir {
+        dir: InodeRef,
+        after: Option<String>,
+        limit: u32,
+    },
+    ReadLink {
+        inode: InodeRef,
+    },
+    GetXattr {
+        inode: InodeRef,
+        name: String,
+    },
+    ListXattr {
+        inode: InodeRef,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    Attr(Attr),
+    Dir {
+        entries: Vec<DirEntry>,
+        /// Name to pass as `after` for the next page; `None` at the end.
+        next: Option<String>,
+    },
+    Target(String),
+    Xattr(Vec<u8>),
+    XattrNames(Vec<String>),
+}
