@@ -1,0 +1,510 @@
+//! [`SledLogStore`]: openraft's [`RaftLogStorage`] and [`RaftLogReader`] on sled.
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftTypeConfig,
+    StorageError, StorageIOError, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::LogStoreError;
+use crate::schema::{
+    decode_value, encode_value, log_key, parse_log_key, FORMAT_VERSION, KEY_COMMITTED,
+    KEY_FORMAT_VERSION, KEY_LAST_PURGED, KEY_VOTE, LOGS_TREE, META_TREE,
+};
+
+/// Interval of sled's background flush for databases opened by [`SledLogStore::open`].
+///
+/// Only writes that openraft allows to lag (the committed log id) rely on it; everything
+/// that must be durable is flushed explicitly before it is acknowledged.
+const BACKGROUND_FLUSH_MS: u64 = 500;
+
+/// Raft log storage for openraft, backed by a sled database.
+///
+/// Cloning is cheap and shares the underlying `sled::Db`; the clone returned by
+/// [`RaftLogStorage::get_log_reader`] is such a clone.
+///
+/// # Durability rules
+///
+/// sled buffers writes in memory; they reach the disk only when the database is flushed,
+/// explicitly or by sled's background flusher (every 500 ms for [`open`](Self::open)). A
+/// flush persists *every* write made before it, across all trees. The store relies on that
+/// as follows:
+///
+/// - [`append`](RaftLogStorage::append) writes all entries in one atomic sled batch, then
+///   awaits `flush_async` (which runs the blocking fsync on sled's I/O thread pool, not on
+///   the async executor), and only then calls
+///   [`LogFlushed::log_io_completed`]. The callback therefore never acknowledges an entry
+///   that a crash could lose. On failure the error is both reported to the callback and
+///   returned.
+/// - [`save_vote`](RaftLogStorage::save_vote) writes and flushes before returning.
+/// - [`save_committed`](RaftLogStorage::save_committed) writes without an explicit flush: a
+///   committed index may lag after a crash (openraft allows that: it only re-applies less
+///   at startup and learns the rest from the leader), and the next flush — explicit or
+///   background — persists it.
+/// - [`truncate`](RaftLogStorage::truncate) deletes entries with index `>= log_id.index` in
+///   one batch, then flushes.
+/// - [`purge`](RaftLogStorage::purge) first records and flushes `last_purged_log_id`, then
+///   deletes entries with index `<= log_id.index` and flushes again. The marker is thus never
+///   behind the log: a crash in between leaves stale entries below the marker (removed on
+///   the next open) but never a hole above it.
+///
+/// Methods take `&mut self` and complete their I/O before returning, so write I/O is
+/// serialized as openraft requires.
+///
+/// # Data integrity
+///
+/// Everything read from disk is decoded fallibly (see [`crate::schema`]); corrupt data
+/// yields an openraft `StorageError` (a read `StorageIOError`) carrying a
+/// [`LogStoreError`], never a panic. A log entry must also carry the index of the key it is
+/// stored under.
+pub struct SledLogStore<C: RaftTypeConfig> {
+    db: sled::Db,
+    /// [`LOGS_TREE`]: index -> entry.
+    logs: sled::Tree,
+    /// [`META_TREE`]: vote, committed, last purged, format version.
+    meta: sled::Tree,
+    /// `fn() -> C` keeps the store `Send + Sync` independently of `C`.
+    _config: PhantomData<fn() -> C>,
+}
+
+// Manual impl: `derive(Clone)` would needlessly require `C: Clone`.
+impl<C: RaftTypeConfig> Clone for SledLogStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            logs: self.logs.clone(),
+            meta: self.meta.clone(),
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C: RaftTypeConfig> fmt::Debug for SledLogStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Deliberately no counts: sled's `len` is a full scan.
+        f.debug_struct("SledLogStore").finish_non_exhaustive()
+    }
+}
+
+/// Cheap summary of the log's extent, e.g. for metrics. Built from keys only; no entry is
+/// decoded except the last purged log id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStateSummary {
+    /// Index of the first entry present in the log, if any.
+    pub first_index: Option<u64>,
+    /// Index of the last entry present in the log, if any.
+    pub last_index: Option<u64>,
+    /// Index of the last purged entry, if anything was ever purged.
+    pub last_purged_index: Option<u64>,
+}
+
+impl<C: RaftTypeConfig> SledLogStore<C> {
+    /// Opens the log store in directory `dir`, creating the sled database if it does not
+    /// exist.
+    ///
+    /// sled holds an exclusive lock on the directory: it cannot be opened twice at once,
+    /// including by the same process while a previous store (or any clone of it) is alive.
+    pub fn open(dir: &Path) -> Result<Self, LogStoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            .open()
+            .map_err(|source| LogStoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Self::from_db(db)
+    }
+
+    /// Builds the log store on an already opened sled database (e.g. one opened with a custom
+    /// `sled::Config`). The store uses the trees [`LOGS_TREE`] and [`META_TREE`].
+    ///
+    /// Checks the persisted-format version and completes a purge that a crash interrupted.
+    pub fn from_db(db: sled::Db) -> Result<Self, LogStoreError> {
+        let logs = db.open_tree(LOGS_TREE)?;
+        let meta = db.open_tree(META_TREE)?;
+        let store = Self {
+            db,
+            logs,
+            meta,
+            _config: PhantomData,
+        };
+        store.check_format_version()?;
+        store.finish_interrupted_purge()?;
+        let summary = store.log_state_summary()?;
+        tracing::info!(?summary, "opened sled raft log store");
+        Ok(store)
+    }
+
+    /// Indexes of the first, last and last purged entries.
+    pub fn log_state_summary(&self) -> Result<LogStateSummary, LogStoreError> {
+        let first_index = match self.logs.first()? {
+            Some((key, _)) => Some(parse_index(&key)?),
+            None => None,
+        };
+        let last_index = match self.logs.last()? {
+            Some((key, _)) => Some(parse_index(&key)?),
+            None => None,
+        };
+        let last_purged_index = self.read_last_purged()?.map(|log_id| log_id.index);
+        Ok(LogStateSummary {
+            first_index,
+            last_index,
+            last_purged_index,
+        })
+    }
+
+    /// Bytes used by the sled database on disk (all trees), e.g. for metrics.
+    pub fn size_on_disk(&self) -> Result<u64, LogStoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Writes [`FORMAT_VERSION`] into a new database, or rejects a database written in
+    /// another format.
+    fn check_format_version(&self) -> Result<(), LogStoreError> {
+        match self.read_meta::<u32>(KEY_FORMAT_VERSION, "format version")? {
+            Some(FORMAT_VERSION) => Ok(()),
+            Some(found) => Err(LogStoreError::UnsupportedFormat {
+                found,
+                expected: FORMAT_VERSION,
+            }),
+            // No explicit flush: the first durable write (append, vote, ...) flushes it,
+            // and if it is lost first, the next open simply writes it again.
+            None => self.write_meta(KEY_FORMAT_VERSION, &FORMAT_VERSION, "format version"),
+        }
+    }
+
+    /// Deletes entries at or below `last_purged_log_id` left behind by a crash between the
+    /// two steps of [`RaftLogStorage::purge`].
+    fn finish_interrupted_purge(&self) -> Result<(), LogStoreError> {
+        let Some(last_purged) = self.read_last_purged()? else {
+            return Ok(());
+        };
+        let removed = self.remove_range(..=log_key(last_purged.index))?;
+        if removed > 0 {
+            tracing::warn!(removed, %last_purged, "completed an interrupted log purge");
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Removes all keys of the logs tree in `range` in one batch; returns how many.
+    fn remove_range<R: RangeBounds<[u8; 8]>>(&self, range: R) -> Result<usize, LogStoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for key in self.logs.range(range).keys() {
+            batch.remove(key?);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.logs.apply_batch(batch)?;
+        }
+        Ok(removed)
+    }
+
+    /// Reads and decodes a value of the meta tree.
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, LogStoreError> {
+        match self.meta.get(key)? {
+            None => Ok(None),
+            Some(bytes) => decode_value(&bytes)
+                .map(Some)
+                .map_err(|source| LogStoreError::Decode {
+                    what: what.to_owned(),
+                    source,
+                }),
+        }
+    }
+
+    /// Encodes and writes a value of the meta tree (not flushed).
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        what: &str,
+    ) -> Result<(), LogStoreError> {
+        let bytes = encode_value(value).map_err(|source| LogStoreError::Encode {
+            what: what.to_owned(),
+            source,
+        })?;
+        self.meta.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn read_last_purged(&self) -> Result<Option<LogId<C::NodeId>>, LogStoreError> {
+        self.read_meta(KEY_LAST_PURGED, "last purged log id")
+    }
+
+    /// Decodes a stored entry and checks it sits under its own index.
+    fn decode_entry(key: &[u8], value: &[u8]) -> Result<C::Entry, LogStoreError> {
+        let key_index = parse_index(key)?;
+        let entry: C::Entry = decode_value(value).map_err(|source| LogStoreError::Decode {
+            what: format!("log entry at index {key_index}"),
+            source,
+        })?;
+        let entry_index = entry.get_log_id().index;
+        if entry_index != key_index {
+            return Err(LogStoreError::IndexMismatch {
+                key_index,
+                entry_index,
+            });
+        }
+        Ok(entry)
+    }
+
+    /// Log id of the last entry present, if any.
+    fn last_entry_log_id(&self) -> Result<Option<LogId<C::NodeId>>, LogStoreError> {
+        match self.logs.last()? {
+            None => Ok(None),
+            Some((key, value)) => Ok(Some(Self::decode_entry(&key, &value)?.get_log_id().clone())),
+        }
+    }
+
+    /// Entries with index in `[start, end)` (`end == None`: no upper bound).
+    fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<C::Entry>, LogStoreError> {
+        let iter = match end {
+            Some(end) => self.logs.range(log_key(start)..log_key(end)),
+            None => self.logs.range(log_key(start)..),
+        };
+        iter.map(|item| {
+            let (key, value) = item?;
+            Self::decode_entry(&key, &value)
+        })
+        .collect()
+    }
+
+    /// Step one of `append`: all entries in one atomic batch, then a flush of the whole db.
+    async fn append_durably<I>(&self, entries: I) -> Result<(), LogStoreError>
+    where
+        I: IntoIterator<Item = C::Entry>,
+    {
+        let mut batch = sled::Batch::default();
+        let mut count = 0_usize;
+        let mut last_index = None;
+        for entry in entries {
+            let index = entry.get_log_id().index;
+            let bytes = encode_value(&entry).map_err(|source| LogStoreError::Encode {
+                what: format!("log entry at index {index}"),
+                source,
+            })?;
+            batch.insert(&log_key(index)[..], bytes);
+            count += 1;
+            last_index = Some(index);
+        }
+        self.logs.apply_batch(batch)?;
+        // Blocking fsync runs on sled's I/O pool; we only await its completion.
+        let flushed_bytes = self.db.flush_async().await?;
+        tracing::debug!(
+            count,
+            ?last_index,
+            flushed_bytes,
+            "appended log entries durably"
+        );
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), LogStoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// Parses a logs-tree key, reporting a malformed key as corruption.
+fn parse_index(key: &[u8]) -> Result<u64, LogStoreError> {
+    parse_log_key(key).ok_or(LogStoreError::CorruptLogKey { len: key.len() })
+}
+
+/// Converts any `u64` range to `[start, end)` with `end == None` meaning unbounded, or
+/// `None` if the range is empty.
+fn index_range<R: RangeBounds<u64>>(range: &R) -> Option<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        // `..=u64::MAX` has no representable exclusive end: treat as unbounded.
+        Bound::Included(&end) => end.checked_add(1),
+        Bound::Excluded(&end) => Some(end),
+        Bound::Unbounded => None,
+    };
+    match end {
+        Some(end) if end <= start => None,
+        _ => Some((start, end)),
+    }
+}
+
+/// Wraps a [`LogStoreError`] into openraft's storage error with the given subject and verb.
+fn storage_error<NID: openraft::NodeId>(
+    subject: ErrorSubject<NID>,
+    verb: ErrorVerb,
+    error: &LogStoreError,
+) -> StorageError<NID> {
+    StorageIOError::new(subject, verb, AnyError::new(error)).into()
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for SledLogStore<C> {
+    async fn try_get_log_entries<RB>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>>
+    where
+        RB: RangeBounds<u64> + Clone + fmt::Debug + OptionalSend,
+    {
+        let Some((start, end)) = index_range(&range) else {
+            return Ok(Vec::new());
+        };
+        self.read_entries(start, end)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let read_error = |e: LogStoreError| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e);
+        let last_purged_log_id = self.read_last_purged().map_err(read_error)?;
+        // Entries left at or below the purge marker are removed at open, so the last entry,
+        // when present, is always after `last_purged_log_id`.
+        let last_log_id = match self.last_entry_log_id().map_err(read_error)? {
+            Some(last) => Some(last),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let write_error =
+            |e: LogStoreError| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e);
+        self.write_meta(KEY_VOTE, vote, "vote")
+            .map_err(write_error)?;
+        // openraft requires the vote to be on disk before this returns.
+        self.flush().await.map_err(write_error)?;
+        tracing::debug!(%vote, "saved vote");
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        self.read_meta(KEY_VOTE, "vote")
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Read, &e))
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<C::NodeId>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        // Deliberately not flushed (see the type's durability rules): this is called often
+        // and a lagging committed index is safe.
+        self.write_meta(KEY_COMMITTED, &committed, "committed log id")
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        let committed: Option<Option<LogId<C::NodeId>>> = self
+            .read_meta(KEY_COMMITTED, "committed log id")
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        match self.append_durably(entries).await {
+            Ok(()) => {
+                // Only now is every entry of this call on disk.
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let error = StorageIOError::write_logs(AnyError::new(&e));
+                callback.log_io_completed(Err(io::Error::other(error.clone())));
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let delete_error =
+            |e: LogStoreError| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e);
+        let removed = self
+            .remove_range(log_key(log_id.index)..)
+            .map_err(delete_error)?;
+        self.flush().await.map_err(delete_error)?;
+        tracing::debug!(%log_id, removed, "truncated log");
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let delete_error =
+            |e: LogStoreError| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e);
+        let previous = self.read_last_purged().map_err(delete_error)?;
+        // The marker only moves forward; a purge at or below it has nothing left to do.
+        if previous.as_ref().is_none_or(|previous| *previous < log_id) {
+            self.write_meta(KEY_LAST_PURGED, &log_id, "last purged log id")
+                .map_err(delete_error)?;
+            // Marker durable before any deletion: see the type's durability rules.
+            self.flush().await.map_err(delete_error)?;
+        }
+        let removed = self
+            .remove_range(..=log_key(log_id.index))
+            .map_err(delete_error)?;
+        self.flush().await.map_err(delete_error)?;
+        tracing::debug!(%log_id, removed, "purged log");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Bound;
+
+    use super::index_range;
+
+    #[test]
+    fn index_ranges() {
+        assert_eq!(index_range(&(3..7)), Some((3, Some(7))));
+        assert_eq!(index_range(&(3..=7)), Some((3, Some(8))));
+        assert_eq!(index_range(&(3..)), Some((3, None)));
+        assert_eq!(index_range(&(..)), Some((0, None)));
+        assert_eq!(index_range(&(..=u64::MAX)), Some((0, None)));
+        assert_eq!(index_range(&(5..5)), None);
+        // A reversed range is empty rather than a panic.
+        let reversed = (Bound::Included(7_u64), Bound::Excluded(3_u64));
+        assert_eq!(index_range(&reversed), None);
+        assert_eq!(
+            index_range(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
+            None
+        );
+        assert_eq!(
+            index_range(&(Bound::Excluded(2_u64), Bound::Included(3_u64))),
+            Some((3, Some(4)))
+        );
+    }
+}
