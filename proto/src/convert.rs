@@ -1,0 +1,576 @@
+//! `From`/`TryFrom` between wire messages and Holt domain types. This is the
+//! only place that knows both shapes; everything else uses one or the other.
+
+use nokv_holt as holt;
+
+use crate::pb;
+use crate::pb::mutate_request::Op as PbOp;
+use crate::pb::query_request::Query as PbQuery;
+use crate::pb::query_response::Result as PbQueryResult;
+
+/// A wire message is missing a field or holds a value outside its domain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> WireError {
+    WireError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+// ----- ids ------------------------------------------------------------------
+
+/// A 16-byte request id from the wire.
+pub fn request_id_from_bytes(bytes: &[u8]) -> Result<holt::RequestId, WireError> {
+    let arr: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| invalid("request_id", format!("want 16 bytes, got {}", bytes.len())))?;
+    Ok(holt::RequestId(u128::from_be_bytes(arr)))
+}
+
+pub fn request_id_to_bytes(id: holt::RequestId) -> Vec<u8> {
+    id.0.to_be_bytes().to_vec()
+}
+
+// ----- addressing -----------------------------------------------------------
+
+impl From<holt::EntryRef> for pb::EntryRef {
+    fn from(r: holt::EntryRef) -> Self {
+        let kind = match r {
+            holt::EntryRef::Path(p) => pb::entry_ref::Kind::Path(p),
+            holt::EntryRef::Child { parent, name } => pb::entry_ref::Kind::Child(pb::ChildRef {
+                parent: parent.0,
+                name,
+            }),
+        };
+        pb::EntryRef { kind: Some(kind) }
+    }
+}
+
+fn entry_ref(r: Option<pb::EntryRef>, field: &'static str) -> Result<holt::EntryRef, WireError> {
+    match r.and_then(|r| r.kind).ok_or(WireError::Missing(field))? {
+        pb::entry_ref::Kind::Path(p) => Ok(holt::EntryRef::Path(p)),
+        pb::entry_ref::Kind::Child(c) => Ok(holt::EntryRef::Child {
+            parent: holt::InodeId(c.parent),
+            name: c.name,
+        }),
+    }
+}
+
+impl From<holt::InodeRef> for pb::InodeRef {
+    fn from(r: holt::InodeRef) -> Self {
+        let kind = match r {
+            holt::InodeRef::Path(p) => pb::inode_ref::Kind::Path(p),
+            holt::InodeRef::Id(id) => pb::inode_ref::Kind::Id(id.0),
+        };
+        pb::InodeRef { kind: Some(kind) }
+    }
+}
+
+fn inode_ref(r: Option<pb::InodeRef>, field: &'static str) -> Result<holt::InodeRef, WireError> {
+    match r.and_then(|r| r.kind).ok_or(WireError::Missing(field))? {
+        pb::inode_ref::Kind::Path(p) => Ok(holt::InodeRef::Path(p)),
+        pb::inode_ref::Kind::Id(id) => Ok(holt::InodeRef::Id(holt::InodeId(id))),
+    }
+}
+
+// ----- attributes -----------------------------------------------------------
+
+impl From<holt::FileType> for pb::FileType {
+    fn from(t: holt::FileType) -> Self {
+        match t {
+            holt::FileType::File => pb::FileType::File,
+            holt::FileType::Directory => pb::FileType::Directory,
+            holt::FileType::Symlink => pb::FileType::Symlink,
+        }
+    }
+}
+
+impl From<pb::FileType> for holt::FileType {
+    fn from(t: pb::FileType) -> Self {
+        match t {
+            pb::FileType::File => holt::FileType::File,
+            pb::FileType::Directory => holt::FileType::Directory,
+            pb::FileType::Symlink => holt::FileType::Symlink,
+        }
+    }
+}
+
+impl From<holt::Attr> for pb::Attr {
+    fn from(a: holt::Attr) -> Self {
+        pb::Attr {
+            inode: a.inode.0,
+            file_type: pb::FileType::from(a.file_type) as i32,
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+            nlink: a.nlink,
+            size: a.size,
+            generation: a.generation.0,
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+            version: a.version.0,
+        }
+    }
+}
+
+impl TryFrom<pb::Attr> for holt::Attr {
+    type Error = WireError;
+    fn try_from(a: pb::Attr) -> Result<Self, WireError> {
+        let file_type = pb::FileType::try_from(a.file_type)
+            .map_err(|_| invalid("file_type", format!("unknown value {}", a.file_type)))?;
+        Ok(holt::Attr {
+            inode: holt::InodeId(a.inode),
+            file_type: file_type.into(),
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+            nlink: a.nlink,
+            size: a.size,
+            generation: holt::Generation(a.generation),
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+            version: holt::LogIndex(a.version),
+        })
+    }
+}
+
+fn attr(a: Option<pb::Attr>, field: &'static str) -> Result<holt::Attr, WireError> {
+    holt::Attr::try_from(a.ok_or(WireError::Missing(field))?)
+}
+
+// ----- mutations ------------------------------------------------------------
+
+/// A decoded `MutateRequest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mutation {
+    pub request_id: holt::RequestId,
+    pub epoch: Option<holt::Epoch>,
+    pub op: holt::Op,
+}
+
+impl TryFrom<pb::MutateRequest> for Mutation {
+    type Error = WireError;
+    fn try_from(req: pb::MutateRequest) -> Result<Self, WireError> {
+        let request_id = request_id_from_bytes(&req.request_id)?;
+        let epoch = (req.epoch != 0).then_some(holt::Epoch(req.epoch));
+        let op = op_from_wire(req.op.ok_or(WireError::Missing("op"))?)?;
+        Ok(Mutation {
+            request_id,
+            epoch,
+            op,
+        })
+    }
+}
+
+impl From<Mutation> for pb::MutateRequest {
+    fn from(m: Mutation) -> Self {
+        pb::MutateRequest {
+            request_id: request_id_to_bytes(m.request_id),
+            epoch: m.epoch.map_or(0, |e| e.0),
+            op: Some(op_to_wire(m.op)),
+        }
+    }
+}
+
+fn rename_mode(v: i32) -> Result<holt::RenameMode, WireError> {
+    match pb::RenameMode::try_from(v) {
+        Ok(pb::RenameMode::Replace) => Ok(holt::RenameMode::Replace),
+        Ok(pb::RenameMode::NoReplace) => Ok(holt::RenameMode::NoReplace),
+        Err(_) => Err(invalid("mode", format!("unknown rename mode {v}"))),
+    }
+}
+
+fn xattr_flag(v: i32) -> Result<holt::XattrFlag, WireError> {
+    match pb::XattrFlag::try_from(v) {
+        Ok(pb::XattrFlag::Upsert) => Ok(holt::XattrFlag::Upsert),
+        Ok(pb::XattrFlag::Create) => Ok(holt::XattrFlag::Create),
+        Ok(pb::XattrFlag::Replace) => Ok(holt::XattrFlag::Replace),
+        Err(_) => Err(invalid("flag", format!("unknown xattr flag {v}"))),
+    }
+}
+
+fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
+    Ok(match op {
+        PbOp::Mkdir(m) => holt::Op::Mkdir {
+            at: entry_ref(m.at, "mkdir.at")?,
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            parents: m.parents,
+        },
+        PbOp::Create(c) => holt::Op::Create {
+            at: entry_ref(c.at, "create.at")?,
+            mode: c.mode,
+            uid: c.uid,
+            gid: c.gid,
+        },
+        PbOp::Symlink(s) => holt::Op::Symlink {
+            at: entry_ref(s.at, "symlink.at")?,
+            target: s.target,
+            uid: s.uid,
+            gid: s.gid,
+        },
+        PbOp::Link(l) => holt::Op::Link {
+            inode: inode_ref(l.inode, "link.inode")?,
+            at: entry_ref(l.at, "link.at")?,
+        },
+        PbOp::Unlink(u) => holt::Op::Unlink {
+            at: entry_ref(u.at, "unlink.at")?,
+        },
+        PbOp::Rmdir(r) => holt::Op::Rmdir {
+            at: entry_ref(r.at, "rmdir.at")?,
+        },
+        PbOp::Rename(r) => holt::Op::Rename {
+            from: entry_ref(r.from, "rename.from")?,
+            to: entry_ref(r.to, "rename.to")?,
+            mode: rename_mode(r.mode)?,
+        },
+        PbOp::SetAttr(s) => holt::Op::SetAttr {
+            inode: inode_ref(s.inode, "set_attr.inode")?,
+            set: holt::SetAttr {
+                mode: s.mode,
+                uid: s.uid,
+                gid: s.gid,
+                size: s.size,
+                mtime_ns: s.mtime_ns,
+            },
+        },
+        PbOp::SetXattr(s) => holt::Op::SetXattr {
+            inode: inode_ref(s.inode, "set_xattr.inode")?,
+            name: s.name,
+            value: s.value,
+            flag: xattr_flag(s.flag)?,
+        },
+        PbOp::RemoveXattr(r) => holt::Op::RemoveXattr {
+            inode: inode_ref(r.inode, "remove_xattr.inode")?,
+            name: r.name,
+        },
+    })
+}
+
+fn op_to_wire(op: holt::Op) -> PbOp {
+    match op {
+        holt::Op::Mkdir {
+            at,
+            mode,
+            uid,
+            gid,
+            parents,
+        } => PbOp::Mkdir(pb::MkdirOp {
+            at: Some(at.into()),
+            mode,
+            uid,
+            gid,
+            parents,
+        }),
+        holt::Op::Create { at, mode, uid, gid } => PbOp::Create(pb::CreateOp {
+            at: Some(at.into()),
+            mode,
+            uid,
+            gid,
+        }),
+        holt::Op::Symlink {
+            at,
+            target,
+            uid,
+            gid,
+        } => PbOp::Symlink(pb::SymlinkOp {
+            at: Some(at.into()),
+            target,
+            uid,
+            gid,
+        }),
+        holt::Op::Link { inode, at } => PbOp::Link(pb::LinkOp {
+            inode: Some(inode.into()),
+            at: Some(at.into()),
+        }),
+        holt::Op::Unlink { at } => PbOp::Unlink(pb::UnlinkOp {
+            at: Some(at.into()),
+        }),
+        holt::Op::Rmdir { at } => PbOp::Rmdir(pb::RmdirOp {
+            at: Some(at.into()),
+        }),
+        holt::Op::Rename { from, to, mode } => PbOp::Rename(pb::RenameOp {
+            from: Some(from.into()),
+            to: Some(to.into()),
+            mode: match mode {
+                holt::RenameMode::Replace => pb::RenameMode::Replace,
+                holt::RenameMode::NoReplace => pb::RenameMode::NoReplace,
+            } as i32,
+        }),
+        holt::Op::SetAttr { inode, set } => PbOp::SetAttr(pb::SetAttrOp {
+            inode: Some(inode.into()),
+            mode: set.mode,
+            uid: set.uid,
+            gid: set.gid,
+            size: set.size,
+            mtime_ns: set.mtime_ns,
+        }),
+        holt::Op::SetXattr {
+            inode,
+            name,
+            value,
+            flag,
+        } => PbOp::SetXattr(pb::SetXattrOp {
+            inode: Some(inode.into()),
+            name,
+            value,
+            flag: match flag {
+                holt::XattrFlag::Upsert => pb::XattrFlag::Upsert,
+                holt::XattrFlag::Create => pb::XattrFlag::Create,
+                holt::XattrFlag::Replace => pb::XattrFlag::Replace,
+            } as i32,
+        }),
+        holt::Op::RemoveXattr { inode, name } => PbOp::RemoveXattr(pb::RemoveXattrOp {
+            inode: Some(inode.into()),
+            name,
+        }),
+    }
+}
+
+/// The response to a successful mutation.
+pub fn mutate_response(applied: holt::Applied, index: holt::LogIndex) -> pb::MutateResponse {
+    let result = match applied {
+        holt::Applied::Attr(a) => pb::mutate_response::Result::Attr(a.into()),
+        holt::Applied::Done => pb::mutate_response::Result::Done(pb::Done {}),
+    };
+    pb::MutateResponse {
+        result: Some(result),
+        applied_index: index.0,
+    }
+}
+
+impl TryFrom<pb::MutateResponse> for holt::Applied {
+    type Error = WireError;
+    fn try_from(r: pb::MutateResponse) -> Result<Self, WireError> {
+        match r.result.ok_or(WireError::Missing("result"))? {
+            pb::mutate_response::Result::Attr(a) => Ok(holt::Applied::Attr(attr(Some(a), "attr")?)),
+            pb::mutate_response::Result::Done(_) => Ok(holt::Applied::Done),
+        }
+    }
+}
+
+// ----- queries --------------------------------------------------------------
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    Linearizable,
+    Stale,
+}
+
+/// A decoded `QueryRequest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    pub consistency: ReadConsistency,
+    pub query: holt::Query,
+}
+
+impl TryFrom<pb::QueryRequest> for Read {
+    type Error = WireError;
+    fn try_from(req: pb::QueryRequest) -> Result<Self, WireError> {
+        let consistency = match pb::Consistency::try_from(req.consistency) {
+            Ok(pb::Consistency::Linearizable) => ReadConsistency::Linearizable,
+            Ok(pb::Consistency::Stale) => ReadConsistency::Stale,
+            Err(_) => {
+                return Err(invalid(
+                    "consistency",
+                    format!("unknown value {}", req.consistency),
+                ))
+            }
+        };
+        let query = match req.query.ok_or(WireError::Missing("query"))? {
+            PbQuery::Lookup(l) => holt::Query::Lookup {
+                parent: holt::InodeId(l.parent),
+                name: l.name,
+            },
+            PbQuery::GetAttr(g) => holt::Query::GetAttr {
+                inode: inode_ref(g.inode, "get_attr.inode")?,
+            },
+            PbQuery::ReadDir(r) => holt::Query::ReadDir {
+                dir: inode_ref(r.dir, "read_dir.dir")?,
+                after: r.after,
+                limit: r.limit,
+            },
+            PbQuery::ReadLink(r) => holt::Query::ReadLink {
+                inode: inode_ref(r.inode, "read_link.inode")?,
+            },
+            PbQuery::GetXattr(g) => holt::Query::GetXattr {
+                inode: inode_ref(g.inode, "get_xattr.inode")?,
+                name: g.name,
+            },
+            PbQuery::ListXattr(l) => holt::Query::ListXattr {
+                inode: inode_ref(l.inode, "list_xattr.inode")?,
+            },
+        };
+        Ok(Read { consistency, query })
+    }
+}
+
+impl From<Read> for pb::QueryRequest {
+    fn from(r: Read) -> Self {
+        let consistency = match r.consistency {
+            ReadConsistency::Linearizable => pb::Consistency::Linearizable,
+            ReadConsistency::Stale => pb::Consistency::Stale,
+        } as i32;
+        let query = match r.query {
+            holt::Query::Lookup { parent, name } => PbQuery::Lookup(pb::LookupQuery {
+                parent: parent.0,
+                name,
+            }),
+            holt::Query::GetAttr { inode } => PbQuery::GetAttr(pb::GetAttrQuery {
+                inode: Some(inode.into()),
+            }),
+            holt::Query::ReadDir { dir, after, limit } => PbQuery::ReadDir(pb::ReadDirQuery {
+                dir: Some(dir.into()),
+                after,
+                limit,
+            }),
+            holt::Query::ReadLink { inode } => PbQuery::ReadLink(pb::ReadLinkQuery {
+                inode: Some(inode.into()),
+            }),
+            holt::Query::GetXattr { inode, name } => PbQuery::GetXattr(pb::GetXattrQuery {
+                inode: Some(inode.into()),
+                name,
+            }),
+            holt::Query::ListXattr { inode } => PbQuery::ListXattr(pb::ListXattrQuery {
+                inode: Some(inode.into()),
+            }),
+        };
+        pb::QueryRequest {
+            consistency,
+            query: Some(query),
+        }
+    }
+}
+
+/// The response to a successful query.
+pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::QueryResponse {
+    let result = match result {
+        holt::QueryResult::Attr(a) => PbQueryResult::Attr(a.into()),
+        holt::QueryResult::Dir { entries, next } => PbQueryResult::Dir(pb::DirPage {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::DirEntry {
+                    name: e.name,
+                    attr: Some(e.attr.into()),
+                })
+                .collect(),
+            next,
+        }),
+        holt::QueryResult::Target(t) => PbQueryResult::Target(t),
+        holt::QueryResult::Xattr(v) => PbQueryResult::Xattr(v),
+        holt::QueryResult::XattrNames(names) => PbQueryResult::XattrNames(pb::XattrNames { names }),
+    };
+    pb::QueryResponse {
+        result: Some(result),
+        applied_index: index.0,
+    }
+}
+
+impl TryFrom<pb::QueryResponse> for holt::QueryResult {
+    type Error = WireError;
+    fn try_from(r: pb::QueryResponse) -> Result<Self, WireError> {
+        Ok(match r.result.ok_or(WireError::Missing("result"))? {
+            PbQueryResult::Attr(a) => holt::QueryResult::Attr(attr(Some(a), "attr")?),
+            PbQueryResult::Dir(d) => holt::QueryResult::Dir {
+                entries: d
+                    .entries
+                    .into_iter()
+                    .map(|e| {
+                        Ok(holt::DirEntry {
+                            name: e.name,
+                            attr: attr(e.attr, "dir.entries.attr")?,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?,
+                next: d.next,
+            },
+            PbQueryResult::Target(t) => holt::QueryResult::Target(t),
+            PbQueryResult::Xattr(v) => holt::QueryResult::Xattr(v),
+            PbQueryResult::XattrNames(n) => holt::QueryResult::XattrNames(n.names),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutation_round_trips() {
+        let m = Mutation {
+            request_id: holt::RequestId(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            epoch: Some(holt::Epoch(3)),
+            op: holt::Op::Rename {
+                from: holt::EntryRef::Path("/a".into()),
+                to: holt::EntryRef::Child {
+                    parent: holt::InodeId(9),
+                    name: "b".into(),
+                },
+                mode: holt::RenameMode::NoReplace,
+            },
+        };
+        let wire = pb::MutateRequest::from(m.clone());
+        assert_eq!(Mutation::try_from(wire), Ok(m));
+    }
+
+    #[test]
+    fn short_request_id_is_invalid() {
+        let req = pb::MutateRequest {
+            request_id: vec![1, 2, 3],
+            epoch: 0,
+            op: Some(PbOp::Unlink(pb::UnlinkOp {
+                at: Some(holt::EntryRef::Path("/x".into()).into()),
+            })),
+        };
+        assert!(matches!(
+            Mutation::try_from(req),
+            Err(WireError::Invalid {
+                field: "request_id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn missing_op_and_ref_are_reported() {
+        let req = pb::MutateRequest {
+            request_id: vec![0; 16],
+            epoch: 0,
+            op: None,
+        };
+        assert_eq!(Mutation::try_from(req), Err(WireError::Missing("op")));
+        let req = pb::MutateRequest {
+            request_id: vec![0; 16],
+            epoch: 0,
+            op: Some(PbOp::Unlink(pb::UnlinkOp { at: None })),
+        };
+        assert_eq!(
+            Mutation::try_from(req),
+            Err(WireError::Missing("unlink.at"))
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_invalid() {
+        let req = pb::QueryRequest {
+            consistency: 42,
+            query: None,
+        };
+        assert!(matches!(
+            Read::try_from(req),
+            Err(WireError::Invalid {
+                field: "consistency",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,126 @@
+//! Structured errors on the wire: a gRPC status whose `details` carry an
+//! encoded [`ErrorDetail`] with a stable code and routing hints.
+
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::pb::ErrorDetail;
+
+/// Stable error codes that are not namespace (POSIX) errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// This replica is not the leader; the detail names who is, when known.
+    NotLeader,
+    /// The request's epoch is stale; the detail carries the current one.
+    StaleEpoch,
+    InvalidArgument,
+    /// The shard cannot serve now (no leader, shutting down, overloaded).
+    Unavailable,
+    /// The write may or may not have been applied (e.g. leadership was lost
+    /// after it was proposed). Retrying with the same request id is safe.
+    UnknownOutcome,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::StaleEpoch => "STALE_EPOCH",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::UnknownOutcome => "UNKNOWN_OUTCOME",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn grpc_code(self) -> Code {
+        match self {
+            ErrorCode::NotLeader => Code::FailedPrecondition,
+            ErrorCode::StaleEpoch => Code::FailedPrecondition,
+            ErrorCode::InvalidArgument => Code::InvalidArgument,
+            ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::UnknownOutcome => Code::Unknown,
+            ErrorCode::Internal => Code::Internal,
+        }
+    }
+}
+
+/// A status with `detail` encoded in its details.
+pub fn status_with_detail(code: Code, detail: ErrorDetail) -> Status {
+    let message = detail.message.clone();
+    Status::with_details(code, message, detail.encode_to_vec().into())
+}
+
+/// A status for a non-namespace error with no routing hint.
+pub fn status_from_detail(code: ErrorCode, message: String) -> Status {
+    status_with_detail(
+        code.grpc_code(),
+        ErrorDetail {
+            code: code.as_str().to_string(),
+            message,
+            ..Default::default()
+        },
+    )
+}
+
+/// `NOT_LEADER` with the leader's id and address when known.
+pub fn not_leader_status(leader: Option<(u64, String)>) -> Status {
+    let (leader_id, leader_addr) = match leader {
+        Some((id, addr)) => (Some(id), addr),
+        None => (None, String::new()),
+    };
+    let message = match leader_id {
+        Some(id) => format!("not the leader; leader is node {id} at {leader_addr}"),
+        None => "not the leader; no leader is known yet".to_string(),
+    };
+    status_with_detail(
+        ErrorCode::NotLeader.grpc_code(),
+        ErrorDetail {
+            code: ErrorCode::NotLeader.as_str().to_string(),
+            message,
+            leader_id,
+            leader_addr,
+            ..Default::default()
+        },
+    )
+}
+
+/// The status for a namespace error from the engine.
+pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
+    use nokv_holt::FsError;
+    let code = match err {
+        FsError::NotFound(_) | FsError::NoData(_) => Code::NotFound,
+        FsError::AlreadyExists(_) => Code::AlreadyExists,
+        FsError::InvalidArgument(_) | FsError::NameTooLong(_) => Code::InvalidArgument,
+        FsError::NoSpace(_) => Code::ResourceExhausted,
+        FsError::NotADirectory(_)
+        | FsError::IsADirectory(_)
+        | FsError::NotEmpty(_)
+        | FsError::Loop(_)
+        | FsError::NotPermitted(_)
+        | FsError::StaleEpoch { .. } => Code::FailedPrecondition,
+    };
+    let current_epoch = match err {
+        FsError::StaleEpoch { current } => current.0,
+        _ => 0,
+    };
+    status_with_detail(
+        code,
+        ErrorDetail {
+            code: err.code().to_string(),
+            message: err.to_string(),
+            errno: err.errno(),
+            current_epoch,
+            ..Default::default()
+        },
+    )
+}
+
+/// The `ErrorDetail` of a status, if it carries one.
+pub fn detail_of(status: &Status) -> Option<ErrorDetail> {
+    if status.details().is_empty() {
+        return None;
+    }
+    ErrorDetail::decode(status.details()).ok()
+}
