@@ -1,0 +1,315 @@
+//! The client API (`MetaService`), served by every replica.
+//!
+//! Writes: decode → validate (bad input never reaches the log) → leader
+//! check → stamp the leader's time into the command → group commit through
+//! Raft → the engine's outcome. Reads: linearizable via openraft's
+//! read-index (`ensure_linearizable`, leader only), or, when the request
+//! opts in, stale from this replica's applied state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nokv_holt::{Command, Holt};
+use nokv_proto::convert::{mutate_response, query_response};
+use nokv_proto::error::status_with_detail;
+use nokv_proto::pb::meta_service_server::MetaService;
+use nokv_proto::pb::{self, ErrorDetail};
+use nokv_proto::{
+    fs_error_status, not_leader_status, status_from_detail, ErrorCode, Mutation, Read,
+    ReadConsistency,
+};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::proposer::{ProposeError, Proposer};
+use crate::read_index::{ReadIndex, ReadIndexError};
+use crate::state_machine::SharedState;
+use crate::typ::{NodeId, Raft};
+
+/// Timeouts of the client path.
+#[derive(Clone, Debug)]
+pub struct ClientTimeouts {
+    /// How long a write may wait for its commit before it is reported as
+    /// UNKNOWN_OUTCOME.
+    pub write: Duration,
+    /// How long a linearizable read may wait for read-index confirmation.
+    pub read_index: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            write: Duration::from_secs(10),
+            read_index: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves `MetaService` for one replica.
+pub struct ClientService {
+    pub(crate) node_id: NodeId,
+    pub(crate) advertise: String,
+    pub(crate) raft: Raft,
+    pub(crate) state: SharedState,
+    pub(crate) proposer: Proposer,
+    pub(crate) read_index: ReadIndex,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) timeouts: ClientTimeouts,
+}
+
+impl ClientService {
+    /// The leader's id and address as this node knows them.
+    fn leader_hint(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((leader, addr))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    fn state_error() -> Status {
+        status_from_detail(ErrorCode::Internal, "replica state is unavailable".into())
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    status_from_detail(ErrorCode::InvalidArgument, e.to_string())
+}
+
+fn unknown_outcome(reason: &str, leader: Option<(NodeId, String)>) -> Status {
+    let (leader_id, leader_addr) = match leader {
+        Some((id, addr)) => (Some(id), addr),
+        None => (None, String::new()),
+    };
+    status_with_detail(
+        ErrorCode::UnknownOutcome.grpc_code(),
+        ErrorDetail {
+            code: ErrorCode::UnknownOutcome.as_str().into(),
+            message: format!("write outcome unknown: {reason}; retry with the same request id"),
+            leader_id,
+            leader_addr,
+            ..Default::default()
+        },
+    )
+}
+
+fn role(state: ServerState) -> pb::Role {
+    match state {
+        ServerState::Leader => pb::Role::Leader,
+        ServerState::Follower => pb::Role::Follower,
+        ServerState::Candidate => pb::Role::Candidate,
+        ServerState::Learner => pb::Role::Learner,
+        ServerState::Shutdown => pb::Role::Shutdown,
+    }
+}
+
+#[tonic::async_trait]
+impl MetaService for ClientService {
+    async fn mutate(
+        &self,
+        request: Request<pb::MutateRequest>,
+    ) -> Result<Response<pb::MutateResponse>, Status> {
+        let started = Instant::now();
+        let result = self.mutate_inner(request.into_inner()).await;
+        let code = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(s) => nokv_proto::detail_of(s).map_or_else(|| "internal".into(), |d| d.code),
+        };
+        self.metrics
+            .mutations_total
+            .with_label_values(&[&code])
+            .inc();
+        self.metrics
+            .mutate_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let read = Read::try_from(request.into_inner()).map_err(invalid)?;
+        let consistency = match read.consistency {
+            ReadConsistency::Linearizable => "linearizable",
+            ReadConsistency::Stale => "stale",
+        };
+        let result = self.query_inner(read).await;
+        let code = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(s) => nokv_proto::detail_of(s).map_or_else(|| "internal".into(), |d| d.code),
+        };
+        self.metrics
+            .queries_total
+            .with_label_values(&[consistency, &code])
+            .inc();
+        result.map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let member = |id: NodeId| pb::Member {
+            id,
+            addr: membership
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default(),
+        };
+        let voters: Vec<pb::Member> = membership.voter_ids().map(member).collect();
+        let learners: Vec<pb::Member> = membership.learner_ids().map(member).collect();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let (shard, epoch, inodes) = {
+            let s = self.state.read().map_err(|_| Self::state_error())?;
+            let stats = s.holt.stats();
+            (u32::from(s.holt.shard().0), stats.epoch.0, stats.inodes)
+        };
+        Ok(Response::new(pb::StatusResponse {
+            node_id: self.node_id,
+            addr: self.advertise.clone(),
+            role: role(m.state) as i32,
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            initialized: !voters.is_empty(),
+            voters,
+            learners,
+            shard,
+            epoch,
+            inodes,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn init_cluster(
+        &self,
+        request: Request<pb::InitClusterRequest>,
+    ) -> Result<Response<pb::InitClusterResponse>, Status> {
+        let members = request.into_inner().members;
+        if members.is_empty() {
+            return Err(invalid("init needs at least one member"));
+        }
+        let mut nodes = BTreeMap::new();
+        for m in members {
+            if m.id == 0 {
+                return Err(invalid("node id 0 is reserved"));
+            }
+            if m.addr.is_empty() {
+                return Err(invalid(format!("member {} has no address", m.id)));
+            }
+            if nodes.insert(m.id, BasicNode { addr: m.addr }).is_some() {
+                return Err(invalid(format!("member {} is listed twice", m.id)));
+            }
+        }
+        if !nodes.contains_key(&self.node_id) {
+            return Err(invalid(format!(
+                "this node ({}) is not among the members; send init to a member",
+                self.node_id
+            )));
+        }
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(Response::new(pb::InitClusterResponse {})),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(status_with_detail(
+                tonic::Code::FailedPrecondition,
+                ErrorDetail {
+                    code: "ALREADY_INITIALIZED".into(),
+                    message: format!("cluster is already initialized: {e}"),
+                    ..Default::default()
+                },
+            )),
+            Err(e) => Err(invalid(e)),
+        }
+    }
+}
+
+impl ClientService {
+    async fn mutate_inner(&self, req: pb::MutateRequest) -> Result<pb::MutateResponse, Status> {
+        let mutation = Mutation::try_from(req).map_err(invalid)?;
+        let command = Command {
+            request_id: mutation.request_id,
+            epoch: mutation.epoch,
+            time_ns: now_ns(),
+            op: mutation.op,
+        };
+        Holt::validate_command(&command).map_err(|e| fs_error_status(&e))?;
+        if !self.is_leader() {
+            return Err(not_leader_status(self.leader_hint()));
+        }
+        let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
+        match proposed.await {
+            Err(_) => Err(unknown_outcome(
+                "timed out waiting for commit",
+                self.leader_hint(),
+            )),
+            Ok(Err(ProposeError::Stopped)) => Err(status_from_detail(
+                ErrorCode::Unavailable,
+                "node is shutting down".into(),
+            )),
+            Ok(Err(ProposeError::Unknown { reason, leader })) => Err(unknown_outcome(
+                &reason,
+                leader.or_else(|| self.leader_hint()),
+            )),
+            Ok(Ok((Ok(applied), index))) => Ok(mutate_response(applied, index)),
+            Ok(Ok((Err(fs_err), _))) => Err(fs_error_status(&fs_err)),
+        }
+    }
+
+    async fn query_inner(&self, read: Read) -> Result<pb::QueryResponse, Status> {
+        if read.consistency == ReadConsistency::Linearizable {
+            if !self.is_leader() {
+                return Err(not_leader_status(self.leader_hint()));
+            }
+            let confirmed =
+                tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm());
+            match confirmed.await {
+                Ok(Ok(())) => {}
+                Ok(Err(ReadIndexError::NotLeader)) => {
+                    return Err(not_leader_status(self.leader_hint()))
+                }
+                Ok(Err(e)) => {
+                    return Err(status_from_detail(ErrorCode::Unavailable, e.to_string()))
+                }
+                Err(_) => {
+                    return Err(status_from_detail(
+                        ErrorCode::Unavailable,
+                        "timed out confirming leadership for a linearizable read".into(),
+                    ))
+                }
+            }
+        }
+        let s = self.state.read().map_err(|_| Self::state_error())?;
+        let index = s.holt.last_applied();
+        match s.holt.query(&read.query) {
+            Ok(result) => Ok(query_response(result, index)),
+            Err(e) => Err(fs_error_status(&e)),
+        }
+    }
+}

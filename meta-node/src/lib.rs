@@ -1,0 +1,30 @@
+//! One replica of a NoKV metadata shard.
+//!
+//! A shard is a Raft group (openraft) whose state machine is the Holt engine
+//! and whose log lives on sled (`raft-log`). This crate wires them together
+//! and serves two gRPC services on one address: `RaftService` between
+//! replicas and `MetaService` for clients.
+//!
+//! Main types: [`NodeConfig`] and [`run_node`] (start a replica),
+//! [`HoltStateMachine`] (the thin openraft adapter), [`Proposer`] (group
+//! commit), [`ClientService`] (the client API).
+//!
+//! Must not depend on: the client SDK, the CLI, or any other server crate;
+//! peers talk to each other only over gRPC.
+
+pub mod client_service;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod proposer;
+pub mod raft_service;
+pub mod raft_wire;
+pub mod read_index;
+pub mod state_machine;
+pub mod typ;
+
+pub use client_service::{ClientService, ClientTimeouts};
+pub use node::{run_node, NodeConfig, NodeError};
+pub use proposer::Proposer;
+pub use state_machine::HoltStateMachine;
+pub use typ::{NodeId, TypeConfig};

@@ -1,0 +1,157 @@
+//! Prometheus metrics of a node (`nokv_<subsystem>_<thing>_<unit>`) and a
+//! tiny HTTP endpoint that serves them at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::typ::Raft;
+
+/// Every metric a node exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub mutations_total: IntCounterVec,
+    pub queries_total: IntCounterVec,
+    pub mutate_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub raft_term: IntGauge,
+    pub raft_is_leader: IntGauge,
+    pub raft_last_log_index: IntGauge,
+    pub raft_applied_index: IntGauge,
+    pub raft_snapshot_index: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let mutations_total = IntCounterVec::new(
+            Opts::new(
+                "nokv_meta_mutations_total",
+                "Client mutations by result code",
+            ),
+            &["result"],
+        )?;
+        let queries_total = IntCounterVec::new(
+            Opts::new(
+                "nokv_meta_queries_total",
+                "Client queries by consistency and result",
+            ),
+            &["consistency", "result"],
+        )?;
+        let mutate_seconds = Histogram::with_opts(
+            HistogramOpts::new("nokv_meta_mutate_seconds", "Mutation latency on the leader")
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18)?),
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("nokv_meta_batch_commands", "Commands per Raft entry")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?),
+        )?;
+        let raft_term = IntGauge::new("nokv_raft_term", "Current Raft term")?;
+        let raft_is_leader = IntGauge::new("nokv_raft_is_leader", "1 if this node leads")?;
+        let raft_last_log_index = IntGauge::new("nokv_raft_last_log_index", "Last log index")?;
+        let raft_applied_index = IntGauge::new("nokv_raft_applied_index", "Last applied index")?;
+        let raft_snapshot_index =
+            IntGauge::new("nokv_raft_snapshot_index", "Last index in a snapshot")?;
+        registry.register(Box::new(mutations_total.clone()))?;
+        registry.register(Box::new(queries_total.clone()))?;
+        registry.register(Box::new(mutate_seconds.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(raft_term.clone()))?;
+        registry.register(Box::new(raft_is_leader.clone()))?;
+        registry.register(Box::new(raft_last_log_index.clone()))?;
+        registry.register(Box::new(raft_applied_index.clone()))?;
+        registry.register(Box::new(raft_snapshot_index.clone()))?;
+        Ok(Metrics {
+            registry,
+            mutations_total,
+            queries_total,
+            mutate_seconds,
+            batch_size,
+            raft_term,
+            raft_is_leader,
+            raft_last_log_index,
+            raft_applied_index,
+            raft_snapshot_index,
+        })
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+/// Mirrors openraft's metrics into the gauges until `shutdown`.
+pub async fn track_raft(raft: Raft, metrics: std::sync::Arc<Metrics>, shutdown: CancellationToken) {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            metrics.raft_term.set(m.current_term as i64);
+            metrics
+                .raft_is_leader
+                .set(i64::from(m.current_leader == Some(m.id)));
+            metrics
+                .raft_last_log_index
+                .set(m.last_log_index.unwrap_or(0) as i64);
+            metrics
+                .raft_applied_index
+                .set(m.last_applied.map_or(0, |l| l.index) as i64);
+            metrics
+                .raft_snapshot_index
+                .set(m.snapshot.map_or(0, |l| l.index) as i64);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match stream.read(&mut buf).await {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if head.starts_with("GET /metrics") {
+                ("200 OK", metrics.render())
+            } else if head.starts_with("GET /healthz") {
+                ("200 OK", b"ok\n".to_vec())
+            } else {
+                ("404 Not Found", b"not found\n".to_vec())
+            };
+            let header = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(header.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+        });
+    }
+}

@@ -1,0 +1,233 @@
+//! Assembling and running one replica: log store, state machine, Raft,
+//! proposer, gRPC services and metrics, with a clean shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nokv_holt::{HoltConfig, ShardId};
+use nokv_proto::pb::meta_service_server::MetaServiceServer;
+use nokv_proto::pb::raft_service_server::RaftServiceServer;
+use nokv_raft_log::SledLogStore;
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::client_service::{ClientService, ClientTimeouts};
+use crate::metrics::{self, Metrics};
+use crate::network::GrpcNetworkFactory;
+use crate::proposer::Proposer;
+use crate::raft_service::RaftServer;
+use crate::read_index::ReadIndex;
+use crate::state_machine::HoltStateMachine;
+use crate::typ::{NodeId, Raft, TypeConfig};
+
+/// Everything a replica needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Address peers and clients use to reach this node (`HOST:PORT`).
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub shard: ShardId,
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (for slow followers).
+    pub keep_logs_behind_snapshot: u64,
+    /// Most commands in one Raft entry.
+    pub max_batch: usize,
+    /// Most Raft entries proposed and not yet committed.
+    pub max_inflight: usize,
+    pub timeouts: ClientTimeouts,
+    pub dedupe_capacity: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node with the given identity.
+    pub fn new(node_id: NodeId, advertise: String, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            advertise,
+            data_dir,
+            shard: ShardId(0),
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
+            snapshot_every: 10_000,
+            keep_logs_behind_snapshot: 1_000,
+            max_batch: 256,
+            max_inflight: 4,
+            timeouts: ClientTimeouts::default(),
+            dedupe_capacity: 100_000,
+        }
+    }
+
+    /// Checks the values before anything starts.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |m: &str| Err(NodeError::Config(m.to_string()));
+        if self.node_id == 0 {
+            return bad("node id must be at least 1");
+        }
+        if self.advertise.is_empty() {
+            return bad("advertise address is empty");
+        }
+        if self.heartbeat >= self.election_timeout_min {
+            return bad("heartbeat must be shorter than the election timeout");
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return bad("election timeout min must be below max");
+        }
+        if self.snapshot_every == 0 || self.max_batch == 0 || self.max_inflight == 0 {
+            return bad("snapshot interval, batch size and in-flight limit must be positive");
+        }
+        Ok(())
+    }
+
+    fn raft_config(&self) -> Result<openraft::Config, NodeError> {
+        let config = openraft::Config {
+            cluster_name: format!("nokv-{}", self.shard),
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_logs_behind_snapshot,
+            max_payload_entries: 64,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))
+    }
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory belongs to node {found}, not node {expected}")]
+    WrongNode { expected: NodeId, found: String },
+    #[error("raft log: {0}")]
+    Log(#[from] nokv_raft_log::LogStoreError),
+    #[error("state machine: {0}")]
+    StateMachine(#[from] crate::state_machine::SnapshotFileError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Records which node owns `data_dir`, refusing a directory of another node.
+fn claim_data_dir(data_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
+    let io = |source| NodeError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let marker = data_dir.join("node-id");
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == node_id.to_string() => Ok(()),
+        Ok(found) => Err(NodeError::WrongNode {
+            expected: node_id,
+            found: found.trim().to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&marker, format!("{node_id}\n")).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Runs a replica on `listener` until `shutdown` is cancelled, then stops
+/// the gRPC server, the background tasks and Raft, in that order.
+pub async fn run_node(
+    config: NodeConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    claim_data_dir(&config.data_dir, config.node_id)?;
+    let log_store = SledLogStore::<TypeConfig>::open(&config.data_dir.join("raft-log"))?;
+    let holt_config = HoltConfig {
+        shard: config.shard,
+        dedupe_capacity: config.dedupe_capacity,
+    };
+    let state_machine = HoltStateMachine::open(&config.data_dir.join("snapshot"), holt_config)?;
+    let state = state_machine.shared();
+    let raft: Raft = openraft::Raft::new(
+        config.node_id,
+        Arc::new(config.raft_config()?),
+        GrpcNetworkFactory::default(),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let metrics = Arc::new(Metrics::new()?);
+    let tasks = CancellationToken::new();
+    tokio::spawn(metrics::track_raft(
+        raft.clone(),
+        metrics.clone(),
+        tasks.clone(),
+    ));
+    if let Some(l) = metrics_listener {
+        tokio::spawn(metrics::serve_http(l, metrics.clone(), tasks.clone()));
+    }
+    let proposer = Proposer::start(
+        raft.clone(),
+        config.max_batch,
+        config.max_inflight,
+        metrics.clone(),
+        tasks.clone(),
+    );
+    let read_index = ReadIndex::start(raft.clone(), tasks.clone());
+    let client = ClientService {
+        node_id: config.node_id,
+        advertise: config.advertise.clone(),
+        raft: raft.clone(),
+        state,
+        proposer,
+        read_index,
+        metrics,
+        timeouts: config.timeouts.clone(),
+    };
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(node = config.node_id, addr = ?local, advertise = %config.advertise, "serving");
+
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            MetaServiceServer::new(client)
+                .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
+                .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
+        )
+        .add_service(
+            RaftServiceServer::new(RaftServer::new(raft.clone()))
+                .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+
+    tracing::info!(node = config.node_id, "stopping");
+    tasks.cancel();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    served?;
+    Ok(())
+}

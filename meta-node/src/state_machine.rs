@@ -1,0 +1,369 @@
+//! The openraft state machine: a thin adapter around the Holt engine.
+//!
+//! `apply` hands each command to [`Holt::apply`] (deterministic, no I/O);
+//! everything here is bookkeeping: the last applied log id, the membership,
+//! and snapshots. A snapshot is the Holt image (versioned and checksummed by
+//! Holt) plus openraft's snapshot metadata, persisted atomically to
+//! `DATA_DIR/snapshot/current` so that a restarted node recovers its state
+//! from snapshot + log, and the log can be compacted behind it.
+//!
+//! Invariants: the state after `apply` depends only on the log; a snapshot
+//! file is either the old one or the new one (write temp, fsync, rename,
+//! fsync dir); a corrupt snapshot file fails startup loudly, never silently.
+
+use std::fs;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use nokv_holt::{Holt, HoltConfig, LogIndex};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+use crate::typ::{ApplyResult, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"NOKVSNAP";
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const SNAPSHOT_HEADER_LEN: usize = 8 + 4 + 4 + 8;
+
+/// The replicated state of one replica, shared with the read path.
+#[derive(Debug)]
+pub struct ShardState {
+    pub holt: Holt,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// Shared handle to a replica's state; readers take the read lock briefly.
+pub type SharedState = Arc<RwLock<ShardState>>;
+
+/// A snapshot held in memory: openraft metadata plus the Holt image bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    image: Vec<u8>,
+}
+
+/// Errors reading a persisted snapshot file.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("snapshot file I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("snapshot file is corrupt: {0}")]
+    Corrupt(String),
+    #[error("snapshot image: {0}")]
+    Image(#[from] nokv_holt::ImageError),
+}
+
+/// The openraft state machine of a shard.
+pub struct HoltStateMachine {
+    state: SharedState,
+    snapshot_dir: PathBuf,
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    holt_config: HoltConfig,
+}
+
+impl HoltStateMachine {
+    /// Opens the state machine, restoring it from the persisted snapshot in
+    /// `snapshot_dir` if there is one.
+    pub fn open(snapshot_dir: &Path, holt_config: HoltConfig) -> Result<Self, SnapshotFileError> {
+        fs::create_dir_all(snapshot_dir)?;
+        let current = read_snapshot_file(&snapshot_dir.join("current"))?;
+        let state = match &current {
+            Some(snap) => ShardState {
+                holt: Holt::decode_image(&snap.image)?,
+                last_applied: snap.meta.last_log_id,
+                membership: snap.meta.last_membership.clone(),
+            },
+            None => ShardState {
+                holt: Holt::new(holt_config.clone()),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+        };
+        Ok(HoltStateMachine {
+            state: Arc::new(RwLock::new(state)),
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            current: Arc::new(Mutex::new(current)),
+            holt_config,
+        })
+    }
+
+    /// The state shared with the read path.
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    fn builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            state: self.state.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// Encodes a snapshot file: magic, format version, crc32 of the body, body
+/// length, then the bincode body.
+fn encode_snapshot_file(snap: &StoredSnapshot) -> Result<Vec<u8>, bincode::Error> {
+    let body = bincode::serialize(snap)?;
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn decode_snapshot_file(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
+    let corrupt = |m: &str| SnapshotFileError::Corrupt(m.to_string());
+    if bytes.len() < SNAPSHOT_HEADER_LEN {
+        return Err(corrupt("shorter than its header"));
+    }
+    let (header, body) = bytes.split_at(SNAPSHOT_HEADER_LEN);
+    if &header[0..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let version = word(8);
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(SnapshotFileError::Corrupt(format!(
+            "unsupported format version {version}"
+        )));
+    }
+    let crc = word(12);
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&header[16..24]);
+    if u64::from_le_bytes(len_bytes) != body.len() as u64 {
+        return Err(corrupt("length does not match"));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    bincode::deserialize(body).map_err(|e| SnapshotFileError::Corrupt(e.to_string()))
+}
+
+fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
+    match fs::read(path) {
+        Ok(bytes) => decode_snapshot_file(&bytes).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `snap` as `dir/current` atomically and durably.
+fn write_snapshot_file(dir: &Path, snap: &StoredSnapshot) -> std::io::Result<()> {
+    let bytes = encode_snapshot_file(snap).map_err(std::io::Error::other)?;
+    let tmp = dir.join("current.tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join("current"))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Builds snapshots from the live state.
+pub struct SnapshotBuilder {
+    state: SharedState,
+    snapshot_dir: PathBuf,
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Copy the state under the read lock, encode and write outside it so
+        // that reads and applies are blocked only for the copy.
+        let (holt, last_applied, membership) = {
+            let s = self.state.read().map_err(|_| poisoned())?;
+            (s.holt.clone(), s.last_applied, s.membership.clone())
+        };
+        let dir = self.snapshot_dir.clone();
+        let current = self.current.clone();
+        let snap = tokio::task::spawn_blocking(move || -> std::io::Result<StoredSnapshot> {
+            let image = holt.encode_image();
+            let snapshot_id = match last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, crc32fast::hash(&image)),
+                None => format!("empty-{}", crc32fast::hash(&image)),
+            };
+            let snap = StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
+                image,
+            };
+            write_snapshot_file(&dir, &snap)?;
+            Ok(snap)
+        })
+        .await
+        .map_err(snapshot_write_err)?
+        .map_err(snapshot_write_err)?;
+        tracing::info!(snapshot = %snap.meta.snapshot_id, bytes = snap.image.len(), "built snapshot");
+        let out = Snapshot {
+            meta: snap.meta.clone(),
+            snapshot: Box::new(Cursor::new(snap.image.clone())),
+        };
+        *current.lock().map_err(|_| poisoned())? = Some(snap);
+        Ok(out)
+    }
+}
+
+fn poisoned() -> StorageError {
+    sm_read_err(std::io::Error::other("state lock poisoned by a panic"))
+}
+
+impl RaftStateMachine<TypeConfig> for HoltStateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let s = self.state.read().map_err(|_| poisoned())?;
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut s = self.state.write().map_err(|_| poisoned())?;
+        let mut results = Vec::new();
+        for entry in entries {
+            let index = LogIndex(entry.log_id.index);
+            s.last_applied = Some(entry.log_id);
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Membership(m) => {
+                    s.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Vec::new()
+                }
+                EntryPayload::Normal(payload) => payload
+                    .commands()
+                    .iter()
+                    .map(|cmd| s.holt.apply(index, cmd))
+                    .collect(),
+            };
+            results.push(ApplyResult { index, outcomes });
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        self.builder()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let image = snapshot.into_inner();
+        let holt = Holt::decode_image(&image).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        let snap = StoredSnapshot {
+            meta: meta.clone(),
+            image,
+        };
+        let dir = self.snapshot_dir.clone();
+        let to_write = snap.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &to_write))
+            .await
+            .map_err(snapshot_write_err)?
+            .map_err(snapshot_write_err)?;
+        {
+            let mut s = self.state.write().map_err(|_| poisoned())?;
+            s.holt = holt;
+            s.last_applied = meta.last_log_id;
+            s.membership = meta.last_membership.clone();
+        }
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from leader");
+        *self.current.lock().map_err(|_| poisoned())? = Some(snap);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = self.current.lock().map_err(|_| poisoned())?;
+        Ok(current.as_ref().map(|snap| Snapshot {
+            meta: snap.meta.clone(),
+            snapshot: Box::new(Cursor::new(snap.image.clone())),
+        }))
+    }
+}
+
+impl HoltStateMachine {
+    /// The engine configuration new (empty) state starts from.
+    pub fn holt_config(&self) -> &HoltConfig {
+        &self.holt_config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredSnapshot {
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: "s1".into(),
+            },
+            image: Holt::new(HoltConfig::default()).encode_image(),
+        }
+    }
+
+    #[test]
+    fn snapshot_file_round_trips() {
+        let snap = sample();
+        let bytes = encode_snapshot_file(&snap).expect("encode");
+        let back = decode_snapshot_file(&bytes).expect("decode");
+        assert_eq!(back.image, snap.image);
+        assert_eq!(back.meta.snapshot_id, "s1");
+    }
+
+    #[test]
+    fn corrupt_snapshot_files_are_rejected() {
+        let bytes = encode_snapshot_file(&sample()).expect("encode");
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        assert!(decode_snapshot_file(&flipped).is_err());
+        assert!(decode_snapshot_file(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_snapshot_file(b"garbage").is_err());
+        let mut magic = bytes;
+        magic[0] = b'X';
+        assert!(decode_snapshot_file(&magic).is_err());
+    }
+
+    #[test]
+    fn open_restores_the_persisted_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = sample();
+        write_snapshot_file(dir.path(), &snap).expect("write");
+        let sm = HoltStateMachine::open(dir.path(), HoltConfig::default()).expect("open");
+        let current = sm.current.lock().expect("lock");
+        assert_eq!(
+            current.as_ref().map(|s| s.meta.snapshot_id.clone()),
+            Some("s1".into())
+        );
+    }
+}
