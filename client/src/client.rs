@@ -1,0 +1,611 @@
+//! The client: routing, retries and convenience calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nokv_holt::{
+    Applied, Attr, DirEntry, EntryRef, InodeRef, Op, Query, QueryResult, RenameMode, RequestId,
+    SetAttr, XattrFlag,
+};
+use nokv_proto::pb::meta_service_client::MetaServiceClient;
+use nokv_proto::pb::{self, ErrorDetail};
+use nokv_proto::{detail_of, Mutation, Read, ReadConsistency};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Sees every write acknowledged before the read started (read-index).
+    #[default]
+    Linearizable,
+    /// Served by whichever replica answers first; may lag behind.
+    Stale,
+}
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Replica addresses (`HOST:PORT` or `http://HOST:PORT`); any subset works.
+    pub endpoints: Vec<String>,
+    /// Total time one call may take, retries included.
+    pub deadline: Duration,
+    /// Time one attempt may take.
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// First and largest pause between attempts.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Epoch to stamp on mutations (`None`: unchecked).
+    pub epoch: Option<u64>,
+}
+
+impl ClientConfig {
+    pub fn new(endpoints: Vec<String>) -> ClientConfig {
+        ClientConfig {
+            endpoints,
+            deadline: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(400),
+            epoch: None,
+        }
+    }
+}
+
+/// A handle to one NoKV shard; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    endpoints: Vec<String>,
+    channels: Mutex<HashMap<String, MetaServiceClient<Channel>>>,
+    /// Address of the replica believed to lead, if any.
+    leader: Mutex<Option<String>>,
+    /// Round-robin cursor over `endpoints` when no leader is known.
+    next: Mutex<usize>,
+}
+
+/// What one failed attempt tells the retry loop.
+enum Attempt {
+    /// Give up with this error.
+    Fatal(ClientError),
+    /// Try again; `maybe_applied` if the attempt may have taken effect.
+    Retry {
+        leader: Option<String>,
+        maybe_applied: bool,
+        reason: String,
+    },
+}
+
+fn normalize(endpoint: &str) -> String {
+    endpoint
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+impl Client {
+    /// A client for the given replicas. Connections are made lazily.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        let endpoints: Vec<String> = config
+            .endpoints
+            .iter()
+            .map(|e| normalize(e))
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no endpoints given (use --endpoints or NOKV_ENDPOINTS)".into(),
+            ));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                endpoints,
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                next: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// Shorthand for [`Client::new`] with default settings.
+    pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, ClientError> {
+        Client::new(ClientConfig::new(
+            endpoints.iter().map(|e| e.as_ref().to_string()).collect(),
+        ))
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    fn stub(&self, addr: &str) -> Result<MetaServiceClient<Channel>, ClientError> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .map_err(|_| ClientError::Protocol("client state poisoned".into()))?;
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::InvalidArgument(format!("bad endpoint {addr:?}: {e}")))?
+            .connect_timeout(self.inner.config.connect_timeout)
+            .tcp_nodelay(true);
+        let stub = MetaServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE);
+        channels.insert(addr.to_string(), stub.clone());
+        Ok(stub)
+    }
+
+    /// The replica to try next: the known leader, else round robin.
+    fn pick(&self) -> String {
+        if let Ok(leader) = self.inner.leader.lock() {
+            if let Some(l) = leader.as_ref() {
+                return l.clone();
+            }
+        }
+        let mut next = match self.inner.next.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        let addr = self.inner.endpoints[*next % self.inner.endpoints.len()].clone();
+        *next = next.wrapping_add(1);
+        addr
+    }
+
+    fn set_leader(&self, leader: Option<String>) {
+        if let Ok(mut l) = self.inner.leader.lock() {
+            *l = leader;
+        }
+    }
+
+    /// Classifies a failed attempt.
+    fn classify(status: &tonic::Status, target: &str) -> Attempt {
+        if let Some(detail) = detail_of(status) {
+            return Self::classify_detail(detail, target);
+        }
+        // No detail: the failure came from the transport, not from NoKV.
+        let message = status.message().to_string();
+        let not_sent = status.code() == tonic::Code::Unavailable
+            && (message.contains("connect") || message.contains("Connection refused"));
+        match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Aborted => Attempt::Retry {
+                leader: None,
+                maybe_applied: !not_sent,
+                reason: format!("{target}: {message}"),
+            },
+            _ => Attempt::Fatal(ClientError::Protocol(format!(
+                "{target}: {:?}: {message}",
+                status.code()
+            ))),
+        }
+    }
+
+    fn classify_detail(detail: ErrorDetail, target: &str) -> Attempt {
+        let hint = (!detail.leader_addr.is_empty()).then(|| detail.leader_addr.clone());
+        match detail.code.as_str() {
+            "NOT_LEADER" => Attempt::Retry {
+                leader: hint,
+                maybe_applied: false,
+                reason: format!("{target}: {}", detail.message),
+            },
+            "UNKNOWN_OUTCOME" => Attempt::Retry {
+                leader: hint,
+                maybe_applied: true,
+                reason: format!("{target}: {}", detail.message),
+            },
+            "UNAVAILABLE" => Attempt::Retry {
+                leader: None,
+                maybe_applied: false,
+                reason: format!("{target}: {}", detail.message),
+            },
+            _ => Attempt::Fatal(ClientError::from_detail(detail)),
+        }
+    }
+
+    /// Runs `call` against replicas until it succeeds, fails for good, or
+    /// the deadline passes.
+    async fn with_retries<T, F, Fut>(&self, is_write: bool, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.deadline;
+        let mut backoff = config.backoff_min;
+        let mut maybe_applied = false;
+        let mut last_reason;
+        loop {
+            let target = self.pick();
+            let stub = self.stub(&target)?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(remaining.min(config.attempt_timeout), call(stub));
+            let outcome = match attempt.await {
+                Ok(Ok(value)) => {
+                    self.set_leader(Some(target));
+                    return Ok(value);
+                }
+                Ok(Err(status)) => Self::classify(&status, &target),
+                Err(_) => Attempt::Retry {
+                    leader: None,
+                    maybe_applied: true,
+                    reason: format!("{target}: attempt timed out"),
+                },
+            };
+            match outcome {
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Retry {
+                    leader,
+                    maybe_applied: m,
+                    reason,
+                } => {
+                    maybe_applied |= m;
+                    tracing::debug!(%reason, ?leader, "retrying");
+                    // Follow a hint to another node at once; otherwise back off.
+                    let follow = leader.as_ref().is_some_and(|l| *l != target);
+                    self.set_leader(leader);
+                    last_reason = reason;
+                    if !follow {
+                        let pause = jitter(backoff);
+                        if Instant::now() + pause >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(pause).await;
+                        backoff = (backoff * 2).min(config.backoff_max);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if is_write && maybe_applied {
+            Err(ClientError::Unknown(last_reason))
+        } else {
+            Err(ClientError::Unavailable(last_reason))
+        }
+    }
+
+    /// Applies `op` with a fresh request id.
+    pub async fn mutate(&self, op: Op) -> Result<Applied, ClientError> {
+        self.mutate_with_id(RequestId(rand::random::<u128>()), op)
+            .await
+    }
+
+    /// Applies `op` under `request_id`; calling again with the same id
+    /// returns the first result without applying twice.
+    pub async fn mutate_with_id(
+        &self,
+        request_id: RequestId,
+        op: Op,
+    ) -> Result<Applied, ClientError> {
+        let request = pb::MutateRequest::from(Mutation {
+            request_id,
+            epoch: self.inner.config.epoch.map(nokv_holt::Epoch),
+            op,
+        });
+        let response = self
+            .with_retries(true, |mut stub| {
+                let request = request.clone();
+                async move { stub.mutate(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Applied::try_from(response).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Runs a read.
+    pub async fn query(
+        &self,
+        query: Query,
+        consistency: Consistency,
+    ) -> Result<QueryResult, ClientError> {
+        let request = pb::QueryRequest::from(Read {
+            consistency: match consistency {
+                Consistency::Linearizable => ReadConsistency::Linearizable,
+                Consistency::Stale => ReadConsistency::Stale,
+            },
+            query,
+        });
+        let response = self
+            .with_retries(false, |mut stub| {
+                let request = request.clone();
+                async move { stub.query(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        QueryResult::try_from(response).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    // ----- cluster ---------------------------------------------------------
+
+    /// The status of one replica (no retries: it is about that replica).
+    pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse, ClientError> {
+        let addr = normalize(endpoint);
+        let mut stub = self.stub(&addr)?;
+        let call = stub.status(pb::StatusRequest {});
+        match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(match detail_of(&status) {
+                Some(d) => ClientError::from_detail(d),
+                None => ClientError::Unavailable(format!("{addr}: {}", status.message())),
+            }),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
+        }
+    }
+
+    /// Forms a Raft group of `members` by asking `endpoint` (one of them).
+    pub async fn init_cluster(
+        &self,
+        endpoint: &str,
+        members: Vec<pb::Member>,
+    ) -> Result<(), ClientError> {
+        let addr = normalize(endpoint);
+        let mut stub = self.stub(&addr)?;
+        let call = stub.init_cluster(pb::InitClusterRequest { members });
+        match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(match detail_of(&status) {
+                Some(d) => ClientError::from_detail(d),
+                None => ClientError::Unavailable(format!("{addr}: {}", status.message())),
+            }),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
+        }
+    }
+
+    // ----- namespace conveniences -------------------------------------------
+
+    fn attr_of(applied: Applied) -> Result<Attr, ClientError> {
+        match applied {
+            Applied::Attr(a) => Ok(a),
+            Applied::Done => Err(ClientError::Protocol("expected attributes in reply".into())),
+        }
+    }
+
+    fn expect<T>(
+        r: QueryResult,
+        pick: impl FnOnce(QueryResult) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        pick(r).ok_or_else(|| ClientError::Protocol("unexpected reply shape".into()))
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Attr, ClientError> {
+        let op = Op::Mkdir {
+            at: EntryRef::Path(path.into()),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            parents,
+        };
+        Self::attr_of(self.mutate(op).await?)
+    }
+
+    /// Creates an empty file; `EEXIST` if the name is taken.
+    pub async fn create(&self, path: &str) -> Result<Attr, ClientError> {
+        let op = Op::Create {
+            at: EntryRef::Path(path.into()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        Self::attr_of(self.mutate(op).await?)
+    }
+
+    pub async fn symlink(&self, target: &str, path: &str) -> Result<Attr, ClientError> {
+        let op = Op::Symlink {
+            at: EntryRef::Path(path.into()),
+            target: target.into(),
+            uid: 0,
+            gid: 0,
+        };
+        Self::attr_of(self.mutate(op).await?)
+    }
+
+    pub async fn link(&self, existing: &str, new_path: &str) -> Result<Attr, ClientError> {
+        let op = Op::Link {
+            inode: InodeRef::Path(existing.into()),
+            at: EntryRef::Path(new_path.into()),
+        };
+        Self::attr_of(self.mutate(op).await?)
+    }
+
+    pub async fn unlink(&self, path: &str) -> Result<(), ClientError> {
+        self.mutate(Op::Unlink {
+            at: EntryRef::Path(path.into()),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn rmdir(&self, path: &str) -> Result<(), ClientError> {
+        self.mutate(Op::Rmdir {
+            at: EntryRef::Path(path.into()),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> Result<(), ClientError> {
+        self.mutate(Op::Rename {
+            from: EntryRef::Path(from.into()),
+            to: EntryRef::Path(to.into()),
+            mode,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn set_attr(&self, path: &str, set: SetAttr) -> Result<Attr, ClientError> {
+        Self::attr_of(
+            self.mutate(Op::SetAttr {
+                inode: InodeRef::Path(path.into()),
+                set,
+            })
+            .await?,
+        )
+    }
+
+    pub async fn set_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        value: &[u8],
+        flag: XattrFlag,
+    ) -> Result<(), ClientError> {
+        self.mutate(Op::SetXattr {
+            inode: InodeRef::Path(path.into()),
+            name: name.into(),
+            value: value.to_vec(),
+            flag,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn remove_xattr(&self, path: &str, name: &str) -> Result<(), ClientError> {
+        self.mutate(Op::RemoveXattr {
+            inode: InodeRef::Path(path.into()),
+            name: name.into(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Attributes of `path` (a final symlink is not followed).
+    pub async fn stat(&self, path: &str, consistency: Consistency) -> Result<Attr, ClientError> {
+        let r = self
+            .query(
+                Query::GetAttr {
+                    inode: InodeRef::Path(path.into()),
+                },
+                consistency,
+            )
+            .await?;
+        Self::expect(r, |r| match r {
+            QueryResult::Attr(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// One page of `path`'s entries after `after`.
+    pub async fn read_dir_page(
+        &self,
+        path: &str,
+        after: Option<String>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<(Vec<DirEntry>, Option<String>), ClientError> {
+        let r = self
+            .query(
+                Query::ReadDir {
+                    dir: InodeRef::Path(path.into()),
+                    after,
+                    limit,
+                },
+                consistency,
+            )
+            .await?;
+        Self::expect(r, |r| match r {
+            QueryResult::Dir { entries, next } => Some((entries, next)),
+            _ => None,
+        })
+    }
+
+    /// Every entry of `path`, fetched page by page.
+    pub async fn read_dir_all(
+        &self,
+        path: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<DirEntry>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (entries, next) = self.read_dir_page(path, after, 0, consistency).await?;
+            all.extend(entries);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    pub async fn read_link(
+        &self,
+        path: &str,
+        consistency: Consistency,
+    ) -> Result<String, ClientError> {
+        let r = self
+            .query(
+                Query::ReadLink {
+                    inode: InodeRef::Path(path.into()),
+                },
+                consistency,
+            )
+            .await?;
+        Self::expect(r, |r| match r {
+            QueryResult::Target(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    pub async fn get_xattr(
+        &self,
+        path: &str,
+        name: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<u8>, ClientError> {
+        let r = self
+            .query(
+                Query::GetXattr {
+                    inode: InodeRef::Path(path.into()),
+                    name: name.into(),
+                },
+                consistency,
+            )
+            .await?;
+        Self::expect(r, |r| match r {
+            QueryResult::Xattr(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    pub async fn list_xattr(
+        &self,
+        path: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<String>, ClientError> {
+        let r = self
+            .query(
+                Query::ListXattr {
+                    inode: InodeRef::Path(path.into()),
+                },
+                consistency,
+            )
+            .await?;
+        Self::expect(r, |r| match r {
+            QueryResult::XattrNames(n) => Some(n),
+            _ => None,
+        })
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5) so retrying clients spread out.
+fn jitter(d: Duration) -> Duration {
+    let factor = 0.5 + rand::random::<f64>();
+    d.mul_f64(factor)
+}

@@ -1,0 +1,83 @@
+//! Errors the SDK returns. Routing errors (`NOT_LEADER`) never surface: the
+//! client follows them. What is left says what the caller can do.
+
+use nokv_proto::pb::ErrorDetail;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A namespace error from the engine (ENOENT, EEXIST, ...). Nothing changed.
+    #[error("{message}")]
+    Fs {
+        code: String,
+        errno: i32,
+        message: String,
+    },
+    /// The request was malformed; nothing changed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The request carried an old epoch; `current` is the shard's epoch now.
+    #[error("stale epoch; current epoch is {current}")]
+    StaleEpoch { current: u64 },
+    /// A write was sent but no answer came before the deadline: it may or may
+    /// not have been applied. Retrying with the same request id is safe.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// No replica could serve the request before the deadline; a write
+    /// reported this way was never accepted by any replica.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The cluster answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The cluster reported an internal error.
+    #[error("server error: {0}")]
+    Server(String),
+    /// `init` on a cluster that was already initialised.
+    #[error("{0}")]
+    AlreadyInitialized(String),
+}
+
+impl ClientError {
+    /// Stable code: the engine's (ENOENT, ...) or the SDK's.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Fs { code, .. } => code,
+            ClientError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            ClientError::StaleEpoch { .. } => "STALE_EPOCH",
+            ClientError::Unknown(_) => "UNKNOWN_OUTCOME",
+            ClientError::Unavailable(_) => "UNAVAILABLE",
+            ClientError::Protocol(_) => "PROTOCOL",
+            ClientError::Server(_) => "INTERNAL",
+            ClientError::AlreadyInitialized(_) => "ALREADY_INITIALIZED",
+        }
+    }
+
+    /// True for "no such file or directory".
+    pub fn is_not_found(&self) -> bool {
+        self.code() == "ENOENT"
+    }
+
+    /// True for "already exists".
+    pub fn is_exists(&self) -> bool {
+        self.code() == "EEXIST"
+    }
+
+    pub(crate) fn from_detail(detail: ErrorDetail) -> ClientError {
+        match detail.code.as_str() {
+            "INVALID_ARGUMENT" => ClientError::InvalidArgument(detail.message),
+            "STALE_EPOCH" => ClientError::StaleEpoch {
+                current: detail.current_epoch,
+            },
+            "UNKNOWN_OUTCOME" => ClientError::Unknown(detail.message),
+            "UNAVAILABLE" => ClientError::Unavailable(detail.message),
+            "ALREADY_INITIALIZED" => ClientError::AlreadyInitialized(detail.message),
+            "INTERNAL" => ClientError::Server(detail.message),
+            _ if detail.errno != 0 => ClientError::Fs {
+                code: detail.code,
+                errno: detail.errno,
+                message: detail.message,
+            },
+            _ => ClientError::Server(format!("{}: {}", detail.code, detail.message)),
+        }
+    }
+}

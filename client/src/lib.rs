@@ -1,0 +1,21 @@
+//! The NoKV Rust SDK.
+//!
+//! A [`Client`] is given any replicas' addresses. It finds the leader,
+//! follows `NOT_LEADER` hints, retries transport failures with backoff under
+//! a deadline, and reuses a mutation's request id on every retry, so a
+//! retried write applies exactly once. A write whose fate is unknown at the
+//! deadline is reported as [`ClientError::Unknown`], never as absent.
+//!
+//! Must not depend on: any server crate (meta-node, raft-log), openraft or
+//! sled; users can depend on this crate alone.
+
+mod client;
+mod error;
+
+pub use client::{Client, ClientConfig, Consistency};
+pub use error::ClientError;
+pub use nokv_holt::{
+    Applied, Attr, DirEntry, EntryRef, FileType, InodeId, InodeRef, Op, Query, QueryResult,
+    RenameMode, RequestId, SetAttr, XattrFlag,
+};
+pub use nokv_proto::pb::{Member, Role, StatusResponse};
