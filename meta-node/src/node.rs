@@ -129,6 +129,20 @@ pub enum NodeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Accepted connections with Nagle's algorithm off: Raft heartbeats and
+/// small replies must not wait for delayed ACKs (tonic's own `tcp_nodelay`
+/// only applies to listeners it binds itself).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 /// Records which node owns `data_dir`, refusing a directory of another node.
 fn claim_data_dir(data_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
     let io = |source| NodeError::DataDir {
@@ -220,7 +234,7 @@ pub async fn run_node(
                 .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled())
         .await;
 
     tracing::info!(node = config.node_id, "stopping");
