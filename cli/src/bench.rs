@@ -1,0 +1,209 @@
+//! `nokv bench`: creates or stats against a running cluster, reporting
+//! throughput and latency percentiles. A benchmark, not a test: it measures
+//! and prints; it asserts nothing about speed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::output::print_json;
+use crate::GlobalArgs;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Workload {
+    /// Create empty files (durable Raft writes).
+    Create,
+    /// Stat existing files (linearizable reads unless --stale).
+    Stat,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Concurrent clients (tasks sharing one connection pool).
+    #[arg(short, long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Total operations.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    pub count: usize,
+    /// Files to create first for `stat`.
+    #[arg(long, default_value_t = 1_000)]
+    pub files: usize,
+    /// Directory to work in (a fresh one is made under it).
+    #[arg(long, default_value = "/bench")]
+    pub dir: String,
+}
+
+struct Report {
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+fn new_hist() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
+}
+
+/// Runs `op(i)` for i in 0..count over `concurrency` workers.
+async fn drive<F, Fut>(concurrency: usize, count: usize, op: F) -> anyhow::Result<Report>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), nokv_client::ClientError>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let op = op.clone();
+        let next = next.clone();
+        workers.push(tokio::spawn(async move {
+            let mut hist = new_hist()?;
+            let (mut ops, mut errors, mut first_error) = (0u64, 0u64, None);
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let t = Instant::now();
+                match op(i).await {
+                    Ok(()) => {
+                        ops += 1;
+                        hist.saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            anyhow::Ok((hist, ops, errors, first_error))
+        }));
+    }
+    let mut report = Report {
+        ops: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        hist: new_hist()?,
+    };
+    for w in workers {
+        let (hist, ops, errors, first_error) = w.await.context("bench worker panicked")??;
+        report.hist.add(&hist).context("merging histograms")?;
+        report.ops += ops;
+        report.errors += errors;
+        if report.first_error.is_none() {
+            report.first_error = first_error;
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalArgs) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
+    if g.json {
+        print_json(&json!({
+            "workload": name,
+            "concurrency": args.concurrency,
+            "ops": r.ops,
+            "errors": r.errors,
+            "first_error": r.first_error,
+            "seconds": secs,
+            "ops_per_sec": r.ops as f64 / secs,
+            "p50_ms": ms(0.50),
+            "p99_ms": ms(0.99),
+            "p999_ms": ms(0.999),
+            "max_ms": r.hist.max() as f64 / 1000.0,
+        }));
+    } else {
+        println!(
+            "{name}: concurrency={} ops={} errors={} time={:.2}s throughput={:.0} ops/s p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+            args.concurrency,
+            r.ops,
+            r.errors,
+            secs,
+            r.ops as f64 / secs,
+            ms(0.50),
+            ms(0.99),
+            ms(0.999),
+            r.hist.max() as f64 / 1000.0
+        );
+        if let Some(e) = &r.first_error {
+            println!("first error: {e}");
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let dir = format!("{}/run-{:016x}", args.dir.trim_end_matches('/'), rand_u64());
+    client
+        .mkdir(&dir, true)
+        .await
+        .with_context(|| format!("mkdir {dir}"))?;
+    match args.workload {
+        Workload::Create => {
+            let c = client.clone();
+            let d = dir.clone();
+            let report = drive(args.concurrency, args.count, move |i| {
+                let c = c.clone();
+                let path = format!("{d}/f{i}");
+                async move { c.create(&path).await.map(|_| ()) }
+            })
+            .await?;
+            print_report("create", &args, &report, g);
+        }
+        Workload::Stat => {
+            let files = args.files.max(1);
+            let c = client.clone();
+            let d = dir.clone();
+            let setup = drive(args.concurrency.max(16), files, move |i| {
+                let c = c.clone();
+                let path = format!("{d}/f{i}");
+                async move { c.create(&path).await.map(|_| ()) }
+            })
+            .await?;
+            if setup.errors > 0 {
+                anyhow::bail!("setup failed: {}", setup.first_error.unwrap_or_default());
+            }
+            let c = client.clone();
+            let d = dir.clone();
+            let consistency = g.consistency();
+            let report = drive(args.concurrency, args.count, move |i| {
+                let c = c.clone();
+                let path = format!("{d}/f{}", (i.wrapping_mul(7919)) % files);
+                async move { c.stat(&path, consistency).await.map(|_| ()) }
+            })
+            .await?;
+            print_report(
+                if g.stale {
+                    "stat(stale)"
+                } else {
+                    "stat(linearizable)"
+                },
+                &args,
+                &report,
+                g,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rand_u64() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(std::process::id()) << 32)
+}

@@ -1,0 +1,209 @@
+//! `nokv`: the NoKV command line.
+//!
+//! Server side: `nokv serve` runs one replica, `nokv dev` a ready
+//! three-replica cluster on this machine. Client side: `nokv cluster init`,
+//! `nokv status`, the namespace commands (`mkdir`, `ls`, `stat`, `touch`,
+//! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`) and `nokv bench`.
+//!
+//! This binary may depend on every library crate; no library depends on it.
+
+mod bench;
+mod cluster;
+mod fs;
+mod output;
+mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use nokv_client::{Client, ClientConfig, Consistency};
+
+const ABOUT: &str = "NoKV: a Raft-replicated metadata cluster for object-backed AI artifacts";
+
+const LONG_ABOUT: &str = "\
+NoKV keeps a filesystem-shaped namespace (directories, files, symlinks,
+xattrs) in a Raft-replicated metadata shard. Every write is committed on a
+quorum of replicas, fsynced, before it is acknowledged.
+
+Quick start:
+  nokv dev                                  # a 3-replica cluster on this machine
+  export NOKV_ENDPOINTS=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
+  nokv mkdir -p /runs/1 && nokv touch /runs/1/config.json
+  nokv ls /runs/1
+  nokv status
+
+Environment: NOKV_ENDPOINTS (replica addresses), RUST_LOG (log filter,
+e.g. RUST_LOG=debug), NOKV_LOG_FORMAT=json (structured logs).";
+
+#[derive(Parser, Debug)]
+#[command(name = "nokv", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every client command understands, before or after the subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Replica addresses, comma separated (any subset of the cluster works).
+    #[arg(long, global = true, env = "NOKV_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Serve reads from any replica without read-index (may be stale).
+    #[arg(long, global = true)]
+    pub stale: bool,
+    /// Give up on a request after this long (retries included), e.g. 15s.
+    #[arg(long, global = true, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Log format: text or json (level from RUST_LOG).
+    #[arg(long, global = true, env = "NOKV_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl GlobalArgs {
+    /// A client for `--endpoints`, or a clear error when none are given.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        if self.endpoints.is_empty() {
+            anyhow::bail!("no endpoints: pass --endpoints HOST:PORT,... or set NOKV_ENDPOINTS");
+        }
+        let mut config = ClientConfig::new(self.endpoints.clone());
+        config.deadline = self.timeout;
+        config.attempt_timeout = self.timeout.min(Duration::from_secs(5));
+        Ok(Client::new(config)?)
+    }
+
+    pub fn consistency(&self) -> Consistency {
+        if self.stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one replica of a metadata shard (Raft and client gRPC on one address).
+    Serve(serve::ServeArgs),
+    /// Run a ready three-replica cluster on local ports (the embedded default).
+    Dev(serve::DevArgs),
+    /// Form or inspect the Raft group.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Show every replica: role, term, leader, log and applied index.
+    Status,
+    /// Create a directory.
+    Mkdir(fs::MkdirArgs),
+    /// List a directory.
+    Ls(fs::LsArgs),
+    /// Show the attributes of a path.
+    Stat(fs::PathArgs),
+    /// Create an empty file, or update the mtime of an existing one.
+    Touch(fs::PathArgs),
+    /// Rename or move a path.
+    Mv(fs::MvArgs),
+    /// Remove a file or symlink (`-r` removes a directory tree).
+    Rm(fs::RmArgs),
+    /// Remove an empty directory.
+    Rmdir(fs::PathArgs),
+    /// Make a link: `ln -s TARGET PATH` (symbolic) or `ln EXISTING PATH` (hard).
+    Ln(fs::LnArgs),
+    /// Print the target of a symlink.
+    Readlink(fs::PathArgs),
+    /// Get, set, list or remove extended attributes.
+    #[command(subcommand)]
+    Xattr(fs::XattrCommand),
+    /// Measure creates or stats against a running cluster.
+    Bench(bench::BenchArgs),
+}
+
+fn init_tracing(format: &str, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Serve(_) | Command::Dev(_));
+    init_tracing(
+        &cli.global.log_format,
+        if server {
+            "info,openraft=error"
+        } else {
+            "warn"
+        },
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nokv: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nokv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Dev(args) => serve::dev(args, &g).await,
+        Command::Cluster(c) => cluster::run(c, &g).await,
+        Command::Status => cluster::status(&g).await,
+        Command::Mkdir(a) => fs::mkdir(a, &g).await,
+        Command::Ls(a) => fs::ls(a, &g).await,
+        Command::Stat(a) => fs::stat(a, &g).await,
+        Command::Touch(a) => fs::touch(a, &g).await,
+        Command::Mv(a) => fs::mv(a, &g).await,
+        Command::Rm(a) => fs::rm(a, &g).await,
+        Command::Rmdir(a) => fs::rmdir(a, &g).await,
+        Command::Ln(a) => fs::ln(a, &g).await,
+        Command::Readlink(a) => fs::readlink(a, &g).await,
+        Command::Xattr(c) => fs::xattr(c, &g).await,
+        Command::Bench(a) => bench::run(a, &g).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoints_are_global_before_or_after_the_subcommand() {
+        let before =
+            Cli::try_parse_from(["nokv", "--endpoints", "a:1,b:2", "ls", "/"]).expect("parse");
+        let after =
+            Cli::try_parse_from(["nokv", "ls", "/", "--endpoints", "a:1,b:2"]).expect("parse");
+        assert_eq!(before.global.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(after.global.endpoints, vec!["a:1", "b:2"]);
+    }
+}

@@ -1,0 +1,349 @@
+//! `nokv serve` (one replica) and `nokv dev` (a local three-replica cluster).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use nokv_client::{Client, ClientConfig, Member};
+use nokv_meta_node::{run_node, NodeConfig};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::GlobalArgs;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (see cli/nokv.example.toml); flags and env win over it.
+    #[arg(long, env = "NOKV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This replica's Raft node id (1, 2, 3, ...).
+    #[arg(long, env = "NOKV_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address to listen on for Raft and client gRPC, HOST:PORT.
+    #[arg(long, env = "NOKV_ADDR")]
+    pub addr: Option<String>,
+    /// Address peers and clients use to reach this node (default: --addr).
+    #[arg(long, env = "NOKV_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Directory for the Raft log and snapshots.
+    #[arg(long, env = "NOKV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "NOKV_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Raft heartbeat interval, e.g. 100ms.
+    #[arg(long, env = "NOKV_HEARTBEAT", value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, env = "NOKV_ELECTION_TIMEOUT_MIN", value_parser = humantime::parse_duration)]
+    pub election_timeout_min: Option<Duration>,
+    /// Upper bound of the randomized election timeout.
+    #[arg(long, env = "NOKV_ELECTION_TIMEOUT_MAX", value_parser = humantime::parse_duration)]
+    pub election_timeout_max: Option<Duration>,
+    /// Build a state-machine snapshot after this many log entries.
+    #[arg(long, env = "NOKV_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept behind the latest snapshot.
+    #[arg(long, env = "NOKV_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    /// Most client commands group-committed in one Raft entry.
+    #[arg(long, env = "NOKV_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Most Raft entries proposed but not yet committed.
+    #[arg(long, env = "NOKV_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+}
+
+/// The config file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub node_id: Option<u64>,
+    pub addr: Option<String>,
+    pub advertise_addr: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub metrics_addr: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    pub heartbeat: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub election_timeout_min: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub election_timeout_max: Option<Duration>,
+    pub snapshot_every: Option<u64>,
+    pub keep_logs: Option<u64>,
+    pub max_batch: Option<usize>,
+    pub max_inflight: Option<usize>,
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A fully resolved replica configuration.
+pub struct Resolved {
+    pub node: NodeConfig,
+    pub addr: String,
+    pub metrics_addr: Option<String>,
+}
+
+impl ServeArgs {
+    /// Merges flags/env over the config file over defaults.
+    pub fn resolve(self) -> anyhow::Result<Resolved> {
+        let file: ServeFile = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => ServeFile::default(),
+        };
+        let node_id = self
+            .node_id
+            .or(file.node_id)
+            .context("--node-id is required (or node_id in --config, or NOKV_NODE_ID)")?;
+        let addr = self
+            .addr
+            .or(file.addr)
+            .context("--addr HOST:PORT is required")?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .context("--data-dir is required")?;
+        let advertise = self
+            .advertise_addr
+            .or(file.advertise_addr)
+            .unwrap_or_else(|| addr.clone());
+        if advertise.starts_with("0.0.0.0") || advertise.starts_with("[::]") {
+            bail!("--addr {addr} is a wildcard; pass --advertise-addr with a reachable address");
+        }
+        let mut node = NodeConfig::new(node_id, advertise, data_dir);
+        if let Some(v) = self.heartbeat.or(file.heartbeat) {
+            node.heartbeat = v;
+        }
+        if let Some(v) = self.election_timeout_min.or(file.election_timeout_min) {
+            node.election_timeout_min = v;
+        }
+        if let Some(v) = self.election_timeout_max.or(file.election_timeout_max) {
+            node.election_timeout_max = v;
+        }
+        if let Some(v) = self.snapshot_every.or(file.snapshot_every) {
+            node.snapshot_every = v;
+        }
+        if let Some(v) = self.keep_logs.or(file.keep_logs) {
+            node.keep_logs_behind_snapshot = v;
+        }
+        if let Some(v) = self.max_batch.or(file.max_batch) {
+            node.max_batch = v;
+        }
+        if let Some(v) = self.max_inflight.or(file.max_inflight) {
+            node.max_inflight = v;
+        }
+        node.validate()?;
+        Ok(Resolved {
+            node,
+            addr,
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
+        })
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let resolved = args.resolve()?;
+    let listener = TcpListener::bind(&resolved.addr)
+        .await
+        .with_context(|| format!("binding {}", resolved.addr))?;
+    let metrics = match &resolved.metrics_addr {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding metrics address {a}"))?,
+        ),
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    run_node(resolved.node, listener, metrics, shutdown).await?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the replicas keep their data (kept across restarts).
+    #[arg(long, env = "NOKV_DEV_DIR", default_value = ".nokv-dev")]
+    pub data_dir: PathBuf,
+    /// Host to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// First port; replica N listens on base-port + N - 1.
+    #[arg(long, default_value_t = 7401)]
+    pub base_port: u16,
+    /// Number of replicas.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u16,
+}
+
+pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
+    if args.replicas == 0 || args.replicas > 7 {
+        bail!("--replicas must be between 1 and 7");
+    }
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let mut members = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 0..args.replicas {
+        let id = u64::from(i) + 1;
+        let port = args
+            .base_port
+            .checked_add(i)
+            .context("--base-port too high for the replica count")?;
+        let addr = format!("{}:{port}", args.host);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr} (is another nokv dev running?)"))?;
+        let config = NodeConfig::new(id, addr.clone(), args.data_dir.join(format!("node{id}")));
+        let token = shutdown.clone();
+        nodes.push(tokio::spawn(async move {
+            run_node(config, listener, None, token).await
+        }));
+        members.push(Member { id, addr });
+    }
+    let addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+    let client = Client::new(ClientConfig::new(addrs.clone()))?;
+    let initialized = client
+        .status_of(&addrs[0])
+        .await
+        .map(|s| s.initialized)
+        .unwrap_or(false);
+    if !initialized {
+        match client.init_cluster(&addrs[0], members.clone()).await {
+            Ok(()) | Err(nokv_client::ClientError::AlreadyInitialized(_)) => {}
+            Err(e) => return Err(e).context("initializing the dev cluster"),
+        }
+    }
+    let (leader, leader_addr) =
+        crate::cluster::wait_for_leader(&client, &addrs, Duration::from_secs(30)).await?;
+    let endpoints = addrs.join(",");
+    if g.json {
+        crate::output::print_json(&serde_json::json!({
+            "endpoints": addrs,
+            "leader_id": leader,
+            "leader_addr": leader_addr,
+            "data_dir": args.data_dir,
+        }));
+    } else {
+        println!(
+            "NoKV dev cluster is ready: {} replicas, data in {}",
+            args.replicas,
+            args.data_dir.display()
+        );
+        println!("leader: node {leader} at {leader_addr}");
+        println!("endpoints: {endpoints}");
+        println!();
+        println!("  export NOKV_ENDPOINTS={endpoints}");
+        println!();
+        println!("Press Ctrl-C to stop; the data stays for the next start.");
+    }
+    let mut first_error = None;
+    for node in nodes {
+        match node.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                first_error.get_or_insert_with(|| anyhow::Error::from(e));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                first_error.get_or_insert_with(|| anyhow::anyhow!("replica task failed: {e}"));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            if !g.json {
+                println!("stopped");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_resolves() {
+        let file: ServeFile =
+            toml::from_str(include_str!("../nokv.example.toml")).expect("example config parses");
+        assert_eq!(file.node_id, Some(1));
+        assert_eq!(file.heartbeat, Some(Duration::from_millis(100)));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nokv.toml");
+        std::fs::write(&path, include_str!("../nokv.example.toml")).expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            node_id: Some(7),
+            ..Default::default()
+        };
+        let resolved = args.resolve().expect("resolves");
+        assert_eq!(resolved.node.node_id, 7, "flags win over the file");
+        assert_eq!(resolved.addr, "127.0.0.1:7401");
+        assert_eq!(resolved.node.max_batch, 256);
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected() {
+        assert!(toml::from_str::<ServeFile>("nod_id = 1").is_err());
+    }
+
+    #[test]
+    fn wildcard_without_advertise_is_rejected() {
+        let args = ServeArgs {
+            node_id: Some(1),
+            addr: Some("0.0.0.0:7401".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        assert!(args.resolve().is_err());
+    }
+}
