@@ -222,7 +222,15 @@ impl Client {
 
     /// Runs `call` against replicas until it succeeds, fails for good, or
     /// the deadline passes.
-    async fn with_retries<T, F, Fut>(&self, is_write: bool, mut call: F) -> Result<T, ClientError>
+    ///
+    /// `via_leader` says the call is answered only by the leader (writes,
+    /// linearizable reads), so a success tells us who leads.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        is_write: bool,
+        via_leader: bool,
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(MetaServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -239,7 +247,9 @@ impl Client {
             let attempt = tokio::time::timeout(remaining.min(config.attempt_timeout), call(stub));
             let outcome = match attempt.await {
                 Ok(Ok(value)) => {
-                    self.set_leader(Some(target));
+                    if via_leader {
+                        self.set_leader(Some(target));
+                    }
                     return Ok(value);
                 }
                 Ok(Err(status)) => Self::classify(&status, &target),
@@ -302,7 +312,7 @@ impl Client {
             op,
         });
         let response = self
-            .with_retries(true, |mut stub| {
+            .with_retries(true, true, |mut stub| {
                 let request = request.clone();
                 async move { stub.mutate(request).await.map(|r| r.into_inner()) }
             })
@@ -324,10 +334,14 @@ impl Client {
             query,
         });
         let response = self
-            .with_retries(false, |mut stub| {
-                let request = request.clone();
-                async move { stub.query(request).await.map(|r| r.into_inner()) }
-            })
+            .with_retries(
+                false,
+                consistency == Consistency::Linearizable,
+                |mut stub| {
+                    let request = request.clone();
+                    async move { stub.query(request).await.map(|r| r.into_inner()) }
+                },
+            )
             .await?;
         QueryResult::try_from(response).map_err(|e| ClientError::Protocol(e.to_string()))
     }

@@ -5,12 +5,35 @@
 //! arrived* (never one already in flight, which could predate a write the
 //! reader saw acknowledged). One task runs rounds back to back; every waiter
 //! queued when a round starts is answered by that round.
+//!
+//! Restored leaders: openraft 0.9 brings a node that led before a restart
+//! back as leader of the same term without a new no-op entry, and its read
+//! index is then `max(first entry of the term, saved commit index)`, where the
+//! saved commit index may predate writes acknowledged before the crash. Every
+//! acknowledged write is in the leader's own log (our log store acknowledges
+//! an append only after fsync, and the leader appends before replicating),
+//! so we additionally wait until the leader has applied everything its log
+//! held when its tenure began. For a freshly elected leader this adds
+//! nothing: its no-op entry already lies beyond that point.
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
 use crate::typ::Raft;
+
+/// Longest wait for a restored leader to apply its own log before a read.
+const TENURE_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The leader term this node is serving reads in, and its last log index
+/// when that term's leadership was first observed here.
+#[derive(Clone, Copy, Debug)]
+struct Tenure {
+    term: u64,
+    start_index: u64,
+}
 
 /// Why a linearizable read could not be confirmed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -50,6 +73,7 @@ impl ReadIndex {
 }
 
 async fn rounds(raft: Raft, mut rx: mpsc::Receiver<Waiter>, shutdown: CancellationToken) {
+    let mut tenure: Option<Tenure> = None;
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -62,15 +86,45 @@ async fn rounds(raft: Raft, mut rx: mpsc::Receiver<Waiter>, shutdown: Cancellati
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(ReadIndexError::NotLeader)
-            }
-            Err(e) => Err(ReadIndexError::Unavailable(e.to_string())),
-        };
+        let result = confirm_round(&raft, &mut tenure).await;
         for w in waiters {
             let _ = w.send(result.clone());
         }
     }
+}
+
+/// One read-index round: confirm leadership with a quorum, then wait until
+/// both openraft's read index and this tenure's start index are applied.
+async fn confirm_round(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<(), ReadIndexError> {
+    let floor = {
+        let m = raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) {
+            return Err(ReadIndexError::NotLeader);
+        }
+        match *tenure {
+            Some(t) if t.term == m.current_term => t.start_index,
+            _ => {
+                let t = Tenure {
+                    term: m.current_term,
+                    start_index: m.last_log_index.unwrap_or(0),
+                };
+                *tenure = Some(t);
+                t.start_index
+            }
+        }
+    };
+    match raft.ensure_linearizable().await {
+        Ok(_) => {}
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+            return Err(ReadIndexError::NotLeader)
+        }
+        Err(e) => return Err(ReadIndexError::Unavailable(e.to_string())),
+    }
+    raft.wait(Some(TENURE_APPLY_TIMEOUT))
+        .applied_index_at_least(Some(floor), "leader applied its tenure start")
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            ReadIndexError::Unavailable(format!("leader has not applied its log yet: {e}"))
+        })
 }

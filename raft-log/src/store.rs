@@ -48,7 +48,9 @@ const BACKGROUND_FLUSH_MS: u64 = 500;
 /// - [`save_committed`](RaftLogStorage::save_committed) writes without an explicit flush: a
 ///   committed index may lag after a crash (openraft allows that: it only re-applies less
 ///   at startup and learns the rest from the leader), and the next flush — explicit or
-///   background — persists it.
+///   background — persists it. Caveat for readers: a leader restored after a crash serves
+///   read-index reads from this possibly lagging index, so the node's read path must not
+///   trust it alone (meta-node's `read_index` waits for the leader's own log instead).
 /// - [`truncate`](RaftLogStorage::truncate) deletes entries with index `>= log_id.index` in
 ///   one batch, then flushes.
 /// - [`purge`](RaftLogStorage::purge) first records and flushes `last_purged_log_id`, then

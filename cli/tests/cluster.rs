@@ -1,0 +1,1405 @@
+//! Multi-process integration tests of a three-replica NoKV cluster.
+//!
+//! Every test runs real `nokv serve` processes on loopback ports (see
+//! `common/mod.rs`) and proves one externally visible promise:
+//!
+//! - `cluster_forms_and_serves`: `nokv cluster init` forms one group with a
+//!   single agreed leader and three voters, and every namespace command of
+//!   the CLI works end to end; bad requests fail with one line on stderr.
+//! - `thousand_creates_then_leader_sigkill`: concurrent writes are all
+//!   acknowledged and visible; after a SIGKILL of the leader a new leader
+//!   takes writes within seconds; a restarted node catches up and then serves
+//!   everything ever acknowledged once another node dies.
+//! - `follower_catches_up_by_snapshot`: a follower that fell behind the
+//!   leader's purged log is brought up to date by a snapshot and then answers
+//!   stale reads of data written while it was down.
+//! - `full_cluster_sigkill_keeps_acknowledged_writes`: killing every replica
+//!   mid-write loses no acknowledged write and invents none.
+//! - `exactly_once_retry`: a request id applies once, also when the retry
+//!   reaches a different leader.
+//! - `bad_input_changes_nothing_and_never_panics`: malformed client and Raft
+//!   messages (typed, raw protobuf bytes, raw TCP) are refused with the
+//!   documented codes, change nothing, and crash no replica.
+//! - `stale_and_linearizable_reads`: linearizable reads see acknowledged
+//!   writes through any endpoint; a follower serves stale reads from its own
+//!   state, even without a quorum, and redirects linearizable ones.
+//! - `linearizable_read_after_leader_restart_sees_acknowledged_write`: a
+//!   read right after a leader restart sees a write that was acknowledged
+//!   before the SIGKILL (regression test; see `meta-node/src/read_index.rs`).
+//!
+//! Synchronisation is by polling under deadlines, never by sleeping. Set
+//! `NOKV_TEST_KEEP_DIRS=1` to keep every node's data and full log, and
+//! `RUST_LOG` to raise the replicas' log level.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{heavy_test, light_test, names, Cluster, WAIT};
+use nokv_client::{Applied, Client, ClientError, Consistency, EntryRef, InodeId, Op, RequestId};
+use nokv_proto::pb::raft_service_client::RaftServiceClient;
+use nokv_proto::pb::{self, meta_service_client::MetaServiceClient};
+use nokv_proto::pb::{entry_ref, inode_ref, mutate_request, query_request};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+/// Creates every path with `tasks` concurrent workers sharing `client`, and
+/// returns each path's outcome.
+async fn create_concurrently(
+    client: &Client,
+    paths: &[String],
+    tasks: usize,
+) -> Vec<(String, Result<(), ClientError>)> {
+    let paths = Arc::new(paths.to_vec());
+    let workers: Vec<_> = (0..tasks)
+        .map(|task| {
+            let client = client.clone();
+            let paths = paths.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for path in paths.iter().skip(task).step_by(tasks) {
+                    let outcome = client.create(path).await.map(|_| ());
+                    outcomes.push((path.clone(), outcome));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for worker in workers {
+        outcomes.extend(worker.await.expect("create worker panicked"));
+    }
+    outcomes
+}
+
+/// Creates every path concurrently and fails the test if any create fails.
+async fn must_create_all(cluster: &Cluster, client: &Client, paths: &[String], tasks: usize) {
+    let failed: Vec<_> = create_concurrently(client, paths, tasks)
+        .await
+        .into_iter()
+        .filter_map(|(path, outcome)| outcome.err().map(|e| format!("{path}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        cluster.fail(format!(
+            "{} of {} creates failed, first ones: {:?}",
+            failed.len(),
+            paths.len(),
+            &failed[..failed.len().min(5)]
+        ));
+    }
+}
+
+/// `count` paths `DIR/PREFIXnnnn`.
+fn numbered(dir: &str, prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("{dir}/{prefix}{i:04}"))
+        .collect()
+}
+
+/// The final components of `paths`.
+fn basenames(paths: &[String]) -> BTreeSet<String> {
+    paths
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+        .collect()
+}
+
+/// Every name in `dir`, read with `consistency`, or a failed test.
+async fn must_list(
+    cluster: &Cluster,
+    client: &Client,
+    dir: &str,
+    consistency: Consistency,
+) -> BTreeSet<String> {
+    names(&cluster.must(
+        client.read_dir_all(dir, consistency).await,
+        &format!("listing {dir} ({consistency:?})"),
+    ))
+}
+
+fn create_op(path: &str) -> Op {
+    Op::Create {
+        at: EntryRef::Path(path.into()),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_forms_and_serves() {
+    let _load = light_test().await;
+    let cluster = Cluster::spawn(&[]).await;
+    cluster.must_init().await;
+
+    // `status --json` converges on one leader that every node follows.
+    // Election safety (never two leaders in one term) must hold in every
+    // sample, not just the last one.
+    let status = cluster
+        .wait_for(
+            WAIT,
+            "`nokv status --json` shows one leader that all three nodes follow",
+            async || {
+                let out = cluster.nokv(&["status", "--json"]).await;
+                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+                let nodes = v["nodes"].as_array()?.clone();
+                let mut leaders_by_term: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+                for n in nodes.iter().filter(|n| n["role"] == "leader") {
+                    leaders_by_term
+                        .entry(n["term"].as_u64()?)
+                        .or_default()
+                        .push(n["node_id"].as_u64()?);
+                }
+                if let Some((term, ids)) = leaders_by_term.iter().find(|(_, ids)| ids.len() > 1) {
+                    cluster.fail(format!("two leaders {ids:?} in term {term}: {v}"));
+                }
+                let leaders: Vec<u64> = leaders_by_term.into_values().flatten().collect();
+                let agreed = nodes
+                    .iter()
+                    .all(|n| n["leader_id"].as_u64() == leaders.first().copied());
+                (out.status.success() && nodes.len() == 3 && leaders.len() == 1 && agreed)
+                    .then_some(v)
+            },
+        )
+        .await;
+    assert_eq!(status["healthy"], true, "{status}");
+    let nodes = status["nodes"].as_array().expect("nodes array");
+    let ids: BTreeSet<u64> = nodes.iter().filter_map(|n| n["node_id"].as_u64()).collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 3]), "{status}");
+    let expected_voters: BTreeSet<(u64, String)> =
+        (1..=3).map(|id| (id, cluster.addr(id))).collect();
+    for node in nodes {
+        assert_eq!(node["initialized"], true, "{node}");
+        let voters: BTreeSet<(u64, String)> = node["voters"]
+            .as_array()
+            .expect("voters array")
+            .iter()
+            .map(|m| {
+                let id = m["id"].as_u64().expect("voter id");
+                let addr = m["addr"].as_str().expect("voter addr").to_string();
+                (id, addr)
+            })
+            .collect();
+        assert_eq!(
+            voters, expected_voters,
+            "every node lists the three voters: {node}"
+        );
+        assert_eq!(node["learners"].as_array().map(Vec::len), Some(0), "{node}");
+    }
+
+    // The namespace commands, end to end.
+    cluster.must_nokv(&["mkdir", "-p", "/data/runs/1"]).await;
+    cluster.must_nokv(&["mkdir", "-p", "/data/runs/1"]).await; // idempotent with -p
+    cluster
+        .must_nokv(&["touch", "/data/runs/1/config.json"])
+        .await;
+    cluster
+        .must_nokv(&["touch", "/data/runs/1/weights.bin"])
+        .await;
+    cluster
+        .must_nokv(&["touch", "/data/runs/1/weights.bin"])
+        .await; // touch again: mtime only
+
+    let listing: Value =
+        serde_json::from_str(&cluster.must_nokv(&["ls", "--json", "/data/runs/1"]).await)
+            .expect("ls --json prints JSON");
+    let entries = listing["entries"].as_array().expect("entries array");
+    let listed: BTreeMap<&str, &str> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or("?"),
+                e["type"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        BTreeMap::from([("config.json", "file"), ("weights.bin", "file")]),
+        "{listing}"
+    );
+    assert_eq!(listing["next"], Value::Null, "{listing}");
+
+    let stat: Value = serde_json::from_str(
+        &cluster
+            .must_nokv(&["stat", "--json", "/data/runs/1/config.json"])
+            .await,
+    )
+    .expect("stat --json prints JSON");
+    assert_eq!(stat["type"], "file", "{stat}");
+    assert_eq!(stat["path"], "/data/runs/1/config.json", "{stat}");
+    assert_eq!(stat["size"], 0, "{stat}");
+    assert_eq!(stat["nlink"], 1, "{stat}");
+    assert_eq!(stat["mode"], "0644", "{stat}");
+
+    cluster
+        .must_nokv(&["mv", "/data/runs/1/weights.bin", "/data/runs/1/model.bin"])
+        .await;
+    let text = cluster.must_nokv(&["ls", "/data/runs/1"]).await;
+    assert_eq!(text, "config.json\nmodel.bin\n", "plain ls after mv");
+    let text = cluster.must_nokv(&["ls", "/data"]).await;
+    assert_eq!(text, "runs/\n", "plain ls marks directories");
+
+    cluster
+        .must_nokv(&["ln", "-s", "/data/runs/1/model.bin", "/data/latest"])
+        .await;
+    let target = cluster.must_nokv(&["readlink", "/data/latest"]).await;
+    assert_eq!(target, "/data/runs/1/model.bin\n");
+    let stat: Value =
+        serde_json::from_str(&cluster.must_nokv(&["stat", "--json", "/data/latest"]).await)
+            .expect("stat --json prints JSON");
+    assert_eq!(
+        stat["type"], "symlink",
+        "stat does not follow the final symlink: {stat}"
+    );
+
+    cluster
+        .must_nokv(&[
+            "xattr",
+            "set",
+            "/data/runs/1/model.bin",
+            "user.sha",
+            "abc123",
+        ])
+        .await;
+    let value = cluster
+        .must_nokv(&["xattr", "get", "/data/runs/1/model.bin", "user.sha"])
+        .await;
+    assert_eq!(value, "abc123\n");
+
+    // Errors: non-zero exit, one line on stderr, and nothing changes.
+    let long_name = format!("/data/{}", "x".repeat(256));
+    let failures: [(&[&str], &str); 7] = [
+        (&["rmdir", "/data/runs/1"], "not empty"),
+        (&["mkdir", "/a/../b"], ".."),
+        (&["mkdir", "relative/dir"], "not absolute"),
+        (&["touch", &long_name], "too long"),
+        (&["stat", "/data/missing"], "no such file"),
+        (&["mkdir", "/data"], "exists"),
+        (&["readlink", "/data/runs/1/model.bin"], "invalid argument"),
+    ];
+    for (args, expected) in failures {
+        let line = cluster.must_nokv_fail(args).await;
+        assert!(
+            line.starts_with("nokv: ") && line.to_lowercase().contains(expected),
+            "`nokv {}` should fail mentioning {expected:?}, printed: {line}",
+            args.join(" ")
+        );
+    }
+
+    cluster.must_nokv(&["rm", "/data/latest"]).await;
+    cluster.must_nokv(&["rm", "/data/runs/1/model.bin"]).await;
+    cluster.must_nokv(&["rm", "/data/runs/1/config.json"]).await;
+    cluster.must_nokv(&["rmdir", "/data/runs/1"]).await;
+    let listing: Value =
+        serde_json::from_str(&cluster.must_nokv(&["ls", "--json", "/data/runs"]).await)
+            .expect("ls --json prints JSON");
+    assert_eq!(listing["entries"], Value::Array(vec![]), "{listing}");
+    let text = cluster.must_nokv(&["ls", "/"]).await;
+    assert_eq!(
+        text, "data/\n",
+        "only /data is left; the failed commands created nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_creates_then_leader_sigkill() {
+    let _load = heavy_test().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/bulk", false).await, "mkdir /bulk");
+    cluster.must(client.mkdir("/after", false).await, "mkdir /after");
+
+    let bulk = numbered("/bulk", "f", 1000);
+    let started = Instant::now();
+    must_create_all(&cluster, &client, &bulk, 32).await;
+    println!(
+        "1000 creates with 32 concurrent tasks: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        must_list(&cluster, &client, "/bulk", Consistency::Linearizable).await,
+        basenames(&bulk),
+        "every acknowledged create is listed"
+    );
+
+    // SIGKILL the leader; a write must get through a new leader quickly.
+    let first_leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    cluster.kill(first_leader);
+    let killed_at = Instant::now();
+    cluster.must(
+        client.create("/after/first-write").await,
+        "the first write after the leader's SIGKILL",
+    );
+    let failover = killed_at.elapsed();
+    println!("leader {first_leader} SIGKILLed; first write acknowledged after {failover:?}");
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}, want < 10 s"
+    );
+    let after = numbered("/after", "g", 100);
+    must_create_all(&cluster, &client, &after, 8).await;
+    let mut after_names = basenames(&after);
+    after_names.insert("first-write".into());
+
+    // The old leader comes back and catches up with the new one.
+    cluster.restart(first_leader).await;
+    let second_leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    cluster.must_catch_up(first_leader, second_leader).await;
+
+    // Now the leader dies again (or, should the restarted node have won a
+    // later election, another node): the restarted node is needed for the
+    // quorum and must serve everything ever acknowledged.
+    let victim = if second_leader != first_leader {
+        second_leader
+    } else {
+        cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != first_leader)
+            .expect("three nodes")
+    };
+    cluster.kill(victim);
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != victim)
+        .collect();
+    let third_leader = cluster.must_agreed_leader(&survivors).await;
+    println!(
+        "leaders: {first_leader} -> {second_leader} -> (node {victim} killed) -> {third_leader}"
+    );
+    assert_eq!(
+        must_list(&cluster, &client, "/bulk", Consistency::Linearizable).await,
+        basenames(&bulk)
+    );
+    assert_eq!(
+        must_list(&cluster, &client, "/after", Consistency::Linearizable).await,
+        after_names
+    );
+    let restarted_only = cluster.client_for(&[first_leader]);
+    assert_eq!(
+        must_list(&cluster, &restarted_only, "/bulk", Consistency::Stale).await,
+        basenames(&bulk),
+        "the restarted node's own state holds every acknowledged create"
+    );
+    cluster.must(
+        client.create("/after/with-two-nodes").await,
+        "a write with the restarted node in the quorum",
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_by_snapshot() {
+    let _load = heavy_test().await;
+    let mut cluster = Cluster::start(&["--snapshot-every", "100", "--keep-logs", "10"]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/snap", false).await, "mkdir /snap");
+    let before = numbered("/snap", "before", 10);
+    must_create_all(&cluster, &client, &before, 2).await;
+
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    cluster.must_catch_up(follower, leader).await;
+    let follower_last_log = cluster
+        .status(follower)
+        .await
+        .and_then(|s| s.last_log_index)
+        .unwrap_or_else(|| cluster.fail("the follower reports no last log index"));
+    cluster.kill(follower);
+
+    // Few concurrent writers, so group commit still makes many log entries.
+    let down = numbered("/snap", "down", 1000);
+    let started = Instant::now();
+    must_create_all(&cluster, &client, &down, 4).await;
+    println!(
+        "1000 creates with node {follower} down: {:?}",
+        started.elapsed()
+    );
+
+    let live: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != follower)
+        .collect();
+    let leader = cluster.must_agreed_leader(&live).await;
+    let purged = cluster
+        .wait_for(
+            WAIT,
+            &format!("leader {leader} purges its log past index {follower_last_log}"),
+            async || {
+                let s = cluster.status(leader).await?;
+                s.purged_index.filter(|p| *p > follower_last_log)
+            },
+        )
+        .await;
+    println!("follower {follower} stopped at log index {follower_last_log}; leader {leader} purged up to {purged}");
+
+    // The leader no longer has the entries the follower needs: only a
+    // snapshot can bring it up to date.
+    cluster.restart(follower).await;
+    cluster
+        .wait_until(
+            WAIT,
+            &format!(
+                "follower {follower} installs a snapshot covering index {purged} and catches up"
+            ),
+            async || {
+                let (Some(mine), Some(theirs)) =
+                    (cluster.status(follower).await, cluster.status(leader).await)
+                else {
+                    return false;
+                };
+                mine.snapshot_index.unwrap_or(0) >= purged
+                    && mine.applied_index.is_some()
+                    && mine.applied_index >= theirs.applied_index
+            },
+        )
+        .await;
+    let status = cluster.status(follower).await;
+    println!("follower after catch-up: {status:?}");
+
+    let follower_only = cluster.client_for(&[follower]);
+    cluster.must(
+        follower_only
+            .stat("/snap/down0500", Consistency::Stale)
+            .await,
+        "stale stat, on the caught-up follower, of a file created while it was down",
+    );
+    let mut everything = basenames(&before);
+    everything.extend(basenames(&down));
+    assert_eq!(
+        must_list(&cluster, &follower_only, "/snap", Consistency::Stale).await,
+        everything,
+        "the follower's own state holds every acknowledged create"
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+/// What concurrent writers did, shared between them and the test.
+#[derive(Default)]
+struct Ledger {
+    /// Every name a create was sent for (recorded before it was sent).
+    attempted: Mutex<BTreeSet<String>>,
+    /// Every name whose create was acknowledged.
+    acknowledged: Mutex<BTreeSet<String>>,
+    /// Creates that returned an error (their outcome is unknown).
+    errors: Mutex<Vec<String>>,
+    in_flight: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs 16 writers creating `/crash/r<round>-...` until `min_acks` creates
+/// are acknowledged, then SIGKILLs all three replicas while the writers are
+/// still going. Returns the names attempted and the names acknowledged.
+async fn write_until_sigkill(
+    cluster: &mut Cluster,
+    round: u32,
+    min_acks: usize,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let client = cluster.client();
+    let ledger = Arc::new(Ledger::default());
+    let writers: Vec<_> = (0..16)
+        .map(|writer| {
+            let client = client.clone();
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                for seq in 0.. {
+                    let name = format!("r{round}-w{writer:02}-{seq:06}");
+                    lock(&ledger.attempted).insert(name.clone());
+                    ledger.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let outcome = client.create(&format!("/crash/{name}")).await;
+                    ledger.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    match outcome {
+                        Ok(_) => lock(&ledger.acknowledged).insert(name),
+                        Err(e) => {
+                            lock(&ledger.errors).push(format!("{name}: {} ({e})", e.code()));
+                            true
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    cluster
+        .wait_until(
+            WAIT,
+            &format!("round {round}: writers have {min_acks} acknowledged creates"),
+            async || lock(&ledger.acknowledged).len() >= min_acks,
+        )
+        .await;
+    let in_flight_at_kill = ledger.in_flight.load(Ordering::SeqCst);
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for writer in &writers {
+        writer.abort();
+    }
+    for writer in writers {
+        let _ = writer.await; // cancelled: the in-flight creates stay "unknown"
+    }
+    let attempted = lock(&ledger.attempted).clone();
+    let acknowledged = lock(&ledger.acknowledged).clone();
+    let errors = lock(&ledger.errors).clone();
+    println!(
+        "round {round}, at SIGKILL: {} acknowledged, {} attempted, {in_flight_at_kill} in flight, {} errors",
+        acknowledged.len(),
+        attempted.len(),
+        errors.len()
+    );
+    if errors.iter().any(|e| e.contains("EEXIST")) {
+        cluster.fail(format!(
+            "a create of a fresh name reported EEXIST (applied twice?): {errors:?}"
+        ));
+    }
+    (attempted, acknowledged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_sigkill_keeps_acknowledged_writes() {
+    let _load = heavy_test().await;
+    // Frequent snapshots, so recovery also restores snapshots and replays
+    // the log behind them.
+    let mut cluster = Cluster::start(&["--snapshot-every", "20", "--keep-logs", "5"]).await;
+    cluster.must(
+        cluster.client().mkdir("/crash", false).await,
+        "mkdir /crash",
+    );
+
+    let mut attempted = BTreeSet::new();
+    let mut acknowledged = BTreeSet::new();
+    for round in 1..=2 {
+        let (tried, acked) = write_until_sigkill(&mut cluster, round, 400).await;
+        attempted.extend(tried);
+        acknowledged.extend(acked);
+
+        for id in cluster.ids() {
+            cluster.restart(id).await;
+        }
+        cluster.must_agreed_leader(&[1, 2, 3]).await;
+        let client = cluster.client();
+        let present = must_list(&cluster, &client, "/crash", Consistency::Linearizable).await;
+        let lost: Vec<_> = acknowledged.difference(&present).collect();
+        let invented: Vec<_> = present.difference(&attempted).collect();
+        println!(
+            "round {round}, after restart: {} present, {} acknowledged so far, {} attempted",
+            present.len(),
+            acknowledged.len(),
+            attempted.len()
+        );
+        if !lost.is_empty() || !invented.is_empty() {
+            cluster.fail(format!(
+                "round {round}: acknowledged but lost: {lost:?}; present but never attempted: {invented:?}"
+            ));
+        }
+
+        // A new write commits whatever the leader still held of unknown
+        // outcome; afterwards every replica's own state equals the
+        // linearizable view, which lost nothing that was visible before.
+        let marker = format!("after-restart-{round}");
+        cluster.must(
+            client.create(&format!("/crash/{marker}")).await,
+            "a write after restarting the whole cluster",
+        );
+        attempted.insert(marker.clone());
+        acknowledged.insert(marker);
+        let settled = must_list(&cluster, &client, "/crash", Consistency::Linearizable).await;
+        let vanished: Vec<_> = present.difference(&settled).collect();
+        let invented: Vec<_> = settled.difference(&attempted).collect();
+        if !vanished.is_empty() || !invented.is_empty() {
+            cluster.fail(format!(
+                "round {round}: vanished after being read: {vanished:?}; never attempted: {invented:?}"
+            ));
+        }
+        let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+        for id in cluster.ids() {
+            cluster.must_catch_up(id, leader).await;
+            let own = cluster.client_for(&[id]);
+            let listed = must_list(&cluster, &own, "/crash", Consistency::Stale).await;
+            if listed != settled {
+                cluster.fail(format!(
+                    "round {round}: node {id} recovered a different namespace: missing {:?}, extra {:?}",
+                    settled.difference(&listed).collect::<Vec<_>>(),
+                    listed.difference(&settled).collect::<Vec<_>>()
+                ));
+            }
+        }
+        let snapshots: Vec<Option<u64>> = {
+            let mut v = Vec::new();
+            for id in cluster.ids() {
+                v.push(cluster.status(id).await.and_then(|s| s.snapshot_index));
+            }
+            v
+        };
+        println!(
+            "round {round}: {} files settled; snapshot indexes {snapshots:?}",
+            settled.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_retry() {
+    let _load = light_test().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let client = cluster.client();
+
+    // Same id twice: one application, the same answer twice.
+    let id = RequestId(0x0e0e_0001);
+    let first = cluster.must(
+        client.mutate_with_id(id, create_op("/x")).await,
+        "create /x",
+    );
+    let again = cluster.must(
+        client.mutate_with_id(id, create_op("/x")).await,
+        "create /x again with the same request id",
+    );
+    assert_eq!(again, first, "a retry returns the first result");
+    assert!(
+        matches!(first, Applied::Attr(_)),
+        "create returns attributes: {first:?}"
+    );
+    let root = cluster.must(
+        client.read_dir_all("/", Consistency::Linearizable).await,
+        "ls /",
+    );
+    assert_eq!(root.iter().filter(|e| e.name == "x").count(), 1, "{root:?}");
+    let fresh = client
+        .mutate_with_id(RequestId(0x0e0e_0002), create_op("/x"))
+        .await;
+    assert_eq!(
+        fresh.as_ref().map_err(ClientError::code),
+        Err("EEXIST"),
+        "a new request id is a new create: {fresh:?}"
+    );
+
+    // Acknowledged, then the leader dies; the retry reaches the new leader.
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let id = RequestId(0x0e0e_0003);
+    let first = cluster.must(
+        client.mutate_with_id(id, create_op("/y")).await,
+        "create /y",
+    );
+    cluster.kill(leader);
+    let again = cluster.must(
+        client.mutate_with_id(id, create_op("/y")).await,
+        "retry of create /y after the leader's SIGKILL",
+    );
+    assert_eq!(
+        again, first,
+        "the new leader answers the retry from its dedupe table"
+    );
+    let fresh = client
+        .mutate_with_id(RequestId(0x0e0e_0004), create_op("/y"))
+        .await;
+    assert_eq!(
+        fresh.as_ref().map_err(ClientError::code),
+        Err("EEXIST"),
+        "{fresh:?}"
+    );
+
+    // In flight while the leader dies: whatever the first call saw, a
+    // retry with the same id succeeds with the same answer and never
+    // reports EEXIST.
+    cluster.restart(leader).await;
+    let second_leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    cluster.must_catch_up(leader, second_leader).await;
+    let in_flight: Vec<_> = (0..16u128)
+        .map(|k| {
+            let client = client.clone();
+            let id = RequestId(0x0e0e_1000 + k);
+            let path = format!("/z{k:02}");
+            tokio::spawn(async move {
+                let outcome = client.mutate_with_id(id, create_op(&path)).await;
+                (id, path, outcome, Instant::now())
+            })
+        })
+        .collect();
+    let killed_at = Instant::now();
+    cluster.kill(second_leader);
+    let mut finished_after_kill = 0;
+    let mut expected_root = BTreeSet::from(["x".to_string(), "y".to_string()]);
+    for task in in_flight {
+        let (id, path, during, finished) = task.await.expect("an in-flight create task");
+        if finished > killed_at {
+            finished_after_kill += 1;
+        }
+        if let Err(e) = &during {
+            assert_eq!(
+                e.code(),
+                "UNKNOWN_OUTCOME",
+                "{path}: only an unknown outcome is acceptable: {e}"
+            );
+        }
+        let again = cluster.must(
+            client.mutate_with_id(id, create_op(&path)).await,
+            &format!("retry of create {path} after the leader's SIGKILL"),
+        );
+        if let Ok(first) = during {
+            assert_eq!(again, first, "{path}: the retry returns the first result");
+        }
+        expected_root.insert(path.trim_start_matches('/').to_string());
+    }
+    println!("16 creates sent as leader {second_leader} was SIGKILLed; {finished_after_kill} finished after the kill");
+    let fresh = client
+        .mutate_with_id(RequestId(0x0e0e_2000), create_op("/z00"))
+        .await;
+    assert_eq!(
+        fresh.as_ref().map_err(ClientError::code),
+        Err("EEXIST"),
+        "{fresh:?}"
+    );
+    let root = names(&cluster.must(
+        client.read_dir_all("/", Consistency::Linearizable).await,
+        "ls /",
+    ));
+    assert_eq!(root, expected_root);
+}
+
+// ---------------------------------------------------------------------------
+
+/// A gRPC codec that sends and receives raw message bytes, to put arbitrary
+/// (undecodable) protobuf on the wire.
+mod raw {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct RawCodec;
+
+    #[derive(Debug)]
+    pub struct RawEncoder;
+
+    #[derive(Debug)]
+    pub struct RawDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            let mut bytes = vec![0; src.remaining()];
+            src.copy_to_slice(&mut bytes);
+            Ok(Some(bytes))
+        }
+    }
+}
+
+async fn channel_to(cluster: &Cluster, id: u64) -> Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(id)))
+        .expect("a valid endpoint URI");
+    cluster.must(endpoint.connect().await, &format!("connect to node {id}"))
+}
+
+/// Sends `body` as the raw message of the unary method `path` on node `id`.
+async fn raw_call(
+    cluster: &Cluster,
+    id: u64,
+    method: &'static str,
+    body: Vec<u8>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel_to(cluster, id).await);
+    cluster.must(grpc.ready().await, "gRPC channel ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+    match grpc
+        .unary(tonic::Request::new(body), path, raw::RawCodec)
+        .await
+    {
+        Ok(response) => cluster.fail(format!(
+            "garbage to {method} on node {id} was accepted: {:?}",
+            response.into_inner()
+        )),
+        Err(status) => status,
+    }
+}
+
+/// Checks that `status` has gRPC code `code` and an `ErrorDetail` whose
+/// code is `detail`.
+fn assert_refused(case: &str, status: &tonic::Status, code: tonic::Code, detail: &str) {
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    let sent = nokv_proto::detail_of(status).map(|d| d.code);
+    assert_eq!(sent.as_deref(), Some(detail), "{case}: {status:?}");
+}
+
+fn at(kind: entry_ref::Kind) -> Option<pb::EntryRef> {
+    Some(pb::EntryRef { kind: Some(kind) })
+}
+
+fn child(parent: u64, name: &str) -> Option<pb::EntryRef> {
+    at(entry_ref::Kind::Child(pb::ChildRef {
+        parent,
+        name: name.into(),
+    }))
+}
+
+fn path(p: &str) -> Option<pb::EntryRef> {
+    at(entry_ref::Kind::Path(p.into()))
+}
+
+fn inode_path(p: &str) -> Option<pb::InodeRef> {
+    Some(pb::InodeRef {
+        kind: Some(inode_ref::Kind::Path(p.into())),
+    })
+}
+
+/// A fresh 16-byte request id.
+fn request_id(n: usize) -> Vec<u8> {
+    (0xbad0_0000_u128 + n as u128).to_be_bytes().to_vec()
+}
+
+fn create_at(at: Option<pb::EntryRef>) -> Option<mutate_request::Op> {
+    Some(mutate_request::Op::Create(pb::CreateOp {
+        at,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_changes_nothing_and_never_panics() {
+    let _load = light_test().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/keep", false).await, "mkdir /keep");
+    cluster.must(client.create("/keep/a").await, "create /keep/a");
+    let root_id = cluster
+        .must(client.stat("/", Consistency::Linearizable).await, "stat /")
+        .inode
+        .0;
+    let namespace_before = (
+        cluster.must(client.stat("/", Consistency::Linearizable).await, "stat /"),
+        cluster.must(
+            client.read_dir_all("/", Consistency::Linearizable).await,
+            "ls /",
+        ),
+        cluster.must(
+            client
+                .read_dir_all("/keep", Consistency::Linearizable)
+                .await,
+            "ls /keep",
+        ),
+    );
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let log_before = cluster.status(leader).await.expect("leader status");
+
+    // Malformed mutations are refused before the leader check, by every node.
+    let long = "n".repeat(256);
+    let cases: Vec<(&str, Vec<u8>, Option<mutate_request::Op>, &str)> = vec![
+        (
+            "3-byte request id",
+            vec![1, 2, 3],
+            create_at(path("/bad")),
+            "INVALID_ARGUMENT",
+        ),
+        ("missing op", request_id(1), None, "INVALID_ARGUMENT"),
+        (
+            "missing entry ref",
+            request_id(2),
+            create_at(None),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "empty name via ChildRef",
+            request_id(3),
+            create_at(child(root_id, "")),
+            "EINVAL",
+        ),
+        (
+            "name with '/'",
+            request_id(4),
+            create_at(child(root_id, "a/b")),
+            "EINVAL",
+        ),
+        (
+            "name with NUL",
+            request_id(5),
+            create_at(child(root_id, "a\0b")),
+            "EINVAL",
+        ),
+        (
+            "'..' as a name",
+            request_id(6),
+            create_at(child(root_id, "..")),
+            "EINVAL",
+        ),
+        (
+            "256-byte name",
+            request_id(7),
+            create_at(child(root_id, &long)),
+            "ENAMETOOLONG",
+        ),
+        (
+            "256-byte path component",
+            request_id(8),
+            create_at(path(&format!("/{long}"))),
+            "ENAMETOOLONG",
+        ),
+        (
+            "relative path",
+            request_id(9),
+            create_at(path("keep/b")),
+            "EINVAL",
+        ),
+        (
+            "'..' in a path",
+            request_id(10),
+            create_at(path("/keep/../b")),
+            "EINVAL",
+        ),
+        ("empty path", request_id(11), create_at(path("")), "EINVAL"),
+        (
+            "unknown rename mode",
+            request_id(12),
+            Some(mutate_request::Op::Rename(pb::RenameOp {
+                from: path("/keep/a"),
+                to: path("/keep/b"),
+                mode: 42,
+            })),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "empty symlink target",
+            request_id(13),
+            Some(mutate_request::Op::Symlink(pb::SymlinkOp {
+                at: path("/keep/l"),
+                target: String::new(),
+                uid: 0,
+                gid: 0,
+            })),
+            "EINVAL",
+        ),
+        (
+            "xattr value over 64 KiB",
+            request_id(14),
+            Some(mutate_request::Op::SetXattr(pb::SetXattrOp {
+                inode: inode_path("/keep/a"),
+                name: "user.big".into(),
+                value: vec![7; 64 * 1024 + 1],
+                flag: 0,
+            })),
+            "EINVAL",
+        ),
+    ];
+    for id in cluster.ids() {
+        let mut stub = MetaServiceClient::new(channel_to(&cluster, id).await);
+        for (case, request_id, op, detail) in &cases {
+            let request = pb::MutateRequest {
+                request_id: request_id.clone(),
+                epoch: 0,
+                op: op.clone(),
+            };
+            match stub.mutate(request).await {
+                Ok(r) => cluster.fail(format!("{case} was accepted by node {id}: {r:?}")),
+                Err(status) => assert_refused(
+                    &format!("{case} (node {id})"),
+                    &status,
+                    tonic::Code::InvalidArgument,
+                    detail,
+                ),
+            }
+        }
+        // Malformed queries, too.
+        let queries = [
+            (
+                "unknown consistency",
+                pb::QueryRequest {
+                    consistency: 42,
+                    query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
+                        inode: inode_path("/"),
+                    })),
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                "missing query",
+                pb::QueryRequest {
+                    consistency: pb::Consistency::Stale as i32,
+                    query: None,
+                },
+                "INVALID_ARGUMENT",
+            ),
+            (
+                "relative path in a query",
+                pb::QueryRequest {
+                    consistency: pb::Consistency::Stale as i32,
+                    query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
+                        inode: inode_path("keep"),
+                    })),
+                },
+                "EINVAL",
+            ),
+        ];
+        for (case, request, detail) in queries {
+            match stub.query(request).await {
+                Ok(r) => cluster.fail(format!("{case} was accepted by node {id}: {r:?}")),
+                Err(status) => assert_refused(
+                    &format!("{case} (node {id})"),
+                    &status,
+                    tonic::Code::InvalidArgument,
+                    detail,
+                ),
+            }
+        }
+
+        // A message over the 4 MiB limit: refused with some error.
+        let oversized = pb::MutateRequest {
+            request_id: request_id(100),
+            epoch: 0,
+            op: Some(mutate_request::Op::SetXattr(pb::SetXattrOp {
+                inode: inode_path("/keep/a"),
+                name: "user.huge".into(),
+                value: vec![0x5a; 5 * 1024 * 1024],
+                flag: 0,
+            })),
+        };
+        match stub.mutate(oversized).await {
+            Ok(r) => cluster.fail(format!("a 5 MiB message was accepted by node {id}: {r:?}")),
+            Err(status) => {
+                println!(
+                    "node {id}, 5 MiB xattr: {:?} ({}), detail {:?}",
+                    status.code(),
+                    status.message(),
+                    nokv_proto::detail_of(&status).map(|d| d.code)
+                );
+            }
+        }
+
+        // Garbage on the Raft transport.
+        let mut raft = RaftServiceClient::new(channel_to(&cluster, id).await);
+        let garbage: [(&str, Vec<u8>); 4] = [
+            ("empty", vec![]),
+            ("unknown format version", vec![0x42, 1, 2, 3]),
+            ("truncated", vec![1, 0xde, 0xad]),
+            ("hostile length prefix", [vec![1], vec![0xff; 64]].concat()),
+        ];
+        for (what, data) in garbage {
+            let message = || pb::RaftMessage { data: data.clone() };
+            let results = [
+                ("AppendEntries", raft.append_entries(message()).await.err()),
+                ("Vote", raft.vote(message()).await.err()),
+                (
+                    "InstallSnapshot",
+                    raft.install_snapshot(message()).await.err(),
+                ),
+            ];
+            for (rpc, result) in results {
+                let case = format!("{rpc} with {what} data (node {id})");
+                let status = result.unwrap_or_else(|| cluster.fail(format!("{case} was accepted")));
+                assert_refused(
+                    &case,
+                    &status,
+                    tonic::Code::InvalidArgument,
+                    "INVALID_ARGUMENT",
+                );
+            }
+        }
+
+        // Undecodable protobuf bytes under valid gRPC framing.
+        for (method, body) in [
+            ("/nokv.v1.MetaService/Mutate", vec![0xff, 0xff, 0xff, 0xff]),
+            ("/nokv.v1.MetaService/Query", vec![0x0a, 0x7f, 0x01]),
+            ("/nokv.v1.MetaService/InitCluster", vec![0x0a, 0x05, 0x08]),
+            (
+                "/nokv.v1.RaftService/Vote",
+                vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            ),
+        ] {
+            let status = raw_call(&cluster, id, method, body).await;
+            assert_refused(
+                &format!("undecodable {method} (node {id})"),
+                &status,
+                tonic::Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            );
+        }
+
+        // Bytes that are not HTTP/2 at all, and HTTP/2 with a broken frame.
+        for junk in [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            vec![0xff; 4096],
+            [
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+                vec![
+                    0xff, 0xff, 0xff, 0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3,
+                ],
+            ]
+            .concat(),
+        ] {
+            send_junk(&cluster, id, &junk).await;
+        }
+    }
+
+    // Validation happens before proposing: nothing reached the log (as long
+    // as no election appended its own entry in between).
+    let log_after = cluster.status(leader).await.expect("leader status");
+    if log_after.term == log_before.term {
+        assert_eq!(
+            log_after.last_log_index, log_before.last_log_index,
+            "malformed requests must not reach the Raft log"
+        );
+    }
+
+    // A well-formed request naming an inode that does not exist is a
+    // namespace error (ENOENT), decided by the engine on the leader.
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let mut stub = MetaServiceClient::new(channel_to(&cluster, leader).await);
+    let unknown_inode = [
+        (
+            "SetAttr of an unknown inode id",
+            mutate_request::Op::SetAttr(pb::SetAttrOp {
+                inode: Some(pb::InodeRef {
+                    kind: Some(inode_ref::Kind::Id(0xdead_beef)),
+                }),
+                mode: Some(0o600),
+                ..Default::default()
+            }),
+        ),
+        (
+            "create under an unknown parent id",
+            create_at(child(0xdead_beef, "x")).expect("op"),
+        ),
+    ];
+    for (n, (case, op)) in unknown_inode.into_iter().enumerate() {
+        let request = pb::MutateRequest {
+            request_id: request_id(200 + n),
+            epoch: 0,
+            op: Some(op),
+        };
+        match stub.mutate(request).await {
+            Ok(r) => cluster.fail(format!("{case} was accepted: {r:?}")),
+            Err(status) => assert_refused(case, &status, tonic::Code::NotFound, "ENOENT"),
+        }
+    }
+
+    // Nothing changed, and every replica is alive and answering.
+    let namespace_after = (
+        cluster.must(client.stat("/", Consistency::Linearizable).await, "stat /"),
+        cluster.must(
+            client.read_dir_all("/", Consistency::Linearizable).await,
+            "ls /",
+        ),
+        cluster.must(
+            client
+                .read_dir_all("/keep", Consistency::Linearizable)
+                .await,
+            "ls /keep",
+        ),
+    );
+    assert_eq!(
+        namespace_after, namespace_before,
+        "bad input changed the namespace"
+    );
+    cluster.must_all_run();
+    for id in cluster.ids() {
+        if cluster.status(id).await.is_none() {
+            cluster.fail(format!("node {id} no longer answers Status"));
+        }
+    }
+    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    cluster.must(
+        client.create("/keep/still-writable").await,
+        "a write after the bad input",
+    );
+}
+
+/// Writes `junk` on a fresh TCP connection to node `id` and reads whatever
+/// comes back until the server closes the connection (bounded by a timeout).
+async fn send_junk(cluster: &Cluster, id: u64, junk: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = cluster.must(
+        tokio::net::TcpStream::connect(cluster.addr(id)).await,
+        "TCP connect",
+    );
+    // The server may close the connection before reading everything.
+    let _ = stream.write_all(junk).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_linearizable_reads() {
+    let _load = light_test().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let writer = cluster.client();
+    cluster.must(writer.mkdir("/reads", false).await, "mkdir /reads");
+
+    // Read-your-writes through every endpoint: each reader is a fresh
+    // client that knows one replica only, so a follower must redirect it.
+    let mut last = None;
+    for i in 0..12u64 {
+        let path = format!("/reads/k{i:02}");
+        let created = cluster.must(writer.create(&path).await, &format!("create {path}"));
+        let via = cluster.ids()[(i % 3) as usize];
+        let reader = cluster.client_for(&[via]);
+        let seen = cluster.must(
+            reader.stat(&path, Consistency::Linearizable).await,
+            &format!("linearizable stat of {path} via node {via} right after its create"),
+        );
+        assert_eq!(seen.inode, created.inode, "{path} via node {via}");
+        last = Some((path, created));
+    }
+    let (last_path, last_attr) = last.expect("at least one write");
+
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let follower = followers[0];
+
+    // A follower answers stale reads from its own applied state.
+    cluster
+        .wait_until(
+            WAIT,
+            &format!("follower {follower} applies index {}", last_attr.version.0),
+            async || cluster.applied(follower).await >= Some(last_attr.version.0),
+        )
+        .await;
+    let follower_only = cluster.client_for(&[follower]);
+    let seen = cluster.must(
+        follower_only.stat(&last_path, Consistency::Stale).await,
+        "stale stat on a follower",
+    );
+    assert_eq!(seen.inode, last_attr.inode);
+    let mut stub = MetaServiceClient::new(channel_to(&cluster, follower).await);
+    let get_attr = |consistency: pb::Consistency| pb::QueryRequest {
+        consistency: consistency as i32,
+        query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
+            inode: inode_path(&last_path),
+        })),
+    };
+    let response = cluster
+        .must(
+            stub.query(get_attr(pb::Consistency::Stale)).await,
+            "raw stale query on a follower",
+        )
+        .into_inner();
+    assert!(
+        response.applied_index >= last_attr.version.0,
+        "the follower answered from its applied state: {response:?}"
+    );
+
+    // A linearizable query on a follower is redirected to the leader.
+    let status = stub
+        .query(get_attr(pb::Consistency::Linearizable))
+        .await
+        .expect_err("a follower must not answer a linearizable read itself");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let detail = nokv_proto::detail_of(&status).expect("NOT_LEADER carries an ErrorDetail");
+    assert_eq!(detail.code, "NOT_LEADER", "{detail:?}");
+    assert_eq!(detail.leader_id, Some(leader), "{detail:?}");
+    assert_eq!(detail.leader_addr, cluster.addr(leader), "{detail:?}");
+
+    // Without a quorum the follower still serves stale reads: they never
+    // leave the replica. Linearizable reads cannot be served any more.
+    cluster.kill(leader);
+    cluster.kill(followers[1]);
+    let response = cluster
+        .must(
+            stub.query(get_attr(pb::Consistency::Stale)).await,
+            "raw stale query on a follower without a quorum",
+        )
+        .into_inner();
+    match response.result {
+        Some(pb::query_response::Result::Attr(attr)) => {
+            assert_eq!(InodeId(attr.inode), last_attr.inode)
+        }
+        other => cluster.fail(format!("unexpected stale read result: {other:?}")),
+    }
+    let refused = stub.query(get_attr(pb::Consistency::Linearizable)).await;
+    assert!(
+        refused.is_err(),
+        "a lone follower must not serve a linearizable read: {refused:?}"
+    );
+    if !cluster.is_running(follower) {
+        cluster.fail(format!("follower {follower} exited"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// Regression test for a linearizability bug found by this suite: after a
+/// SIGKILL, openraft 0.9 restores a node that was leader as leader of the
+/// same term without committing a new entry, and serves read-index reads at
+/// its *persisted* commit index, which can lag behind acknowledged writes.
+/// The read-index layer now also waits until the leader has applied its own
+/// log as of the start of its tenure (`meta-node/src/read_index.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_read_after_leader_restart_sees_acknowledged_write() {
+    let _load = heavy_test().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let client = cluster.client();
+    for attempt in 0..5 {
+        let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+        let others: Vec<u64> = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect();
+        let path = format!("/acknowledged-{attempt}");
+        cluster.must(client.create(&path).await, &format!("create {path}"));
+        for id in cluster.ids() {
+            cluster.kill(id);
+        }
+        // The old leader and one follower: a quorum, with the old leader
+        // back first so it resumes its leadership.
+        cluster.restart(leader).await;
+        cluster.restart(others[0]).await;
+        let read = client.stat(&path, Consistency::Linearizable).await;
+        if let Err(e) = read {
+            cluster.fail(format!(
+                "attempt {attempt}: {path} was acknowledged before the SIGKILL, but a linearizable \
+                 read after restarting leader {leader} and node {} says: {} ({e})",
+                others[0],
+                e.code()
+            ));
+        }
+        cluster.restart(others[1]).await;
+    }
+}
