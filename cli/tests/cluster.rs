@@ -1403,3 +1403,88 @@ async fn linearizable_read_after_leader_restart_sees_acknowledged_write() {
         cluster.restart(others[1]).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+
+/// Starts `nokv dev` and returns it with the endpoints it printed, once the
+/// cluster reports ready.
+async fn must_start_dev(
+    data_dir: &std::path::Path,
+    base_port: u16,
+) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = common::nokv_command()
+        .args(["dev", "--base-port", &base_port.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn nokv dev");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let endpoints = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read dev output") {
+            if let Some(e) = line.trim().strip_prefix("export NOKV_ENDPOINTS=") {
+                return Some(e.to_string());
+            }
+        }
+        None
+    })
+    .await
+    .expect("nokv dev did not become ready in time")
+    .expect("nokv dev exited before printing its endpoints");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, endpoints)
+}
+
+/// Sends SIGINT (what Ctrl-C sends) and waits for a clean exit.
+async fn must_interrupt(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("dev is running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -INT failed");
+    let exit = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("nokv dev did not stop after Ctrl-C")
+        .expect("wait for nokv dev");
+    assert!(exit.success(), "nokv dev exited with {exit} after Ctrl-C");
+}
+
+/// `nokv dev` starts a ready three-replica cluster, prints its endpoints,
+/// stops cleanly on Ctrl-C, and keeps its data for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_serves_stops_on_ctrl_c_and_keeps_data() {
+    let _load = heavy_test().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("dev");
+    // Three consecutive free ports: retry the pick until the block is free.
+    let base_port = loop {
+        let [p] = common::free_ports::<1>();
+        if p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let (mut dev, endpoints) = must_start_dev(&data_dir, base_port).await;
+    assert_eq!(
+        endpoints.split(',').count(),
+        3,
+        "three endpoints: {endpoints}"
+    );
+    let client = Client::connect(&endpoints.split(',').collect::<Vec<_>>()).expect("client");
+    client.mkdir("/kept", true).await.expect("mkdir on dev");
+    client.create("/kept/file").await.expect("create on dev");
+    must_interrupt(&mut dev).await;
+
+    let (mut dev, endpoints_again) = must_start_dev(&data_dir, base_port).await;
+    assert_eq!(endpoints, endpoints_again);
+    let client = Client::connect(&endpoints.split(',').collect::<Vec<_>>()).expect("client");
+    let entries = client
+        .read_dir_all("/kept", Consistency::Linearizable)
+        .await
+        .expect("list after restart");
+    assert_eq!(names(&entries), BTreeSet::from(["file".to_string()]));
+    must_interrupt(&mut dev).await;
+}
