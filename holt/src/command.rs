@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::{BodySpec, PublishMode, UploadId};
 use crate::types::{Epoch, InodeId, RequestId};
 
 /// Where a namespace entry lives: an absolute path, or a name in a directory.
@@ -113,6 +114,53 @@ pub enum Op {
     RemoveXattr {
         inode: InodeRef,
         name: String,
+    },
+    // ---- object-backed bodies (see `crate::body`) ----
+    /// Stage an upload of a new body for the file at `at` (resolved like
+    /// `Create`). Reserves the inode (for a create) and a fresh generation,
+    /// and leases the upload for `lease_ns` (1 ns ..= 7 days). Returns
+    /// `Applied::Staged`.
+    BeginPublish {
+        at: EntryRef,
+        mode: PublishMode,
+        lease_ns: u64,
+        /// Permission bits, owner and group of a newly created file.
+        file_mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// Make the uploaded body visible, if the upload's predicate still
+    /// holds. Returns `Applied::Attr` of the published file. A predicate
+    /// that no longer holds fails with `AlreadyExists` (create-only),
+    /// `StaleGeneration` (replace) or `NotFound`; an expired lease with
+    /// `NotFound`. The upload stays staged after a failed commit.
+    CommitPublish {
+        upload: UploadId,
+        body: BodySpec,
+    },
+    /// Several commits, all or nothing. Returns `Applied::Attrs` in order.
+    CommitPublishBatch {
+        commits: Vec<(UploadId, BodySpec)>,
+    },
+    /// Drop a staged upload; its key prefix is queued for GC.
+    AbortPublish {
+        upload: UploadId,
+    },
+    /// Set a live lease to end at `time_ns + lease_ns`; returns
+    /// `Applied::Staged` with the new expiry. An expired lease is final
+    /// (`NotFound`), as for a commit.
+    RenewUpload {
+        upload: UploadId,
+        lease_ns: u64,
+    },
+    /// Drop every upload whose lease ended at or before `now_ns` and queue
+    /// its key prefix for GC (the leader's lease worker proposes this).
+    ExpireUploads {
+        now_ns: u64,
+    },
+    /// The GC worker deleted these tasks' objects; unknown seqs are ignored.
+    GcDone {
+        seqs: Vec<u64>,
     },
 }
 

@@ -14,6 +14,8 @@
 //! Layout of the submodules:
 //! - `resolve`: path and reference resolution (symlinks, `..` in targets);
 //! - `ops`: one function per mutation;
+//! - `publish`: object-backed bodies (staged uploads, commits, lease
+//!   expiry, the GC queue) and the read helpers for the leader's workers;
 //! - `read`: the read-only queries;
 //! - `invariants`: the structural checks run on a decoded image.
 
@@ -21,6 +23,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::{validate_body_spec, validate_lease, Body, GcTask, UploadId, MAX_PUBLISH_BATCH};
 use crate::command::{Command, EntryRef, InodeRef, Op};
 use crate::error::FsError;
 use crate::path::{
@@ -30,10 +33,15 @@ use crate::types::{Attr, Epoch, FileType, Generation, InodeId, LogIndex, Request
 
 mod invariants;
 mod ops;
+mod publish;
+#[cfg(test)]
+mod publish_tests;
 mod read;
 mod resolve;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use publish::Staged;
 
 /// Static configuration of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +69,10 @@ pub enum Applied {
     Attr(Attr),
     /// The mutation succeeded and has nothing to report.
     Done,
+    /// `BeginPublish`: the staged upload (its id, inode, generation, key prefix).
+    Staged(crate::body::StagedUpload),
+    /// `CommitPublishBatch`: the attributes of every published file, in order.
+    Attrs(Vec<Attr>),
 }
 
 /// The replicated result of one command.
@@ -76,6 +88,10 @@ pub struct Stats {
     pub next_inode: u64,
     pub epoch: Epoch,
     pub last_applied: LogIndex,
+    /// Uploads between `BeginPublish` and their commit, abort or expiry.
+    pub staged: u64,
+    /// Deletions waiting for the GC worker.
+    pub gc_tasks: u64,
 }
 
 /// One inode and everything attached to it.
@@ -89,6 +105,9 @@ pub(crate) struct InodeRecord {
     /// exactly one name). Needed to resolve `..` in symlink targets and to
     /// refuse moving a directory into its own subtree. The root points to itself.
     pub(crate) parent: Option<InodeId>,
+    /// The published body, for regular files only; `None` until the first
+    /// publish (such a file has generation 0 and its size is metadata only).
+    pub(crate) body: Option<Body>,
 }
 
 /// The metadata engine of one shard. See the module docs.
@@ -110,6 +129,18 @@ pub struct Holt {
     pub(crate) dedupe: BTreeMap<RequestId, Outcome>,
     /// Keys of `dedupe` in insertion order, for eviction.
     pub(crate) dedupe_order: VecDeque<RequestId>,
+    /// Uploads between `BeginPublish` and their commit, abort or expiry.
+    pub(crate) staged: BTreeMap<UploadId, Staged>,
+    /// Id of the next staged upload (starts at 1).
+    pub(crate) next_upload: u64,
+    /// The next content generation (starts at 1; 0 means "no body"). One
+    /// counter for the whole shard, never reused, so that block prefixes,
+    /// which carry the generation, are unique forever.
+    pub(crate) next_generation: u64,
+    /// Deletions waiting for the GC worker, by queue position.
+    pub(crate) gc: BTreeMap<u64, GcTask>,
+    /// Queue position of the next GC task (starts at 1).
+    pub(crate) next_gc_seq: u64,
 }
 
 /// When a mutation happens: its log index (the new `version` of every inode
@@ -141,6 +172,7 @@ impl Holt {
             symlink_target: None,
             xattrs: BTreeMap::new(),
             parent: Some(root),
+            body: None,
         };
         Holt {
             shard: config.shard,
@@ -152,6 +184,11 @@ impl Holt {
             last_applied: LogIndex(0),
             dedupe: BTreeMap::new(),
             dedupe_order: VecDeque::new(),
+            staged: BTreeMap::new(),
+            next_upload: 1,
+            next_generation: 1,
+            gc: BTreeMap::new(),
+            next_gc_seq: 1,
         }
     }
 
@@ -184,6 +221,8 @@ impl Holt {
             next_inode: self.next_local,
             epoch: self.epoch,
             last_applied: self.last_applied,
+            staged: self.staged.len() as u64,
+            gc_tasks: self.gc.len() as u64,
         }
     }
 
@@ -256,6 +295,14 @@ impl Holt {
                 validate_inode(inode)?;
                 validate_xattr_name(name)
             }
+            Op::BeginPublish { at, lease_ns, .. } => {
+                validate_entry(at)?;
+                validate_lease(*lease_ns)
+            }
+            Op::CommitPublish { body, .. } => validate_body_spec(body),
+            Op::CommitPublishBatch { commits } => validate_batch(commits),
+            Op::RenewUpload { lease_ns, .. } => validate_lease(*lease_ns),
+            Op::AbortPublish { .. } | Op::ExpireUploads { .. } | Op::GcDone { .. } => Ok(()),
         }
     }
 
@@ -305,6 +352,27 @@ impl Holt {
                 flag,
             } => self.set_xattr(stamp, inode, name, value, *flag),
             Op::RemoveXattr { inode, name } => self.remove_xattr(stamp, inode, name),
+            Op::BeginPublish {
+                at,
+                mode,
+                lease_ns,
+                file_mode,
+                uid,
+                gid,
+            } => {
+                let owner = Owner {
+                    mode: *file_mode,
+                    uid: *uid,
+                    gid: *gid,
+                };
+                self.begin_publish(stamp, at, *mode, *lease_ns, owner)
+            }
+            Op::CommitPublish { upload, body } => self.commit_publish(stamp, *upload, body),
+            Op::CommitPublishBatch { commits } => self.commit_publish_batch(stamp, commits),
+            Op::AbortPublish { upload } => self.abort_publish(stamp, *upload),
+            Op::RenewUpload { upload, lease_ns } => self.renew_upload(stamp, *upload, *lease_ns),
+            Op::ExpireUploads { now_ns } => Ok(self.expire_uploads(stamp, *now_ns)),
+            Op::GcDone { seqs } => Ok(self.gc_done(seqs)),
         }
     }
 
@@ -339,6 +407,30 @@ fn validate_entry(at: &EntryRef) -> Result<(), FsError> {
         EntryRef::Path(path) => split_path(path).map(drop),
         EntryRef::Child { name, .. } => validate_name(name),
     }
+}
+
+/// A batch commit: 1 ..= [`MAX_PUBLISH_BATCH`] members, distinct uploads,
+/// each body valid on its own.
+fn validate_batch(commits: &[(UploadId, crate::body::BodySpec)]) -> Result<(), FsError> {
+    if commits.is_empty() || commits.len() > MAX_PUBLISH_BATCH {
+        return Err(FsError::InvalidArgument(format!(
+            "a publish batch has {} commits, allowed 1 ..= {MAX_PUBLISH_BATCH}",
+            commits.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (upload, body) in commits {
+        if !seen.insert(*upload) {
+            return Err(FsError::InvalidArgument(format!(
+                "{upload} appears twice in one publish batch"
+            )));
+        }
+        validate_body_spec(body).map_err(|e| match e {
+            FsError::InvalidArgument(why) => FsError::InvalidArgument(format!("{upload}: {why}")),
+            other => other,
+        })?;
+    }
+    Ok(())
 }
 
 fn validate_inode(inode: &InodeRef) -> Result<(), FsError> {

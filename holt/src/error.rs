@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::Epoch;
+use crate::types::{Epoch, Generation};
 
 /// A namespace operation failed. Every variant is deterministic: the same
 /// state and command give the same error on every replica, so errors are
@@ -33,6 +33,15 @@ pub enum FsError {
     NoSpace(String),
     #[error("stale epoch: current is {current}")]
     StaleEpoch { current: Epoch },
+    /// A publish predicate failed: the file's content generation is not the
+    /// one the client expected (it read an older body, or another writer
+    /// published first, or the name now holds a different file). The client
+    /// re-reads the file and decides again; retrying blindly cannot succeed.
+    #[error("stale generation: expected {expected}, current is {current}")]
+    StaleGeneration {
+        expected: Generation,
+        current: Generation,
+    },
 }
 
 impl FsError {
@@ -51,6 +60,7 @@ impl FsError {
             FsError::NoData(_) => "ENODATA",
             FsError::NoSpace(_) => "ENOSPC",
             FsError::StaleEpoch { .. } => "STALE_EPOCH",
+            FsError::StaleGeneration { .. } => "STALE_GENERATION",
         }
     }
 
@@ -69,6 +79,8 @@ impl FsError {
             FsError::NoData(_) => 61,
             FsError::NoSpace(_) => 28,
             FsError::StaleEpoch { .. } => 116,
+            // ESTALE: the handle the client holds (a generation) is outdated.
+            FsError::StaleGeneration { .. } => 116,
         }
     }
 }

@@ -16,6 +16,10 @@
 //! and the dedupe table in eviction order, so equal states encode to equal
 //! bytes: replicas can compare snapshots byte for byte.
 //!
+//! Version history: 1 had no bodies; 2 adds per-file bodies, staged
+//! uploads, the generation/upload counters and the GC queue. Version 1 was
+//! never deployed, so it is rejected as unsupported rather than migrated.
+//!
 //! Decoding never panics: every malformed input maps to an [`ImageError`],
 //! and a well-formed body must also pass the engine's structural checks.
 
@@ -24,14 +28,15 @@ use std::collections::{BTreeMap, VecDeque};
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Holt, InodeRecord, Outcome};
+use crate::body::{GcTask, UploadId};
+use crate::engine::{Holt, InodeRecord, Outcome, Staged};
 use crate::error::ImageError;
 use crate::types::{Epoch, InodeId, LogIndex, RequestId, ShardId};
 
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
 /// The image format this build writes (and the only one it reads).
-pub const IMAGE_VERSION: u32 = 1;
+pub const IMAGE_VERSION: u32 = 2;
 /// Magic, version, body length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
@@ -53,6 +58,11 @@ struct ImageBodyRef<'a> {
     dentries: Vec<(&'a (InodeId, String), &'a InodeId)>,
     /// Oldest first, so decoding restores the eviction order.
     dedupe: Vec<(&'a RequestId, &'a Outcome)>,
+    next_upload: u64,
+    next_generation: u64,
+    next_gc_seq: u64,
+    staged: Vec<(&'a UploadId, &'a Staged)>,
+    gc: Vec<(&'a u64, &'a GcTask)>,
 }
 
 /// The body as read. Sequences rather than maps so that duplicate or
@@ -67,6 +77,11 @@ struct ImageBody {
     inodes: Vec<(InodeId, InodeRecord)>,
     dentries: Vec<((InodeId, String), InodeId)>,
     dedupe: Vec<(RequestId, Outcome)>,
+    next_upload: u64,
+    next_generation: u64,
+    next_gc_seq: u64,
+    staged: Vec<(UploadId, Staged)>,
+    gc: Vec<(u64, GcTask)>,
 }
 
 fn body_options() -> impl Options {
@@ -97,6 +112,11 @@ impl Holt {
                 .iter()
                 .filter_map(|id| self.dedupe.get_key_value(id))
                 .collect(),
+            next_upload: self.next_upload,
+            next_generation: self.next_generation,
+            next_gc_seq: self.next_gc_seq,
+            staged: self.staged.iter().collect(),
+            gc: self.gc.iter().collect(),
         };
         // Serializing plain data into a Vec cannot fail: there is no size
         // limit, no I/O, and every sequence has a known length.
@@ -185,6 +205,11 @@ impl ImageBody {
             // length, since the map would silently merge them.
             dedupe: collect_unique(self.dedupe)?,
             dedupe_order,
+            staged: sorted_map(self.staged, "staged uploads")?,
+            next_upload: self.next_upload,
+            next_generation: self.next_generation,
+            gc: sorted_map(self.gc, "GC tasks")?,
+            next_gc_seq: self.next_gc_seq,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Holt: NoKV's metadata engine.
 //!
 //! Holt holds one shard's namespace (inodes, dentries, xattrs, the inode
-//! allocator and the request dedupe table) and changes it only through
+//! allocator and the request dedupe table), the metadata of object-backed
+//! file bodies (published bodies, staged uploads and the GC queue of
+//! objects to delete; see [`body`]) and changes it only through
 //! [`Holt::apply`], a deterministic function of (state, command, log index):
 //! no clocks, randomness, I/O or hash-map iteration order. Replicas that
 //! apply the same log reach byte-identical state, and [`Holt::encode_image`]
@@ -13,6 +15,7 @@
 //! Main types: [`Holt`], [`Command`]/[`Op`] (mutations), [`Query`] (reads),
 //! [`FsError`] (POSIX-style errors).
 
+pub mod body;
 pub mod command;
 pub mod engine;
 pub mod error;
@@ -21,6 +24,10 @@ pub mod path;
 pub mod query;
 pub mod types;
 
+pub use body::{
+    block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec, GcTarget, GcTask,
+    PublishMode, StagedUpload, UploadId,
+};
 pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag};
 pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};
 pub use error::{FsError, ImageError};

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::body::{Body, StagedUpload};
 use crate::command::InodeRef;
 use crate::types::{Attr, DirEntry, InodeId};
 
@@ -36,6 +37,12 @@ pub enum Query {
     ListXattr {
         inode: InodeRef,
     },
+    /// A regular file's attributes and published body.
+    ReadBody {
+        inode: InodeRef,
+    },
+    /// Every staged upload, in id order.
+    ListUploads,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,4 +56,10 @@ pub enum QueryResult {
     Target(String),
     Xattr(Vec<u8>),
     XattrNames(Vec<String>),
+    /// A file's attributes and its body (`None`: no body published yet).
+    Body {
+        attr: Attr,
+        body: Option<Body>,
+    },
+    Uploads(Vec<StagedUpload>),
 }

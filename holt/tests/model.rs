@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 
 use nokv_holt::{
-    Applied, Command, EntryRef, FileType, FsError, Holt, HoltConfig, InodeId, InodeRef, LogIndex,
-    Op, Outcome, Query, QueryResult, RenameMode, RequestId, SetAttr, ShardId, XattrFlag,
+    Applied, BlockRef, BodySpec, Command, EntryRef, FileType, FsError, Generation, Holt,
+    HoltConfig, InodeId, InodeRef, LogIndex, Op, Outcome, PublishMode, Query, QueryResult,
+    RenameMode, RequestId, SetAttr, ShardId, UploadId, XattrFlag,
 };
 use proptest::prelude::*;
 
@@ -927,7 +928,82 @@ fn wild_inode() -> impl Strategy<Value = InodeRef> {
     ]
 }
 
-fn wild_op() -> impl Strategy<Value = Op> {
+/// Boxed halves: one flat `prop_oneof!` over every op nests deep enough to
+/// overflow a test thread's stack in debug builds.
+fn wild_op() -> BoxedStrategy<Op> {
+    prop_oneof![3 => wild_namespace_op().boxed(), 1 => wild_publish_op().boxed()].boxed()
+}
+
+fn wild_upload() -> impl Strategy<Value = UploadId> {
+    prop_oneof![
+        (0u64..5).prop_map(UploadId),
+        any::<u64>().prop_map(UploadId)
+    ]
+}
+
+/// Bodies that are sometimes valid (keys under a plausible prefix, sizes
+/// adding up) and sometimes anything at all.
+fn wild_body() -> BoxedStrategy<BodySpec> {
+    let key = prop_oneof![
+        (0u64..6, 0u64..4, "[a-z]{1,3}")
+            .prop_map(|(inode, generation, tail)| format!("blocks/0/{inode}/{generation}/{tail}")),
+        wild_string(),
+    ];
+    let sha = prop_oneof![Just("ab".repeat(32)), wild_string()];
+    (
+        prop::collection::vec((key, 0u64..4), 0..4),
+        prop::option::of(any::<u64>()),
+        sha,
+        prop::collection::btree_map(wild_string(), wild_string(), 0..3),
+    )
+        .prop_map(|(blocks, size, sha256, attrs)| {
+            let blocks: Vec<BlockRef> = blocks
+                .into_iter()
+                .map(|(key, size)| BlockRef { key, size })
+                .collect();
+            BodySpec {
+                size: size.unwrap_or_else(|| blocks.iter().map(|b| b.size).sum()),
+                blocks,
+                sha256,
+                content_type: String::new(),
+                producer: String::new(),
+                attrs,
+            }
+        })
+        .boxed()
+}
+
+fn wild_publish_op() -> impl Strategy<Value = Op> {
+    let mode = prop_oneof![
+        Just(PublishMode::CreateOnly),
+        Just(PublishMode::Upsert),
+        (0u64..4).prop_map(|g| PublishMode::Replace {
+            expected: Generation(g)
+        }),
+    ];
+    let lease = prop_oneof![1u64..1000, any::<u64>()];
+    prop_oneof![
+        (wild_entry(), mode, lease.clone(), any::<u32>()).prop_map(
+            |(at, mode, lease_ns, file_mode)| Op::BeginPublish {
+                at,
+                mode,
+                lease_ns,
+                file_mode,
+                uid: 0,
+                gid: 0
+            }
+        ),
+        (wild_upload(), wild_body()).prop_map(|(upload, body)| Op::CommitPublish { upload, body }),
+        prop::collection::vec((wild_upload(), wild_body()), 0..3)
+            .prop_map(|commits| Op::CommitPublishBatch { commits }),
+        wild_upload().prop_map(|upload| Op::AbortPublish { upload }),
+        (wild_upload(), lease).prop_map(|(upload, lease_ns)| Op::RenewUpload { upload, lease_ns }),
+        any::<u64>().prop_map(|now_ns| Op::ExpireUploads { now_ns }),
+        prop::collection::vec(0u64..6, 0..3).prop_map(|seqs| Op::GcDone { seqs }),
+    ]
+}
+
+fn wild_namespace_op() -> impl Strategy<Value = Op> {
     let flag = prop::sample::select(vec![
         XattrFlag::Upsert,
         XattrFlag::Create,
@@ -1014,6 +1090,8 @@ fn wild_query() -> impl Strategy<Value = Query> {
         wild_inode().prop_map(|inode| Query::ReadLink { inode }),
         (wild_inode(), wild_string()).prop_map(|(inode, name)| Query::GetXattr { inode, name }),
         wild_inode().prop_map(|inode| Query::ListXattr { inode }),
+        wild_inode().prop_map(|inode| Query::ReadBody { inode }),
+        Just(Query::ListUploads),
     ]
 }
 
@@ -1044,7 +1122,7 @@ proptest! {
     fn arbitrary_images_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = Holt::decode_image(&bytes);
         let mut framed = b"NOKVHOLT".to_vec();
-        framed.extend_from_slice(&1u32.to_le_bytes());
+        framed.extend_from_slice(&Holt::image_version().to_le_bytes());
         framed.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         framed.extend_from_slice(&crc32fast_free_crc(&bytes).to_le_bytes());
         framed.extend_from_slice(&bytes);

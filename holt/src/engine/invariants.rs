@@ -5,15 +5,20 @@
 //! panic on it, but it could misbehave: a cycle of directory parents, an
 //! entry pointing at a missing inode, link counts that never reach zero.
 //! Refusing such an image at decode time keeps those cases out entirely.
+//!
+//! The body checks matter most: GC deletes objects on the strength of this
+//! state, so an image in which a live key is also queued for deletion, or
+//! in which two bodies share a key, must never be loaded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use super::{Holt, InodeRecord};
+use crate::body::{validate_body_parts, Body, GcTarget, PublishMode, MAX_STAGED_UPLOADS};
 use crate::path::{
     validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
 };
-use crate::types::{FileType, InodeId};
+use crate::types::{FileType, Generation, InodeId};
 
 impl Holt {
     /// Checks the whole state; the error says which invariant failed.
@@ -25,7 +30,8 @@ impl Holt {
         self.check_dentries()?;
         self.check_link_counts()?;
         self.check_reachable()?;
-        self.check_dedupe()
+        self.check_dedupe()?;
+        self.check_publish_state()
     }
 
     fn check_root(&self) -> Result<(), String> {
@@ -158,6 +164,148 @@ impl Holt {
         }
         if self.dedupe.len() > self.dedupe_capacity {
             return Err("the dedupe table exceeds its capacity".into());
+        }
+        Ok(())
+    }
+}
+
+impl Holt {
+    /// Bodies, staged uploads and the GC queue:
+    /// - only files have bodies; a file has a body iff its generation is
+    ///   not 0, and the body agrees with the attributes (generation, size)
+    ///   and passes the static body checks (sizes add up, limits);
+    /// - every generation (live or staged) is allocated and used once, and
+    ///   a body's keys carry its generation in the prefix;
+    /// - no key is live twice, queued while live, or under the prefix of a
+    ///   staged upload or a queued prefix deletion;
+    /// - staged uploads name allocated inodes and parents of this shard
+    ///   (the parent may since have been removed: the commit re-checks it),
+    ///   and a reserved inode has no record and belongs to one upload.
+    fn check_publish_state(&self) -> Result<(), String> {
+        if self.next_generation == 0 || self.next_upload == 0 || self.next_gc_seq == 0 {
+            return Err("a publish counter is 0".into());
+        }
+        let mut generations = BTreeSet::new();
+        let mut live_keys: BTreeSet<&str> = BTreeSet::new();
+        for (id, record) in &self.inodes {
+            let attr = &record.attr;
+            let Some(body) = &record.body else {
+                if attr.generation != Generation(0) {
+                    return Err(format!("inode {id} has a generation but no body"));
+                }
+                continue;
+            };
+            if attr.file_type != FileType::File {
+                return Err(format!("inode {id}: only files have bodies"));
+            }
+            self.check_body(*id, body, &mut generations)?;
+            if body.generation != attr.generation || body.size != attr.size {
+                return Err(format!("inode {id}: body and attributes disagree"));
+            }
+            for block in &body.blocks {
+                if !live_keys.insert(&block.key) {
+                    return Err(format!("block key {:?} is live twice", block.key));
+                }
+            }
+        }
+        // Is any live key under `prefix`? A range scan of the sorted keys.
+        let covers_live = |prefix: &str| {
+            live_keys
+                .range(prefix..)
+                .next()
+                .is_some_and(|key| key.starts_with(prefix))
+        };
+
+        if self.staged.len() > MAX_STAGED_UPLOADS {
+            return Err("too many staged uploads".into());
+        }
+        let mut reserved = BTreeSet::new();
+        for (id, staged) in &self.staged {
+            let upload = &staged.upload;
+            if upload.id != *id || id.0 == 0 || id.0 >= self.next_upload {
+                return Err(format!("{id} is filed wrongly or was never allocated"));
+            }
+            let allocated =
+                |inode: InodeId| inode.shard() == self.shard && inode.local() < self.next_local;
+            if !allocated(upload.parent) || !allocated(upload.inode) {
+                return Err(format!("{id} names an inode that was never allocated"));
+            }
+            validate_name(&upload.name).map_err(|e| format!("{id}: {e}"))?;
+            if upload.file_mode > 0o7777 {
+                return Err(format!("{id} has type bits in its file mode"));
+            }
+            self.check_generation(upload.generation, &mut generations)
+                .map_err(|e| format!("{id}: {e}"))?;
+            if covers_live(&upload.key_prefix()) {
+                return Err(format!("{id}: a live block lies under its prefix"));
+            }
+            let replace = matches!(upload.mode, PublishMode::Replace { .. });
+            if staged.reserved_inode {
+                if replace
+                    || self.inodes.contains_key(&upload.inode)
+                    || !reserved.insert(upload.inode)
+                {
+                    return Err(format!("{id}: its reserved inode is in use"));
+                }
+            } else if upload.mode == PublishMode::CreateOnly {
+                return Err(format!("{id}: a create-only upload without a reservation"));
+            }
+        }
+
+        for (seq, task) in &self.gc {
+            if task.seq != *seq || *seq == 0 || *seq >= self.next_gc_seq {
+                return Err(format!(
+                    "GC task {seq} is filed wrongly or was never allocated"
+                ));
+            }
+            let live = match &task.target {
+                GcTarget::Keys(keys) => keys.iter().any(|key| live_keys.contains(key.as_str())),
+                GcTarget::Prefix(prefix) => prefix.is_empty() || covers_live(prefix),
+            };
+            if live {
+                return Err(format!("GC task {seq} would delete a live block"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_body(
+        &self,
+        id: InodeId,
+        body: &Body,
+        generations: &mut BTreeSet<Generation>,
+    ) -> Result<(), String> {
+        validate_body_parts(body.parts()).map_err(|e| format!("inode {id}: {e}"))?;
+        self.check_generation(body.generation, generations)
+            .map_err(|e| format!("inode {id}: {e}"))?;
+        // `blocks/{shard}/{inode}/{generation}/…`: the inode part may name
+        // another file (an upsert), the shard and generation may not.
+        let owned = |key: &str| {
+            let mut parts = key.split('/');
+            parts.next() == Some("blocks")
+                && parts.next() == Some(self.shard.0.to_string().as_str())
+                && parts.next().is_some()
+                && parts.next() == Some(body.generation.0.to_string().as_str())
+        };
+        if !body.blocks.iter().all(|block| owned(&block.key)) {
+            return Err(format!(
+                "inode {id}: a block key is outside its generation's prefix"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A generation must have been allocated and may be used only once.
+    fn check_generation(
+        &self,
+        generation: Generation,
+        seen: &mut BTreeSet<Generation>,
+    ) -> Result<(), String> {
+        if generation.0 == 0 || generation.0 >= self.next_generation {
+            return Err(format!("{generation} was never allocated"));
+        }
+        if !seen.insert(generation) {
+            return Err(format!("{generation} is used twice"));
         }
         Ok(())
     }

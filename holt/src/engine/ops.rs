@@ -16,7 +16,7 @@ use crate::path::split_path;
 use crate::types::{Attr, FileType, Generation, InodeId};
 
 /// Permission bits kept in `Attr::mode`; the file type lives elsewhere.
-const MODE_MASK: u32 = 0o7777;
+pub(super) const MODE_MASK: u32 = 0o7777;
 
 /// Everything needed to create an inode besides its place and stamp.
 struct NewInode {
@@ -337,8 +337,20 @@ impl Holt {
 
     pub(super) fn set_attr(&mut self, stamp: Stamp, inode: &InodeRef, set: &SetAttr) -> Outcome {
         let id = self.inode(inode)?;
-        if set.size.is_some() {
-            match self.record(id)?.attr.file_type {
+        if let Some(size) = set.size {
+            let record = self.record(id)?;
+            match record.attr.file_type {
+                // An object-backed body is immutable: its blocks and digest
+                // describe exactly `size` bytes, so a truncate would make the
+                // metadata lie. Setting the current size is a harmless no-op
+                // (tools that copy all attributes do it); anything else is
+                // refused until object-backed truncation exists.
+                FileType::File if record.body.is_some() && record.attr.size != size => {
+                    return Err(FsError::InvalidArgument(format!(
+                        "size of a published body cannot be changed; publish a new generation ({})",
+                        describe_inode(inode)
+                    )))
+                }
                 FileType::File => {}
                 FileType::Directory => return Err(FsError::IsADirectory(describe_inode(inode))),
                 FileType::Symlink => {
@@ -440,7 +452,7 @@ impl Holt {
     }
 
     /// Fails with `NoSpace` unless `count` more inode numbers are available.
-    fn ensure_space(&self, count: u64) -> Result<(), FsError> {
+    pub(super) fn ensure_space(&self, count: u64) -> Result<(), FsError> {
         let available = (InodeId::MAX_LOCAL + 1).saturating_sub(self.next_local);
         if count > available {
             return Err(FsError::NoSpace(format!(
@@ -482,6 +494,7 @@ impl Holt {
             symlink_target: new.symlink_target,
             xattrs: BTreeMap::new(),
             parent: is_dir.then_some(parent),
+            body: None,
         };
         self.inodes.insert(id, record);
         self.dentries.insert((parent, name.to_string()), id);
@@ -494,14 +507,18 @@ impl Holt {
     }
 
     /// One name of a non-directory is gone: drop a link, and the inode with
-    /// its last link.
+    /// its last link. A body leaves with its inode: its blocks are queued
+    /// for GC in the same command, so no block is ever unreferenced and
+    /// unqueued. While another hard link remains the body is still live.
     fn drop_link(&mut self, id: InodeId, stamp: Stamp) {
         let Some(record) = self.inodes.get_mut(&id) else {
             return;
         };
         record.attr.nlink = record.attr.nlink.saturating_sub(1);
         if record.attr.nlink == 0 {
-            self.inodes.remove(&id);
+            if let Some(record) = self.inodes.remove(&id) {
+                self.retire_body(record.body, stamp);
+            }
         } else {
             touch_change(&mut record.attr, stamp);
         }
@@ -514,7 +531,7 @@ impl Holt {
     }
 
     /// A directory's entries changed: mtime and ctime move, version too.
-    fn touch_dir(&mut self, dir: InodeId, stamp: Stamp) {
+    pub(super) fn touch_dir(&mut self, dir: InodeId, stamp: Stamp) {
         self.update_attr(dir, |attr| {
             attr.mtime_ns = stamp.time_ns;
             touch_change(attr, stamp);
@@ -523,7 +540,7 @@ impl Holt {
 }
 
 /// An inode's metadata changed: ctime and version move.
-fn touch_change(attr: &mut Attr, stamp: Stamp) {
+pub(super) fn touch_change(attr: &mut Attr, stamp: Stamp) {
     attr.ctime_ns = stamp.time_ns;
     attr.version = stamp.index;
 }

@@ -37,6 +37,25 @@ impl Holt {
                 let names = self.record(id)?.xattrs.keys().cloned().collect();
                 Ok(QueryResult::XattrNames(names))
             }
+            Query::ReadBody { inode } => self.read_body(inode),
+            Query::ListUploads => Ok(QueryResult::Uploads(self.staged_uploads())),
+        }
+    }
+
+    /// A regular file's attributes and body (`None` before the first publish).
+    fn read_body(&self, inode: &InodeRef) -> Result<QueryResult, FsError> {
+        let id = self.inode(inode)?;
+        let record = self.record(id)?;
+        match record.attr.file_type {
+            FileType::File => Ok(QueryResult::Body {
+                attr: record.attr.clone(),
+                body: record.body.clone(),
+            }),
+            FileType::Directory => Err(FsError::IsADirectory(describe_inode(inode))),
+            FileType::Symlink => Err(FsError::InvalidArgument(format!(
+                "{} is a symlink, which has no body",
+                describe_inode(inode)
+            ))),
         }
     }
 

@@ -53,7 +53,7 @@ impl Fixture {
     fn ok_attr(&mut self, op: Op) -> Attr {
         match self.ok(op) {
             Applied::Attr(attr) => attr,
-            Applied::Done => panic!("expected attributes"),
+            other => panic!("expected attributes, got {other:?}"),
         }
     }
 
@@ -115,6 +115,8 @@ fn assert_namespace_eq(before: &Holt, after: &Holt) {
     assert_eq!(before.dentries, after.dentries);
     assert_eq!(before.next_local, after.next_local);
     assert_eq!(before.epoch, after.epoch);
+    assert_eq!(before.staged, after.staged);
+    assert_eq!(before.gc, after.gc);
 }
 
 fn path(p: &str) -> EntryRef {
@@ -257,6 +259,8 @@ fn new_engine_holds_only_the_root() {
             next_inode: 2,
             epoch: Epoch(1),
             last_applied: LogIndex(0),
+            staged: 0,
+            gc_tasks: 0,
         }
     );
     assert_eq!(holt.check_invariants(), Ok(()));

@@ -1,9 +1,11 @@
 //! Unit tests of the image codec: round trips, determinism and every error.
 
 use super::*;
+use crate::body::{BlockRef, BodySpec, GcTarget, PublishMode};
 use crate::command::{Command, EntryRef, InodeRef, Op, XattrFlag};
-use crate::engine::HoltConfig;
+use crate::engine::{Applied, HoltConfig};
 use crate::error::ImageError;
+use crate::types::Generation;
 
 fn op_command(request: u128, op: Op) -> Command {
     Command {
@@ -18,8 +20,62 @@ fn path(p: &str) -> EntryRef {
     EntryRef::Path(p.into())
 }
 
+/// A body of one 3-byte block under `prefix`.
+fn one_block(prefix: &str) -> BodySpec {
+    BodySpec {
+        size: 3,
+        blocks: vec![BlockRef {
+            key: format!("{prefix}0"),
+            size: 3,
+        }],
+        sha256: "ab".repeat(32),
+        content_type: "text/plain".into(),
+        producer: "image-test".into(),
+        attrs: [("k".to_string(), "v".to_string())].into(),
+    }
+}
+
+/// Publishes a body at `/pub` and replaces it (one GC task), and leaves a
+/// second upload staged. Request ids from 1000 on.
+fn add_publish_state(holt: &mut Holt) {
+    let mut index = holt.last_applied().0;
+    let mut request = 1000;
+    let mut run = |holt: &mut Holt, op: Op| {
+        index += 1;
+        request += 1;
+        holt.apply(LogIndex(index), &op_command(request, op))
+    };
+    let begin = |mode| Op::BeginPublish {
+        at: path("/pub"),
+        mode,
+        lease_ns: 1_000_000,
+        file_mode: 0o644,
+        uid: 3,
+        gid: 3,
+    };
+    for mode in [
+        PublishMode::CreateOnly,
+        PublishMode::Replace {
+            expected: Generation(1),
+        },
+        PublishMode::Upsert,
+    ] {
+        let Ok(Applied::Staged(upload)) = run(holt, begin(mode)) else {
+            panic!("begin {mode:?}");
+        };
+        if mode != PublishMode::Upsert {
+            let commit = Op::CommitPublish {
+                upload: upload.id,
+                body: one_block(&upload.key_prefix()),
+            };
+            assert!(run(holt, commit).is_ok());
+        }
+    }
+}
+
 /// A small but varied state: directories, files, a hard link, a symlink,
-/// xattrs, remembered successes and errors.
+/// xattrs, remembered successes and errors, a published body, a staged
+/// upload and a GC task.
 fn sample() -> Holt {
     let mut holt = Holt::new(HoltConfig {
         shard: ShardId(2),
@@ -57,9 +113,17 @@ fn sample() -> Holt {
         },
         Op::Rmdir { at: path("/a") },
     ];
+    // The publish state goes in before the last op so that the last four
+    // requests (the dedupe capacity) still include the failed rmdir.
+    let last = ops.len() - 1;
     for (i, op) in ops.into_iter().enumerate() {
-        let _ = holt.apply(LogIndex(i as u64 + 1), &op_command(i as u128, op));
+        if i == last {
+            add_publish_state(&mut holt);
+        }
+        let index = holt.last_applied().0 + 1;
+        let _ = holt.apply(LogIndex(index), &op_command(i as u128, op));
     }
+    assert_eq!((holt.staged.len(), holt.gc.len()), (1, 1));
     holt
 }
 
@@ -119,9 +183,9 @@ fn encoding_is_deterministic() {
 fn header_layout() {
     let image = sample().encode_image();
     assert_eq!(&image[..8], b"NOKVHOLT");
-    assert_eq!(image[8..12], 1u32.to_le_bytes());
-    assert_eq!(image_version(), 1);
-    assert_eq!(Holt::image_version(), 1);
+    assert_eq!(image[8..12], 2u32.to_le_bytes());
+    assert_eq!(image_version(), 2);
+    assert_eq!(Holt::image_version(), 2);
     let body_len = u64::from_le_bytes(image[12..20].try_into().expect("8 bytes"));
     assert_eq!(body_len as usize, image.len() - HEADER_LEN);
     let crc = u32::from_le_bytes(image[20..24].try_into().expect("4 bytes"));
@@ -169,11 +233,18 @@ fn bad_magic_and_version() {
     bad[0] = b'X';
     assert!(matches!(decode_err(&bad), ImageError::BadMagic));
     assert!(matches!(decode_err(b"NOPE"), ImageError::BadMagic));
-    let mut future = image;
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let mut future = image.clone();
+    future[8..12].copy_from_slice(&3u32.to_le_bytes());
     assert!(matches!(
         decode_err(&future),
-        ImageError::UnsupportedVersion(2)
+        ImageError::UnsupportedVersion(3)
+    ));
+    // Version 1 (no bodies) was never deployed and is not migrated.
+    let mut old = image;
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        decode_err(&old),
+        ImageError::UnsupportedVersion(1)
     ));
 }
 
@@ -246,6 +317,10 @@ fn structurally_inconsistent_states_are_corrupt() {
     let mut over_capacity = valid.clone();
     over_capacity.dedupe_capacity = 1;
     broken.push(over_capacity);
+
+    for case in broken_publish_states(&valid) {
+        broken.push(case);
+    }
 
     // A directory cycle detached from the root: x/y and y/x.
     let mut cycle = valid.clone();
@@ -323,8 +398,24 @@ fn duplicate_keys_in_a_body_are_corrupt() {
             .iter()
             .filter_map(|id| holt.dedupe.get_key_value(id))
             .collect(),
+        next_upload: holt.next_upload,
+        next_generation: holt.next_generation,
+        next_gc_seq: holt.next_gc_seq,
+        staged: holt.staged.iter().collect(),
+        gc: holt.gc.iter().collect(),
     };
     assert!(Holt::decode_image(&encode(&base())).is_ok());
+
+    let mut staged = base();
+    staged.staged.push(staged.staged[0]);
+    assert!(matches!(
+        decode_err(&encode(&staged)),
+        ImageError::Corrupt(_)
+    ));
+
+    let mut gc = base();
+    gc.gc.push(gc.gc[0]);
+    assert!(matches!(decode_err(&encode(&gc)), ImageError::Corrupt(_)));
 
     let mut inodes = base();
     inodes.inodes.push(inodes.inodes[0]);
@@ -346,4 +437,144 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         decode_err(&encode(&dedupe)),
         ImageError::Corrupt(_)
     ));
+}
+
+/// Inconsistent body, upload and GC states, each of which could make the GC
+/// worker delete live data or leak blocks.
+fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
+    let published = valid
+        .inodes
+        .iter()
+        .find(|(_, record)| record.body.is_some())
+        .map(|(id, _)| *id)
+        .expect("sample has a published file");
+    let body = |holt: &mut Holt| {
+        holt.inodes
+            .get_mut(&published)
+            .and_then(|record| record.body.as_mut())
+            .expect("body")
+            .clone()
+    };
+    let edit_body = |change: &dyn Fn(&mut crate::body::Body)| {
+        let mut holt = valid.clone();
+        if let Some(body) = holt
+            .inodes
+            .get_mut(&published)
+            .and_then(|record| record.body.as_mut())
+        {
+            change(body);
+        }
+        holt
+    };
+    let mut cases = vec![
+        edit_body(&|b| b.size += 1),
+        edit_body(&|b| b.blocks[0].size += 1),
+        edit_body(&|b| b.sha256 = "XYZ".into()),
+        edit_body(&|b| b.generation = Generation(1)),
+        edit_body(&|b| b.blocks[0].key = "blocks/2/9/99/x".into()),
+    ];
+
+    // A live key also queued for deletion.
+    let mut queued_live = valid.clone();
+    let live_key = body(&mut queued_live).blocks[0].key.clone();
+    queued_live.gc.insert(
+        9,
+        crate::body::GcTask {
+            seq: 9,
+            target: GcTarget::Keys(vec![live_key.clone()]),
+            enqueued_ns: 0,
+        },
+    );
+    queued_live.next_gc_seq = 10;
+    cases.push(queued_live);
+
+    // A queued prefix covering a live key.
+    let mut prefix_live = valid.clone();
+    prefix_live.gc.insert(
+        9,
+        crate::body::GcTask {
+            seq: 9,
+            target: GcTarget::Prefix("blocks/".into()),
+            enqueued_ns: 0,
+        },
+    );
+    prefix_live.next_gc_seq = 10;
+    cases.push(prefix_live);
+
+    // A GC seq the counter never handed out.
+    let mut seq_ahead = valid.clone();
+    seq_ahead.next_gc_seq = 1;
+    cases.push(seq_ahead);
+
+    // A body without a generation / a generation without a body.
+    let mut no_generation = valid.clone();
+    if let Some(record) = no_generation.inodes.get_mut(&published) {
+        record.attr.generation = Generation(0);
+    }
+    cases.push(no_generation);
+    let mut lost_body = valid.clone();
+    if let Some(record) = lost_body.inodes.get_mut(&published) {
+        record.body = None;
+    }
+    cases.push(lost_body);
+
+    // Staged uploads: generation reused, counters behind, reservation taken.
+    let staged_edit = |change: &dyn Fn(&mut crate::engine::Staged)| {
+        let mut holt = valid.clone();
+        if let Some(staged) = holt.staged.values_mut().next() {
+            change(staged);
+        }
+        holt
+    };
+    let live_generation = valid.inodes[&published].attr.generation;
+    cases.push(staged_edit(&|s| s.upload.generation = live_generation));
+    cases.push(staged_edit(&|s| s.upload.generation = Generation(0)));
+    // The sample's staged upload targets the existing /pub; claiming that
+    // inode as a reservation means a reserved number is in use.
+    cases.push(staged_edit(&|s| s.reserved_inode = true));
+    cases.push(staged_edit(&|s| s.upload.parent = InodeId(12345)));
+    cases.push(staged_edit(&|s| s.upload.name = "a/b".into()));
+    cases.push(staged_edit(&|s| s.upload.file_mode = 0o100_644));
+    // A create-only upload always has a reservation.
+    cases.push(staged_edit(&|s| s.upload.mode = PublishMode::CreateOnly));
+    let mut upload_ahead = valid.clone();
+    upload_ahead.next_upload = 1;
+    cases.push(upload_ahead);
+    let mut generation_ahead = valid.clone();
+    generation_ahead.next_generation = 1;
+    cases.push(generation_ahead);
+    cases
+}
+
+#[test]
+fn publish_state_round_trips() {
+    let holt = sample();
+    let decoded = Holt::decode_image(&holt.encode_image()).expect("decode");
+    assert_eq!(decoded.staged_uploads(), holt.staged_uploads());
+    assert_eq!(decoded.gc_tasks(10), holt.gc_tasks(10));
+    assert_eq!(decoded.live_blocks(), holt.live_blocks());
+    assert_eq!(
+        (
+            decoded.next_upload,
+            decoded.next_generation,
+            decoded.next_gc_seq
+        ),
+        (4, 4, 2)
+    );
+    // The restored engine commits the staged upload like the original.
+    let upload = holt.staged_uploads().remove(0);
+    let commit = op_command(
+        5000,
+        Op::CommitPublish {
+            upload: upload.id,
+            body: one_block(&upload.key_prefix()),
+        },
+    );
+    let (mut a, mut b) = (holt, decoded);
+    let index = LogIndex(a.last_applied().0 + 1);
+    let outcome = a.apply(index, &commit);
+    assert!(matches!(outcome, Ok(Applied::Attr(_))), "{outcome:?}");
+    assert_eq!(b.apply(index, &commit), outcome);
+    assert_eq!(a.encode_image(), b.encode_image());
+    assert_eq!(a.gc_len(), 2);
 }
