@@ -191,10 +191,26 @@ pub async fn stat(a: PathArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         .stat(&a.path, g.consistency())
         .await
         .with_context(|| format!("stat {}", a.path))?;
+    let body = if attr.file_type == FileType::File {
+        client
+            .read_body(&a.path, g.consistency())
+            .await
+            .with_context(|| format!("stat {}", a.path))?
+            .1
+    } else {
+        None
+    };
     if g.json {
-        print_json(&output::attr_json(Some(&a.path), &attr));
+        let mut v = output::attr_json(Some(&a.path), &attr);
+        if let (Some(obj), Some(b)) = (v.as_object_mut(), &body) {
+            obj.insert("body".into(), output::body_json(b));
+        }
+        print_json(&v);
     } else {
         println!("{}", output::attr_text(&a.path, &attr));
+        if let Some(b) = &body {
+            println!("{}", output::body_text(b));
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! This binary may depend on every library crate; no library depends on it.
 
 mod bench;
+mod body;
 mod cluster;
 mod fs;
 mod output;
@@ -118,6 +119,20 @@ enum Command {
     /// Get, set, list or remove extended attributes.
     #[command(subcommand)]
     Xattr(fs::XattrCommand),
+    /// Publish a local file (or stdin) as a file body, atomically.
+    Put(body::PutArgs),
+    /// Print a file's bytes (or a --range of them).
+    Cat(body::CatArgs),
+    /// Download a file's bytes to a local file (digest verified).
+    Get(body::GetArgs),
+    /// Publish every file of a local directory in one commit (all or none).
+    PublishDir(body::PublishDirArgs),
+    /// Reclaim expired uploads and delete superseded blocks now.
+    Gc(body::GcArgs),
+    /// Check that every live block exists; list objects nothing references.
+    Fsck,
+    /// List staged (uncommitted) uploads.
+    Uploads,
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -183,6 +198,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ln(a) => fs::ln(a, &g).await,
         Command::Readlink(a) => fs::readlink(a, &g).await,
         Command::Xattr(c) => fs::xattr(c, &g).await,
+        Command::Put(a) => body::put(a, &g).await,
+        Command::Cat(a) => body::cat(a, &g).await,
+        Command::Get(a) => body::get(a, &g).await,
+        Command::PublishDir(a) => body::publish_dir(a, &g).await,
+        Command::Gc(a) => body::gc(a, &g).await,
+        Command::Fsck => body::fsck(&g).await,
+        Command::Uploads => body::uploads(&g).await,
         Command::Bench(a) => bench::run(a, &g).await,
     }
 }

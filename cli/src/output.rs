@@ -1,6 +1,6 @@
 //! Text and JSON rendering of namespace objects.
 
-use nokv_client::{Attr, DirEntry, FileType};
+use nokv_client::{Attr, Body, DirEntry, FileType};
 use serde_json::{json, Value};
 
 pub fn kind(t: FileType) -> &'static str {
@@ -75,6 +75,34 @@ pub fn attr_text(path: &str, a: &Attr) -> String {
         time(a.ctime_ns),
         a.version.0,
     )
+}
+
+pub fn body_json(b: &Body) -> Value {
+    json!({
+        "generation": b.generation.0,
+        "size": b.size,
+        "sha256": b.sha256,
+        "blocks": b.blocks.len(),
+        "content_type": b.content_type,
+        "producer": b.producer,
+        "attrs": b.attrs,
+        "published_ns": b.published_ns,
+    })
+}
+
+pub fn body_text(b: &Body) -> String {
+    let mut s = format!(
+        " digest: sha256:{}\n blocks: {}\n  ctype: {}\nproducer: {}\npublished: {}",
+        b.sha256,
+        b.blocks.len(),
+        b.content_type,
+        b.producer,
+        time(b.published_ns)
+    );
+    for (k, v) in &b.attrs {
+        s.push_str(&format!("\n   attr: {k}={v}"));
+    }
+    s
 }
 
 pub fn entry_json(e: &DirEntry) -> Value {

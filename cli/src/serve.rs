@@ -54,6 +54,16 @@ pub struct ServeArgs {
     /// Most Raft entries proposed but not yet committed.
     #[arg(long, env = "NOKV_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
+    /// Where file bodies live: s3://BUCKET/PREFIX (endpoint and credentials
+    /// from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) or file:///DIR.
+    #[arg(long, env = "NOKV_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// How often the leader reclaims expired uploads and collects garbage.
+    #[arg(long, env = "NOKV_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub gc_interval: Option<Duration>,
+    /// How long superseded blocks stay readable before GC deletes them.
+    #[arg(long, env = "NOKV_GC_GRACE", value_parser = humantime::parse_duration)]
+    pub gc_grace: Option<Duration>,
 }
 
 /// The config file: the same keys as the flags.
@@ -75,6 +85,11 @@ pub struct ServeFile {
     pub keep_logs: Option<u64>,
     pub max_batch: Option<usize>,
     pub max_inflight: Option<usize>,
+    pub blob_store: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    pub gc_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub gc_grace: Option<Duration>,
 }
 
 mod opt_duration {
@@ -149,6 +164,13 @@ impl ServeArgs {
         if let Some(v) = self.max_inflight.or(file.max_inflight) {
             node.max_inflight = v;
         }
+        node.blob_store = self.blob_store.or(file.blob_store);
+        if let Some(v) = self.gc_interval.or(file.gc_interval) {
+            node.gc_interval = v;
+        }
+        if let Some(v) = self.gc_grace.or(file.gc_grace) {
+            node.gc_grace = v;
+        }
         node.validate()?;
         Ok(Resolved {
             node,
@@ -219,6 +241,9 @@ pub struct DevArgs {
     /// Number of replicas.
     #[arg(long, default_value_t = 3)]
     pub replicas: u16,
+    /// Where file bodies live (default: a directory under --data-dir).
+    #[arg(long, env = "NOKV_BLOB_STORE")]
+    pub blob_store: Option<String>,
 }
 
 pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
@@ -227,6 +252,16 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    let blob_store = match &args.blob_store {
+        Some(url) => url.clone(),
+        None => {
+            let dir = args.data_dir.join("blobs");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let abs = std::fs::canonicalize(&dir)
+                .with_context(|| format!("resolving {}", dir.display()))?;
+            format!("file://{}", abs.display())
+        }
+    };
     let mut members = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..args.replicas {
@@ -239,7 +274,8 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr} (is another nokv dev running?)"))?;
-        let config = NodeConfig::new(id, addr.clone(), args.data_dir.join(format!("node{id}")));
+        let mut config = NodeConfig::new(id, addr.clone(), args.data_dir.join(format!("node{id}")));
+        config.blob_store = Some(blob_store.clone());
         let token = shutdown.clone();
         nodes.push(tokio::spawn(async move {
             run_node(config, listener, None, token).await
@@ -276,6 +312,7 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
         println!("leader: node {leader} at {leader_addr}");
+        println!("object store: {blob_store}");
         println!("endpoints: {endpoints}");
         println!();
         println!("  export NOKV_ENDPOINTS={endpoints}");

@@ -71,6 +71,8 @@ struct Inner {
     leader: Mutex<Option<String>>,
     /// Round-robin cursor over `endpoints` when no leader is known.
     next: Mutex<usize>,
+    /// The object store, once learned from the cluster.
+    store: Mutex<Option<std::sync::Arc<dyn nokv_blob::BlobStore>>>,
 }
 
 /// What one failed attempt tells the retry loop.
@@ -114,6 +116,7 @@ impl Client {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 next: Mutex::new(0),
+                store: Mutex::new(None),
             }),
         })
     }
@@ -127,6 +130,16 @@ impl Client {
 
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
+    }
+
+    pub(crate) fn cached_store(&self) -> Option<std::sync::Arc<dyn nokv_blob::BlobStore>> {
+        self.inner.store.lock().ok().and_then(|s| s.clone())
+    }
+
+    pub(crate) fn cache_store(&self, store: std::sync::Arc<dyn nokv_blob::BlobStore>) {
+        if let Ok(mut s) = self.inner.store.lock() {
+            *s = Some(store);
+        }
     }
 
     fn stub(&self, addr: &str) -> Result<MetaServiceClient<Channel>, ClientError> {
@@ -306,11 +319,12 @@ impl Client {
         request_id: RequestId,
         op: Op,
     ) -> Result<Applied, ClientError> {
-        let request = pb::MutateRequest::from(Mutation {
+        let request = pb::MutateRequest::try_from(Mutation {
             request_id,
             epoch: self.inner.config.epoch.map(nokv_holt::Epoch),
             op,
-        });
+        })
+        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let response = self
             .with_retries(true, true, |mut stub| {
                 let request = request.clone();
@@ -382,12 +396,32 @@ impl Client {
         }
     }
 
+    /// Asks the leader to reclaim expired uploads and collect garbage now.
+    pub async fn run_gc(&self, ignore_grace: bool) -> Result<pb::RunGcResponse, ClientError> {
+        self.with_retries(false, true, |mut stub| async move {
+            stub.run_gc(pb::RunGcRequest { ignore_grace })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Asks the leader to check live blocks and look for orphaned objects.
+    pub async fn fsck(&self) -> Result<pb::FsckResponse, ClientError> {
+        self.with_retries(false, true, |mut stub| async move {
+            stub.fsck(pb::FsckRequest {}).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
     // ----- namespace conveniences -------------------------------------------
 
     fn attr_of(applied: Applied) -> Result<Attr, ClientError> {
         match applied {
             Applied::Attr(a) => Ok(a),
-            Applied::Done => Err(ClientError::Protocol("expected attributes in reply".into())),
+            Applied::Done | Applied::Staged(_) | Applied::Attrs(_) => {
+                Err(ClientError::Protocol("expected attributes in reply".into()))
+            }
         }
     }
 

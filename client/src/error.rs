@@ -35,6 +35,12 @@ pub enum ClientError {
     /// `init` on a cluster that was already initialised.
     #[error("{0}")]
     AlreadyInitialized(String),
+    /// The object store failed (block upload or download).
+    #[error("object store: {0}")]
+    Store(String),
+    /// Bytes read back do not match the body's description (size or sha256).
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
 }
 
 impl ClientError {
@@ -49,6 +55,8 @@ impl ClientError {
             ClientError::Protocol(_) => "PROTOCOL",
             ClientError::Server(_) => "INTERNAL",
             ClientError::AlreadyInitialized(_) => "ALREADY_INITIALIZED",
+            ClientError::Store(_) => "STORE",
+            ClientError::Integrity(_) => "INTEGRITY",
         }
     }
 

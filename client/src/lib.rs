@@ -9,13 +9,16 @@
 //! Must not depend on: any server crate (meta-node, raft-log), openraft or
 //! sled; users can depend on this crate alone.
 
+mod bodies;
 mod client;
 mod error;
 
+pub use bodies::{PutOptions, DEFAULT_BLOCK_SIZE};
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
 pub use nokv_holt::{
-    Applied, Attr, DirEntry, EntryRef, FileType, InodeId, InodeRef, Op, Query, QueryResult,
-    RenameMode, RequestId, SetAttr, XattrFlag,
+    Applied, Attr, BlockRef, Body, BodySpec, DirEntry, EntryRef, FileType, Generation, InodeId,
+    InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId, SetAttr, StagedUpload,
+    UploadId, XattrFlag,
 };
-pub use nokv_proto::pb::{Member, Role, StatusResponse};
+pub use nokv_proto::pb::{FsckResponse, Member, Role, RunGcResponse, StatusResponse};

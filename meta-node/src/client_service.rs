@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nokv_holt::{Command, Holt};
+use nokv_holt::{BodySpec, Command, Holt, Op};
 use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
 use nokv_proto::pb::meta_service_server::MetaService;
@@ -23,6 +23,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
+use crate::maintenance::{Maintenance, MaintenanceError};
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
 use crate::read_index::{ReadIndex, ReadIndexError};
@@ -58,6 +59,7 @@ pub struct ClientService {
     pub(crate) read_index: ReadIndex,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) timeouts: ClientTimeouts,
+    pub(crate) maintenance: Maintenance,
 }
 
 impl ClientService {
@@ -109,6 +111,18 @@ fn unknown_outcome(reason: &str, leader: Option<(NodeId, String)>) -> Status {
             ..Default::default()
         },
     )
+}
+
+fn maintenance_status(e: MaintenanceError) -> Status {
+    match e {
+        MaintenanceError::NoStore => status_from_detail(ErrorCode::InvalidArgument, e.to_string()),
+        MaintenanceError::Store(ref b) if !b.is_retryable() => {
+            status_from_detail(ErrorCode::Internal, e.to_string())
+        }
+        MaintenanceError::Store(_) | MaintenanceError::Propose { .. } | MaintenanceError::State => {
+            status_from_detail(ErrorCode::Unavailable, e.to_string())
+        }
+    }
 }
 
 fn role(state: ServerState) -> pb::Role {
@@ -183,10 +197,9 @@ impl MetaService for ClientService {
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
             .unwrap_or_default();
-        let (shard, epoch, inodes) = {
+        let (shard, stats) = {
             let s = self.state.read().map_err(|_| Self::state_error())?;
-            let stats = s.holt.stats();
-            (u32::from(s.holt.shard().0), stats.epoch.0, stats.inodes)
+            (u32::from(s.holt.shard().0), s.holt.stats())
         };
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node_id,
@@ -203,9 +216,17 @@ impl MetaService for ClientService {
             voters,
             learners,
             shard,
-            epoch,
-            inodes,
+            epoch: stats.epoch.0,
+            inodes: stats.inodes,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            blob_location: self
+                .maintenance
+                .blob
+                .as_ref()
+                .map(|b| b.location().to_string())
+                .unwrap_or_default(),
+            staged_uploads: stats.staged,
+            gc_pending: stats.gc_tasks,
         }))
     }
 
@@ -248,6 +269,48 @@ impl MetaService for ClientService {
             Err(e) => Err(invalid(e)),
         }
     }
+
+    async fn run_gc(
+        &self,
+        request: Request<pb::RunGcRequest>,
+    ) -> Result<Response<pb::RunGcResponse>, Status> {
+        self.must_lead().await?;
+        let r = self
+            .maintenance
+            .gc_pass(request.into_inner().ignore_grace)
+            .await
+            .map_err(maintenance_status)?;
+        Ok(Response::new(pb::RunGcResponse {
+            uploads_expired: r.uploads_expired,
+            tasks_done: r.tasks_done,
+            objects_deleted: r.objects_deleted,
+            tasks_waiting: r.tasks_waiting,
+            tasks_failed: r.tasks_failed,
+        }))
+    }
+
+    async fn fsck(
+        &self,
+        _request: Request<pb::FsckRequest>,
+    ) -> Result<Response<pb::FsckResponse>, Status> {
+        self.must_lead().await?;
+        let r = self.maintenance.fsck().await.map_err(maintenance_status)?;
+        Ok(Response::new(pb::FsckResponse {
+            live_blocks: r.live_blocks,
+            objects_scanned: r.objects_scanned,
+            problems: r
+                .problems
+                .into_iter()
+                .map(|p| pb::FsckProblem {
+                    kind: p.kind.to_string(),
+                    key: p.key,
+                    inode: p.inode,
+                    expected_size: p.expected_size,
+                    actual_size: p.actual_size,
+                })
+                .collect(),
+        }))
+    }
 }
 
 impl ClientService {
@@ -263,6 +326,7 @@ impl ClientService {
         if !self.is_leader() {
             return Err(not_leader_status(self.leader_hint()));
         }
+        self.check_bodies(&command.op).await?;
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
         match proposed.await {
             Err(_) => Err(unknown_outcome(
@@ -279,6 +343,39 @@ impl ClientService {
             )),
             Ok(Ok((Ok(applied), index))) => Ok(mutate_response(applied, index)),
             Ok(Ok((Err(fs_err), _))) => Err(fs_error_status(&fs_err)),
+        }
+    }
+
+    /// Publishing needs an object store, and a commit may only name blocks
+    /// that were uploaded with the declared sizes (checked by the leader
+    /// before proposing: apply does no I/O).
+    async fn check_bodies(&self, op: &Op) -> Result<(), Status> {
+        let specs: Vec<&BodySpec> = match op {
+            Op::BeginPublish { .. } => Vec::new(),
+            Op::CommitPublish { body, .. } => vec![body],
+            Op::CommitPublishBatch { commits } => commits.iter().map(|(_, b)| b).collect(),
+            _ => return Ok(()),
+        };
+        match self.maintenance.verify_blocks(&specs).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(fs)) => Err(fs_error_status(&fs)),
+            Err(e) => Err(maintenance_status(e)),
+        }
+    }
+
+    /// Confirms leadership (read-index) before leader-only admin work.
+    async fn must_lead(&self) -> Result<(), Status> {
+        if !self.is_leader() {
+            return Err(not_leader_status(self.leader_hint()));
+        }
+        match tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ReadIndexError::NotLeader)) => Err(not_leader_status(self.leader_hint())),
+            Ok(Err(e)) => Err(status_from_detail(ErrorCode::Unavailable, e.to_string())),
+            Err(_) => Err(status_from_detail(
+                ErrorCode::Unavailable,
+                "timed out confirming leadership".into(),
+            )),
         }
     }
 

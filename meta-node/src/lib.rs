@@ -13,6 +13,7 @@
 //! peers talk to each other only over gRPC.
 
 pub mod client_service;
+pub mod maintenance;
 pub mod metrics;
 pub mod network;
 pub mod node;

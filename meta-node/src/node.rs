@@ -16,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_service::{ClientService, ClientTimeouts};
+use crate::maintenance::Maintenance;
 use crate::metrics::{self, Metrics};
 use crate::network::GrpcNetworkFactory;
 use crate::proposer::Proposer;
@@ -45,6 +46,14 @@ pub struct NodeConfig {
     pub max_inflight: usize,
     pub timeouts: ClientTimeouts,
     pub dedupe_capacity: usize,
+    /// Where file bodies live (`s3://BUCKET/PREFIX`, `file:///DIR`); `None`:
+    /// metadata only, publishing is refused.
+    pub blob_store: Option<String>,
+    /// How often the leader reclaims expired uploads and collects garbage.
+    pub gc_interval: Duration,
+    /// How long superseded blocks stay readable for readers that started
+    /// on the old generation.
+    pub gc_grace: Duration,
 }
 
 impl NodeConfig {
@@ -64,6 +73,9 @@ impl NodeConfig {
             max_inflight: 4,
             timeouts: ClientTimeouts::default(),
             dedupe_capacity: 100_000,
+            blob_store: None,
+            gc_interval: Duration::from_secs(10),
+            gc_grace: Duration::from_secs(300),
         }
     }
 
@@ -125,6 +137,8 @@ pub enum NodeError {
     Raft(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("object store: {0}")]
+    Blob(#[from] nokv_blob::BlobError),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -191,6 +205,13 @@ pub async fn run_node(
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+    let blob = match &config.blob_store {
+        Some(url) => {
+            let location = nokv_blob::BlobLocation::parse(url)?;
+            Some(nokv_blob::open(&location).await?)
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new()?);
     let tasks = CancellationToken::new();
     tokio::spawn(metrics::track_raft(
@@ -209,6 +230,14 @@ pub async fn run_node(
         tasks.clone(),
     );
     let read_index = ReadIndex::start(raft.clone(), tasks.clone());
+    let maintenance = Maintenance {
+        raft: raft.clone(),
+        state: state.clone(),
+        proposer: proposer.clone(),
+        blob,
+        grace: config.gc_grace,
+    };
+    tokio::spawn(maintenance.clone().run(config.gc_interval, tasks.clone()));
     let client = ClientService {
         node_id: config.node_id,
         advertise: config.advertise.clone(),
@@ -218,6 +247,7 @@ pub async fn run_node(
         read_index,
         metrics,
         timeouts: config.timeouts.clone(),
+        maintenance,
     };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(node = config.node_id, addr = ?local, advertise = %config.advertise, "serving");

@@ -169,13 +169,14 @@ impl TryFrom<pb::MutateRequest> for Mutation {
     }
 }
 
-impl From<Mutation> for pb::MutateRequest {
-    fn from(m: Mutation) -> Self {
-        pb::MutateRequest {
+impl TryFrom<Mutation> for pb::MutateRequest {
+    type Error = WireError;
+    fn try_from(m: Mutation) -> Result<Self, WireError> {
+        Ok(pb::MutateRequest {
             request_id: request_id_to_bytes(m.request_id),
             epoch: m.epoch.map_or(0, |e| e.0),
-            op: Some(op_to_wire(m.op)),
-        }
+            op: Some(op_to_wire(m.op)?),
+        })
     }
 }
 
@@ -252,11 +253,187 @@ fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
             inode: inode_ref(r.inode, "remove_xattr.inode")?,
             name: r.name,
         },
+        PbOp::BeginPublish(b) => holt::Op::BeginPublish {
+            at: entry_ref(b.at, "begin_publish.at")?,
+            mode: publish_mode(b.mode)?,
+            lease_ns: b.lease_ms.saturating_mul(1_000_000),
+            file_mode: b.file_mode,
+            uid: b.uid,
+            gid: b.gid,
+        },
+        PbOp::CommitPublish(c) => {
+            let (upload, body) = commit_from_wire(c)?;
+            holt::Op::CommitPublish { upload, body }
+        }
+        PbOp::CommitPublishBatch(b) => holt::Op::CommitPublishBatch {
+            commits: b
+                .commits
+                .into_iter()
+                .map(commit_from_wire)
+                .collect::<Result<_, _>>()?,
+        },
+        PbOp::AbortPublish(a) => holt::Op::AbortPublish {
+            upload: holt::UploadId(a.upload),
+        },
+        PbOp::RenewUpload(r) => holt::Op::RenewUpload {
+            upload: holt::UploadId(r.upload),
+            lease_ns: r.lease_ms.saturating_mul(1_000_000),
+        },
     })
 }
 
-fn op_to_wire(op: holt::Op) -> PbOp {
-    match op {
+// ----- bodies ---------------------------------------------------------------
+
+fn publish_mode(m: Option<pb::PublishMode>) -> Result<holt::PublishMode, WireError> {
+    use pb::publish_mode::Mode;
+    match m.and_then(|m| m.mode).ok_or(WireError::Missing("mode"))? {
+        Mode::CreateOnly(_) => Ok(holt::PublishMode::CreateOnly),
+        Mode::ReplaceGeneration(g) => Ok(holt::PublishMode::Replace {
+            expected: holt::Generation(g),
+        }),
+        Mode::Upsert(_) => Ok(holt::PublishMode::Upsert),
+    }
+}
+
+impl From<holt::PublishMode> for pb::PublishMode {
+    fn from(m: holt::PublishMode) -> Self {
+        use pb::publish_mode::Mode;
+        let mode = match m {
+            holt::PublishMode::CreateOnly => Mode::CreateOnly(pb::Done {}),
+            holt::PublishMode::Replace { expected } => Mode::ReplaceGeneration(expected.0),
+            holt::PublishMode::Upsert => Mode::Upsert(pb::Done {}),
+        };
+        pb::PublishMode { mode: Some(mode) }
+    }
+}
+
+fn commit_from_wire(c: pb::CommitPublishOp) -> Result<(holt::UploadId, holt::BodySpec), WireError> {
+    let body = c.body.ok_or(WireError::Missing("body"))?;
+    Ok((holt::UploadId(c.upload), body.into()))
+}
+
+fn commit_to_wire(upload: holt::UploadId, body: holt::BodySpec) -> pb::CommitPublishOp {
+    pb::CommitPublishOp {
+        upload: upload.0,
+        body: Some(body.into()),
+    }
+}
+
+impl From<pb::BlockRef> for holt::BlockRef {
+    fn from(b: pb::BlockRef) -> Self {
+        holt::BlockRef {
+            key: b.key,
+            size: b.size,
+        }
+    }
+}
+
+impl From<holt::BlockRef> for pb::BlockRef {
+    fn from(b: holt::BlockRef) -> Self {
+        pb::BlockRef {
+            key: b.key,
+            size: b.size,
+        }
+    }
+}
+
+impl From<pb::BodySpec> for holt::BodySpec {
+    fn from(b: pb::BodySpec) -> Self {
+        holt::BodySpec {
+            size: b.size,
+            blocks: b.blocks.into_iter().map(Into::into).collect(),
+            sha256: b.sha256,
+            content_type: b.content_type,
+            producer: b.producer,
+            attrs: b.attrs.into_iter().collect(),
+        }
+    }
+}
+
+impl From<holt::BodySpec> for pb::BodySpec {
+    fn from(b: holt::BodySpec) -> Self {
+        pb::BodySpec {
+            size: b.size,
+            blocks: b.blocks.into_iter().map(Into::into).collect(),
+            sha256: b.sha256,
+            content_type: b.content_type,
+            producer: b.producer,
+            attrs: b.attrs.into_iter().collect(),
+        }
+    }
+}
+
+impl From<holt::Body> for pb::Body {
+    fn from(b: holt::Body) -> Self {
+        pb::Body {
+            generation: b.generation.0,
+            size: b.size,
+            blocks: b.blocks.into_iter().map(Into::into).collect(),
+            sha256: b.sha256,
+            content_type: b.content_type,
+            producer: b.producer,
+            attrs: b.attrs.into_iter().collect(),
+            published_ns: b.published_ns,
+        }
+    }
+}
+
+impl From<pb::Body> for holt::Body {
+    fn from(b: pb::Body) -> Self {
+        holt::Body {
+            generation: holt::Generation(b.generation),
+            size: b.size,
+            blocks: b.blocks.into_iter().map(Into::into).collect(),
+            sha256: b.sha256,
+            content_type: b.content_type,
+            producer: b.producer,
+            attrs: b.attrs.into_iter().collect(),
+            published_ns: b.published_ns,
+        }
+    }
+}
+
+impl From<holt::StagedUpload> for pb::StagedUpload {
+    fn from(u: holt::StagedUpload) -> Self {
+        let key_prefix = u.key_prefix();
+        pb::StagedUpload {
+            id: u.id.0,
+            parent: u.parent.0,
+            name: u.name,
+            inode: u.inode.0,
+            generation: u.generation.0,
+            mode: Some(u.mode.into()),
+            file_mode: u.file_mode,
+            uid: u.uid,
+            gid: u.gid,
+            created_ns: u.created_ns,
+            lease_expires_ns: u.lease_expires_ns,
+            key_prefix,
+        }
+    }
+}
+
+impl TryFrom<pb::StagedUpload> for holt::StagedUpload {
+    type Error = WireError;
+    fn try_from(u: pb::StagedUpload) -> Result<Self, WireError> {
+        Ok(holt::StagedUpload {
+            id: holt::UploadId(u.id),
+            parent: holt::InodeId(u.parent),
+            name: u.name,
+            inode: holt::InodeId(u.inode),
+            generation: holt::Generation(u.generation),
+            mode: publish_mode(u.mode)?,
+            file_mode: u.file_mode,
+            uid: u.uid,
+            gid: u.gid,
+            created_ns: u.created_ns,
+            lease_expires_ns: u.lease_expires_ns,
+        })
+    }
+}
+
+fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
+    Ok(match op {
         holt::Op::Mkdir {
             at,
             mode,
@@ -332,7 +509,47 @@ fn op_to_wire(op: holt::Op) -> PbOp {
             inode: Some(inode.into()),
             name,
         }),
-    }
+        holt::Op::BeginPublish {
+            at,
+            mode,
+            lease_ns,
+            file_mode,
+            uid,
+            gid,
+        } => PbOp::BeginPublish(pb::BeginPublishOp {
+            at: Some(at.into()),
+            mode: Some(mode.into()),
+            lease_ms: lease_ns / 1_000_000,
+            file_mode,
+            uid,
+            gid,
+        }),
+        holt::Op::CommitPublish { upload, body } => {
+            PbOp::CommitPublish(commit_to_wire(upload, body))
+        }
+        holt::Op::CommitPublishBatch { commits } => {
+            PbOp::CommitPublishBatch(pb::CommitPublishBatchOp {
+                commits: commits
+                    .into_iter()
+                    .map(|(upload, body)| commit_to_wire(upload, body))
+                    .collect(),
+            })
+        }
+        holt::Op::AbortPublish { upload } => {
+            PbOp::AbortPublish(pb::AbortPublishOp { upload: upload.0 })
+        }
+        holt::Op::RenewUpload { upload, lease_ns } => PbOp::RenewUpload(pb::RenewUploadOp {
+            upload: upload.0,
+            lease_ms: lease_ns / 1_000_000,
+        }),
+        // Leader housekeeping has no wire form: clients cannot send it.
+        holt::Op::ExpireUploads { .. } | holt::Op::GcDone { .. } => {
+            return Err(WireError::Invalid {
+                field: "op",
+                reason: "housekeeping commands are proposed by the leader only".into(),
+            })
+        }
+    })
 }
 
 /// The response to a successful mutation.
@@ -340,6 +557,10 @@ pub fn mutate_response(applied: holt::Applied, index: holt::LogIndex) -> pb::Mut
     let result = match applied {
         holt::Applied::Attr(a) => pb::mutate_response::Result::Attr(a.into()),
         holt::Applied::Done => pb::mutate_response::Result::Done(pb::Done {}),
+        holt::Applied::Staged(u) => pb::mutate_response::Result::Staged(u.into()),
+        holt::Applied::Attrs(list) => pb::mutate_response::Result::Attrs(pb::AttrList {
+            attrs: list.into_iter().map(Into::into).collect(),
+        }),
     };
     pb::MutateResponse {
         result: Some(result),
@@ -353,6 +574,13 @@ impl TryFrom<pb::MutateResponse> for holt::Applied {
         match r.result.ok_or(WireError::Missing("result"))? {
             pb::mutate_response::Result::Attr(a) => Ok(holt::Applied::Attr(attr(Some(a), "attr")?)),
             pb::mutate_response::Result::Done(_) => Ok(holt::Applied::Done),
+            pb::mutate_response::Result::Staged(u) => Ok(holt::Applied::Staged(u.try_into()?)),
+            pb::mutate_response::Result::Attrs(list) => Ok(holt::Applied::Attrs(
+                list.attrs
+                    .into_iter()
+                    .map(holt::Attr::try_from)
+                    .collect::<Result<_, _>>()?,
+            )),
         }
     }
 }
@@ -409,6 +637,10 @@ impl TryFrom<pb::QueryRequest> for Read {
             PbQuery::ListXattr(l) => holt::Query::ListXattr {
                 inode: inode_ref(l.inode, "list_xattr.inode")?,
             },
+            PbQuery::ReadBody(r) => holt::Query::ReadBody {
+                inode: inode_ref(r.inode, "read_body.inode")?,
+            },
+            PbQuery::ListUploads(_) => holt::Query::ListUploads,
         };
         Ok(Read { consistency, query })
     }
@@ -443,6 +675,10 @@ impl From<Read> for pb::QueryRequest {
             holt::Query::ListXattr { inode } => PbQuery::ListXattr(pb::ListXattrQuery {
                 inode: Some(inode.into()),
             }),
+            holt::Query::ReadBody { inode } => PbQuery::ReadBody(pb::ReadBodyQuery {
+                inode: Some(inode.into()),
+            }),
+            holt::Query::ListUploads => PbQuery::ListUploads(pb::ListUploadsQuery {}),
         };
         pb::QueryRequest {
             consistency,
@@ -468,6 +704,13 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
         holt::QueryResult::Target(t) => PbQueryResult::Target(t),
         holt::QueryResult::Xattr(v) => PbQueryResult::Xattr(v),
         holt::QueryResult::XattrNames(names) => PbQueryResult::XattrNames(pb::XattrNames { names }),
+        holt::QueryResult::Body { attr, body } => PbQueryResult::Body(pb::BodyResult {
+            attr: Some(attr.into()),
+            body: body.map(Into::into),
+        }),
+        holt::QueryResult::Uploads(list) => PbQueryResult::Uploads(pb::UploadList {
+            uploads: list.into_iter().map(Into::into).collect(),
+        }),
     };
     pb::QueryResponse {
         result: Some(result),
@@ -496,6 +739,16 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
             PbQueryResult::Target(t) => holt::QueryResult::Target(t),
             PbQueryResult::Xattr(v) => holt::QueryResult::Xattr(v),
             PbQueryResult::XattrNames(n) => holt::QueryResult::XattrNames(n.names),
+            PbQueryResult::Body(b) => holt::QueryResult::Body {
+                attr: attr(b.attr, "body.attr")?,
+                body: b.body.map(Into::into),
+            },
+            PbQueryResult::Uploads(u) => holt::QueryResult::Uploads(
+                u.uploads
+                    .into_iter()
+                    .map(holt::StagedUpload::try_from)
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
@@ -518,7 +771,7 @@ mod tests {
                 mode: holt::RenameMode::NoReplace,
             },
         };
-        let wire = pb::MutateRequest::from(m.clone());
+        let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
         assert_eq!(Mutation::try_from(wire), Ok(m));
     }
 

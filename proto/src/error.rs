@@ -99,7 +99,8 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
         | FsError::NotEmpty(_)
         | FsError::Loop(_)
         | FsError::NotPermitted(_)
-        | FsError::StaleEpoch { .. } => Code::FailedPrecondition,
+        | FsError::StaleEpoch { .. }
+        | FsError::StaleGeneration { .. } => Code::FailedPrecondition,
     };
     let current_epoch = match err {
         FsError::StaleEpoch { current } => current.0,

@@ -1,0 +1,376 @@
+//! File bodies: publish (stage → upload blocks → commit) and read.
+//!
+//! Block bytes move directly between this client and the object store
+//! (location learned from the cluster, credentials and endpoint from this
+//! process's standard AWS variables); metadata nodes never relay them.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use nokv_blob::{BlobLocation, BlobStore};
+use nokv_holt::{
+    Applied, Attr, BlockRef, Body, BodySpec, EntryRef, InodeRef, Op, PublishMode, Query,
+    QueryResult, StagedUpload, UploadId,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::client::{Client, Consistency};
+use crate::error::ClientError;
+
+/// Default block size: 4 MiB.
+pub const DEFAULT_BLOCK_SIZE: usize = 4 * 1024 * 1024;
+
+/// How to publish a body.
+#[derive(Clone, Debug)]
+pub struct PutOptions {
+    pub mode: PublishMode,
+    pub content_type: String,
+    pub producer: String,
+    pub attrs: BTreeMap<String, String>,
+    pub block_size: usize,
+    /// Blocks uploaded or downloaded at once.
+    pub parallelism: usize,
+    /// Lease of the staged upload; the cluster reclaims it when it runs out.
+    pub lease: Duration,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            mode: PublishMode::Upsert,
+            content_type: "application/octet-stream".into(),
+            producer: "nokv".into(),
+            attrs: BTreeMap::new(),
+            block_size: DEFAULT_BLOCK_SIZE,
+            parallelism: 8,
+            lease: Duration::from_secs(600),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn store_error(e: nokv_blob::BlobError) -> ClientError {
+    ClientError::Store(e.to_string())
+}
+
+/// Key of block `index` of an upload.
+fn block_key(prefix: &str, index: usize) -> String {
+    format!("{prefix}{index:08}")
+}
+
+impl Client {
+    /// The cluster's object store, opened with this process's credentials.
+    pub async fn blob_store(&self) -> Result<Arc<dyn BlobStore>, ClientError> {
+        if let Some(store) = self.cached_store() {
+            return Ok(store);
+        }
+        let mut last = None;
+        for endpoint in self.endpoints().to_vec() {
+            match self.status_of(&endpoint).await {
+                Ok(s) if !s.blob_location.is_empty() => {
+                    let location = BlobLocation::parse(&s.blob_location).map_err(store_error)?;
+                    let store = nokv_blob::open(&location).await.map_err(store_error)?;
+                    self.cache_store(store.clone());
+                    return Ok(store);
+                }
+                Ok(_) => {
+                    return Err(ClientError::InvalidArgument(
+                        "the cluster has no object store (start it with --blob-store)".into(),
+                    ))
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unavailable("no endpoint answered".into())))
+    }
+
+    /// Stages an upload for `path` (first step of a publish).
+    pub async fn stage(&self, path: &str, opts: &PutOptions) -> Result<StagedUpload, ClientError> {
+        let op = Op::BeginPublish {
+            at: EntryRef::Path(path.into()),
+            mode: opts.mode,
+            lease_ns: opts.lease.as_nanos().min(u128::from(u64::MAX)) as u64,
+            file_mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        match self.mutate(op).await? {
+            Applied::Staged(s) => Ok(s),
+            _ => Err(ClientError::Protocol("expected a staged upload".into())),
+        }
+    }
+
+    /// Uploads `reader` as blocks of `staged` (in parallel) and returns the
+    /// body description to commit. `progress` is called with bytes uploaded.
+    pub async fn upload_blocks<R: AsyncRead + Unpin>(
+        &self,
+        staged: &StagedUpload,
+        mut reader: R,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<BodySpec, ClientError> {
+        let store = self.blob_store().await?;
+        let prefix = staged.key_prefix();
+        let block_size = opts.block_size.max(1);
+        let mut hasher = Sha256::new();
+        let mut blocks = Vec::new();
+        let mut uploads = futures::stream::FuturesOrdered::new();
+        let mut index = 0usize;
+        let mut total = 0u64;
+        loop {
+            let mut buf = vec![0u8; block_size];
+            let mut filled = 0;
+            while filled < block_size {
+                let n = reader
+                    .read(&mut buf[filled..])
+                    .await
+                    .map_err(|e| ClientError::InvalidArgument(format!("reading input: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            hasher.update(&buf);
+            let key = block_key(&prefix, index);
+            blocks.push(BlockRef {
+                key: key.clone(),
+                size: filled as u64,
+            });
+            total += filled as u64;
+            index += 1;
+            let store = store.clone();
+            let body = Bytes::from(buf);
+            uploads
+                .push_back(async move { store.put_new(&key, body).await.map(|_| filled as u64) });
+            // Keep at most `parallelism` uploads in flight.
+            while uploads.len() >= opts.parallelism.max(1) {
+                if let Some(done) = uploads.next().await {
+                    progress(done.map_err(store_error)?);
+                }
+            }
+            if filled < block_size {
+                break;
+            }
+        }
+        while let Some(done) = uploads.next().await {
+            progress(done.map_err(store_error)?);
+        }
+        Ok(BodySpec {
+            size: total,
+            blocks,
+            sha256: hex(&hasher.finalize()),
+            content_type: opts.content_type.clone(),
+            producer: opts.producer.clone(),
+            attrs: opts.attrs.clone(),
+        })
+    }
+
+    /// Makes an upload's body visible (last step of a publish).
+    pub async fn commit(&self, upload: UploadId, body: BodySpec) -> Result<Attr, ClientError> {
+        match self.mutate(Op::CommitPublish { upload, body }).await? {
+            Applied::Attr(a) => Ok(a),
+            _ => Err(ClientError::Protocol("expected attributes".into())),
+        }
+    }
+
+    /// Commits several uploads at once: all become visible or none does.
+    pub async fn commit_batch(
+        &self,
+        commits: Vec<(UploadId, BodySpec)>,
+    ) -> Result<Vec<Attr>, ClientError> {
+        match self.mutate(Op::CommitPublishBatch { commits }).await? {
+            Applied::Attrs(a) => Ok(a),
+            _ => Err(ClientError::Protocol(
+                "expected a list of attributes".into(),
+            )),
+        }
+    }
+
+    /// Gives up an upload; the cluster deletes whatever it uploaded.
+    pub async fn abort(&self, upload: UploadId) -> Result<(), ClientError> {
+        self.mutate(Op::AbortPublish { upload }).await.map(|_| ())
+    }
+
+    /// Publishes `reader` at `path` in one atomic step: readers see the old
+    /// body or the new one, never a mix. On failure the upload is aborted.
+    pub async fn put<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        reader: R,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Attr, ClientError> {
+        let staged = self.stage(path, opts).await?;
+        let result = match self.upload_blocks(&staged, reader, opts, progress).await {
+            Ok(spec) => self.commit(staged.id, spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            // An unknown outcome may still commit: leave that upload to its lease.
+            if !matches!(e, ClientError::Unknown(_)) {
+                let _ = self.abort(staged.id).await;
+            }
+        }
+        result
+    }
+
+    /// Publishes an in-memory body.
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        data: &[u8],
+        opts: &PutOptions,
+    ) -> Result<Attr, ClientError> {
+        self.put(path, data, opts, &|_| {}).await
+    }
+
+    /// The current body of a file (its generation and block plan).
+    pub async fn read_body(
+        &self,
+        path: &str,
+        consistency: Consistency,
+    ) -> Result<(Attr, Option<Body>), ClientError> {
+        let r = self
+            .query(
+                Query::ReadBody {
+                    inode: InodeRef::Path(path.into()),
+                },
+                consistency,
+            )
+            .await?;
+        match r {
+            QueryResult::Body { attr, body } => Ok((attr, body)),
+            _ => Err(ClientError::Protocol("expected a body".into())),
+        }
+    }
+
+    /// Reads `range` (or all) of a body's bytes from the object store. A full
+    /// read is checked against the body's sha256.
+    pub async fn read_range(
+        &self,
+        body: &Body,
+        range: Option<Range<u64>>,
+    ) -> Result<Bytes, ClientError> {
+        let store = self.blob_store().await?;
+        let want = match &range {
+            Some(r) => r.start.min(body.size)..r.end.min(body.size),
+            None => 0..body.size,
+        };
+        if want.start >= want.end {
+            return Ok(Bytes::new());
+        }
+        // Which blocks overlap `want`, and which part of each.
+        let mut parts = Vec::new();
+        let mut offset = 0u64;
+        for block in &body.blocks {
+            let (start, end) = (offset, offset + block.size);
+            if end > want.start && start < want.end {
+                let from = want.start.max(start) - start;
+                let to = want.end.min(end) - start;
+                let whole = from == 0 && to == block.size;
+                parts.push((block.key.clone(), (!whole).then_some(from..to), to - from));
+            }
+            offset = end;
+        }
+        let chunks: Vec<Bytes> = futures::stream::iter(parts.into_iter().map(|(key, r, len)| {
+            let store = store.clone();
+            async move {
+                let bytes = store.get(&key, r).await.map_err(store_error)?;
+                if bytes.len() as u64 != len {
+                    return Err(ClientError::Integrity(format!(
+                        "block {key}: got {} bytes, expected {len}",
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes)
+            }
+        }))
+        .buffered(8)
+        .try_collect()
+        .await?;
+        let mut out = Vec::with_capacity((want.end - want.start) as usize);
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+        if range.is_none() {
+            let digest = hex(&Sha256::digest(&out));
+            if digest != body.sha256 {
+                return Err(ClientError::Integrity(format!(
+                    "sha256 mismatch: body says {}, bytes hash to {digest}",
+                    body.sha256
+                )));
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Reads a file's bytes (`range` or all) at its current generation.
+    pub async fn get(&self, path: &str, range: Option<Range<u64>>) -> Result<Bytes, ClientError> {
+        let (_, body) = self.read_body(path, Consistency::Linearizable).await?;
+        match body {
+            Some(body) => self.read_range(&body, range).await,
+            None => Ok(Bytes::new()),
+        }
+    }
+
+    /// Streams a whole body to `writer`, block by block (parallel fetch,
+    /// in-order write), verifying its sha256; returns the byte count.
+    pub async fn get_to_writer<W: AsyncWrite + Unpin>(
+        &self,
+        body: &Body,
+        mut writer: W,
+        parallelism: usize,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, ClientError> {
+        let store = self.blob_store().await?;
+        let mut hasher = Sha256::new();
+        let mut fetches = futures::stream::iter(body.blocks.iter().cloned().map(|b| {
+            let store = store.clone();
+            async move { (store.get(&b.key, None).await, b) }
+        }))
+        .buffered(parallelism.max(1));
+        let mut written = 0u64;
+        while let Some((bytes, block)) = fetches.next().await {
+            let bytes = bytes.map_err(store_error)?;
+            if bytes.len() as u64 != block.size {
+                return Err(ClientError::Integrity(format!(
+                    "block {}: got {} bytes, expected {}",
+                    block.key,
+                    bytes.len(),
+                    block.size
+                )));
+            }
+            hasher.update(&bytes);
+            writer
+                .write_all(&bytes)
+                .await
+                .map_err(|e| ClientError::InvalidArgument(format!("writing output: {e}")))?;
+            written += bytes.len() as u64;
+            progress(bytes.len() as u64);
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| ClientError::InvalidArgument(format!("writing output: {e}")))?;
+        let digest = hex(&hasher.finalize());
+        if digest != body.sha256 {
+            return Err(ClientError::Integrity(format!(
+                "sha256 mismatch: body says {}, bytes hash to {digest}",
+                body.sha256
+            )));
+        }
+        Ok(written)
+    }
+}

@@ -1,0 +1,310 @@
+//! Leader-side work on the object store: checking a commit's blocks exist,
+//! reclaiming expired uploads, garbage-collecting superseded blocks, fsck.
+//!
+//! The state machine never touches the object store (apply does no I/O).
+//! Instead the leader reads what the replicated state asks for (expired
+//! uploads, the GC queue), acts on the store, and reports back through
+//! ordinary replicated commands (`ExpireUploads`, `GcDone`). Every step is
+//! idempotent, so a leader that dies half-way leaves work the next leader
+//! redoes, and nothing live is deleted: only keys the queue names, after the
+//! reader grace period.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use nokv_blob::{BlobError, BlobStore};
+use nokv_holt::{BodySpec, Command, FsError, GcTarget, Op, RequestId};
+use tokio_util::sync::CancellationToken;
+
+use crate::proposer::Proposer;
+use crate::state_machine::SharedState;
+use crate::typ::Raft;
+
+/// How many object-store requests one pass keeps in flight.
+const STORE_CONCURRENCY: usize = 16;
+/// Most GC tasks handled in one pass.
+const GC_BATCH: usize = 256;
+
+/// Why leader-side object-store work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error("this node has no object store (start it with --blob-store)")]
+    NoStore,
+    #[error("object store: {0}")]
+    Store(#[from] BlobError),
+    #[error("proposing {what}: {reason}")]
+    Propose { what: &'static str, reason: String },
+    #[error("replica state is unavailable")]
+    State,
+}
+
+/// What one GC pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub uploads_expired: u64,
+    pub tasks_done: u64,
+    pub objects_deleted: u64,
+    pub tasks_waiting: u64,
+    pub tasks_failed: u64,
+}
+
+/// One problem fsck found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsckProblem {
+    pub kind: &'static str,
+    pub key: String,
+    pub inode: u64,
+    pub expected_size: u64,
+    pub actual_size: u64,
+}
+
+/// What fsck saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    pub live_blocks: u64,
+    pub objects_scanned: u64,
+    pub problems: Vec<FsckProblem>,
+}
+
+/// Leader-side object-store work of one replica.
+#[derive(Clone)]
+pub struct Maintenance {
+    pub(crate) raft: Raft,
+    pub(crate) state: SharedState,
+    pub(crate) proposer: Proposer,
+    pub(crate) blob: Option<Arc<dyn BlobStore>>,
+    /// How long superseded blocks stay readable after they were dropped.
+    pub(crate) grace: Duration,
+}
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Maintenance {
+    pub fn store(&self) -> Result<&Arc<dyn BlobStore>, MaintenanceError> {
+        self.blob.as_ref().ok_or(MaintenanceError::NoStore)
+    }
+
+    /// Checks that every block a commit names was uploaded with its size.
+    /// Returns the namespace error to answer with when one is missing.
+    pub async fn verify_blocks(
+        &self,
+        specs: &[&BodySpec],
+    ) -> Result<Result<(), FsError>, MaintenanceError> {
+        let store = self.store()?.clone();
+        let blocks: Vec<_> = specs
+            .iter()
+            .flat_map(|s| s.blocks.iter().cloned())
+            .collect();
+        let mut checks = futures::stream::iter(blocks.into_iter().map(|b| {
+            let store = store.clone();
+            async move { (store.head(&b.key).await, b) }
+        }))
+        .buffer_unordered(STORE_CONCURRENCY);
+        while let Some((head, block)) = checks.next().await {
+            match head? {
+                None => {
+                    return Ok(Err(FsError::InvalidArgument(format!(
+                        "block {} was never uploaded",
+                        block.key
+                    ))))
+                }
+                Some(size) if size != block.size => {
+                    return Ok(Err(FsError::InvalidArgument(format!(
+                        "block {} has {size} bytes in the store, the commit says {}",
+                        block.key, block.size
+                    ))))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn propose(&self, what: &'static str, op: Op) -> Result<(), MaintenanceError> {
+        let command = Command {
+            request_id: RequestId(rand::random::<u128>()),
+            epoch: None,
+            time_ns: now_ns(),
+            op,
+        };
+        match self.proposer.propose(command).await {
+            Ok((Ok(_), _)) => Ok(()),
+            Ok((Err(e), _)) => Err(MaintenanceError::Propose {
+                what,
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(MaintenanceError::Propose {
+                what,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(m.id)
+    }
+
+    /// One pass: expire uploads whose lease ended, then delete what the GC
+    /// queue holds (past the grace period unless `ignore_grace`).
+    pub async fn gc_pass(&self, ignore_grace: bool) -> Result<GcReport, MaintenanceError> {
+        let store = self.store()?.clone();
+        let mut report = GcReport::default();
+        let now = now_ns();
+        let (expired, tasks) = {
+            let s = self.state.read().map_err(|_| MaintenanceError::State)?;
+            (s.holt.expired_uploads(now), s.holt.gc_tasks(GC_BATCH))
+        };
+        if !expired.is_empty() {
+            self.propose("ExpireUploads", Op::ExpireUploads { now_ns: now })
+                .await?;
+            report.uploads_expired = expired.len() as u64;
+        }
+        let grace = self.grace.as_nanos() as u64;
+        let mut done = Vec::new();
+        for task in tasks {
+            if !ignore_grace && task.enqueued_ns.saturating_add(grace) > now {
+                report.tasks_waiting += 1;
+                continue;
+            }
+            match delete_target(store.as_ref(), &task.target).await {
+                Ok(deleted) => {
+                    report.objects_deleted += deleted;
+                    done.push(task.seq);
+                }
+                Err(e) => {
+                    tracing::warn!(seq = task.seq, error = %e, "gc task failed; will retry");
+                    report.tasks_failed += 1;
+                }
+            }
+        }
+        if !done.is_empty() {
+            report.tasks_done = done.len() as u64;
+            self.propose("GcDone", Op::GcDone { seqs: done }).await?;
+        }
+        Ok(report)
+    }
+
+    /// Runs `gc_pass` every `interval` while this node leads.
+    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+        if self.blob.is_none() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            match self.gc_pass(false).await {
+                Ok(r) if r != GcReport::default() => tracing::info!(?r, "gc pass"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "gc pass failed"),
+            }
+        }
+    }
+
+    /// Checks every live block and looks for objects nothing references.
+    pub async fn fsck(&self) -> Result<FsckReport, MaintenanceError> {
+        let store = self.store()?.clone();
+        let (live, staged_prefixes, queued) = {
+            let s = self.state.read().map_err(|_| MaintenanceError::State)?;
+            let queued: Vec<GcTarget> = s
+                .holt
+                .gc_tasks(usize::MAX)
+                .into_iter()
+                .map(|t| t.target)
+                .collect();
+            (s.holt.live_blocks(), s.holt.referenced_prefixes(), queued)
+        };
+        let mut report = FsckReport {
+            live_blocks: live.len() as u64,
+            ..Default::default()
+        };
+        let mut checks = futures::stream::iter(live.iter().cloned().map(|(inode, _, block)| {
+            let store = store.clone();
+            async move { (store.head(&block.key).await, inode, block) }
+        }))
+        .buffer_unordered(STORE_CONCURRENCY);
+        while let Some((head, inode, block)) = checks.next().await {
+            match head? {
+                None => report.problems.push(FsckProblem {
+                    kind: "MISSING_BLOCK",
+                    key: block.key,
+                    inode: inode.0,
+                    expected_size: block.size,
+                    actual_size: 0,
+                }),
+                Some(size) if size != block.size => report.problems.push(FsckProblem {
+                    kind: "SIZE_MISMATCH",
+                    key: block.key,
+                    inode: inode.0,
+                    expected_size: block.size,
+                    actual_size: size,
+                }),
+                Some(_) => {}
+            }
+        }
+        let live_keys: BTreeSet<&str> = live.iter().map(|(_, _, b)| b.key.as_str()).collect();
+        let mut queued_keys = BTreeSet::new();
+        let mut queued_prefixes = Vec::new();
+        for target in &queued {
+            match target {
+                GcTarget::Keys(keys) => queued_keys.extend(keys.iter().map(String::as_str)),
+                GcTarget::Prefix(p) => queued_prefixes.push(p.as_str()),
+            }
+        }
+        for object in store.list("blocks/").await? {
+            report.objects_scanned += 1;
+            let key = object.key.as_str();
+            let accounted = live_keys.contains(key)
+                || queued_keys.contains(key)
+                || queued_prefixes.iter().any(|p| key.starts_with(p))
+                || staged_prefixes.iter().any(|p| key.starts_with(p.as_str()));
+            if !accounted {
+                report.problems.push(FsckProblem {
+                    kind: "ORPHAN_OBJECT",
+                    key: object.key,
+                    inode: 0,
+                    expected_size: 0,
+                    actual_size: object.size,
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Deletes what `target` names; returns how many objects were deleted.
+async fn delete_target(store: &dyn BlobStore, target: &GcTarget) -> Result<u64, BlobError> {
+    let keys: Vec<String> = match target {
+        GcTarget::Keys(keys) => keys.clone(),
+        GcTarget::Prefix(prefix) => store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect(),
+    };
+    let count = keys.len() as u64;
+    let mut deletions = futures::stream::iter(
+        keys.into_iter()
+            .map(|k| async move { store.delete(&k).await }),
+    )
+    .buffer_unordered(STORE_CONCURRENCY);
+    while let Some(result) = deletions.next().await {
+        result?;
+    }
+    Ok(count)
+}
