@@ -59,8 +59,22 @@ fn tempdir() -> TempDir {
     tempfile::tempdir().expect("create temp dir")
 }
 
+/// Retries `attempt` until it succeeds or 10 s pass. sled releases its
+/// directory lock only when its background flusher thread has let go of a
+/// dropped database, which can be a moment after the drop.
+fn must_reopen<T, E: std::fmt::Debug>(what: &str, mut attempt: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("{what}: {e:?}"),
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+}
+
 fn open(dir: &Path) -> Store {
-    Store::open(dir).expect("open log store")
+    must_reopen("open log store", || Store::open(dir))
 }
 
 async fn all_entries(store: &mut Store) -> Vec<Entry<TypeConfig>> {
@@ -210,7 +224,7 @@ async fn interrupted_purge_is_completed_on_open() {
     {
         // Simulate a crash between the two steps of `purge`: the marker is on disk but the
         // entries below it are not deleted yet.
-        let db = sled::open(dir.path()).expect("raw open");
+        let db = must_reopen("raw open", || sled::open(dir.path()));
         let meta = db.open_tree(schema::META_TREE).expect("meta tree");
         let marker = encode_value(&log_id(1, 4)).expect("encode");
         meta.insert(schema::KEY_LAST_PURGED, marker)
@@ -233,7 +247,7 @@ async fn interrupted_purge_is_completed_on_open() {
 #[tokio::test]
 async fn corrupt_data_is_an_error_not_a_panic() {
     let dir = tempdir();
-    let db = sled::open(dir.path()).expect("raw open");
+    let db = must_reopen("raw open", || sled::open(dir.path()));
     let mut store = Store::from_db(db.clone()).expect("store");
     store
         .blocking_append(entries(1, 1..=4))
