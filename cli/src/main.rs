@@ -4,6 +4,7 @@
 //! three-replica cluster on this machine. Client side: `nokv cluster init`,
 //! `nokv status`, the namespace commands (`mkdir`, `ls`, `stat`, `touch`,
 //! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`) and `nokv bench`.
+//! Disaster recovery: `nokv backup` and `nokv restore`.
 //!
 //! This binary may depend on every library crate; no library depends on it.
 
@@ -12,6 +13,7 @@ mod body;
 mod cluster;
 mod fs;
 mod output;
+mod recovery;
 mod serve;
 
 use std::process::ExitCode;
@@ -135,6 +137,10 @@ enum Command {
     Uploads,
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
+    /// Make a recovery point in the object store now (snapshot + log).
+    Backup(recovery::BackupArgs),
+    /// Rebuild a replica's data directory from the object store (offline).
+    Restore(recovery::RestoreArgs),
 }
 
 fn init_tracing(format: &str, default_level: &str) {
@@ -206,6 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fsck => body::fsck(&g).await,
         Command::Uploads => body::uploads(&g).await,
         Command::Bench(a) => bench::run(a, &g).await,
+        Command::Backup(a) => recovery::backup(a, &g).await,
+        Command::Restore(a) => recovery::restore(a, &g).await,
     }
 }
 

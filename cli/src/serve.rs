@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// How long superseded blocks stay readable before GC deletes them.
     #[arg(long, env = "NOKV_GC_GRACE", value_parser = humantime::parse_duration)]
     pub gc_grace: Option<Duration>,
+    /// Longest pause between the leader's uploads of committed log entries
+    /// to the object store (default 2s); bounds how much a disaster loses.
+    #[arg(long, env = "NOKV_ARCHIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub archive_interval: Option<Duration>,
+    /// Most log entries per archived segment (default 1000); this many
+    /// pending entries are uploaded without waiting for the interval.
+    #[arg(long, env = "NOKV_SEGMENT_ENTRIES")]
+    pub segment_entries: Option<u64>,
 }
 
 /// The config file: the same keys as the flags.
@@ -90,6 +98,9 @@ pub struct ServeFile {
     pub gc_interval: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     pub gc_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub archive_interval: Option<Duration>,
+    pub segment_entries: Option<u64>,
 }
 
 mod opt_duration {
@@ -170,6 +181,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.gc_grace.or(file.gc_grace) {
             node.gc_grace = v;
+        }
+        if let Some(v) = self.archive_interval.or(file.archive_interval) {
+            node.archive_interval = v;
+        }
+        if let Some(v) = self.segment_entries.or(file.segment_entries) {
+            node.segment_entries = v;
         }
         node.validate()?;
         Ok(Resolved {
@@ -354,6 +371,8 @@ mod tests {
             toml::from_str(include_str!("../nokv.example.toml")).expect("example config parses");
         assert_eq!(file.node_id, Some(1));
         assert_eq!(file.heartbeat, Some(Duration::from_millis(100)));
+        assert_eq!(file.archive_interval, Some(Duration::from_secs(2)));
+        assert_eq!(file.segment_entries, Some(1000));
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("nokv.toml");
         std::fs::write(&path, include_str!("../nokv.example.toml")).expect("write");
@@ -366,6 +385,8 @@ mod tests {
         assert_eq!(resolved.node.node_id, 7, "flags win over the file");
         assert_eq!(resolved.addr, "127.0.0.1:7401");
         assert_eq!(resolved.node.max_batch, 256);
+        assert_eq!(resolved.node.archive_interval, Duration::from_secs(2));
+        assert_eq!(resolved.node.segment_entries, 1000);
     }
 
     #[test]

@@ -414,6 +414,18 @@ impl Client {
         .await
     }
 
+    /// Asks the leader for a recovery point in the object store: a fresh
+    /// snapshot uploaded and the log archived up to the applied index.
+    /// Answers what a restore would recover (`archived_index`).
+    pub async fn backup(&self) -> Result<pb::BackupResponse, ClientError> {
+        self.with_retries(false, true, |mut stub| async move {
+            stub.backup(pb::BackupRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     // ----- namespace conveniences -------------------------------------------
 
     fn attr_of(applied: Applied) -> Result<Attr, ClientError> {

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FsError;
 use crate::path::preview;
-use crate::types::{Generation, InodeId, ShardId};
+use crate::types::{Generation, InodeId, LogIndex, ShardId};
 
 /// Largest number of blocks in one body (4 MiB blocks: 64 GiB).
 pub const MAX_BLOCKS: usize = 16_384;
@@ -176,6 +176,10 @@ pub struct GcTask {
     /// The worker waits a grace period after it so readers that started on
     /// the old generation can finish.
     pub enqueued_ns: u64,
+    /// Log index of the command that queued it. The worker deletes nothing
+    /// queued after the archive's recovery point, so a cluster restored
+    /// from the archive never names a block that GC already deleted.
+    pub enqueued_index: LogIndex,
 }
 
 /// Checks a lease duration: more than 0 and at most [`MAX_UPLOAD_LEASE_NS`].

@@ -213,6 +213,13 @@ impl Holt {
         }
     }
 
+    /// The remembered outcome of `request`, if it was applied and is still
+    /// in the dedupe window. The server uses it to skip pre-checks for a
+    /// retry, whose answer is the remembered outcome whatever the state now.
+    pub fn remembered(&self, request: RequestId) -> Option<&Outcome> {
+        self.dedupe.get(&request)
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             inodes: self.inodes.len() as u64,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nokv_holt::{BodySpec, Command, Holt, Op};
+use nokv_holt::{BodySpec, Command, FsError, Holt, Op, UploadId};
 use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
 use nokv_proto::pb::meta_service_server::MetaService;
@@ -23,6 +23,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
+use crate::archive::{ArchiveError, ArchiveHandle};
 use crate::maintenance::{Maintenance, MaintenanceError};
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
@@ -60,7 +61,12 @@ pub struct ClientService {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) timeouts: ClientTimeouts,
     pub(crate) maintenance: Maintenance,
+    /// The archiver, when the node has an object store.
+    pub(crate) archive: Option<ArchiveHandle>,
 }
+
+/// How long a `Backup` may take on the leader (snapshot build and uploads).
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ClientService {
     /// The leader's id and address as this node knows them.
@@ -121,6 +127,31 @@ fn maintenance_status(e: MaintenanceError) -> Status {
         }
         MaintenanceError::Store(_) | MaintenanceError::Propose { .. } | MaintenanceError::State => {
             status_from_detail(ErrorCode::Unavailable, e.to_string())
+        }
+    }
+}
+
+fn archive_status(e: ArchiveError, leader: Option<(NodeId, String)>) -> Status {
+    match e {
+        ArchiveError::NotLeader => not_leader_status(leader),
+        ArchiveError::InvalidArgument(_) => {
+            status_from_detail(ErrorCode::InvalidArgument, e.to_string())
+        }
+        ArchiveError::Store(ref b) if !b.is_retryable() => {
+            status_from_detail(ErrorCode::Internal, e.to_string())
+        }
+        ArchiveError::Store(_)
+        | ArchiveError::Timeout(_)
+        | ArchiveError::Raft(_)
+        | ArchiveError::Hole { .. } => status_from_detail(ErrorCode::Unavailable, e.to_string()),
+        ArchiveError::Log(_)
+        | ArchiveError::Snapshot(_)
+        | ArchiveError::CorruptSegment { .. }
+        | ArchiveError::Encode(_)
+        | ArchiveError::DataDir { .. }
+        | ArchiveError::Io { .. }
+        | ArchiveError::NothingToRestore { .. } => {
+            status_from_detail(ErrorCode::Internal, e.to_string())
         }
     }
 }
@@ -311,9 +342,37 @@ impl MetaService for ClientService {
                 .collect(),
         }))
     }
+
+    async fn backup(
+        &self,
+        _request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.backup_inner().await.map(Response::new)
+    }
 }
 
 impl ClientService {
+    async fn backup_inner(&self) -> Result<pb::BackupResponse, Status> {
+        self.must_lead().await?;
+        let Some(archive) = &self.archive else {
+            return Err(maintenance_status(MaintenanceError::NoStore));
+        };
+        let report = archive
+            .backup(&self.raft, BACKUP_TIMEOUT)
+            .await
+            .map_err(|e| archive_status(e, self.leader_hint()))?;
+        tracing::info!(
+            snapshot = report.snapshot_index,
+            archived = report.archived_index,
+            "backup complete"
+        );
+        Ok(pb::BackupResponse {
+            snapshot_index: report.snapshot_index,
+            archived_index: report.archived_index,
+            snapshot_key: report.snapshot_key,
+        })
+    }
+
     async fn mutate_inner(&self, req: pb::MutateRequest) -> Result<pb::MutateResponse, Status> {
         let mutation = Mutation::try_from(req).map_err(invalid)?;
         let command = Command {
@@ -326,7 +385,7 @@ impl ClientService {
         if !self.is_leader() {
             return Err(not_leader_status(self.leader_hint()));
         }
-        self.check_bodies(&command.op).await?;
+        self.check_bodies(&command).await?;
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
         match proposed.await {
             Err(_) => Err(unknown_outcome(
@@ -349,13 +408,41 @@ impl ClientService {
     /// Publishing needs an object store, and a commit may only name blocks
     /// that were uploaded with the declared sizes (checked by the leader
     /// before proposing: apply does no I/O).
-    async fn check_bodies(&self, op: &Op) -> Result<(), Status> {
-        let specs: Vec<&BodySpec> = match op {
+    ///
+    /// A retry of a command already applied skips the checks: the log
+    /// answers it with the remembered outcome, whatever the store holds now.
+    async fn check_bodies(&self, command: &Command) -> Result<(), Status> {
+        let commits: Vec<(UploadId, &BodySpec)> = match &command.op {
             Op::BeginPublish { .. } => Vec::new(),
-            Op::CommitPublish { body, .. } => vec![body],
-            Op::CommitPublishBatch { commits } => commits.iter().map(|(_, b)| b).collect(),
+            Op::CommitPublish { upload, body } => vec![(*upload, body)],
+            Op::CommitPublishBatch { commits } => commits.iter().map(|(u, b)| (*u, b)).collect(),
             _ => return Ok(()),
         };
+        {
+            let s = self.state.read().map_err(|_| Self::state_error())?;
+            if s.holt.remembered(command.request_id).is_some() {
+                return Ok(());
+            }
+            // A missing or expired upload is answered before any store I/O,
+            // so a late commit hears "lease expired", not "block missing".
+            let staged = s.holt.staged_uploads();
+            for (upload, _) in &commits {
+                match staged.iter().find(|u| u.id == *upload) {
+                    None => {
+                        return Err(fs_error_status(&FsError::NotFound(format!(
+                            "{upload} (never staged, already committed or reclaimed)"
+                        ))))
+                    }
+                    Some(u) if u.lease_expires_ns < command.time_ns => {
+                        return Err(fs_error_status(&FsError::NotFound(format!(
+                            "{upload}: upload lease expired"
+                        ))))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let specs: Vec<&BodySpec> = commits.iter().map(|(_, b)| *b).collect();
         match self.maintenance.verify_blocks(&specs).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(fs)) => Err(fs_error_status(&fs)),

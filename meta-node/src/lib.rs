@@ -7,11 +7,13 @@
 //!
 //! Main types: [`NodeConfig`] and [`run_node`] (start a replica),
 //! [`HoltStateMachine`] (the thin openraft adapter), [`Proposer`] (group
-//! commit), [`ClientService`] (the client API).
+//! commit), [`ClientService`] (the client API), [`archive`] (snapshots and
+//! log segments shipped to the object store, and [`restore`] from them).
 //!
 //! Must not depend on: the client SDK, the CLI, or any other server crate;
 //! peers talk to each other only over gRPC.
 
+pub mod archive;
 pub mod client_service;
 pub mod maintenance;
 pub mod metrics;
@@ -24,6 +26,9 @@ pub mod read_index;
 pub mod state_machine;
 pub mod typ;
 
+pub use archive::{
+    restore, restore_from, ArchiveError, ArchiveGatedLogStore, PurgeGate, RestoreReport,
+};
 pub use client_service::{ClientService, ClientTimeouts};
 pub use node::{run_node, NodeConfig, NodeError};
 pub use proposer::Proposer;

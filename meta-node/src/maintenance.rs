@@ -18,6 +18,7 @@ use nokv_blob::{BlobError, BlobStore};
 use nokv_holt::{BodySpec, Command, FsError, GcTarget, Op, RequestId};
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::PurgeGate;
 use crate::proposer::Proposer;
 use crate::state_machine::SharedState;
 use crate::typ::Raft;
@@ -77,6 +78,10 @@ pub struct Maintenance {
     pub(crate) blob: Option<Arc<dyn BlobStore>>,
     /// How long superseded blocks stay readable after they were dropped.
     pub(crate) grace: Duration,
+    /// The archive's recovery point: a GC task queued by a log entry the
+    /// archive does not hold yet waits, so that a cluster restored from the
+    /// archive never references a block GC already deleted.
+    pub(crate) archive_floor: Arc<PurgeGate>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -171,6 +176,15 @@ impl Maintenance {
         let mut done = Vec::new();
         for task in tasks {
             if !ignore_grace && task.enqueued_ns.saturating_add(grace) > now {
+                report.tasks_waiting += 1;
+                continue;
+            }
+            if self.archive_floor.is_enabled()
+                && self
+                    .archive_floor
+                    .archived_index()
+                    .is_none_or(|archived| task.enqueued_index.0 > archived)
+            {
                 report.tasks_waiting += 1;
                 continue;
             }

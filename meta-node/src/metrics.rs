@@ -2,7 +2,8 @@
 //! tiny HTTP endpoint that serves them at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -22,6 +23,12 @@ pub struct Metrics {
     pub raft_last_log_index: IntGauge,
     pub raft_applied_index: IntGauge,
     pub raft_snapshot_index: IntGauge,
+    /// Every committed entry up to this index can be restored from the
+    /// object store (archived segments or an uploaded snapshot).
+    pub archive_archived_index: IntGauge,
+    /// Last log index of the newest snapshot in the object store.
+    pub archive_snapshot_index: IntGauge,
+    pub archive_errors_total: IntCounter,
 }
 
 impl Metrics {
@@ -55,6 +62,21 @@ impl Metrics {
         let raft_applied_index = IntGauge::new("nokv_raft_applied_index", "Last applied index")?;
         let raft_snapshot_index =
             IntGauge::new("nokv_raft_snapshot_index", "Last index in a snapshot")?;
+        let archive_archived_index = IntGauge::new(
+            "nokv_archive_archived_index",
+            "Highest log index restorable from the object store",
+        )?;
+        let archive_snapshot_index = IntGauge::new(
+            "nokv_archive_snapshot_index",
+            "Last log index of the newest snapshot in the object store",
+        )?;
+        let archive_errors_total = IntCounter::new(
+            "nokv_archive_errors_total",
+            "Failed archive passes (uploads, listings, local log reads)",
+        )?;
+        registry.register(Box::new(archive_archived_index.clone()))?;
+        registry.register(Box::new(archive_snapshot_index.clone()))?;
+        registry.register(Box::new(archive_errors_total.clone()))?;
         registry.register(Box::new(mutations_total.clone()))?;
         registry.register(Box::new(queries_total.clone()))?;
         registry.register(Box::new(mutate_seconds.clone()))?;
@@ -75,6 +97,9 @@ impl Metrics {
             raft_last_log_index,
             raft_applied_index,
             raft_snapshot_index,
+            archive_archived_index,
+            archive_snapshot_index,
+            archive_errors_total,
         })
     }
 

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::{ArchiveConfig, ArchiveGatedLogStore, Archiver, PurgeGate};
 use crate::client_service::{ClientService, ClientTimeouts};
 use crate::maintenance::Maintenance;
 use crate::metrics::{self, Metrics};
@@ -54,6 +55,12 @@ pub struct NodeConfig {
     /// How long superseded blocks stay readable for readers that started
     /// on the old generation.
     pub gc_grace: Duration,
+    /// Longest pause between two archive passes of the leader (snapshots
+    /// and log segments shipped to the object store).
+    pub archive_interval: Duration,
+    /// Most log entries per archived segment; this many pending entries
+    /// start an archive pass before the interval ends.
+    pub segment_entries: u64,
 }
 
 impl NodeConfig {
@@ -76,6 +83,8 @@ impl NodeConfig {
             blob_store: None,
             gc_interval: Duration::from_secs(10),
             gc_grace: Duration::from_secs(300),
+            archive_interval: crate::archive::DEFAULT_ARCHIVE_INTERVAL,
+            segment_entries: crate::archive::DEFAULT_SEGMENT_ENTRIES,
         }
     }
 
@@ -96,6 +105,9 @@ impl NodeConfig {
         }
         if self.snapshot_every == 0 || self.max_batch == 0 || self.max_inflight == 0 {
             return bad("snapshot interval, batch size and in-flight limit must be positive");
+        }
+        if self.archive_interval.is_zero() || self.segment_entries == 0 {
+            return bad("archive interval and segment size must be positive");
         }
         Ok(())
     }
@@ -188,13 +200,28 @@ pub async fn run_node(
 ) -> Result<(), NodeError> {
     config.validate()?;
     claim_data_dir(&config.data_dir, config.node_id)?;
-    let log_store = SledLogStore::<TypeConfig>::open(&config.data_dir.join("raft-log"))?;
+    let sled_log = SledLogStore::<TypeConfig>::open(&config.data_dir.join("raft-log"))?;
+    let blob = match &config.blob_store {
+        Some(url) => {
+            let location = nokv_blob::BlobLocation::parse(url)?;
+            Some(nokv_blob::open(&location).await?)
+        }
+        None => None,
+    };
+    // With an object store, local purges wait until the archive has the entries.
+    let gate = Arc::new(if blob.is_some() {
+        PurgeGate::enabled()
+    } else {
+        PurgeGate::disabled()
+    });
+    let log_store = ArchiveGatedLogStore::new(sled_log.clone(), gate.clone());
     let holt_config = HoltConfig {
         shard: config.shard,
         dedupe_capacity: config.dedupe_capacity,
     };
     let state_machine = HoltStateMachine::open(&config.data_dir.join("snapshot"), holt_config)?;
     let state = state_machine.shared();
+    let snapshots = state_machine.snapshot_handle();
     let raft: Raft = openraft::Raft::new(
         config.node_id,
         Arc::new(config.raft_config()?),
@@ -205,13 +232,6 @@ pub async fn run_node(
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-    let blob = match &config.blob_store {
-        Some(url) => {
-            let location = nokv_blob::BlobLocation::parse(url)?;
-            Some(nokv_blob::open(&location).await?)
-        }
-        None => None,
-    };
     let metrics = Arc::new(Metrics::new()?);
     let tasks = CancellationToken::new();
     tokio::spawn(metrics::track_raft(
@@ -230,12 +250,32 @@ pub async fn run_node(
         tasks.clone(),
     );
     let read_index = ReadIndex::start(raft.clone(), tasks.clone());
+    let (archive, archiver_task) = match blob.as_ref().map(|store| {
+        Archiver {
+            raft: raft.clone(),
+            store: store.clone(),
+            log: sled_log,
+            snapshots,
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            config: ArchiveConfig {
+                shard: config.shard,
+                interval: config.archive_interval,
+                segment_entries: config.segment_entries,
+            },
+        }
+        .start(tasks.clone())
+    }) {
+        Some((handle, task)) => (Some(handle), Some(task)),
+        None => (None, None),
+    };
     let maintenance = Maintenance {
         raft: raft.clone(),
         state: state.clone(),
         proposer: proposer.clone(),
         blob,
         grace: config.gc_grace,
+        archive_floor: gate.clone(),
     };
     tokio::spawn(maintenance.clone().run(config.gc_interval, tasks.clone()));
     let client = ClientService {
@@ -248,6 +288,7 @@ pub async fn run_node(
         metrics,
         timeouts: config.timeouts.clone(),
         maintenance,
+        archive,
     };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(node = config.node_id, addr = ?local, advertise = %config.advertise, "serving");
@@ -269,6 +310,13 @@ pub async fn run_node(
 
     tracing::info!(node = config.node_id, "stopping");
     tasks.cancel();
+    if let Some(task) = archiver_task {
+        // The archiver's last pass (bounded) ships what the leader applied
+        // since its previous pass.
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "archiver task failed");
+        }
+    }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }

@@ -40,9 +40,9 @@ pub type SharedState = Arc<RwLock<ShardState>>;
 
 /// A snapshot held in memory: openraft metadata plus the Holt image bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    image: Vec<u8>,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) image: Vec<u8>,
 }
 
 /// Errors reading a persisted snapshot file.
@@ -95,12 +95,50 @@ impl HoltStateMachine {
         self.state.clone()
     }
 
+    /// Read access to the newest snapshot (built or installed), for the
+    /// archiver that ships it to the object store.
+    pub fn snapshot_handle(&self) -> SnapshotHandle {
+        SnapshotHandle(self.current.clone())
+    }
+
     fn builder(&self) -> SnapshotBuilder {
         SnapshotBuilder {
             state: self.state.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
             current: self.current.clone(),
         }
+    }
+}
+
+/// Shared read access to a replica's newest snapshot.
+#[derive(Clone)]
+pub struct SnapshotHandle(Arc<Mutex<Option<StoredSnapshot>>>);
+
+impl SnapshotHandle {
+    /// The newest snapshot's last log id, without copying it.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        match self.0.lock() {
+            Ok(current) => current.as_ref().and_then(|s| s.meta.last_log_id),
+            Err(_) => None,
+        }
+    }
+
+    /// The newest snapshot's last log id and its bytes in the snapshot-file
+    /// format (what `DATA_DIR/snapshot/current` holds). `None` while there
+    /// is no snapshot, or the snapshot covers no log entry.
+    pub(crate) fn current_file(&self) -> Result<Option<(LogId, Vec<u8>)>, SnapshotFileError> {
+        // Clone under the lock, encode outside it.
+        let snap = match self.0.lock() {
+            Ok(current) => current.clone(),
+            Err(_) => return Err(SnapshotFileError::Corrupt("snapshot lock poisoned".into())),
+        };
+        let Some(snap) = snap else { return Ok(None) };
+        let Some(last) = snap.meta.last_log_id else {
+            return Ok(None);
+        };
+        let bytes =
+            encode_snapshot_file(&snap).map_err(|e| SnapshotFileError::Corrupt(e.to_string()))?;
+        Ok(Some((last, bytes)))
     }
 }
 
@@ -113,8 +151,8 @@ fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 /// Encodes a snapshot file: magic, format version, crc32 of the body, body
-/// length, then the bincode body.
-fn encode_snapshot_file(snap: &StoredSnapshot) -> Result<Vec<u8>, bincode::Error> {
+/// length, then the bincode body. The archive stores exactly these bytes.
+pub(crate) fn encode_snapshot_file(snap: &StoredSnapshot) -> Result<Vec<u8>, bincode::Error> {
     let body = bincode::serialize(snap)?;
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -125,7 +163,8 @@ fn encode_snapshot_file(snap: &StoredSnapshot) -> Result<Vec<u8>, bincode::Error
     Ok(out)
 }
 
-fn decode_snapshot_file(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
+/// Decodes (and checks) a snapshot file; corrupt input is an error, never a panic.
+pub(crate) fn decode_snapshot_file(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
     let corrupt = |m: &str| SnapshotFileError::Corrupt(m.to_string());
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return Err(corrupt("shorter than its header"));
@@ -166,10 +205,16 @@ fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, SnapshotFil
 /// Writes `snap` as `dir/current` atomically and durably.
 fn write_snapshot_file(dir: &Path, snap: &StoredSnapshot) -> std::io::Result<()> {
     let bytes = encode_snapshot_file(snap).map_err(std::io::Error::other)?;
+    write_snapshot_bytes(dir, &bytes)
+}
+
+/// Writes already encoded snapshot-file `bytes` as `dir/current`
+/// atomically and durably (temp file, fsync, rename, fsync dir).
+pub(crate) fn write_snapshot_bytes(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join("current.tmp");
     {
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, dir.join("current"))?;

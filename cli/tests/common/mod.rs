@@ -11,6 +11,8 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod store;
+
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fmt::Display;
@@ -128,6 +130,8 @@ pub struct Cluster {
     dir: TempDir,
     nodes: Vec<Node>,
     serve_args: Vec<String>,
+    /// Environment variables set on every `nokv serve` (e.g. S3 settings).
+    serve_env: Vec<(String, String)>,
     /// Client used for per-node status probes (short timeouts).
     probe: Client,
     logs_shown: Cell<bool>,
@@ -138,6 +142,11 @@ impl Cluster {
     /// every `nokv serve`, and waits until each answers `Status`. The group
     /// is not formed yet.
     pub async fn spawn(extra_args: &[&str]) -> Cluster {
+        Cluster::spawn_with_env(extra_args, &[]).await
+    }
+
+    /// Like [`Cluster::spawn`], with `env` set on every `nokv serve`.
+    pub async fn spawn_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("nokv-cluster-test-")
             .tempdir()
@@ -163,6 +172,10 @@ impl Cluster {
             dir,
             nodes,
             serve_args,
+            serve_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             probe: Client::new(probe_config).expect("status probe client"),
             logs_shown: Cell::new(false),
         };
@@ -178,7 +191,12 @@ impl Cluster {
     /// Spawns three replicas, forms the group with `nokv cluster init` and
     /// waits until all three agree on one leader.
     pub async fn start(extra_args: &[&str]) -> Cluster {
-        let cluster = Cluster::spawn(extra_args).await;
+        Cluster::start_with_env(extra_args, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with `env` set on every `nokv serve`.
+    pub async fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let cluster = Cluster::spawn_with_env(extra_args, env).await;
         cluster.must_init().await;
         cluster.must_agreed_leader(&[1, 2, 3]).await;
         cluster
@@ -238,6 +256,7 @@ impl Cluster {
 
     fn spawn_node(&mut self, id: u64) {
         let serve_args = self.serve_args.clone();
+        let serve_env = self.serve_env.clone();
         let node = self.node_mut(id);
         assert!(node.child.is_none(), "node {id} is already running");
         let log = OpenOptions::new()
@@ -258,6 +277,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&serve_args)
+            .envs(serve_env)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -522,5 +542,15 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+// ----- disaster recovery (cli/tests/recovery.rs) -------------------------------
+
+impl Cluster {
+    /// Node `id`'s data directory (`nokv restore` rebuilds it after a test
+    /// deletes it).
+    pub fn node_data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.clone()
     }
 }

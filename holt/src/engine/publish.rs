@@ -457,6 +457,7 @@ impl Holt {
                 seq,
                 target,
                 enqueued_ns: stamp.time_ns,
+                enqueued_index: stamp.index,
             },
         );
     }

@@ -483,6 +483,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
             seq: 9,
             target: GcTarget::Keys(vec![live_key.clone()]),
             enqueued_ns: 0,
+            enqueued_index: crate::types::LogIndex(1),
         },
     );
     queued_live.next_gc_seq = 10;
@@ -496,6 +497,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
             seq: 9,
             target: GcTarget::Prefix("blocks/".into()),
             enqueued_ns: 0,
+            enqueued_index: crate::types::LogIndex(1),
         },
     );
     prefix_live.next_gc_seq = 10;
