@@ -19,6 +19,9 @@ pub enum Workload {
     Create,
     /// Stat existing files (linearizable reads unless --stale).
     Stat,
+    /// Publish bodies of --size bytes (stage, upload blocks, commit), side by
+    /// side with raw object-store PUTs of the same bytes.
+    Publish,
 }
 
 #[derive(Args, Debug)]
@@ -38,6 +41,31 @@ pub struct BenchArgs {
     /// Directory to work in (a fresh one is made under it).
     #[arg(long, default_value = "/bench")]
     pub dir: String,
+    /// Body size for `publish`, in bytes (suffixes KiB, MiB, GiB).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub size: u64,
+    /// For `publish`: skip the raw PUT baseline.
+    #[arg(long)]
+    pub no_raw: bool,
+}
+
+/// Parses `4096`, `4KiB`, `1MiB`, `2GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("GiB") {
+        (n, 1u64 << 30)
+    } else if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (s, 1)
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size like 4096, 64KiB, 1MiB"))
 }
 
 struct Report {
@@ -144,6 +172,133 @@ fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalArgs) {
     }
 }
 
+/// Raw PUTs of `size` bytes straight to the object store, then publishes of
+/// the same bytes through NoKV; prints both and the metadata overhead.
+async fn publish(
+    args: &BenchArgs,
+    g: &GlobalArgs,
+    client: &nokv_client::Client,
+    dir: &str,
+) -> anyhow::Result<()> {
+    let size = usize::try_from(args.size).context("size too large")?;
+    // Incompressible, deterministic bytes.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data: bytes::Bytes = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    let store = client
+        .blob_store()
+        .await
+        .context("opening the object store")?;
+    let mib = args.size as f64 / (1024.0 * 1024.0);
+    let run_id = rand_u64();
+    if !args.no_raw {
+        let s = store.clone();
+        let d = data.clone();
+        let raw = drive(args.concurrency, args.count, move |i| {
+            let s = s.clone();
+            let d = d.clone();
+            async move {
+                s.put_new(&format!("bench-raw/{run_id:016x}/{i}"), d)
+                    .await
+                    .map_err(|e| nokv_client::ClientError::Store(e.to_string()))
+            }
+        })
+        .await?;
+        print_publish("raw-put", args, &raw, mib, None, g);
+        for i in 0..args.count {
+            let _ = store.delete(&format!("bench-raw/{run_id:016x}/{i}")).await;
+        }
+    }
+    let meta = Arc::new(std::sync::Mutex::new(new_hist()?));
+    let c = client.clone();
+    let d = dir.to_string();
+    let m = meta.clone();
+    let report = drive(args.concurrency, args.count, move |i| {
+        let c = c.clone();
+        let path = format!("{d}/p{i}");
+        let data = data.clone();
+        let m = m.clone();
+        async move {
+            let opts = nokv_client::PutOptions::default();
+            let t = Instant::now();
+            let staged = c.stage(&path, &opts).await?;
+            let stage_time = t.elapsed();
+            let spec = c.upload_blocks(&staged, &data[..], &opts, &|_| {}).await?;
+            let t = Instant::now();
+            c.commit(staged.id, spec).await?;
+            let overhead = stage_time + t.elapsed();
+            if let Ok(mut h) = m.lock() {
+                h.saturating_record(overhead.as_micros() as u64);
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let meta = meta
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone();
+    print_publish("nokv-publish", args, &report, mib, Some(&meta), g);
+    Ok(())
+}
+
+fn print_publish(
+    name: &str,
+    args: &BenchArgs,
+    r: &Report,
+    mib: f64,
+    meta: Option<&Histogram<u64>>,
+    g: &GlobalArgs,
+) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let meta_p50 = meta.map(|h| ms(h, 0.5));
+    let meta_p99 = meta.map(|h| ms(h, 0.99));
+    if g.json {
+        print_json(&json!({
+            "workload": name,
+            "size_bytes": args.size,
+            "concurrency": args.concurrency,
+            "ops": r.ops,
+            "errors": r.errors,
+            "first_error": r.first_error,
+            "seconds": secs,
+            "ops_per_sec": r.ops as f64 / secs,
+            "mib_per_sec": r.ops as f64 * mib / secs,
+            "p50_ms": ms(&r.hist, 0.5),
+            "p99_ms": ms(&r.hist, 0.99),
+            "metadata_p50_ms": meta_p50,
+            "metadata_p99_ms": meta_p99,
+        }));
+    } else {
+        let meta_text = match (meta_p50, meta_p99) {
+            (Some(a), Some(b)) => format!(" metadata(stage+commit) p50={a:.2}ms p99={b:.2}ms"),
+            _ => String::new(),
+        };
+        println!(
+            "{name}: size={}B concurrency={} ops={} errors={} throughput={:.1} MiB/s ({:.1} ops/s) p50={:.2}ms p99={:.2}ms{meta_text}",
+            args.size,
+            args.concurrency,
+            r.ops,
+            r.errors,
+            r.ops as f64 * mib / secs,
+            r.ops as f64 / secs,
+            ms(&r.hist, 0.5),
+            ms(&r.hist, 0.99),
+        );
+        if let Some(e) = &r.first_error {
+            println!("first error: {e}");
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
     let dir = format!("{}/run-{:016x}", args.dir.trim_end_matches('/'), rand_u64());
@@ -152,6 +307,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("mkdir {dir}"))?;
     match args.workload {
+        Workload::Publish => publish(&args, g, &client, &dir).await?,
         Workload::Create => {
             let c = client.clone();
             let d = dir.clone();

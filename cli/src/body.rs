@@ -43,6 +43,10 @@ pub struct PutArgs {
     /// Blocks uploaded at once.
     #[arg(long, default_value_t = 8)]
     pub parallelism: usize,
+    /// Lease of the staged upload: if this command dies, the cluster
+    /// reclaims the uploaded blocks once the lease runs out.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -145,7 +149,7 @@ pub async fn put(args: PutArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         attrs: parse_attrs(&args.attrs)?,
         block_size: args.block_size,
         parallelism: args.parallelism,
-        ..Default::default()
+        lease: args.lease,
     };
     let what = || format!("put {} {}", args.local, args.path);
     let attr = if args.local == "-" {
@@ -257,7 +261,12 @@ fn walk_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
             let kind = entry.file_type()?;
             if kind.is_dir() {
                 stack.push(path);
-            } else if kind.is_file() {
+            } else if !kind.is_file() {
+                eprintln!(
+                    "nokv: skipping {} (not a regular file or directory)",
+                    path.display()
+                );
+            } else {
                 let rel = path
                     .strip_prefix(dir)
                     .context("walked outside the directory")?
@@ -269,6 +278,34 @@ fn walk_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Stages `target` and uploads `local` into it. On failure, says which
+/// upload (if one was staged) must be aborted.
+async fn stage_and_upload(
+    client: &Client,
+    target: &str,
+    local: &Path,
+    opts: &PutOptions,
+) -> Result<
+    (nokv_client::UploadId, nokv_client::BodySpec),
+    (Option<nokv_client::UploadId>, anyhow::Error),
+> {
+    let upload = client
+        .stage(target, opts)
+        .await
+        .with_context(|| format!("staging {target}"))
+        .map_err(|e| (None, e))?;
+    let file = tokio::fs::File::open(local)
+        .await
+        .with_context(|| format!("opening {}", local.display()))
+        .map_err(|e| (Some(upload.id), e))?;
+    let spec = client
+        .upload_blocks(&upload, file, opts, &|_| {})
+        .await
+        .with_context(|| format!("uploading {}", local.display()))
+        .map_err(|e| (Some(upload.id), e))?;
+    Ok((upload.id, spec))
 }
 
 pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result<()> {
@@ -301,27 +338,21 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
         parallelism: args.parallelism,
         ..Default::default()
     });
-    let mut staged = Vec::new();
+    let mut staged: Vec<(nokv_client::UploadId, nokv_client::BodySpec)> = Vec::new();
     for (rel, local) in &files {
         let target = format!("{root}/{rel}");
-        let upload = client
-            .stage(&target, &opts)
-            .await
-            .with_context(|| format!("staging {target}"))?;
-        let file = tokio::fs::File::open(local)
-            .await
-            .with_context(|| format!("opening {}", local.display()))?;
-        let spec = match client.upload_blocks(&upload, file, &opts, &|_| {}).await {
-            Ok(spec) => spec,
-            Err(e) => {
-                for (id, _) in &staged {
-                    let _ = client.abort(*id).await;
+        let result = stage_and_upload(&client, &target, local, &opts).await;
+        match result {
+            Ok(done) => staged.push(done),
+            Err((upload, e)) => {
+                // Nothing may stay staged: abort every upload of this batch.
+                let ids = staged.iter().map(|(id, _)| *id).chain(upload);
+                for id in ids {
+                    let _ = client.abort(id).await;
                 }
-                let _ = client.abort(upload.id).await;
-                return Err(e).with_context(|| format!("uploading {}", local.display()));
+                return Err(e);
             }
-        };
-        staged.push((upload.id, spec));
+        }
     }
     let ids: Vec<_> = staged.iter().map(|(id, _)| *id).collect();
     let attrs = match client.commit_batch(staged).await {

@@ -61,6 +61,16 @@ fn store_error(e: nokv_blob::BlobError) -> ClientError {
     ClientError::Store(e.to_string())
 }
 
+/// The result of one block-upload task.
+fn join_upload(
+    done: Result<Result<u64, nokv_blob::BlobError>, tokio::task::JoinError>,
+) -> Result<u64, ClientError> {
+    match done {
+        Ok(result) => result.map_err(store_error),
+        Err(e) => Err(ClientError::Store(format!("block upload task failed: {e}"))),
+    }
+}
+
 /// Key of block `index` of an upload.
 fn block_key(prefix: &str, index: usize) -> String {
     format!("{prefix}{index:08}")
@@ -122,7 +132,11 @@ impl Client {
         let block_size = opts.block_size.max(1);
         let mut hasher = Sha256::new();
         let mut blocks = Vec::new();
-        let mut uploads = futures::stream::FuturesOrdered::new();
+        // Each block uploads in its own task, so uploads make progress while
+        // we wait for more input (a slow stdin, say). At most `parallelism`
+        // run at once; dropping the set on error cancels the rest.
+        let parallelism = opts.parallelism.max(1);
+        let mut uploads = tokio::task::JoinSet::new();
         let mut index = 0usize;
         let mut total = 0u64;
         loop {
@@ -150,22 +164,20 @@ impl Client {
             });
             total += filled as u64;
             index += 1;
-            let store = store.clone();
-            let body = Bytes::from(buf);
-            uploads
-                .push_back(async move { store.put_new(&key, body).await.map(|_| filled as u64) });
-            // Keep at most `parallelism` uploads in flight.
-            while uploads.len() >= opts.parallelism.max(1) {
-                if let Some(done) = uploads.next().await {
-                    progress(done.map_err(store_error)?);
+            while uploads.len() >= parallelism {
+                if let Some(done) = uploads.join_next().await {
+                    progress(join_upload(done)?);
                 }
             }
+            let store = store.clone();
+            let body = Bytes::from(buf);
+            uploads.spawn(async move { store.put_new(&key, body).await.map(|_| filled as u64) });
             if filled < block_size {
                 break;
             }
         }
-        while let Some(done) = uploads.next().await {
-            progress(done.map_err(store_error)?);
+        while let Some(done) = uploads.join_next().await {
+            progress(join_upload(done)?);
         }
         Ok(BodySpec {
             size: total,
