@@ -61,6 +61,31 @@ fn store_error(e: nokv_blob::BlobError) -> ClientError {
     ClientError::Store(e.to_string())
 }
 
+/// The cluster says which bucket and prefix hold the bodies, and the
+/// endpoint its replicas use; this client's own `AWS_ENDPOINT_URL`, when set,
+/// wins (a client outside the cluster's network reaches the store by
+/// another address). Credentials always come from the client's environment.
+fn client_side_location(location: BlobLocation, env_endpoint: Option<String>) -> BlobLocation {
+    match (location, env_endpoint.filter(|e| !e.trim().is_empty())) {
+        (
+            BlobLocation::S3 {
+                bucket,
+                prefix,
+                region,
+                ..
+            },
+            Some(endpoint),
+        ) => BlobLocation::S3 {
+            bucket,
+            prefix,
+            endpoint: Some(endpoint),
+            region,
+            path_style: true,
+        },
+        (location, _) => location,
+    }
+}
+
 /// The result of one block-upload task.
 fn join_upload(
     done: Result<Result<u64, nokv_blob::BlobError>, tokio::task::JoinError>,
@@ -86,7 +111,10 @@ impl Client {
         for endpoint in self.endpoints().to_vec() {
             match self.status_of(&endpoint).await {
                 Ok(s) if !s.blob_location.is_empty() => {
-                    let location = BlobLocation::parse(&s.blob_location).map_err(store_error)?;
+                    let location = client_side_location(
+                        BlobLocation::parse(&s.blob_location).map_err(store_error)?,
+                        std::env::var("AWS_ENDPOINT_URL").ok(),
+                    );
                     let store = nokv_blob::open(&location).await.map_err(store_error)?;
                     self.cache_store(store.clone());
                     return Ok(store);
@@ -384,5 +412,34 @@ impl Client {
             )));
         }
         Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_endpoint_wins_over_the_advertised_one() {
+        let advertised = BlobLocation::parse("s3://bkt/p?endpoint=http://s3:9000&region=us-east-1")
+            .expect("url");
+        let local = client_side_location(advertised.clone(), Some("http://127.0.0.1:9000".into()));
+        match local {
+            BlobLocation::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                ..
+            } => {
+                assert_eq!((bucket.as_str(), prefix.as_str()), ("bkt", "p"));
+                assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+            }
+            other => panic!("not S3: {other:?}"),
+        }
+        assert_eq!(client_side_location(advertised.clone(), None), advertised);
+        assert_eq!(
+            client_side_location(advertised.clone(), Some(" ".into())),
+            advertised
+        );
     }
 }
