@@ -228,6 +228,42 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Healthy when the first endpoint answers, is initialized and knows a
+/// leader. Asks no other replica, so one cut-off peer cannot slow it down.
+pub async fn health(g: &GlobalArgs) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let endpoint = client.endpoints()[0].clone();
+    let s = client
+        .status_of(&endpoint)
+        .await
+        .with_context(|| format!("health of {endpoint}"))?;
+    let healthy = s.initialized && s.leader_id.is_some();
+    if g.json {
+        print_json(&json!({
+            "endpoint": endpoint,
+            "healthy": healthy,
+            "initialized": s.initialized,
+            "role": role_name(s.role),
+            "leader_id": s.leader_id,
+        }));
+    } else {
+        println!(
+            "{endpoint}: {} (node {}, {}, leader {})",
+            if healthy { "healthy" } else { "unhealthy" },
+            s.node_id,
+            role_name(s.role),
+            opt(s.leader_id)
+        );
+    }
+    if !s.initialized {
+        bail!("{endpoint} is not initialized (run nokv cluster init)");
+    }
+    if s.leader_id.is_none() {
+        bail!("{endpoint} knows no leader");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,6 +100,9 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// Show every replica: role, term, leader, log and applied index.
     Status,
+    /// Exit 0 if the first endpoint is initialized and knows a leader (for
+    /// container healthchecks; asks only that replica).
+    Health,
     /// Create a directory.
     Mkdir(fs::MkdirArgs),
     /// List a directory.
@@ -194,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => serve::dev(args, &g).await,
         Command::Cluster(c) => cluster::run(c, &g).await,
         Command::Status => cluster::status(&g).await,
+        Command::Health => cluster::health(&g).await,
         Command::Mkdir(a) => fs::mkdir(a, &g).await,
         Command::Ls(a) => fs::ls(a, &g).await,
         Command::Stat(a) => fs::stat(a, &g).await,

@@ -1488,3 +1488,29 @@ async fn dev_cluster_serves_stops_on_ctrl_c_and_keeps_data() {
     assert_eq!(names(&entries), BTreeSet::from(["file".to_string()]));
     must_interrupt(&mut dev).await;
 }
+
+/// `nokv health` (the containers' healthcheck) fails before the group is
+/// initialized and succeeds once the asked replica knows a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflects_initialization_and_leadership() {
+    let _load = light_test().await;
+    let mut cluster = Cluster::spawn(&[]).await;
+    let endpoint = cluster.addr(2);
+    let before = common::run_nokv(&["--endpoints", &endpoint, "--timeout", "2s", "health"]).await;
+    assert!(!before.status.success(), "healthy before init");
+    assert!(
+        String::from_utf8_lossy(&before.stderr).contains("not initialized"),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    cluster.must_init().await;
+    cluster
+        .wait_until(WAIT, "node 2 reports healthy", async || {
+            common::run_nokv(&["--endpoints", &endpoint, "--timeout", "2s", "health"])
+                .await
+                .status
+                .success()
+        })
+        .await;
+    cluster.must_all_run();
+}
