@@ -425,9 +425,8 @@ impl ClientService {
             }
             // A missing or expired upload is answered before any store I/O,
             // so a late commit hears "lease expired", not "block missing".
-            let staged = s.holt.staged_uploads();
             for (upload, _) in &commits {
-                match staged.iter().find(|u| u.id == *upload) {
+                match s.holt.staged_upload(*upload) {
                     None => {
                         return Err(fs_error_status(&FsError::NotFound(format!(
                             "{upload} (never staged, already committed or reclaimed)"

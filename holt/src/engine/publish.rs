@@ -484,6 +484,11 @@ impl Holt {
         self.gc.len()
     }
 
+    /// One staged upload, if it is still staged.
+    pub fn staged_upload(&self, id: UploadId) -> Option<&StagedUpload> {
+        self.staged.get(&id).map(|staged| &staged.upload)
+    }
+
     /// Every staged upload, in id order.
     pub fn staged_uploads(&self) -> Vec<StagedUpload> {
         self.staged
