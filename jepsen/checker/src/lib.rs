@@ -1,4 +1,4 @@
-//! `nokv-jepsen`: the history checker for NoKV's Jepsen-style partition
+//! `nokv-checker`: the history checker for NoKV's Jepsen-style partition
 //! tests.
 //!
 //! A test run records every client operation as invoke/complete
@@ -8,15 +8,18 @@
 //! read/write/CAS [`Register`]) using the Wing–Gong/Lowe search of Knossos
 //! and Porcupine ([`wgl`]). Histories over independent keys (e.g. file
 //! paths) are checked per key, and the outcome is reported as a
-//! serializable, human-readable [`Summary`].
+//! serializable, human-readable [`Summary`]. Two structural checkers cover
+//! the other workloads: [`check_set`] (every acknowledged add survives,
+//! nothing unattempted appears) and [`check_tree`] (renames keep the
+//! namespace a tree).
 //!
 //! Dependencies: this crate must not depend on any other NoKV crate. The
-//! harness that will drive it talks to clusters only through the public
+//! harness (`nokv-jepsen`) talks to clusters only through the public
 //! client and binaries; the checker only ever sees recorded histories, so
 //! it stays independent of server internals (and cannot share their bugs).
 //!
 //! ```
-//! use nokv_jepsen::{check, History, HistoryBuilder, Outcome, Register,
+//! use nokv_checker::{check, History, HistoryBuilder, Outcome, Register,
 //!     RegisterInput, RegisterOutput, SearchBudget};
 //!
 //! let mut b = HistoryBuilder::new();
@@ -26,11 +29,13 @@
 //! b.complete(2, 30, Outcome::Ok(RegisterOutput::Value(None)))?; // stale read
 //! let history: History<_, _> = b.finish()?;
 //! assert!(check(&Register, &history, &SearchBudget::default()).is_not_linearizable());
-//! # Ok::<(), nokv_jepsen::HistoryError>(())
+//! # Ok::<(), nokv_checker::HistoryError>(())
 //! ```
 
 pub mod history;
 pub mod model;
+pub mod set;
+pub mod tree;
 pub mod wgl;
 
 pub use history::{
@@ -38,6 +43,8 @@ pub use history::{
     OutcomeCounts, ProcessId, TimeNs,
 };
 pub use model::{Model, Register, RegisterInput, RegisterOutput, Value};
+pub use set::{check_set, SetSummary};
+pub use tree::{check_tree, TreeEntry, TreeSummary};
 pub use wgl::{
     check, check_keyed, check_single, Anomaly, BudgetExhausted, CheckResult, SearchBudget, Summary,
     Undecided, Verdict,

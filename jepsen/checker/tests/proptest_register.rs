@@ -2,7 +2,7 @@
 //! always linearizable; corrupting one read to a never-written value makes
 //! them never linearizable.
 
-use nokv_jepsen::{
+use nokv_checker::{
     check, History, Operation, Outcome, Register, RegisterInput, RegisterOutput, SearchBudget,
 };
 use proptest::prelude::*;

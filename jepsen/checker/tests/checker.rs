@@ -1,7 +1,7 @@
 //! Known-answer tests for the history builder and the linearizability
 //! checker.
 
-use nokv_jepsen::{
+use nokv_checker::{
     check, check_keyed, check_single, Event, History, HistoryBuilder, HistoryError, Keyed,
     Operation, Outcome, Register, RegisterInput, RegisterOutput, SearchBudget, Verdict,
 };
@@ -74,7 +74,7 @@ fn with_outcome(mut o: RegOp, outcome: Outcome<RegisterOutput>) -> RegOp {
 fn linearizable(ops: Vec<RegOp>) -> bool {
     let history = History::new(ops).expect("valid history");
     let result = check(&Register, &history, &SearchBudget::unlimited());
-    assert!(!matches!(result, nokv_jepsen::CheckResult::Unknown(_)));
+    assert!(!matches!(result, nokv_checker::CheckResult::Unknown(_)));
     result.is_linearizable()
 }
 
@@ -274,7 +274,7 @@ fn keyed_history_is_checked_per_key() {
     assert_eq!(summary.anomalies[0].key.as_deref(), Some("/z"));
     // The summary round-trips through JSON.
     let json = serde_json::to_string(&summary).expect("serialize");
-    let back: nokv_jepsen::Summary<RegisterInput, RegisterOutput> =
+    let back: nokv_checker::Summary<RegisterInput, RegisterOutput> =
         serde_json::from_str(&json).expect("deserialize");
     assert_eq!(back, summary);
 }
