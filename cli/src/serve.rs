@@ -33,13 +33,16 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "NOKV_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
-    /// Raft heartbeat interval, e.g. 100ms.
+    /// Raft heartbeat interval [default: 50ms].
     #[arg(long, env = "NOKV_HEARTBEAT", value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Lower bound of the randomized election timeout.
+    /// Lower bound of the randomized election timeout [default: 200ms]. A
+    /// follower starts an election after the leader lease (the maximum
+    /// election timeout) plus a random timeout in [min, max) of silence.
     #[arg(long, env = "NOKV_ELECTION_TIMEOUT_MIN", value_parser = humantime::parse_duration)]
     pub election_timeout_min: Option<Duration>,
-    /// Upper bound of the randomized election timeout.
+    /// Upper bound of the randomized election timeout, also the leader
+    /// lease [default: 400ms].
     #[arg(long, env = "NOKV_ELECTION_TIMEOUT_MAX", value_parser = humantime::parse_duration)]
     pub election_timeout_max: Option<Duration>,
     /// Build a state-machine snapshot after this many log entries.

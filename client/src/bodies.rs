@@ -62,8 +62,8 @@ fn store_error(e: nokv_blob::BlobError) -> ClientError {
 }
 
 /// The cluster says which bucket and prefix hold the bodies, and the
-/// endpoint its replicas use; this client's own `AWS_ENDPOINT_URL`, when set,
-/// wins (a client outside the cluster's network reaches the store by
+/// endpoint its replicas use; this client's own endpoint (its configured
+/// `store_endpoint`, else `AWS_ENDPOINT_URL`), when set, wins (a client outside the cluster's network reaches the store by
 /// another address). Credentials always come from the client's environment.
 fn client_side_location(location: BlobLocation, env_endpoint: Option<String>) -> BlobLocation {
     match (location, env_endpoint.filter(|e| !e.trim().is_empty())) {
@@ -113,7 +113,8 @@ impl Client {
                 Ok(s) if !s.blob_location.is_empty() => {
                     let location = client_side_location(
                         BlobLocation::parse(&s.blob_location).map_err(store_error)?,
-                        std::env::var("AWS_ENDPOINT_URL").ok(),
+                        self.store_endpoint()
+                            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()),
                     );
                     let store = nokv_blob::open(&location).await.map_err(store_error)?;
                     self.cache_store(store.clone());

@@ -36,11 +36,25 @@ pub struct ClientConfig {
     /// Time one attempt may take.
     pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
+    /// HTTP/2 keepalive: a ping this often on every connection, and a
+    /// connection whose ping is not answered within `keepalive_timeout` is
+    /// dropped. This is how a request to a crashed, frozen or unplugged
+    /// replica fails in well under `attempt_timeout` (and the call moves on
+    /// to another replica). `None` disables it.
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
     /// First and largest pause between attempts.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// Epoch to stamp on mutations (`None`: unchecked).
     pub epoch: Option<u64>,
+    /// Rewrites of replica addresses the cluster advertises (in leader hints)
+    /// to addresses this client can reach, e.g. `n2:7400` →
+    /// `127.0.0.1:7402` for a client outside a Docker network.
+    pub address_map: HashMap<String, String>,
+    /// Object-store endpoint for block transfers; wins over
+    /// `AWS_ENDPOINT_URL` and over the endpoint the cluster advertises.
+    pub store_endpoint: Option<String>,
 }
 
 impl ClientConfig {
@@ -50,9 +64,13 @@ impl ClientConfig {
             deadline: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Some(Duration::from_millis(300)),
+            keepalive_timeout: Duration::from_millis(400),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(400),
             epoch: None,
+            address_map: HashMap::new(),
+            store_endpoint: None,
         }
     }
 }
@@ -132,6 +150,11 @@ impl Client {
         &self.inner.endpoints
     }
 
+    /// The configured object-store endpoint override, if any.
+    pub(crate) fn store_endpoint(&self) -> Option<String> {
+        self.inner.config.store_endpoint.clone()
+    }
+
     pub(crate) fn cached_store(&self) -> Option<std::sync::Arc<dyn nokv_blob::BlobStore>> {
         self.inner.store.lock().ok().and_then(|s| s.clone())
     }
@@ -151,10 +174,17 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let config = &self.inner.config;
+        let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| ClientError::InvalidArgument(format!("bad endpoint {addr:?}: {e}")))?
-            .connect_timeout(self.inner.config.connect_timeout)
+            .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(interval) = config.keepalive_interval {
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(config.keepalive_timeout)
+                .keep_alive_while_idle(true);
+        }
         let stub = MetaServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE);
@@ -185,9 +215,9 @@ impl Client {
     }
 
     /// Classifies a failed attempt.
-    fn classify(status: &tonic::Status, target: &str) -> Attempt {
+    fn classify(&self, status: &tonic::Status, target: &str) -> Attempt {
         if let Some(detail) = detail_of(status) {
-            return Self::classify_detail(detail, target);
+            return self.classify_detail(detail, target);
         }
         // No detail: the failure came from the transport, not from NoKV.
         let message = status.message().to_string();
@@ -211,8 +241,17 @@ impl Client {
         }
     }
 
-    fn classify_detail(detail: ErrorDetail, target: &str) -> Attempt {
-        let hint = (!detail.leader_addr.is_empty()).then(|| detail.leader_addr.clone());
+    /// The address this client should use for an advertised one.
+    fn reachable(&self, advertised: &str) -> String {
+        let advertised = normalize(advertised);
+        match self.inner.config.address_map.get(&advertised) {
+            Some(mapped) => normalize(mapped),
+            None => advertised,
+        }
+    }
+
+    fn classify_detail(&self, detail: ErrorDetail, target: &str) -> Attempt {
+        let hint = (!detail.leader_addr.is_empty()).then(|| self.reachable(&detail.leader_addr));
         match detail.code.as_str() {
             "NOT_LEADER" => Attempt::Retry {
                 leader: hint,
@@ -265,7 +304,7 @@ impl Client {
                     }
                     return Ok(value);
                 }
-                Ok(Err(status)) => Self::classify(&status, &target),
+                Ok(Err(status)) => self.classify(&status, &target),
                 Err(_) => Attempt::Retry {
                     leader: None,
                     maybe_applied: true,

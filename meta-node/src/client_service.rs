@@ -39,6 +39,12 @@ pub struct ClientTimeouts {
     pub write: Duration,
     /// How long a linearizable read may wait for read-index confirmation.
     pub read_index: Duration,
+    /// A leader that has not heard from a quorum for longer than this (the
+    /// maximum election timeout: by then the others may have elected a new
+    /// leader) refuses new writes and reads at once with UNAVAILABLE, so
+    /// clients move on instead of waiting on a deposed leader. Refusing is
+    /// always safe: nothing was proposed.
+    pub quorum_lease: Duration,
 }
 
 impl Default for ClientTimeouts {
@@ -46,6 +52,7 @@ impl Default for ClientTimeouts {
         ClientTimeouts {
             write: Duration::from_secs(10),
             read_index: Duration::from_secs(5),
+            quorum_lease: Duration::from_millis(800),
         }
     }
 }
@@ -84,6 +91,36 @@ impl ClientService {
 
     fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// `Ok` if this node leads and a quorum acknowledged it recently:
+    /// NOT_LEADER (with the hint) or UNAVAILABLE (a leader cut off from its
+    /// quorum) otherwise.
+    fn check_leading(&self) -> Result<(), Status> {
+        let (leads, since_quorum_ms) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.current_leader == Some(self.node_id),
+                m.millis_since_quorum_ack,
+            )
+        };
+        if !leads {
+            return Err(not_leader_status(self.leader_hint()));
+        }
+        match since_quorum_ms {
+            Some(ms) if u128::from(ms) > self.timeouts.quorum_lease.as_millis() => {
+                self.metrics.stale_leader_refusals.inc();
+                Err(status_from_detail(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "this leader has not heard from a quorum for {ms} ms and may have been \
+                         replaced; try another replica"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn state_error() -> Status {
@@ -382,9 +419,7 @@ impl ClientService {
             op: mutation.op,
         };
         Holt::validate_command(&command).map_err(|e| fs_error_status(&e))?;
-        if !self.is_leader() {
-            return Err(not_leader_status(self.leader_hint()));
-        }
+        self.check_leading()?;
         self.check_bodies(&command).await?;
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
         match proposed.await {
@@ -467,9 +502,7 @@ impl ClientService {
 
     async fn query_inner(&self, read: Read) -> Result<pb::QueryResponse, Status> {
         if read.consistency == ReadConsistency::Linearizable {
-            if !self.is_leader() {
-                return Err(not_leader_status(self.leader_hint()));
-            }
+            self.check_leading()?;
             let confirmed =
                 tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm());
             match confirmed.await {

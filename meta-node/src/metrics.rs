@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Last log index of the newest snapshot in the object store.
     pub archive_snapshot_index: IntGauge,
     pub archive_errors_total: IntCounter,
+    /// Requests a leader refused because no quorum acknowledged it lately.
+    pub stale_leader_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -76,7 +78,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(archive_archived_index.clone()))?;
         registry.register(Box::new(archive_snapshot_index.clone()))?;
+        let stale_leader_refusals = IntCounter::new(
+            "nokv_meta_stale_leader_refusals_total",
+            "Requests refused by a leader that has not heard from a quorum within the election timeout",
+        )?;
         registry.register(Box::new(archive_errors_total.clone()))?;
+        registry.register(Box::new(stale_leader_refusals.clone()))?;
         registry.register(Box::new(mutations_total.clone()))?;
         registry.register(Box::new(queries_total.clone()))?;
         registry.register(Box::new(mutate_seconds.clone()))?;
@@ -100,6 +107,7 @@ impl Metrics {
             archive_archived_index,
             archive_snapshot_index,
             archive_errors_total,
+            stale_leader_refusals,
         })
     }
 

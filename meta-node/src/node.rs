@@ -71,9 +71,13 @@ impl NodeConfig {
             advertise,
             data_dir,
             shard: ShardId(0),
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(400),
-            election_timeout_max: Duration::from_millis(800),
+            // A follower starts an election after the leader lease
+            // (openraft: `election_timeout_max`) plus a random timeout in
+            // [min, max): 600–800 ms of silence here, which keeps leader
+            // failover under a second (docs/benchmarks.md).
+            heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(200),
+            election_timeout_max: Duration::from_millis(400),
             snapshot_every: 10_000,
             keep_logs_behind_snapshot: 1_000,
             max_batch: 256,
@@ -286,7 +290,10 @@ pub async fn run_node(
         proposer,
         read_index,
         metrics,
-        timeouts: config.timeouts.clone(),
+        timeouts: ClientTimeouts {
+            quorum_lease: config.election_timeout_max,
+            ..config.timeouts.clone()
+        },
         maintenance,
         archive,
     };
