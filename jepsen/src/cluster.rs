@@ -1,0 +1,432 @@
+//! A three-node NoKV cluster in containers, started through testcontainers.
+//!
+//! Networks (all created by the run, all removed after it):
+//!
+//! * one **client network** holds every node and the S3 server. The harness
+//!   reaches each node through a fixed host port mapped onto it, and nodes
+//!   reach the object store there. It is never partitioned: faults cut the
+//!   links *between replicas*, while clients keep reaching every replica.
+//! * one **link network** per pair of nodes (`p12`, `p13`, `p23`). Node `i`
+//!   is attached to its two links under the alias `n{i}`, and peers address
+//!   each other only by those aliases (`--advertise-addr n{i}:7400`), so
+//!   node 1 reaches node 2 only over `p12`. Detaching both ends from `p12`
+//!   cuts exactly that link; any partition of three nodes is a set of cut
+//!   links, including the "bridge" where each side sees a different majority.
+//!
+//! Every container, network and volume carries the run's label and is
+//! removed when the [`DockerCluster`] is dropped, also after a panic or error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nokv_client::{Client, ClientConfig, Member, Role};
+use testcontainers::core::{ContainerPort, Mount};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::time::Instant;
+
+use crate::docker::{Docker, DockerError, RUN_LABEL};
+
+/// Port every node serves gRPC on inside its container.
+const NODE_PORT: u16 = 7400;
+const S3_PORT: u16 = 9000;
+/// Credentials of the run's S3 server.
+pub const S3_ACCESS_KEY: &str = "nokv";
+pub const S3_SECRET_KEY: &str = "nokv-secret";
+
+/// Why a cluster could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("image {0} is not present locally (build it with `bash docker/build.sh`; nothing is pulled)")]
+    MissingImage(String),
+    #[error("testcontainers: {0}")]
+    Container(String),
+    #[error("no free host port: {0}")]
+    Port(#[source] std::io::Error),
+    #[error("nokv client: {0}")]
+    Client(#[from] nokv_client::ClientError),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("no node {0} in this cluster")]
+    NoSuchNode(u64),
+    #[error("harness: {0}")]
+    Harness(String),
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `name:tag` of the NoKV image (its entrypoint is `nokv`).
+    pub nokv_image: String,
+    /// `name:tag` of the S3 server image (s3s-fs, with a `nokv` bucket).
+    pub s3_image: String,
+    /// Number of replicas (3 for every nemesis in this crate).
+    pub nodes: u64,
+    /// `RUST_LOG` of the replicas.
+    pub rust_log: String,
+    /// How long to wait for the cluster to form.
+    pub ready_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nokv_image: "nokv:dev".into(),
+            s3_image: "nokv-s3s-fs:dev".into(),
+            nodes: 3,
+            rust_log: "info".into(),
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One replica's container.
+pub struct NodeHandle {
+    pub id: u64,
+    /// Container name (what `docker kill` etc. take).
+    pub container: String,
+    /// Name the replicas use for it (`n1`), on its link networks.
+    pub alias: String,
+    /// `127.0.0.1:PORT`: how the harness reaches it.
+    pub host_addr: String,
+    _handle: ContainerAsync<GenericImage>,
+}
+
+/// Removes everything labelled with the run when dropped.
+struct Cleanup {
+    run: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for error in Docker::remove_run(Some(&self.run)) {
+            tracing::warn!(run = %self.run, %error, "cleanup");
+        }
+    }
+}
+
+/// A running cluster. Fields drop in order: containers first (through
+/// testcontainers), then the label sweep of networks and volumes.
+pub struct DockerCluster {
+    pub run: String,
+    docker: Docker,
+    nodes: Vec<NodeHandle>,
+    _s3: ContainerAsync<GenericImage>,
+    /// `http://127.0.0.1:PORT` of the S3 server, as the harness reaches it.
+    pub s3_endpoint: String,
+    /// The network of each link `(a, b)`, `a < b`.
+    links: BTreeMap<(u64, u64), String>,
+    _cleanup: Cleanup,
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(ClusterError::Port)?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(ClusterError::Port)
+}
+
+fn split_image(image: &str) -> (String, String) {
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
+        _ => (image.to_string(), "latest".to_string()),
+    }
+}
+
+/// A link's key with the smaller id first.
+pub fn link(a: u64, b: u64) -> (u64, u64) {
+    (a.min(b), a.max(b))
+}
+
+impl DockerCluster {
+    /// Starts the S3 server and the replicas, forms the Raft group and
+    /// waits until every replica agrees on a leader.
+    pub async fn start(run: &str, options: &ClusterOptions) -> Result<DockerCluster, ClusterError> {
+        let docker = Docker::default();
+        for image in [&options.nokv_image, &options.s3_image] {
+            if !docker.image_exists(image).await? {
+                return Err(ClusterError::MissingImage(image.clone()));
+            }
+        }
+        // From here on, whatever was created is removed on every exit path.
+        let cleanup = Cleanup {
+            run: run.to_string(),
+        };
+        let prefix = format!("nokv-j-{run}");
+        let client_net = format!("{prefix}-c");
+        docker.create_network(&client_net, run).await?;
+        let ids: Vec<u64> = (1..=options.nodes).collect();
+        let mut links = BTreeMap::new();
+        for (i, &a) in ids.iter().enumerate() {
+            for &b in &ids[i + 1..] {
+                let name = format!("{prefix}-p{a}{b}");
+                docker.create_network(&name, run).await?;
+                links.insert((a, b), name);
+            }
+        }
+
+        let s3_name = format!("{prefix}-s3");
+        let s3_port = free_port()?;
+        let (name, tag) = split_image(&options.s3_image);
+        let s3 = GenericImage::new(name, tag)
+            .with_cmd([
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "9000",
+                "--access-key",
+                S3_ACCESS_KEY,
+                "--secret-key",
+                S3_SECRET_KEY,
+                "/data",
+            ])
+            .with_container_name(&s3_name)
+            .with_network(&client_net)
+            .with_label(RUN_LABEL, run)
+            .with_mapped_port(s3_port, ContainerPort::Tcp(S3_PORT))
+            .start()
+            .await
+            .map_err(|e| ClusterError::Container(format!("start {s3_name}: {e}")))?;
+
+        let mut nodes = Vec::new();
+        for &id in &ids {
+            let container = format!("{prefix}-n{id}");
+            let alias = format!("n{id}");
+            let volume = format!("{prefix}-n{id}-data");
+            docker.create_volume(&volume, run).await?;
+            let port = free_port()?;
+            let (name, tag) = split_image(&options.nokv_image);
+            let advertise = format!("{alias}:{NODE_PORT}");
+            let handle = GenericImage::new(name, tag)
+                .with_cmd([
+                    "serve",
+                    "--node-id",
+                    &id.to_string(),
+                    "--addr",
+                    "0.0.0.0:7400",
+                    "--advertise-addr",
+                    &advertise,
+                    "--data-dir",
+                    "/data",
+                    "--blob-store",
+                    "s3://nokv/jepsen",
+                ])
+                .with_container_name(&container)
+                .with_network(&client_net)
+                .with_label(RUN_LABEL, run)
+                .with_mount(Mount::volume_mount(&volume, "/data"))
+                .with_mapped_port(port, ContainerPort::Tcp(NODE_PORT))
+                .with_env_var("AWS_ENDPOINT_URL", format!("http://{s3_name}:{S3_PORT}"))
+                .with_env_var("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+                .with_env_var("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+                .with_env_var("AWS_REGION", "us-east-1")
+                .with_env_var("AWS_EC2_METADATA_DISABLED", "true")
+                .with_env_var("RUST_LOG", &options.rust_log)
+                .with_env_var("NO_COLOR", "1")
+                .start()
+                .await
+                .map_err(|e| ClusterError::Container(format!("start {container}: {e}")))?;
+            nodes.push(NodeHandle {
+                id,
+                container,
+                alias,
+                host_addr: format!("127.0.0.1:{port}"),
+                _handle: handle,
+            });
+        }
+        let cluster = DockerCluster {
+            run: run.to_string(),
+            docker,
+            nodes,
+            _s3: s3,
+            s3_endpoint: format!("http://127.0.0.1:{s3_port}"),
+            links,
+            _cleanup: cleanup,
+        };
+        for &(a, b) in cluster.links.keys() {
+            cluster.heal_link(a, b).await?;
+        }
+        cluster.initialize(options.ready_timeout).await?;
+        Ok(cluster)
+    }
+
+    pub fn nodes(&self) -> &[NodeHandle] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: u64) -> Result<&NodeHandle, ClusterError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or(ClusterError::NoSuchNode(id))
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Client settings that reach this cluster from the host: leader hints
+    /// (`n2:7400`) map to host ports, bodies go to the mapped S3 port.
+    pub fn client_config(&self, endpoints: Vec<String>) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoints);
+        config.address_map = self
+            .nodes
+            .iter()
+            .map(|n| (format!("{}:{NODE_PORT}", n.alias), n.host_addr.clone()))
+            .collect();
+        config.store_endpoint = Some(self.s3_endpoint.clone());
+        config
+    }
+
+    /// A client that may use every replica.
+    pub fn client(&self, op_timeout: Duration) -> Result<Client, ClusterError> {
+        let mut config =
+            self.client_config(self.nodes.iter().map(|n| n.host_addr.clone()).collect());
+        config.deadline = op_timeout;
+        config.attempt_timeout = op_timeout.min(Duration::from_secs(2));
+        config.connect_timeout = Duration::from_millis(500);
+        Ok(Client::new(config)?)
+    }
+
+    async fn initialize(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let members: Vec<Member> = self
+            .nodes
+            .iter()
+            .map(|n| Member {
+                id: n.id,
+                addr: format!("{}:{NODE_PORT}", n.alias),
+            })
+            .collect();
+        let client = self.client(Duration::from_secs(2))?;
+        let first = &self.nodes[0].host_addr;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match client.init_cluster(first, members.clone()).await {
+                Ok(()) | Err(nokv_client::ClientError::AlreadyInitialized(_)) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ClusterError::Timeout(format!(
+                        "cluster init did not succeed within {timeout:?}: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .map(|_| ())
+    }
+
+    /// The leader every replica agrees on, if they do right now.
+    pub async fn agreed_leader(&self) -> Option<u64> {
+        let client = self.client(Duration::from_secs(1)).ok()?;
+        let mut agreed = None;
+        for node in &self.nodes {
+            let status = client.status_of(&node.host_addr).await.ok()?;
+            let leader = status.leader_id?;
+            if agreed.is_some_and(|l| l != leader) {
+                return None;
+            }
+            if status.node_id == leader && status.role() != Role::Leader {
+                return None;
+            }
+            agreed = Some(leader);
+        }
+        agreed
+    }
+
+    /// Waits until every replica answers and names the same leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.agreed_leader().await {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout(format!(
+                    "the replicas did not agree on a leader within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader one replica (any that answers) names, without waiting.
+    pub async fn current_leader(&self) -> Option<u64> {
+        let client = self.client(Duration::from_secs(1)).ok()?;
+        for node in &self.nodes {
+            if let Ok(status) = client.status_of(&node.host_addr).await {
+                if status.role() == Role::Leader {
+                    return Some(status.node_id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Cuts the link between `a` and `b` (both directions).
+    pub async fn cut_link(&self, a: u64, b: u64) -> Result<(), ClusterError> {
+        let net = self.link_net(a, b)?;
+        for id in [a, b] {
+            self.docker
+                .disconnect(net, &self.node(id)?.container)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Restores the link between `a` and `b`.
+    pub async fn heal_link(&self, a: u64, b: u64) -> Result<(), ClusterError> {
+        let net = self.link_net(a, b)?;
+        for id in [a, b] {
+            let node = self.node(id)?;
+            match self.docker.connect(net, &node.container, &node.alias).await {
+                Ok(()) => {}
+                // Already attached: nothing to heal on this side.
+                Err(DockerError::Failed { stderr, .. })
+                    if stderr.contains("already exists") || stderr.contains("already attached") => {
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn link_net(&self, a: u64, b: u64) -> Result<&String, ClusterError> {
+        self.links
+            .get(&link(a, b))
+            .ok_or(ClusterError::NoSuchNode(if self.node(a).is_err() {
+                a
+            } else {
+                b
+            }))
+    }
+
+    /// Every link, as `(a, b)` with `a < b`.
+    pub fn links(&self) -> Vec<(u64, u64)> {
+        self.links.keys().copied().collect()
+    }
+
+    pub async fn kill(&self, id: u64) -> Result<(), ClusterError> {
+        Ok(self.docker.kill(&self.node(id)?.container).await?)
+    }
+
+    pub async fn restart(&self, id: u64) -> Result<(), ClusterError> {
+        Ok(self.docker.start(&self.node(id)?.container).await?)
+    }
+
+    pub async fn pause(&self, id: u64) -> Result<(), ClusterError> {
+        Ok(self.docker.pause(&self.node(id)?.container).await?)
+    }
+
+    pub async fn unpause(&self, id: u64) -> Result<(), ClusterError> {
+        Ok(self.docker.unpause(&self.node(id)?.container).await?)
+    }
+
+    /// The tail of a replica's log, for failure reports.
+    pub async fn logs(&self, id: u64, lines: usize) -> Result<String, ClusterError> {
+        Ok(self.docker.logs(&self.node(id)?.container, lines).await?)
+    }
+}

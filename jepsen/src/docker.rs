@@ -1,0 +1,222 @@
+//! The few Docker engine operations testcontainers does not offer: networks
+//! with aliases, connect/disconnect (our partitions), SIGKILL, pause, and
+//! removal of everything a run created.
+//!
+//! Each is one `docker` CLI call, so every fault the nemesis injects is a
+//! command a person can type to reproduce it (the run's `nemesis.jsonl`
+//! logs them). Everything a run creates carries the label
+//! `io.nokv.jepsen=<run id>`, which is how [`Docker::remove_run`] finds it.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Label on every container, network and volume a run creates.
+pub const RUN_LABEL: &str = "io.nokv.jepsen";
+
+/// A failed `docker` call.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot run `docker`: {0} (is Docker installed and on PATH?)")]
+    Spawn(#[source] std::io::Error),
+    #[error("`docker {args}` failed ({status}): {stderr}")]
+    Failed {
+        args: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("`docker {args}` did not finish within {timeout:?}")]
+    TimedOut { args: String, timeout: Duration },
+}
+
+/// Runs `docker` commands with a time limit each.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    timeout: Duration,
+}
+
+impl Default for Docker {
+    fn default() -> Self {
+        Docker {
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Docker {
+    /// Runs `docker ARGS…` and returns its trimmed stdout.
+    pub async fn run(&self, args: &[&str]) -> Result<String, DockerError> {
+        let joined = args.join(" ");
+        let child = Command::new("docker")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = match tokio::time::timeout(self.timeout, child).await {
+            Ok(result) => result.map_err(DockerError::Spawn)?,
+            Err(_) => {
+                return Err(DockerError::TimedOut {
+                    args: joined,
+                    timeout: self.timeout,
+                })
+            }
+        };
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(DockerError::Failed {
+                args: joined,
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// Whether `image` exists locally (nothing is ever pulled).
+    pub async fn image_exists(&self, image: &str) -> Result<bool, DockerError> {
+        match self
+            .run(&["image", "inspect", "--format", "{{.Id}}", image])
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(DockerError::Failed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a labelled bridge network.
+    pub async fn create_network(&self, name: &str, run: &str) -> Result<(), DockerError> {
+        let label = format!("{RUN_LABEL}={run}");
+        self.run(&[
+            "network", "create", "--driver", "bridge", "--label", &label, name,
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// Creates a labelled named volume.
+    pub async fn create_volume(&self, name: &str, run: &str) -> Result<(), DockerError> {
+        let label = format!("{RUN_LABEL}={run}");
+        self.run(&["volume", "create", "--label", &label, name])
+            .await
+            .map(|_| ())
+    }
+
+    /// Attaches `container` to `network`, reachable there as `alias`.
+    pub async fn connect(
+        &self,
+        network: &str,
+        container: &str,
+        alias: &str,
+    ) -> Result<(), DockerError> {
+        self.run(&["network", "connect", "--alias", alias, network, container])
+            .await
+            .map(|_| ())
+    }
+
+    /// Detaches `container` from `network`: every packet between it and the
+    /// network's other members is dropped from now on.
+    pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), DockerError> {
+        self.run(&["network", "disconnect", "--force", network, container])
+            .await
+            .map(|_| ())
+    }
+
+    /// `kill -9` of the container's process (the container stays, stopped).
+    pub async fn kill(&self, container: &str) -> Result<(), DockerError> {
+        self.run(&["kill", "--signal", "KILL", container])
+            .await
+            .map(|_| ())
+    }
+
+    /// Starts a stopped container again (same volumes, networks, ports).
+    pub async fn start(&self, container: &str) -> Result<(), DockerError> {
+        self.run(&["start", container]).await.map(|_| ())
+    }
+
+    /// Freezes every process of the container (cgroup freezer).
+    pub async fn pause(&self, container: &str) -> Result<(), DockerError> {
+        self.run(&["pause", container]).await.map(|_| ())
+    }
+
+    pub async fn unpause(&self, container: &str) -> Result<(), DockerError> {
+        self.run(&["unpause", container]).await.map(|_| ())
+    }
+
+    /// The last `lines` lines of a container's log (stdout and stderr).
+    pub async fn logs(&self, container: &str, lines: usize) -> Result<String, DockerError> {
+        let output = Command::new("docker")
+            .args(["logs", "--tail", &lines.to_string(), container])
+            .stdin(Stdio::null())
+            .output();
+        match tokio::time::timeout(self.timeout, output).await {
+            Ok(Ok(out)) => Ok(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Ok(Err(e)) => Err(DockerError::Spawn(e)),
+            Err(_) => Err(DockerError::TimedOut {
+                args: format!("logs {container}"),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Removes every container, network and volume labelled with `run`
+    /// (`None`: of every run). Best effort and blocking (it also runs from
+    /// `Drop`, where no async runtime may be left): returns what it could
+    /// not remove.
+    pub fn remove_run(run: Option<&str>) -> Vec<String> {
+        let filter = match run {
+            Some(run) => format!("label={RUN_LABEL}={run}"),
+            None => format!("label={RUN_LABEL}"),
+        };
+        // Containers first: a network or volume in use cannot be removed.
+        let listings: [(&[&str], &[&str]); 3] = [
+            (&["ps", "-aq", "--filter"], &["rm", "-f", "-v"]),
+            (&["network", "ls", "-q", "--filter"], &["network", "rm"]),
+            (&["volume", "ls", "-q", "--filter"], &["volume", "rm", "-f"]),
+        ];
+        let mut errors = Vec::new();
+        for (list, remove) in listings {
+            let out = match std::process::Command::new("docker")
+                .args(list)
+                .arg(&filter)
+                .stdin(Stdio::null())
+                .output()
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    errors.push(format!("docker {}: {e}", list.join(" ")));
+                    continue;
+                }
+            };
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let ids: Vec<&str> = text.split_whitespace().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            match std::process::Command::new("docker")
+                .args(remove)
+                .args(&ids)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .output()
+            {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => errors.push(format!(
+                    "docker {} {}: {}",
+                    remove.join(" "),
+                    ids.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => errors.push(format!("docker {}: {e}", remove.join(" "))),
+            }
+        }
+        errors
+    }
+}

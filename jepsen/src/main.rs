@@ -1,0 +1,298 @@
+//! `nokv-jepsen`: run partition tests against NoKV clusters in Docker.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nokv_checker::{check_keyed, History, Register, SearchBudget};
+use nokv_jepsen::cluster::{ClusterOptions, S3_ACCESS_KEY, S3_SECRET_KEY};
+use nokv_jepsen::docker::Docker;
+use nokv_jepsen::nemesis::{NemesisSpec, Schedule};
+use nokv_jepsen::run::{run, Report, RunConfig, Workloads};
+use nokv_jepsen::workload::register::RegisterConfig;
+
+/// Jepsen-style partition tests for NoKV.
+///
+/// `run` starts a three-node NoKV cluster and an S3 server in containers
+/// (images built by `bash docker/build.sh`; nothing is pulled), runs
+/// concurrent clients while a nemesis cuts network links, kills and pauses
+/// nodes, then heals and checks what the clients saw: registers must be
+/// linearizable, every acknowledged set add must survive, renames must keep
+/// the namespace a tree. Everything it creates in Docker is removed
+/// afterwards, also when it fails or is interrupted.
+///
+/// Exit status: 0 every check passed, 1 an anomaly was found (or the
+/// checker could not decide), 2 the run could not be carried out.
+#[derive(Parser)]
+#[command(name = "nokv-jepsen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one test: cluster up, workloads under faults, heal, check.
+    ///
+    /// Example: nokv-jepsen run --time-limit 20m --nemesis all --workload all --seed 7
+    Run(RunArgs),
+    /// Re-check a recorded register history (`register.jsonl` of a run).
+    Check {
+        /// The history file.
+        history: PathBuf,
+    },
+    /// Remove containers, networks and volumes left by any run (e.g. after
+    /// `kill -9` of the harness itself).
+    Clean,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// How long the workloads run (the nemesis heals before the checks).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    time_limit: Duration,
+    /// Faults to inject: none, all, partition, kill, pause, isolate-leader,
+    /// isolate-node, bridge (comma-separated).
+    #[arg(long, default_value = "all")]
+    nemesis: NemesisSpec,
+    /// Workloads to run concurrently: register, set, namespace, all.
+    #[arg(long, default_value = "all")]
+    workload: Workloads,
+    /// Seed of every random choice (faults, keys, operations).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the histories and summary go (default: target/jepsen/<run>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Per-operation time limit; past it the outcome is unknown.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    op_timeout: Duration,
+    /// Mean healthy period between faults.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    healthy: Duration,
+    /// Mean duration of a fault.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    fault_period: Duration,
+    /// Register client processes.
+    #[arg(long, default_value_t = 6)]
+    register_processes: usize,
+    /// Set client processes.
+    #[arg(long, default_value_t = 2)]
+    set_processes: usize,
+    /// Namespace client processes.
+    #[arg(long, default_value_t = 3)]
+    namespace_processes: usize,
+    /// UNSAFE, to prove the checker catches it: register reads are stale
+    /// reads (no read-index) from each process's home replica.
+    #[arg(long)]
+    unsafe_stale_reads: bool,
+    /// NoKV image.
+    #[arg(long, env = "NOKV_IMAGE", default_value = "nokv:dev")]
+    nokv_image: String,
+    /// S3 server image (s3s-fs command line, bucket `nokv`).
+    #[arg(long, env = "NOKV_S3_IMAGE", default_value = "nokv-s3s-fs:dev")]
+    s3_image: String,
+    /// RUST_LOG of the replicas.
+    #[arg(long, default_value = "info")]
+    node_log: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_report(report: &Report, out: &std::path::Path) {
+    println!(
+        "run {} (seed {}), {:.0} s, nemesis {:?}",
+        report.run, report.seed, report.elapsed_s, report.nemesis
+    );
+    println!("faults: {:?}", report.faults);
+    for (workload, c) in &report.counts {
+        println!(
+            "{workload:>10}: {} ok, {} fail, {} unknown",
+            c.ok, c.fail, c.unknown
+        );
+    }
+    if let Some(r) = &report.register {
+        println!(
+            "  register: {:?} over {} keys, {} anomalies, {} undecided",
+            r.verdict,
+            r.keys_checked,
+            r.anomalies.len(),
+            r.undecided.len()
+        );
+        for a in r.anomalies.iter().take(5) {
+            println!(
+                "    anomaly on {}: state {} after {} ops, then {:?} could not return",
+                a.key.as_deref().unwrap_or("?"),
+                a.state_after_prefix,
+                a.linearized_prefix.len(),
+                a.blocked_by.as_ref().map(|op| (&op.input, &op.outcome))
+            );
+        }
+    }
+    if let Some(s) = &report.set {
+        println!(
+            "       set: {} (acknowledged {}, final {}, lost {}, unexpected {}, failed-but-present {})",
+            if s.valid { "valid" } else { "INVALID" },
+            s.acknowledged,
+            s.final_size,
+            s.lost.len(),
+            s.unexpected.len(),
+            s.failed_but_present.len()
+        );
+    }
+    if let Some(t) = &report.namespace {
+        println!(
+            " namespace: {} ({} items, lost {:?}, duplicated {:?}, unexpected {:?}, cycle {})",
+            if t.valid { "a tree" } else { "BROKEN" },
+            t.expected,
+            t.lost,
+            t.duplicated,
+            t.unexpected,
+            t.cycle
+        );
+    }
+    let fmt = |f: &nokv_jepsen::run::Failover| match (f.p50_ms, f.max_ms) {
+        (Some(p50), Some(max)) => format!(
+            "p50 {p50:.0} ms, max {max:.0} ms over {} faults",
+            f.samples_ms.len()
+        ),
+        _ => "no sample".into(),
+    };
+    println!(
+        "failover (leader killed → first acked write): {}",
+        fmt(&report.failover_kill)
+    );
+    println!(
+        "failover (leader lost by any fault):          {}",
+        fmt(&report.failover_any)
+    );
+    println!(
+        "{} — details in {}",
+        if report.valid { "VALID" } else { "INVALID" },
+        out.display()
+    );
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("target/jepsen").join(nokv_jepsen::run::run_id(args.seed))
+    });
+    let config = RunConfig {
+        time_limit: args.time_limit,
+        schedule: Schedule {
+            faults: args.nemesis.clone(),
+            healthy: args.healthy,
+            fault: args.fault_period,
+        },
+        workloads: args.workload.clone(),
+        seed: args.seed,
+        out_dir: out.clone(),
+        op_timeout: args.op_timeout,
+        register: RegisterConfig {
+            processes: args.register_processes,
+            stale_reads: args.unsafe_stale_reads,
+            ..RegisterConfig::default()
+        },
+        set_processes: args.set_processes,
+        namespace_processes: args.namespace_processes,
+        cluster: ClusterOptions {
+            nokv_image: args.nokv_image.clone(),
+            s3_image: args.s3_image.clone(),
+            rust_log: args.node_log.clone(),
+            ..ClusterOptions::default()
+        },
+        recovery_timeout: Duration::from_secs(60),
+        check_budget: SearchBudget::default(),
+    };
+    // The run owns the containers; it runs as a task so that Ctrl-C can
+    // drop it (and with it every container, network and volume).
+    let run_id = nokv_jepsen::run::run_id(args.seed);
+    let mut task = tokio::spawn(async move { run(&config).await });
+    tokio::select! {
+        joined = &mut task => {
+            let report = joined.context("the run panicked")??;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report, &out);
+            }
+            Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: removing the run's containers");
+            task.abort();
+            let _ = task.await;
+            for e in Docker::remove_run(Some(&run_id)) {
+                eprintln!("nokv-jepsen: {e}");
+            }
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+fn check_command(history: PathBuf) -> anyhow::Result<ExitCode> {
+    let file =
+        std::fs::File::open(&history).with_context(|| format!("open {}", history.display()))?;
+    let h: History<_, _> = History::from_jsonl_events(std::io::BufReader::new(file))?;
+    let summary = check_keyed(&Register, &h, &SearchBudget::default());
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(if summary.verdict == nokv_checker::Verdict::Linearizable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Block transfers use the run's S3 server with its credentials. Set
+    // before any thread exists; an explicit environment wins.
+    for (key, value) in [
+        ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ] {
+        if std::env::var_os(key).is_none() {
+            std::env::set_var(key, value);
+        }
+    }
+    let result = match cli.command {
+        Command::Check { history } => check_command(history),
+        Command::Clean => {
+            let errors = Docker::remove_run(None);
+            for e in &errors {
+                eprintln!("nokv-jepsen: {e}");
+            }
+            Ok(if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Run(args) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(run_command(args)),
+            Err(e) => Err(e.into()),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nokv-jepsen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Linearizable registers: small files read, written and compare-and-set.
+//!
+//! Each register is one file, `/jepsen/register/k{N}`; its value is the
+//! file's body. Every value written is unique (`p{process}-{seq}`), which
+//! is what makes CAS through a generation predicate exact:
+//!
+//! * read: one linearizable `ReadBody` gives the generation and block plan
+//!   together, then the bytes come from the object store (digest checked).
+//!   A missing file reads as absent (`None`).
+//! * write: publish in upsert mode (stage, upload, commit).
+//! * cas(from, to): read (value `v`, generation `g`) as above; if `v != from`
+//!   the CAS fails there. Otherwise publish `to` with the predicate
+//!   "current generation is `g`" (create-only when `from` is absent). A
+//!   stale generation means another value was committed since the read, and
+//!   since values never repeat, the register no longer holds `from`: the
+//!   CAS fails at its commit point.
+//!
+//! Processes spread over a few keys at a time and move to fresh keys every
+//! `ops_per_key` operations, so each key's history stays small enough for
+//! the linearizability search.
+//!
+//! Unsafe mode (`stale_reads`): reads go to the process's home replica with
+//! stale consistency (no read-index). Under a partition that replica serves
+//! old values, and the checker must report it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nokv_checker::{Keyed, Operation, Outcome, RegisterInput, RegisterOutput, Value};
+use nokv_client::{Client, ClientError, Consistency, PublishMode, PutOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{finish, write_failure, Ctx};
+use crate::cluster::{ClusterError, DockerCluster};
+
+/// Directory holding the registers.
+pub const DIR: &str = "/jepsen/register";
+
+pub type RegisterOp = Operation<Keyed<RegisterInput>, RegisterOutput>;
+
+/// Register workload settings.
+#[derive(Clone, Debug)]
+pub struct RegisterConfig {
+    pub processes: usize,
+    /// Keys in use at once.
+    pub keys: u64,
+    /// Operations (all processes) per key before moving to fresh keys.
+    pub ops_per_key: u64,
+    /// Unsafe: reads are stale reads from the process's home replica.
+    pub stale_reads: bool,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            processes: 6,
+            keys: 3,
+            ops_per_key: 150,
+            stale_reads: false,
+        }
+    }
+}
+
+struct Process {
+    id: u64,
+    client: Client,
+    /// Where reads go: `client`, or in unsafe mode a stale-read client
+    /// bound to one replica.
+    reader: Client,
+    consistency: Consistency,
+    seq: u64,
+    /// The last value this process saw per key (the `from` of its CASes).
+    last_seen: HashMap<String, Value>,
+    opts: PutOptions,
+}
+
+/// Creates the workload's directory.
+pub async fn setup(client: &Client) -> Result<(), ClientError> {
+    client.mkdir(DIR, true).await.map(|_| ())
+}
+
+/// Runs `config.processes` processes (ids from `first_process`) until
+/// `ctx.stop`; returns every operation.
+pub async fn run(
+    cluster: &DockerCluster,
+    ctx: &Ctx,
+    config: &RegisterConfig,
+    first_process: u64,
+) -> Result<Vec<RegisterOp>, ClusterError> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let nodes = cluster.nodes();
+    let mut tasks = Vec::new();
+    for i in 0..config.processes {
+        let id = first_process + i as u64;
+        let client = cluster.client(ctx.op_timeout)?;
+        let (reader, consistency) = if config.stale_reads {
+            let home = &nodes[i % nodes.len()];
+            let mut c = cluster.client_config(vec![home.host_addr.clone()]);
+            c.deadline = ctx.op_timeout;
+            (Client::new(c)?, Consistency::Stale)
+        } else {
+            (client.clone(), Consistency::Linearizable)
+        };
+        let process = Process {
+            id,
+            client,
+            reader,
+            consistency,
+            seq: 0,
+            last_seen: HashMap::new(),
+            opts: PutOptions {
+                producer: "nokv-jepsen".into(),
+                ..PutOptions::default()
+            },
+        };
+        let ctx = ctx.clone();
+        let config = config.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            process_loop(process, ctx, config, counter).await
+        }));
+    }
+    let mut ops = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(mut o) => ops.append(&mut o),
+            Err(e) => return Err(ClusterError::Harness(format!("register process died: {e}"))),
+        }
+    }
+    Ok(ops)
+}
+
+async fn process_loop(
+    mut p: Process,
+    ctx: Ctx,
+    config: RegisterConfig,
+    counter: Arc<AtomicU64>,
+) -> Vec<RegisterOp> {
+    let mut rng = StdRng::seed_from_u64(ctx.seed ^ (p.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let mut ops = Vec::new();
+    while !ctx.stopped() {
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let window = n / (config.ops_per_key * config.keys).max(1);
+        let key = format!(
+            "k{}",
+            window * config.keys + rng.random_range(0..config.keys)
+        );
+        let roll: f64 = rng.random();
+        let op = if roll < 0.5 {
+            read(&mut p, &ctx, &key).await
+        } else if roll < 0.75 {
+            p.seq += 1;
+            let value = format!("p{}-{}", p.id, p.seq);
+            write(&mut p, &ctx, &key, value).await
+        } else {
+            p.seq += 1;
+            let to = format!("p{}-{}", p.id, p.seq);
+            let from = p.last_seen.get(&key).cloned().unwrap_or(None);
+            cas(&mut p, &ctx, &key, from, to).await
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+fn path_of(key: &str) -> String {
+    format!("{DIR}/{key}")
+}
+
+/// The register's value and generation (0 when absent), read through `client`.
+async fn current(
+    client: &Client,
+    key: &str,
+    consistency: Consistency,
+) -> Result<(Value, u64), ClientError> {
+    match client.read_body(&path_of(key), consistency).await {
+        Ok((attr, Some(body))) => {
+            let bytes = client.read_range(&body, None).await?;
+            let value = String::from_utf8(bytes.to_vec())
+                .map_err(|_| ClientError::Integrity("register body is not UTF-8".into()))?;
+            Ok((Some(value), attr.generation.0))
+        }
+        // A file without a body is never published by this workload.
+        Ok((attr, None)) => Err(ClientError::Integrity(format!(
+            "register {key} exists without a body (generation {})",
+            attr.generation.0
+        ))),
+        Err(e) if e.is_not_found() => Ok((None, 0)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn read(p: &mut Process, ctx: &Ctx, key: &str) -> RegisterOp {
+    let call = ctx.clock.now_ns();
+    let input = Keyed {
+        key: key.to_string(),
+        input: RegisterInput::Read,
+    };
+    let outcome = match current(&p.reader, key, p.consistency).await {
+        Ok((value, _)) => {
+            p.last_seen.insert(key.to_string(), value.clone());
+            Outcome::Ok(RegisterOutput::Value(value))
+        }
+        Err(_) => Outcome::Fail,
+    };
+    finish(ctx, p.id, call, input, outcome)
+}
+
+/// Publishes `value` at `key` under `mode`: the outcome of the commit.
+async fn publish(
+    p: &Process,
+    key: &str,
+    value: &str,
+    mode: PublishMode,
+) -> Result<(), ClientError> {
+    let opts = PutOptions {
+        mode,
+        ..p.opts.clone()
+    };
+    p.client
+        .put_bytes(&path_of(key), value.as_bytes(), &opts)
+        .await
+        .map(|_| ())
+}
+
+async fn write(p: &mut Process, ctx: &Ctx, key: &str, value: String) -> RegisterOp {
+    let call = ctx.clock.now_ns();
+    let result = publish(p, key, &value, PublishMode::Upsert).await;
+    let input = Keyed {
+        key: key.to_string(),
+        input: RegisterInput::Write(Some(value)),
+    };
+    let outcome = match result {
+        Ok(()) => Outcome::Ok(RegisterOutput::Ok),
+        Err(e) => publish_failure(&e),
+    };
+    finish(ctx, p.id, call, input, outcome)
+}
+
+async fn cas(p: &mut Process, ctx: &Ctx, key: &str, from: Value, to: String) -> RegisterOp {
+    let call = ctx.clock.now_ns();
+    let input = Keyed {
+        key: key.to_string(),
+        input: RegisterInput::Cas {
+            from: from.clone(),
+            to: Some(to.clone()),
+        },
+    };
+    let outcome = match current(&p.client, key, Consistency::Linearizable).await {
+        Err(_) => Outcome::Fail,
+        Ok((value, _)) if value != from => {
+            p.last_seen.insert(key.to_string(), value);
+            Outcome::Ok(RegisterOutput::CasFailed)
+        }
+        Ok((_, generation)) => {
+            let mode = match from {
+                None => PublishMode::CreateOnly,
+                Some(_) => PublishMode::Replace {
+                    expected: nokv_client::Generation(generation),
+                },
+            };
+            match publish(p, key, &to, mode).await {
+                Ok(()) => Outcome::Ok(RegisterOutput::Ok),
+                Err(e) if e.is_exists() || e.code() == "STALE_GENERATION" => {
+                    Outcome::Ok(RegisterOutput::CasFailed)
+                }
+                Err(e) => publish_failure(&e),
+            }
+        }
+    };
+    finish(ctx, p.id, call, input, outcome)
+}
+
+/// The outcome of a publish that failed with `e`. A publish is three steps
+/// (stage, upload, commit) and only the commit makes anything visible: an
+/// object-store error can only come from the upload, before the commit, so
+/// it is a definite failure; everything else is classified like any write.
+fn publish_failure<O>(e: &ClientError) -> Outcome<O> {
+    match e {
+        ClientError::Store(_) => Outcome::Fail,
+        other => write_failure(other),
+    }
+}
