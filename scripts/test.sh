@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole NoKV test suite: format check, clippy, and every test
-# (unit, property, storage conformance, multi-process clusters).
+# (unit, property, storage conformance, multi-process clusters, and the
+# Jepsen smoke runs against three-node clusters in Docker containers).
 #
-# On a fresh Debian/Ubuntu machine with Rust (rustup) it first installs what
-# it needs: the rustfmt and clippy components and s3s-fs (a real S3 server,
-# from crates.io). protoc comes from a vendored crate; every test runs on
-# loopback.
+# On a fresh Debian/Ubuntu machine with Rust (rustup) and a Docker engine it
+# first installs what it needs: the rustfmt and clippy components, s3s-fs (a
+# real S3 server, from crates.io), and the Docker images nokv:dev and
+# nokv-s3s-fs:dev, built locally from this checkout (no registry access).
+# protoc comes from a vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +27,13 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "docker images for the Jepsen smoke runs (from the debug build)"
+command -v docker >/dev/null 2>&1 || { echo "test.sh: Docker is required (the Jepsen smoke runs start containers)" >&2; exit 1; }
+cargo build -p nokv-cli --bin nokv
+NOKV_BIN=target/debug/nokv bash docker/build.sh
+
 step "cargo test"
 cargo test --workspace -- --test-threads "${NOKV_TEST_THREADS:-2}"
+
+step "docker compose smoke (up, use, restart, data survives, down)"
+NOKV_SMOKE_SKIP_BUILD=1 bash docker/smoke.sh

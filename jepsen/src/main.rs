@@ -102,20 +102,48 @@ struct RunArgs {
     json: bool,
 }
 
-fn print_report(report: &Report, out: &std::path::Path) {
-    println!(
+/// The human-readable summary of a run.
+/// Appends one formatted line to a `String`.
+macro_rules! outln {
+    ($text:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($text, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn render_report(report: &Report, out: &std::path::Path) -> String {
+    let mut text = String::new();
+    outln!(
+        text,
         "run {} (seed {}), {:.0} s, nemesis {:?}",
-        report.run, report.seed, report.elapsed_s, report.nemesis
+        report.run,
+        report.seed,
+        report.elapsed_s,
+        report.nemesis
     );
-    println!("faults: {:?}", report.faults);
+    outln!(text, "faults: {:?}", report.faults);
     for (workload, c) in &report.counts {
-        println!(
+        outln!(
+            text,
             "{workload:>10}: {} ok, {} fail, {} unknown",
-            c.ok, c.fail, c.unknown
+            c.ok,
+            c.fail,
+            c.unknown
         );
     }
     if let Some(r) = &report.register {
-        println!(
+        outln!(
+            text,
             "  register: {:?} over {} keys, {} anomalies, {} undecided",
             r.verdict,
             r.keys_checked,
@@ -123,7 +151,8 @@ fn print_report(report: &Report, out: &std::path::Path) {
             r.undecided.len()
         );
         for a in r.anomalies.iter().take(5) {
-            println!(
+            outln!(
+                text,
                 "    anomaly on {}: state {} after {} ops, then {:?} could not return",
                 a.key.as_deref().unwrap_or("?"),
                 a.state_after_prefix,
@@ -133,7 +162,8 @@ fn print_report(report: &Report, out: &std::path::Path) {
         }
     }
     if let Some(s) = &report.set {
-        println!(
+        outln!(
+            text,
             "       set: {} (acknowledged {}, final {}, lost {}, unexpected {}, failed-but-present {})",
             if s.valid { "valid" } else { "INVALID" },
             s.acknowledged,
@@ -144,7 +174,8 @@ fn print_report(report: &Report, out: &std::path::Path) {
         );
     }
     if let Some(t) = &report.namespace {
-        println!(
+        outln!(
+            text,
             " namespace: {} ({} items, lost {:?}, duplicated {:?}, unexpected {:?}, cycle {})",
             if t.valid { "a tree" } else { "BROKEN" },
             t.expected,
@@ -161,19 +192,23 @@ fn print_report(report: &Report, out: &std::path::Path) {
         ),
         _ => "no sample".into(),
     };
-    println!(
-        "failover (leader killed → first acked write): {}",
+    outln!(
+        text,
+        "failover, writes stalled by a leader kill:    {}",
         fmt(&report.failover_kill)
     );
-    println!(
-        "failover (leader lost by any fault):          {}",
+    outln!(
+        text,
+        "failover, writes stalled by any leader loss: {}",
         fmt(&report.failover_any)
     );
-    println!(
+    outln!(
+        text,
         "{} — details in {}",
         if report.valid { "VALID" } else { "INVALID" },
         out.display()
     );
+    text
 }
 
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -215,9 +250,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         joined = &mut task => {
             let report = joined.context("the run panicked")??;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
             } else {
-                print_report(&report, &out);
+                emit(&render_report(&report, &out))?;
             }
             Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
@@ -238,7 +273,7 @@ fn check_command(history: PathBuf) -> anyhow::Result<ExitCode> {
         std::fs::File::open(&history).with_context(|| format!("open {}", history.display()))?;
     let h: History<_, _> = History::from_jsonl_events(std::io::BufReader::new(file))?;
     let summary = check_keyed(&Register, &h, &SearchBudget::default());
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
     Ok(if summary.verdict == nokv_checker::Verdict::Linearizable {
         ExitCode::SUCCESS
     } else {

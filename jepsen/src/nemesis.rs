@@ -12,13 +12,15 @@
 //! |                    | random node, resumed at heal                              |
 //!
 //! `--nemesis partition` enables the three partitions, `kill` and `pause`
-//! their fault, `all` everything. Each cycle waits a healthy period, picks
-//! one enabled fault at random (seeded), holds it, then heals everything.
+//! their fault, `all` everything. Each cycle waits a healthy period, takes
+//! the next fault of a round (every enabled fault once per round, in a
+//! seeded random order), holds it, then heals it.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -167,11 +169,17 @@ pub async fn run(
     if schedule.faults.0.is_empty() {
         return log;
     }
+    let mut round: Vec<FaultKind> = Vec::new();
     loop {
         if wait_or_stop(around(&mut rng, schedule.healthy), &mut stop).await {
             break;
         }
-        let kind = schedule.faults.0[rng.random_range(0..schedule.faults.0.len())];
+        // Every enabled fault once per round, in a random order.
+        if round.is_empty() {
+            round = schedule.faults.0.clone();
+            round.shuffle(&mut rng);
+        }
+        let Some(kind) = round.pop() else { break };
         let leader = cluster.current_leader().await;
         let fault = choose(cluster, kind, leader, &mut rng);
         let (time_ns, wall) = (clock.now_ns(), wall_now());

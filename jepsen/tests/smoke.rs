@@ -1,0 +1,173 @@
+//! Smoke runs of the partition tests, part of the test command: a real
+//! three-node cluster in containers under every nemesis must pass every
+//! check, and the deliberately unsafe mode must be caught.
+//!
+//! Needs Docker and the images `nokv:dev` and `nokv-s3s-fs:dev`
+//! (`bash docker/build.sh`; `scripts/test.sh` builds them).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+/// One cluster at a time: two would share two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn harness(out: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nokv-jepsen"))
+        .arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--json")
+        .output()
+        .expect("run nokv-jepsen")
+}
+
+/// The run's report, or a failure showing what the harness said.
+fn report(out: &Path, output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match serde_json::from_str(&stdout) {
+        Ok(v) => v,
+        Err(e) => {
+            let logs: String = ["node-1.log", "node-2.log", "node-3.log"]
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(out.join(f)).ok())
+                .map(|l| l.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
+                .collect::<Vec<_>>()
+                .join("\n---\n");
+            panic!(
+                "no report ({e}); exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\nnode logs (reversed tails):\n{logs}",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        }
+    }
+}
+
+fn no_leftovers() {
+    for what in [
+        &["ps", "-aq", "--filter", "label=io.nokv.jepsen"][..],
+        &["network", "ls", "-q", "--filter", "label=io.nokv.jepsen"][..],
+        &["volume", "ls", "-q", "--filter", "label=io.nokv.jepsen"][..],
+    ] {
+        let out = Command::new("docker").args(what).output().expect("docker");
+        let left = String::from_utf8_lossy(&out.stdout);
+        assert!(left.trim().is_empty(), "docker {what:?} left: {left}");
+    }
+}
+
+#[test]
+fn every_nemesis_on_every_workload_passes_the_checkers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = harness(
+        dir.path(),
+        &[
+            "--time-limit",
+            "75s",
+            "--nemesis",
+            "all",
+            "--workload",
+            "all",
+            "--healthy",
+            "3s",
+            "--fault-period",
+            "4s",
+            "--seed",
+            "11",
+        ],
+    );
+    let r = report(dir.path(), &output);
+    // Summary first, so a failure shows what happened.
+    let summary = serde_json::to_string_pretty(&serde_json::json!({
+        "valid": r["valid"], "counts": r["counts"], "faults": r["faults"],
+        "set": r["set"], "namespace": r["namespace"],
+        "register_verdict": r["register"]["verdict"],
+        "register_anomalies": r["register"]["anomalies"].as_array().map(|a| a.len()),
+        "nemesis_errors": r["nemesis_errors"],
+    }))
+    .unwrap_or_default();
+    assert_eq!(r["valid"], Value::Bool(true), "{summary}");
+    assert_eq!(output.status.code(), Some(0), "{summary}");
+    // Every fault kind was injected at least once, without errors.
+    for kind in ["isolate-leader", "isolate-node", "bridge", "kill", "pause"] {
+        assert!(
+            r["faults"][kind].as_u64().unwrap_or(0) >= 1,
+            "no {kind}: {summary}"
+        );
+    }
+    assert_eq!(
+        r["nemesis_errors"].as_array().map(Vec::len),
+        Some(0),
+        "{summary}"
+    );
+    // Each workload made progress, and the checkers saw real data.
+    for workload in ["register", "set", "namespace"] {
+        assert!(
+            r["counts"][workload]["ok"].as_u64().unwrap_or(0) > 100,
+            "{summary}"
+        );
+    }
+    assert_eq!(r["register"]["verdict"], "linearizable", "{summary}");
+    assert!(
+        r["set"]["acknowledged"].as_u64().unwrap_or(0) > 100,
+        "{summary}"
+    );
+    assert_eq!(
+        r["namespace"]["found"], r["namespace"]["expected"],
+        "{summary}"
+    );
+    // The run wrote its histories.
+    for file in [
+        "register.jsonl",
+        "set.jsonl",
+        "namespace.jsonl",
+        "nemesis.jsonl",
+        "summary.json",
+    ] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    no_leftovers();
+}
+
+#[test]
+fn unsafe_stale_reads_are_caught_by_the_checker() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = harness(
+        dir.path(),
+        &[
+            "--time-limit",
+            "25s",
+            "--nemesis",
+            "isolate-node",
+            "--workload",
+            "register",
+            "--healthy",
+            "3s",
+            "--fault-period",
+            "6s",
+            "--seed",
+            "12",
+            "--unsafe-stale-reads",
+        ],
+    );
+    let r = report(dir.path(), &output);
+    assert_eq!(r["unsafe_stale_reads"], Value::Bool(true));
+    assert_eq!(
+        r["valid"],
+        Value::Bool(false),
+        "stale reads were not caught"
+    );
+    assert_eq!(r["register"]["verdict"], "not_linearizable");
+    let anomalies = r["register"]["anomalies"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(anomalies >= 1);
+    // Exit status 1: an anomaly, not a harness failure.
+    assert_eq!(output.status.code(), Some(1));
+    no_leftovers();
+}
