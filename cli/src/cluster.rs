@@ -157,8 +157,9 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
         let r = client.status_of(&addr).await;
         if let Ok(s) = &r {
             for m in s.voters.iter().chain(s.learners.iter()) {
-                if !rows.contains_key(&m.addr) {
-                    queue.push(m.addr.clone());
+                let reachable = client.reachable(&m.addr);
+                if !rows.contains_key(&reachable) {
+                    queue.push(reachable);
                 }
             }
         }

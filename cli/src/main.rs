@@ -36,8 +36,9 @@ Quick start:
   nokv ls /runs/1
   nokv status
 
-Environment: NOKV_ENDPOINTS (replica addresses), RUST_LOG (log filter,
-e.g. RUST_LOG=debug), NOKV_LOG_FORMAT=json (structured logs).";
+Environment: NOKV_ENDPOINTS (replica addresses), NOKV_ADDRESS_MAP (advertised
+address rewrites), RUST_LOG (log filter, e.g. RUST_LOG=debug),
+NOKV_LOG_FORMAT=json (structured logs).";
 
 #[derive(Parser, Debug)]
 #[command(name = "nokv", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -66,6 +67,24 @@ pub struct GlobalArgs {
     /// Log format: text or json (level from RUST_LOG).
     #[arg(long, global = true, env = "NOKV_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Rewrite replica addresses the cluster advertises (in leader hints) to
+    /// ones this machine can reach, comma separated ADVERTISED=REACHABLE,
+    /// e.g. n1:7400=127.0.0.1:7401 for a Docker Compose cluster used from
+    /// the host.
+    #[arg(long, global = true, env = "NOKV_ADDRESS_MAP", value_delimiter = ',', value_parser = parse_mapping)]
+    pub address_map: Vec<(String, String)>,
+}
+
+/// `ADVERTISED=REACHABLE`.
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((from, to)) if !from.trim().is_empty() && !to.trim().is_empty() => {
+            Ok((from.trim().to_string(), to.trim().to_string()))
+        }
+        _ => Err(format!(
+            "expected ADVERTISED=REACHABLE (e.g. n1:7400=127.0.0.1:7401), got {s:?}"
+        )),
+    }
 }
 
 impl GlobalArgs {
@@ -77,6 +96,7 @@ impl GlobalArgs {
         let mut config = ClientConfig::new(self.endpoints.clone());
         config.deadline = self.timeout;
         config.attempt_timeout = self.timeout.min(Duration::from_secs(5));
+        config.address_map = self.address_map.iter().cloned().collect();
         Ok(Client::new(config)?)
     }
 

@@ -58,6 +58,7 @@ async fn help_names_the_commands_and_global_flags() {
         "--stale",
         "--timeout",
         "NOKV_ENDPOINTS",
+        "--address-map",
     ] {
         assert!(
             text.contains(needle),
@@ -131,4 +132,20 @@ async fn a_silent_endpoint_fails_within_the_timeout() {
     let addr = silent.local_addr().expect("its address").to_string();
     must_give_up_within_the_timeout("a silent endpoint", &addr).await;
     drop(silent);
+}
+
+#[tokio::test]
+async fn a_malformed_address_map_is_refused_with_the_expected_form() {
+    let out = run_nokv(&[
+        "--endpoints",
+        "127.0.0.1:1",
+        "--address-map",
+        "n1:7400",
+        "ls",
+        "/",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains("ADVERTISED=REACHABLE"), "{text}");
 }

@@ -241,8 +241,9 @@ impl Client {
         }
     }
 
-    /// The address this client should use for an advertised one.
-    fn reachable(&self, advertised: &str) -> String {
+    /// The address this client uses for a replica address the cluster
+    /// advertises (after [`ClientConfig::address_map`]).
+    pub fn reachable(&self, advertised: &str) -> String {
         let advertised = normalize(advertised);
         match self.inner.config.address_map.get(&advertised) {
             Some(mapped) => normalize(mapped),
@@ -707,4 +708,21 @@ impl Client {
 fn jitter(d: Duration) -> Duration {
     let factor = 0.5 + rand::random::<f64>();
     d.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_addresses_are_rewritten_by_the_address_map() {
+        let mut config = ClientConfig::new(vec!["127.0.0.1:7401".into()]);
+        config.address_map =
+            HashMap::from([("n2:7400".to_string(), "http://127.0.0.1:7402/".to_string())]);
+        let client = Client::new(config).expect("client");
+        assert_eq!(client.reachable("n2:7400"), "127.0.0.1:7402");
+        assert_eq!(client.reachable("http://n2:7400"), "127.0.0.1:7402");
+        // Unmapped addresses pass through, normalized.
+        assert_eq!(client.reachable("http://n3:7400/"), "n3:7400");
+    }
 }
