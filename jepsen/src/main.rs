@@ -37,7 +37,7 @@ enum Command {
     /// Run one test: cluster up, workloads under faults, heal, check.
     ///
     /// Example: nokv-jepsen run --time-limit 20m --nemesis all --workload all --seed 7
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Re-check a recorded register history (`register.jsonl` of a run).
     Check {
         /// The history file.
@@ -94,6 +94,12 @@ struct RunArgs {
     /// S3 server image (s3s-fs command line, bucket `nokv`).
     #[arg(long, env = "NOKV_S3_IMAGE", default_value = "nokv-s3s-fs:dev")]
     s3_image: String,
+    /// Linearizability search budget per register key: steps.
+    #[arg(long, default_value_t = 50_000_000)]
+    check_steps: u64,
+    /// Linearizability search budget per register key: time.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    check_time: Duration,
     /// RUST_LOG of the replicas.
     #[arg(long, default_value = "info")]
     node_log: String,
@@ -240,7 +246,10 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             ..ClusterOptions::default()
         },
         recovery_timeout: Duration::from_secs(60),
-        check_budget: SearchBudget::default(),
+        check_budget: SearchBudget {
+            max_steps: Some(args.check_steps),
+            max_duration: Some(args.check_time),
+        },
     };
     // The run owns the containers; it runs as a task so that Ctrl-C can
     // drop it (and with it every container, network and volume).
@@ -319,7 +328,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run_command(args)),
+            Ok(rt) => rt.block_on(run_command(*args)),
             Err(e) => Err(e.into()),
         },
     };

@@ -57,7 +57,7 @@ impl Default for RegisterConfig {
         RegisterConfig {
             processes: 6,
             keys: 3,
-            ops_per_key: 150,
+            ops_per_key: 100,
             stale_reads: false,
         }
     }
@@ -208,33 +208,67 @@ async fn read(p: &mut Process, ctx: &Ctx, key: &str) -> RegisterOp {
     finish(ctx, p.id, call, input, outcome)
 }
 
-/// Publishes `value` at `key` under `mode`: the outcome of the commit.
-async fn publish(
-    p: &Process,
-    key: &str,
-    value: &str,
-    mode: PublishMode,
-) -> Result<(), ClientError> {
+/// How a publish ended.
+enum Published {
+    /// Committed: the new value is visible.
+    Committed,
+    /// The predicate did not hold (name exists, generation moved on), at
+    /// stage or at commit; nothing changed.
+    PredicateFailed,
+    /// Definitely not visible, or maybe visible (commit outcome unknown).
+    Failed(Outcome<RegisterOutput>),
+}
+
+/// Publishes `value` at `key` under `mode`, step by step: only the commit
+/// can make anything visible, so a failure to stage or upload is a definite
+/// failure and only the commit's outcome can be unknown.
+async fn publish(p: &Process, key: &str, value: &str, mode: PublishMode) -> Published {
     let opts = PutOptions {
         mode,
         ..p.opts.clone()
     };
-    p.client
-        .put_bytes(&path_of(key), value.as_bytes(), &opts)
+    let predicate_failed = |e: &ClientError| e.is_exists() || e.code() == "STALE_GENERATION";
+    let staged = match p.client.stage(&path_of(key), &opts).await {
+        Ok(staged) => staged,
+        Err(e) if predicate_failed(&e) => return Published::PredicateFailed,
+        Err(_) => return Published::Failed(Outcome::Fail),
+    };
+    let spec = match p
+        .client
+        .upload_blocks(&staged, value.as_bytes(), &opts, &|_| {})
         .await
-        .map(|_| ())
+    {
+        Ok(spec) => spec,
+        Err(_) => {
+            // Best effort; the lease reclaims it otherwise.
+            let _ = p.client.abort(staged.id).await;
+            return Published::Failed(Outcome::Fail);
+        }
+    };
+    match p.client.commit(staged.id, spec).await {
+        Ok(_) => Published::Committed,
+        Err(e) if predicate_failed(&e) => Published::PredicateFailed,
+        Err(e) => {
+            let outcome = write_failure(&e);
+            if matches!(outcome, Outcome::Fail) {
+                let _ = p.client.abort(staged.id).await;
+            }
+            Published::Failed(outcome)
+        }
+    }
 }
 
 async fn write(p: &mut Process, ctx: &Ctx, key: &str, value: String) -> RegisterOp {
     let call = ctx.clock.now_ns();
-    let result = publish(p, key, &value, PublishMode::Upsert).await;
+    let outcome = match publish(p, key, &value, PublishMode::Upsert).await {
+        Published::Committed => Outcome::Ok(RegisterOutput::Ok),
+        // Upsert has no predicate; a refusal is a definite failure.
+        Published::PredicateFailed => Outcome::Fail,
+        Published::Failed(outcome) => outcome,
+    };
     let input = Keyed {
         key: key.to_string(),
         input: RegisterInput::Write(Some(value)),
-    };
-    let outcome = match result {
-        Ok(()) => Outcome::Ok(RegisterOutput::Ok),
-        Err(e) => publish_failure(&e),
     };
     finish(ctx, p.id, call, input, outcome)
 }
@@ -262,24 +296,11 @@ async fn cas(p: &mut Process, ctx: &Ctx, key: &str, from: Value, to: String) -> 
                 },
             };
             match publish(p, key, &to, mode).await {
-                Ok(()) => Outcome::Ok(RegisterOutput::Ok),
-                Err(e) if e.is_exists() || e.code() == "STALE_GENERATION" => {
-                    Outcome::Ok(RegisterOutput::CasFailed)
-                }
-                Err(e) => publish_failure(&e),
+                Published::Committed => Outcome::Ok(RegisterOutput::Ok),
+                Published::PredicateFailed => Outcome::Ok(RegisterOutput::CasFailed),
+                Published::Failed(outcome) => outcome,
             }
         }
     };
     finish(ctx, p.id, call, input, outcome)
-}
-
-/// The outcome of a publish that failed with `e`. A publish is three steps
-/// (stage, upload, commit) and only the commit makes anything visible: an
-/// object-store error can only come from the upload, before the commit, so
-/// it is a definite failure; everything else is classified like any write.
-fn publish_failure<O>(e: &ClientError) -> Outcome<O> {
-    match e {
-        ClientError::Store(_) => Outcome::Fail,
-        other => write_failure(other),
-    }
 }
