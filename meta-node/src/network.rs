@@ -103,16 +103,60 @@ impl PeerClient {
     }
 }
 
+/// Largest AppendEntries payload sent in one RPC; the rest follows in the
+/// next one (openraft's `PartialSuccess`).
+///
+/// openraft 0.9 gives every AppendEntries one heartbeat interval (50 ms by
+/// default) to complete. A follower catching up after a partition or a
+/// restart is sent up to `max_payload_entries` group-committed entries at
+/// once, megabytes that cannot be written, fsynced and acknowledged in
+/// 50 ms: the RPC timed out, was retried whole, timed out again, and the
+/// follower never caught up. With a failed peer that left the cluster
+/// without a quorum for 15-60 s (found by the Jepsen long run).
+pub const MAX_APPEND_BYTES: u64 = 256 * 1024;
+
+/// How many of `entries` to send: the longest prefix within `budget` bytes,
+/// and at least one entry (a single entry larger than the budget goes
+/// alone).
+fn entries_within<T: Serialize>(entries: &[T], budget: u64) -> usize {
+    let mut used = 0u64;
+    for (i, entry) in entries.iter().enumerate() {
+        // An entry that cannot be sized is sent alone, where encoding will
+        // report the problem.
+        used = used.saturating_add(raft_wire::encoded_len(entry).unwrap_or(u64::MAX));
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(&rpc, &option, |mut c, r| async move {
-            c.append_entries(r).await
+        let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        let truncated_to = if keep < rpc.entries.len() {
+            rpc.entries.truncate(keep);
+            rpc.entries.last().map(|e| e.log_id)
+        } else {
+            None
+        };
+        let response = self
+            .rpc(&rpc, &option, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
+        // The follower took everything we sent: tell openraft how far that
+        // is, and it sends the rest next.
+        Ok(match (response, truncated_to) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
         })
-        .await
     }
 
     async fn install_snapshot(
@@ -142,5 +186,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // A dead peer is retried every 200 ms: short enough that a restarted
         // node rejoins quickly, long enough not to spin.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_within;
+
+    #[test]
+    fn append_payloads_are_cut_to_the_byte_budget_but_never_empty() {
+        // Each Vec<u8> of n bytes encodes to n + 8 bytes (length prefix).
+        let entries: Vec<Vec<u8>> = vec![vec![0; 92]; 10]; // 100 bytes each
+        assert_eq!(entries_within(&entries, 1_000), 10);
+        assert_eq!(entries_within(&entries, 999), 9);
+        assert_eq!(entries_within(&entries, 250), 2);
+        // One entry larger than the budget still goes, alone.
+        assert_eq!(entries_within(&entries, 10), 1);
+        let none: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(entries_within(&none, 10), 0);
     }
 }

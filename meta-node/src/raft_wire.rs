@@ -23,6 +23,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RaftWireError> {
     Ok(out)
 }
 
+/// Bytes `value` takes in the wire format (without the version byte).
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<u64, RaftWireError> {
+    Ok(bincode::serialized_size(value)?)
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RaftWireError> {
     let (version, body) = bytes.split_first().ok_or(RaftWireError::Empty)?;
     if *version != RAFT_WIRE_VERSION {
