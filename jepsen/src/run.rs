@@ -237,25 +237,30 @@ fn write_acks(
 /// For each fault accepted by `took_leader`: how long writes stopped.
 ///
 /// `docker kill` takes 0.4–1.5 s to return and the leader dies somewhere in
-/// that window, so the command's timestamps cannot say when the leader was
-/// lost. The acknowledgements can: under continuous load they stop when the
-/// leader dies and resume when a new one serves. The sample is the gap
-/// between the first acknowledgement after the fault was in place
-/// (`done_ns`) and the acknowledgement before it (not earlier than the
-/// fault's start). Its error is the normal spacing of acknowledgements
-/// (milliseconds at the default concurrency).
+/// that window (a new one may even be serving before the command returns),
+/// so the command's timestamps cannot say when the leader was lost. The
+/// acknowledgements can: under continuous load they stop when the leader
+/// dies and resume when a new one serves. The sample is the longest gap
+/// between consecutive acknowledgements from the fault's start to the first
+/// acknowledgement after it was in place (`done_ns`). Its error is the
+/// normal spacing of acknowledgements (milliseconds at the default
+/// concurrency).
 fn failover(log: &[NemesisEvent], acks: &[u64], took_leader: impl Fn(&Fault) -> bool) -> Failover {
     let samples = log
         .iter()
         .filter(|e| e.phase == "start")
         .filter(|e| e.fault.as_ref().is_some_and(&took_leader))
         .filter_map(|e| {
+            let first = acks.partition_point(|&t| t <= e.time_ns);
             let resumed = acks.partition_point(|&t| t <= e.done_ns);
-            let resume = *acks.get(resumed)?;
-            let last_before = resumed
-                .checked_sub(1)
-                .map_or(e.time_ns, |i| acks[i].max(e.time_ns));
-            Some((resume - last_before) as f64 / 1e6)
+            let window = acks.get(first..=resumed)?;
+            let mut previous = e.time_ns;
+            let mut longest = 0;
+            for &t in window {
+                longest = longest.max(t - previous);
+                previous = t;
+            }
+            Some(longest as f64 / 1e6)
         })
         .collect();
     Failover::from_samples(samples)
@@ -442,4 +447,42 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
     drop(admin);
     drop(cluster);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kill_at(time_ns: u64, done_ns: u64) -> NemesisEvent {
+        NemesisEvent {
+            time_ns,
+            done_ns,
+            wall: String::new(),
+            phase: "start".into(),
+            fault: Some(Fault::Kill {
+                node: 1,
+                was_leader: true,
+            }),
+            leader_before: Some(1),
+            message: None,
+        }
+    }
+
+    #[test]
+    fn failover_is_the_longest_ack_gap_around_the_fault() {
+        let ms = 1_000_000;
+        // Acks every 10 ms, stalled from 1,010 ms to 1,700 ms; the kill
+        // command ran from 1,000 ms to 2,000 ms (new leader before it returned).
+        let mut acks: Vec<u64> = (0..=101).map(|i| i * 10 * ms).collect();
+        acks.extend((170..=300).map(|i| i * 10 * ms));
+        let f = failover(&[kill_at(1_000 * ms, 2_000 * ms)], &acks, leader_lost);
+        assert_eq!(f.samples_ms, vec![690.0]);
+        // Stall still going when the command returned.
+        let late: Vec<u64> = (0..=100).map(|i| i * 10 * ms).chain([2_500 * ms]).collect();
+        let f = failover(&[kill_at(1_000 * ms, 1_200 * ms)], &late, leader_lost);
+        assert_eq!(f.samples_ms, vec![1_500.0]);
+        // No ack after the fault: no sample.
+        let f = failover(&[kill_at(5_000 * ms, 5_100 * ms)], &late, leader_lost);
+        assert!(f.samples_ms.is_empty());
+    }
 }
