@@ -373,7 +373,7 @@ mod tests {
         let file: ServeFile =
             toml::from_str(include_str!("../nokv.example.toml")).expect("example config parses");
         assert_eq!(file.node_id, Some(1));
-        assert_eq!(file.heartbeat, Some(Duration::from_millis(100)));
+        assert_eq!(file.heartbeat, Some(Duration::from_millis(50)));
         assert_eq!(file.archive_interval, Some(Duration::from_secs(2)));
         assert_eq!(file.segment_entries, Some(1000));
         let dir = tempfile::tempdir().expect("tempdir");
