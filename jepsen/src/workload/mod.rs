@@ -86,6 +86,26 @@ pub fn finish<I, O>(
     }
 }
 
+/// Waits for every process task of a workload and concatenates their
+/// operations; a process that panicked fails the run.
+pub async fn join_processes<Op>(
+    workload: &str,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
+) -> Result<Vec<Op>, crate::cluster::ClusterError> {
+    let mut ops = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(mut o) => ops.append(&mut o),
+            Err(e) => {
+                return Err(crate::cluster::ClusterError::Harness(format!(
+                    "{workload} process died: {e}"
+                )))
+            }
+        }
+    }
+    Ok(ops)
+}
+
 /// Retries `attempt` (a read after the run, when the cluster has healed)
 /// until it succeeds or `timeout` passes.
 pub async fn until_ok<T, F, Fut>(timeout: Duration, mut attempt: F) -> Result<T, ClientError>

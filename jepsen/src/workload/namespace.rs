@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{finish, until_ok, write_failure, Ctx};
+use super::{finish, join_processes, until_ok, write_failure, Ctx};
 use crate::cluster::{ClusterError, DockerCluster};
 
 /// Root of the workload's subtree.
@@ -159,18 +159,7 @@ pub async fn run(
             ops
         }));
     }
-    let mut ops = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(mut o) => ops.append(&mut o),
-            Err(e) => {
-                return Err(ClusterError::Harness(format!(
-                    "namespace process died: {e}"
-                )))
-            }
-        }
-    }
-    Ok(ops)
+    join_processes("namespace", tasks).await
 }
 
 /// Walks the healed cluster's subtree and checks it is still a tree.

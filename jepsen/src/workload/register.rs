@@ -32,7 +32,7 @@ use nokv_client::{Client, ClientError, Consistency, PublishMode, PutOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{finish, write_failure, Ctx};
+use super::{finish, join_processes, write_failure, Ctx};
 use crate::cluster::{ClusterError, DockerCluster};
 
 /// Directory holding the registers.
@@ -122,14 +122,7 @@ pub async fn run(
             process_loop(process, ctx, config, counter).await
         }));
     }
-    let mut ops = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(mut o) => ops.append(&mut o),
-            Err(e) => return Err(ClusterError::Harness(format!("register process died: {e}"))),
-        }
-    }
-    Ok(ops)
+    join_processes("register", tasks).await
 }
 
 async fn process_loop(

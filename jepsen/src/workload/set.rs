@@ -10,7 +10,7 @@ use std::time::Duration;
 use nokv_checker::{check_set, History, Operation, Outcome, SetSummary};
 use nokv_client::{Client, ClientError, Consistency};
 
-use super::{finish, until_ok, write_failure, Ctx};
+use super::{finish, join_processes, until_ok, write_failure, Ctx};
 use crate::cluster::{ClusterError, DockerCluster};
 
 /// Directory holding the set's elements.
@@ -50,14 +50,7 @@ pub async fn run(
             ops
         }));
     }
-    let mut ops = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(mut o) => ops.append(&mut o),
-            Err(e) => return Err(ClusterError::Harness(format!("set process died: {e}"))),
-        }
-    }
-    Ok(ops)
+    join_processes("set", tasks).await
 }
 
 /// Reads the set once the cluster has healed and checks it.
