@@ -4,6 +4,9 @@
 # (release build); raw PUTs and NoKV publishes of the same bytes side by
 # side, then small-file publishes with 32 clients.
 # Usage: bash scripts/bench-publish.sh
+# S3_DATA=DIR keeps the S3 server's objects in DIR (default: beside the
+# replicas' data, on the same disk); S3_DATA=/dev/shm/... models an object
+# store on its own storage, as in any real deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash blob/install-s3s-fs.sh >/dev/null
@@ -16,12 +19,14 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$DATA"
+  if [ -n "${S3_DATA:-}" ]; then rm -rf "$S3_DATA"; fi
 }
 trap cleanup EXIT
 
 S3_PORT=19000
-mkdir -p "$DATA/s3/bench"   # s3s-fs maps buckets to directories
-"$S3S" --host 127.0.0.1 --port "$S3_PORT" --access-key AK --secret-key SK "$DATA/s3" \
+S3_DIR="${S3_DATA:-$DATA/s3}"
+mkdir -p "$S3_DIR/bench"   # s3s-fs maps buckets to directories
+"$S3S" --host 127.0.0.1 --port "$S3_PORT" --access-key AK --secret-key SK "$S3_DIR" \
   >"$DATA/s3.log" 2>&1 &
 PIDS+=("$!")
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=AK \
@@ -39,7 +44,7 @@ done
 export NOKV_ENDPOINTS="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
 "$NOKV" cluster init --members "$MEMBERS" --wait 30s
 
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r); S3 data in $S3_DIR ($(df --output=source "$S3_DIR" | tail -1))"
 "$NOKV" bench publish --size 1MiB --concurrency 4 --count 200
-"$NOKV" bench publish --size 64MiB --concurrency 1 --count 10
+"$NOKV" bench publish --size 64MiB --concurrency 1 --count 20
 "$NOKV" bench publish --size 4KiB --concurrency 32 --count 2000 --no-raw

@@ -1140,6 +1140,32 @@ async fn publish_errors_change_nothing(kind: StoreKind) {
         "has 10 bytes in the store, the commit says 11",
         "commit declaring the wrong block size",
     );
+    // The same refusals when the bad block is one of several.
+    let second = format!("{}00000001", staged.key_prefix());
+    must_fail_with(
+        c.commit(
+            staged.id,
+            spec(vec![block(&key, 10), block(&second, 10)], sha256_hex(ten)),
+        )
+        .await,
+        "EINVAL",
+        &format!("block {second} was never uploaded"),
+        "commit of two blocks, the second never uploaded",
+    );
+    bc.cluster.must(
+        blobs.put_new(&second, Bytes::from_static(ten)).await,
+        "upload a second block",
+    );
+    must_fail_with(
+        c.commit(
+            staged.id,
+            spec(vec![block(&key, 10), block(&second, 11)], sha256_hex(ten)),
+        )
+        .await,
+        "EINVAL",
+        "has 10 bytes in the store, the commit says 11",
+        "commit of two blocks declaring the wrong size of one",
+    );
     let foreign = bc.must_body("/e/f").await.blocks[0].clone();
     must_fail_with(
         c.commit(staged.id, spec(vec![foreign], sha256_hex(ten)))

@@ -2,7 +2,9 @@
 //!
 //! One lazily connected channel per peer. Connection failures are reported
 //! as `Unreachable` so openraft backs off; a remote Raft error travels back
-//! inside the response and is returned as such.
+//! inside the response and is returned as such. A channel whose requests
+//! keep timing out is replaced by a fresh connection (see
+//! [`RECONNECT_AFTER_TIMEOUTS`]).
 
 use std::time::Duration;
 
@@ -36,33 +38,80 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     }
 }
 
+/// After this many RPCs in a row to one peer timed out, its connection is
+/// dropped and the next RPC opens a new one.
+///
+/// openraft 0.9 gives an AppendEntries one heartbeat interval (50 ms). To a
+/// frozen peer (paused, or its host stalled) every heartbeat opens an
+/// HTTP/2 stream that the deadline then resets; when the peer wakes up, its
+/// server finds hundreds of reset streams queued, and the connection stayed
+/// unusable for seconds while the peer was needed for a quorum (Jepsen
+/// ledger entry 4). A fresh TCP connection carries none of that backlog.
+pub const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
+
+/// HTTP/2 keepalive on peer connections: a connection whose peer does not
+/// answer a ping within the timeout is closed, so a half-open connection is
+/// noticed in about a second even when no RPC is timing out.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The connection to one peer.
 pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    /// RPCs in a row that got no answer: timed out, or still running when
+    /// openraft dropped them at its own deadline (so this is counted when
+    /// an RPC starts and cleared when one is answered).
+    unanswered: u32,
+    /// Connections replaced so far (for logs and tests).
+    reconnects: u64,
+}
+
+fn connect_lazy(addr: &str) -> Option<RaftServiceClient<Channel>> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .ok()
+        .map(|e| {
+            e.connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect_lazy()
+        })
+        .map(|ch| {
+            RaftServiceClient::new(ch)
+                .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
+        })
 }
 
 impl PeerClient {
     fn new(target: NodeId, addr: &str) -> PeerClient {
-        let client = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()
-            .map(|e| {
-                e.connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy()
-            })
-            .map(|ch| {
-                RaftServiceClient::new(ch)
-                    .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
-                    .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
-            });
         PeerClient {
             target,
             addr: addr.to_string(),
-            client,
+            client: connect_lazy(addr),
+            unanswered: 0,
+            reconnects: 0,
         }
+    }
+
+    /// Called as an RPC starts: replaces the connection when the last
+    /// [`RECONNECT_AFTER_TIMEOUTS`] RPCs all went unanswered.
+    fn starting_rpc(&mut self) {
+        if self.unanswered >= RECONNECT_AFTER_TIMEOUTS {
+            self.unanswered = 0;
+            self.reconnects += 1;
+            tracing::info!(
+                target_node = self.target,
+                addr = %self.addr,
+                reconnects = self.reconnects,
+                "{RECONNECT_AFTER_TIMEOUTS} Raft RPCs in a row went unanswered: replacing the connection"
+            );
+            self.client = connect_lazy(&self.addr);
+        }
+        self.unanswered += 1;
     }
 
     /// Sends `req` through `call` and decodes `Result<Resp, RaftError<E>>`.
@@ -79,6 +128,7 @@ impl PeerClient {
         F: FnOnce(RaftServiceClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
+        self.starting_rpc();
         let Some(client) = self.client.clone() else {
             let err = std::io::Error::other(format!("bad peer address {:?}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
@@ -86,7 +136,18 @@ impl PeerClient {
         let data = raft_wire::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftMessage { data });
         request.set_timeout(option.hard_ttl());
-        let response = call(client, request).await.map_err(|status| {
+        let response = call(client, request).await;
+        let answered = !matches!(
+            &response,
+            Err(status) if matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            )
+        );
+        if answered {
+            self.unanswered = 0;
+        }
+        let response = response.map_err(|status| {
             if matches!(
                 status.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
@@ -191,7 +252,65 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
 #[cfg(test)]
 mod tests {
-    use super::entries_within;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use openraft::network::{RPCOption, RaftNetwork};
+    use openraft::raft::VoteRequest;
+    use openraft::Vote;
+
+    use super::{entries_within, PeerClient, RECONNECT_AFTER_TIMEOUTS};
+
+    /// A peer that accepts TCP connections and never says a word (a frozen
+    /// process: the kernel completes the handshake, nobody reads).
+    async fn frozen_peer() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn wait_for_accepts(accepted: &AtomicUsize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while accepted.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} connections, saw {}",
+                accepted.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_gets_a_fresh_connection() {
+        let (addr, accepted) = frozen_peer().await;
+        let mut peer = PeerClient::new(2, &addr);
+        let option = RPCOption::new(Duration::from_millis(50));
+        let vote = || VoteRequest::new(Vote::new(1, 1), None);
+        for i in 0..RECONNECT_AFTER_TIMEOUTS {
+            let result = peer.vote(vote(), option.clone()).await;
+            assert!(result.is_err(), "RPC {i} to a silent peer succeeded");
+        }
+        wait_for_accepts(&accepted, 1).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
+        assert_eq!(peer.reconnects, 0);
+        // The next RPC starts on a new connection.
+        assert!(peer.vote(vote(), option.clone()).await.is_err());
+        assert_eq!(peer.reconnects, 1);
+        wait_for_accepts(&accepted, 2).await;
+    }
 
     #[test]
     fn append_payloads_are_cut_to_the_byte_budget_but_never_empty() {
