@@ -1047,6 +1047,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
                 "unknown consistency",
                 pb::QueryRequest {
                     consistency: 42,
+                    snapshot: 0,
                     query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
                         inode: inode_path("/"),
                     })),
@@ -1057,14 +1058,27 @@ async fn bad_input_changes_nothing_and_never_panics() {
                 "missing query",
                 pb::QueryRequest {
                     consistency: pb::Consistency::Stale as i32,
+                    snapshot: 0,
                     query: None,
                 },
                 "INVALID_ARGUMENT",
             ),
             (
+                "a snapshot that does not exist",
+                pb::QueryRequest {
+                    consistency: pb::Consistency::Stale as i32,
+                    snapshot: 999,
+                    query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
+                        inode: inode_path("/"),
+                    })),
+                },
+                "ENOENT",
+            ),
+            (
                 "relative path in a query",
                 pb::QueryRequest {
                     consistency: pb::Consistency::Stale as i32,
+                    snapshot: 0,
                     query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
                         inode: inode_path("keep"),
                     })),
@@ -1310,6 +1324,7 @@ async fn stale_and_linearizable_reads() {
     let mut stub = MetaServiceClient::new(channel_to(&cluster, follower).await);
     let get_attr = |consistency: pb::Consistency| pb::QueryRequest {
         consistency: consistency as i32,
+        snapshot: 0,
         query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
             inode: inode_path(&last_path),
         })),

@@ -471,7 +471,7 @@ impl Client {
     fn attr_of(applied: Applied) -> Result<Attr, ClientError> {
         match applied {
             Applied::Attr(a) => Ok(a),
-            Applied::Done | Applied::Staged(_) | Applied::Attrs(_) => {
+            Applied::Done | Applied::Staged(_) | Applied::Attrs(_) | Applied::Snapshot(_) => {
                 Err(ClientError::Protocol("expected attributes in reply".into()))
             }
         }

@@ -180,6 +180,10 @@ pub struct GcTask {
     /// queued after the archive's recovery point, so a cluster restored
     /// from the archive never names a block that GC already deleted.
     pub enqueued_index: LogIndex,
+    /// The file and generation whose body these blocks were, for a retired
+    /// body (`None` for an abandoned upload). While a snapshot pin still
+    /// shows that body, the task is held back.
+    pub body_of: Option<(InodeId, Generation)>,
 }
 
 /// Checks a lease duration: more than 0 and at most [`MAX_UPLOAD_LEASE_NS`].

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::body::{BodySpec, PublishMode, UploadId};
+use crate::snapshot::SnapshotId;
 use crate::types::{Epoch, InodeId, RequestId};
 
 /// Where a namespace entry lives: an absolute path, or a name in a directory.
@@ -161,6 +162,26 @@ pub enum Op {
     /// The GC worker deleted these tasks' objects; unknown seqs are ignored.
     GcDone {
         seqs: Vec<u64>,
+    },
+    /// Pin the subtree at `path` as it is after this command, for
+    /// `lease_ns`. `Applied::Snapshot` with the new pin.
+    CreateSnapshot {
+        path: String,
+        lease_ns: u64,
+    },
+    /// Extend a live pin's lease to `lease_ns` from now. `Applied::Snapshot`.
+    RenewSnapshot {
+        id: SnapshotId,
+        lease_ns: u64,
+    },
+    /// Release a pin now.
+    RemoveSnapshot {
+        id: SnapshotId,
+    },
+    /// Release every pin whose lease ended at or before `now_ns` (the
+    /// leader's lease worker proposes this).
+    ExpireSnapshots {
+        now_ns: u64,
     },
 }
 

@@ -20,7 +20,9 @@
 //! - `invariants`: the structural checks run on a decoded image.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Deref, DerefMut};
 
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::body::{validate_body_spec, validate_lease, Body, GcTask, UploadId, MAX_PUBLISH_BATCH};
@@ -29,6 +31,7 @@ use crate::error::FsError;
 use crate::path::{
     split_path, validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
 };
+use crate::snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo};
 use crate::types::{Attr, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId};
 
 mod invariants;
@@ -38,10 +41,12 @@ mod publish;
 mod publish_tests;
 mod read;
 mod resolve;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use publish::Staged;
+pub(crate) use snapshots::Pin;
 
 /// Static configuration of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +78,8 @@ pub enum Applied {
     Staged(crate::body::StagedUpload),
     /// `CommitPublishBatch`: the attributes of every published file, in order.
     Attrs(Vec<Attr>),
+    /// `CreateSnapshot`, `RenewSnapshot`: the pin as it now is.
+    Snapshot(SnapshotInfo),
 }
 
 /// The replicated result of one command.
@@ -92,6 +99,8 @@ pub struct Stats {
     pub staged: u64,
     /// Deletions waiting for the GC worker.
     pub gc_tasks: u64,
+    /// Live snapshot pins.
+    pub snapshots: u64,
 }
 
 /// One inode and everything attached to it.
@@ -110,18 +119,36 @@ pub(crate) struct InodeRecord {
     pub(crate) body: Option<Body>,
 }
 
+/// The namespace proper: every inode and every directory entry of a shard.
+///
+/// Both maps are persistent B-trees (`imbl::OrdMap`): a clone shares all
+/// structure with the original and costs O(1), and later writes to either
+/// copy only the paths they change. That is what makes a snapshot pin
+/// cheap: it keeps a clone of the namespace as it was. Resolution and the
+/// read-only queries are methods of this type, so the same code answers
+/// for the current state and for a pinned one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub(crate) shard: ShardId,
+    pub(crate) inodes: OrdMap<InodeId, InodeRecord>,
+    /// `(directory, name) -> child`. Keyed by directory first so a listing is
+    /// a range scan.
+    pub(crate) dentries: OrdMap<(InodeId, String), InodeId>,
+}
+
 /// The metadata engine of one shard. See the module docs.
 ///
 /// Equality compares the complete state, including the dedupe table and
 /// `last_applied`, which is what replica-convergence tests need.
+///
+/// A `Holt` is its current [`Namespace`] plus the replicated bookkeeping
+/// around it (counters, dedupe table, uploads, GC queue); it dereferences to
+/// the namespace, so `self.inodes` and `self.record(..)` read the current
+/// state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holt {
-    pub(crate) shard: ShardId,
+    pub(crate) ns: Namespace,
     pub(crate) dedupe_capacity: usize,
-    pub(crate) inodes: BTreeMap<InodeId, InodeRecord>,
-    /// `(directory, name) -> child`. Keyed by directory first so a listing is
-    /// a range scan.
-    pub(crate) dentries: BTreeMap<(InodeId, String), InodeId>,
     /// Shard-local number of the next inode; `InodeId::MAX_LOCAL + 1` when exhausted.
     pub(crate) next_local: u64,
     pub(crate) epoch: Epoch,
@@ -141,6 +168,10 @@ pub struct Holt {
     pub(crate) gc: BTreeMap<u64, GcTask>,
     /// Queue position of the next GC task (starts at 1).
     pub(crate) next_gc_seq: u64,
+    /// Live snapshot pins, by id.
+    pub(crate) snapshots: BTreeMap<SnapshotId, Pin>,
+    /// Id of the next snapshot (starts at 1).
+    pub(crate) next_snapshot: u64,
 }
 
 /// When a mutation happens: its log index (the new `version` of every inode
@@ -149,6 +180,20 @@ pub struct Holt {
 pub(crate) struct Stamp {
     pub(crate) index: LogIndex,
     pub(crate) time_ns: u64,
+}
+
+impl Deref for Holt {
+    type Target = Namespace;
+
+    fn deref(&self) -> &Namespace {
+        &self.ns
+    }
+}
+
+impl DerefMut for Holt {
+    fn deref_mut(&mut self) -> &mut Namespace {
+        &mut self.ns
+    }
 }
 
 impl Holt {
@@ -175,10 +220,12 @@ impl Holt {
             body: None,
         };
         Holt {
-            shard: config.shard,
+            ns: Namespace {
+                shard: config.shard,
+                inodes: OrdMap::unit(root, root_record),
+                dentries: OrdMap::new(),
+            },
             dedupe_capacity: config.dedupe_capacity,
-            inodes: BTreeMap::from([(root, root_record)]),
-            dentries: BTreeMap::new(),
             next_local: InodeId::ROOT_LOCAL + 1,
             epoch: Epoch(1),
             last_applied: LogIndex(0),
@@ -189,6 +236,8 @@ impl Holt {
             next_generation: 1,
             gc: BTreeMap::new(),
             next_gc_seq: 1,
+            snapshots: BTreeMap::new(),
+            next_snapshot: 1,
         }
     }
 
@@ -230,6 +279,7 @@ impl Holt {
             last_applied: self.last_applied,
             staged: self.staged.len() as u64,
             gc_tasks: self.gc.len() as u64,
+            snapshots: self.snapshots.len() as u64,
         }
     }
 
@@ -309,7 +359,16 @@ impl Holt {
             Op::CommitPublish { body, .. } => validate_body_spec(body),
             Op::CommitPublishBatch { commits } => validate_batch(commits),
             Op::RenewUpload { lease_ns, .. } => validate_lease(*lease_ns),
-            Op::AbortPublish { .. } | Op::ExpireUploads { .. } | Op::GcDone { .. } => Ok(()),
+            Op::CreateSnapshot { path, lease_ns } => {
+                split_path(path)?;
+                validate_snapshot_lease(*lease_ns)
+            }
+            Op::RenewSnapshot { lease_ns, .. } => validate_snapshot_lease(*lease_ns),
+            Op::AbortPublish { .. }
+            | Op::ExpireUploads { .. }
+            | Op::GcDone { .. }
+            | Op::RemoveSnapshot { .. }
+            | Op::ExpireSnapshots { .. } => Ok(()),
         }
     }
 
@@ -380,6 +439,10 @@ impl Holt {
             Op::RenewUpload { upload, lease_ns } => self.renew_upload(stamp, *upload, *lease_ns),
             Op::ExpireUploads { now_ns } => Ok(self.expire_uploads(stamp, *now_ns)),
             Op::GcDone { seqs } => Ok(self.gc_done(seqs)),
+            Op::CreateSnapshot { path, lease_ns } => self.create_snapshot(stamp, path, *lease_ns),
+            Op::RenewSnapshot { id, lease_ns } => self.renew_snapshot(stamp, *id, *lease_ns),
+            Op::RemoveSnapshot { id } => self.remove_snapshot(stamp, *id),
+            Op::ExpireSnapshots { now_ns } => Ok(self.expire_snapshots(stamp, *now_ns)),
         }
     }
 

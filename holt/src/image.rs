@@ -17,8 +17,17 @@
 //! bytes: replicas can compare snapshots byte for byte.
 //!
 //! Version history: 1 had no bodies; 2 adds per-file bodies, staged
-//! uploads, the generation/upload counters and the GC queue. Version 1 was
-//! never deployed, so it is rejected as unsupported rather than migrated.
+//! uploads, the generation/upload counters and the GC queue; 3 adds
+//! snapshot pins and the body each GC task belongs to. Versions 1 and 2
+//! were never deployed, so they are rejected as unsupported rather than
+//! migrated.
+//!
+//! A pin is written as its difference from the current namespace (the
+//! keys whose value differs, with the pinned value or "absent"), found by
+//! a diff of the persistent maps that skips shared subtrees; decoding
+//! rebuilds it from a clone of the current namespace. An image therefore
+//! grows with what changed since each pin, not with the number of pins
+//! times the namespace.
 //!
 //! Decoding never panics: every malformed input maps to an [`ImageError`],
 //! and a well-formed body must also pass the engine's structural checks.
@@ -26,17 +35,20 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bincode::Options;
+use imbl::ordmap::DiffItem;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::body::{GcTask, UploadId};
-use crate::engine::{Holt, InodeRecord, Outcome, Staged};
+use crate::engine::{Holt, InodeRecord, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
+use crate::snapshot::SnapshotInfo;
 use crate::types::{Epoch, InodeId, LogIndex, RequestId, ShardId};
 
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
 /// The image format this build writes (and the only one it reads).
-pub const IMAGE_VERSION: u32 = 2;
+pub const IMAGE_VERSION: u32 = 3;
 /// Magic, version, body length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
@@ -63,6 +75,59 @@ struct ImageBodyRef<'a> {
     next_gc_seq: u64,
     staged: Vec<(&'a UploadId, &'a Staged)>,
     gc: Vec<(&'a u64, &'a GcTask)>,
+    next_snapshot: u64,
+    pins: Vec<PinImage>,
+}
+
+/// One pin: its description and how its namespace differs from the
+/// current one (for each differing key, in key order, the pinned value or
+/// `None` when the key did not exist at the pin).
+#[derive(Serialize, Deserialize)]
+struct PinImage {
+    info: SnapshotInfo,
+    inodes: Vec<(InodeId, Option<InodeRecord>)>,
+    dentries: Vec<((InodeId, String), Option<InodeId>)>,
+}
+
+/// `pinned` described as changes to `current`.
+fn diff_to<K: Ord + Clone, V: Clone + PartialEq>(
+    current: &OrdMap<K, V>,
+    pinned: &OrdMap<K, V>,
+) -> Vec<(K, Option<V>)> {
+    current
+        .diff(pinned)
+        .map(|item| match item {
+            DiffItem::Add(k, v) => (k.clone(), Some(v.clone())),
+            DiffItem::Update { new: (k, v), .. } => (k.clone(), Some(v.clone())),
+            DiffItem::Remove(k, _) => (k.clone(), None),
+        })
+        .collect()
+}
+
+/// `current` with `changes` (strictly increasing keys) applied.
+fn apply_diff<K: Ord + Clone, V: Clone>(
+    current: &OrdMap<K, V>,
+    changes: Vec<(K, Option<V>)>,
+    what: &str,
+) -> Result<OrdMap<K, V>, String> {
+    if changes
+        .windows(2)
+        .any(|pair| matches!(pair, [a, b] if a.0 >= b.0))
+    {
+        return Err(format!("{what} are not in strictly increasing key order"));
+    }
+    let mut map = current.clone();
+    for (k, v) in changes {
+        match v {
+            Some(v) => {
+                map.insert(k, v);
+            }
+            None => {
+                map.remove(&k);
+            }
+        }
+    }
+    Ok(map)
 }
 
 /// The body as read. Sequences rather than maps so that duplicate or
@@ -82,6 +147,8 @@ struct ImageBody {
     next_gc_seq: u64,
     staged: Vec<(UploadId, Staged)>,
     gc: Vec<(u64, GcTask)>,
+    next_snapshot: u64,
+    pins: Vec<PinImage>,
 }
 
 fn body_options() -> impl Options {
@@ -117,6 +184,16 @@ impl Holt {
             next_gc_seq: self.next_gc_seq,
             staged: self.staged.iter().collect(),
             gc: self.gc.iter().collect(),
+            next_snapshot: self.next_snapshot,
+            pins: self
+                .snapshots
+                .values()
+                .map(|pin| PinImage {
+                    info: pin.info.clone(),
+                    inodes: diff_to(&self.inodes, &pin.ns.inodes),
+                    dentries: diff_to(&self.dentries, &pin.ns.dentries),
+                })
+                .collect(),
         };
         // Serializing plain data into a Vec cannot fail: there is no size
         // limit, no I/O, and every sequence has a known length.
@@ -193,11 +270,32 @@ impl ImageBody {
         for (id, _) in &self.dedupe {
             dedupe_order.push_back(*id);
         }
-        Ok(Holt {
+        let ns = Namespace {
             shard: self.shard,
+            inodes: sorted_map(self.inodes, "inodes")?.into_iter().collect(),
+            dentries: sorted_map(self.dentries, "dentries")?.into_iter().collect(),
+        };
+        let mut snapshots = BTreeMap::new();
+        for pin in self.pins {
+            let pinned = Namespace {
+                shard: ns.shard,
+                inodes: apply_diff(&ns.inodes, pin.inodes, "pinned inodes")?,
+                dentries: apply_diff(&ns.dentries, pin.dentries, "pinned dentries")?,
+            };
+            let id = pin.info.id;
+            let pin = Pin {
+                info: pin.info,
+                ns: pinned,
+            };
+            if snapshots.insert(id, pin).is_some() {
+                return Err(format!("{id} appears twice"));
+            }
+        }
+        Ok(Holt {
+            ns,
+            snapshots,
+            next_snapshot: self.next_snapshot,
             dedupe_capacity,
-            inodes: sorted_map(self.inodes, "inodes")?,
-            dentries: sorted_map(self.dentries, "dentries")?,
             next_local: self.next_local,
             epoch: self.epoch,
             last_applied: self.last_applied,

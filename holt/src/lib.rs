@@ -3,7 +3,8 @@
 //! Holt holds one shard's namespace (inodes, dentries, xattrs, the inode
 //! allocator and the request dedupe table), the metadata of object-backed
 //! file bodies (published bodies, staged uploads and the GC queue of
-//! objects to delete; see [`body`]) and changes it only through
+//! objects to delete; see [`body`]), subtree snapshot pins (see
+//! [`snapshot`]) and changes it only through
 //! [`Holt::apply`], a deterministic function of (state, command, log index):
 //! no clocks, randomness, I/O or hash-map iteration order. Replicas that
 //! apply the same log reach byte-identical state, and [`Holt::encode_image`]
@@ -22,6 +23,7 @@ pub mod error;
 pub mod image;
 pub mod path;
 pub mod query;
+pub mod snapshot;
 pub mod types;
 
 pub use body::{
@@ -32,6 +34,7 @@ pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAt
 pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};
 pub use error::{FsError, ImageError};
 pub use query::{Query, QueryResult, MAX_READDIR_PAGE};
+pub use snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSHOT_LEASE_NS};
 pub use types::{
     Attr, DirEntry, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId,
 };

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{Body, StagedUpload};
 use crate::command::InodeRef;
+use crate::snapshot::{SnapshotId, SnapshotInfo};
 use crate::types::{Attr, DirEntry, InodeId};
 
 /// Largest page a `ReadDir` returns, whatever `limit` asks for.
@@ -43,6 +44,14 @@ pub enum Query {
     },
     /// Every staged upload, in id order.
     ListUploads,
+    /// Every live snapshot pin, in id order.
+    ListSnapshots,
+    /// `query` answered against a snapshot: exactly the state at its pin.
+    /// Paths must lie inside the snapshot's subtree.
+    AtSnapshot {
+        snapshot: SnapshotId,
+        query: Box<Query>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,4 +71,5 @@ pub enum QueryResult {
         body: Option<Body>,
     },
     Uploads(Vec<StagedUpload>),
+    Snapshots(Vec<SnapshotInfo>),
 }

@@ -523,7 +523,9 @@ impl ClientService {
         }
         let s = self.state.read().map_err(|_| Self::state_error())?;
         let index = s.holt.last_applied();
-        match s.holt.query(&read.query) {
+        // The clock only refuses snapshot pins whose lease has run out
+        // before the leader's worker releases them.
+        match s.holt.query_at(&read.query, crate::maintenance::now_ns()) {
             Ok(result) => Ok(query_response(result, index)),
             Err(e) => Err(fs_error_status(&e)),
         }

@@ -1,10 +1,11 @@
 //! Leader-side work on the object store: checking a commit's blocks exist,
-//! reclaiming expired uploads, garbage-collecting superseded blocks, fsck.
+//! reclaiming expired uploads and snapshot pins, garbage-collecting superseded
+//! blocks, fsck.
 //!
 //! The state machine never touches the object store (apply does no I/O).
 //! Instead the leader reads what the replicated state asks for (expired
 //! uploads, the GC queue), acts on the store, and reports back through
-//! ordinary replicated commands (`ExpireUploads`, `GcDone`). Every step is
+//! ordinary replicated commands (`ExpireUploads`, `ExpireSnapshots`, `GcDone`). Every step is
 //! idempotent, so a leader that dies half-way leaves work the next leader
 //! redoes, and nothing live is deleted: only keys the queue names, after the
 //! reader grace period.
@@ -206,11 +207,25 @@ impl Maintenance {
         Ok(report)
     }
 
-    /// Runs `gc_pass` every `interval` while this node leads.
-    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
-        if self.blob.is_none() {
-            return;
+    /// Releases every snapshot pin whose lease has ended (one
+    /// `ExpireSnapshots` command carrying this leader's clock reading);
+    /// returns how many. Needs no object store.
+    pub async fn expire_snapshots(&self) -> Result<usize, MaintenanceError> {
+        let now = now_ns();
+        let expired = {
+            let s = self.state.read().map_err(|_| MaintenanceError::State)?;
+            s.holt.expired_snapshots(now).len()
+        };
+        if expired > 0 {
+            self.propose("ExpireSnapshots", Op::ExpireSnapshots { now_ns: now })
+                .await?;
         }
+        Ok(expired)
+    }
+
+    /// Every `interval` while this node leads: expires snapshot pins, then
+    /// runs `gc_pass` (when there is an object store).
+    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -219,6 +234,14 @@ impl Maintenance {
                 _ = ticks.tick() => {}
             }
             if !self.is_leader() {
+                continue;
+            }
+            match self.expire_snapshots().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, "expired snapshot pins"),
+                Err(e) => tracing::warn!(error = %e, "expiring snapshot pins failed"),
+            }
+            if self.blob.is_none() {
                 continue;
             }
             match self.gc_pass(false).await {

@@ -279,7 +279,46 @@ fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
             upload: holt::UploadId(r.upload),
             lease_ns: r.lease_ms.saturating_mul(1_000_000),
         },
+        PbOp::CreateSnapshot(c) => holt::Op::CreateSnapshot {
+            path: c.path,
+            lease_ns: c.lease_ms.saturating_mul(1_000_000),
+        },
+        PbOp::RenewSnapshot(r) => holt::Op::RenewSnapshot {
+            id: holt::SnapshotId(r.id),
+            lease_ns: r.lease_ms.saturating_mul(1_000_000),
+        },
+        PbOp::RemoveSnapshot(r) => holt::Op::RemoveSnapshot {
+            id: holt::SnapshotId(r.id),
+        },
     })
+}
+
+// ----- snapshots ------------------------------------------------------------
+
+impl From<holt::SnapshotInfo> for pb::SnapshotInfo {
+    fn from(s: holt::SnapshotInfo) -> Self {
+        pb::SnapshotInfo {
+            id: s.id.0,
+            path: s.path,
+            root: s.root.0,
+            pinned_index: s.pinned_index.0,
+            created_ns: s.created_ns,
+            lease_expires_ns: s.lease_expires_ns,
+        }
+    }
+}
+
+impl From<pb::SnapshotInfo> for holt::SnapshotInfo {
+    fn from(s: pb::SnapshotInfo) -> Self {
+        holt::SnapshotInfo {
+            id: holt::SnapshotId(s.id),
+            path: s.path,
+            root: holt::InodeId(s.root),
+            pinned_index: holt::LogIndex(s.pinned_index),
+            created_ns: s.created_ns,
+            lease_expires_ns: s.lease_expires_ns,
+        }
+    }
 }
 
 // ----- bodies ---------------------------------------------------------------
@@ -542,8 +581,19 @@ fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
             upload: upload.0,
             lease_ms: lease_ns / 1_000_000,
         }),
+        holt::Op::CreateSnapshot { path, lease_ns } => PbOp::CreateSnapshot(pb::CreateSnapshotOp {
+            path,
+            lease_ms: lease_ns / 1_000_000,
+        }),
+        holt::Op::RenewSnapshot { id, lease_ns } => PbOp::RenewSnapshot(pb::RenewSnapshotOp {
+            id: id.0,
+            lease_ms: lease_ns / 1_000_000,
+        }),
+        holt::Op::RemoveSnapshot { id } => PbOp::RemoveSnapshot(pb::RemoveSnapshotOp { id: id.0 }),
         // Leader housekeeping has no wire form: clients cannot send it.
-        holt::Op::ExpireUploads { .. } | holt::Op::GcDone { .. } => {
+        holt::Op::ExpireUploads { .. }
+        | holt::Op::GcDone { .. }
+        | holt::Op::ExpireSnapshots { .. } => {
             return Err(WireError::Invalid {
                 field: "op",
                 reason: "housekeeping commands are proposed by the leader only".into(),
@@ -558,6 +608,7 @@ pub fn mutate_response(applied: holt::Applied, index: holt::LogIndex) -> pb::Mut
         holt::Applied::Attr(a) => pb::mutate_response::Result::Attr(a.into()),
         holt::Applied::Done => pb::mutate_response::Result::Done(pb::Done {}),
         holt::Applied::Staged(u) => pb::mutate_response::Result::Staged(u.into()),
+        holt::Applied::Snapshot(info) => pb::mutate_response::Result::Snapshot(info.into()),
         holt::Applied::Attrs(list) => pb::mutate_response::Result::Attrs(pb::AttrList {
             attrs: list.into_iter().map(Into::into).collect(),
         }),
@@ -581,6 +632,7 @@ impl TryFrom<pb::MutateResponse> for holt::Applied {
                     .map(holt::Attr::try_from)
                     .collect::<Result<_, _>>()?,
             )),
+            pb::mutate_response::Result::Snapshot(info) => Ok(holt::Applied::Snapshot(info.into())),
         }
     }
 }
@@ -641,6 +693,14 @@ impl TryFrom<pb::QueryRequest> for Read {
                 inode: inode_ref(r.inode, "read_body.inode")?,
             },
             PbQuery::ListUploads(_) => holt::Query::ListUploads,
+            PbQuery::ListSnapshots(_) => holt::Query::ListSnapshots,
+        };
+        let query = match req.snapshot {
+            0 => query,
+            id => holt::Query::AtSnapshot {
+                snapshot: holt::SnapshotId(id),
+                query: Box::new(query),
+            },
         };
         Ok(Read { consistency, query })
     }
@@ -652,7 +712,20 @@ impl From<Read> for pb::QueryRequest {
             ReadConsistency::Linearizable => pb::Consistency::Linearizable,
             ReadConsistency::Stale => pb::Consistency::Stale,
         } as i32;
-        let query = match r.query {
+        let (snapshot, query) = match r.query {
+            holt::Query::AtSnapshot { snapshot, query } => (
+                snapshot.0,
+                match *query {
+                    // The wire has one snapshot field; a nested request is
+                    // sent as a query the server refuses at a snapshot.
+                    holt::Query::AtSnapshot { .. } => holt::Query::ListSnapshots,
+                    query => query,
+                },
+            ),
+            query => (0, query),
+        };
+        let query = match query {
+            holt::Query::AtSnapshot { .. } => PbQuery::ListSnapshots(pb::ListSnapshotsQuery {}),
             holt::Query::Lookup { parent, name } => PbQuery::Lookup(pb::LookupQuery {
                 parent: parent.0,
                 name,
@@ -679,9 +752,11 @@ impl From<Read> for pb::QueryRequest {
                 inode: Some(inode.into()),
             }),
             holt::Query::ListUploads => PbQuery::ListUploads(pb::ListUploadsQuery {}),
+            holt::Query::ListSnapshots => PbQuery::ListSnapshots(pb::ListSnapshotsQuery {}),
         };
         pb::QueryRequest {
             consistency,
+            snapshot,
             query: Some(query),
         }
     }
@@ -710,6 +785,9 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
         }),
         holt::QueryResult::Uploads(list) => PbQueryResult::Uploads(pb::UploadList {
             uploads: list.into_iter().map(Into::into).collect(),
+        }),
+        holt::QueryResult::Snapshots(list) => PbQueryResult::Snapshots(pb::SnapshotList {
+            snapshots: list.into_iter().map(Into::into).collect(),
         }),
     };
     pb::QueryResponse {
@@ -749,6 +827,9 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
                     .map(holt::StagedUpload::try_from)
                     .collect::<Result<_, _>>()?,
             ),
+            PbQueryResult::Snapshots(list) => {
+                holt::QueryResult::Snapshots(list.snapshots.into_iter().map(Into::into).collect())
+            }
         })
     }
 }
@@ -773,6 +854,68 @@ mod tests {
         };
         let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
         assert_eq!(Mutation::try_from(wire), Ok(m));
+    }
+
+    #[test]
+    fn snapshot_ops_and_reads_round_trip() {
+        for op in [
+            holt::Op::CreateSnapshot {
+                path: "/ckpt".into(),
+                lease_ns: 3_000_000_000,
+            },
+            holt::Op::RenewSnapshot {
+                id: holt::SnapshotId(7),
+                lease_ns: 5_000_000,
+            },
+            holt::Op::RemoveSnapshot {
+                id: holt::SnapshotId(7),
+            },
+        ] {
+            let m = Mutation {
+                request_id: holt::RequestId(1),
+                epoch: None,
+                op,
+            };
+            let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
+            assert_eq!(Mutation::try_from(wire), Ok(m));
+        }
+        let housekeeping = Mutation {
+            request_id: holt::RequestId(1),
+            epoch: None,
+            op: holt::Op::ExpireSnapshots { now_ns: 1 },
+        };
+        assert!(pb::MutateRequest::try_from(housekeeping).is_err());
+        for query in [
+            holt::Query::ListSnapshots,
+            holt::Query::AtSnapshot {
+                snapshot: holt::SnapshotId(4),
+                query: Box::new(holt::Query::ReadDir {
+                    dir: holt::InodeRef::Path("/ckpt".into()),
+                    after: None,
+                    limit: 10,
+                }),
+            },
+        ] {
+            let read = Read {
+                consistency: ReadConsistency::Stale,
+                query,
+            };
+            let wire = pb::QueryRequest::from(read.clone());
+            assert_eq!(Read::try_from(wire), Ok(read));
+        }
+        let info = holt::SnapshotInfo {
+            id: holt::SnapshotId(4),
+            path: "/ckpt".into(),
+            root: holt::InodeId(12),
+            pinned_index: holt::LogIndex(99),
+            created_ns: 5,
+            lease_expires_ns: 6,
+        };
+        let wire = mutate_response(holt::Applied::Snapshot(info.clone()), holt::LogIndex(99));
+        assert_eq!(
+            holt::Applied::try_from(wire),
+            Ok(holt::Applied::Snapshot(info))
+        );
     }
 
     #[test]
@@ -816,6 +959,7 @@ mod tests {
     fn unknown_enum_values_are_invalid() {
         let req = pb::QueryRequest {
             consistency: 42,
+            snapshot: 0,
             query: None,
         };
         assert!(matches!(

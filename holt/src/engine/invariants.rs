@@ -31,7 +31,31 @@ impl Holt {
         self.check_link_counts()?;
         self.check_reachable()?;
         self.check_dedupe()?;
-        self.check_publish_state()
+        self.check_publish_state()?;
+        self.check_pins()
+    }
+
+    /// Snapshot pins: ids below the counter and matching their key, the
+    /// pinned namespace of this shard, and the subtree's root in it.
+    fn check_pins(&self) -> Result<(), String> {
+        if self.next_snapshot == 0 {
+            return Err("the snapshot counter is 0".into());
+        }
+        for (id, pin) in &self.snapshots {
+            if pin.info.id != *id || id.0 >= self.next_snapshot || id.0 == 0 {
+                return Err(format!("{id} is misfiled or not allocated"));
+            }
+            if pin.ns.shard != self.shard {
+                return Err(format!("{id} pins another shard"));
+            }
+            if !pin.ns.inodes.contains_key(&pin.info.root) {
+                return Err(format!(
+                    "{id}: its root {} is not in the pin",
+                    pin.info.root
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_root(&self) -> Result<(), String> {

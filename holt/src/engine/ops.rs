@@ -517,7 +517,7 @@ impl Holt {
         record.attr.nlink = record.attr.nlink.saturating_sub(1);
         if record.attr.nlink == 0 {
             if let Some(record) = self.inodes.remove(&id) {
-                self.retire_body(record.body, stamp);
+                self.retire_body(id, record.body, stamp);
             }
         } else {
             touch_change(&mut record.attr, stamp);

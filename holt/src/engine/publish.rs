@@ -332,7 +332,7 @@ impl Holt {
                     touch_change(attr, stamp);
                     old = record.body.replace(plan.body);
                 }
-                self.retire_body(old, stamp);
+                self.retire_body(id, old, stamp);
                 return id;
             }
             Target::Create(id) => id,
@@ -375,7 +375,7 @@ impl Holt {
             .staged
             .remove(&id)
             .ok_or_else(|| FsError::NotFound(id.to_string()))?;
-        self.enqueue_gc(GcTarget::Prefix(staged.upload.key_prefix()), stamp);
+        self.enqueue_gc(GcTarget::Prefix(staged.upload.key_prefix()), stamp, None);
         Ok(Applied::Done)
     }
 
@@ -401,7 +401,7 @@ impl Holt {
     pub(super) fn expire_uploads(&mut self, stamp: Stamp, now_ns: u64) -> Applied {
         for id in self.expired_uploads(now_ns) {
             if let Some(staged) = self.staged.remove(&id) {
-                self.enqueue_gc(GcTarget::Prefix(staged.upload.key_prefix()), stamp);
+                self.enqueue_gc(GcTarget::Prefix(staged.upload.key_prefix()), stamp, None);
             }
         }
         Applied::Done
@@ -436,18 +436,24 @@ impl Holt {
     }
 
     /// A body left the namespace: queue its blocks (if it has any).
-    pub(super) fn retire_body(&mut self, body: Option<Body>, stamp: Stamp) {
+    pub(super) fn retire_body(&mut self, inode: InodeId, body: Option<Body>, stamp: Stamp) {
         let Some(body) = body else {
             return;
         };
         if body.blocks.is_empty() {
             return;
         }
+        let body_of = Some((inode, body.generation));
         let keys = body.blocks.into_iter().map(|block| block.key).collect();
-        self.enqueue_gc(GcTarget::Keys(keys), stamp);
+        self.enqueue_gc(GcTarget::Keys(keys), stamp, body_of);
     }
 
-    fn enqueue_gc(&mut self, target: GcTarget, stamp: Stamp) {
+    fn enqueue_gc(
+        &mut self,
+        target: GcTarget,
+        stamp: Stamp,
+        body_of: Option<(InodeId, Generation)>,
+    ) {
         let seq = self.next_gc_seq;
         // 2^64 tasks cannot be reached; saturating keeps `apply` panic-free.
         self.next_gc_seq = seq.saturating_add(1);
@@ -458,6 +464,7 @@ impl Holt {
                 target,
                 enqueued_ns: stamp.time_ns,
                 enqueued_index: stamp.index,
+                body_of,
             },
         );
     }
@@ -474,9 +481,15 @@ impl Holt {
             .collect()
     }
 
-    /// The oldest `limit` GC tasks, lowest seq first.
+    /// The oldest `limit` GC tasks that no snapshot pin holds, lowest seq
+    /// first.
     pub fn gc_tasks(&self, limit: usize) -> Vec<GcTask> {
-        self.gc.values().take(limit).cloned().collect()
+        self.gc
+            .values()
+            .filter(|task| !self.pinned(task))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Number of queued GC tasks.

@@ -1164,3 +1164,6 @@ fn arbitrary_publish_commands_never_break_invariants() {
         assert_eq!(Holt::decode_image(&image).expect("decode"), f.holt);
     }
 }
+
+// Snapshot pins share this fixture.
+mod snapshots;

@@ -3,7 +3,7 @@
 use std::ops::Bound;
 
 use super::resolve::describe_inode;
-use super::Holt;
+use super::{Holt, Namespace};
 use crate::command::InodeRef;
 use crate::error::FsError;
 use crate::path::{validate_name, validate_xattr_name};
@@ -12,7 +12,35 @@ use crate::types::{DirEntry, FileType, InodeId};
 
 impl Holt {
     /// Answers a query against the current state.
+    /// Snapshot leases are judged by the replicated state only: a pin
+    /// stays readable until `ExpireSnapshots` releases it (see
+    /// [`Holt::query_at`]).
     pub fn query(&self, q: &Query) -> Result<QueryResult, FsError> {
+        self.answer(q, None)
+    }
+
+    /// Answers a query as of the server's clock reading `now_ns`: a pin
+    /// whose lease has run out is refused even before `ExpireSnapshots`
+    /// releases it. (Queries are not replicated, so reading a clock here is
+    /// fine.)
+    pub fn query_at(&self, q: &Query, now_ns: u64) -> Result<QueryResult, FsError> {
+        self.answer(q, Some(now_ns))
+    }
+
+    fn answer(&self, q: &Query, now_ns: Option<u64>) -> Result<QueryResult, FsError> {
+        match q {
+            Query::ListUploads => Ok(QueryResult::Uploads(self.staged_uploads())),
+            Query::ListSnapshots => Ok(QueryResult::Snapshots(self.snapshots())),
+            Query::AtSnapshot { snapshot, query } => self.query_snapshot(*snapshot, query, now_ns),
+            q => self.ns.query(q),
+        }
+    }
+}
+
+impl Namespace {
+    /// Answers a namespace query against this namespace (the current one,
+    /// or a pinned one).
+    pub(crate) fn query(&self, q: &Query) -> Result<QueryResult, FsError> {
         match q {
             Query::Lookup { parent, name } => self.lookup(*parent, name),
             Query::GetAttr { inode } => {
@@ -38,7 +66,9 @@ impl Holt {
                 Ok(QueryResult::XattrNames(names))
             }
             Query::ReadBody { inode } => self.read_body(inode),
-            Query::ListUploads => Ok(QueryResult::Uploads(self.staged_uploads())),
+            Query::ListUploads | Query::ListSnapshots | Query::AtSnapshot { .. } => {
+                Err(FsError::InvalidArgument("not a namespace query".into()))
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::ops::Bound;
 
-use super::{Holt, InodeRecord};
+use super::{InodeRecord, Namespace};
 use crate::command::{EntryRef, InodeRef};
 use crate::error::FsError;
 use crate::path::{preview, split_path, validate_name, MAX_SYMLINK_HOPS};
@@ -24,7 +24,7 @@ pub(crate) enum Place {
     Entry { parent: InodeId, name: String },
 }
 
-impl Holt {
+impl Namespace {
     pub(crate) fn root(&self) -> InodeId {
         InodeId::root(self.shard)
     }

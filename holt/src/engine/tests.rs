@@ -261,6 +261,7 @@ fn new_engine_holds_only_the_root() {
             last_applied: LogIndex(0),
             staged: 0,
             gc_tasks: 0,
+            snapshots: 0,
         }
     );
     assert_eq!(holt.check_invariants(), Ok(()));

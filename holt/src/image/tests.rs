@@ -183,9 +183,9 @@ fn encoding_is_deterministic() {
 fn header_layout() {
     let image = sample().encode_image();
     assert_eq!(&image[..8], b"NOKVHOLT");
-    assert_eq!(image[8..12], 2u32.to_le_bytes());
-    assert_eq!(image_version(), 2);
-    assert_eq!(Holt::image_version(), 2);
+    assert_eq!(image[8..12], 3u32.to_le_bytes());
+    assert_eq!(image_version(), 3);
+    assert_eq!(Holt::image_version(), 3);
     let body_len = u64::from_le_bytes(image[12..20].try_into().expect("8 bytes"));
     assert_eq!(body_len as usize, image.len() - HEADER_LEN);
     let crc = u32::from_le_bytes(image[20..24].try_into().expect("4 bytes"));
@@ -234,18 +234,21 @@ fn bad_magic_and_version() {
     assert!(matches!(decode_err(&bad), ImageError::BadMagic));
     assert!(matches!(decode_err(b"NOPE"), ImageError::BadMagic));
     let mut future = image.clone();
-    future[8..12].copy_from_slice(&3u32.to_le_bytes());
+    future[8..12].copy_from_slice(&4u32.to_le_bytes());
     assert!(matches!(
         decode_err(&future),
-        ImageError::UnsupportedVersion(3)
+        ImageError::UnsupportedVersion(4)
     ));
-    // Version 1 (no bodies) was never deployed and is not migrated.
-    let mut old = image;
-    old[8..12].copy_from_slice(&1u32.to_le_bytes());
-    assert!(matches!(
-        decode_err(&old),
-        ImageError::UnsupportedVersion(1)
-    ));
+    // Versions 1 (no bodies) and 2 (no pins) were never deployed and are
+    // not migrated.
+    for version in [1u32, 2] {
+        let mut old = image.clone();
+        old[8..12].copy_from_slice(&version.to_le_bytes());
+        assert!(matches!(
+            decode_err(&old),
+            ImageError::UnsupportedVersion(v) if v == version
+        ));
+    }
 }
 
 /// Wraps a body in a valid header, to reach the body checks.
@@ -403,6 +406,8 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         next_gc_seq: holt.next_gc_seq,
         staged: holt.staged.iter().collect(),
         gc: holt.gc.iter().collect(),
+        next_snapshot: holt.next_snapshot,
+        pins: Vec::new(),
     };
     assert!(Holt::decode_image(&encode(&base())).is_ok());
 
@@ -484,6 +489,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
             target: GcTarget::Keys(vec![live_key.clone()]),
             enqueued_ns: 0,
             enqueued_index: crate::types::LogIndex(1),
+            body_of: None,
         },
     );
     queued_live.next_gc_seq = 10;
@@ -498,6 +504,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
             target: GcTarget::Prefix("blocks/".into()),
             enqueued_ns: 0,
             enqueued_index: crate::types::LogIndex(1),
+            body_of: None,
         },
     );
     prefix_live.next_gc_seq = 10;
