@@ -55,6 +55,10 @@ pub struct CatArgs {
     /// Byte range START-END (end exclusive), e.g. 0-1024 or 100- (to the end).
     #[arg(long)]
     pub range: Option<String>,
+    /// Read at this snapshot (an id from `nokv snapshot create`/`ls`):
+    /// exactly the state at its pin.
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +69,10 @@ pub struct GetArgs {
     /// Blocks downloaded at once.
     #[arg(long, default_value_t = 8)]
     pub parallelism: usize,
+    /// Read at this snapshot (an id from `nokv snapshot create`/`ls`):
+    /// exactly the state at its pin.
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -184,7 +192,7 @@ pub async fn put(args: PutArgs, g: &GlobalArgs) -> anyhow::Result<()> {
 
 pub async fn cat(args: CatArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let client = g.client()?;
+    let client = g.client_at(args.snapshot)?;
     let range = args.range.as_deref().map(parse_range).transpose()?;
     let (_, body) = client
         .read_body(&args.path, g.consistency())
@@ -212,7 +220,7 @@ pub async fn cat(args: CatArgs, g: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 pub async fn get(args: GetArgs, g: &GlobalArgs) -> anyhow::Result<()> {
-    let client = g.client()?;
+    let client = g.client_at(args.snapshot)?;
     let (_, body) = client
         .read_body(&args.path, g.consistency())
         .await

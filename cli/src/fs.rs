@@ -17,6 +17,16 @@ pub struct PathArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct StatArgs {
+    /// Absolute path inside NoKV, e.g. /runs/1/config.json
+    pub path: String,
+    /// Read at this snapshot (an id from `nokv snapshot create`/`ls`):
+    /// exactly the state at its pin.
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<u64>,
+}
+
+#[derive(Args, Debug)]
 pub struct MkdirArgs {
     /// Create missing parents; an existing directory is not an error.
     #[arg(short, long)]
@@ -40,6 +50,10 @@ pub struct LsArgs {
     /// Return at most this many entries (0 = all, fetched page by page).
     #[arg(long, default_value_t = 0)]
     pub limit: u32,
+    /// Read at this snapshot (an id from `nokv snapshot create`/`ls`):
+    /// exactly the state at its pin.
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -124,7 +138,7 @@ pub async fn mkdir(a: MkdirArgs, g: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 pub async fn ls(a: LsArgs, g: &GlobalArgs) -> anyhow::Result<()> {
-    let client = g.client()?;
+    let client = g.client_at(a.snapshot)?;
     let consistency = g.consistency();
     let attr = client
         .stat(&a.path, consistency)
@@ -185,8 +199,8 @@ pub async fn ls(a: LsArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn stat(a: PathArgs, g: &GlobalArgs) -> anyhow::Result<()> {
-    let client = g.client()?;
+pub async fn stat(a: StatArgs, g: &GlobalArgs) -> anyhow::Result<()> {
+    let client = g.client_at(a.snapshot)?;
     let attr = client
         .stat(&a.path, g.consistency())
         .await

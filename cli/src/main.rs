@@ -3,7 +3,9 @@
 //! Server side: `nokv serve` runs one replica, `nokv dev` a ready
 //! three-replica cluster on this machine. Client side: `nokv cluster init`,
 //! `nokv status`, the namespace commands (`mkdir`, `ls`, `stat`, `touch`,
-//! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`) and `nokv bench`.
+//! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`), bodies (`put`, `cat`,
+//! `get`, `publish-dir`), subtree snapshots (`snapshot`, `--snapshot ID`)
+//! and `nokv bench`.
 //! Disaster recovery: `nokv backup` and `nokv restore`.
 //!
 //! This binary may depend on every library crate; no library depends on it.
@@ -15,6 +17,7 @@ mod fs;
 mod output;
 mod recovery;
 mod serve;
+mod snapshot;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -100,6 +103,15 @@ impl GlobalArgs {
         Ok(Client::new(config)?)
     }
 
+    /// A client, or a read-only view of snapshot `id` when one is given.
+    pub fn client_at(&self, snapshot: Option<u64>) -> anyhow::Result<Client> {
+        let client = self.client()?;
+        Ok(match snapshot {
+            Some(id) => client.at_snapshot(nokv_client::SnapshotId(id)),
+            None => client,
+        })
+    }
+
     pub fn consistency(&self) -> Consistency {
         if self.stale {
             Consistency::Stale
@@ -128,7 +140,7 @@ enum Command {
     /// List a directory.
     Ls(fs::LsArgs),
     /// Show the attributes of a path.
-    Stat(fs::PathArgs),
+    Stat(fs::StatArgs),
     /// Create an empty file, or update the mtime of an existing one.
     Touch(fs::PathArgs),
     /// Rename or move a path.
@@ -158,6 +170,9 @@ enum Command {
     Fsck,
     /// List staged (uncommitted) uploads.
     Uploads,
+    /// Subtree snapshots: create, ls, renew, rm (read at one with --snapshot).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
     /// Make a recovery point in the object store now (snapshot + log).
@@ -235,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => body::gc(a, &g).await,
         Command::Fsck => body::fsck(&g).await,
         Command::Uploads => body::uploads(&g).await,
+        Command::Snapshot(c) => snapshot::run(c, &g).await,
         Command::Bench(a) => bench::run(a, &g).await,
         Command::Backup(a) => recovery::backup(a, &g).await,
         Command::Restore(a) => recovery::restore(a, &g).await,

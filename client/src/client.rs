@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nokv_holt::{
     Applied, Attr, DirEntry, EntryRef, InodeRef, Op, Query, QueryResult, RenameMode, RequestId,
-    SetAttr, XattrFlag,
+    SetAttr, SnapshotId, XattrFlag,
 };
 use nokv_proto::pb::meta_service_client::MetaServiceClient;
 use nokv_proto::pb::{self, ErrorDetail};
@@ -79,6 +79,9 @@ impl ClientConfig {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Set on a read-only view of one snapshot ([`Client::at_snapshot`]):
+    /// every query is answered at that pin, and mutations are refused.
+    snapshot: Option<SnapshotId>,
 }
 
 struct Inner {
@@ -136,7 +139,23 @@ impl Client {
                 next: Mutex::new(0),
                 store: Mutex::new(None),
             }),
+            snapshot: None,
         })
+    }
+
+    /// A read-only view of snapshot `id` sharing this client's connections:
+    /// stat, list, read and get through it see exactly the state at the
+    /// pin; mutations through it fail with `InvalidArgument`.
+    pub fn at_snapshot(&self, id: SnapshotId) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            snapshot: Some(id),
+        }
+    }
+
+    /// The snapshot this view reads at, if it is one.
+    pub fn snapshot(&self) -> Option<SnapshotId> {
+        self.snapshot
     }
 
     /// Shorthand for [`Client::new`] with default settings.
@@ -359,6 +378,11 @@ impl Client {
         request_id: RequestId,
         op: Op,
     ) -> Result<Applied, ClientError> {
+        if let Some(id) = self.snapshot {
+            return Err(ClientError::InvalidArgument(format!(
+                "{id} is a read-only view; write through the live namespace"
+            )));
+        }
         let request = pb::MutateRequest::try_from(Mutation {
             request_id,
             epoch: self.inner.config.epoch.map(nokv_holt::Epoch),
@@ -380,6 +404,15 @@ impl Client {
         query: Query,
         consistency: Consistency,
     ) -> Result<QueryResult, ClientError> {
+        let query = match (self.snapshot, query) {
+            (Some(snapshot), query) if !matches!(query, Query::AtSnapshot { .. }) => {
+                Query::AtSnapshot {
+                    snapshot,
+                    query: Box::new(query),
+                }
+            }
+            (_, query) => query,
+        };
         let request = pb::QueryRequest::from(Read {
             consistency: match consistency {
                 Consistency::Linearizable => ReadConsistency::Linearizable,
