@@ -183,6 +183,12 @@ pub enum Op {
     ExpireSnapshots {
         now_ns: u64,
     },
+    /// How much watch history to keep: at most `max_events` events, none
+    /// older than `max_age_ns` (both at least 1).
+    SetWatchRetention {
+        max_events: u64,
+        max_age_ns: u64,
+    },
 }
 
 /// One client mutation as replicated: the op plus everything the leader

@@ -33,7 +33,9 @@ use crate::path::{
 };
 use crate::snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo};
 use crate::types::{Attr, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId};
+use crate::watch::{Event, WatchRetention};
 
+mod events;
 mod invariants;
 mod ops;
 mod publish;
@@ -172,6 +174,11 @@ pub struct Holt {
     pub(crate) snapshots: BTreeMap<SnapshotId, Pin>,
     /// Id of the next snapshot (starts at 1).
     pub(crate) next_snapshot: u64,
+    /// The watch history, oldest first, gapless in `seq`.
+    pub(crate) events: VecDeque<Event>,
+    /// Sequence number (cursor) of the next event (starts at 1).
+    pub(crate) next_event: u64,
+    pub(crate) retention: WatchRetention,
 }
 
 /// When a mutation happens: its log index (the new `version` of every inode
@@ -238,6 +245,9 @@ impl Holt {
             next_gc_seq: 1,
             snapshots: BTreeMap::new(),
             next_snapshot: 1,
+            events: VecDeque::new(),
+            next_event: 1,
+            retention: WatchRetention::default(),
         }
     }
 
@@ -308,7 +318,12 @@ impl Holt {
                     index,
                     time_ns: cmd.time_ns,
                 };
-                self.execute(stamp, &cmd.op)
+                let targets = self.event_targets(&cmd.op);
+                let outcome = self.execute(stamp, &cmd.op);
+                if let Ok(applied) = &outcome {
+                    self.emit_events(stamp, &cmd.op, targets, applied);
+                }
+                outcome
             }
         };
         self.remember(cmd.request_id, outcome.clone());
@@ -364,6 +379,17 @@ impl Holt {
                 validate_snapshot_lease(*lease_ns)
             }
             Op::RenewSnapshot { lease_ns, .. } => validate_snapshot_lease(*lease_ns),
+            Op::SetWatchRetention {
+                max_events,
+                max_age_ns,
+            } => {
+                if *max_events == 0 || *max_age_ns == 0 {
+                    return Err(FsError::InvalidArgument(
+                        "watch retention needs at least one event and a positive age".into(),
+                    ));
+                }
+                Ok(())
+            }
             Op::AbortPublish { .. }
             | Op::ExpireUploads { .. }
             | Op::GcDone { .. }
@@ -443,6 +469,16 @@ impl Holt {
             Op::RenewSnapshot { id, lease_ns } => self.renew_snapshot(stamp, *id, *lease_ns),
             Op::RemoveSnapshot { id } => self.remove_snapshot(stamp, *id),
             Op::ExpireSnapshots { now_ns } => Ok(self.expire_snapshots(stamp, *now_ns)),
+            Op::SetWatchRetention {
+                max_events,
+                max_age_ns,
+            } => {
+                self.retention = WatchRetention {
+                    max_events: *max_events,
+                    max_age_ns: *max_age_ns,
+                };
+                Ok(Applied::Done)
+            }
         }
     }
 

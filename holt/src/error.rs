@@ -42,6 +42,10 @@ pub enum FsError {
         expected: Generation,
         current: Generation,
     },
+    /// A watch cursor older than the retained event history; `oldest` is
+    /// the oldest cursor that can still be resumed from.
+    #[error("cursor expired: the oldest available cursor is {oldest}")]
+    CursorExpired { oldest: u64 },
 }
 
 impl FsError {
@@ -61,6 +65,7 @@ impl FsError {
             FsError::NoSpace(_) => "ENOSPC",
             FsError::StaleEpoch { .. } => "STALE_EPOCH",
             FsError::StaleGeneration { .. } => "STALE_GENERATION",
+            FsError::CursorExpired { .. } => "CURSOR_EXPIRED",
         }
     }
 
@@ -81,6 +86,8 @@ impl FsError {
             FsError::StaleEpoch { .. } => 116,
             // ESTALE: the handle the client holds (a generation) is outdated.
             FsError::StaleGeneration { .. } => 116,
+            // ERANGE: the position is outside what is kept.
+            FsError::CursorExpired { .. } => 34,
         }
     }
 }

@@ -44,6 +44,7 @@ use crate::engine::{Holt, InodeRecord, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
 use crate::snapshot::SnapshotInfo;
 use crate::types::{Epoch, InodeId, LogIndex, RequestId, ShardId};
+use crate::watch::{Event, WatchRetention};
 
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
@@ -77,6 +78,9 @@ struct ImageBodyRef<'a> {
     gc: Vec<(&'a u64, &'a GcTask)>,
     next_snapshot: u64,
     pins: Vec<PinImage>,
+    next_event: u64,
+    retention: WatchRetention,
+    events: Vec<&'a Event>,
 }
 
 /// One pin: its description and how its namespace differs from the
@@ -149,6 +153,9 @@ struct ImageBody {
     gc: Vec<(u64, GcTask)>,
     next_snapshot: u64,
     pins: Vec<PinImage>,
+    next_event: u64,
+    retention: WatchRetention,
+    events: Vec<Event>,
 }
 
 fn body_options() -> impl Options {
@@ -194,6 +201,9 @@ impl Holt {
                     dentries: diff_to(&self.dentries, &pin.ns.dentries),
                 })
                 .collect(),
+            next_event: self.next_event,
+            retention: self.retention,
+            events: self.events.iter().collect(),
         };
         // Serializing plain data into a Vec cannot fail: there is no size
         // limit, no I/O, and every sequence has a known length.
@@ -291,10 +301,25 @@ impl ImageBody {
                 return Err(format!("{id} appears twice"));
             }
         }
+        if self
+            .events
+            .windows(2)
+            .any(|pair| matches!(pair, [a, b] if a.seq.checked_add(1) != Some(b.seq)))
+            || self
+                .events
+                .last()
+                .is_some_and(|e| e.seq.checked_add(1) != Some(self.next_event))
+            || self.next_event == 0
+        {
+            return Err("the event history is not gapless up to the event counter".into());
+        }
         Ok(Holt {
             ns,
             snapshots,
             next_snapshot: self.next_snapshot,
+            events: self.events.into(),
+            next_event: self.next_event,
+            retention: self.retention,
             dedupe_capacity,
             next_local: self.next_local,
             epoch: self.epoch,

@@ -25,6 +25,7 @@ pub mod path;
 pub mod query;
 pub mod snapshot;
 pub mod types;
+pub mod watch;
 
 pub use body::{
     block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec, GcTarget, GcTask,
@@ -38,3 +39,4 @@ pub use snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSH
 pub use types::{
     Attr, DirEntry, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId,
 };
+pub use watch::{Event, EventKind, WatchRetention};

@@ -593,7 +593,8 @@ fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
         // Leader housekeeping has no wire form: clients cannot send it.
         holt::Op::ExpireUploads { .. }
         | holt::Op::GcDone { .. }
-        | holt::Op::ExpireSnapshots { .. } => {
+        | holt::Op::ExpireSnapshots { .. }
+        | holt::Op::SetWatchRetention { .. } => {
             return Err(WireError::Invalid {
                 field: "op",
                 reason: "housekeeping commands are proposed by the leader only".into(),

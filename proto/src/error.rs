@@ -94,6 +94,7 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
         FsError::AlreadyExists(_) => Code::AlreadyExists,
         FsError::InvalidArgument(_) | FsError::NameTooLong(_) => Code::InvalidArgument,
         FsError::NoSpace(_) => Code::ResourceExhausted,
+        FsError::CursorExpired { .. } => Code::OutOfRange,
         FsError::NotADirectory(_)
         | FsError::IsADirectory(_)
         | FsError::NotEmpty(_)
@@ -106,6 +107,10 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
         FsError::StaleEpoch { current } => current.0,
         _ => 0,
     };
+    let oldest_cursor = match err {
+        FsError::CursorExpired { oldest } => *oldest,
+        _ => 0,
+    };
     status_with_detail(
         code,
         ErrorDetail {
@@ -113,6 +118,7 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
             message: err.to_string(),
             errno: err.errno(),
             current_epoch,
+            oldest_cursor,
             ..Default::default()
         },
     )

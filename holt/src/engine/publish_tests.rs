@@ -1167,3 +1167,6 @@ fn arbitrary_publish_commands_never_break_invariants() {
 
 // Snapshot pins share this fixture.
 mod snapshots;
+
+// The watch history shares this fixture too.
+mod events;

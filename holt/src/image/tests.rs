@@ -408,6 +408,9 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         gc: holt.gc.iter().collect(),
         next_snapshot: holt.next_snapshot,
         pins: Vec::new(),
+        next_event: holt.next_event,
+        retention: holt.retention,
+        events: holt.events.iter().collect(),
     };
     assert!(Holt::decode_image(&encode(&base())).is_ok());
 
