@@ -4,7 +4,8 @@
 //! three-replica cluster on this machine. Client side: `nokv cluster init`,
 //! `nokv status`, the namespace commands (`mkdir`, `ls`, `stat`, `touch`,
 //! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`), bodies (`put`, `cat`,
-//! `get`, `publish-dir`), subtree snapshots (`snapshot`, `--snapshot ID`)
+//! `get`, `publish-dir`), subtree snapshots (`snapshot`, `--snapshot ID`),
+//! change events (`watch`)
 //! and `nokv bench`.
 //! Disaster recovery: `nokv backup` and `nokv restore`.
 //!
@@ -18,6 +19,7 @@ mod output;
 mod recovery;
 mod serve;
 mod snapshot;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -173,6 +175,9 @@ enum Command {
     /// Subtree snapshots: create, ls, renew, rm (read at one with --snapshot).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Print change events as they commit (replays history after --from
+    /// first; follows failover; Ctrl-C stops).
+    Watch(watch::WatchArgs),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
     /// Make a recovery point in the object store now (snapshot + log).
@@ -251,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fsck => body::fsck(&g).await,
         Command::Uploads => body::uploads(&g).await,
         Command::Snapshot(c) => snapshot::run(c, &g).await,
+        Command::Watch(a) => watch::run(a, &g).await,
         Command::Bench(a) => bench::run(a, &g).await,
         Command::Backup(a) => recovery::backup(a, &g).await,
         Command::Restore(a) => recovery::restore(a, &g).await,

@@ -108,7 +108,7 @@ enum Attempt {
     },
 }
 
-fn normalize(endpoint: &str) -> String {
+pub(crate) fn normalize(endpoint: &str) -> String {
     endpoint
         .trim()
         .trim_start_matches("http://")
@@ -169,6 +169,11 @@ impl Client {
         &self.inner.endpoints
     }
 
+    /// How long one attempt against one replica may take.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        self.inner.config.attempt_timeout
+    }
+
     /// The configured object-store endpoint override, if any.
     pub(crate) fn store_endpoint(&self) -> Option<String> {
         self.inner.config.store_endpoint.clone()
@@ -184,7 +189,7 @@ impl Client {
         }
     }
 
-    fn stub(&self, addr: &str) -> Result<MetaServiceClient<Channel>, ClientError> {
+    pub(crate) fn stub(&self, addr: &str) -> Result<MetaServiceClient<Channel>, ClientError> {
         let mut channels = self
             .inner
             .channels

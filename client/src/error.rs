@@ -15,6 +15,10 @@ pub enum ClientError {
     /// The request was malformed; nothing changed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A watch cursor older than the cluster's event history; resume from
+    /// `oldest` (events between were dropped by retention).
+    #[error("{message}")]
+    CursorExpired { oldest: u64, message: String },
     /// The request carried an old epoch; `current` is the shard's epoch now.
     #[error("stale epoch; current epoch is {current}")]
     StaleEpoch { current: u64 },
@@ -50,6 +54,7 @@ impl ClientError {
             ClientError::Fs { code, .. } => code,
             ClientError::InvalidArgument(_) => "INVALID_ARGUMENT",
             ClientError::StaleEpoch { .. } => "STALE_EPOCH",
+            ClientError::CursorExpired { .. } => "CURSOR_EXPIRED",
             ClientError::Unknown(_) => "UNKNOWN_OUTCOME",
             ClientError::Unavailable(_) => "UNAVAILABLE",
             ClientError::Protocol(_) => "PROTOCOL",
@@ -79,6 +84,10 @@ impl ClientError {
             "UNKNOWN_OUTCOME" => ClientError::Unknown(detail.message),
             "UNAVAILABLE" => ClientError::Unavailable(detail.message),
             "ALREADY_INITIALIZED" => ClientError::AlreadyInitialized(detail.message),
+            "CURSOR_EXPIRED" => ClientError::CursorExpired {
+                oldest: detail.oldest_cursor,
+                message: detail.message,
+            },
             "INTERNAL" => ClientError::Server(detail.message),
             _ if detail.errno != 0 => ClientError::Fs {
                 code: detail.code,

@@ -13,13 +13,14 @@ mod bodies;
 mod client;
 mod error;
 mod snapshots;
+mod watch;
 
 pub use bodies::{PutOptions, DEFAULT_BLOCK_SIZE};
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
 pub use nokv_holt::{
-    Applied, Attr, BlockRef, Body, BodySpec, DirEntry, EntryRef, FileType, Generation, InodeId,
-    InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId, SetAttr, SnapshotId,
-    SnapshotInfo, StagedUpload, UploadId, XattrFlag,
+    Applied, Attr, BlockRef, Body, BodySpec, DirEntry, EntryRef, Event, EventKind, FileType,
+    Generation, InodeId, InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId,
+    SetAttr, SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
 };
 pub use nokv_proto::pb::{FsckResponse, Member, Role, RunGcResponse, StatusResponse};

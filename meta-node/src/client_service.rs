@@ -205,6 +205,16 @@ fn role(state: ServerState) -> pb::Role {
 
 #[tonic::async_trait]
 impl MetaService for ClientService {
+    type WatchStream = crate::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        crate::watch::open(self.state.clone(), self.raft.clone(), request.into_inner())
+            .map(Response::new)
+    }
+
     async fn mutate(
         &self,
         request: Request<pb::MutateRequest>,

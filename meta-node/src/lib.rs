@@ -25,6 +25,7 @@ pub mod raft_wire;
 pub mod read_index;
 pub mod state_machine;
 pub mod typ;
+pub mod watch;
 
 pub use archive::{
     restore, restore_from, ArchiveError, ArchiveGatedLogStore, PurgeGate, RestoreReport,

@@ -293,6 +293,103 @@ fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
     })
 }
 
+// ----- watch events ---------------------------------------------------------
+
+impl From<holt::Event> for pb::WatchEvent {
+    fn from(e: holt::Event) -> Self {
+        let mut w = pb::WatchEvent {
+            cursor: e.seq,
+            index: e.index.0,
+            time_ns: e.time_ns,
+            inode: e.inode.0,
+            path: e.path,
+            ..Default::default()
+        };
+        let kind = match e.kind {
+            holt::EventKind::Create { file_type } => {
+                w.file_type = pb::FileType::from(file_type) as i32;
+                pb::EventType::Create
+            }
+            holt::EventKind::Mkdir => pb::EventType::Mkdir,
+            holt::EventKind::Link => pb::EventType::Link,
+            holt::EventKind::Remove => pb::EventType::Remove,
+            holt::EventKind::Rename { from } => {
+                w.from_path = from;
+                pb::EventType::Rename
+            }
+            holt::EventKind::Publish {
+                generation,
+                size,
+                sha256,
+            } => {
+                w.generation = generation.0;
+                w.size = size;
+                w.sha256 = sha256;
+                pb::EventType::Publish
+            }
+            holt::EventKind::SetAttr => pb::EventType::SetAttr,
+            holt::EventKind::Xattr { name, removed } => {
+                w.xattr_name = name;
+                w.removed = removed;
+                pb::EventType::Xattr
+            }
+            holt::EventKind::SnapshotCreated { id } => {
+                w.snapshot = id.0;
+                pb::EventType::SnapshotCreated
+            }
+            holt::EventKind::SnapshotRemoved { id } => {
+                w.snapshot = id.0;
+                pb::EventType::SnapshotRemoved
+            }
+        };
+        w.r#type = kind as i32;
+        w
+    }
+}
+
+impl TryFrom<pb::WatchEvent> for holt::Event {
+    type Error = WireError;
+    fn try_from(w: pb::WatchEvent) -> Result<Self, WireError> {
+        let kind = match pb::EventType::try_from(w.r#type)
+            .map_err(|_| invalid("type", format!("unknown event type {}", w.r#type)))?
+        {
+            pb::EventType::Create => holt::EventKind::Create {
+                file_type: pb::FileType::try_from(w.file_type)
+                    .map_err(|_| invalid("file_type", format!("unknown value {}", w.file_type)))?
+                    .into(),
+            },
+            pb::EventType::Mkdir => holt::EventKind::Mkdir,
+            pb::EventType::Link => holt::EventKind::Link,
+            pb::EventType::Remove => holt::EventKind::Remove,
+            pb::EventType::Rename => holt::EventKind::Rename { from: w.from_path },
+            pb::EventType::Publish => holt::EventKind::Publish {
+                generation: holt::Generation(w.generation),
+                size: w.size,
+                sha256: w.sha256,
+            },
+            pb::EventType::SetAttr => holt::EventKind::SetAttr,
+            pb::EventType::Xattr => holt::EventKind::Xattr {
+                name: w.xattr_name,
+                removed: w.removed,
+            },
+            pb::EventType::SnapshotCreated => holt::EventKind::SnapshotCreated {
+                id: holt::SnapshotId(w.snapshot),
+            },
+            pb::EventType::SnapshotRemoved => holt::EventKind::SnapshotRemoved {
+                id: holt::SnapshotId(w.snapshot),
+            },
+        };
+        Ok(holt::Event {
+            seq: w.cursor,
+            index: holt::LogIndex(w.index),
+            time_ns: w.time_ns,
+            inode: holt::InodeId(w.inode),
+            path: w.path,
+            kind,
+        })
+    }
+}
+
 // ----- snapshots ------------------------------------------------------------
 
 impl From<holt::SnapshotInfo> for pb::SnapshotInfo {
@@ -917,6 +1014,54 @@ mod tests {
             holt::Applied::try_from(wire),
             Ok(holt::Applied::Snapshot(info))
         );
+    }
+
+    #[test]
+    fn watch_events_round_trip() {
+        let kinds = [
+            holt::EventKind::Create {
+                file_type: holt::FileType::Symlink,
+            },
+            holt::EventKind::Mkdir,
+            holt::EventKind::Link,
+            holt::EventKind::Remove,
+            holt::EventKind::Rename {
+                from: Some("/a".into()),
+            },
+            holt::EventKind::Publish {
+                generation: holt::Generation(3),
+                size: 9,
+                sha256: "ab".into(),
+            },
+            holt::EventKind::SetAttr,
+            holt::EventKind::Xattr {
+                name: "user.k".into(),
+                removed: true,
+            },
+            holt::EventKind::SnapshotCreated {
+                id: holt::SnapshotId(2),
+            },
+            holt::EventKind::SnapshotRemoved {
+                id: holt::SnapshotId(2),
+            },
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let event = holt::Event {
+                seq: i as u64 + 1,
+                index: holt::LogIndex(7),
+                time_ns: 8,
+                inode: holt::InodeId(9),
+                path: (i % 2 == 0).then(|| "/x".to_string()),
+                kind,
+            };
+            let wire = pb::WatchEvent::from(event.clone());
+            assert_eq!(holt::Event::try_from(wire), Ok(event));
+        }
+        let garbage = pb::WatchEvent {
+            r#type: 99,
+            ..Default::default()
+        };
+        assert!(holt::Event::try_from(garbage).is_err());
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn write_failure<O>(e: &ClientError) -> Outcome<O> {
         ClientError::Fs { .. }
         | ClientError::InvalidArgument(_)
         | ClientError::StaleEpoch { .. }
+        | ClientError::CursorExpired { .. }
         | ClientError::Unavailable(_)
         | ClientError::AlreadyInitialized(_) => Outcome::Fail,
         ClientError::Unknown(_)
