@@ -35,3 +35,10 @@ echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(una
 "$NOKV" bench create --concurrency 64 --count "$COUNT"
 "$NOKV" bench stat --concurrency 16 --count "$COUNT"
 "$NOKV" --stale bench stat --concurrency 16 --count "$COUNT"
+# Watch delivery (leader stamp -> event at a recursive watcher), then
+# durable creates again with 10 live snapshot pins of the whole namespace.
+"$NOKV" bench watch --concurrency 1 --count "$((COUNT / 10))"
+"$NOKV" bench watch --concurrency 16 --count "$COUNT"
+for _ in 1 2 3 4 5 6 7 8 9 10; do "$NOKV" snapshot create / --lease 1h >/dev/null; done
+"$NOKV" snapshot ls | wc -l | sed 's/^/live pins: /'
+"$NOKV" bench create --concurrency 64 --count "$COUNT"

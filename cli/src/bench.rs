@@ -22,6 +22,10 @@ pub enum Workload {
     /// Publish bodies of --size bytes (stage, upload blocks, commit), side by
     /// side with raw object-store PUTs of the same bytes.
     Publish,
+    /// Create files while a recursive watch on the benchmark directory runs;
+    /// reports the delay from the leader stamping each create to the
+    /// watcher receiving its event (commit, apply and delivery).
+    Watch,
 }
 
 #[derive(Args, Debug)]
@@ -323,6 +327,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("mkdir {dir}"))?;
     match args.workload {
         Workload::Publish => publish(&args, g, &client, &dir).await?,
+        Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Create => {
             let c = client.clone();
             let d = dir.clone();
@@ -367,6 +372,92 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 g,
             );
         }
+    }
+    Ok(())
+}
+
+/// Creates `count` files under `dir` while a recursive watch of `dir`
+/// measures, per event, receive time minus the leader's stamp.
+async fn watch(
+    args: &BenchArgs,
+    g: &GlobalArgs,
+    client: &nokv_client::Client,
+    dir: &str,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    // Start from the newest event on the first replica that answers: the
+    // benchmark directory is new, so nothing before it matters.
+    let mut from = None;
+    for endpoint in client.endpoints().to_vec() {
+        if let Ok(s) = client.status_of(&endpoint).await {
+            from = Some(s.newest_cursor);
+            break;
+        }
+    }
+    let from = from.context("no replica answered Status")?;
+    let events = client.watch(dir, true, from);
+    let expected = args.count;
+    let watcher = tokio::spawn(async move {
+        futures::pin_mut!(events);
+        let mut hist = new_hist()?;
+        let mut seen = 0usize;
+        while seen < expected {
+            match events.next().await {
+                Some(Ok(e)) if matches!(e.kind, nokv_client::EventKind::Create { .. }) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    hist.saturating_record(now.saturating_sub(e.time_ns) / 1000);
+                    seen += 1;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => anyhow::bail!("watch failed: {e}"),
+                None => anyhow::bail!("watch ended early"),
+            }
+        }
+        anyhow::Ok(hist)
+    });
+    let c = client.clone();
+    let d = dir.to_string();
+    let report = drive(args.concurrency, args.count, move |i| {
+        let c = c.clone();
+        let path = format!("{d}/f{i}");
+        async move { c.create(&path).await.map(|_| ()) }
+    })
+    .await?;
+    if report.errors > 0 {
+        anyhow::bail!(
+            "{} creates failed: {}",
+            report.errors,
+            report.first_error.unwrap_or_default()
+        );
+    }
+    let hist = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .context("the watcher did not see every create within 60 s")?
+        .context("watcher task")??;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    if g.json {
+        print_json(&json!({
+            "workload": "watch",
+            "concurrency": args.concurrency,
+            "events": hist.len(),
+            "creates_per_sec": report.ops as f64 / report.elapsed.as_secs_f64().max(1e-9),
+            "delivery_p50_ms": ms(0.5),
+            "delivery_p99_ms": ms(0.99),
+            "delivery_max_ms": hist.max() as f64 / 1000.0,
+        }));
+    } else {
+        println!(
+            "watch: concurrency={} events={} creates/s={:.0} delivery (leader stamp -> event received) p50={:.2}ms p99={:.2}ms max={:.2}ms",
+            args.concurrency,
+            hist.len(),
+            report.ops as f64 / report.elapsed.as_secs_f64().max(1e-9),
+            ms(0.5),
+            ms(0.99),
+            hist.max() as f64 / 1000.0
+        );
     }
     Ok(())
 }

@@ -275,9 +275,14 @@ impl MetaService for ClientService {
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
             .unwrap_or_default();
-        let (shard, stats) = {
+        let (shard, stats, newest_cursor, oldest_cursor) = {
             let s = self.state.read().map_err(|_| Self::state_error())?;
-            (u32::from(s.holt.shard().0), s.holt.stats())
+            (
+                u32::from(s.holt.shard().0),
+                s.holt.stats(),
+                s.holt.newest_cursor(),
+                s.holt.oldest_cursor(),
+            )
         };
         Ok(Response::new(pb::StatusResponse {
             node_id: self.node_id,
@@ -305,6 +310,9 @@ impl MetaService for ClientService {
                 .unwrap_or_default(),
             staged_uploads: stats.staged,
             gc_pending: stats.gc_tasks,
+            newest_cursor,
+            oldest_cursor,
+            snapshots: stats.snapshots,
         }))
     }
 
