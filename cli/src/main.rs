@@ -178,6 +178,9 @@ enum Command {
     /// Print change events as they commit (replays history after --from
     /// first; follows failover; Ctrl-C stops).
     Watch(watch::WatchArgs),
+    /// Show the watch history's retention and cursors; `--events N` and
+    /// `--age DURATION` change the retention (replicated).
+    WatchRetention(watch::RetentionArgs),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
     /// Make a recovery point in the object store now (snapshot + log).
@@ -257,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uploads => body::uploads(&g).await,
         Command::Snapshot(c) => snapshot::run(c, &g).await,
         Command::Watch(a) => watch::run(a, &g).await,
+        Command::WatchRetention(a) => watch::retention(a, &g).await,
         Command::Bench(a) => bench::run(a, &g).await,
         Command::Backup(a) => recovery::backup(a, &g).await,
         Command::Restore(a) => recovery::restore(a, &g).await,

@@ -23,6 +23,57 @@ pub struct WatchArgs {
     pub from: u64,
 }
 
+#[derive(Args, Debug)]
+pub struct RetentionArgs {
+    /// Keep at most this many events (default: unchanged).
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Keep no event older than this, e.g. 24h or 7days (default: unchanged).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub age: Option<std::time::Duration>,
+}
+
+/// Shows the watch history's retention and cursors; with `--events` or
+/// `--age`, changes the retention first (a replicated setting).
+pub async fn retention(a: RetentionArgs, g: &GlobalArgs) -> anyhow::Result<()> {
+    let client = g.client()?;
+    let mut status = None;
+    for endpoint in client.endpoints().to_vec() {
+        if let Ok(s) = client.status_of(&endpoint).await {
+            status = Some(s);
+            break;
+        }
+    }
+    let mut status = status.context("no replica answered Status")?;
+    if a.events.is_some() || a.age.is_some() {
+        let events = a.events.unwrap_or(status.watch_max_events);
+        let age = a
+            .age
+            .unwrap_or(std::time::Duration::from_millis(status.watch_max_age_ms));
+        client
+            .set_watch_retention(events, age)
+            .await
+            .context("set the watch retention")?;
+        status.watch_max_events = events;
+        status.watch_max_age_ms = age.as_millis().min(u128::from(u64::MAX)) as u64;
+    }
+    let age = humantime::format_duration(std::time::Duration::from_millis(status.watch_max_age_ms));
+    if g.json {
+        print_json(&json!({
+            "max_events": status.watch_max_events,
+            "max_age_ms": status.watch_max_age_ms,
+            "oldest_cursor": status.oldest_cursor,
+            "newest_cursor": status.newest_cursor,
+        }));
+    } else {
+        println!(
+            "keep {} events, none older than {age}; cursors {}..{} (on {})",
+            status.watch_max_events, status.oldest_cursor, status.newest_cursor, status.addr
+        );
+    }
+    Ok(())
+}
+
 fn type_name(k: &EventKind) -> &'static str {
     match k {
         EventKind::Create { .. } => "create",

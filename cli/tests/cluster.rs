@@ -1092,7 +1092,11 @@ async fn bad_input_changes_nothing_and_never_panics() {
                 Err(status) => assert_refused(
                     &format!("{case} (node {id})"),
                     &status,
-                    tonic::Code::InvalidArgument,
+                    if detail == "ENOENT" {
+                        tonic::Code::NotFound
+                    } else {
+                        tonic::Code::InvalidArgument
+                    },
                     detail,
                 ),
             }

@@ -8,7 +8,9 @@
 //! - `file_store_disaster_recovery`, `s3_disaster_recovery`: namespace
 //!   operations and file bodies, then `nokv backup`; every acknowledged write
 //!   is back after the restore (entries present, removed ones absent, bodies
-//!   read back with the right digest), fsck is clean, new writes work.
+//!   read back with the right digest), fsck is clean, new writes work; a
+//!   snapshot pin taken before a replace comes back and still shows the old
+//!   body, and the watch history comes back up to its newest cursor.
 //! - `writes_after_the_last_backup_are_present_or_absent_never_corrupt`:
 //!   writes keep coming after the last backup until the SIGKILL. Each one is
 //!   back or not (depending on whether the periodic archiver shipped it),
@@ -23,6 +25,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use common::store::{StoreKind, TestStore};
 use common::{nokv_command, Cluster};
@@ -300,6 +303,15 @@ async fn disaster_recovery(kind: StoreKind) {
         );
         bodies.insert(path, data);
     }
+    // A pin taken before the replace must survive the restore and keep
+    // showing the old body (whose blocks GC must therefore keep).
+    let pin = cluster.must(
+        client
+            .create_snapshot("/dr", Duration::from_secs(3600))
+            .await,
+        "snapshot /dr",
+    );
+    let pinned_body1 = bodies["/dr/body1"].clone();
     let replaced = pattern(99, BLOCK + 17);
     cluster.must(
         client
@@ -310,6 +322,12 @@ async fn disaster_recovery(kind: StoreKind) {
     bodies.insert("/dr/body1".into(), replaced);
 
     let acknowledged = max_applied(&cluster).await;
+    let mut newest_cursor = 0;
+    for id in cluster.ids() {
+        if let Some(s) = cluster.status(id).await {
+            newest_cursor = newest_cursor.max(s.newest_cursor);
+        }
+    }
     let archived = must_backup(&cluster).await;
     if archived < acknowledged {
         cluster.fail(format!(
@@ -380,6 +398,36 @@ async fn disaster_recovery(kind: StoreKind) {
     for (path, data) in &bodies {
         must_read_back(&cluster, &client, path, data).await;
     }
+    let at_pin = cluster.must(
+        client.at_snapshot(pin.id).get("/dr/body1", None).await,
+        "read /dr/body1 at the restored pin",
+    );
+    assert_eq!(
+        &at_pin[..],
+        &pinned_body1[..],
+        "the pin shows the body before the replace"
+    );
+    let pins = cluster.must(
+        client.snapshots(Consistency::Linearizable).await,
+        "list pins after the restore",
+    );
+    assert_eq!(pins.iter().map(|p| p.id).collect::<Vec<_>>(), vec![pin.id]);
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "the watch history is back up to its newest cursor",
+            async || {
+                let leader = cluster.agreed_leader(&cluster.ids()).await;
+                match leader {
+                    Some(id) => cluster
+                        .status(id)
+                        .await
+                        .is_some_and(|s| s.newest_cursor >= newest_cursor && s.oldest_cursor == 0),
+                    None => false,
+                }
+            },
+        )
+        .await;
     must_fsck(&cluster, &client, true).await;
     for id in cluster.ids() {
         let applied = cluster.applied(id).await.unwrap_or(0);

@@ -219,3 +219,84 @@ async fn a_recursive_watcher_sees_every_commit_once_across_leader_kills() {
     let relative = cluster.must_nokv_fail(&["watch", "relative"]).await;
     assert!(relative.contains("not absolute"), "{relative}");
 }
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_is_configurable_and_an_expired_cursor_names_the_oldest() {
+    use futures::StreamExt;
+    let _load = common::light_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let set = json(
+        &cluster
+            .must_nokv(&["--json", "watch-retention", "--events", "3", "--age", "1h"])
+            .await,
+    );
+    assert_eq!(
+        (set["max_events"].as_u64(), set["max_age_ms"].as_u64()),
+        (Some(3), Some(3_600_000))
+    );
+    let c = cluster.client();
+    for i in 0..5 {
+        cluster.must(c.create(&format!("/r{i}")).await, "create");
+    }
+    // Five events, three kept: every replica reports cursors 2..5.
+    for id in [1, 2, 3] {
+        cluster
+            .wait_until(
+                Duration::from_secs(30),
+                "the replica applies all five",
+                async || {
+                    cluster
+                        .status(id)
+                        .await
+                        .is_some_and(|s| s.newest_cursor == 5)
+                },
+            )
+            .await;
+        let s = cluster.status(id).await.expect("status");
+        assert_eq!((s.oldest_cursor, s.watch_max_events), (2, 3), "node {id}");
+    }
+    // Too old: a clear one-line error naming the oldest usable cursor.
+    let expired = cluster
+        .must_nokv_fail(&["watch", "/", "--recursive", "--from", "1"])
+        .await;
+    assert!(
+        expired.contains("cursor expired") && expired.contains(" 2"),
+        "{expired}"
+    );
+    let mut stream = Box::pin(c.watch("/", true, 0));
+    match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+        Ok(Some(Err(ClientError::CursorExpired { oldest, .. }))) => assert_eq!(oldest, 2),
+        other => panic!("expected CursorExpired, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the stream ends")
+            .is_none(),
+        "an expired cursor ends the stream"
+    );
+    // From the oldest cursor: exactly the three kept events.
+    let resumed: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.watch("/", true, 2).take(3).collect::<Vec<_>>(),
+    )
+    .await
+    .expect("three events arrive");
+    let paths: Vec<_> = resumed
+        .into_iter()
+        .map(|e| e.expect("event").path.unwrap_or_default())
+        .collect();
+    assert_eq!(paths, ["/r2", "/r3", "/r4"]);
+    // Malformed input.
+    let bad = cluster.nokv(&["watch", "/", "--from", "abc"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value"));
+    let zero = cluster
+        .must_nokv_fail(&["watch-retention", "--events", "0"])
+        .await;
+    assert!(zero.contains("retention"), "{zero}");
+}

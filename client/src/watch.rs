@@ -133,6 +133,22 @@ impl WatchState {
 }
 
 impl Client {
+    /// Sets how much watch history the shard keeps: at most `max_events`
+    /// events, none older than `max_age`. A replicated setting; it applies
+    /// from the next mutation on.
+    pub async fn set_watch_retention(
+        &self,
+        max_events: u64,
+        max_age: Duration,
+    ) -> Result<(), ClientError> {
+        self.mutate(nokv_holt::Op::SetWatchRetention {
+            max_events,
+            max_age_ns: max_age.as_nanos().min(u128::from(u64::MAX)) as u64,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Typed change events at `path` (and its direct children; everything
     /// below it when `recursive`), in commit order, after cursor `after`
     /// (0: from the oldest retained event). Each event's `seq` is its

@@ -275,13 +275,14 @@ impl MetaService for ClientService {
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
             .unwrap_or_default();
-        let (shard, stats, newest_cursor, oldest_cursor) = {
+        let (shard, stats, newest_cursor, oldest_cursor, retention) = {
             let s = self.state.read().map_err(|_| Self::state_error())?;
             (
                 u32::from(s.holt.shard().0),
                 s.holt.stats(),
                 s.holt.newest_cursor(),
                 s.holt.oldest_cursor(),
+                s.holt.watch_retention(),
             )
         };
         Ok(Response::new(pb::StatusResponse {
@@ -313,6 +314,8 @@ impl MetaService for ClientService {
             newest_cursor,
             oldest_cursor,
             snapshots: stats.snapshots,
+            watch_max_events: retention.max_events,
+            watch_max_age_ms: retention.max_age_ns / 1_000_000,
         }))
     }
 

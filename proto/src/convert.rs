@@ -290,6 +290,10 @@ fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
         PbOp::RemoveSnapshot(r) => holt::Op::RemoveSnapshot {
             id: holt::SnapshotId(r.id),
         },
+        PbOp::SetWatchRetention(r) => holt::Op::SetWatchRetention {
+            max_events: r.max_events,
+            max_age_ns: r.max_age_ms.saturating_mul(1_000_000),
+        },
     })
 }
 
@@ -687,11 +691,17 @@ fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
             lease_ms: lease_ns / 1_000_000,
         }),
         holt::Op::RemoveSnapshot { id } => PbOp::RemoveSnapshot(pb::RemoveSnapshotOp { id: id.0 }),
+        holt::Op::SetWatchRetention {
+            max_events,
+            max_age_ns,
+        } => PbOp::SetWatchRetention(pb::SetWatchRetentionOp {
+            max_events,
+            max_age_ms: max_age_ns / 1_000_000,
+        }),
         // Leader housekeeping has no wire form: clients cannot send it.
         holt::Op::ExpireUploads { .. }
         | holt::Op::GcDone { .. }
-        | holt::Op::ExpireSnapshots { .. }
-        | holt::Op::SetWatchRetention { .. } => {
+        | holt::Op::ExpireSnapshots { .. } => {
             return Err(WireError::Invalid {
                 field: "op",
                 reason: "housekeeping commands are proposed by the leader only".into(),
@@ -967,6 +977,10 @@ mod tests {
             },
             holt::Op::RemoveSnapshot {
                 id: holt::SnapshotId(7),
+            },
+            holt::Op::SetWatchRetention {
+                max_events: 10,
+                max_age_ns: 3_000_000,
             },
         ] {
             let m = Mutation {

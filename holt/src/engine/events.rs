@@ -303,6 +303,11 @@ impl Holt {
         }
     }
 
+    /// How much history is kept.
+    pub fn watch_retention(&self) -> crate::watch::WatchRetention {
+        self.retention
+    }
+
     /// The cursor of the newest event (0 before the first).
     pub fn newest_cursor(&self) -> u64 {
         self.next_event - 1
