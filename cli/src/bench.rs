@@ -387,14 +387,11 @@ async fn watch(
     use futures::StreamExt;
     // Start from the newest event on the first replica that answers: the
     // benchmark directory is new, so nothing before it matters.
-    let mut from = None;
-    for endpoint in client.endpoints().to_vec() {
-        if let Ok(s) = client.status_of(&endpoint).await {
-            from = Some(s.newest_cursor);
-            break;
-        }
-    }
-    let from = from.context("no replica answered Status")?;
+    let from = client
+        .any_status()
+        .await
+        .context("no replica answered Status")?
+        .newest_cursor;
     let events = client.watch(dir, true, from);
     let expected = args.count;
     let watcher = tokio::spawn(async move {

@@ -37,14 +37,10 @@ pub struct RetentionArgs {
 /// `--age`, changes the retention first (a replicated setting).
 pub async fn retention(a: RetentionArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
-    let mut status = None;
-    for endpoint in client.endpoints().to_vec() {
-        if let Ok(s) = client.status_of(&endpoint).await {
-            status = Some(s);
-            break;
-        }
-    }
-    let mut status = status.context("no replica answered Status")?;
+    let mut status = client
+        .any_status()
+        .await
+        .context("no replica answered Status")?;
     if a.events.is_some() || a.age.is_some() {
         let events = a.events.unwrap_or(status.watch_max_events);
         let age = a

@@ -440,6 +440,18 @@ impl Client {
 
     // ----- cluster ---------------------------------------------------------
 
+    /// The status of the first replica that answers, in endpoint order.
+    pub async fn any_status(&self) -> Result<pb::StatusResponse, ClientError> {
+        let mut last = None;
+        for endpoint in self.endpoints().to_vec() {
+            match self.status_of(&endpoint).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unavailable("no endpoint answered".into())))
+    }
+
     /// The status of one replica (no retries: it is about that replica).
     pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse, ClientError> {
         let addr = normalize(endpoint);
