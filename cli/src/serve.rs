@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// lease [default: 400ms].
     #[arg(long, env = "NOKV_ELECTION_TIMEOUT_MAX", value_parser = humantime::parse_duration)]
     pub election_timeout_max: Option<Duration>,
+    /// Stand for election at once when a vote shows this node holds the
+    /// longer log and the leader is silent, instead of waiting for the
+    /// timer (saves a second election round) [default: true].
+    #[arg(long, env = "NOKV_EARLY_ELECTIONS")]
+    pub early_elections: Option<bool>,
     /// Build a state-machine snapshot after this many log entries.
     #[arg(long, env = "NOKV_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -92,6 +97,7 @@ pub struct ServeFile {
     pub election_timeout_min: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     pub election_timeout_max: Option<Duration>,
+    pub early_elections: Option<bool>,
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
     pub max_batch: Option<usize>,
@@ -165,6 +171,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.election_timeout_max.or(file.election_timeout_max) {
             node.election_timeout_max = v;
+        }
+        if let Some(v) = self.early_elections.or(file.early_elections) {
+            node.early_elections = v;
         }
         if let Some(v) = self.snapshot_every.or(file.snapshot_every) {
             node.snapshot_every = v;

@@ -66,6 +66,9 @@ pub struct ClusterOptions {
     pub nodes: u64,
     /// `RUST_LOG` of the replicas.
     pub rust_log: String,
+    /// More environment variables of the replicas (`NOKV_*` settings of
+    /// `nokv serve`, for experiments).
+    pub node_env: Vec<(String, String)>,
     /// How long to wait for the cluster to form.
     pub ready_timeout: Duration,
 }
@@ -77,6 +80,7 @@ impl Default for ClusterOptions {
             s3_image: "nokv-s3s-fs:dev".into(),
             nodes: 3,
             rust_log: "info".into(),
+            node_env: Vec::new(),
             ready_timeout: Duration::from_secs(60),
         }
     }
@@ -200,7 +204,7 @@ impl DockerCluster {
             let port = free_port()?;
             let (name, tag) = split_image(&options.nokv_image);
             let advertise = format!("{alias}:{NODE_PORT}");
-            let handle = GenericImage::new(name, tag)
+            let mut image = GenericImage::new(name, tag)
                 .with_cmd([
                     "serve",
                     "--node-id",
@@ -225,7 +229,11 @@ impl DockerCluster {
                 .with_env_var("AWS_REGION", "us-east-1")
                 .with_env_var("AWS_EC2_METADATA_DISABLED", "true")
                 .with_env_var("RUST_LOG", &options.rust_log)
-                .with_env_var("NO_COLOR", "1")
+                .with_env_var("NO_COLOR", "1");
+            for (key, value) in &options.node_env {
+                image = image.with_env_var(key, value);
+            }
+            let handle = image
                 .start()
                 .await
                 .map_err(|e| ClusterError::Container(format!("start {container}: {e}")))?;

@@ -103,9 +103,20 @@ struct RunArgs {
     /// RUST_LOG of the replicas.
     #[arg(long, default_value = "info")]
     node_log: String,
+    /// An environment variable of the replicas, KEY=VALUE (repeatable), e.g.
+    /// `--node-env NOKV_EARLY_ELECTIONS=false` to compare settings.
+    #[arg(long, value_parser = parse_env_pair)]
+    node_env: Vec<(String, String)>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 /// The human-readable summary of a run.
@@ -243,6 +254,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             nokv_image: args.nokv_image.clone(),
             s3_image: args.s3_image.clone(),
             rust_log: args.node_log.clone(),
+            node_env: args.node_env.clone(),
             ..ClusterOptions::default()
         },
         recovery_timeout: Duration::from_secs(60),

@@ -15,6 +15,7 @@
 
 pub mod archive;
 pub mod client_service;
+pub mod election;
 pub mod maintenance;
 pub mod metrics;
 pub mod network;

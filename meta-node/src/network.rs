@@ -6,6 +6,7 @@
 //! keep timing out is replaced by a fresh connection (see
 //! [`RECONNECT_AFTER_TIMEOUTS`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use nokv_proto::pb::raft_service_client::RaftServiceClient;
@@ -23,18 +24,32 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::election::Elections;
 use crate::raft_wire;
 use crate::typ::{NodeId, TypeConfig};
 
 /// Creates one [`PeerClient`] per target node.
 #[derive(Clone, Default)]
-pub struct GrpcNetworkFactory {}
+pub struct GrpcNetworkFactory {
+    /// Told of every vote answer (see [`Elections`]); none in tests.
+    elections: Option<Arc<Elections>>,
+}
+
+impl GrpcNetworkFactory {
+    pub fn new(elections: Arc<Elections>) -> GrpcNetworkFactory {
+        GrpcNetworkFactory {
+            elections: Some(elections),
+        }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient::new(target, &node.addr)
+        let mut client = PeerClient::new(target, &node.addr);
+        client.elections = self.elections.clone();
+        client
     }
 }
 
@@ -66,6 +81,7 @@ pub struct PeerClient {
     unanswered: u32,
     /// Connections replaced so far (for logs and tests).
     reconnects: u64,
+    elections: Option<Arc<Elections>>,
 }
 
 fn connect_lazy(addr: &str) -> Option<RaftServiceClient<Channel>> {
@@ -94,6 +110,7 @@ impl PeerClient {
             client: connect_lazy(addr),
             unanswered: 0,
             reconnects: 0,
+            elections: None,
         }
     }
 
@@ -239,8 +256,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(&rpc, &option, |mut c, r| async move { c.vote(r).await })
-            .await
+        let answer = self
+            .rpc(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await?;
+        match &self.elections {
+            Some(elections) => {
+                elections.after_refused(&rpc, &answer);
+                Ok(elections.presented(&rpc, answer))
+            }
+            None => Ok(answer),
+        }
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::{ArchiveConfig, ArchiveGatedLogStore, Archiver, PurgeGate};
 use crate::client_service::{ClientService, ClientTimeouts};
+use crate::election::Elections;
 use crate::maintenance::Maintenance;
 use crate::metrics::{self, Metrics};
 use crate::network::GrpcNetworkFactory;
@@ -37,6 +38,9 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Stand for election before the timer where a vote shows it saves a
+    /// round (see [`crate::election`]).
+    pub early_elections: bool,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for slow followers).
@@ -78,6 +82,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(200),
             election_timeout_max: Duration::from_millis(400),
+            early_elections: true,
             snapshot_every: 10_000,
             keep_logs_behind_snapshot: 1_000,
             max_batch: 256,
@@ -226,15 +231,22 @@ pub async fn run_node(
     let state_machine = HoltStateMachine::open(&config.data_dir.join("snapshot"), holt_config)?;
     let state = state_machine.shared();
     let snapshots = state_machine.snapshot_handle();
+    let elections = Arc::new(Elections::new(config.election_timeout_max));
+    if !config.early_elections {
+        tracing::info!("early elections are off: elections wait for the timer");
+    }
     let raft: Raft = openraft::Raft::new(
         config.node_id,
         Arc::new(config.raft_config()?),
-        GrpcNetworkFactory::default(),
+        GrpcNetworkFactory::new(elections.clone()),
         log_store,
         state_machine,
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if config.early_elections {
+        elections.attach(raft.clone());
+    }
 
     let metrics = Arc::new(Metrics::new()?);
     let tasks = CancellationToken::new();
@@ -308,7 +320,7 @@ pub async fn run_node(
                 .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
         )
         .add_service(
-            RaftServiceServer::new(RaftServer::new(raft.clone()))
+            RaftServiceServer::new(RaftServer::new(raft.clone(), elections))
                 .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
         )
