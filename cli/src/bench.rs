@@ -2,6 +2,7 @@
 //! throughput and latency percentiles. A benchmark, not a test: it measures
 //! and prints; it asserts nothing about speed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,7 +102,7 @@ where
             let mut hist = new_hist()?;
             let (mut ops, mut errors, mut first_error) = (0u64, 0u64, None);
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
                     break;
                 }
@@ -220,12 +221,16 @@ async fn publish(
             let _ = store.delete(&format!("bench-raw/{run_id:016x}/{i}")).await;
         }
     }
-    // Metadata time per publish: stage + commit, and each on its own.
+    // Per publish: what metadata added (stage wait + commit), the stage and
+    // commit latencies, and the part of the stage the publish waited for.
     let meta = Arc::new(std::sync::Mutex::new([
         new_hist()?,
         new_hist()?,
         new_hist()?,
+        new_hist()?,
     ]));
+    let block_counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let counts = block_counts.clone();
     let c = client.clone();
     let d = dir.to_string();
     let m = meta.clone();
@@ -234,23 +239,20 @@ async fn publish(
         let path = format!("{d}/p{i}");
         let data = data.clone();
         let m = m.clone();
+        let counts = counts.clone();
         async move {
             let opts = nokv_client::PutOptions::default();
-            let t = Instant::now();
-            let staged = c.stage(&path, &opts).await?;
-            let stage_time = t.elapsed();
-            let spec = c.upload_blocks(&staged, &data[..], &opts, &|_| {}).await?;
-            let t = Instant::now();
-            c.commit(staged.id, spec).await?;
-            let commit_time = t.elapsed();
+            let (_, t) = c.publish(&path, &data[..], &opts, &|_| {}).await?;
             if let Ok(mut h) = m.lock() {
                 for (h, d) in h
                     .iter_mut()
-                    .zip([stage_time + commit_time, stage_time, commit_time])
+                    .zip([t.metadata_wait(), t.stage, t.commit, t.stage_wait])
                 {
                     h.saturating_record(d.as_micros() as u64);
                 }
             }
+            counts[0].fetch_add(t.blocks as u64, Ordering::Relaxed);
+            counts[1].fetch_add(t.blocks_prechecked as u64, Ordering::Relaxed);
             Ok(())
         }
     })
@@ -259,20 +261,27 @@ async fn publish(
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
         .clone();
-    print_publish("nokv-publish", args, &report, mib, Some(&meta), g);
+    let blocks = [
+        block_counts[0].load(Ordering::Relaxed),
+        block_counts[1].load(Ordering::Relaxed),
+    ];
+    print_publish("nokv-publish", args, &report, mib, Some((&meta, blocks)), g);
     Ok(())
 }
 
 /// Raw PUT throughput and latency, or a publish's with its metadata time:
-/// `[stage + commit, stage, commit]`.
+/// histograms `[stage wait + commit, stage, commit, stage wait]` and block
+/// counts `[all, checked before the commit]`.
 fn print_publish(
     name: &str,
     args: &BenchArgs,
     r: &Report,
     mib: f64,
-    meta: Option<&[Histogram<u64>; 3]>,
+    meta: Option<(&[Histogram<u64>; 4], [u64; 2])>,
     g: &GlobalArgs,
 ) {
+    let blocks = meta.map(|(_, b)| b);
+    let meta = meta.map(|(h, _)| h);
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let meta_ms = |i: usize, q: f64| meta.map(|m| ms(&m[i], q));
@@ -289,15 +298,26 @@ fn print_publish(
             "mib_per_sec": r.ops as f64 * mib / secs,
             "p50_ms": ms(&r.hist, 0.5),
             "p99_ms": ms(&r.hist, 0.99),
-            "metadata_p50_ms": meta_ms(0, 0.5),
-            "metadata_p99_ms": meta_ms(0, 0.99),
+            "metadata_wait_p50_ms": meta_ms(0, 0.5),
+            "metadata_wait_p99_ms": meta_ms(0, 0.99),
             "stage_p50_ms": meta_ms(1, 0.5),
             "commit_p50_ms": meta_ms(2, 0.5),
+            "stage_wait_p50_ms": meta_ms(3, 0.5),
+            "blocks": blocks.map(|b| b[0]),
+            "blocks_checked_before_commit": blocks.map(|b| b[1]),
         }));
     } else {
-        let meta_text = match (meta_ms(0, 0.5), meta_ms(0, 0.99), meta_ms(1, 0.5), meta_ms(2, 0.5)) {
-            (Some(a), Some(b), Some(st), Some(co)) => format!(
-                " metadata(stage+commit) p50={a:.2}ms p99={b:.2}ms (stage p50={st:.2}ms, commit p50={co:.2}ms)"
+        let meta_text = match (
+            meta_ms(0, 0.5),
+            meta_ms(0, 0.99),
+            meta_ms(1, 0.5),
+            meta_ms(3, 0.5),
+            meta_ms(2, 0.5),
+            blocks,
+        ) {
+            (Some(a), Some(b), Some(st), Some(sw), Some(co), Some([all, pre])) => format!(
+                " metadata wait p50={a:.2}ms p99={b:.2}ms (stage p50={st:.2}ms, waited p50={sw:.2}ms; \
+                 commit p50={co:.2}ms; blocks checked before the commit: {pre}/{all})"
             ),
             _ => String::new(),
         };

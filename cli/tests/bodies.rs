@@ -1140,6 +1140,59 @@ async fn publish_errors_change_nothing(kind: StoreKind) {
         "has 10 bytes in the store, the commit says 11",
         "commit declaring the wrong block size",
     );
+    // Early checks (CheckBlocks): the same refusals, a remembered success,
+    // and a remembered block vouches for nothing else.
+    must_fail_with(
+        c.check_blocks(staged.id, vec![block(&key, 11)]).await,
+        "EINVAL",
+        "has 10 bytes in the store, the commit says 11",
+        "early check declaring the wrong block size",
+    );
+    let looked_up = bc.cluster.must(
+        c.check_blocks(staged.id, vec![block(&key, 10)]).await,
+        "early check of an uploaded block",
+    );
+    assert_eq!(looked_up, 1, "the first check looks the block up");
+    let looked_up = bc.cluster.must(
+        c.check_blocks(staged.id, vec![block(&key, 10)]).await,
+        "second early check",
+    );
+    assert_eq!(looked_up, 0, "a checked block is remembered");
+    must_fail_with(
+        c.check_blocks(
+            staged.id,
+            vec![block(&key, 10), block(&format!("{key}9"), 1)],
+        )
+        .await,
+        "EINVAL",
+        "was never uploaded",
+        "early check of a remembered and a missing block",
+    );
+    must_fail_with(
+        c.check_blocks(
+            staged.id,
+            vec![bc.must_body("/e/f").await.blocks[0].clone()],
+        )
+        .await,
+        "EINVAL",
+        "is not under the upload's prefix",
+        "early check of another body's block",
+    );
+    let too_many = (0..1025).map(|i| block(&format!("{key}-{i}"), 1)).collect();
+    must_fail_with(
+        c.check_blocks(staged.id, too_many).await,
+        "EINVAL",
+        "at most 1024",
+        "early check of 1025 blocks",
+    );
+    must_fail_with(
+        c.check_blocks(UploadId(staged.id.0 + 1000), vec![block(&key, 10)])
+            .await,
+        "ENOENT",
+        "never staged",
+        "early check of an unknown upload",
+    );
+    must_be_unchanged(first.generation, &original, "early checks").await;
     // The same refusals when the bad block is one of several.
     let second = format!("{}00000001", staged.key_prefix());
     must_fail_with(
@@ -1205,6 +1258,12 @@ async fn publish_errors_change_nothing(kind: StoreKind) {
         "ENOENT",
         &staged.id.to_string(),
         "commit after abort",
+    );
+    must_fail_with(
+        c.check_blocks(staged.id, vec![block(&key, 10)]).await,
+        "ENOENT",
+        &staged.id.to_string(),
+        "early check after abort",
     );
     must_be_unchanged(first.generation, &original, "commit after abort").await;
 

@@ -4,10 +4,11 @@
 //! (location learned from the cluster, credentials and endpoint from this
 //! process's standard AWS variables); metadata nodes never relay them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -49,6 +50,111 @@ impl Default for PutOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             parallelism: 8,
             lease: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where one publish spent its time ([`Client::publish`]).
+#[derive(Clone, Debug, Default)]
+pub struct PublishTimings {
+    /// Latency of the stage command (a Raft write).
+    pub stage: Duration,
+    /// How long the publish was held up by it: blocks are read and hashed
+    /// meanwhile, so only what the stage took beyond that.
+    pub stage_wait: Duration,
+    /// Reading, hashing and uploading the body after that.
+    pub upload: Duration,
+    /// Latency of the commit (a Raft write, after the leader checked the
+    /// blocks it had not checked yet).
+    pub commit: Duration,
+    pub blocks: usize,
+    /// Blocks the leader checked while later blocks were still uploading.
+    pub blocks_prechecked: usize,
+}
+
+impl PublishTimings {
+    /// What metadata added to the publish beyond moving its bytes.
+    pub fn metadata_wait(&self) -> Duration {
+        self.stage_wait + self.commit
+    }
+}
+
+/// Cuts an input into blocks. [`BlockReader::next_block`] may be raced
+/// (`select!`) and dropped half-way: the bytes of the unfinished block stay
+/// here for the next call.
+struct BlockReader<R> {
+    reader: R,
+    block_size: usize,
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl<R: AsyncRead + Unpin> BlockReader<R> {
+    fn new(reader: R, block_size: usize) -> BlockReader<R> {
+        BlockReader {
+            reader,
+            block_size: block_size.max(1),
+            buf: Vec::new(),
+            filled: 0,
+        }
+    }
+
+    /// The next `block_size` bytes: fewer only at the end of the input
+    /// (empty there).
+    async fn next_block(&mut self) -> Result<Vec<u8>, ClientError> {
+        if self.buf.len() != self.block_size {
+            self.buf = vec![0u8; self.block_size];
+            self.filled = 0;
+        }
+        while self.filled < self.block_size {
+            // `read` is cancel-safe: dropped, it has read nothing.
+            let n = self
+                .reader
+                .read(&mut self.buf[self.filled..])
+                .await
+                .map_err(|e| ClientError::InvalidArgument(format!("reading input: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            self.filled += n;
+        }
+        let mut block = std::mem::take(&mut self.buf);
+        block.truncate(self.filled);
+        self.filled = 0;
+        Ok(block)
+    }
+}
+
+/// Most finished blocks sent to the leader in one `CheckBlocks`.
+const PRECHECK_BATCH: usize = 256;
+
+/// Has the leader check blocks of `upload` as they finish uploading: one
+/// request at a time, carrying every block finished meanwhile. Stops at the
+/// first failure: the commit checks every block not confirmed here anyway,
+/// and answers with the precise error.
+async fn precheck(
+    client: Client,
+    upload: UploadId,
+    mut finished: tokio::sync::mpsc::UnboundedReceiver<BlockRef>,
+    confirmed: Arc<AtomicUsize>,
+) {
+    while let Some(block) = finished.recv().await {
+        let mut batch = vec![block];
+        while batch.len() < PRECHECK_BATCH {
+            match finished.try_recv() {
+                Ok(block) => batch.push(block),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        match client.check_blocks(upload, batch).await {
+            Ok(_) => {
+                confirmed.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %upload, "early block check failed; the commit checks");
+                return;
+            }
         }
     }
 }
@@ -152,15 +258,51 @@ impl Client {
     pub async fn upload_blocks<R: AsyncRead + Unpin>(
         &self,
         staged: &StagedUpload,
-        mut reader: R,
+        reader: R,
         opts: &PutOptions,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<BodySpec, ClientError> {
+        let input = BlockReader::new(reader, opts.block_size);
+        self.upload_rest(
+            staged,
+            Sha256::new(),
+            VecDeque::new(),
+            input,
+            opts,
+            progress,
+        )
+        .await
+        .map(|(spec, _)| spec)
+    }
+
+    /// [`Client::upload_blocks`], starting with the blocks `ahead`, already
+    /// read and fed to `hasher` (the last of them may end the input). Also
+    /// returns how many blocks the leader checked while later ones were
+    /// still uploading.
+    async fn upload_rest<R: AsyncRead + Unpin>(
+        &self,
+        staged: &StagedUpload,
+        mut hasher: Sha256,
+        mut ahead: VecDeque<Vec<u8>>,
+        mut input: BlockReader<R>,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(BodySpec, usize), ClientError> {
         let store = self.blob_store().await?;
         let prefix = staged.key_prefix();
         let block_size = opts.block_size.max(1);
-        let mut hasher = Sha256::new();
         let mut blocks = Vec::new();
+        // Finished blocks go to a task that has the leader check them now,
+        // so the commit only checks the last ones (see `precheck`).
+        let (finished, finished_rx) = tokio::sync::mpsc::unbounded_channel();
+        let prechecked = Arc::new(AtomicUsize::new(0));
+        let mut checker = tokio::task::JoinSet::new();
+        checker.spawn(precheck(
+            self.clone(),
+            staged.id,
+            finished_rx,
+            prechecked.clone(),
+        ));
         // Each block uploads in its own task, so uploads make progress while
         // we wait for more input (a slow stdin, say). At most `parallelism`
         // run at once; dropping the set on error cancels the rest.
@@ -169,28 +311,27 @@ impl Client {
         let mut index = 0usize;
         let mut total = 0u64;
         loop {
-            let mut buf = vec![0u8; block_size];
-            let mut filled = 0;
-            while filled < block_size {
-                let n = reader
-                    .read(&mut buf[filled..])
-                    .await
-                    .map_err(|e| ClientError::InvalidArgument(format!("reading input: {e}")))?;
-                if n == 0 {
-                    break;
+            let buf = match ahead.pop_front() {
+                Some(buf) => buf,
+                None => {
+                    let buf = input.next_block().await?;
+                    hasher.update(&buf);
+                    // Let the uploads and block checks queued behind the
+                    // hashing run.
+                    tokio::task::yield_now().await;
+                    buf
                 }
-                filled += n;
-            }
+            };
+            let filled = buf.len();
             if filled == 0 {
                 break;
             }
-            buf.truncate(filled);
-            hasher.update(&buf);
             let key = block_key(&prefix, index);
-            blocks.push(BlockRef {
+            let block = BlockRef {
                 key: key.clone(),
                 size: filled as u64,
-            });
+            };
+            blocks.push(block.clone());
             total += filled as u64;
             index += 1;
             while uploads.len() >= parallelism {
@@ -200,7 +341,13 @@ impl Client {
             }
             let store = store.clone();
             let body = Bytes::from(buf);
-            uploads.spawn(async move { store.put_new(&key, body).await.map(|_| filled as u64) });
+            let finished = finished.clone();
+            uploads.spawn(async move {
+                store.put_new(&key, body).await?;
+                // The checker may be gone (it stops on its first error).
+                let _ = finished.send(block);
+                Ok(filled as u64)
+            });
             if filled < block_size {
                 break;
             }
@@ -208,14 +355,38 @@ impl Client {
         while let Some(done) = uploads.join_next().await {
             progress(join_upload(done)?);
         }
-        Ok(BodySpec {
+        // Checks still running are dropped: the commit checks what they
+        // did not confirm.
+        checker.abort_all();
+        let spec = BodySpec {
             size: total,
             blocks,
             sha256: hex(&hasher.finalize()),
             content_type: opts.content_type.clone(),
             producer: opts.producer.clone(),
             attrs: opts.attrs.clone(),
+        };
+        Ok((spec, prechecked.load(Ordering::Relaxed)))
+    }
+
+    /// Asks the leader to check blocks of a staged upload now (they exist
+    /// with these sizes), so that the commit need not. Answers how many the
+    /// leader had to look up in the store.
+    pub async fn check_blocks(
+        &self,
+        upload: UploadId,
+        blocks: Vec<BlockRef>,
+    ) -> Result<u32, ClientError> {
+        let blocks: Vec<nokv_proto::pb::BlockRef> = blocks.into_iter().map(Into::into).collect();
+        self.with_retries(false, true, |mut stub| {
+            let request = nokv_proto::pb::CheckBlocksRequest {
+                upload: upload.0,
+                blocks: blocks.clone(),
+            };
+            async move { stub.check_blocks(request).await.map(|r| r.into_inner()) }
         })
+        .await
+        .map(|r| r.looked_up)
     }
 
     /// Makes an upload's body visible (last step of a publish).
@@ -253,10 +424,93 @@ impl Client {
         opts: &PutOptions,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<Attr, ClientError> {
-        let staged = self.stage(path, opts).await?;
-        let result = match self.upload_blocks(&staged, reader, opts, progress).await {
-            Ok(spec) => self.commit(staged.id, spec).await,
-            Err(e) => Err(e),
+        self.publish(path, reader, opts, progress)
+            .await
+            .map(|(attr, _)| attr)
+    }
+
+    /// [`Client::put`], also telling where the time went.
+    ///
+    /// The stage command runs while the first blocks are read and hashed, and
+    /// the leader checks finished blocks while later ones upload; what the
+    /// publish waits for beyond moving its bytes is
+    /// [`PublishTimings::metadata_wait`].
+    pub async fn publish<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        reader: R,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Attr, PublishTimings), ClientError> {
+        let block_size = opts.block_size.max(1);
+        let mut hasher = Sha256::new();
+        // While the stage command commits, read and hash blocks (at most as
+        // many as upload at once). When it is done, uploading starts at
+        // once, even in the middle of a block still waiting for input.
+        let started = Instant::now();
+        let mut stage = Box::pin(async {
+            let result = self.stage(path, opts).await;
+            (result, started.elapsed())
+        });
+        let mut input = BlockReader::new(reader, block_size);
+        let mut staged = None;
+        let mut ahead = VecDeque::new();
+        let mut read_error = None;
+        let mut at_end = false;
+        while !at_end && ahead.len() < opts.parallelism.max(1) {
+            tokio::select! {
+                biased;
+                done = &mut stage => {
+                    staged = Some(done);
+                    break;
+                }
+                block = input.next_block() => match block {
+                    Ok(buf) => {
+                        hasher.update(&buf);
+                        at_end = buf.len() < block_size;
+                        ahead.push_back(buf);
+                        // Hashing a block holds this thread for milliseconds:
+                        // let the RPC tasks queued behind it run.
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+        let ready = Instant::now();
+        let (staged, stage_time) = match staged {
+            Some(done) => done,
+            None => stage.await,
+        };
+        let mut timings = PublishTimings {
+            stage: stage_time,
+            stage_wait: ready.elapsed(),
+            ..PublishTimings::default()
+        };
+        let staged = staged?;
+        let result = match read_error {
+            Some(e) => Err(e),
+            None => {
+                let t = Instant::now();
+                let uploaded = self
+                    .upload_rest(&staged, hasher, ahead, input, opts, progress)
+                    .await;
+                timings.upload = t.elapsed();
+                match uploaded {
+                    Ok((spec, prechecked)) => {
+                        timings.blocks = spec.blocks.len();
+                        timings.blocks_prechecked = prechecked;
+                        let t = Instant::now();
+                        let committed = self.commit(staged.id, spec).await;
+                        timings.commit = t.elapsed();
+                        committed
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         if let Err(e) = &result {
             // An unknown outcome may still commit: leave that upload to its lease.
@@ -264,7 +518,7 @@ impl Client {
                 let _ = self.abort(staged.id).await;
             }
         }
-        result
+        result.map(|attr| (attr, timings))
     }
 
     /// Publishes an in-memory body.
@@ -419,6 +673,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_block_read_cut_short_keeps_its_bytes() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut input = BlockReader::new(rx, 8);
+        tx.write_all(b"abcde").await.expect("write");
+        // The rest of the block is not there: the read is dropped half-way
+        // (as `publish` drops it when the stage command finishes first).
+        let cut = tokio::time::timeout(Duration::from_millis(50), input.next_block()).await;
+        assert!(cut.is_err(), "a block of 8 completed with 5 bytes: {cut:?}");
+        tx.write_all(b"fghij").await.expect("write");
+        drop(tx);
+        assert_eq!(input.next_block().await.expect("block"), b"abcdefgh");
+        assert_eq!(input.next_block().await.expect("block"), b"ij");
+        assert!(input.next_block().await.expect("end").is_empty());
+    }
 
     #[test]
     fn the_client_endpoint_wins_over_the_advertised_one() {

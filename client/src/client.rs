@@ -302,7 +302,7 @@ impl Client {
     ///
     /// `via_leader` says the call is answered only by the leader (writes,
     /// linearizable reads), so a success tells us who leads.
-    async fn with_retries<T, F, Fut>(
+    pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         is_write: bool,
         via_leader: bool,

@@ -15,7 +15,7 @@ mod error;
 mod snapshots;
 mod watch;
 
-pub use bodies::{PutOptions, DEFAULT_BLOCK_SIZE};
+pub use bodies::{PublishTimings, PutOptions, DEFAULT_BLOCK_SIZE};
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
 pub use nokv_holt::{

@@ -407,9 +407,70 @@ impl MetaService for ClientService {
     ) -> Result<Response<pb::BackupResponse>, Status> {
         self.backup_inner().await.map(Response::new)
     }
+
+    async fn check_blocks(
+        &self,
+        request: Request<pb::CheckBlocksRequest>,
+    ) -> Result<Response<pb::CheckBlocksResponse>, Status> {
+        self.check_blocks_inner(request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
+/// Most blocks one `CheckBlocks` request may name.
+pub const MAX_CHECK_BLOCKS: usize = 1024;
+
 impl ClientService {
+    /// Checks blocks of a staged upload ahead of its commit (see
+    /// [`crate::verified`]). Only keys under the upload's own prefix are
+    /// looked up, so this is no oracle for the rest of the store.
+    async fn check_blocks_inner(
+        &self,
+        req: pb::CheckBlocksRequest,
+    ) -> Result<pb::CheckBlocksResponse, Status> {
+        if req.blocks.len() > MAX_CHECK_BLOCKS {
+            return Err(fs_error_status(&FsError::InvalidArgument(format!(
+                "{} blocks in one CheckBlocks request (at most {MAX_CHECK_BLOCKS})",
+                req.blocks.len()
+            ))));
+        }
+        self.check_leading()?;
+        let upload = UploadId(req.upload);
+        {
+            let s = self.state.read().map_err(|_| Self::state_error())?;
+            let Some(staged) = s.holt.staged_upload(upload) else {
+                return Err(fs_error_status(&FsError::NotFound(format!(
+                    "{upload} (never staged, already committed or reclaimed)"
+                ))));
+            };
+            if staged.lease_expires_ns < crate::maintenance::now_ns() {
+                return Err(fs_error_status(&FsError::NotFound(format!(
+                    "{upload}: upload lease expired"
+                ))));
+            }
+            let prefix = staged.key_prefix();
+            if let Some(b) = req
+                .blocks
+                .iter()
+                .find(|b| !b.key.starts_with(&prefix) || b.key.len() == prefix.len())
+            {
+                return Err(fs_error_status(&FsError::InvalidArgument(format!(
+                    "{upload}: block key {:?} is not under the upload's prefix {prefix:?}",
+                    b.key
+                ))));
+            }
+        }
+        let blocks = req.blocks.into_iter().map(Into::into).collect();
+        match self.maintenance.check_blocks(blocks).await {
+            Ok(Ok(looked_up)) => Ok(pb::CheckBlocksResponse {
+                looked_up: looked_up as u32,
+            }),
+            Ok(Err(fs)) => Err(fs_error_status(&fs)),
+            Err(e) => Err(maintenance_status(e)),
+        }
+    }
+
     async fn backup_inner(&self) -> Result<pb::BackupResponse, Status> {
         self.must_lead().await?;
         let Some(archive) = &self.archive else {

@@ -26,6 +26,7 @@ pub mod raft_wire;
 pub mod read_index;
 pub mod state_machine;
 pub mod typ;
+pub mod verified;
 pub mod watch;
 
 pub use archive::{

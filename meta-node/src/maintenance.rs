@@ -16,13 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use nokv_blob::{BlobError, BlobStore};
-use nokv_holt::{BodySpec, Command, FsError, GcTarget, Op, RequestId};
+use nokv_holt::{BlockRef, BodySpec, Command, FsError, GcTarget, Op, RequestId};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::PurgeGate;
 use crate::proposer::Proposer;
 use crate::state_machine::SharedState;
 use crate::typ::Raft;
+use crate::verified::VerifiedBlocks;
 
 /// How many object-store requests one pass keeps in flight.
 const STORE_CONCURRENCY: usize = 16;
@@ -83,6 +84,8 @@ pub struct Maintenance {
     /// archive does not hold yet waits, so that a cluster restored from the
     /// archive never references a block GC already deleted.
     pub(crate) archive_floor: Arc<PurgeGate>,
+    /// Blocks already seen in the store (commits skip their HEAD).
+    pub(crate) verified: Arc<VerifiedBlocks>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -103,11 +106,26 @@ impl Maintenance {
         &self,
         specs: &[&BodySpec],
     ) -> Result<Result<(), FsError>, MaintenanceError> {
-        let store = self.store()?.clone();
         let blocks: Vec<_> = specs
             .iter()
             .flat_map(|s| s.blocks.iter().cloned())
             .collect();
+        self.check_blocks(blocks).await.map(|r| r.map(|_| ()))
+    }
+
+    /// Looks up each of `blocks` not seen before (one HEAD each, in
+    /// parallel) and remembers the ones found with their size. Returns how
+    /// many were looked up, or the namespace error naming a bad block.
+    pub async fn check_blocks(
+        &self,
+        blocks: Vec<BlockRef>,
+    ) -> Result<Result<usize, FsError>, MaintenanceError> {
+        let store = self.store()?.clone();
+        let blocks: Vec<BlockRef> = blocks
+            .into_iter()
+            .filter(|b| !self.verified.contains(&b.key, b.size))
+            .collect();
+        let looked_up = blocks.len();
         let mut checks = futures::stream::iter(blocks.into_iter().map(|b| {
             let store = store.clone();
             async move { (store.head(&b.key).await, b) }
@@ -127,10 +145,10 @@ impl Maintenance {
                         block.key, block.size
                     ))))
                 }
-                Some(_) => {}
+                Some(_) => self.verified.insert(&block.key, block.size),
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(looked_up))
     }
 
     async fn propose(&self, what: &'static str, op: Op) -> Result<(), MaintenanceError> {

@@ -292,6 +292,7 @@ pub async fn run_node(
         blob,
         grace: config.gc_grace,
         archive_floor: gate.clone(),
+        verified: Arc::default(),
     };
     tokio::spawn(maintenance.clone().run(config.gc_interval, tasks.clone()));
     let client = ClientService {
