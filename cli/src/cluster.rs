@@ -193,6 +193,14 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
                     "inodes": s.inodes,
                     "initialized": s.initialized,
                     "version": s.version,
+                    "blob_location": s.blob_location,
+                    "staged_uploads": s.staged_uploads,
+                    "gc_pending": s.gc_pending,
+                    "newest_cursor": s.newest_cursor,
+                    "oldest_cursor": s.oldest_cursor,
+                    "snapshots": s.snapshots,
+                    "watch_max_events": s.watch_max_events,
+                    "watch_max_age_ms": s.watch_max_age_ms,
                 }),
                 Err(e) => json!({"endpoint": addr, "error": e.to_string()}),
             })
@@ -221,6 +229,28 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
         }
         if !healthy_leader {
             println!("no leader: the cluster is not serving writes");
+        }
+        // Shard-wide state, as the leader (else the first replica) sees it.
+        let ok = || rows.values().filter_map(|r| r.as_ref().ok());
+        let leader = ok().find(|s| s.role == nokv_client_role_leader());
+        if let Some(s) = leader.or_else(|| ok().next()) {
+            let store = if s.blob_location.is_empty() {
+                "none (metadata only)"
+            } else {
+                s.blob_location.as_str()
+            };
+            println!(
+                "object store: {store}; staged uploads: {}; GC tasks pending: {}",
+                s.staged_uploads, s.gc_pending
+            );
+            println!(
+                "watch: resumable from cursor {}, newest {} (keeps {} events / {}); snapshot pins: {}",
+                s.oldest_cursor,
+                s.newest_cursor,
+                s.watch_max_events,
+                humantime::format_duration(std::time::Duration::from_millis(s.watch_max_age_ms)),
+                s.snapshots
+            );
         }
     }
     if rows.values().all(|r| r.is_err()) {

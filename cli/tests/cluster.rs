@@ -175,6 +175,13 @@ async fn cluster_forms_and_serves() {
         (1..=3).map(|id| (id, cluster.addr(id))).collect();
     for node in nodes {
         assert_eq!(node["initialized"], true, "{node}");
+        // Shard-wide state: no object store here, nothing staged, no pins,
+        // the default watch retention.
+        assert_eq!(node["blob_location"], "", "{node}");
+        assert_eq!(node["snapshots"], 0, "{node}");
+        assert_eq!(node["staged_uploads"], 0, "{node}");
+        assert!(node["newest_cursor"].as_u64().is_some(), "{node}");
+        assert_eq!(node["watch_max_events"], 100_000, "{node}");
         let voters: BTreeSet<(u64, String)> = node["voters"]
             .as_array()
             .expect("voters array")

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use openraft::raft::{VoteRequest, VoteResponse};
 use openraft::ServerState;
+use prometheus::IntCounterVec;
 
 use crate::typ::{NodeId, Raft};
 
@@ -57,6 +58,16 @@ pub enum Nudge {
     RefusedShorterLog,
     /// A peer with a shorter log refused us because it voted for itself.
     LostSplitWithLongerLog,
+}
+
+impl Nudge {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Nudge::RefusedShorterLog => "refused_shorter_log",
+            Nudge::LostSplitWithLongerLog => "lost_split_with_longer_log",
+        }
+    }
 }
 
 /// Should a voter that just answered `req` with `resp` stand at once?
@@ -99,6 +110,8 @@ pub fn without_longer_log(
 /// The nudges of one node; shared by its Raft server and its peer clients.
 pub struct Elections {
     raft: OnceLock<Raft>,
+    /// Counts nudges by reason (`nokv_raft_early_elections_total`).
+    counter: Option<IntCounterVec>,
     lease: Duration,
     last_append: Mutex<Option<Instant>>,
     /// Highest term a nudge stood from (so several refusals of one round
@@ -108,9 +121,10 @@ pub struct Elections {
 }
 
 impl Elections {
-    pub fn new(lease: Duration) -> Elections {
+    pub fn new(lease: Duration, counter: Option<IntCounterVec>) -> Elections {
         Elections {
             raft: OnceLock::new(),
+            counter,
             lease,
             last_append: Mutex::new(None),
             nudged_from_term: AtomicU64::new(0),
@@ -191,6 +205,9 @@ impl Elections {
             return;
         }
         self.nudges.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = &self.counter {
+            counter.with_label_values(&[why.label()]).inc();
+        }
         tracing::info!(?why, term, "standing for election at once");
         let raft = raft.clone();
         tokio::spawn(async move {

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub archive_errors_total: IntCounter,
     /// Requests a leader refused because no quorum acknowledged it lately.
     pub stale_leader_refusals: IntCounter,
+    /// Elections this node started before its timer, by reason
+    /// (`crate::election`).
+    pub early_elections_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +85,14 @@ impl Metrics {
             "nokv_meta_stale_leader_refusals_total",
             "Requests refused by a leader that has not heard from a quorum within the election timeout",
         )?;
+        let early_elections_total = IntCounterVec::new(
+            Opts::new(
+                "nokv_raft_early_elections_total",
+                "Elections started before the timer because a vote showed waiting would cost a round",
+            ),
+            &["why"],
+        )?;
+        registry.register(Box::new(early_elections_total.clone()))?;
         registry.register(Box::new(archive_errors_total.clone()))?;
         registry.register(Box::new(stale_leader_refusals.clone()))?;
         registry.register(Box::new(mutations_total.clone()))?;
@@ -108,6 +119,7 @@ impl Metrics {
             archive_snapshot_index,
             archive_errors_total,
             stale_leader_refusals,
+            early_elections_total,
         })
     }
 

@@ -231,7 +231,11 @@ pub async fn run_node(
     let state_machine = HoltStateMachine::open(&config.data_dir.join("snapshot"), holt_config)?;
     let state = state_machine.shared();
     let snapshots = state_machine.snapshot_handle();
-    let elections = Arc::new(Elections::new(config.election_timeout_max));
+    let metrics = Arc::new(Metrics::new()?);
+    let elections = Arc::new(Elections::new(
+        config.election_timeout_max,
+        Some(metrics.early_elections_total.clone()),
+    ));
     if !config.early_elections {
         tracing::info!("early elections are off: elections wait for the timer");
     }
@@ -248,7 +252,6 @@ pub async fn run_node(
         elections.attach(raft.clone());
     }
 
-    let metrics = Arc::new(Metrics::new()?);
     let tasks = CancellationToken::new();
     tokio::spawn(metrics::track_raft(
         raft.clone(),
