@@ -72,18 +72,20 @@ impl Nudge {
 
 /// Should a voter that just answered `req` with `resp` stand at once?
 ///
-/// `silent_for` is how long since the last AppendEntries reached us (None:
-/// never), `lease` the leader lease (openraft's `election_timeout_max`).
+/// `silent_for` is how long since the last AppendEntries reached us (or
+/// since this process started, if none did yet: a replica that just
+/// restarted has not had the chance to hear a live leader), `lease` the
+/// leader lease (openraft's `election_timeout_max`).
 pub fn should_stand_after_refusing(
     req: &VoteRequest<NodeId>,
     resp: &VoteResponse<NodeId>,
-    silent_for: Option<Duration>,
+    silent_for: Duration,
     lease: Duration,
 ) -> bool {
     !resp.vote_granted
         && req.last_log_id < resp.last_log_id
         && req.vote.leader_id().term > resp.vote.leader_id().term
-        && silent_for.is_none_or(|s| s > lease)
+        && silent_for > lease
 }
 
 /// Should a candidate whose `req` got `resp` stand again at once?
@@ -113,7 +115,8 @@ pub struct Elections {
     /// Counts nudges by reason (`nokv_raft_early_elections_total`).
     counter: Option<IntCounterVec>,
     lease: Duration,
-    last_append: Mutex<Option<Instant>>,
+    /// When a leader last spoke to us (at first: when we started).
+    last_append: Mutex<Instant>,
     /// Highest term a nudge stood from (so several refusals of one round
     /// start one election, not one each).
     nudged_from_term: AtomicU64,
@@ -126,7 +129,7 @@ impl Elections {
             raft: OnceLock::new(),
             counter,
             lease,
-            last_append: Mutex::new(None),
+            last_append: Mutex::new(Instant::now()),
             nudged_from_term: AtomicU64::new(0),
             nudges: AtomicU64::new(0),
         }
@@ -145,17 +148,15 @@ impl Elections {
     /// An AppendEntries (or heartbeat) arrived from a leader.
     pub fn heard_from_leader(&self) {
         if let Ok(mut last) = self.last_append.lock() {
-            *last = Some(Instant::now());
+            *last = Instant::now();
         }
     }
 
     /// The server answered a vote request.
     pub fn after_refusing(&self, req: &VoteRequest<NodeId>, resp: &VoteResponse<NodeId>) {
-        let silent_for = self
-            .last_append
-            .lock()
-            .ok()
-            .and_then(|last| last.map(|t| t.elapsed()));
+        let Ok(silent_for) = self.last_append.lock().map(|last| last.elapsed()) else {
+            return;
+        };
         if should_stand_after_refusing(req, resp, silent_for, self.lease) {
             self.stand(Nudge::RefusedShorterLog, resp.vote.leader_id().term, None);
         }
@@ -229,7 +230,7 @@ mod tests {
     }
 
     const LEASE: Duration = Duration::from_millis(400);
-    const SILENT: Option<Duration> = Some(Duration::from_millis(700));
+    const SILENT: Duration = Duration::from_millis(700);
 
     #[test]
     fn a_voter_with_the_longer_log_stands_once_the_leader_is_silent() {
@@ -238,9 +239,9 @@ mod tests {
         let req = VoteRequest::new(Vote::new(6, 2), log(5, 100));
         let resp = VoteResponse::new(Vote::new_committed(5, 1), log(5, 103), false);
         assert!(should_stand_after_refusing(&req, &resp, SILENT, LEASE));
-        assert!(should_stand_after_refusing(&req, &resp, None, LEASE));
         // The leader spoke lately: a partitioned node is asking; stay put.
-        let recent = Some(Duration::from_millis(100));
+        // (Also right after a restart, before any leader could speak.)
+        let recent = Duration::from_millis(100);
         assert!(!should_stand_after_refusing(&req, &resp, recent, LEASE));
         // Granted, or refused with an equal or shorter log: nothing to fix.
         let granted = VoteResponse::new(Vote::new(6, 2), log(5, 100), true);
