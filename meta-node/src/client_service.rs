@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nokv_holt::{BodySpec, Command, FsError, Holt, Op, UploadId};
+use nokv_holt::{BodySpec, Command, FsError, Holt, Op, StagedUpload, UploadId};
 use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
 use nokv_proto::pb::meta_service_server::MetaService;
@@ -418,6 +418,20 @@ impl MetaService for ClientService {
     }
 }
 
+/// The staged upload `id` if its lease has not ended at `now_ns`; else the
+/// `NOT_FOUND` to answer with (before any store I/O).
+fn live_upload(holt: &Holt, id: UploadId, now_ns: u64) -> Result<&StagedUpload, Status> {
+    match holt.staged_upload(id) {
+        None => Err(fs_error_status(&FsError::NotFound(format!(
+            "{id} (never staged, already committed or reclaimed)"
+        )))),
+        Some(u) if u.lease_expires_ns < now_ns => Err(fs_error_status(&FsError::NotFound(
+            format!("{id}: upload lease expired"),
+        ))),
+        Some(u) => Ok(u),
+    }
+}
+
 /// Most blocks one `CheckBlocks` request may name.
 pub const MAX_CHECK_BLOCKS: usize = 1024;
 
@@ -439,16 +453,7 @@ impl ClientService {
         let upload = UploadId(req.upload);
         {
             let s = self.state.read().map_err(|_| Self::state_error())?;
-            let Some(staged) = s.holt.staged_upload(upload) else {
-                return Err(fs_error_status(&FsError::NotFound(format!(
-                    "{upload} (never staged, already committed or reclaimed)"
-                ))));
-            };
-            if staged.lease_expires_ns < crate::maintenance::now_ns() {
-                return Err(fs_error_status(&FsError::NotFound(format!(
-                    "{upload}: upload lease expired"
-                ))));
-            }
+            let staged = live_upload(&s.holt, upload, crate::maintenance::now_ns())?;
             let prefix = staged.key_prefix();
             if let Some(b) = req
                 .blocks
@@ -543,19 +548,7 @@ impl ClientService {
             // A missing or expired upload is answered before any store I/O,
             // so a late commit hears "lease expired", not "block missing".
             for (upload, _) in &commits {
-                match s.holt.staged_upload(*upload) {
-                    None => {
-                        return Err(fs_error_status(&FsError::NotFound(format!(
-                            "{upload} (never staged, already committed or reclaimed)"
-                        ))))
-                    }
-                    Some(u) if u.lease_expires_ns < command.time_ns => {
-                        return Err(fs_error_status(&FsError::NotFound(format!(
-                            "{upload}: upload lease expired"
-                        ))))
-                    }
-                    Some(_) => {}
-                }
+                live_upload(&s.holt, *upload, command.time_ns)?;
             }
         }
         let specs: Vec<&BodySpec> = commits.iter().map(|(_, b)| *b).collect();

@@ -120,7 +120,6 @@ pub struct Elections {
     /// Highest term a nudge stood from (so several refusals of one round
     /// start one election, not one each).
     nudged_from_term: AtomicU64,
-    nudges: AtomicU64,
 }
 
 impl Elections {
@@ -131,18 +130,12 @@ impl Elections {
             lease,
             last_append: Mutex::new(Instant::now()),
             nudged_from_term: AtomicU64::new(0),
-            nudges: AtomicU64::new(0),
         }
     }
 
     /// Connects the nudges to the node's Raft (they do nothing before).
     pub fn attach(&self, raft: Raft) {
         let _ = self.raft.set(raft);
-    }
-
-    /// Elections this node started early so far.
-    pub fn nudges(&self) -> u64 {
-        self.nudges.load(Ordering::Relaxed)
     }
 
     /// An AppendEntries (or heartbeat) arrived from a leader.
@@ -205,7 +198,6 @@ impl Elections {
         if self.nudged_from_term.fetch_max(term, Ordering::AcqRel) >= term {
             return;
         }
-        self.nudges.fetch_add(1, Ordering::Relaxed);
         if let Some(counter) = &self.counter {
             counter.with_label_values(&[why.label()]).inc();
         }
