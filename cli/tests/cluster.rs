@@ -1034,6 +1034,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
         let mut stub = MetaServiceClient::new(channel_to(&cluster, id).await);
         for (case, request_id, op, detail) in &cases {
             let request = pb::MutateRequest {
+                shard: 0,
                 request_id: request_id.clone(),
                 epoch: 0,
                 op: op.clone(),
@@ -1053,6 +1054,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "unknown consistency",
                 pb::QueryRequest {
+                    shard: 0,
                     consistency: 42,
                     snapshot: 0,
                     query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
@@ -1064,6 +1066,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "missing query",
                 pb::QueryRequest {
+                    shard: 0,
                     consistency: pb::Consistency::Stale as i32,
                     snapshot: 0,
                     query: None,
@@ -1073,6 +1076,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "a snapshot that does not exist",
                 pb::QueryRequest {
+                    shard: 0,
                     consistency: pb::Consistency::Stale as i32,
                     snapshot: 999,
                     query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
@@ -1084,6 +1088,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "relative path in a query",
                 pb::QueryRequest {
+                    shard: 0,
                     consistency: pb::Consistency::Stale as i32,
                     snapshot: 0,
                     query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
@@ -1111,6 +1116,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
 
         // A message over the 4 MiB limit: refused with some error.
         let oversized = pb::MutateRequest {
+            shard: 0,
             request_id: request_id(100),
             epoch: 0,
             op: Some(mutate_request::Op::SetXattr(pb::SetXattrOp {
@@ -1141,7 +1147,10 @@ async fn bad_input_changes_nothing_and_never_panics() {
             ("hostile length prefix", [vec![1], vec![0xff; 64]].concat()),
         ];
         for (what, data) in garbage {
-            let message = || pb::RaftMessage { data: data.clone() };
+            let message = || pb::RaftMessage {
+                data: data.clone(),
+                shard: 0,
+            };
             let results = [
                 ("AppendEntries", raft.append_entries(message()).await.err()),
                 ("Vote", raft.vote(message()).await.err()),
@@ -1229,6 +1238,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
     ];
     for (n, (case, op)) in unknown_inode.into_iter().enumerate() {
         let request = pb::MutateRequest {
+            shard: 0,
             request_id: request_id(200 + n),
             epoch: 0,
             op: Some(op),
@@ -1334,6 +1344,7 @@ async fn stale_and_linearizable_reads() {
     assert_eq!(seen.inode, last_attr.inode);
     let mut stub = MetaServiceClient::new(channel_to(&cluster, follower).await);
     let get_attr = |consistency: pb::Consistency| pb::QueryRequest {
+        shard: 0,
         consistency: consistency as i32,
         snapshot: 0,
         query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {

@@ -378,10 +378,12 @@ impl Client {
         blocks: Vec<BlockRef>,
     ) -> Result<u32, ClientError> {
         let blocks: Vec<nokv_proto::pb::BlockRef> = blocks.into_iter().map(Into::into).collect();
+        let shard = self.wire_shard();
         self.with_retries(false, true, |mut stub| {
             let request = nokv_proto::pb::CheckBlocksRequest {
                 upload: upload.0,
                 blocks: blocks.clone(),
+                shard,
             };
             async move { stub.check_blocks(request).await.map(|r| r.into_inner()) }
         })

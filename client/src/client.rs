@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nokv_holt::{
     Applied, Attr, DirEntry, EntryRef, InodeRef, Op, Query, QueryResult, RenameMode, RequestId,
-    SetAttr, SnapshotId, XattrFlag,
+    SetAttr, ShardId, SnapshotId, XattrFlag,
 };
 use nokv_proto::pb::meta_service_client::MetaServiceClient;
 use nokv_proto::pb::{self, ErrorDetail};
@@ -82,14 +82,17 @@ pub struct Client {
     /// Set on a read-only view of one snapshot ([`Client::at_snapshot`]):
     /// every query is answered at that pin, and mutations are refused.
     snapshot: Option<SnapshotId>,
+    /// The shard (Raft group) every request of this handle names; 0, the
+    /// root shard, unless made by [`Client::for_shard`].
+    shard: ShardId,
 }
 
 struct Inner {
     config: ClientConfig,
     endpoints: Vec<String>,
     channels: Mutex<HashMap<String, MetaServiceClient<Channel>>>,
-    /// Address of the replica believed to lead, if any.
-    leader: Mutex<Option<String>>,
+    /// Address of the replica believed to lead each shard, if known.
+    leader: Mutex<HashMap<ShardId, String>>,
     /// Round-robin cursor over `endpoints` when no leader is known.
     next: Mutex<usize>,
     /// The object store, once learned from the cluster.
@@ -135,12 +138,33 @@ impl Client {
                 config,
                 endpoints,
                 channels: Mutex::new(HashMap::new()),
-                leader: Mutex::new(None),
+                leader: Mutex::new(HashMap::new()),
                 next: Mutex::new(0),
                 store: Mutex::new(None),
             }),
             snapshot: None,
+            shard: ShardId(0),
         })
+    }
+
+    /// A handle to shard `shard` sharing this client's connections and
+    /// settings (each shard has its own leader).
+    pub fn for_shard(&self, shard: ShardId) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            snapshot: self.snapshot,
+            shard,
+        }
+    }
+
+    /// The shard this handle talks to.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The shard id as the wire carries it.
+    pub(crate) fn wire_shard(&self) -> u32 {
+        u32::from(self.shard.0)
     }
 
     /// A read-only view of snapshot `id` sharing this client's connections:
@@ -150,6 +174,7 @@ impl Client {
         Client {
             inner: self.inner.clone(),
             snapshot: Some(id),
+            shard: self.shard,
         }
     }
 
@@ -219,7 +244,7 @@ impl Client {
     /// The replica to try next: the known leader, else round robin.
     fn pick(&self) -> String {
         if let Ok(leader) = self.inner.leader.lock() {
-            if let Some(l) = leader.as_ref() {
+            if let Some(l) = leader.get(&self.shard) {
                 return l.clone();
             }
         }
@@ -234,7 +259,10 @@ impl Client {
 
     fn set_leader(&self, leader: Option<String>) {
         if let Ok(mut l) = self.inner.leader.lock() {
-            *l = leader;
+            match leader {
+                Some(addr) => l.insert(self.shard, addr),
+                None => l.remove(&self.shard),
+            };
         }
     }
 
@@ -288,7 +316,8 @@ impl Client {
                 maybe_applied: true,
                 reason: format!("{target}: {}", detail.message),
             },
-            "UNAVAILABLE" => Attempt::Retry {
+            // This node hosts no replica of the shard: ask another.
+            "UNAVAILABLE" | "UNKNOWN_SHARD" => Attempt::Retry {
                 leader: None,
                 maybe_applied: false,
                 reason: format!("{target}: {}", detail.message),
@@ -388,12 +417,13 @@ impl Client {
                 "{id} is a read-only view; write through the live namespace"
             )));
         }
-        let request = pb::MutateRequest::try_from(Mutation {
+        let mut request = pb::MutateRequest::try_from(Mutation {
             request_id,
             epoch: self.inner.config.epoch.map(nokv_holt::Epoch),
             op,
         })
         .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        request.shard = self.wire_shard();
         let response = self
             .with_retries(true, true, |mut stub| {
                 let request = request.clone();
@@ -418,13 +448,14 @@ impl Client {
             }
             (_, query) => query,
         };
-        let request = pb::QueryRequest::from(Read {
+        let mut request = pb::QueryRequest::from(Read {
             consistency: match consistency {
                 Consistency::Linearizable => ReadConsistency::Linearizable,
                 Consistency::Stale => ReadConsistency::Stale,
             },
             query,
         });
+        request.shard = self.wire_shard();
         let response = self
             .with_retries(
                 false,
@@ -456,13 +487,42 @@ impl Client {
     pub async fn status_of(&self, endpoint: &str) -> Result<pb::StatusResponse, ClientError> {
         let addr = normalize(endpoint);
         let mut stub = self.stub(&addr)?;
-        let call = stub.status(pb::StatusRequest {});
+        let call = stub.status(pb::StatusRequest {
+            shard: self.wire_shard(),
+        });
         match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(match detail_of(&status) {
                 Some(d) => ClientError::from_detail(d),
                 None => ClientError::Unavailable(format!("{addr}: {}", status.message())),
             }),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
+        }
+    }
+
+    /// Makes the node at `endpoint` host a replica of `shard` (idempotent;
+    /// true if it started one now).
+    pub async fn host_shard(&self, endpoint: &str, shard: ShardId) -> Result<bool, ClientError> {
+        let addr = normalize(endpoint);
+        let mut stub = self.stub(&addr)?;
+        let call = stub.host_shard(pb::HostShardRequest {
+            shard: u32::from(shard.0),
+        });
+        match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner().created),
+            Ok(Err(status)) => Err(error_of(&addr, &status)),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
+        }
+    }
+
+    /// Every shard replica the node at `endpoint` hosts, with its status.
+    pub async fn node_status(&self, endpoint: &str) -> Result<pb::NodeStatusResponse, ClientError> {
+        let addr = normalize(endpoint);
+        let mut stub = self.stub(&addr)?;
+        let call = stub.node_status(pb::NodeStatusRequest {});
+        match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(error_of(&addr, &status)),
             Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
         }
     }
@@ -475,7 +535,10 @@ impl Client {
     ) -> Result<(), ClientError> {
         let addr = normalize(endpoint);
         let mut stub = self.stub(&addr)?;
-        let call = stub.init_cluster(pb::InitClusterRequest { members });
+        let call = stub.init_cluster(pb::InitClusterRequest {
+            members,
+            shard: self.wire_shard(),
+        });
         match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) => Err(match detail_of(&status) {
@@ -488,18 +551,25 @@ impl Client {
 
     /// Asks the leader to reclaim expired uploads and collect garbage now.
     pub async fn run_gc(&self, ignore_grace: bool) -> Result<pb::RunGcResponse, ClientError> {
+        let shard = self.wire_shard();
         self.with_retries(false, true, |mut stub| async move {
-            stub.run_gc(pb::RunGcRequest { ignore_grace })
-                .await
-                .map(|r| r.into_inner())
+            stub.run_gc(pb::RunGcRequest {
+                ignore_grace,
+                shard,
+            })
+            .await
+            .map(|r| r.into_inner())
         })
         .await
     }
 
     /// Asks the leader to check live blocks and look for orphaned objects.
     pub async fn fsck(&self) -> Result<pb::FsckResponse, ClientError> {
+        let shard = self.wire_shard();
         self.with_retries(false, true, |mut stub| async move {
-            stub.fsck(pb::FsckRequest {}).await.map(|r| r.into_inner())
+            stub.fsck(pb::FsckRequest { shard })
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
@@ -508,8 +578,9 @@ impl Client {
     /// snapshot uploaded and the log archived up to the applied index.
     /// Answers what a restore would recover (`archived_index`).
     pub async fn backup(&self) -> Result<pb::BackupResponse, ClientError> {
+        let shard = self.wire_shard();
         self.with_retries(false, true, |mut stub| async move {
-            stub.backup(pb::BackupRequest {})
+            stub.backup(pb::BackupRequest { shard })
                 .await
                 .map(|r| r.into_inner())
         })
@@ -755,6 +826,14 @@ impl Client {
 }
 
 /// `d` scaled by a random factor in [0.5, 1.5) so retrying clients spread out.
+/// The typed error of a status from a one-replica call.
+fn error_of(addr: &str, status: &tonic::Status) -> ClientError {
+    match detail_of(status) {
+        Some(d) => ClientError::from_detail(d),
+        None => ClientError::Unavailable(format!("{addr}: {}", status.message())),
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     let factor = 0.5 + rand::random::<f64>();
     d.mul_f64(factor)

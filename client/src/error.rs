@@ -42,6 +42,9 @@ pub enum ClientError {
     /// The object store failed (block upload or download).
     #[error("object store: {0}")]
     Store(String),
+    /// The node asked hosts no replica of the shard the request named.
+    #[error("{0}")]
+    UnknownShard(String),
     /// Bytes read back do not match the body's description (size or sha256).
     #[error("integrity check failed: {0}")]
     Integrity(String),
@@ -62,6 +65,7 @@ impl ClientError {
             ClientError::AlreadyInitialized(_) => "ALREADY_INITIALIZED",
             ClientError::Store(_) => "STORE",
             ClientError::Integrity(_) => "INTEGRITY",
+            ClientError::UnknownShard(_) => "UNKNOWN_SHARD",
         }
     }
 
@@ -89,6 +93,7 @@ impl ClientError {
                 message: detail.message,
             },
             "INTERNAL" => ClientError::Server(detail.message),
+            "UNKNOWN_SHARD" => ClientError::UnknownShard(detail.message),
             _ if detail.errno != 0 => ClientError::Fs {
                 code: detail.code,
                 errno: detail.errno,

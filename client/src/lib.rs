@@ -21,6 +21,8 @@ pub use error::ClientError;
 pub use nokv_holt::{
     Applied, Attr, BlockRef, Body, BodySpec, DirEntry, EntryRef, Event, EventKind, FileType,
     Generation, InodeId, InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId,
-    SetAttr, SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
+    SetAttr, ShardId, SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
 };
-pub use nokv_proto::pb::{FsckResponse, Member, Role, RunGcResponse, StatusResponse};
+pub use nokv_proto::pb::{
+    FsckResponse, Member, NodeStatusResponse, Role, RunGcResponse, StatusResponse,
+};

@@ -53,6 +53,7 @@ impl WatchState {
             path: self.path.clone(),
             recursive: self.recursive,
             after_cursor: self.cursor,
+            shard: self.client.wire_shard(),
         };
         match tokio::time::timeout(self.client.attempt_timeout(), stub.watch(request)).await {
             Ok(Ok(response)) => {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nokv_holt::{BodySpec, Command, FsError, Holt, Op, StagedUpload, UploadId};
 use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
-use nokv_proto::pb::meta_service_server::MetaService;
 use nokv_proto::pb::{self, ErrorDetail};
 use nokv_proto::{
     fs_error_status, not_leader_status, status_from_detail, ErrorCode, Mutation, Read,
@@ -203,19 +202,19 @@ fn role(state: ServerState) -> pb::Role {
     }
 }
 
-#[tonic::async_trait]
-impl MetaService for ClientService {
-    type WatchStream = crate::watch::WatchStream;
-
-    async fn watch(
+/// The client API of one shard replica. The node's [`crate::host`] serves
+/// `MetaService` and hands each request to the replica of the shard it
+/// names.
+impl ClientService {
+    pub async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<crate::watch::WatchStream>, Status> {
         crate::watch::open(self.state.clone(), self.raft.clone(), request.into_inner())
             .map(Response::new)
     }
 
-    async fn mutate(
+    pub async fn mutate(
         &self,
         request: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
@@ -235,7 +234,7 @@ impl MetaService for ClientService {
         result.map(Response::new)
     }
 
-    async fn query(
+    pub async fn query(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
@@ -256,7 +255,7 @@ impl MetaService for ClientService {
         result.map(Response::new)
     }
 
-    async fn status(
+    pub async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
@@ -319,7 +318,7 @@ impl MetaService for ClientService {
         }))
     }
 
-    async fn init_cluster(
+    pub async fn init_cluster(
         &self,
         request: Request<pb::InitClusterRequest>,
     ) -> Result<Response<pb::InitClusterResponse>, Status> {
@@ -359,7 +358,7 @@ impl MetaService for ClientService {
         }
     }
 
-    async fn run_gc(
+    pub async fn run_gc(
         &self,
         request: Request<pb::RunGcRequest>,
     ) -> Result<Response<pb::RunGcResponse>, Status> {
@@ -378,7 +377,7 @@ impl MetaService for ClientService {
         }))
     }
 
-    async fn fsck(
+    pub async fn fsck(
         &self,
         _request: Request<pb::FsckRequest>,
     ) -> Result<Response<pb::FsckResponse>, Status> {
@@ -401,14 +400,14 @@ impl MetaService for ClientService {
         }))
     }
 
-    async fn backup(
+    pub async fn backup(
         &self,
         _request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
         self.backup_inner().await.map(Response::new)
     }
 
-    async fn check_blocks(
+    pub async fn check_blocks(
         &self,
         request: Request<pb::CheckBlocksRequest>,
     ) -> Result<Response<pb::CheckBlocksResponse>, Status> {

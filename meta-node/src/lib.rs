@@ -1,9 +1,11 @@
-//! One replica of a NoKV metadata shard.
+//! A NoKV metadata node: replicas of any number of shards.
 //!
 //! A shard is a Raft group (openraft) whose state machine is the Holt engine
 //! and whose log lives on sled (`raft-log`). This crate wires them together
-//! and serves two gRPC services on one address: `RaftService` between
-//! replicas and `MetaService` for clients.
+//! ([`replica`]), hosts many of them in one process ([`host`]: one sled
+//! database, one set of peer connections) and serves two gRPC services on
+//! one address for all of them: `RaftService` between replicas and
+//! `MetaService` for clients, each request naming its shard.
 //!
 //! Main types: [`NodeConfig`] and [`run_node`] (start a replica),
 //! [`HoltStateMachine`] (the thin openraft adapter), [`Proposer`] (group
@@ -16,6 +18,7 @@
 pub mod archive;
 pub mod client_service;
 pub mod election;
+pub mod host;
 pub mod maintenance;
 pub mod metrics;
 pub mod network;
@@ -24,6 +27,7 @@ pub mod proposer;
 pub mod raft_service;
 pub mod raft_wire;
 pub mod read_index;
+pub mod replica;
 pub mod state_machine;
 pub mod typ;
 pub mod verified;

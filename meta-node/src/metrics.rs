@@ -36,9 +36,45 @@ pub struct Metrics {
     pub early_elections_total: IntCounterVec,
 }
 
+/// Produces the text exposition served at `/metrics`.
+pub type Render = std::sync::Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// The text exposition of several registries (one per shard replica, told
+/// apart by their `shard` label), each metric family once.
+pub fn render_all<'a>(registries: impl IntoIterator<Item = &'a Registry>) -> Vec<u8> {
+    let mut families: std::collections::BTreeMap<String, prometheus::proto::MetricFamily> =
+        std::collections::BTreeMap::new();
+    for registry in registries {
+        for family in registry.gather() {
+            match families.get_mut(family.name()) {
+                Some(merged) => merged
+                    .mut_metric()
+                    .extend(family.get_metric().iter().cloned()),
+                None => {
+                    families.insert(family.name().to_string(), family);
+                }
+            }
+        }
+    }
+    let families: Vec<_> = families.into_values().collect();
+    let mut buf = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed metrics.
+    let _ = TextEncoder::new().encode(&families, &mut buf);
+    buf
+}
+
 impl Metrics {
+    /// Metrics of one shard replica: every series carries `shard="N"`.
+    pub fn for_shard(shard: u16) -> Result<Metrics, prometheus::Error> {
+        let labels = std::collections::HashMap::from([("shard".to_string(), shard.to_string())]);
+        Self::with_registry(Registry::new_custom(None, Some(labels))?)
+    }
+
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
+        Self::with_registry(Registry::new())
+    }
+
+    fn with_registry(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let mutations_total = IntCounterVec::new(
             Opts::new(
                 "nokv_meta_mutations_total",
@@ -160,11 +196,7 @@ pub async fn track_raft(raft: Raft, metrics: std::sync::Arc<Metrics>, shutdown: 
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve_http(
-    listener: TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve_http(listener: TcpListener, render: Render, shutdown: CancellationToken) {
     loop {
         let (mut stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,7 +208,7 @@ pub async fn serve_http(
                 }
             },
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = match stream.read(&mut buf).await {
@@ -185,7 +217,7 @@ pub async fn serve_http(
             };
             let head = String::from_utf8_lossy(&buf[..n]);
             let (status, body) = if head.starts_with("GET /metrics") {
-                ("200 OK", metrics.render())
+                ("200 OK", render())
             } else if head.starts_with("GET /healthz") {
                 ("200 OK", b"ok\n".to_vec())
             } else {

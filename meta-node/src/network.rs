@@ -1,12 +1,15 @@
 //! The Raft transport, client side: openraft's `RaftNetwork` over tonic.
 //!
-//! One lazily connected channel per peer. Connection failures are reported
+//! One lazily connected channel per peer node, shared by every Raft group
+//! (shard) of this node that replicates to it ([`PeerPool`]); each message
+//! names its group. Connection failures are reported
 //! as `Unreachable` so openraft backs off; a remote Raft error travels back
 //! inside the response and is returned as such. A channel whose requests
 //! keep timing out is replaced by a fresh connection (see
 //! [`RECONNECT_AFTER_TIMEOUTS`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nokv_proto::pb::raft_service_client::RaftServiceClient;
@@ -28,16 +31,70 @@ use crate::election::Elections;
 use crate::raft_wire;
 use crate::typ::{NodeId, TypeConfig};
 
-/// Creates one [`PeerClient`] per target node.
-#[derive(Clone, Default)]
+/// The connections of one node to its peers, shared by all its Raft groups:
+/// one HTTP/2 connection per peer address however many shards replicate
+/// over it. A connection is replaced only by the group that saw it fail and
+/// only if no other group replaced it first ([`PeerPool::replace`]).
+#[derive(Default)]
+pub struct PeerPool {
+    channels: Mutex<HashMap<String, PooledChannel>>,
+}
+
+#[derive(Clone)]
+struct PooledChannel {
+    /// Bumped on every replacement, so a stale failure report is ignored.
+    generation: u64,
+    client: RaftServiceClient<Channel>,
+}
+
+impl PeerPool {
+    /// The current connection to `addr` (opened lazily), or `None` for an
+    /// address that is not a valid URI authority.
+    fn get(&self, addr: &str) -> Option<PooledChannel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Some(c.clone());
+        }
+        let pooled = PooledChannel {
+            generation: 0,
+            client: connect_lazy(addr)?,
+        };
+        channels.insert(addr.to_string(), pooled.clone());
+        Some(pooled)
+    }
+
+    /// Replaces the connection to `addr` if it is still `generation`;
+    /// returns the connection to use from now on.
+    fn replace(&self, addr: &str, generation: u64) -> Option<PooledChannel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        match channels.get(addr) {
+            Some(c) if c.generation != generation => return Some(c.clone()),
+            _ => {}
+        }
+        let pooled = PooledChannel {
+            generation: generation + 1,
+            client: connect_lazy(addr)?,
+        };
+        channels.insert(addr.to_string(), pooled.clone());
+        Some(pooled)
+    }
+}
+
+/// Creates one [`PeerClient`] per target node for one Raft group.
+#[derive(Clone)]
 pub struct GrpcNetworkFactory {
+    /// The group (shard) every message of this factory's clients names.
+    shard: u16,
+    pool: Arc<PeerPool>,
     /// Told of every vote answer (see [`Elections`]); none in tests.
     elections: Option<Arc<Elections>>,
 }
 
 impl GrpcNetworkFactory {
-    pub fn new(elections: Arc<Elections>) -> GrpcNetworkFactory {
+    pub fn new(shard: u16, pool: Arc<PeerPool>, elections: Arc<Elections>) -> GrpcNetworkFactory {
         GrpcNetworkFactory {
+            shard,
+            pool,
             elections: Some(elections),
         }
     }
@@ -47,7 +104,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        let mut client = PeerClient::new(target, &node.addr);
+        let mut client = PeerClient::new(target, &node.addr, self.shard, self.pool.clone());
         client.elections = self.elections.clone();
         client
     }
@@ -70,11 +127,13 @@ pub const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The connection to one peer.
+/// One Raft group's link to one peer, over the node's shared connection.
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    client: Option<RaftServiceClient<Channel>>,
+    shard: u16,
+    pool: Arc<PeerPool>,
+    client: Option<PooledChannel>,
     /// RPCs in a row that got no answer: timed out, or still running when
     /// openraft dropped them at its own deadline (so this is counted when
     /// an RPC starts and cleared when one is answered).
@@ -103,11 +162,13 @@ fn connect_lazy(addr: &str) -> Option<RaftServiceClient<Channel>> {
 }
 
 impl PeerClient {
-    fn new(target: NodeId, addr: &str) -> PeerClient {
+    fn new(target: NodeId, addr: &str, shard: u16, pool: Arc<PeerPool>) -> PeerClient {
         PeerClient {
             target,
             addr: addr.to_string(),
-            client: connect_lazy(addr),
+            shard,
+            client: pool.get(addr),
+            pool,
             unanswered: 0,
             reconnects: 0,
             elections: None,
@@ -126,7 +187,8 @@ impl PeerClient {
                 reconnects = self.reconnects,
                 "{RECONNECT_AFTER_TIMEOUTS} Raft RPCs in a row went unanswered: replacing the connection"
             );
-            self.client = connect_lazy(&self.addr);
+            let generation = self.client.as_ref().map_or(0, |c| c.generation);
+            self.client = self.pool.replace(&self.addr, generation);
         }
         self.unanswered += 1;
     }
@@ -146,12 +208,15 @@ impl PeerClient {
         Fut: std::future::Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
         self.starting_rpc();
-        let Some(client) = self.client.clone() else {
+        let Some(client) = self.client.as_ref().map(|c| c.client.clone()) else {
             let err = std::io::Error::other(format!("bad peer address {:?}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));
         };
         let data = raft_wire::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftMessage { data });
+        let mut request = tonic::Request::new(RaftMessage {
+            data,
+            shard: u32::from(self.shard),
+        });
         request.set_timeout(option.hard_ttl());
         let response = call(client, request).await;
         let answered = !matches!(
@@ -321,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_never_answers_gets_a_fresh_connection() {
         let (addr, accepted) = frozen_peer().await;
-        let mut peer = PeerClient::new(2, &addr);
+        let mut peer = PeerClient::new(2, &addr, 0, Arc::default());
         let option = RPCOption::new(Duration::from_millis(50));
         let vote = || VoteRequest::new(Vote::new(1, 1), None);
         for i in 0..RECONNECT_AFTER_TIMEOUTS {

@@ -6,26 +6,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nokv_holt::{HoltConfig, ShardId};
+use nokv_holt::ShardId;
 use nokv_proto::pb::meta_service_server::MetaServiceServer;
 use nokv_proto::pb::raft_service_server::RaftServiceServer;
-use nokv_raft_log::SledLogStore;
+use nokv_raft_log::SledLogDb;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{ArchiveConfig, ArchiveGatedLogStore, Archiver, PurgeGate};
-use crate::client_service::{ClientService, ClientTimeouts};
-use crate::election::Elections;
-use crate::maintenance::Maintenance;
-use crate::metrics::{self, Metrics};
-use crate::network::GrpcNetworkFactory;
-use crate::proposer::Proposer;
-use crate::raft_service::RaftServer;
-use crate::read_index::ReadIndex;
-use crate::state_machine::HoltStateMachine;
-use crate::typ::{NodeId, Raft, TypeConfig};
+use crate::client_service::ClientTimeouts;
+use crate::host::{NodeRaftService, NodeService, ShardHost};
+use crate::metrics;
+use crate::replica::{hosted_shards, NodeContext};
+use crate::typ::NodeId;
 
 /// Everything a replica needs to start.
 #[derive(Clone, Debug)]
@@ -34,6 +28,8 @@ pub struct NodeConfig {
     /// Address peers and clients use to reach this node (`HOST:PORT`).
     pub advertise: String,
     pub data_dir: PathBuf,
+    /// The shard this node always hosts (0, the root shard); others are
+    /// added by `HostShard` and kept in the data directory.
     pub shard: ShardId,
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
@@ -121,9 +117,9 @@ impl NodeConfig {
         Ok(())
     }
 
-    fn raft_config(&self) -> Result<openraft::Config, NodeError> {
+    pub(crate) fn raft_config(&self, shard: ShardId) -> Result<openraft::Config, NodeError> {
         let config = openraft::Config {
-            cluster_name: format!("nokv-{}", self.shard),
+            cluster_name: format!("nokv-{shard}"),
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             election_timeout_min: self.election_timeout_min.as_millis() as u64,
             election_timeout_max: self.election_timeout_max.as_millis() as u64,
@@ -199,8 +195,10 @@ fn claim_data_dir(data_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
     }
 }
 
-/// Runs a replica on `listener` until `shutdown` is cancelled, then stops
-/// the gRPC server, the background tasks and Raft, in that order.
+/// Runs a node on `listener` until `shutdown` is cancelled: a replica of
+/// the root shard (0) and of every other shard its data directory holds
+/// (more are added by `HostShard`), all served on one listener. At shutdown
+/// it stops the gRPC server, then every replica's tasks and Raft.
 pub async fn run_node(
     config: NodeConfig,
     listener: TcpListener,
@@ -209,7 +207,10 @@ pub async fn run_node(
 ) -> Result<(), NodeError> {
     config.validate()?;
     claim_data_dir(&config.data_dir, config.node_id)?;
-    let sled_log = SledLogStore::<TypeConfig>::open(&config.data_dir.join("raft-log"))?;
+    if !config.early_elections {
+        tracing::info!("early elections are off: elections wait for the timer");
+    }
+    let log_db = SledLogDb::open(&config.data_dir.join("raft-log"))?;
     let blob = match &config.blob_store {
         Some(url) => {
             let location = nokv_blob::BlobLocation::parse(url)?;
@@ -217,114 +218,35 @@ pub async fn run_node(
         }
         None => None,
     };
-    // With an object store, local purges wait until the archive has the entries.
-    let gate = Arc::new(if blob.is_some() {
-        PurgeGate::enabled()
-    } else {
-        PurgeGate::disabled()
-    });
-    let log_store = ArchiveGatedLogStore::new(sled_log.clone(), gate.clone());
-    let holt_config = HoltConfig {
-        shard: config.shard,
-        dedupe_capacity: config.dedupe_capacity,
-    };
-    let state_machine = HoltStateMachine::open(&config.data_dir.join("snapshot"), holt_config)?;
-    let state = state_machine.shared();
-    let snapshots = state_machine.snapshot_handle();
-    let metrics = Arc::new(Metrics::new()?);
-    let elections = Arc::new(Elections::new(
-        config.election_timeout_max,
-        Some(metrics.early_elections_total.clone()),
-    ));
-    if !config.early_elections {
-        tracing::info!("early elections are off: elections wait for the timer");
-    }
-    let raft: Raft = openraft::Raft::new(
-        config.node_id,
-        Arc::new(config.raft_config()?),
-        GrpcNetworkFactory::new(elections.clone()),
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| NodeError::Raft(e.to_string()))?;
-    if config.early_elections {
-        elections.attach(raft.clone());
+    let host = Arc::new(ShardHost::new(NodeContext {
+        config: config.clone(),
+        log_db,
+        blob,
+        peers: Arc::default(),
+    }));
+    host.host(config.shard).await?;
+    for shard in hosted_shards(&config.data_dir)? {
+        host.host(shard).await?;
     }
 
     let tasks = CancellationToken::new();
-    tokio::spawn(metrics::track_raft(
-        raft.clone(),
-        metrics.clone(),
-        tasks.clone(),
-    ));
     if let Some(l) = metrics_listener {
-        tokio::spawn(metrics::serve_http(l, metrics.clone(), tasks.clone()));
+        let render_from = host.clone();
+        let render: metrics::Render = Arc::new(move || render_from.render_metrics());
+        tokio::spawn(metrics::serve_http(l, render, tasks.clone()));
     }
-    let proposer = Proposer::start(
-        raft.clone(),
-        config.max_batch,
-        config.max_inflight,
-        metrics.clone(),
-        tasks.clone(),
-    );
-    let read_index = ReadIndex::start(raft.clone(), tasks.clone());
-    let (archive, archiver_task) = match blob.as_ref().map(|store| {
-        Archiver {
-            raft: raft.clone(),
-            store: store.clone(),
-            log: sled_log,
-            snapshots,
-            gate: gate.clone(),
-            metrics: metrics.clone(),
-            config: ArchiveConfig {
-                shard: config.shard,
-                interval: config.archive_interval,
-                segment_entries: config.segment_entries,
-            },
-        }
-        .start(tasks.clone())
-    }) {
-        Some((handle, task)) => (Some(handle), Some(task)),
-        None => (None, None),
-    };
-    let maintenance = Maintenance {
-        raft: raft.clone(),
-        state: state.clone(),
-        proposer: proposer.clone(),
-        blob,
-        grace: config.gc_grace,
-        archive_floor: gate.clone(),
-        verified: Arc::default(),
-    };
-    tokio::spawn(maintenance.clone().run(config.gc_interval, tasks.clone()));
-    let client = ClientService {
-        node_id: config.node_id,
-        advertise: config.advertise.clone(),
-        raft: raft.clone(),
-        state,
-        proposer,
-        read_index,
-        metrics,
-        timeouts: ClientTimeouts {
-            quorum_lease: config.election_timeout_max,
-            ..config.timeouts.clone()
-        },
-        maintenance,
-        archive,
-    };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(node = config.node_id, addr = ?local, advertise = %config.advertise, "serving");
 
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            MetaServiceServer::new(client)
+            MetaServiceServer::new(NodeService { host: host.clone() })
                 .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
                 .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
         )
         .add_service(
-            RaftServiceServer::new(RaftServer::new(raft.clone(), elections))
+            RaftServiceServer::new(NodeRaftService { host: host.clone() })
                 .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
         )
@@ -333,16 +255,8 @@ pub async fn run_node(
 
     tracing::info!(node = config.node_id, "stopping");
     tasks.cancel();
-    if let Some(task) = archiver_task {
-        // The archiver's last pass (bounded) ships what the leader applied
-        // since its previous pass.
-        if let Err(e) = task.await {
-            tracing::warn!(error = %e, "archiver task failed");
-        }
-    }
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft did not shut down cleanly");
-    }
+    // Each replica's archiver makes a last (bounded) pass before its Raft stops.
+    host.stop_all().await;
     served?;
     Ok(())
 }

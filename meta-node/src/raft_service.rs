@@ -34,7 +34,12 @@ fn decode_request<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, S
 
 fn encode_response<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     raft_wire::encode(value)
-        .map(|data| Response::new(RaftMessage { data }))
+        .map(|data| {
+            Response::new(RaftMessage {
+                data,
+                ..Default::default()
+            })
+        })
         .map_err(|e| status_from_detail(ErrorCode::Internal, e.to_string()))
 }
 

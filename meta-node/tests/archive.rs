@@ -393,7 +393,7 @@ impl RunningNode {
 async fn must_lead(client: &mut MetaServiceClient<Channel>) {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(s) = client.status(pb::StatusRequest {}).await {
+        if let Ok(s) = client.status(pb::StatusRequest::default()).await {
             if s.get_ref().role == Role::Leader as i32 {
                 return;
             }
@@ -476,6 +476,7 @@ async fn a_node_restored_from_the_store_serves_every_backed_up_write() {
     let mut client = node.client().await;
     client
         .init_cluster(pb::InitClusterRequest {
+            shard: 0,
             members: vec![pb::Member {
                 id: 1,
                 addr: node.addr.clone(),
@@ -490,7 +491,7 @@ async fn a_node_restored_from_the_store_serves_every_backed_up_write() {
         last_write = must_mkdir(&mut client, p).await;
     }
     let backup = client
-        .backup(pb::BackupRequest {})
+        .backup(pb::BackupRequest::default())
         .await
         .expect("backup")
         .into_inner();
@@ -547,7 +548,7 @@ async fn a_node_restored_from_the_store_serves_every_backed_up_write() {
         assert!(exists(&mut client, p).await, "{p} was restored");
     }
     let status = client
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .expect("status")
         .into_inner();

@@ -176,6 +176,8 @@ impl TryFrom<Mutation> for pb::MutateRequest {
             request_id: request_id_to_bytes(m.request_id),
             epoch: m.epoch.map_or(0, |e| e.0),
             op: Some(op_to_wire(m.op)?),
+            // The shard is routing, not part of the mutation: the client sets it.
+            shard: 0,
         })
     }
 }
@@ -866,6 +868,8 @@ impl From<Read> for pb::QueryRequest {
             consistency,
             snapshot,
             query: Some(query),
+            // The shard is routing, not part of the read: the client sets it.
+            shard: 0,
         }
     }
 }
@@ -1083,6 +1087,7 @@ mod tests {
         let req = pb::MutateRequest {
             request_id: vec![1, 2, 3],
             epoch: 0,
+            shard: 0,
             op: Some(PbOp::Unlink(pb::UnlinkOp {
                 at: Some(holt::EntryRef::Path("/x".into()).into()),
             })),
@@ -1101,12 +1106,14 @@ mod tests {
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
             epoch: 0,
+            shard: 0,
             op: None,
         };
         assert_eq!(Mutation::try_from(req), Err(WireError::Missing("op")));
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
             epoch: 0,
+            shard: 0,
             op: Some(PbOp::Unlink(pb::UnlinkOp { at: None })),
         };
         assert_eq!(
@@ -1120,6 +1127,7 @@ mod tests {
         let req = pb::QueryRequest {
             consistency: 42,
             snapshot: 0,
+            shard: 0,
             query: None,
         };
         assert!(matches!(

@@ -20,6 +20,9 @@ pub enum ErrorCode {
     /// after it was proposed). Retrying with the same request id is safe.
     UnknownOutcome,
     Internal,
+    /// The node hosts no replica of the shard the request named; the
+    /// client refreshes its shard map and routes again.
+    UnknownShard,
 }
 
 impl ErrorCode {
@@ -31,6 +34,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::UnknownOutcome => "UNKNOWN_OUTCOME",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::UnknownShard => "UNKNOWN_SHARD",
         }
     }
 
@@ -42,6 +46,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::UnknownOutcome => Code::Unknown,
             ErrorCode::Internal => Code::Internal,
+            ErrorCode::UnknownShard => Code::FailedPrecondition,
         }
     }
 }

@@ -23,4 +23,4 @@ mod error;
 mod store;
 
 pub use error::LogStoreError;
-pub use store::{LogStateSummary, SledLogStore};
+pub use store::{LogStateSummary, SledLogDb, SledLogStore};

@@ -16,6 +16,11 @@
 //! | [`META_TREE`] | [`KEY_COMMITTED`]                 | `Option<openraft::LogId<C::NodeId>>`    |
 //! | [`META_TREE`] | [`KEY_LAST_PURGED`]               | `openraft::LogId<C::NodeId>`            |
 //!
+//! A node hosts the logs of several Raft groups (one per shard) in one sled database, so
+//! that one fsync makes every group's appends durable together. Group 0 uses the trees
+//! above; group `g > 0` uses the same layout in [`logs_tree(g)`](logs_tree) (`logs-g`) and
+//! [`meta_tree(g)`](meta_tree) (`meta-g`).
+//!
 //! All values are encoded with [`encode_value`] (bincode 1.3, fixed-width little-endian
 //! integers — byte-identical to `bincode::serialize`).
 
@@ -37,6 +42,22 @@ pub const LOGS_TREE: &str = "logs";
 
 /// Tree holding the small pieces of raft metadata (vote, committed, last purged).
 pub const META_TREE: &str = "meta";
+
+/// The log tree of Raft group `group` ([`LOGS_TREE`] for group 0).
+pub fn logs_tree(group: u16) -> String {
+    match group {
+        0 => LOGS_TREE.to_string(),
+        g => format!("{LOGS_TREE}-{g}"),
+    }
+}
+
+/// The metadata tree of Raft group `group` ([`META_TREE`] for group 0).
+pub fn meta_tree(group: u16) -> String {
+    match group {
+        0 => META_TREE.to_string(),
+        g => format!("{META_TREE}-{g}"),
+    }
+}
 
 /// Key in [`META_TREE`]: the persisted-format version, a `u32` (see [`FORMAT_VERSION`]).
 pub const KEY_FORMAT_VERSION: &[u8] = b"format_version";

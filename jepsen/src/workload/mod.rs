@@ -61,7 +61,8 @@ pub fn write_failure<O>(e: &ClientError) -> Outcome<O> {
         | ClientError::StaleEpoch { .. }
         | ClientError::CursorExpired { .. }
         | ClientError::Unavailable(_)
-        | ClientError::AlreadyInitialized(_) => Outcome::Fail,
+        | ClientError::AlreadyInitialized(_)
+        | ClientError::UnknownShard(_) => Outcome::Fail,
         ClientError::Unknown(_)
         | ClientError::Protocol(_)
         | ClientError::Server(_)

@@ -1,0 +1,250 @@
+//! Multi-process tests of nodes that host many shards (Raft groups).
+//!
+//! - `nodes_host_many_shards_and_fail_them_over`: three `nokv serve`
+//!   processes host eight shards, each its own Raft group with leaders
+//!   spread over the nodes; 1,000 creates spread over all of them succeed;
+//!   SIGKILL of a node fails over every shard it led, nothing acknowledged
+//!   is lost, and the restarted node reopens every replica it hosted.
+//! - `unknown_shards_are_refused`: requests for a shard a node does not
+//!   host, or an impossible shard id, get `UNKNOWN_SHARD` and change nothing.
+//!
+//! Synchronisation is by polling under deadlines, never by sleeping.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{heavy_test, light_test, Cluster, WAIT};
+use nokv_client::{Client, ClientConfig, ClientError, Consistency, ShardId};
+
+/// Shards of the test besides the root shard 0.
+const EXTRA_SHARDS: u16 = 7;
+
+/// Makes every node host `shard` and forms its group on `first` (which
+/// then usually leads it).
+async fn must_form_shard(cluster: &Cluster, shard: ShardId, first: u64) {
+    let client = cluster.client().for_shard(shard);
+    for id in cluster.ids() {
+        cluster.must(
+            client.host_shard(&cluster.addr(id), shard).await,
+            "host a shard replica",
+        );
+    }
+    let members = cluster
+        .ids()
+        .into_iter()
+        .map(|id| nokv_client::Member {
+            id,
+            addr: cluster.addr(id),
+        })
+        .collect();
+    cluster.must(
+        client.init_cluster(&cluster.addr(first), members).await,
+        "initialize the shard's group",
+    );
+}
+
+/// The leader of `shard` that every node agrees on, if they do.
+async fn shard_leader(cluster: &Cluster, shard: ShardId) -> Option<u64> {
+    let probe = cluster.client().for_shard(shard);
+    let mut leader = None;
+    for id in cluster.ids() {
+        let s = probe.status_of(&cluster.addr(id)).await.ok()?;
+        match (leader, s.leader_id) {
+            (_, None) => return None,
+            (None, l) => leader = l,
+            (Some(a), Some(b)) if a != b => return None,
+            _ => {}
+        }
+    }
+    leader
+}
+
+async fn shard_leader_among(cluster: &Cluster, shard: ShardId, among: &[u64]) -> Option<u64> {
+    let probe = cluster.client().for_shard(shard);
+    let mut leader = None;
+    for id in among {
+        let s = probe.status_of(&cluster.addr(*id)).await.ok()?;
+        let l = s.leader_id?;
+        if !among.contains(&l) || leader.is_some_and(|x| x != l) {
+            return None;
+        }
+        leader = Some(l);
+    }
+    leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_host_many_shards_and_fail_them_over() {
+    let _load = heavy_test().await;
+    let mut cluster = Cluster::start(&[]).await;
+    let shards: Vec<ShardId> = (0..=EXTRA_SHARDS).map(ShardId).collect();
+    for shard in &shards[1..] {
+        // Spread the first leaders over the nodes.
+        must_form_shard(&cluster, *shard, u64::from(shard.0 % 3) + 1).await;
+    }
+    for shard in &shards {
+        cluster
+            .wait_until(
+                WAIT,
+                &format!("{shard} has one agreed leader"),
+                async || shard_leader(&cluster, *shard).await.is_some(),
+            )
+            .await;
+    }
+    // Every node reports every replica it hosts.
+    let client = cluster.client();
+    for id in cluster.ids() {
+        let status = cluster.must(client.node_status(&cluster.addr(id)).await, "node status");
+        let hosted: Vec<u32> = status.shards.iter().map(|s| s.shard).collect();
+        assert_eq!(
+            hosted,
+            (0..=u32::from(EXTRA_SHARDS)).collect::<Vec<_>>(),
+            "node {id} hosts"
+        );
+    }
+
+    // 1,000 creates spread over all shards, concurrently.
+    let per_shard = 1000 / shards.len();
+    let mut writers = Vec::new();
+    for shard in &shards {
+        let c = client.for_shard(*shard);
+        writers.push(tokio::spawn(async move {
+            c.mkdir("/d", true).await?;
+            for i in 0..per_shard {
+                c.create(&format!("/d/f{i}")).await?;
+            }
+            Ok::<_, ClientError>(())
+        }));
+    }
+    for w in writers {
+        cluster.must(w.await.expect("writer task"), "creates on a shard");
+    }
+    for shard in &shards {
+        let entries = cluster.must(
+            client
+                .for_shard(*shard)
+                .read_dir_all("/d", Consistency::Linearizable)
+                .await,
+            "list a shard",
+        );
+        assert_eq!(entries.len(), per_shard, "{shard} lists every create");
+    }
+    // Shards are separate namespaces: a file of shard 1 is not in shard 2.
+    let only_in_1 = client.for_shard(ShardId(1)).create("/only-in-1").await;
+    cluster.must(only_in_1, "create in shard 1");
+    let in_2 = client
+        .for_shard(ShardId(2))
+        .stat("/only-in-1", Consistency::Linearizable)
+        .await;
+    assert!(
+        matches!(in_2, Err(ClientError::Fs { ref code, .. }) if code == "ENOENT"),
+        "{in_2:?}"
+    );
+
+    // Kill the node that leads the most shards: each of them fails over.
+    let mut led: Vec<(u64, Vec<ShardId>)> =
+        cluster.ids().into_iter().map(|id| (id, vec![])).collect();
+    for shard in &shards {
+        let l = shard_leader(&cluster, *shard).await.expect("a leader");
+        led.iter_mut()
+            .find(|(id, _)| *id == l)
+            .expect("known node")
+            .1
+            .push(*shard);
+    }
+    led.sort_by_key(|(_, s)| std::cmp::Reverse(s.len()));
+    let (victim, victim_shards) = led[0].clone();
+    assert!(!victim_shards.is_empty());
+    cluster.kill(victim);
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != victim)
+        .collect();
+    let failover_started = std::time::Instant::now();
+    for shard in &victim_shards {
+        cluster
+            .wait_until(
+                Duration::from_secs(10),
+                &format!("{shard} fails over from node {victim}"),
+                async || {
+                    shard_leader_among(&cluster, *shard, &survivors)
+                        .await
+                        .is_some()
+                },
+            )
+            .await;
+    }
+    eprintln!(
+        "{} shards led by node {victim} failed over within {:?}",
+        victim_shards.len(),
+        failover_started.elapsed()
+    );
+    let after = cluster.client_for(&survivors);
+    for shard in &shards {
+        let c = after.for_shard(*shard);
+        cluster.must(c.create("/after-kill").await, "write after the kill");
+        let entries = cluster.must(
+            c.read_dir_all("/d", Consistency::Linearizable).await,
+            "list",
+        );
+        assert_eq!(
+            entries.len(),
+            per_shard,
+            "{shard} lost nothing acknowledged"
+        );
+    }
+
+    // The restarted node reopens every replica and catches up.
+    cluster.restart(victim).await;
+    for shard in &shards {
+        let probe = client.for_shard(*shard);
+        cluster
+            .wait_until(
+                WAIT,
+                &format!("node {victim} catches up on {shard}"),
+                async || {
+                    let (Ok(mine), Some(leader)) = (
+                        probe.status_of(&cluster.addr(victim)).await,
+                        shard_leader(&cluster, *shard).await,
+                    ) else {
+                        return false;
+                    };
+                    let Ok(theirs) = probe.status_of(&cluster.addr(leader)).await else {
+                        return false;
+                    };
+                    mine.applied_index >= theirs.applied_index
+                },
+            )
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_shards_are_refused() {
+    let _load = light_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let mut config = ClientConfig::new(cluster.endpoints());
+    config.deadline = Duration::from_secs(2);
+    let client = cluster.must(Client::new(config), "client");
+    let unknown = client.for_shard(ShardId(9));
+    let err = unknown
+        .create("/x")
+        .await
+        .expect_err("no node hosts shard 9");
+    // Every replica refuses; the client reports the shard as unavailable.
+    assert!(
+        matches!(&err, ClientError::Unavailable(m) if m.contains("UNKNOWN_SHARD") || m.contains("unknown shard")),
+        "{err:?}"
+    );
+    let status = unknown.status_of(&cluster.addr(1)).await;
+    assert!(
+        matches!(&status, Err(e @ ClientError::UnknownShard(_)) if e.code() == "UNKNOWN_SHARD"),
+        "{status:?}"
+    );
+    // Nothing changed on the root shard.
+    let root = cluster.client();
+    let missing = root.stat("/x", Consistency::Linearizable).await;
+    assert!(matches!(missing, Err(ClientError::Fs { ref code, .. }) if code == "ENOENT"));
+}

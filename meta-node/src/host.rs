@@ -1,0 +1,258 @@
+//! The shard replicas of one node, and the node's gRPC services that hand
+//! every request to the replica of the shard it names.
+//!
+//! One listener serves `MetaService` and `RaftService` for every shard: each
+//! request and each Raft message carries a shard id (0, the root shard,
+//! when absent), and a shard this node hosts no replica of is answered with
+//! `UNKNOWN_SHARD`, so a client with an out-of-date shard map refreshes it.
+//!
+//! # Invariants
+//! - At most one replica per shard runs on a node ([`ShardHost::host`] is
+//!   serialised by the host's start lock).
+//! - A replica is registered only after it started, so a request never sees
+//!   a half-built replica.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use nokv_holt::ShardId;
+use nokv_proto::pb::meta_service_server::MetaService;
+use nokv_proto::pb::raft_service_server::RaftService;
+use nokv_proto::pb::{self, RaftMessage};
+use nokv_proto::{status_from_detail, ErrorCode};
+use tonic::{Request, Response, Status};
+
+use crate::node::NodeError;
+use crate::replica::{NodeContext, ShardReplica};
+
+/// The replicas a node runs, by shard.
+pub struct ShardHost {
+    ctx: NodeContext,
+    replicas: RwLock<BTreeMap<ShardId, Arc<ShardReplica>>>,
+    /// Serialises starts and stops, so two requests cannot start one shard twice.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl ShardHost {
+    pub fn new(ctx: NodeContext) -> ShardHost {
+        ShardHost {
+            ctx,
+            replicas: RwLock::default(),
+            changing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The running replica of `shard`, if this node hosts one.
+    pub fn get(&self, shard: ShardId) -> Option<Arc<ShardReplica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .cloned()
+    }
+
+    /// Every running replica, by shard id.
+    pub fn all(&self) -> Vec<Arc<ShardReplica>> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Starts a replica of `shard` unless one runs; true if it started one.
+    pub async fn host(&self, shard: ShardId) -> Result<bool, NodeError> {
+        let _changing = self.changing.lock().await;
+        if self.get(shard).is_some() {
+            return Ok(false);
+        }
+        let replica = Arc::new(ShardReplica::start(&self.ctx, shard).await?);
+        self.replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard, replica);
+        Ok(true)
+    }
+
+    /// Stops every replica (at shutdown).
+    pub async fn stop_all(&self) {
+        let _changing = self.changing.lock().await;
+        let replicas: Vec<Arc<ShardReplica>> =
+            std::mem::take(&mut *self.replicas.write().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
+        for r in replicas {
+            r.stop().await;
+        }
+    }
+
+    /// Prometheus text of every replica's metrics, one family per name.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        crate::metrics::render_all(self.all().iter().map(|r| &r.metrics.registry))
+    }
+
+    fn replica(&self, shard: u32) -> Result<Arc<ShardReplica>, Status> {
+        let id =
+            u16::try_from(shard).map_err(|_| unknown_shard(shard, "shard ids are below 65536"))?;
+        self.get(ShardId(id))
+            .ok_or_else(|| unknown_shard(shard, "this node hosts no replica of it"))
+    }
+}
+
+fn unknown_shard(shard: u32, why: &str) -> Status {
+    status_from_detail(
+        ErrorCode::UnknownShard,
+        format!("unknown shard {shard}: {why}"),
+    )
+}
+
+/// `MetaService` of a node: dispatches by the request's shard.
+#[derive(Clone)]
+pub struct NodeService {
+    pub host: Arc<ShardHost>,
+}
+
+#[tonic::async_trait]
+impl MetaService for NodeService {
+    type WatchStream = crate::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.watch(request).await
+    }
+
+    async fn mutate(
+        &self,
+        request: Request<pb::MutateRequest>,
+    ) -> Result<Response<pb::MutateResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.mutate(request).await
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.query(request).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.status(request).await
+    }
+
+    async fn init_cluster(
+        &self,
+        request: Request<pb::InitClusterRequest>,
+    ) -> Result<Response<pb::InitClusterResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.init_cluster(request).await
+    }
+
+    async fn run_gc(
+        &self,
+        request: Request<pb::RunGcRequest>,
+    ) -> Result<Response<pb::RunGcResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.run_gc(request).await
+    }
+
+    async fn fsck(
+        &self,
+        request: Request<pb::FsckRequest>,
+    ) -> Result<Response<pb::FsckResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.fsck(request).await
+    }
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.backup(request).await
+    }
+
+    async fn check_blocks(
+        &self,
+        request: Request<pb::CheckBlocksRequest>,
+    ) -> Result<Response<pb::CheckBlocksResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.check_blocks(request).await
+    }
+
+    async fn host_shard(
+        &self,
+        request: Request<pb::HostShardRequest>,
+    ) -> Result<Response<pb::HostShardResponse>, Status> {
+        let shard = request.into_inner().shard;
+        let id =
+            u16::try_from(shard).map_err(|_| unknown_shard(shard, "shard ids are below 65536"))?;
+        match self.host.host(ShardId(id)).await {
+            Ok(created) => Ok(Response::new(pb::HostShardResponse { created })),
+            Err(e) => {
+                tracing::error!(shard, error = %e, "could not start a shard replica");
+                Err(status_from_detail(ErrorCode::Internal, e.to_string()))
+            }
+        }
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        let mut shards = Vec::new();
+        for r in self.host.all() {
+            let status = r
+                .client
+                .status(Request::new(pb::StatusRequest {
+                    shard: u32::from(r.shard.0),
+                }))
+                .await?;
+            shards.push(status.into_inner());
+        }
+        Ok(Response::new(pb::NodeStatusResponse {
+            node_id: self.host.ctx.config.node_id,
+            addr: self.host.ctx.config.advertise.clone(),
+            shards,
+        }))
+    }
+}
+
+/// `RaftService` of a node: dispatches each message to its shard's Raft.
+#[derive(Clone)]
+pub struct NodeRaftService {
+    pub host: Arc<ShardHost>,
+}
+
+#[tonic::async_trait]
+impl RaftService for NodeRaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.raft_server.append_entries(request).await
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.raft_server.vote(request).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.raft_server.install_snapshot(request).await
+    }
+}
