@@ -447,18 +447,26 @@ async fn renew(
     lease: i64,
     stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 ) -> Result<bool, RouterError> {
-    if stream.is_none() {
-        *stream = Some(
-            bounded(
-                cp.deadline,
-                "lease keep-alive",
-                cp.client.clone().lease_keep_alive(lease),
-            )
-            .await?,
-        );
-    }
-    let Some((keeper, responses)) = stream.as_mut() else {
-        unreachable!("set just above");
+    let (keeper, responses) = match stream {
+        Some(open) => open,
+        None => {
+            let mut client = cp.client.clone();
+            match tokio::time::timeout(cp.deadline, client.lease_keep_alive(lease)).await {
+                Ok(Ok(opened)) => stream.insert(opened),
+                // etcd-client opens the stream with one round trip and reports a lease that
+                // is gone (TTL 0) as this error.
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return Ok(false),
+                Ok(Err(e)) => return Err(unavailable("lease keep-alive", e)),
+                Err(_) => {
+                    return Err(RouterError::Unavailable {
+                        reason: format!(
+                            "etcd lease keep-alive: no answer within {:?}",
+                            cp.deadline
+                        ),
+                    })
+                }
+            }
+        }
     };
     bounded(cp.deadline, "lease keep-alive", keeper.keep_alive()).await?;
     match bounded(cp.deadline, "lease keep-alive", responses.message()).await? {

@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(err.code(), "CORRUPT_STATE");
 
         let other = ClusterId::new("other").expect("valid");
-        let cp = MemControlPlane::open(other.clone(), &path.with_extension("2")).expect("open");
+        let cp = MemControlPlane::open(other.clone(), path.with_extension("2")).expect("open");
         cp.init(ShardMap::bootstrap(other, NodeId(1), "h:1"))
             .await
             .expect("init");
