@@ -60,7 +60,13 @@ pub async fn run(c: ClusterCommand, g: &GlobalArgs) -> anyhow::Result<()> {
 }
 
 /// Initializes the group via its first member and waits for a leader.
+/// With `--etcd` the cluster is first recorded in the control plane (the
+/// root shard on these members), so that nodes serving with `--etcd` find
+/// their placement there.
 pub async fn init(members: Vec<Member>, wait: Duration, g: &GlobalArgs) -> anyhow::Result<()> {
+    if let Some(cp) = crate::control::from_args(g).await? {
+        crate::control::init_map(cp.as_ref(), &members).await?;
+    }
     let first = members.first().context("no members given")?.addr.clone();
     let addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
     let client = Client::new(ClientConfig::new(addrs.clone()))?;

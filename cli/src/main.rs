@@ -14,6 +14,7 @@
 mod bench;
 mod body;
 mod cluster;
+mod control;
 mod fs;
 mod output;
 mod recovery;
@@ -78,6 +79,15 @@ pub struct GlobalArgs {
     /// the host.
     #[arg(long, global = true, env = "NOKV_ADDRESS_MAP", value_delimiter = ',', value_parser = parse_mapping)]
     pub address_map: Vec<(String, String)>,
+    /// etcd endpoints of the control plane, comma separated (e.g.
+    /// http://127.0.0.1:2379). `serve` registers there and hosts the shards
+    /// the map places on it; `cluster init` records the cluster there.
+    #[arg(long, global = true, env = "NOKV_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Name of the cluster in the control plane (several clusters can share
+    /// one etcd).
+    #[arg(long, global = true, env = "NOKV_CLUSTER", default_value = "nokv")]
+    pub cluster: String,
 }
 
 /// `ADVERTISED=REACHABLE`.
@@ -236,7 +246,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
-        Command::Serve(args) => serve::serve(args).await,
+        Command::Serve(args) => serve::serve(args, &g).await,
         Command::Dev(args) => serve::dev(args, &g).await,
         Command::Cluster(c) => cluster::run(c, &g).await,
         Command::Status => cluster::status(&g).await,

@@ -1,12 +1,14 @@
 //! `nokv serve` (one replica) and `nokv dev` (a local three-replica cluster).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use nokv_client::{Client, ClientConfig, Member};
 use nokv_meta_node::{run_node, NodeConfig};
+use nokv_router::{ClusterId, ControlPlane, MemControlPlane};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -237,8 +239,9 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let resolved = args.resolve()?;
+    let control = crate::control::from_args(g).await?;
     let listener = TcpListener::bind(&resolved.addr)
         .await
         .with_context(|| format!("binding {}", resolved.addr))?;
@@ -252,7 +255,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    run_node(resolved.node, listener, metrics, shutdown).await?;
+    run_node(resolved.node, listener, metrics, control, shutdown).await?;
     Ok(())
 }
 
@@ -291,6 +294,18 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             format!("file://{}", abs.display())
         }
     };
+    // The control plane: etcd with --etcd, else a file beside the data.
+    let control: Arc<dyn ControlPlane> = match crate::control::from_args(g).await? {
+        Some(cp) => cp,
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            Arc::new(MemControlPlane::open(
+                ClusterId::new(g.cluster.clone())?,
+                &args.data_dir.join("control-plane.json"),
+            )?)
+        }
+    };
     let mut members = Vec::new();
     let mut nodes = Vec::new();
     for i in 0..args.replicas {
@@ -306,11 +321,13 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::new(id, addr.clone(), args.data_dir.join(format!("node{id}")));
         config.blob_store = Some(blob_store.clone());
         let token = shutdown.clone();
+        let cp = control.clone();
         nodes.push(tokio::spawn(async move {
-            run_node(config, listener, None, token).await
+            run_node(config, listener, None, Some(cp), token).await
         }));
         members.push(Member { id, addr });
     }
+    crate::control::init_map(control.as_ref(), &members).await?;
     let addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
     let client = Client::new(ClientConfig::new(addrs.clone()))?;
     let initialized = client

@@ -111,6 +111,8 @@ fn unknown_shard(shard: u32, why: &str) -> Status {
 #[derive(Clone)]
 pub struct NodeService {
     pub host: Arc<ShardHost>,
+    /// The shard map from the control plane, when the node follows one.
+    pub maps: Option<crate::control::MapView>,
 }
 
 #[tonic::async_trait]
@@ -203,6 +205,20 @@ impl MetaService for NodeService {
                 Err(status_from_detail(ErrorCode::Internal, e.to_string()))
             }
         }
+    }
+
+    async fn get_shard_map(
+        &self,
+        _request: Request<pb::GetShardMapRequest>,
+    ) -> Result<Response<pb::GetShardMapResponse>, Status> {
+        let map = self.maps.as_ref().and_then(|m| m.borrow().clone());
+        Ok(Response::new(match map {
+            Some(map) => pb::GetShardMapResponse {
+                revision: map.revision.0,
+                map: nokv_router::schema::encode_map(&map),
+            },
+            None => pb::GetShardMapResponse::default(),
+        }))
     }
 
     async fn node_status(

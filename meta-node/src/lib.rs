@@ -17,6 +17,7 @@
 
 pub mod archive;
 pub mod client_service;
+pub mod control;
 pub mod election;
 pub mod host;
 pub mod maintenance;

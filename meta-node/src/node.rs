@@ -10,6 +10,7 @@ use nokv_holt::ShardId;
 use nokv_proto::pb::meta_service_server::MetaServiceServer;
 use nokv_proto::pb::raft_service_server::RaftServiceServer;
 use nokv_raft_log::SledLogDb;
+use nokv_router::ControlPlane;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -199,10 +200,15 @@ fn claim_data_dir(data_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
 /// the root shard (0) and of every other shard its data directory holds
 /// (more are added by `HostShard`), all served on one listener. At shutdown
 /// it stops the gRPC server, then every replica's tasks and Raft.
+///
+/// With a `control` plane the node also registers itself there, follows the
+/// shard map and hosts every shard it places on this node
+/// ([`crate::control`]); without one, replicas are placed by `HostShard`.
 pub async fn run_node(
     config: NodeConfig,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    control: Option<Arc<dyn ControlPlane>>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate()?;
@@ -230,6 +236,8 @@ pub async fn run_node(
     }
 
     let tasks = CancellationToken::new();
+    let maps =
+        control.map(|cp| crate::control::spawn(cp, host.clone(), config.node_id, tasks.clone()));
     if let Some(l) = metrics_listener {
         let render_from = host.clone();
         let render: metrics::Render = Arc::new(move || render_from.render_metrics());
@@ -241,9 +249,12 @@ pub async fn run_node(
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            MetaServiceServer::new(NodeService { host: host.clone() })
-                .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
-                .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
+            MetaServiceServer::new(NodeService {
+                host: host.clone(),
+                maps,
+            })
+            .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
+            .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
         )
         .add_service(
             RaftServiceServer::new(NodeRaftService { host: host.clone() })

@@ -361,7 +361,7 @@ impl RunningNode {
         let addr = listener.local_addr().expect("local addr").to_string();
         let shutdown = CancellationToken::new();
         let config = node_config(&addr, data, store_url);
-        let task = tokio::spawn(run_node(config, listener, None, shutdown.clone()));
+        let task = tokio::spawn(run_node(config, listener, None, None, shutdown.clone()));
         RunningNode {
             addr,
             shutdown,

@@ -1,0 +1,155 @@
+//! The node's side of the control plane: keep a live registration, follow
+//! the shard map, and host a replica of every shard the map places here.
+//!
+//! The control plane (etcd, through `nokv-router`) is consulted only for
+//! placement: the data path never waits on it. When it is unreachable this
+//! loop retries with backoff while every hosted replica keeps serving reads
+//! and writes and failing over on its own (Raft needs no control plane).
+//!
+//! # Invariants
+//! - Replicas are only ever *started* from the map here; a shard that
+//!   disappears from this node's placement keeps its replica until an
+//!   operator removes it, so a malformed or rolled-back map can never
+//!   destroy data.
+//! - The map handed to clients (`GetShardMap`) is the newest one this node
+//!   has seen; clients treat it as a hint and the shards themselves refuse
+//!   misrouted requests (`UNKNOWN_SHARD`, `WRONG_SHARD`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nokv_holt::ShardId;
+use nokv_router::{ControlPlane, NodeId as MapNodeId, ShardMap};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::host::ShardHost;
+use crate::typ::NodeId;
+
+/// How long the node's liveness record outlives a silent node.
+pub const LIVENESS_TTL: Duration = Duration::from_secs(10);
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The newest shard map this node has seen (`None` until the first load).
+pub type MapView = watch::Receiver<Option<ShardMap>>;
+
+/// Starts following the control plane; stops when `shutdown` is cancelled.
+pub fn spawn(
+    control: Arc<dyn ControlPlane>,
+    host: Arc<ShardHost>,
+    node: NodeId,
+    shutdown: CancellationToken,
+) -> MapView {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run(control, host, node, tx, shutdown));
+    rx
+}
+
+async fn pause(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+async fn run(
+    control: Arc<dyn ControlPlane>,
+    host: Arc<ShardHost>,
+    node: NodeId,
+    maps: watch::Sender<Option<ShardMap>>,
+    shutdown: CancellationToken,
+) {
+    let mut liveness = None;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if liveness.is_none() {
+            match control
+                .register_node_alive(MapNodeId(node), LIVENESS_TTL)
+                .await
+            {
+                Ok(l) => liveness = Some(l),
+                Err(e) => tracing::warn!(node, error = %e, "cannot register liveness yet"),
+            }
+        }
+        let map = match control.load().await {
+            Ok(Some(map)) => map,
+            Ok(None) => {
+                tracing::info!(node, "no cluster in the control plane yet");
+                if !pause(&mut backoff, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(node, error = %e, "control plane unreachable; shards keep serving");
+                if !pause(&mut backoff, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let mut revision = map.revision;
+        apply(&host, node, &map).await;
+        maps.send_replace(Some(map));
+        let mut stream = match control.watch(revision).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(node, error = %e, "cannot watch the shard map");
+                if !pause(&mut backoff, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(map)) if map.revision > revision => {
+                    revision = map.revision;
+                    apply(&host, node, &map).await;
+                    maps.send_replace(Some(map));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(node, error = %e, "shard map watch failed; reloading");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !pause(&mut backoff, &shutdown).await {
+            break;
+        }
+    }
+    if let Some(l) = liveness {
+        l.close().await;
+    }
+}
+
+/// Hosts a replica of every shard that places this node as a member or
+/// learner.
+async fn apply(host: &ShardHost, node: NodeId, map: &ShardMap) {
+    let me = MapNodeId(node);
+    for shard in map.shards_on(me) {
+        let id = ShardId(shard.id.0);
+        match host.host(id).await {
+            Ok(true) => {
+                tracing::info!(node, shard = %id, revision = %map.revision, "hosting a new replica")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(node, shard = %id, error = %e, "cannot host a replica"),
+        }
+    }
+}
