@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{BodySpec, PublishMode, UploadId};
 use crate::snapshot::SnapshotId;
-use crate::types::{Epoch, InodeId, RequestId};
+use crate::types::{Epoch, InodeId, RequestId, ShardId};
 
 /// Where a namespace entry lives: an absolute path, or a name in a directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +188,23 @@ pub enum Op {
     SetWatchRetention {
         max_events: u64,
         max_age_ns: u64,
+    },
+    // ---- grafts (see `crate::graft`) ----
+    /// Make `at` (a vacant name in an existing directory of this shard) a
+    /// graft point: an entry whose child is `shard`'s root directory, with
+    /// no inode record here. `shard` must be another shard, grafted nowhere
+    /// else in this one. Returns `Applied::Attr` with the placeholder
+    /// attributes a listing shows for the graft point.
+    CreateGraft {
+        at: EntryRef,
+        shard: ShardId,
+    },
+    /// Remove the graft point at `at`, which must be a graft to exactly
+    /// `shard` (`InvalidArgument` otherwise; `NotFound` if `at` is vacant).
+    /// Returns `Applied::Done`.
+    RemoveGraft {
+        at: EntryRef,
+        shard: ShardId,
     },
 }
 

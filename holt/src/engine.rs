@@ -17,6 +17,7 @@
 //! - `publish`: object-backed bodies (staged uploads, commits, lease
 //!   expiry, the GC queue) and the read helpers for the leader's workers;
 //! - `read`: the read-only queries;
+//! - `graft`: graft points (entries whose child is another shard's root);
 //! - `invariants`: the structural checks run on a decoded image.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::{validate_body_spec, validate_lease, Body, GcTask, UploadId, MAX_PUBLISH_BATCH};
 use crate::command::{Command, EntryRef, InodeRef, Op};
 use crate::error::FsError;
+use crate::graft::GraftPoint;
 use crate::path::{
     split_path, validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
 };
@@ -36,6 +38,9 @@ use crate::types::{Attr, Epoch, FileType, Generation, InodeId, LogIndex, Request
 use crate::watch::{Event, WatchRetention};
 
 mod events;
+mod graft;
+#[cfg(test)]
+mod graft_tests;
 mod invariants;
 mod ops;
 mod publish;
@@ -103,6 +108,8 @@ pub struct Stats {
     pub gc_tasks: u64,
     /// Live snapshot pins.
     pub snapshots: u64,
+    /// Graft points (entries whose child is another shard's root).
+    pub grafts: u64,
 }
 
 /// One inode and everything attached to it.
@@ -136,6 +143,12 @@ pub struct Namespace {
     /// `(directory, name) -> child`. Keyed by directory first so a listing is
     /// a range scan.
     pub(crate) dentries: OrdMap<(InodeId, String), InodeId>,
+    /// The graft points among `dentries`, by child shard (see
+    /// [`crate::graft`]): exactly the entries whose child is another
+    /// shard's root. Kept here rather than derived so that a path through a
+    /// graft names the graft point in O(log n), and persistent so a pin
+    /// keeps its own.
+    pub(crate) grafts: OrdMap<ShardId, GraftPoint>,
 }
 
 /// The metadata engine of one shard. See the module docs.
@@ -231,6 +244,7 @@ impl Holt {
                 shard: config.shard,
                 inodes: OrdMap::unit(root, root_record),
                 dentries: OrdMap::new(),
+                grafts: OrdMap::new(),
             },
             dedupe_capacity: config.dedupe_capacity,
             next_local: InodeId::ROOT_LOCAL + 1,
@@ -257,6 +271,27 @@ impl Holt {
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// Starts a new epoch at log position `index`: the Raft adapter calls
+    /// this when it applies the blank entry a new leader commits, or a
+    /// membership change. Deterministic, like `apply`: every replica
+    /// advances at the same log position, so every replica judges every
+    /// command against the same epoch.
+    ///
+    /// [`Holt::apply`] refuses a command whose epoch differs from the
+    /// current one with `StaleEpoch { current }`. Lower is the case that
+    /// matters (the client routed under an older leadership). Higher cannot
+    /// happen honestly: a client learns an epoch only from a replica that
+    /// applied it, and any command proposed afterwards is ordered after that
+    /// entry in the log, so it is refused too rather than trusted. The
+    /// refusal is remembered by the dedupe table like any outcome: the
+    /// client resends under the new epoch with a new request id, which is
+    /// safe because the refusal proves the first attempt changed nothing.
+    pub fn advance_epoch(&mut self, index: LogIndex) {
+        self.last_applied = self.last_applied.max(index);
+        // 2^64 leader changes cannot happen; saturating keeps this panic-free.
+        self.epoch = Epoch(self.epoch.0.saturating_add(1));
     }
 
     /// The highest log index passed to [`Holt::apply`].
@@ -290,6 +325,7 @@ impl Holt {
             staged: self.staged.len() as u64,
             gc_tasks: self.gc.len() as u64,
             snapshots: self.snapshots.len() as u64,
+            grafts: self.grafts.len() as u64,
         }
     }
 
@@ -390,6 +426,7 @@ impl Holt {
                 }
                 Ok(())
             }
+            Op::CreateGraft { at, .. } | Op::RemoveGraft { at, .. } => validate_entry(at),
             Op::AbortPublish { .. }
             | Op::ExpireUploads { .. }
             | Op::GcDone { .. }
@@ -479,6 +516,8 @@ impl Holt {
                 };
                 Ok(Applied::Done)
             }
+            Op::CreateGraft { at, shard } => self.create_graft(stamp, at, *shard),
+            Op::RemoveGraft { at, shard } => self.remove_graft(stamp, at, *shard),
         }
     }
 

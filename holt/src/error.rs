@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Epoch, Generation};
+use crate::types::{Epoch, Generation, ShardId};
 
 /// A namespace operation failed. Every variant is deterministic: the same
 /// state and command give the same error on every replica, so errors are
@@ -46,6 +46,27 @@ pub enum FsError {
     /// the oldest cursor that can still be resumed from.
     #[error("cursor expired: the oldest available cursor is {oldest}")]
     CursorExpired { oldest: u64 },
+    /// The entry is a graft point (a directory of this shard whose child is
+    /// another shard's root), or a directory whose subtree holds one: it
+    /// cannot be renamed, replaced, removed, or have its attributes changed
+    /// from this side. Graft points are registered with the control plane
+    /// by path, so moving one, or an ancestor of one, would break the tree.
+    /// Unregister the graft first (`RemoveGraft`, through the control plane).
+    #[error("busy: {0}")]
+    Busy(String),
+    /// Resolution reached another shard: the path goes through (or names)
+    /// the graft point at `path`, whose subtree is `shard`'s, or an inode
+    /// id belongs to `shard`. The client refreshes its shard map and sends
+    /// the request to `shard`, relative to the graft. `path` is empty when
+    /// this shard has no graft to `shard` (a foreign inode id).
+    #[error("wrong shard: the request belongs to {shard} (graft point {path:?})")]
+    CrossShard { shard: ShardId, path: String },
+    /// The operation would span two shards: a rename or hard link between
+    /// shards (detected by the client, which sees both), or a subtree
+    /// snapshot whose subtree holds a graft point. Snapshots are per shard
+    /// for now: pin each shard's part separately.
+    #[error("cross-device: {0}")]
+    CrossDevice(String),
 }
 
 impl FsError {
@@ -66,6 +87,9 @@ impl FsError {
             FsError::StaleEpoch { .. } => "STALE_EPOCH",
             FsError::StaleGeneration { .. } => "STALE_GENERATION",
             FsError::CursorExpired { .. } => "CURSOR_EXPIRED",
+            FsError::Busy(_) => "EBUSY",
+            FsError::CrossShard { .. } => "WRONG_SHARD",
+            FsError::CrossDevice(_) => "EXDEV",
         }
     }
 
@@ -88,6 +112,11 @@ impl FsError {
             FsError::StaleGeneration { .. } => 116,
             // ERANGE: the position is outside what is kept.
             FsError::CursorExpired { .. } => 34,
+            FsError::Busy(_) => 16,
+            // EXDEV: a FUSE mount that reaches this has a stale shard map;
+            // to the application it is an operation across devices.
+            FsError::CrossShard { .. } => 18,
+            FsError::CrossDevice(_) => 18,
         }
     }
 }

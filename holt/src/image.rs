@@ -18,9 +18,13 @@
 //!
 //! Version history: 1 had no bodies; 2 adds per-file bodies, staged
 //! uploads, the generation/upload counters and the GC queue; 3 adds
-//! snapshot pins and the body each GC task belongs to. Versions 1 and 2
-//! were never deployed, so they are rejected as unsupported rather than
-//! migrated.
+//! snapshot pins and the body each GC task belongs to; 4 appends the graft
+//! registries (the current namespace's, then each pin's, in pin order)
+//! after the version-3 body, and its dentries may point to other shards'
+//! roots (graft points), which a version-3 reader would wrongly call
+//! corrupt. Versions 1 and 2 were never deployed, so they are rejected as
+//! unsupported rather than migrated; version 3 is still read (it has no
+//! grafts).
 //!
 //! A pin is written as its difference from the current namespace (the
 //! keys whose value differs, with the pinned value or "absent"), found by
@@ -42,14 +46,17 @@ use serde::{Deserialize, Serialize};
 use crate::body::{GcTask, UploadId};
 use crate::engine::{Holt, InodeRecord, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
+use crate::graft::GraftPoint;
 use crate::snapshot::SnapshotInfo;
 use crate::types::{Epoch, InodeId, LogIndex, RequestId, ShardId};
 use crate::watch::{Event, WatchRetention};
 
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
-/// The image format this build writes (and the only one it reads).
-pub const IMAGE_VERSION: u32 = 3;
+/// The image format this build writes.
+pub const IMAGE_VERSION: u32 = 4;
+/// The older format this build still reads: version 3, without grafts.
+pub const IMAGE_VERSION_V3: u32 = 3;
 /// Magic, version, body length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
@@ -81,6 +88,21 @@ struct ImageBodyRef<'a> {
     next_event: u64,
     retention: WatchRetention,
     events: Vec<&'a Event>,
+}
+
+/// The version-4 tail: graft registries in key order, the current
+/// namespace's and then one per pin, in the order of `pins`.
+#[derive(Serialize)]
+struct GraftsImageRef<'a> {
+    current: Vec<(&'a ShardId, &'a GraftPoint)>,
+    pins: Vec<Vec<(&'a ShardId, &'a GraftPoint)>>,
+}
+
+/// [`GraftsImageRef`] as read; empty registries for a version-3 image.
+#[derive(Deserialize)]
+struct GraftsImage {
+    current: Vec<(ShardId, GraftPoint)>,
+    pins: Vec<Vec<(ShardId, GraftPoint)>>,
 }
 
 /// One pin: its description and how its namespace differs from the
@@ -173,7 +195,46 @@ impl Holt {
 
     /// Encodes the complete state. Deterministic: equal states give equal bytes.
     pub fn encode_image(&self) -> Vec<u8> {
-        let body = ImageBodyRef {
+        // Serializing plain data into a Vec cannot fail: there is no size
+        // limit, no I/O, and every sequence has a known length. A tuple is
+        // its fields in order, so the version-3 body is a prefix.
+        let body = body_options()
+            .serialize(&(self.image_body(), self.image_grafts()))
+            .expect("serializing the state into memory is infallible");
+        let mut image = Vec::with_capacity(HEADER_LEN + body.len());
+        image.extend_from_slice(&IMAGE_MAGIC);
+        image.extend_from_slice(&IMAGE_VERSION.to_le_bytes());
+        image.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        image.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        image.extend_from_slice(&body);
+        image
+    }
+
+    /// Decodes an image written by [`Holt::encode_image`]. Never panics.
+    pub fn decode_image(bytes: &[u8]) -> Result<Holt, ImageError> {
+        let (version, body) = split_header(bytes)?;
+        let options = body_options().with_limit(body.len() as u64);
+        let corrupt = |e: bincode::Error| ImageError::Corrupt(e.to_string());
+        let (decoded, grafts): (ImageBody, GraftsImage) = if version == IMAGE_VERSION_V3 {
+            let decoded: ImageBody = options.deserialize(body).map_err(corrupt)?;
+            let grafts = GraftsImage {
+                current: Vec::new(),
+                pins: decoded.pins.iter().map(|_| Vec::new()).collect(),
+            };
+            (decoded, grafts)
+        } else {
+            options.deserialize(body).map_err(corrupt)?
+        };
+        let holt = decoded.into_holt(grafts).map_err(ImageError::Corrupt)?;
+        holt.check_invariants().map_err(ImageError::Corrupt)?;
+        Ok(holt)
+    }
+}
+
+impl Holt {
+    /// The version-3 part of the body.
+    fn image_body(&self) -> ImageBodyRef<'_> {
+        ImageBodyRef {
             shard: self.shard,
             dedupe_capacity: self.dedupe_capacity as u64,
             epoch: self.epoch,
@@ -204,42 +265,30 @@ impl Holt {
             next_event: self.next_event,
             retention: self.retention,
             events: self.events.iter().collect(),
-        };
-        // Serializing plain data into a Vec cannot fail: there is no size
-        // limit, no I/O, and every sequence has a known length.
-        let body = body_options()
-            .serialize(&body)
-            .expect("serializing the state into memory is infallible");
-        let mut image = Vec::with_capacity(HEADER_LEN + body.len());
-        image.extend_from_slice(&IMAGE_MAGIC);
-        image.extend_from_slice(&IMAGE_VERSION.to_le_bytes());
-        image.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        image.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        image.extend_from_slice(&body);
-        image
+        }
     }
 
-    /// Decodes an image written by [`Holt::encode_image`]. Never panics.
-    pub fn decode_image(bytes: &[u8]) -> Result<Holt, ImageError> {
-        let body = split_header(bytes)?;
-        let decoded: ImageBody = body_options()
-            .with_limit(body.len() as u64)
-            .deserialize(body)
-            .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-        let holt = decoded.into_holt().map_err(ImageError::Corrupt)?;
-        holt.check_invariants().map_err(ImageError::Corrupt)?;
-        Ok(holt)
+    /// The version-4 tail: the graft registries.
+    fn image_grafts(&self) -> GraftsImageRef<'_> {
+        GraftsImageRef {
+            current: self.grafts.iter().collect(),
+            pins: self
+                .snapshots
+                .values()
+                .map(|pin| pin.ns.grafts.iter().collect())
+                .collect(),
+        }
     }
 }
 
-/// Checks the header and returns the checksummed body.
-fn split_header(bytes: &[u8]) -> Result<&[u8], ImageError> {
+/// Checks the header and returns the format version and the checksummed body.
+fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), ImageError> {
     let magic = bytes.get(..IMAGE_MAGIC.len()).unwrap_or(bytes);
     if !IMAGE_MAGIC.starts_with(magic) {
         return Err(ImageError::BadMagic);
     }
     let version = read_u32(bytes, 8).ok_or(ImageError::Truncated)?;
-    if version != IMAGE_VERSION {
+    if version != IMAGE_VERSION && version != IMAGE_VERSION_V3 {
         return Err(ImageError::UnsupportedVersion(version));
     }
     let body_len = read_u64(bytes, 12).ok_or(ImageError::Truncated)?;
@@ -259,7 +308,7 @@ fn split_header(bytes: &[u8]) -> Result<&[u8], ImageError> {
     if computed != stored {
         return Err(ImageError::Checksum { stored, computed });
     }
-    Ok(body)
+    Ok((version, body))
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
@@ -273,7 +322,7 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 impl ImageBody {
-    fn into_holt(self) -> Result<Holt, String> {
+    fn into_holt(self, grafts: GraftsImage) -> Result<Holt, String> {
         let dedupe_capacity = usize::try_from(self.dedupe_capacity)
             .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
         let mut dedupe_order = VecDeque::with_capacity(self.dedupe.len());
@@ -284,13 +333,21 @@ impl ImageBody {
             shard: self.shard,
             inodes: sorted_map(self.inodes, "inodes")?.into_iter().collect(),
             dentries: sorted_map(self.dentries, "dentries")?.into_iter().collect(),
+            grafts: sorted_map(grafts.current, "grafts")?.into_iter().collect(),
         };
+        let mut pin_grafts = grafts.pins.into_iter();
+        if self.pins.len() != pin_grafts.len() {
+            return Err("the pins and their graft registries do not match".into());
+        }
         let mut snapshots = BTreeMap::new();
         for pin in self.pins {
             let pinned = Namespace {
                 shard: ns.shard,
                 inodes: apply_diff(&ns.inodes, pin.inodes, "pinned inodes")?,
                 dentries: apply_diff(&ns.dentries, pin.dentries, "pinned dentries")?,
+                grafts: sorted_map(pin_grafts.next().unwrap_or_default(), "pinned grafts")?
+                    .into_iter()
+                    .collect(),
             };
             let id = pin.info.id;
             let pin = Pin {

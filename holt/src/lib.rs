@@ -4,7 +4,8 @@
 //! allocator and the request dedupe table), the metadata of object-backed
 //! file bodies (published bodies, staged uploads and the GC queue of
 //! objects to delete; see [`body`]), subtree snapshot pins (see
-//! [`snapshot`]) and changes it only through
+//! [`snapshot`]), the graft points joining other shards' trees below it
+//! (see [`graft`]), and changes it only through
 //! [`Holt::apply`], a deterministic function of (state, command, log index):
 //! no clocks, randomness, I/O or hash-map iteration order. Replicas that
 //! apply the same log reach byte-identical state, and [`Holt::encode_image`]
@@ -20,6 +21,7 @@ pub mod body;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod graft;
 pub mod image;
 pub mod path;
 pub mod query;
@@ -34,6 +36,7 @@ pub use body::{
 pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag};
 pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};
 pub use error::{FsError, ImageError};
+pub use graft::{placeholder_attr, GraftInfo};
 pub use query::{Query, QueryResult, MAX_READDIR_PAGE};
 pub use snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSHOT_LEASE_NS};
 pub use types::{

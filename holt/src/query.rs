@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{Body, StagedUpload};
 use crate::command::InodeRef;
+use crate::graft::GraftInfo;
 use crate::snapshot::{SnapshotId, SnapshotInfo};
 use crate::types::{Attr, DirEntry, InodeId};
 
@@ -52,6 +53,9 @@ pub enum Query {
         snapshot: SnapshotId,
         query: Box<Query>,
     },
+    /// Every graft point of this shard, in child-shard order (for
+    /// reconciliation with the control plane). Not available at a snapshot.
+    Grafts,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,4 +76,5 @@ pub enum QueryResult {
     },
     Uploads(Vec<StagedUpload>),
     Snapshots(Vec<SnapshotInfo>),
+    Grafts(Vec<GraftInfo>),
 }

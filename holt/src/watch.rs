@@ -46,10 +46,12 @@ pub enum EventKind {
     Create {
         file_type: FileType,
     },
+    /// A directory was created, or a graft point (`CreateGraft`: the
+    /// event's inode is the child shard's root).
     Mkdir,
     /// A new hard link to an existing inode.
     Link,
-    /// A name was removed (unlink or rmdir).
+    /// A name was removed (unlink, rmdir, or `RemoveGraft`).
     Remove,
     /// Moved from `from` to the event's path.
     Rename {

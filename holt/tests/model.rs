@@ -910,6 +910,7 @@ fn wild_string() -> impl Strategy<Value = String> {
 fn wild_id() -> impl Strategy<Value = InodeId> {
     prop_oneof![
         (0u64..12).prop_map(|local| InodeId::compose(ShardId(0), local)),
+        (0u16..4).prop_map(|shard| InodeId::root(ShardId(shard))),
         any::<u64>().prop_map(InodeId),
     ]
 }
@@ -931,7 +932,28 @@ fn wild_inode() -> impl Strategy<Value = InodeRef> {
 /// Boxed halves: one flat `prop_oneof!` over every op nests deep enough to
 /// overflow a test thread's stack in debug builds.
 fn wild_op() -> BoxedStrategy<Op> {
-    prop_oneof![3 => wild_namespace_op().boxed(), 1 => wild_publish_op().boxed()].boxed()
+    prop_oneof![
+        3 => wild_namespace_op().boxed(),
+        1 => wild_publish_op().boxed(),
+        1 => wild_graft_op().boxed(),
+    ]
+    .boxed()
+}
+
+/// Graft ops, mostly on a few shards (0 is the engine's own) so that they
+/// collide with each other and with the namespace ops around them.
+fn wild_graft_op() -> impl Strategy<Value = Op> {
+    let shard = prop_oneof![
+        4 => (0u16..4).prop_map(ShardId),
+        1 => any::<u16>().prop_map(ShardId),
+    ];
+    (wild_entry(), shard, any::<bool>()).prop_map(|(at, shard, create)| {
+        if create {
+            Op::CreateGraft { at, shard }
+        } else {
+            Op::RemoveGraft { at, shard }
+        }
+    })
 }
 
 fn wild_upload() -> impl Strategy<Value = UploadId> {
@@ -1092,6 +1114,7 @@ fn wild_query() -> impl Strategy<Value = Query> {
         wild_inode().prop_map(|inode| Query::ListXattr { inode }),
         wild_inode().prop_map(|inode| Query::ReadBody { inode }),
         Just(Query::ListUploads),
+        Just(Query::Grafts),
     ]
 }
 

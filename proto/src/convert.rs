@@ -296,7 +296,47 @@ fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
             max_events: r.max_events,
             max_age_ns: r.max_age_ms.saturating_mul(1_000_000),
         },
+        PbOp::CreateGraft(c) => holt::Op::CreateGraft {
+            at: entry_ref(c.at, "create_graft.at")?,
+            shard: shard_id(c.shard, "create_graft.shard")?,
+        },
+        PbOp::RemoveGraft(r) => holt::Op::RemoveGraft {
+            at: entry_ref(r.at, "remove_graft.at")?,
+            shard: shard_id(r.shard, "remove_graft.shard")?,
+        },
     })
+}
+
+/// A shard id from the wire's `uint32`: shard ids are 16 bits.
+fn shard_id(v: u32, field: &'static str) -> Result<holt::ShardId, WireError> {
+    u16::try_from(v)
+        .map(holt::ShardId)
+        .map_err(|_| invalid(field, format!("shard {v} does not fit in 16 bits")))
+}
+
+// ----- grafts ---------------------------------------------------------------
+
+impl From<holt::GraftInfo> for pb::GraftInfo {
+    fn from(g: holt::GraftInfo) -> Self {
+        pb::GraftInfo {
+            shard: u32::from(g.shard.0),
+            path: g.path,
+            parent: g.parent.0,
+            name: g.name,
+        }
+    }
+}
+
+impl TryFrom<pb::GraftInfo> for holt::GraftInfo {
+    type Error = WireError;
+    fn try_from(g: pb::GraftInfo) -> Result<Self, WireError> {
+        Ok(holt::GraftInfo {
+            shard: shard_id(g.shard, "grafts.shard")?,
+            path: g.path,
+            parent: holt::InodeId(g.parent),
+            name: g.name,
+        })
+    }
 }
 
 // ----- watch events ---------------------------------------------------------
@@ -700,6 +740,14 @@ fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
             max_events,
             max_age_ms: max_age_ns / 1_000_000,
         }),
+        holt::Op::CreateGraft { at, shard } => PbOp::CreateGraft(pb::CreateGraftOp {
+            at: Some(at.into()),
+            shard: u32::from(shard.0),
+        }),
+        holt::Op::RemoveGraft { at, shard } => PbOp::RemoveGraft(pb::RemoveGraftOp {
+            at: Some(at.into()),
+            shard: u32::from(shard.0),
+        }),
         // Leader housekeeping has no wire form: clients cannot send it.
         holt::Op::ExpireUploads { .. }
         | holt::Op::GcDone { .. }
@@ -804,6 +852,7 @@ impl TryFrom<pb::QueryRequest> for Read {
             },
             PbQuery::ListUploads(_) => holt::Query::ListUploads,
             PbQuery::ListSnapshots(_) => holt::Query::ListSnapshots,
+            PbQuery::ListGrafts(_) => holt::Query::Grafts,
         };
         let query = match req.snapshot {
             0 => query,
@@ -863,6 +912,7 @@ impl From<Read> for pb::QueryRequest {
             }),
             holt::Query::ListUploads => PbQuery::ListUploads(pb::ListUploadsQuery {}),
             holt::Query::ListSnapshots => PbQuery::ListSnapshots(pb::ListSnapshotsQuery {}),
+            holt::Query::Grafts => PbQuery::ListGrafts(pb::ListGraftsQuery {}),
         };
         pb::QueryRequest {
             consistency,
@@ -900,6 +950,9 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
         }),
         holt::QueryResult::Snapshots(list) => PbQueryResult::Snapshots(pb::SnapshotList {
             snapshots: list.into_iter().map(Into::into).collect(),
+        }),
+        holt::QueryResult::Grafts(list) => PbQueryResult::Grafts(pb::GraftList {
+            grafts: list.into_iter().map(Into::into).collect(),
         }),
     };
     pb::QueryResponse {
@@ -942,6 +995,12 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
             PbQueryResult::Snapshots(list) => {
                 holt::QueryResult::Snapshots(list.snapshots.into_iter().map(Into::into).collect())
             }
+            PbQueryResult::Grafts(list) => holt::QueryResult::Grafts(
+                list.grafts
+                    .into_iter()
+                    .map(holt::GraftInfo::try_from)
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 }
@@ -1032,6 +1091,81 @@ mod tests {
             holt::Applied::try_from(wire),
             Ok(holt::Applied::Snapshot(info))
         );
+    }
+
+    #[test]
+    fn graft_ops_queries_and_results_round_trip() {
+        for op in [
+            holt::Op::CreateGraft {
+                at: holt::EntryRef::Path("/runs".into()),
+                shard: holt::ShardId(3),
+            },
+            holt::Op::RemoveGraft {
+                at: holt::EntryRef::Child {
+                    parent: holt::InodeId(7),
+                    name: "runs".into(),
+                },
+                shard: holt::ShardId(u16::MAX),
+            },
+        ] {
+            let m = Mutation {
+                request_id: holt::RequestId(1),
+                epoch: Some(holt::Epoch(2)),
+                op,
+            };
+            let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
+            assert_eq!(Mutation::try_from(wire), Ok(m));
+        }
+        // The wire's uint32 must fit a 16-bit shard id.
+        let req = pb::MutateRequest {
+            request_id: vec![0; 16],
+            epoch: 0,
+            op: Some(PbOp::CreateGraft(pb::CreateGraftOp {
+                at: Some(holt::EntryRef::Path("/x".into()).into()),
+                shard: 65_536,
+            })),
+        };
+        assert!(matches!(
+            Mutation::try_from(req),
+            Err(WireError::Invalid {
+                field: "create_graft.shard",
+                ..
+            })
+        ));
+        let req = pb::MutateRequest {
+            request_id: vec![0; 16],
+            epoch: 0,
+            op: Some(PbOp::RemoveGraft(pb::RemoveGraftOp { at: None, shard: 1 })),
+        };
+        assert_eq!(
+            Mutation::try_from(req),
+            Err(WireError::Missing("remove_graft.at"))
+        );
+
+        let read = Read {
+            consistency: ReadConsistency::Linearizable,
+            query: holt::Query::Grafts,
+        };
+        let wire = pb::QueryRequest::from(read.clone());
+        assert_eq!(Read::try_from(wire), Ok(read));
+        let grafts = holt::QueryResult::Grafts(vec![holt::GraftInfo {
+            shard: holt::ShardId(3),
+            path: "/runs".into(),
+            parent: holt::InodeId(1),
+            name: "runs".into(),
+        }]);
+        let wire = query_response(grafts.clone(), holt::LogIndex(5));
+        assert_eq!(holt::QueryResult::try_from(wire), Ok(grafts));
+        let garbage = pb::QueryResponse {
+            result: Some(PbQueryResult::Grafts(pb::GraftList {
+                grafts: vec![pb::GraftInfo {
+                    shard: 1 << 20,
+                    ..Default::default()
+                }],
+            })),
+            applied_index: 0,
+        };
+        assert!(holt::QueryResult::try_from(garbage).is_err());
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub enum ErrorCode {
     /// The node hosts no replica of the shard the request named; the
     /// client refreshes its shard map and routes again.
     UnknownShard,
+    /// The request belongs to another shard: the detail names it (`shard`)
+    /// and, when known, the graft point in this shard (`graft_path`). The
+    /// engine raises it as `FsError::CrossShard`; a node asked for a shard
+    /// it does not host answers `UnknownShard` instead.
+    WrongShard,
 }
 
 impl ErrorCode {
@@ -35,6 +40,7 @@ impl ErrorCode {
             ErrorCode::UnknownOutcome => "UNKNOWN_OUTCOME",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::UnknownShard => "UNKNOWN_SHARD",
+            ErrorCode::WrongShard => "WRONG_SHARD",
         }
     }
 
@@ -47,6 +53,7 @@ impl ErrorCode {
             ErrorCode::UnknownOutcome => Code::Unknown,
             ErrorCode::Internal => Code::Internal,
             ErrorCode::UnknownShard => Code::FailedPrecondition,
+            ErrorCode::WrongShard => Code::FailedPrecondition,
         }
     }
 }
@@ -106,7 +113,10 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
         | FsError::Loop(_)
         | FsError::NotPermitted(_)
         | FsError::StaleEpoch { .. }
-        | FsError::StaleGeneration { .. } => Code::FailedPrecondition,
+        | FsError::StaleGeneration { .. }
+        | FsError::Busy(_)
+        | FsError::CrossDevice(_) => Code::FailedPrecondition,
+        FsError::CrossShard { .. } => ErrorCode::WrongShard.grpc_code(),
     };
     let current_epoch = match err {
         FsError::StaleEpoch { current } => current.0,
@@ -116,6 +126,10 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
         FsError::CursorExpired { oldest } => *oldest,
         _ => 0,
     };
+    let (shard, graft_path) = match err {
+        FsError::CrossShard { shard, path } => (Some(u32::from(shard.0)), path.clone()),
+        _ => (None, String::new()),
+    };
     status_with_detail(
         code,
         ErrorDetail {
@@ -124,6 +138,8 @@ pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
             errno: err.errno(),
             current_epoch,
             oldest_cursor,
+            shard,
+            graft_path,
             ..Default::default()
         },
     )
@@ -135,4 +151,55 @@ pub fn detail_of(status: &Status) -> Option<ErrorDetail> {
         return None;
     }
     ErrorDetail::decode(status.details()).ok()
+}
+
+/// The engine error a `WRONG_SHARD` detail describes: the shard the request
+/// belongs to and the graft point (empty if unknown). `None` for any other
+/// detail, or one without a valid shard.
+pub fn cross_shard_of(detail: &ErrorDetail) -> Option<nokv_holt::FsError> {
+    if detail.code != ErrorCode::WrongShard.as_str() {
+        return None;
+    }
+    let shard = u16::try_from(detail.shard?).ok()?;
+    Some(nokv_holt::FsError::CrossShard {
+        shard: nokv_holt::ShardId(shard),
+        path: detail.graft_path.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nokv_holt::{FsError, ShardId};
+
+    #[test]
+    fn graft_errors_carry_stable_codes_and_routing_fields() {
+        let cross = FsError::CrossShard {
+            shard: ShardId(3),
+            path: "/runs".into(),
+        };
+        let status = fs_error_status(&cross);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let detail = detail_of(&status).expect("detail");
+        assert_eq!(
+            (detail.code.as_str(), detail.errno, detail.shard),
+            ("WRONG_SHARD", 18, Some(3))
+        );
+        assert_eq!(detail.graft_path, "/runs");
+        assert_eq!(cross_shard_of(&detail), Some(cross));
+
+        for (err, code, errno) in [
+            (FsError::Busy("/runs".into()), "EBUSY", 16),
+            (FsError::CrossDevice("/a -> /b".into()), "EXDEV", 18),
+        ] {
+            let detail = detail_of(&fs_error_status(&err)).expect("detail");
+            assert_eq!((detail.code.as_str(), detail.errno), (code, errno));
+            assert_eq!((detail.shard, detail.graft_path.as_str()), (None, ""));
+            assert_eq!(cross_shard_of(&detail), None);
+        }
+        let mut bad = detail.clone();
+        bad.code = "WRONG_SHARD".into();
+        bad.shard = Some(70_000);
+        assert_eq!(cross_shard_of(&bad), None, "a shard id beyond 16 bits");
+    }
 }

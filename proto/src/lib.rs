@@ -20,7 +20,9 @@ pub mod pb {
 }
 
 pub use convert::{Mutation, Read, ReadConsistency, WireError};
-pub use error::{detail_of, fs_error_status, not_leader_status, status_from_detail, ErrorCode};
+pub use error::{
+    cross_shard_of, detail_of, fs_error_status, not_leader_status, status_from_detail, ErrorCode,
+};
 
 /// Largest client request or response a node accepts (bytes).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;

@@ -51,7 +51,7 @@ impl Namespace {
     /// The path of a directory, found through parent pointers and a search
     /// of each parent's entries for its name. Only for commands that name
     /// their target by id or (directory, name).
-    fn dir_path(&self, dir: InodeId) -> Option<String> {
+    pub(crate) fn dir_path(&self, dir: InodeId) -> Option<String> {
         let root = self.root();
         let mut names = Vec::new();
         let mut current = dir;
@@ -123,7 +123,9 @@ impl Holt {
             | Op::Symlink { at, .. }
             | Op::Link { at, .. }
             | Op::Unlink { at }
-            | Op::Rmdir { at } => Targets::Entries(vec![entry(at)]),
+            | Op::Rmdir { at }
+            | Op::CreateGraft { at, .. }
+            | Op::RemoveGraft { at, .. } => Targets::Entries(vec![entry(at)]),
             Op::Rename { from, to, .. } => Targets::Rename(
                 self.entry_path(from),
                 self.entry_inode(from),
@@ -234,7 +236,6 @@ impl Holt {
                 };
                 let inode = attr_inode.or(before).unwrap_or(InodeId(0));
                 let kind = match (op, applied) {
-                    (Op::Mkdir { .. }, _) => EventKind::Mkdir,
                     (Op::Create { .. }, _) => EventKind::Create {
                         file_type: FileType::File,
                     },
@@ -242,7 +243,12 @@ impl Holt {
                         file_type: FileType::Symlink,
                     },
                     (Op::Link { .. }, _) => EventKind::Link,
-                    (Op::Unlink { .. } | Op::Rmdir { .. }, _) => EventKind::Remove,
+                    // A graft point appears as a directory (inode: the
+                    // child shard's root) and disappears as a removal.
+                    (Op::Mkdir { .. } | Op::CreateGraft { .. }, _) => EventKind::Mkdir,
+                    (Op::Unlink { .. } | Op::Rmdir { .. } | Op::RemoveGraft { .. }, _) => {
+                        EventKind::Remove
+                    }
                     (Op::SetAttr { .. }, _) => EventKind::SetAttr,
                     (Op::SetXattr { name, .. }, _) => EventKind::Xattr {
                         name: name.clone(),

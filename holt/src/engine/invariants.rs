@@ -32,7 +32,33 @@ impl Holt {
         self.check_reachable()?;
         self.check_dedupe()?;
         self.check_publish_state()?;
+        self.check_grafts()?;
         self.check_pins()
+    }
+
+    /// The graft registry is exactly what the dentries imply (entries
+    /// whose child is another shard's root, one per shard, each at its
+    /// canonical path). A pin's registry must at least name graft entries
+    /// of its own namespace (pins' dentries are not scanned in full).
+    fn check_grafts(&self) -> Result<(), String> {
+        let derived = self.ns.derived_grafts()?;
+        let registered: Vec<_> = self
+            .grafts
+            .iter()
+            .map(|(shard, graft)| (*shard, graft.clone()))
+            .collect();
+        if derived != registered {
+            return Err("the graft registry disagrees with the graft entries".into());
+        }
+        for (id, pin) in &self.snapshots {
+            for (shard, graft) in &pin.ns.grafts {
+                let child = pin.ns.dentries.get(&(graft.parent, graft.name.clone()));
+                if *shard == self.shard || child != Some(&InodeId::root(*shard)) {
+                    return Err(format!("{id}: its graft registry names a missing graft"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Snapshot pins: ids below the counter and matching their key, the
@@ -111,6 +137,10 @@ impl Holt {
             if self.directory(*dir).is_err() {
                 return Err(format!("entry {name:?} is in {dir}, not a directory"));
             }
+            if self.is_foreign(*child) {
+                // A graft point: no local record (see `check_grafts`).
+                continue;
+            }
             let record = self
                 .inodes
                 .get(child)
@@ -126,14 +156,15 @@ impl Holt {
     }
 
     /// Every `nlink` must equal what the entries imply: names for a
-    /// non-directory; 2 plus subdirectories for a directory, which itself
-    /// has exactly one name (none for the root).
+    /// non-directory; 2 plus subdirectories (graft points included) for a
+    /// directory, which itself has exactly one name (none for the root).
     fn check_link_counts(&self) -> Result<(), String> {
         let mut names: BTreeMap<InodeId, u64> = BTreeMap::new();
         let mut subdirs: BTreeMap<InodeId, u64> = BTreeMap::new();
         for ((dir, _), child) in &self.dentries {
             *names.entry(*child).or_default() += 1;
-            if self.directory(*child).is_ok() {
+            // A graft point counts as a subdirectory of its parent.
+            if self.is_foreign(*child) || self.directory(*child).is_ok() {
                 *subdirs.entry(*dir).or_default() += 1;
             }
         }
@@ -163,7 +194,7 @@ impl Holt {
                 .dentries
                 .range((Bound::Included((dir, String::new())), Bound::Unbounded))
                 .take_while(|((parent, _), _)| *parent == dir);
-            for (_, child) in children {
+            for (_, child) in children.filter(|(_, child)| !self.is_foreign(**child)) {
                 if seen.insert(*child) && self.directory(*child).is_ok() {
                     queue.push(*child);
                 }

@@ -13,7 +13,7 @@ use super::{Applied, Holt, InodeRecord, Outcome, Owner, Stamp};
 use crate::command::{EntryRef, InodeRef, RenameMode, SetAttr, XattrFlag};
 use crate::error::FsError;
 use crate::path::split_path;
-use crate::types::{Attr, FileType, Generation, InodeId};
+use crate::types::{Attr, FileType, Generation, InodeId, ShardId};
 
 /// Permission bits kept in `Attr::mode`; the file type lives elsewhere.
 pub(super) const MODE_MASK: u32 = 0o7777;
@@ -61,7 +61,10 @@ impl NewInode {
 
 /// Splits a place into `(directory, name)`, or fails with `at_root` for `/`,
 /// which has no entry of its own and so needs a per-operation answer.
-fn entry_of(place: Place, at_root: impl FnOnce() -> FsError) -> Result<(InodeId, String), FsError> {
+pub(super) fn entry_of(
+    place: Place,
+    at_root: impl FnOnce() -> FsError,
+) -> Result<(InodeId, String), FsError> {
     match place {
         Place::Root => Err(at_root()),
         Place::Entry { parent, name } => Ok((parent, name)),
@@ -190,6 +193,7 @@ impl Holt {
     pub(super) fn unlink(&mut self, stamp: Stamp, at: &EntryRef) -> Outcome {
         let (parent, name) = entry_of(self.place(at)?, || FsError::IsADirectory("/".into()))?;
         let target = self.existing_child(parent, &name, at)?;
+        self.refuse_graft_point(target, || describe_entry(at))?;
         if self.record(target)?.attr.file_type == FileType::Directory {
             return Err(FsError::IsADirectory(describe_entry(at)));
         }
@@ -206,6 +210,7 @@ impl Holt {
             FsError::NotPermitted("cannot remove the root directory".into())
         })?;
         let target = self.existing_child(parent, &name, at)?;
+        self.refuse_graft_point(target, || describe_entry(at))?;
         if self.record(target)?.attr.file_type != FileType::Directory {
             return Err(FsError::NotADirectory(describe_entry(at)));
         }
@@ -225,6 +230,11 @@ impl Holt {
     /// a directory is not moved into itself; same entry → no-op; an existing
     /// destination is refused (NoReplace), is the same inode (no-op), or is
     /// compatible with the source (Replace).
+    ///
+    /// Grafts: moving a graft point, or a directory with one below it, and
+    /// replacing a graft point are `Busy` (a `NoReplace` onto one is
+    /// `AlreadyExists`, as for any existing name); a path through a graft
+    /// is `CrossShard`.
     pub(super) fn rename(
         &mut self,
         stamp: Stamp,
@@ -236,10 +246,20 @@ impl Holt {
             FsError::InvalidArgument("cannot rename the root directory".into())
         })?;
         let source = self.existing_child(from_parent, &from_name, from)?;
+        self.refuse_graft_point(source, || describe_entry(from))?;
         let (to_parent, to_name) = entry_of(self.place(to)?, || {
             FsError::InvalidArgument("cannot rename onto the root directory".into())
         })?;
         let source_is_dir = self.record(source)?.attr.file_type == FileType::Directory;
+        if source_is_dir {
+            if let Some((shard, graft)) = self.graft_within(source) {
+                return Err(FsError::Busy(format!(
+                    "{} holds the graft point {} to {shard}; grafted subtrees cannot move",
+                    describe_entry(from),
+                    graft.path
+                )));
+            }
+        }
         if source_is_dir && self.is_within(to_parent, source) {
             return Err(FsError::InvalidArgument(format!(
                 "cannot move directory {} into itself ({})",
@@ -259,6 +279,7 @@ impl Holt {
                 // Two names of one inode: POSIX says rename does nothing.
                 return Ok(Applied::Done);
             }
+            self.refuse_graft_point(target, || describe_entry(to))?;
             self.check_replaceable(source_is_dir, target, to)?;
         }
 
@@ -336,6 +357,7 @@ impl Holt {
     }
 
     pub(super) fn set_attr(&mut self, stamp: Stamp, inode: &InodeRef, set: &SetAttr) -> Outcome {
+        self.refuse_graft_named(inode)?;
         let id = self.inode(inode)?;
         if let Some(size) = set.size {
             let record = self.record(id)?;
@@ -391,6 +413,7 @@ impl Holt {
         value: &[u8],
         flag: XattrFlag,
     ) -> Outcome {
+        self.refuse_graft_named(inode)?;
         let id = self.inode(inode)?;
         let present = self.record(id)?.xattrs.contains_key(name);
         match (flag, present) {
@@ -417,6 +440,7 @@ impl Holt {
     }
 
     pub(super) fn remove_xattr(&mut self, stamp: Stamp, inode: &InodeRef, name: &str) -> Outcome {
+        self.refuse_graft_named(inode)?;
         let id = self.inode(inode)?;
         if !self.record(id)?.xattrs.contains_key(name) {
             return Err(FsError::NoData(format!(
@@ -434,14 +458,40 @@ impl Holt {
 
     // ---- helpers -------------------------------------------------------
 
-    fn ensure_vacant(&self, parent: InodeId, name: &str, at: &EntryRef) -> Result<(), FsError> {
+    /// `Busy` if the entry child `target` is a graft point.
+    fn refuse_graft_point(
+        &self,
+        target: InodeId,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), FsError> {
+        if self.is_foreign(target) {
+            return Err(graft_busy(what(), target.shard()));
+        }
+        Ok(())
+    }
+
+    /// `Busy` if `inode` is a path naming a graft point: its attributes
+    /// belong to the child shard's root and cannot be changed from here.
+    fn refuse_graft_named(&self, inode: &InodeRef) -> Result<(), FsError> {
+        match self.graft_named(inode) {
+            Some(shard) => Err(graft_busy(describe_inode(inode), shard)),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn ensure_vacant(
+        &self,
+        parent: InodeId,
+        name: &str,
+        at: &EntryRef,
+    ) -> Result<(), FsError> {
         match self.child(parent, name) {
             Some(_) => Err(FsError::AlreadyExists(describe_entry(at))),
             None => Ok(()),
         }
     }
 
-    fn existing_child(
+    pub(super) fn existing_child(
         &self,
         parent: InodeId,
         name: &str,
@@ -524,7 +574,7 @@ impl Holt {
         }
     }
 
-    fn update_attr(&mut self, id: InodeId, change: impl FnOnce(&mut Attr)) {
+    pub(super) fn update_attr(&mut self, id: InodeId, change: impl FnOnce(&mut Attr)) {
         if let Some(record) = self.inodes.get_mut(&id) {
             change(&mut record.attr);
         }
@@ -537,6 +587,10 @@ impl Holt {
             touch_change(attr, stamp);
         });
     }
+}
+
+fn graft_busy(what: String, shard: ShardId) -> FsError {
+    FsError::Busy(format!("{what} is the graft point of {shard}"))
 }
 
 /// An inode's metadata changed: ctime and version move.

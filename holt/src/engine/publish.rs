@@ -424,6 +424,10 @@ impl Holt {
         id: InodeId,
         what: impl FnOnce() -> String,
     ) -> Result<&InodeRecord, FsError> {
+        if self.is_foreign(id) {
+            // A graft point: a directory, as a listing shows it.
+            return Err(FsError::IsADirectory(what()));
+        }
         let record = self.record(id)?;
         match record.attr.file_type {
             FileType::File => Ok(record),

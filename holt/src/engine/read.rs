@@ -6,6 +6,7 @@ use super::resolve::describe_inode;
 use super::{Holt, Namespace};
 use crate::command::InodeRef;
 use crate::error::FsError;
+use crate::graft::placeholder_attr;
 use crate::path::{validate_name, validate_xattr_name};
 use crate::query::{Query, QueryResult, MAX_READDIR_PAGE};
 use crate::types::{DirEntry, FileType, InodeId};
@@ -31,6 +32,7 @@ impl Holt {
         match q {
             Query::ListUploads => Ok(QueryResult::Uploads(self.staged_uploads())),
             Query::ListSnapshots => Ok(QueryResult::Snapshots(self.snapshots())),
+            Query::Grafts => Ok(QueryResult::Grafts(self.grafts())),
             Query::AtSnapshot { snapshot, query } => self.query_snapshot(*snapshot, query, now_ns),
             q => self.ns.query(q),
         }
@@ -66,9 +68,10 @@ impl Namespace {
                 Ok(QueryResult::XattrNames(names))
             }
             Query::ReadBody { inode } => self.read_body(inode),
-            Query::ListUploads | Query::ListSnapshots | Query::AtSnapshot { .. } => {
-                Err(FsError::InvalidArgument("not a namespace query".into()))
-            }
+            Query::ListUploads
+            | Query::ListSnapshots
+            | Query::AtSnapshot { .. }
+            | Query::Grafts => Err(FsError::InvalidArgument("not a namespace query".into())),
         }
     }
 
@@ -130,9 +133,16 @@ impl Namespace {
                 more = true;
                 break;
             }
+            // A graft point lists as a directory with the child shard's
+            // root id; its real attributes are the child shard's.
+            let attr = if self.is_foreign(*child) {
+                placeholder_attr(child.shard())
+            } else {
+                self.record(*child)?.attr.clone()
+            };
             entries.push(DirEntry {
                 name: name.clone(),
-                attr: self.record(*child)?.attr.clone(),
+                attr,
             });
         }
         let next = if more {

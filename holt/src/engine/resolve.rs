@@ -6,14 +6,19 @@
 //! parent and stops at the root), at most [`MAX_SYMLINK_HOPS`] times per
 //! resolution. The final component is never followed; operations decide
 //! what to do with it.
+//!
+//! Resolution never enters another shard: a graft entry met on the way, or
+//! an inode id of another shard, ends it with `CrossShard` (see
+//! [`crate::graft`]).
 
 use std::ops::Bound;
 
 use super::{InodeRecord, Namespace};
 use crate::command::{EntryRef, InodeRef};
 use crate::error::FsError;
+use crate::graft::GraftPoint;
 use crate::path::{preview, split_path, validate_name, MAX_SYMLINK_HOPS};
-use crate::types::{FileType, InodeId};
+use crate::types::{FileType, InodeId, ShardId};
 
 /// Where an [`EntryRef`] points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +34,58 @@ impl Namespace {
         InodeId::root(self.shard)
     }
 
-    /// The record of an existing inode.
+    /// The record of an existing inode. An id of another shard (a graft
+    /// entry's child, or a client's foreign id) is `CrossShard`.
     pub(crate) fn record(&self, id: InodeId) -> Result<&InodeRecord, FsError> {
+        if self.is_foreign(id) {
+            return Err(self.cross_shard(id.shard()));
+        }
         self.inodes
             .get(&id)
             .ok_or_else(|| FsError::NotFound(format!("inode {id}")))
+    }
+
+    /// Whether `id` belongs to another shard (for an entry's child: whether
+    /// the entry is a graft point).
+    pub(crate) fn is_foreign(&self, id: InodeId) -> bool {
+        id.shard() != self.shard
+    }
+
+    /// The error for reaching `shard`: names the graft point to it, if this
+    /// shard has one.
+    pub(crate) fn cross_shard(&self, shard: ShardId) -> FsError {
+        FsError::CrossShard {
+            shard,
+            path: self
+                .grafts
+                .get(&shard)
+                .map(|graft| graft.path.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The child shard when `inode` is a path whose final component is a
+    /// graft point (what an attribute change "from the parent side" names).
+    pub(crate) fn graft_named(&self, inode: &InodeRef) -> Option<ShardId> {
+        let InodeRef::Path(path) = inode else {
+            return None;
+        };
+        match self.place_path(path).ok()? {
+            Place::Root => None,
+            Place::Entry { parent, name } => self
+                .child(parent, &name)
+                .filter(|child| self.is_foreign(*child))
+                .map(InodeId::shard),
+        }
+    }
+
+    /// A graft point at or below directory `dir`, if there is one (the
+    /// first by child shard). Costs O(grafts × depth).
+    pub(crate) fn graft_within(&self, dir: InodeId) -> Option<(ShardId, &GraftPoint)> {
+        self.grafts
+            .iter()
+            .find(|(_, graft)| self.is_within(graft.parent, dir))
+            .map(|(shard, graft)| (*shard, graft))
     }
 
     /// The record of an existing directory.
@@ -111,15 +163,18 @@ impl Namespace {
         })
     }
 
-    /// Resolves an inode reference to an existing inode (final symlink not followed).
+    /// Resolves an inode reference to an existing inode of this shard (final
+    /// symlink not followed); a graft point or a foreign id is `CrossShard`.
     pub(crate) fn inode(&self, inode: &InodeRef) -> Result<InodeId, FsError> {
         match inode {
             InodeRef::Id(id) => self.record(*id).map(|record| record.attr.inode),
             InodeRef::Path(path) => match self.place_path(path)? {
                 Place::Root => Ok(self.root()),
-                Place::Entry { parent, name } => self
-                    .child(parent, &name)
-                    .ok_or_else(|| FsError::NotFound(path.clone())),
+                Place::Entry { parent, name } => match self.child(parent, &name) {
+                    Some(child) if self.is_foreign(child) => Err(self.cross_shard(child.shard())),
+                    Some(child) => Ok(child),
+                    None => Err(FsError::NotFound(path.clone())),
+                },
             },
         }
     }

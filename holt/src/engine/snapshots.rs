@@ -36,8 +36,19 @@ fn normalized(path: &str) -> Result<String, FsError> {
 
 impl Holt {
     /// `CreateSnapshot`: pins the subtree at `path` as it is now.
+    ///
+    /// Snapshots are per shard: a subtree that holds a graft point would
+    /// span another shard, and is refused with `CrossDevice` naming the
+    /// shard and the graft point (a path through or at a graft point is
+    /// `CrossShard`: that subtree is the child shard's to pin).
     pub(super) fn create_snapshot(&mut self, stamp: Stamp, path: &str, lease_ns: u64) -> Outcome {
         let root = self.inode(&InodeRef::Path(path.to_string()))?;
+        if let Some((shard, graft)) = self.graft_within(root) {
+            return Err(FsError::CrossDevice(format!(
+                "a snapshot of {path} would span {shard} at {}; snapshots are per shard",
+                graft.path
+            )));
+        }
         let id = SnapshotId(self.next_snapshot);
         // 2^64 snapshots cannot be reached; saturating keeps `apply` panic-free.
         self.next_snapshot = self.next_snapshot.saturating_add(1);
@@ -141,7 +152,10 @@ impl Holt {
             return Err(expired(id));
         }
         match query {
-            Query::ListUploads | Query::ListSnapshots | Query::AtSnapshot { .. } => {
+            Query::ListUploads
+            | Query::ListSnapshots
+            | Query::AtSnapshot { .. }
+            | Query::Grafts => {
                 return Err(FsError::InvalidArgument(
                     "only namespace reads (stat, lookup, list, read) can be made at a snapshot"
                         .into(),

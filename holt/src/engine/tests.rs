@@ -262,6 +262,7 @@ fn new_engine_holds_only_the_root() {
             staged: 0,
             gc_tasks: 0,
             snapshots: 0,
+            grafts: 0,
         }
     );
     assert_eq!(holt.check_invariants(), Ok(()));
@@ -437,7 +438,8 @@ fn create_by_child_reference() {
     f.err_unchanged(child(dir, "f"), "EEXIST");
     f.err_unchanged(child(file.inode, "g"), "ENOTDIR");
     f.err_unchanged(child(InodeId::compose(ShardId(0), 999), "g"), "ENOENT");
-    f.err_unchanged(child(InodeId::root(ShardId(9)), "g"), "ENOENT");
+    // Another shard's inode: the client must re-route.
+    f.err_unchanged(child(InodeId::root(ShardId(9)), "g"), "WRONG_SHARD");
 }
 
 #[test]
@@ -767,7 +769,7 @@ fn set_attr_errors() {
             inode: InodeRef::Id(InodeId(u64::MAX)),
             set: size(),
         },
-        "ENOENT",
+        "WRONG_SHARD",
     );
     // Directories accept everything but a size.
     let mode = f.ok_attr(set_attr(
@@ -878,7 +880,10 @@ fn get_attr_errors() {
     assert_eq!(f.query_code(get(ipath("/a/../b"))), "EINVAL");
     assert_eq!(f.query_code(get(InodeRef::Id(InodeId(0)))), "ENOENT");
     let other_shard_root = InodeId::root(ShardId(1));
-    assert_eq!(f.query_code(get(InodeRef::Id(other_shard_root))), "ENOENT");
+    assert_eq!(
+        f.query_code(get(InodeRef::Id(other_shard_root))),
+        "WRONG_SHARD"
+    );
 }
 
 #[test]
@@ -1291,10 +1296,10 @@ fn inode_numbers_run_out_cleanly() {
 #[test]
 fn nonsense_ids_never_panic() {
     let mut f = Fixture::new();
-    for id in [
-        InodeId(0),
-        InodeId(u64::MAX),
-        InodeId::compose(ShardId(u16::MAX), 1),
+    for (id, code) in [
+        (InodeId(0), "ENOENT"),
+        (InodeId(u64::MAX), "WRONG_SHARD"),
+        (InodeId::compose(ShardId(u16::MAX), 1), "WRONG_SHARD"),
     ] {
         let ops = [
             Op::Link {
@@ -1319,7 +1324,7 @@ fn nonsense_ids_never_panic() {
             },
         ];
         for op in ops {
-            f.err_unchanged(op, "ENOENT");
+            f.err_unchanged(op, code);
         }
     }
 }

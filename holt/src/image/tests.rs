@@ -183,9 +183,9 @@ fn encoding_is_deterministic() {
 fn header_layout() {
     let image = sample().encode_image();
     assert_eq!(&image[..8], b"NOKVHOLT");
-    assert_eq!(image[8..12], 3u32.to_le_bytes());
-    assert_eq!(image_version(), 3);
-    assert_eq!(Holt::image_version(), 3);
+    assert_eq!(image[8..12], 4u32.to_le_bytes());
+    assert_eq!(image_version(), 4);
+    assert_eq!(Holt::image_version(), 4);
     let body_len = u64::from_le_bytes(image[12..20].try_into().expect("8 bytes"));
     assert_eq!(body_len as usize, image.len() - HEADER_LEN);
     let crc = u32::from_le_bytes(image[20..24].try_into().expect("4 bytes"));
@@ -234,10 +234,10 @@ fn bad_magic_and_version() {
     assert!(matches!(decode_err(&bad), ImageError::BadMagic));
     assert!(matches!(decode_err(b"NOPE"), ImageError::BadMagic));
     let mut future = image.clone();
-    future[8..12].copy_from_slice(&4u32.to_le_bytes());
+    future[8..12].copy_from_slice(&5u32.to_le_bytes());
     assert!(matches!(
         decode_err(&future),
-        ImageError::UnsupportedVersion(4)
+        ImageError::UnsupportedVersion(5)
     ));
     // Versions 1 (no bodies) and 2 (no pins) were never deployed and are
     // not migrated.
@@ -253,9 +253,13 @@ fn bad_magic_and_version() {
 
 /// Wraps a body in a valid header, to reach the body checks.
 fn with_header(body: &[u8]) -> Vec<u8> {
+    with_header_version(IMAGE_VERSION, body)
+}
+
+fn with_header_version(version: u32, body: &[u8]) -> Vec<u8> {
     let mut image = Vec::new();
     image.extend_from_slice(&IMAGE_MAGIC);
-    image.extend_from_slice(&IMAGE_VERSION.to_le_bytes());
+    image.extend_from_slice(&version.to_le_bytes());
     image.extend_from_slice(&(body.len() as u64).to_le_bytes());
     image.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     image.extend_from_slice(body);
@@ -386,8 +390,17 @@ fn random_garbage_never_panics() {
 #[test]
 fn duplicate_keys_in_a_body_are_corrupt() {
     let holt = sample();
-    let encode =
-        |body: &ImageBodyRef| with_header(&body_options().serialize(body).expect("serialize"));
+    let no_grafts = || GraftsImageRef {
+        current: Vec::new(),
+        pins: Vec::new(),
+    };
+    let encode = |body: &ImageBodyRef| {
+        with_header(
+            &body_options()
+                .serialize(&(body, no_grafts()))
+                .expect("serialize"),
+        )
+    };
     let base = || ImageBodyRef {
         shard: holt.shard,
         dedupe_capacity: holt.dedupe_capacity as u64,
@@ -589,4 +602,94 @@ fn publish_state_round_trips() {
     assert_eq!(b.apply(index, &commit), outcome);
     assert_eq!(a.encode_image(), b.encode_image());
     assert_eq!(a.gc_len(), 2);
+}
+
+// ---- version 3 (before grafts) and version 4 ---------------------------------
+
+/// `holt` as a version-3 image: the body without the graft registries.
+fn encode_v3(holt: &Holt) -> Vec<u8> {
+    let body = body_options()
+        .serialize(&holt.image_body())
+        .expect("serialize");
+    with_header_version(IMAGE_VERSION_V3, &body)
+}
+
+#[test]
+fn a_version_3_image_still_decodes_and_is_rewritten_as_version_4() {
+    let mut holt = sample();
+    let pinned = holt.apply(
+        LogIndex(holt.last_applied().0 + 1),
+        &op_command(
+            900,
+            Op::CreateSnapshot {
+                path: "/a".into(),
+                lease_ns: 1_000_000_000,
+            },
+        ),
+    );
+    assert!(pinned.is_ok(), "{pinned:?}");
+    let old = encode_v3(&holt);
+    assert_eq!(old[8..12], 3u32.to_le_bytes());
+    let decoded = Holt::decode_image(&old).expect("a version-3 image");
+    assert_eq!(decoded, holt);
+    assert_eq!(decoded.encode_image(), holt.encode_image());
+    assert_eq!(decoded.encode_image()[8..12], 4u32.to_le_bytes());
+    // Grafting works on the upgraded state.
+    let mut decoded = decoded;
+    let grafted = decoded.apply(
+        LogIndex(decoded.last_applied().0 + 1),
+        &op_command(
+            901,
+            Op::CreateGraft {
+                at: path("/g"),
+                shard: ShardId(7),
+            },
+        ),
+    );
+    assert!(grafted.is_ok(), "{grafted:?}");
+    let round = Holt::decode_image(&decoded.encode_image()).expect("version 4");
+    assert_eq!(round, decoded);
+}
+
+#[test]
+fn version_mismatches_between_body_and_header_are_corrupt() {
+    let mut holt = sample();
+    let grafted = holt.apply(
+        LogIndex(holt.last_applied().0 + 1),
+        &op_command(
+            902,
+            Op::CreateGraft {
+                at: path("/g"),
+                shard: ShardId(7),
+            },
+        ),
+    );
+    assert!(grafted.is_ok(), "{grafted:?}");
+    // A version-3 header cannot carry grafts: the entry has no registry.
+    assert!(matches!(
+        decode_err(&encode_v3(&holt)),
+        ImageError::Corrupt(_)
+    ));
+    // A version-4 header on a body without the tail is truncated data.
+    let body = body_options()
+        .serialize(&sample().image_body())
+        .expect("serialize");
+    assert!(matches!(
+        decode_err(&with_header(&body)),
+        ImageError::Corrupt(_)
+    ));
+    // Pins and their registries must pair up.
+    let body = body_options()
+        .serialize(&(
+            holt.image_body(),
+            GraftsImageRef {
+                current: holt.grafts.iter().collect(),
+                pins: vec![Vec::new()],
+            },
+        ))
+        .expect("serialize");
+    assert!(matches!(
+        decode_err(&with_header(&body)),
+        ImageError::Corrupt(_)
+    ));
 }
