@@ -5,6 +5,11 @@
 //!   spread over the nodes; 1,000 creates spread over all of them succeed;
 //!   SIGKILL of a node fails over every shard it led, nothing acknowledged
 //!   is lost, and the restarted node reopens every replica it hosted.
+//! - `the_control_plane_places_replicas_and_is_not_on_the_data_path`: nodes
+//!   serving with `--etcd` learn the cluster from `nokv cluster init
+//!   --etcd`, start a replica of a shard as soon as the map in a real etcd
+//!   places it on them, and hand the map to clients; with etcd killed, a
+//!   shard leader SIGKILLed, writes continue on every shard.
 //! - `unknown_shards_are_refused`: requests for a shard a node does not
 //!   host, or an impossible shard id, get `UNKNOWN_SHARD` and change nothing.
 //!
@@ -14,7 +19,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{heavy_test, light_test, Cluster, WAIT};
+use common::etcd::Etcd;
+use common::{heavy_test, light_test, run_nokv, Cluster, WAIT};
 use nokv_client::{Client, ClientConfig, ClientError, Consistency, ShardId};
 
 /// Shards of the test besides the root shard 0.
@@ -247,4 +253,147 @@ async fn unknown_shards_are_refused() {
     let root = cluster.client();
     let missing = root.stat("/x", Consistency::Linearizable).await;
     assert!(matches!(missing, Err(ClientError::Fs { ref code, .. }) if code == "ENOENT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
+    use nokv_router::{
+        update, ClusterId, EtcdConfig, EtcdControlPlane, NodeId, ShardRecord, ShardState,
+    };
+    let _load = heavy_test().await;
+    let mut etcd = Etcd::must_start().await;
+    let url = etcd.url();
+    let mut cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "t1"]).await;
+    let members = cluster.members_arg();
+    let out = run_nokv(&[
+        "--etcd",
+        &url,
+        "--cluster",
+        "t1",
+        "cluster",
+        "init",
+        "--members",
+        &members,
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "cluster init --etcd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/root-dir", false).await, "write to shard 0");
+
+    // Every node follows the map and hands it to clients.
+    for id in cluster.ids() {
+        cluster
+            .wait_until(
+                WAIT,
+                &format!("node {id} serves the shard map"),
+                async || match client.shard_map_of(&cluster.addr(id)).await {
+                    Ok(m) => m.revision > 0 && !m.map.is_empty(),
+                    Err(_) => false,
+                },
+            )
+            .await;
+    }
+
+    // Place shard 1 on all three nodes through the control plane alone.
+    let cp = cluster.must(
+        EtcdControlPlane::connect(EtcdConfig::new(
+            vec![url.clone()],
+            cluster.must(ClusterId::new("t1"), "cluster id"),
+        ))
+        .await,
+        "connect to etcd",
+    );
+    let placed = update(&cp, 8, |map| {
+        map.shards.insert(
+            nokv_router::ShardId(1),
+            ShardRecord {
+                id: nokv_router::ShardId(1),
+                graft: "/s1".into(),
+                parent: Some(nokv_router::ShardId::ROOT),
+                members: vec![NodeId(1), NodeId(2), NodeId(3)],
+                learners: vec![],
+                epoch: nokv_router::Epoch(1),
+                leader_hint: None,
+                state: ShardState::Creating,
+            },
+        );
+        Ok(())
+    })
+    .await;
+    let placed = cluster.must(placed, "place shard 1");
+    assert!(placed.revision.0 > 0);
+    for id in cluster.ids() {
+        cluster
+            .wait_until(
+                WAIT,
+                &format!("node {id} hosts shard 1"),
+                async || match client.node_status(&cluster.addr(id)).await {
+                    Ok(s) => s.shards.iter().any(|r| r.shard == 1),
+                    Err(_) => false,
+                },
+            )
+            .await;
+    }
+    let s1 = client.for_shard(ShardId(1));
+    let group = cluster
+        .ids()
+        .into_iter()
+        .map(|id| nokv_client::Member {
+            id,
+            addr: cluster.addr(id),
+        })
+        .collect();
+    cluster.must(
+        s1.init_cluster(&cluster.addr(1), group).await,
+        "form shard 1",
+    );
+    cluster.must(s1.mkdir("/in-s1", false).await, "write to shard 1");
+    drop(cp);
+
+    // The control plane goes away, then a leader: both shards keep serving.
+    etcd.kill();
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let epoch_before = cluster.status(leader).await.map(|s| s.epoch);
+    cluster.kill(leader);
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let after = cluster.client_for(&survivors);
+    cluster.must(
+        after.create("/root-dir/after").await,
+        "shard 0 write without etcd",
+    );
+    cluster.must(
+        after.for_shard(ShardId(1)).create("/in-s1/after").await,
+        "shard 1 write without etcd",
+    );
+    // The failover moved shard 0's epoch; a write routed under the old one
+    // is refused and changes nothing.
+    let new_leader = cluster.must_agreed_leader(&survivors).await;
+    let epoch_after = cluster.status(new_leader).await.map(|s| s.epoch);
+    assert!(
+        epoch_after > epoch_before,
+        "epoch {epoch_before:?} -> {epoch_after:?}"
+    );
+    let mut stale_config =
+        ClientConfig::new(survivors.iter().map(|id| cluster.addr(*id)).collect());
+    stale_config.epoch = epoch_before;
+    let stale = cluster.must(Client::new(stale_config), "client");
+    let refused = stale.create("/stale-epoch").await;
+    assert!(
+        matches!(refused, Err(ClientError::StaleEpoch { current }) if Some(current) == epoch_after),
+        "{refused:?}"
+    );
+    let missing = after.stat("/stale-epoch", Consistency::Linearizable).await;
+    assert!(
+        matches!(missing, Err(ref e) if e.is_not_found()),
+        "{missing:?}"
+    );
 }

@@ -515,6 +515,22 @@ impl Client {
         }
     }
 
+    /// The shard map the node at `endpoint` last read from the control
+    /// plane (revision 0 and no bytes when it follows none).
+    pub async fn shard_map_of(
+        &self,
+        endpoint: &str,
+    ) -> Result<pb::GetShardMapResponse, ClientError> {
+        let addr = normalize(endpoint);
+        let mut stub = self.stub(&addr)?;
+        let call = stub.get_shard_map(pb::GetShardMapRequest {});
+        match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(error_of(&addr, &status)),
+            Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
+        }
+    }
+
     /// Every shard replica the node at `endpoint` hosts, with its status.
     pub async fn node_status(&self, endpoint: &str) -> Result<pb::NodeStatusResponse, ClientError> {
         let addr = normalize(endpoint);

@@ -291,9 +291,17 @@ impl RaftStateMachine<TypeConfig> for HoltStateMachine {
             let index = LogIndex(entry.log_id.index);
             s.last_applied = Some(entry.log_id);
             let outcomes = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
+                // A new leader's first entry and every membership change
+                // move the shard's epoch (deterministically: the entry is
+                // in the log), so a client that routed under the old
+                // leader or membership is refused with STALE_EPOCH.
+                EntryPayload::Blank => {
+                    s.holt.advance_epoch(index);
+                    Vec::new()
+                }
                 EntryPayload::Membership(m) => {
                     s.membership = StoredMembership::new(Some(entry.log_id), m);
+                    s.holt.advance_epoch(index);
                     Vec::new()
                 }
                 EntryPayload::Normal(payload) => payload

@@ -1120,6 +1120,7 @@ mod tests {
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
             epoch: 0,
+            shard: 0,
             op: Some(PbOp::CreateGraft(pb::CreateGraftOp {
                 at: Some(holt::EntryRef::Path("/x".into()).into()),
                 shard: 65_536,
@@ -1135,6 +1136,7 @@ mod tests {
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
             epoch: 0,
+            shard: 0,
             op: Some(PbOp::RemoveGraft(pb::RemoveGraftOp { at: None, shard: 1 })),
         };
         assert_eq!(

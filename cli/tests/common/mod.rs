@@ -11,6 +11,7 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod store;
 
 use std::cell::Cell;
