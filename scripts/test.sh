@@ -6,7 +6,8 @@
 # On a fresh Debian/Ubuntu machine with Rust (rustup) and a Docker engine it
 # first installs what it needs: the rustfmt and clippy components, s3s-fs (a
 # real S3 server, from crates.io), and the Docker images nokv:dev and
-# nokv-s3s-fs:dev, built locally from this checkout (no registry access).
+# nokv-s3s-fs:dev, built locally from this checkout (no registry access), and
+# etcd (Debian's etcd-server) for the control-plane tests.
 # protoc comes from a vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ fi
 
 step "s3s-fs (a real S3 server for the object-store tests)"
 bash blob/install-s3s-fs.sh
+
+step "etcd (a real control plane for the router and multi-shard tests)"
+bash router/install-etcd.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

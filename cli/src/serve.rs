@@ -302,7 +302,7 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("creating {}", args.data_dir.display()))?;
             Arc::new(MemControlPlane::open(
                 ClusterId::new(g.cluster.clone())?,
-                &args.data_dir.join("control-plane.json"),
+                args.data_dir.join("control-plane.json"),
             )?)
         }
     };
