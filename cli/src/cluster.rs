@@ -171,6 +171,19 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
         }
         rows.insert(addr, r);
     }
+    // Every shard each answering node hosts (shard 0 is listed above).
+    let mut shards: BTreeMap<(u32, u64), StatusResponse> = BTreeMap::new();
+    for addr in rows
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(a, _)| a.clone())
+    {
+        if let Ok(node) = client.node_status(&addr).await {
+            for s in node.shards {
+                shards.insert((s.shard, s.node_id), s);
+            }
+        }
+    }
     // Drop endpoint aliases that answered as a node already listed.
     let healthy_leader = rows
         .values()
@@ -211,7 +224,24 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
                 Err(e) => json!({"endpoint": addr, "error": e.to_string()}),
             })
             .collect();
-        print_json(&json!({"healthy": healthy_leader, "nodes": nodes}));
+        let replicas: Vec<_> = shards
+            .values()
+            .map(|s| {
+                json!({
+                    "shard": s.shard,
+                    "node_id": s.node_id,
+                    "role": role_name(s.role),
+                    "term": s.term,
+                    "epoch": s.epoch,
+                    "leader_id": s.leader_id,
+                    "voters": s.voters.iter().map(|m| m.id).collect::<Vec<_>>(),
+                    "learners": s.learners.iter().map(|m| m.id).collect::<Vec<_>>(),
+                    "applied_index": s.applied_index,
+                    "inodes": s.inodes,
+                })
+            })
+            .collect();
+        print_json(&json!({"healthy": healthy_leader, "nodes": nodes, "shards": replicas}));
     } else {
         println!(
             "{:<22} {:>4} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9}",
@@ -235,6 +265,27 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
         }
         if !healthy_leader {
             println!("no leader: the cluster is not serving writes");
+        }
+        if shards.keys().any(|(shard, _)| *shard != 0) {
+            println!();
+            println!(
+                "{:>5} {:>4} {:<9} {:>5} {:>5} {:>6} {:<12} {:>9}",
+                "SHARD", "NODE", "ROLE", "TERM", "EPOCH", "LEADER", "VOTERS", "APPLIED"
+            );
+            for s in shards.values() {
+                let voters: Vec<String> = s.voters.iter().map(|m| m.id.to_string()).collect();
+                println!(
+                    "{:>5} {:>4} {:<9} {:>5} {:>5} {:>6} {:<12} {:>9}",
+                    s.shard,
+                    s.node_id,
+                    role_name(s.role),
+                    s.term,
+                    s.epoch,
+                    opt(s.leader_id),
+                    voters.join(","),
+                    opt(s.applied_index)
+                );
+            }
         }
         // Shard-wide state, as the leader (else the first replica) sees it.
         let ok = || rows.values().filter_map(|r| r.as_ref().ok());

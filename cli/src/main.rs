@@ -19,6 +19,7 @@ mod fs;
 mod output;
 mod recovery;
 mod serve;
+mod shard;
 mod snapshot;
 mod watch;
 
@@ -142,6 +143,9 @@ enum Command {
     /// Form or inspect the Raft group.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Shards of the cluster (the control plane's shard map).
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
     /// Show every replica: role, term, leader, log and applied index.
     Status,
     /// Exit 0 if the first endpoint is initialized and knows a leader (for
@@ -249,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args, &g).await,
         Command::Dev(args) => serve::dev(args, &g).await,
         Command::Cluster(c) => cluster::run(c, &g).await,
+        Command::Shard(c) => shard::run(c, &g).await,
         Command::Status => cluster::status(&g).await,
         Command::Health => cluster::health(&g).await,
         Command::Mkdir(a) => fs::mkdir(a, &g).await,

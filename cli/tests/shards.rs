@@ -110,6 +110,14 @@ async fn nodes_host_many_shards_and_fail_them_over() {
         );
     }
 
+    // `nokv status` reports every replica of every shard.
+    let status: serde_json::Value =
+        serde_json::from_str(&cluster.must_nokv(&["status", "--json"]).await)
+            .expect("status --json is JSON");
+    let replicas = status["shards"].as_array().expect("a shards array");
+    assert_eq!(replicas.len(), shards.len() * 3, "{status}");
+    assert!(replicas.iter().all(|r| r["epoch"].as_u64() >= Some(1)));
+
     // 1,000 creates spread over all shards, concurrently.
     let per_shard = 1000 / shards.len();
     let mut writers = Vec::new();
@@ -354,6 +362,14 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
     );
     cluster.must(s1.mkdir("/in-s1", false).await, "write to shard 1");
     drop(cp);
+    let listed: serde_json::Value = serde_json::from_str(
+        &cluster
+            .must_nokv(&["--cluster", "t1", "shard", "ls", "--json"])
+            .await,
+    )
+    .expect("shard ls --json is JSON");
+    assert_eq!(listed["shards"][1]["graft"], "/s1", "{listed}");
+    assert_eq!(listed["shards"][1]["members"], serde_json::json!([1, 2, 3]));
 
     // The control plane goes away, then a leader: both shards keep serving.
     etcd.kill();
@@ -396,4 +412,61 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
         matches!(missing, Err(ref e) if e.is_not_found()),
         "{missing:?}"
     );
+}
+
+/// CPU seconds (user + system) and resident bytes of process `pid`.
+fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').expect("stat has a command name").1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    (ticks / 100.0, rss_kb * 1024)
+}
+
+/// Benchmark, not a test (run with `--ignored --nocapture`): CPU and memory
+/// of three nodes idling with the root shard only, then with 100 more idle
+/// shards. Results go to docs/benchmarks.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test -p nokv-cli --test shards idle_shards_cost -- --ignored --nocapture"]
+async fn idle_shards_cost() {
+    let _load = heavy_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let window = Duration::from_secs(10);
+    let sample = async |label: &str| {
+        let before: Vec<(f64, u64)> = cluster
+            .ids()
+            .iter()
+            .map(|id| cpu_and_rss(cluster.pid(*id).expect("running")))
+            .collect();
+        // A measurement window, not synchronisation.
+        tokio::time::sleep(window).await;
+        for (id, (cpu0, _)) in cluster.ids().iter().zip(before) {
+            let (cpu1, rss) = cpu_and_rss(cluster.pid(*id).expect("running"));
+            eprintln!(
+                "{label}: node {id}: {:.1}% of one core, {} MiB resident",
+                100.0 * (cpu1 - cpu0) / window.as_secs_f64(),
+                rss / (1024 * 1024)
+            );
+        }
+    };
+    sample("root shard only").await;
+    for n in 1..=100u16 {
+        must_form_shard(&cluster, ShardId(n), u64::from(n % 3) + 1).await;
+    }
+    for n in 1..=100u16 {
+        cluster
+            .wait_until(WAIT, &format!("shard {n} has a leader"), async || {
+                shard_leader(&cluster, ShardId(n)).await.is_some()
+            })
+            .await;
+    }
+    sample("101 idle shards").await;
 }

@@ -308,6 +308,11 @@ impl Cluster {
         self.must_answer(id).await;
     }
 
+    /// The OS process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(|c| c.id())
+    }
+
     /// True while node `id`'s process has not exited.
     pub fn is_running(&mut self, id: u64) -> bool {
         match self.node_mut(id).child.as_mut() {
