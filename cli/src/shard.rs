@@ -10,7 +10,9 @@ use crate::GlobalArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum ShardCommand {
-    /// List every shard: id, graft point, parent, members, epoch, state.
+    /// List every shard: id, graft point, parent, members, placement epoch
+    /// (bumped by the control plane on every membership or graft change;
+    /// the Raft epoch that fences writes is in `nokv status`), state.
     /// Reads the map from etcd with `--etcd`, else from any endpoint.
     Ls,
 }
@@ -67,7 +69,7 @@ async fn ls(g: &GlobalArgs) -> anyhow::Result<()> {
                     "parent": s.parent.map(|p| p.0),
                     "members": s.members.iter().map(|n| n.0).collect::<Vec<_>>(),
                     "learners": s.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
-                    "epoch": s.epoch.0,
+                    "map_epoch": s.epoch.0,
                     "leader_hint": s.leader_hint.map(|n| n.0),
                     "state": format!("{:?}", s.state).to_lowercase(),
                 })
@@ -82,13 +84,13 @@ async fn ls(g: &GlobalArgs) -> anyhow::Result<()> {
     }
     println!("cluster {} at revision {}", map.cluster, map.revision);
     println!(
-        "{:>5} {:<24} {:>6} {:<12} {:>5} {:<9}",
-        "SHARD", "GRAFT", "PARENT", "MEMBERS", "EPOCH", "STATE"
+        "{:>5} {:<24} {:>6} {:<12} {:>9} {:<9}",
+        "SHARD", "GRAFT", "PARENT", "MEMBERS", "MAP_EPOCH", "STATE"
     );
     for s in map.shards.values() {
         let members: Vec<String> = s.members.iter().map(|n| n.0.to_string()).collect();
         println!(
-            "{:>5} {:<24} {:>6} {:<12} {:>5} {:<9}",
+            "{:>5} {:<24} {:>6} {:<12} {:>9} {:<9}",
             s.id.0,
             s.graft,
             s.parent
