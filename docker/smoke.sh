@@ -70,11 +70,14 @@ cli() {
 # shell, but exec runs the binary) until all three replicas answer and one is
 # leader, or the deadline passes.
 wait_for_leader() {
-  local deadline=$((SECONDS + leader_timeout)) out="" roles leaders
+  local deadline=$((SECONDS + leader_timeout)) out="" nodes_part roles leaders
   while :; do
     if out="$(dc exec -T n1 nokv --endpoints n1:7400,n2:7400,n3:7400 --timeout 2s status --json 2>/dev/null)"; then
-      roles="$(grep -o '"role":"[a-z]*"' <<<"$out" | wc -l)"
-      leaders="$(grep -o '"role":"leader"' <<<"$out" | wc -l)"
+      # Count roles of the node rows only: keys are sorted, and the
+      # per-shard rows ("shards", after "nodes") carry roles too.
+      nodes_part="${out%%\"shards\":*}"
+      roles="$(grep -o '"role":"[a-z]*"' <<<"$nodes_part" | wc -l)"
+      leaders="$(grep -o '"role":"leader"' <<<"$nodes_part" | wc -l)"
       if [[ "$roles" -eq 3 && "$leaders" -eq 1 ]]; then
         say "leader elected: $(grep -o '"leader_addr":"[^"]*"' <<<"$out" | head -n 1)"
         return 0
