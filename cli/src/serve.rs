@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use nokv_client::{Client, ClientConfig, Member};
+use nokv_meta_node::control::Control;
 use nokv_meta_node::{run_node, NodeConfig};
 use nokv_router::{ClusterId, ControlPlane, MemControlPlane};
 use serde::Deserialize;
@@ -255,8 +256,31 @@ pub async fn serve(args: ServeArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    let control = control
+        .map(|plane| node_control(plane, &resolved.node.advertise, shutdown.clone()))
+        .transpose()?;
     run_node(resolved.node, listener, metrics, control, shutdown).await?;
     Ok(())
+}
+
+/// What a node following `plane` needs: the map store, and shard creation,
+/// removal and reconciliation run through the SDK against the node itself.
+fn node_control(
+    plane: Arc<dyn ControlPlane>,
+    advertise: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Control> {
+    let client = Client::new(ClientConfig::new(vec![advertise.to_string()]))?;
+    crate::shard::spawn_reconciler(
+        client.clone(),
+        plane.clone(),
+        advertise.to_string(),
+        shutdown,
+    );
+    Ok(Control {
+        plane: plane.clone(),
+        admin: Some(Arc::new(crate::shard::NodeAdmin { client, plane })),
+    })
 }
 
 #[derive(Args, Debug)]
@@ -321,9 +345,9 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::new(id, addr.clone(), args.data_dir.join(format!("node{id}")));
         config.blob_store = Some(blob_store.clone());
         let token = shutdown.clone();
-        let cp = control.clone();
+        let node_control = node_control(control.clone(), &addr, shutdown.clone())?;
         nodes.push(tokio::spawn(async move {
-            run_node(config, listener, None, Some(cp), token).await
+            run_node(config, listener, None, Some(node_control), token).await
         }));
         members.push(Member { id, addr });
     }

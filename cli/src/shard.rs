@@ -1,15 +1,48 @@
-//! `nokv shard …`: the shard map as the control plane holds it.
+//! `nokv shard …`: make, list and remove shards; and the node's side of
+//! shard creation (`NodeAdmin`, and the reconciler that finishes creations and
+//! removals a crash interrupted).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use nokv_router::{ClusterId, Revision, ShardMap};
+use nokv_client::{admin, Client, ClientError};
+use nokv_meta_node::control::{AdminError, ShardAdmin};
+use nokv_proto::pb;
+use nokv_router::{ClusterId, ControlPlane, NodeId, Revision, ShardMap};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::output::print_json;
 use crate::GlobalArgs;
 
+/// How often the node leading shard 0 looks for unfinished creations and removals.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
 #[derive(Subcommand, Debug)]
 pub enum ShardCommand {
+    /// Create a shard (its own Raft group) whose root appears at PATH, a new
+    /// name in an existing directory: everything below PATH then lives in
+    /// the new shard. Grafts nest. Renaming or removing PATH fails with
+    /// EBUSY; renames and hard links across shards fail with EXDEV.
+    /// Interrupted creations are finished by the cluster itself.
+    ///
+    /// Example: nokv shard create /datasets --members 1,2,3
+    Create {
+        /// Global path of the graft point.
+        path: String,
+        /// Node ids of the replicas (default: the 3 least-loaded active nodes).
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<u64>,
+    },
+    /// Remove the shard grafted at PATH. Only an empty shard (no entries,
+    /// nothing staged, no shard grafted inside) is removed; otherwise
+    /// ENOTEMPTY or EBUSY and nothing changes.
+    Rm {
+        /// Global path of the graft point.
+        path: String,
+    },
     /// List every shard: id, graft point, parent, members, placement epoch
     /// (bumped by the control plane on every membership or graft change;
     /// the Raft epoch that fences writes is in `nokv status`), state.
@@ -20,7 +53,159 @@ pub enum ShardCommand {
 pub async fn run(c: ShardCommand, g: &GlobalArgs) -> anyhow::Result<()> {
     match c {
         ShardCommand::Ls => ls(g).await,
+        ShardCommand::Create { path, members } => create(g, &path, members).await,
+        ShardCommand::Rm { path } => rm(g, &path).await,
     }
+}
+
+/// A client for admin steps run here with `--etcd`: the given endpoints, or
+/// every node the map knows.
+async fn admin_client(g: &GlobalArgs, cp: &dyn ControlPlane) -> anyhow::Result<Client> {
+    if !g.endpoints.is_empty() {
+        return g.client();
+    }
+    let map = cp
+        .load()
+        .await?
+        .with_context(|| format!("no cluster {:?} in the control plane", g.cluster))?;
+    let addrs: Vec<String> = map.nodes.values().map(|n| n.addr.clone()).collect();
+    let mut config = nokv_client::ClientConfig::new(addrs);
+    config.address_map = g.address_map.iter().cloned().collect();
+    Ok(Client::new(config)?)
+}
+
+async fn create(g: &GlobalArgs, path: &str, members: Vec<u64>) -> anyhow::Result<()> {
+    let (shard, members, revision) = match crate::control::from_args(g).await? {
+        Some(cp) => {
+            let client = admin_client(g, cp.as_ref()).await?;
+            let wanted =
+                (!members.is_empty()).then(|| members.iter().map(|m| NodeId(*m)).collect());
+            let record = admin::create_shard(&client, cp.as_ref(), path, wanted).await?;
+            let revision = cp.load().await?.map_or(0, |m| m.revision.0);
+            (
+                u32::from(record.id.0),
+                record.members.iter().map(|n| n.0).collect::<Vec<_>>(),
+                revision,
+            )
+        }
+        None => {
+            let r = g.client()?.create_shard_on_cluster(path, members).await?;
+            (r.shard, r.members, r.map_revision)
+        }
+    };
+    if g.json {
+        print_json(&json!({
+            "shard": shard,
+            "graft": path,
+            "members": members,
+            "map_revision": revision,
+        }));
+    } else {
+        let members: Vec<String> = members.iter().map(u64::to_string).collect();
+        println!(
+            "shard {shard} serves {path} (members {}; map revision {revision})",
+            members.join(",")
+        );
+    }
+    Ok(())
+}
+
+async fn rm(g: &GlobalArgs, path: &str) -> anyhow::Result<()> {
+    match crate::control::from_args(g).await? {
+        Some(cp) => {
+            let client = admin_client(g, cp.as_ref()).await?;
+            admin::remove_shard(&client, cp.as_ref(), path).await?;
+        }
+        None => g.client()?.remove_shard_on_cluster(path).await?,
+    }
+    if g.json {
+        print_json(&json!({ "removed": path }));
+    } else {
+        println!("removed the shard grafted at {path}");
+    }
+    Ok(())
+}
+
+/// Shard creation and removal as a node runs them for `CreateShard` and
+/// `RemoveShard`: the SDK's `admin` steps against the node's control plane.
+pub struct NodeAdmin {
+    pub client: Client,
+    pub plane: Arc<dyn ControlPlane>,
+}
+
+fn admin_error(e: ClientError) -> AdminError {
+    let errno = match &e {
+        ClientError::Fs { errno, .. } => *errno,
+        _ => 0,
+    };
+    AdminError {
+        code: e.code().to_string(),
+        errno,
+        message: e.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ShardAdmin for NodeAdmin {
+    async fn create_shard(
+        &self,
+        path: String,
+        members: Vec<u64>,
+    ) -> Result<pb::CreateShardResponse, AdminError> {
+        let wanted = (!members.is_empty()).then(|| members.into_iter().map(NodeId).collect());
+        let record = admin::create_shard(&self.client, self.plane.as_ref(), &path, wanted)
+            .await
+            .map_err(admin_error)?;
+        let revision = self
+            .client
+            .shard_map()
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |m| m.revision.0);
+        Ok(pb::CreateShardResponse {
+            shard: u32::from(record.id.0),
+            members: record.members.iter().map(|n| n.0).collect(),
+            map_revision: revision,
+        })
+    }
+
+    async fn remove_shard(&self, path: String) -> Result<(), AdminError> {
+        admin::remove_shard(&self.client, self.plane.as_ref(), &path)
+            .await
+            .map_err(admin_error)
+    }
+}
+
+/// Every [`RECONCILE_EVERY`], if this node (at `own_addr`) leads shard 0,
+/// finishes shard creations and removals that were interrupted. One node at
+/// a time does it (the steps are idempotent, so a brief overlap after a
+/// leader change is harmless).
+pub fn spawn_reconciler(
+    client: Client,
+    plane: Arc<dyn ControlPlane>,
+    own_addr: String,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+            let leads_root = client.node_status(&own_addr).await.is_ok_and(|s| {
+                s.shards
+                    .iter()
+                    .any(|r| r.shard == 0 && r.role == pb::Role::Leader as i32)
+            });
+            if !leads_root {
+                continue;
+            }
+            for line in admin::reconcile(&client, plane.as_ref()).await {
+                tracing::info!(%line, "reconciliation");
+            }
+        }
+    });
 }
 
 /// The newest map: from the control plane, or as a node last saw it.

@@ -377,6 +377,12 @@ impl Client {
         upload: UploadId,
         blocks: Vec<BlockRef>,
     ) -> Result<u32, ClientError> {
+        if self.is_routed() && self.shard_map().await?.is_some() {
+            // A routed upload id carries its shard (see `routing`).
+            let shard = crate::routing::id_shard(upload.0);
+            let local = UploadId(crate::routing::local_id(upload.0));
+            return Box::pin(self.for_shard(shard).check_blocks(local, blocks)).await;
+        }
         let blocks: Vec<nokv_proto::pb::BlockRef> = blocks.into_iter().map(Into::into).collect();
         let shard = self.wire_shard();
         self.with_retries(false, true, |mut stub| {

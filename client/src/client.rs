@@ -1,7 +1,7 @@
 //! The client: routing, retries and convenience calls.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nokv_holt::{
@@ -15,6 +15,11 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
+use crate::routing;
+use nokv_router::ShardMap;
+
+/// How many times one request follows a newer shard map before giving up.
+const MAX_REROUTES: u32 = 3;
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +90,18 @@ pub struct Client {
     /// The shard (Raft group) every request of this handle names; 0, the
     /// root shard, unless made by [`Client::for_shard`].
     shard: ShardId,
+    /// Whether requests are routed by the shard map (global paths, see
+    /// [`crate::routing`]); false for a handle pinned by [`Client::for_shard`].
+    routed: bool,
+}
+
+/// The shard map as this client last read it from a node.
+#[derive(Default)]
+struct MapCache {
+    /// Whether a node was asked yet.
+    loaded: bool,
+    /// `None`: the cluster follows no control plane (one shard, no grafts).
+    map: Option<Arc<ShardMap>>,
 }
 
 struct Inner {
@@ -97,6 +114,7 @@ struct Inner {
     next: Mutex<usize>,
     /// The object store, once learned from the cluster.
     store: Mutex<Option<std::sync::Arc<dyn nokv_blob::BlobStore>>>,
+    map: RwLock<MapCache>,
 }
 
 /// What one failed attempt tells the retry loop.
@@ -141,25 +159,53 @@ impl Client {
                 leader: Mutex::new(HashMap::new()),
                 next: Mutex::new(0),
                 store: Mutex::new(None),
+                map: RwLock::new(MapCache::default()),
             }),
             snapshot: None,
             shard: ShardId(0),
+            routed: true,
         })
     }
 
-    /// A handle to shard `shard` sharing this client's connections and
-    /// settings (each shard has its own leader).
+    /// A handle pinned to shard `shard`, sharing this client's connections
+    /// and settings (each shard has its own leader). Its paths are the
+    /// shard's own (rooted at the shard's root, not at its graft point) and
+    /// are sent unrouted.
     pub fn for_shard(&self, shard: ShardId) -> Client {
         Client {
             inner: self.inner.clone(),
             snapshot: self.snapshot,
             shard,
+            routed: false,
         }
     }
 
     /// The shard this handle talks to.
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// Whether this handle routes global paths by the shard map (see
+    /// [`Client::for_shard`] for the pinned kind).
+    pub fn is_routed(&self) -> bool {
+        self.routed
+    }
+
+    /// Where this handle's shard may be served: its replicas by the map,
+    /// else the configured endpoints (never empty).
+    pub(crate) fn replica_candidates(&self) -> Vec<String> {
+        let replicas: Vec<String> = self
+            .cached_map()
+            .map(|m| routing::replica_addrs(&m, self.shard))
+            .unwrap_or_default()
+            .iter()
+            .map(|a| self.reachable(a))
+            .collect();
+        if replicas.is_empty() {
+            self.inner.endpoints.clone()
+        } else {
+            replicas
+        }
     }
 
     /// The shard id as the wire carries it.
@@ -175,6 +221,7 @@ impl Client {
             inner: self.inner.clone(),
             snapshot: Some(id),
             shard: self.shard,
+            routed: self.routed,
         }
     }
 
@@ -248,13 +295,91 @@ impl Client {
                 return l.clone();
             }
         }
+        let candidates = self.replica_candidates();
         let mut next = match self.inner.next.lock() {
             Ok(n) => n,
             Err(p) => p.into_inner(),
         };
-        let addr = self.inner.endpoints[*next % self.inner.endpoints.len()].clone();
+        let addr = candidates[*next % candidates.len()].clone();
         *next = next.wrapping_add(1);
         addr
+    }
+
+    // ----- the shard map -------------------------------------------------------
+
+    fn cached_map(&self) -> Option<Arc<ShardMap>> {
+        self.inner.map.read().ok().and_then(|c| c.map.clone())
+    }
+
+    /// The shard map this client routes by, read from a node the first
+    /// time; `None` when the cluster follows no control plane (one shard).
+    pub async fn shard_map(&self) -> Result<Option<Arc<ShardMap>>, ClientError> {
+        if let Ok(cache) = self.inner.map.read() {
+            if cache.loaded {
+                return Ok(cache.map.clone());
+            }
+        }
+        self.refresh_shard_map().await
+    }
+
+    /// Reads the shard map again from the nodes (the newest revision any
+    /// of them has, asking the known replicas and the configured
+    /// endpoints). A map never goes back to an older revision.
+    pub async fn refresh_shard_map(&self) -> Result<Option<Arc<ShardMap>>, ClientError> {
+        let mut candidates: Vec<String> = self.inner.endpoints.clone();
+        if let Some(map) = self.cached_map() {
+            for node in map.nodes.values() {
+                let addr = self.reachable(&node.addr);
+                if !candidates.contains(&addr) {
+                    candidates.push(addr);
+                }
+            }
+        }
+        let mut best: Option<ShardMap> = None;
+        let mut answered = false;
+        let mut last_error = None;
+        for endpoint in candidates {
+            match self.shard_map_of(&endpoint).await {
+                Ok(r) => {
+                    answered = true;
+                    if r.revision == 0 {
+                        continue;
+                    }
+                    let map = nokv_router::schema::decode_served_map(
+                        &r.map,
+                        nokv_router::Revision(r.revision),
+                        &endpoint,
+                    )
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    if best.as_ref().is_none_or(|b| b.revision < map.revision) {
+                        best = Some(map);
+                    }
+                    // One answer with a map is enough: a stale one is
+                    // corrected by WRONG_SHARD and the next refresh.
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if !answered {
+            return Err(last_error
+                .unwrap_or_else(|| ClientError::Unavailable("no endpoint answered".into())));
+        }
+        let mut cache = self
+            .inner
+            .map
+            .write()
+            .map_err(|_| ClientError::Protocol("client state poisoned".into()))?;
+        let newer = match (&best, &cache.map) {
+            (Some(b), Some(c)) => b.revision > c.revision,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if newer {
+            cache.map = best.map(Arc::new);
+        }
+        cache.loaded = true;
+        Ok(cache.map.clone())
     }
 
     fn set_leader(&self, leader: Option<String>) {
@@ -417,6 +542,16 @@ impl Client {
                 "{id} is a read-only view; write through the live namespace"
             )));
         }
+        if self.routed {
+            if let Some(map) = self.shard_map().await? {
+                return self.mutate_routed(map, request_id, op).await;
+            }
+        }
+        self.mutate_here(request_id, op).await
+    }
+
+    /// Applies `op` on this handle's shard, as given.
+    async fn mutate_here(&self, request_id: RequestId, op: Op) -> Result<Applied, ClientError> {
         let mut request = pb::MutateRequest::try_from(Mutation {
             request_id,
             epoch: self.inner.config.epoch.map(nokv_holt::Epoch),
@@ -431,6 +566,43 @@ impl Client {
             })
             .await?;
         Applied::try_from(response).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends `op` to the shard the map routes it to; on `WRONG_SHARD` or
+    /// `UNKNOWN_SHARD` re-reads the map and sends it again under the same
+    /// request id (a shard that refused it applied nothing).
+    async fn mutate_routed(
+        &self,
+        mut map: Arc<ShardMap>,
+        request_id: RequestId,
+        op: Op,
+    ) -> Result<Applied, ClientError> {
+        let mut rerouted = 0;
+        loop {
+            let (shard, local) = routing::route_op(&map, op.clone(), self.shard)?;
+            match self.for_shard(shard).mutate_here(request_id, local).await {
+                Ok(applied) => return Ok(routing::globalize_applied(&map, shard, applied)),
+                Err(e) if e.is_misrouted() && rerouted < MAX_REROUTES => {
+                    rerouted += 1;
+                    map = self.reroute(&map, &e).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The map after a `WRONG_SHARD`/`UNKNOWN_SHARD`: a newer one, or the
+    /// refusal itself when the nodes know no better (no loop on a map that
+    /// cannot change).
+    async fn reroute(
+        &self,
+        map: &Arc<ShardMap>,
+        refusal: &ClientError,
+    ) -> Result<Arc<ShardMap>, ClientError> {
+        match self.refresh_shard_map().await? {
+            Some(newer) if newer.revision > map.revision => Ok(newer),
+            _ => Err(refusal.clone()),
+        }
     }
 
     /// Runs a read.
@@ -448,6 +620,63 @@ impl Client {
             }
             (_, query) => query,
         };
+        if self.routed {
+            if let Some(map) = self.shard_map().await? {
+                return self.query_routed(map, query, consistency).await;
+            }
+        }
+        self.query_here(query, consistency).await
+    }
+
+    async fn query_routed(
+        &self,
+        mut map: Arc<ShardMap>,
+        query: Query,
+        consistency: Consistency,
+    ) -> Result<QueryResult, ClientError> {
+        if routing::fans_out(&query) {
+            let mut merged: Option<QueryResult> = None;
+            for shard in routing::serving_shards(&map) {
+                let part = self
+                    .for_shard(shard)
+                    .query_here(query.clone(), consistency)
+                    .await?;
+                let part = routing::globalize_result(&map, shard, part);
+                merged = Some(match (merged, part) {
+                    (None, part) => part,
+                    (Some(QueryResult::Snapshots(mut a)), QueryResult::Snapshots(b)) => {
+                        a.extend(b);
+                        QueryResult::Snapshots(a)
+                    }
+                    (Some(QueryResult::Uploads(mut a)), QueryResult::Uploads(b)) => {
+                        a.extend(b);
+                        QueryResult::Uploads(a)
+                    }
+                    _ => return Err(ClientError::Protocol("unexpected reply shape".into())),
+                });
+            }
+            return merged.ok_or_else(|| ClientError::Protocol("the map has no shards".into()));
+        }
+        let mut rerouted = 0;
+        loop {
+            let (shard, local) = routing::route_query(&map, query.clone(), self.shard)?;
+            match self.for_shard(shard).query_here(local, consistency).await {
+                Ok(result) => return Ok(routing::globalize_result(&map, shard, result)),
+                Err(e) if e.is_misrouted() && rerouted < MAX_REROUTES => {
+                    rerouted += 1;
+                    map = self.reroute(&map, &e).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs a read on this handle's shard, as given.
+    async fn query_here(
+        &self,
+        query: Query,
+        consistency: Consistency,
+    ) -> Result<QueryResult, ClientError> {
         let mut request = pb::QueryRequest::from(Read {
             consistency: match consistency {
                 Consistency::Linearizable => ReadConsistency::Linearizable,
@@ -529,6 +758,71 @@ impl Client {
             Ok(Err(status)) => Err(error_of(&addr, &status)),
             Err(_) => Err(ClientError::Unavailable(format!("{addr}: timed out"))),
         }
+    }
+
+    /// Asks a node to create a shard grafted at `path` (see [`crate::admin`]),
+    /// trying each endpoint until one answers. Creation waits for a new Raft
+    /// group to elect a leader, so this allows up to a minute.
+    pub async fn create_shard_on_cluster(
+        &self,
+        path: &str,
+        members: Vec<u64>,
+    ) -> Result<pb::CreateShardResponse, ClientError> {
+        let request = pb::CreateShardRequest {
+            path: path.to_string(),
+            members,
+        };
+        let response = self
+            .admin_call(|mut stub| {
+                let request = request.clone();
+                async move { stub.create_shard(request).await }
+            })
+            .await?;
+        self.refresh_shard_map().await?;
+        Ok(response)
+    }
+
+    /// Asks a node to remove the empty shard grafted at `path`.
+    pub async fn remove_shard_on_cluster(&self, path: &str) -> Result<(), ClientError> {
+        let request = pb::RemoveShardRequest {
+            path: path.to_string(),
+        };
+        self.admin_call(|mut stub| {
+            let request = request.clone();
+            async move { stub.remove_shard(request).await }
+        })
+        .await?;
+        self.refresh_shard_map().await?;
+        Ok(())
+    }
+
+    /// One control-plane call: the first endpoint that answers decides (a
+    /// node that cannot be reached, or follows no control plane, passes).
+    async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+        let mut last = None;
+        for endpoint in self.endpoints().to_vec() {
+            let addr = normalize(&endpoint);
+            let stub = self.stub(&addr)?;
+            match tokio::time::timeout(ADMIN_TIMEOUT, call(stub)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(status)) => match error_of(&addr, &status) {
+                    e @ ClientError::Unavailable(_) => last = Some(e),
+                    e => return Err(e),
+                },
+                Err(_) => {
+                    return Err(ClientError::Unknown(format!(
+                        "{addr}: no answer in {ADMIN_TIMEOUT:?}; `nokv shard ls` shows \
+                         whether the change happened (reconciliation finishes it)"
+                    )))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unavailable("no endpoint answered".into())))
     }
 
     /// Every shard replica the node at `endpoint` hosts, with its status.

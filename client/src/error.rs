@@ -45,6 +45,19 @@ pub enum ClientError {
     /// The node asked hosts no replica of the shard the request named.
     #[error("{0}")]
     UnknownShard(String),
+    /// The request named a path or inode of another shard (a graft the
+    /// routing map did not know): send it to `shard`. The routed SDK does
+    /// this itself after re-reading the map; a pinned handle reports it.
+    #[error("{message}")]
+    WrongShard {
+        shard: u16,
+        graft_path: String,
+        message: String,
+    },
+    /// The control plane refused a change of the shard map (`code` is the
+    /// router's: CONFLICT, MALFORMED_MAP, ...).
+    #[error("{message}")]
+    ControlPlane { code: String, message: String },
     /// Bytes read back do not match the body's description (size or sha256).
     #[error("integrity check failed: {0}")]
     Integrity(String),
@@ -66,6 +79,8 @@ impl ClientError {
             ClientError::Store(_) => "STORE",
             ClientError::Integrity(_) => "INTEGRITY",
             ClientError::UnknownShard(_) => "UNKNOWN_SHARD",
+            ClientError::WrongShard { .. } => "WRONG_SHARD",
+            ClientError::ControlPlane { code, .. } => code,
         }
     }
 
@@ -77,6 +92,14 @@ impl ClientError {
     /// True for "already exists".
     pub fn is_exists(&self) -> bool {
         self.code() == "EEXIST"
+    }
+
+    /// True when the request went to the wrong shard (re-route it).
+    pub fn is_misrouted(&self) -> bool {
+        matches!(
+            self,
+            ClientError::WrongShard { .. } | ClientError::UnknownShard(_)
+        )
     }
 
     pub(crate) fn from_detail(detail: ErrorDetail) -> ClientError {
@@ -94,6 +117,11 @@ impl ClientError {
             },
             "INTERNAL" => ClientError::Server(detail.message),
             "UNKNOWN_SHARD" => ClientError::UnknownShard(detail.message),
+            "WRONG_SHARD" => ClientError::WrongShard {
+                shard: detail.shard.unwrap_or_default() as u16,
+                graft_path: detail.graft_path,
+                message: detail.message,
+            },
             _ if detail.errno != 0 => ClientError::Fs {
                 code: detail.code,
                 errno: detail.errno,

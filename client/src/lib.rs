@@ -9,9 +9,11 @@
 //! Must not depend on: any server crate (meta-node, raft-log), openraft or
 //! sled; users can depend on this crate alone.
 
+pub mod admin;
 mod bodies;
 mod client;
 mod error;
+mod routing;
 mod snapshots;
 mod watch;
 
@@ -26,3 +28,4 @@ pub use nokv_holt::{
 pub use nokv_proto::pb::{
     FsckResponse, Member, NodeStatusResponse, Role, RunGcResponse, StatusResponse,
 };
+pub use nokv_router::ShardMap;

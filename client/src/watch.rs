@@ -14,8 +14,14 @@ use nokv_holt::Event;
 use nokv_proto::detail_of;
 use nokv_proto::pb;
 
+use std::sync::Arc;
+
+use nokv_holt::EventKind;
+use nokv_router::ShardMap;
+
 use crate::client::{normalize, Client};
 use crate::error::ClientError;
+use crate::routing;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -23,6 +29,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 struct WatchState {
     client: Client,
     path: String,
+    /// The map the path was routed by, once it was (events' paths are
+    /// turned back into global ones with it).
+    routed_by: Option<Arc<ShardMap>>,
     recursive: bool,
     /// Cursor of the last event delivered (or the starting cursor).
     cursor: u64,
@@ -44,8 +53,52 @@ fn classify(status: &tonic::Status) -> Option<ClientError> {
 }
 
 impl WatchState {
+    /// A routed client's watch goes to the shard that owns the path, with
+    /// the path in that shard's terms (decided once: a cursor means
+    /// something only in one shard's history).
+    async fn route(&mut self) -> Result<(), ClientError> {
+        if !self.client.is_routed() || self.routed_by.is_some() {
+            return Ok(());
+        }
+        let Some(map) = self.client.shard_map().await? else {
+            return Ok(());
+        };
+        let query = nokv_holt::Query::GetAttr {
+            inode: nokv_holt::InodeRef::Path(self.path.clone()),
+        };
+        let (shard, local) = routing::route_query(&map, query, self.client.shard())?;
+        if let nokv_holt::Query::GetAttr {
+            inode: nokv_holt::InodeRef::Path(path),
+        } = local
+        {
+            self.path = path;
+        }
+        self.client = self.client.for_shard(shard);
+        self.routed_by = Some(map);
+        Ok(())
+    }
+
+    /// `event` with global paths.
+    fn globalize(&self, mut event: Event) -> Event {
+        let Some(map) = &self.routed_by else {
+            return event;
+        };
+        let shard = self.client.shard();
+        if let Some(path) = &mut event.path {
+            *path = routing::global_path(map, shard, path);
+        }
+        if let EventKind::Rename {
+            from: Some(from), ..
+        } = &mut event.kind
+        {
+            *from = routing::global_path(map, shard, from);
+        }
+        event
+    }
+
     async fn connect(&mut self) -> Result<(), ClientError> {
-        let endpoints = self.client.endpoints();
+        self.route().await?;
+        let endpoints = self.client.replica_candidates();
         let addr = normalize(&endpoints[self.next_endpoint % endpoints.len()]);
         self.next_endpoint = self.next_endpoint.wrapping_add(1);
         let mut stub = self.client.stub(&addr)?;
@@ -108,6 +161,7 @@ impl WatchState {
                         Ok(event) if event.seq <= self.cursor => continue,
                         Ok(event) => {
                             self.cursor = event.seq;
+                            let event = self.globalize(event);
                             return Some((Ok(event), self));
                         }
                         Err(e) => {
@@ -165,6 +219,7 @@ impl Client {
         let state = WatchState {
             client: self.clone(),
             path: path.to_string(),
+            routed_by: None,
             recursive,
             cursor: after,
             stream: None,

@@ -7,10 +7,10 @@
 //! and writes and failing over on its own (Raft needs no control plane).
 //!
 //! # Invariants
-//! - Replicas are only ever *started* from the map here; a shard that
-//!   disappears from this node's placement keeps its replica until an
-//!   operator removes it, so a malformed or rolled-back map can never
-//!   destroy data.
+//! - A shard that disappears from this node's placement keeps its replica
+//!   until an operator removes it; a shard that disappears from the map
+//!   altogether (removed when empty) has its replica *stopped*, never its
+//!   data deleted, so a malformed or rolled-back map can never destroy data.
 //! - The map handed to clients (`GetShardMap`) is the newest one this node
 //!   has seen; clients treat it as a hint and the shards themselves refuse
 //!   misrouted requests (`UNKNOWN_SHARD`, `WRONG_SHARD`).
@@ -26,6 +26,39 @@ use tokio_util::sync::CancellationToken;
 
 use crate::host::ShardHost;
 use crate::typ::NodeId;
+
+/// What a node that follows a control plane is given.
+#[derive(Clone)]
+pub struct Control {
+    /// The store of the shard map (etcd, or in process for `nokv dev`).
+    pub plane: Arc<dyn ControlPlane>,
+    /// Carries out `CreateShard` and `RemoveShard`. Provided by the binary:
+    /// the steps use the client SDK, which this crate must not depend on.
+    pub admin: Option<Arc<dyn ShardAdmin>>,
+}
+
+/// A failed shard creation or removal, as the client will see it.
+#[derive(Clone, Debug)]
+pub struct AdminError {
+    /// A stable code (EEXIST, ENOTEMPTY, INVALID_ARGUMENT, UNAVAILABLE, ...).
+    pub code: String,
+    /// POSIX errno for namespace errors, 0 otherwise.
+    pub errno: i32,
+    pub message: String,
+}
+
+/// Shard creation and removal (see `nokv_client::admin` for the steps).
+#[tonic::async_trait]
+pub trait ShardAdmin: Send + Sync {
+    /// Creates a shard grafted at global `path` with `members` (empty: chosen).
+    async fn create_shard(
+        &self,
+        path: String,
+        members: Vec<u64>,
+    ) -> Result<nokv_proto::pb::CreateShardResponse, AdminError>;
+    /// Removes the empty shard grafted at global `path`.
+    async fn remove_shard(&self, path: String) -> Result<(), AdminError>;
+}
 
 /// How long the node's liveness record outlives a silent node.
 pub const LIVENESS_TTL: Duration = Duration::from_secs(10);
@@ -139,9 +172,19 @@ async fn run(
 }
 
 /// Hosts a replica of every shard that places this node as a member or
-/// learner.
+/// learner, and stops the replicas of shards the map no longer has (removed
+/// empty shards, or creations rolled back); their data stays on disk.
 async fn apply(host: &ShardHost, node: NodeId, map: &ShardMap) {
     let me = MapNodeId(node);
+    for replica in host.all() {
+        let id = replica.shard;
+        if id != ShardId(0)
+            && !map.shards.contains_key(&nokv_router::ShardId(id.0))
+            && host.unhost(id).await
+        {
+            tracing::info!(node, shard = %id, revision = %map.revision, "stopped the replica of a removed shard");
+        }
+    }
     for shard in map.shards_on(me) {
         let id = ShardId(shard.id.0);
         match host.host(id).await {

@@ -75,6 +75,24 @@ impl ShardHost {
         Ok(true)
     }
 
+    /// Stops the replica of `shard`, if one runs; its data stays on disk.
+    /// True if it stopped one.
+    pub async fn unhost(&self, shard: ShardId) -> bool {
+        let _changing = self.changing.lock().await;
+        let removed = self
+            .replicas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard);
+        match removed {
+            Some(r) => {
+                r.stop().await;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Stops every replica (at shutdown).
     pub async fn stop_all(&self) {
         let _changing = self.changing.lock().await;
@@ -100,6 +118,15 @@ impl ShardHost {
     }
 }
 
+fn no_control_plane() -> Status {
+    status_from_detail(
+        ErrorCode::Unavailable,
+        "this node follows no control plane: start it with --etcd (or use `nokv dev`) to \
+         create shards"
+            .into(),
+    )
+}
+
 fn unknown_shard(shard: u32, why: &str) -> Status {
     status_from_detail(
         ErrorCode::UnknownShard,
@@ -113,6 +140,43 @@ pub struct NodeService {
     pub host: Arc<ShardHost>,
     /// The shard map from the control plane, when the node follows one.
     pub maps: Option<crate::control::MapView>,
+    /// Shard creation and removal, when the node follows a control plane.
+    pub admin: Option<Arc<dyn crate::control::ShardAdmin>>,
+}
+
+fn admin_status(e: crate::control::AdminError) -> Status {
+    let code = match e.code.as_str() {
+        "UNAVAILABLE" | "CONTROL_PLANE_UNAVAILABLE" => tonic::Code::Unavailable,
+        "INVALID_ARGUMENT" => tonic::Code::InvalidArgument,
+        _ if e.errno != 0 => tonic::Code::FailedPrecondition,
+        _ => tonic::Code::Aborted,
+    };
+    nokv_proto::status_with_detail(
+        code,
+        pb::ErrorDetail {
+            code: e.code,
+            message: e.message,
+            errno: e.errno,
+            ..Default::default()
+        },
+    )
+}
+
+impl NodeService {
+    /// Whether the newest map this node has seen marks `shard` as being removed.
+    fn removing(&self, shard: u32) -> bool {
+        let Some(maps) = &self.maps else {
+            return false;
+        };
+        let Ok(id) = u16::try_from(shard) else {
+            return false;
+        };
+        maps.borrow().as_ref().is_some_and(|m| {
+            m.shards
+                .get(&nokv_router::ShardId(id))
+                .is_some_and(|s| s.state == nokv_router::ShardState::Removing)
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -132,6 +196,18 @@ impl MetaService for NodeService {
         request: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
         let r = self.host.replica(request.get_ref().shard)?;
+        // A shard being removed takes no more writes (the remover's barrier,
+        // an abort of a staged upload, still passes): see `nokv_client::admin`.
+        let aborting = matches!(
+            request.get_ref().op,
+            Some(pb::mutate_request::Op::AbortPublish(_))
+        );
+        if !aborting && self.removing(request.get_ref().shard) {
+            return Err(unknown_shard(
+                request.get_ref().shard,
+                "it is being removed and takes no more writes",
+            ));
+        }
         r.client.mutate(request).await
     }
 
@@ -205,6 +281,31 @@ impl MetaService for NodeService {
                 Err(status_from_detail(ErrorCode::Internal, e.to_string()))
             }
         }
+    }
+
+    async fn create_shard(
+        &self,
+        request: Request<pb::CreateShardRequest>,
+    ) -> Result<Response<pb::CreateShardResponse>, Status> {
+        let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
+        let r = request.into_inner();
+        admin
+            .create_shard(r.path, r.members)
+            .await
+            .map(Response::new)
+            .map_err(admin_status)
+    }
+
+    async fn remove_shard(
+        &self,
+        request: Request<pb::RemoveShardRequest>,
+    ) -> Result<Response<pb::RemoveShardResponse>, Status> {
+        let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
+        admin
+            .remove_shard(request.into_inner().path)
+            .await
+            .map(|()| Response::new(pb::RemoveShardResponse {}))
+            .map_err(admin_status)
     }
 
     async fn get_shard_map(

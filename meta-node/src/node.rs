@@ -10,7 +10,6 @@ use nokv_holt::ShardId;
 use nokv_proto::pb::meta_service_server::MetaServiceServer;
 use nokv_proto::pb::raft_service_server::RaftServiceServer;
 use nokv_raft_log::SledLogDb;
-use nokv_router::ControlPlane;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -208,7 +207,7 @@ pub async fn run_node(
     config: NodeConfig,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    control: Option<Arc<dyn ControlPlane>>,
+    control: Option<crate::control::Control>,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     config.validate()?;
@@ -236,8 +235,9 @@ pub async fn run_node(
     }
 
     let tasks = CancellationToken::new();
-    let maps =
-        control.map(|cp| crate::control::spawn(cp, host.clone(), config.node_id, tasks.clone()));
+    let admin = control.as_ref().and_then(|c| c.admin.clone());
+    let maps = control
+        .map(|c| crate::control::spawn(c.plane, host.clone(), config.node_id, tasks.clone()));
     if let Some(l) = metrics_listener {
         let render_from = host.clone();
         let render: metrics::Render = Arc::new(move || render_from.render_metrics());
@@ -252,6 +252,7 @@ pub async fn run_node(
             MetaServiceServer::new(NodeService {
                 host: host.clone(),
                 maps,
+                admin,
             })
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),

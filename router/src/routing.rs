@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{MapError, RouterError};
-use crate::types::{NodeId, ShardId, ShardMap, ShardRecord};
+use crate::types::{NodeId, ShardId, ShardMap, ShardRecord, ShardState};
 
 /// Where a global path lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,13 +101,25 @@ impl ShardMap {
             .max_by_key(|s| s.graft.len())
     }
 
+    /// The shard that serves `path`: like `owner_of`, but a shard still being created is
+    /// not routed to (its graft entry may not exist yet), so its graft path still belongs
+    /// to the shard above it.
+    fn server_of(&self, path: &str) -> Option<&ShardRecord> {
+        self.shards
+            .values()
+            .filter(|s| s.state != ShardState::Creating && is_at_or_under(path, &s.graft))
+            .max_by_key(|s| s.graft.len())
+    }
+
     /// Routes a global path to its shard and local path.
     ///
     /// `path` must be absolute and normalised ([`check_path`]); otherwise `INVALID_PATH`.
-    /// The graft path itself routes to the child shard with local path `/`.
+    /// The graft path itself routes to the child shard with local path `/`. Shards in
+    /// [`ShardState::Creating`] are skipped: until their graft entry exists, their graft
+    /// path is an ordinary path of the shard above.
     pub fn route_path(&self, path: &str) -> Result<Route, RouterError> {
         checked(path)?;
-        let shard = self.owner_of(path).ok_or(MapError::RootMissing)?;
+        let shard = self.server_of(path).ok_or(MapError::RootMissing)?;
         let local_path = if shard.graft == "/" {
             path.to_string()
         } else if path.len() == shard.graft.len() {
@@ -309,7 +321,7 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{ClusterId, Epoch, NodeRecord, NodeState, ShardState};
+    use crate::types::{ClusterId, Epoch, NodeRecord, NodeState};
     use proptest::prelude::*;
 
     fn shard(id: u16, graft: &str, parent: Option<u16>) -> ShardRecord {
@@ -376,6 +388,16 @@ mod tests {
             let err = map.route_path(bad).expect_err(bad);
             assert_eq!(err.code(), "INVALID_PATH", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn shards_being_created_are_not_routed_to() {
+        let mut map = sample();
+        map.shards.get_mut(&ShardId(3)).expect("shard 3").state = ShardState::Creating;
+        assert_eq!(route(&map, "/x/y"), (0, "/x/y".to_string()));
+        assert_eq!(route(&map, "/x"), (0, "/x".to_string()));
+        map.shards.get_mut(&ShardId(3)).expect("shard 3").state = ShardState::Removing;
+        assert_eq!(route(&map, "/x/y"), (3, "/y".to_string()));
     }
 
     #[test]

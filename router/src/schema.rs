@@ -161,6 +161,24 @@ pub fn decode_map(
     Ok(map)
 }
 
+/// Decodes a map as a node served it (`GetShardMap`), whatever cluster it names: the reader
+/// (the SDK) knows nodes, not the cluster's name. Checked like [`decode_map`].
+pub fn decode_served_map(
+    bytes: &[u8],
+    revision: Revision,
+    location: &str,
+) -> Result<ShardMap, RouterError> {
+    #[derive(Deserialize)]
+    struct Named {
+        cluster: ClusterId,
+    }
+    let named: Named = serde_json::from_slice(bytes).map_err(|e| RouterError::Corrupt {
+        location: location.to_string(),
+        reason: format!("not a shard map: {e}"),
+    })?;
+    decode_map(bytes, revision, &named.cluster, location)
+}
+
 /// The in-process control plane's state file.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct MemFile {

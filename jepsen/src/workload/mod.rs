@@ -62,7 +62,9 @@ pub fn write_failure<O>(e: &ClientError) -> Outcome<O> {
         | ClientError::CursorExpired { .. }
         | ClientError::Unavailable(_)
         | ClientError::AlreadyInitialized(_)
-        | ClientError::UnknownShard(_) => Outcome::Fail,
+        | ClientError::UnknownShard(_)
+        | ClientError::WrongShard { .. }
+        | ClientError::ControlPlane { .. } => Outcome::Fail,
         ClientError::Unknown(_)
         | ClientError::Protocol(_)
         | ClientError::Server(_)
