@@ -265,9 +265,6 @@ async fn unknown_shards_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
-    use nokv_router::{
-        update, ClusterId, EtcdConfig, EtcdControlPlane, NodeId, ShardRecord, ShardState,
-    };
     let _load = heavy_test().await;
     let mut etcd = Etcd::must_start().await;
     let url = etcd.url();
@@ -307,34 +304,16 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
             .await;
     }
 
-    // Place shard 1 on all three nodes through the control plane alone.
-    let cp = cluster.must(
-        EtcdControlPlane::connect(EtcdConfig::new(
-            vec![url.clone()],
-            cluster.must(ClusterId::new("t1"), "cluster id"),
-        ))
-        .await,
-        "connect to etcd",
-    );
-    let placed = update(&cp, 8, |map| {
-        map.shards.insert(
-            nokv_router::ShardId(1),
-            ShardRecord {
-                id: nokv_router::ShardId(1),
-                graft: "/s1".into(),
-                parent: Some(nokv_router::ShardId::ROOT),
-                members: vec![NodeId(1), NodeId(2), NodeId(3)],
-                learners: vec![],
-                epoch: nokv_router::Epoch(1),
-                leader_hint: None,
-                state: ShardState::Creating,
-            },
-        );
-        Ok(())
-    })
+    // Make shard 1, grafted at /s1, through the control plane.
+    let made = run_nokv(&[
+        "--etcd", &url, "--cluster", "t1", "shard", "create", "/s1", "--members", "1,2,3",
+    ])
     .await;
-    let placed = cluster.must(placed, "place shard 1");
-    assert!(placed.revision.0 > 0);
+    assert!(
+        made.status.success(),
+        "shard create --etcd: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     for id in cluster.ids() {
         cluster
             .wait_until(
@@ -347,21 +326,13 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
             )
             .await;
     }
+    // The routed client sees one tree: /s1/in-s1 is /in-s1 of shard 1.
+    cluster.must(client.mkdir("/s1/in-s1", false).await, "write to shard 1");
     let s1 = client.for_shard(ShardId(1));
-    let group = cluster
-        .ids()
-        .into_iter()
-        .map(|id| nokv_client::Member {
-            id,
-            addr: cluster.addr(id),
-        })
-        .collect();
     cluster.must(
-        s1.init_cluster(&cluster.addr(1), group).await,
-        "form shard 1",
+        s1.stat("/in-s1", Consistency::Linearizable).await,
+        "the entry is shard 1's",
     );
-    cluster.must(s1.mkdir("/in-s1", false).await, "write to shard 1");
-    drop(cp);
     let listed: serde_json::Value = serde_json::from_str(
         &cluster
             .must_nokv(&["--cluster", "t1", "shard", "ls", "--json"])
@@ -469,4 +440,244 @@ async fn idle_shards_cost() {
             .await;
     }
     sample("101 idle shards").await;
+}
+
+/// Runs `nokv --etcd URL --cluster t2 ARGS` with extra environment.
+async fn nokv_etcd(url: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut command = common::nokv_command();
+    command.args(["--etcd", url, "--cluster", "t2"]).args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().await.expect("run nokv")
+}
+
+/// The leader of every shard in `shards`, as the nodes `among` report it,
+/// once each shard has exactly one.
+async fn leaders_of(cluster: &Cluster, among: &[u64], shards: &[u32]) -> Option<Vec<u64>> {
+    let probe = cluster.client();
+    let mut leaders = vec![None; shards.len()];
+    for id in among {
+        let status = probe.node_status(&cluster.addr(*id)).await.ok()?;
+        for r in status.shards {
+            if r.role != nokv_client::Role::Leader as i32 {
+                continue;
+            }
+            if let Some(i) = shards.iter().position(|s| *s == r.shard) {
+                if leaders[i].replace(*id).is_some() {
+                    return None;
+                }
+            }
+        }
+    }
+    leaders.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafts_join_eight_shards_into_one_tree() {
+    let _load = heavy_test().await;
+    let etcd = Etcd::must_start().await;
+    let url = etcd.url();
+    let mut cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "t2"]).await;
+    let members = cluster.members_arg();
+    let out = nokv_etcd(&url, &[], &["cluster", "init", "--members", &members]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/deep", false).await, "mkdir /deep");
+
+    // Seven shards, three of them nested in others; some made through a
+    // node (--endpoints), some from here (--etcd).
+    let grafts = [
+        "/s1", "/s2", "/s3", "/s1/n4", "/s2/n5", "/s3/n6", "/deep/s7",
+    ];
+    for (i, graft) in grafts.iter().enumerate() {
+        let out = if i % 2 == 0 {
+            cluster.nokv(&["shard", "create", graft, "--json"]).await
+        } else {
+            nokv_etcd(&url, &[], &["shard", "create", graft, "--json"]).await
+        };
+        if !out.status.success() {
+            cluster.fail(format!(
+                "shard create {graft}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let made: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("shard create --json is JSON");
+        assert_eq!(made["shard"], i + 1, "{made}");
+    }
+    let dirs: Vec<&str> = std::iter::once("/").chain(grafts).collect();
+
+    // 1,000 creates spread over the eight shards, 16 at a time.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16usize {
+        let client = client.clone();
+        let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        tasks.spawn(async move {
+            for n in (worker..1000).step_by(16) {
+                let dir = &dirs[n % dirs.len()];
+                let path = if dir == "/" {
+                    format!("/f{n}")
+                } else {
+                    format!("{dir}/f{n}")
+                };
+                client.create(&path).await.map_err(|e| format!("{path}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        cluster.must(cluster.must(done, "join a writer"), "1,000 creates");
+    }
+    // Each file is in the shard its directory routes to, under its local path.
+    for (shard, dir) in dirs.iter().enumerate() {
+        let pinned = client.for_shard(ShardId(shard as u16));
+        let entries = cluster.must(
+            pinned.read_dir_all("/", Consistency::Linearizable).await,
+            "list a shard's root",
+        );
+        let files = entries.iter().filter(|e| e.name.starts_with('f')).count();
+        let expected = (0..1000).filter(|n| n % dirs.len() == shard).count();
+        assert_eq!(files, expected, "files in shard {shard} ({dir})");
+        let global = cluster.must(
+            client.read_dir_all(dir, Consistency::Linearizable).await,
+            "list through the graft",
+        );
+        assert_eq!(global.len(), entries.len(), "{dir} seen globally");
+    }
+
+    // Graft points: EBUSY for rmdir and rename, EXDEV across shards.
+    let busy = client.rmdir("/s1").await;
+    assert!(matches!(&busy, Err(e) if e.code() == "EBUSY"), "{busy:?}");
+    let busy = client
+        .rename("/s1", "/moved", nokv_client::RenameMode::NoReplace)
+        .await;
+    assert!(matches!(&busy, Err(e) if e.code() == "EBUSY"), "{busy:?}");
+    let exdev = client
+        .rename("/s1/f1", "/s2/f1", nokv_client::RenameMode::NoReplace)
+        .await;
+    assert!(matches!(&exdev, Err(e) if e.code() == "EXDEV"), "{exdev:?}");
+    assert!(exdev.is_err_and(|e| e.to_string().contains("across shards")));
+    let exdev = client.link("/s1/f1", "/f1-link").await;
+    assert!(matches!(&exdev, Err(e) if e.code() == "EXDEV"), "{exdev:?}");
+    // Bad grafts: an existing graft point, an existing file, a missing
+    // directory, the root, a malformed path; nothing changes.
+    let revision = || async {
+        cluster
+            .must(client.refresh_shard_map().await, "map")
+            .map(|m| m.revision)
+    };
+    let before = revision().await;
+    for (bad, why) in [
+        ("/s1", "already the graft point"),
+        ("/f0", "exists"),
+        ("/missing/x", "no such file"),
+        ("/", "the root"),
+        ("/a/../b", "invalid"),
+    ] {
+        let line = cluster.must_nokv_fail(&["shard", "create", bad]).await;
+        assert!(line.contains(why), "shard create {bad}: {line}");
+    }
+    assert_eq!(revision().await, before, "a refused graft changed the map");
+    cluster.must(
+        client.stat("/f0", Consistency::Linearizable).await,
+        "/f0 is still a file",
+    );
+
+    // A client with an old map is refused by the shard that no longer owns
+    // the path (WRONG_SHARD), re-reads the map, and lands in the new shard.
+    let stale = cluster.client();
+    cluster.must(stale.stat("/", Consistency::Linearizable).await, "load a map");
+    cluster.must_nokv(&["shard", "create", "/late"]).await;
+    cluster.must(
+        stale.create("/late/through-a-stale-map").await,
+        "write through a stale map",
+    );
+    let late = client.for_shard(ShardId(8));
+    cluster.must(
+        late.stat("/through-a-stale-map", Consistency::Linearizable)
+            .await,
+        "the write is in the new shard",
+    );
+
+    // Removal: refused while the shard holds anything, then done.
+    let line = cluster.must_nokv_fail(&["shard", "rm", "/late"]).await;
+    assert!(line.contains("not empty"), "{line}");
+    cluster.must(client.unlink("/late/through-a-stale-map").await, "empty it");
+    cluster.must_nokv(&["shard", "rm", "/late"]).await;
+    let gone = client.stat("/late", Consistency::Linearizable).await;
+    assert!(matches!(&gone, Err(e) if e.is_not_found()), "{gone:?}");
+    cluster.must(client.mkdir("/late", false).await, "the name is free again");
+
+    // A creation that stops after any of its steps is finished by the
+    // cluster (the node leading shard 0 reconciles).
+    for step in 1..=3 {
+        let graft = format!("/crash{step}");
+        let step_env = step.to_string();
+        let out = nokv_etcd(
+            &url,
+            &[("NOKV_FAIL_AFTER_STEP", step_env.as_str())],
+            &["--endpoints", &cluster.endpoints().join(","), "shard", "create", &graft],
+        )
+        .await;
+        assert!(!out.status.success(), "the creation should have stopped at step {step}");
+        let shard = cluster
+            .wait_for(WAIT, &format!("{graft} is repaired"), async || {
+                let map = client.refresh_shard_map().await.ok()??;
+                let s = map.shards.values().find(|s| s.graft == graft)?;
+                (s.state == nokv_router::ShardState::Serving).then_some(s.id.0)
+            })
+            .await;
+        let root = cluster.must(
+            client.stat(&graft, Consistency::Linearizable).await,
+            "stat a repaired graft",
+        );
+        assert_eq!(root.inode.shard().0, shard, "{graft} is the new shard's root");
+        cluster.must(
+            client.create(&format!("{graft}/after-repair")).await,
+            "write below a repaired graft",
+        );
+    }
+
+    // SIGKILL the node leading the most shards: each of them fails over,
+    // nothing acknowledged is lost.
+    let shards: Vec<u32> = (0..=11).filter(|s| *s != 8).collect();
+    let leaders = cluster
+        .wait_for(WAIT, "every shard has one leader", async || {
+            leaders_of(&cluster, &[1, 2, 3], &shards).await
+        })
+        .await;
+    let victim = (1..=3u64)
+        .max_by_key(|id| leaders.iter().filter(|l| *l == id).count())
+        .expect("three nodes");
+    let led = leaders.iter().filter(|l| **l == victim).count();
+    cluster.kill(victim);
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    let started = tokio::time::Instant::now();
+    cluster
+        .wait_for(WAIT, "every shard elects a leader among the survivors", async || {
+            leaders_of(&cluster, &survivors, &shards).await
+        })
+        .await;
+    eprintln!(
+        "node {victim} led {led} of {} shards; all had new leaders after {:?}",
+        shards.len(),
+        started.elapsed()
+    );
+    let after = cluster.client_for(&survivors);
+    for (shard, dir) in dirs.iter().enumerate() {
+        let entries = cluster.must(
+            after.read_dir_all(dir, Consistency::Linearizable).await,
+            "list after the kill",
+        );
+        let files = entries.iter().filter(|e| e.name.starts_with('f')).count();
+        let expected = (0..1000).filter(|n| n % dirs.len() == shard).count();
+        assert_eq!(files, expected, "acknowledged creates in {dir} after the kill");
+        cluster.must(
+            after.create(&format!("{}/after-kill", dir.trim_end_matches('/'))).await,
+            "write after the kill",
+        );
+    }
+    drop(etcd);
 }

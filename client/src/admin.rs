@@ -193,15 +193,9 @@ pub async fn create_shard(
                 "shard {parent} (which would hold the graft) is not serving"
             )));
         }
-        let id = m
-            .shards
-            .keys()
-            .next_back()
-            .map_or(0, |s| s.0)
-            .checked_add(1);
-        let id = nokv_router::ShardId(id.ok_or_else(|| {
+        let id = m.allocate_shard_id().ok_or_else(|| {
             RouterError::InvalidArgument("shard ids are exhausted (65535 shards)".into())
-        })?);
+        })?;
         m.shards.insert(
             id,
             ShardRecord {

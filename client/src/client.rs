@@ -543,11 +543,19 @@ impl Client {
             )));
         }
         if self.routed {
-            if let Some(map) = self.shard_map().await? {
+            // No map (no node answered yet): send it as is; a shard that does
+            // not own the path refuses it, and then the map is read again.
+            if let Ok(Some(map)) = self.shard_map().await {
                 return self.mutate_routed(map, request_id, op).await;
             }
         }
-        self.mutate_here(request_id, op).await
+        let result = self.mutate_here(request_id, op.clone()).await;
+        if self.routed && result.as_ref().is_err_and(ClientError::is_misrouted) {
+            if let Ok(Some(map)) = self.refresh_shard_map().await {
+                return self.mutate_routed(map, request_id, op).await;
+            }
+        }
+        result
     }
 
     /// Applies `op` on this handle's shard, as given.
@@ -621,11 +629,17 @@ impl Client {
             (_, query) => query,
         };
         if self.routed {
-            if let Some(map) = self.shard_map().await? {
+            if let Ok(Some(map)) = self.shard_map().await {
                 return self.query_routed(map, query, consistency).await;
             }
         }
-        self.query_here(query, consistency).await
+        let result = self.query_here(query.clone(), consistency).await;
+        if self.routed && result.as_ref().is_err_and(ClientError::is_misrouted) {
+            if let Ok(Some(map)) = self.refresh_shard_map().await {
+                return self.query_routed(map, query, consistency).await;
+            }
+        }
+        result
     }
 
     async fn query_routed(

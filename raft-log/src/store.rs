@@ -5,6 +5,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
@@ -20,11 +21,36 @@ use crate::schema::{
     KEY_COMMITTED, KEY_FORMAT_VERSION, KEY_LAST_PURGED, KEY_VOTE,
 };
 
-/// Interval of sled's background flush for databases opened by [`SledLogStore::open`].
+/// Serialises writes against flushes on one sled database.
 ///
-/// Only writes that openraft allows to lag (the committed log id) rely on it; everything
-/// that must be durable is flushed explicitly before it is acknowledged.
-const BACKGROUND_FLUSH_MS: u64 = 500;
+/// sled 0.34 deadlocks when a batch write (which takes its internal lock exclusively)
+/// waits for a flush in progress while that flush waits for an I/O buffer that a thread
+/// blocked behind the pending writer should write: seen with several Raft groups
+/// appending to one database at once (every thread parked in sled, the node silent). So
+/// every write here holds the gate exclusively (writes are memory-only and brief) and
+/// every flush holds it shared (flushes still run together and share an fsync), and
+/// sled's background flusher is off: no flush runs outside the gate.
+type Gate = Arc<RwLock<()>>;
+
+fn read_gate(gate: &Gate) -> std::sync::RwLockReadGuard<'_, ()> {
+    gate.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_gate(gate: &Gate) -> std::sync::RwLockWriteGuard<'_, ()> {
+    gate.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A blocking flush of `db` on tokio's blocking pool, under the gate's shared side.
+async fn gated_flush(db: &sled::Db, gate: &Gate) -> Result<usize, LogStoreError> {
+    let (db, gate) = (db.clone(), gate.clone());
+    tokio::task::spawn_blocking(move || {
+        let _shared = read_gate(&gate);
+        db.flush()
+    })
+    .await
+    .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))?
+    .map_err(LogStoreError::from)
+}
 
 /// One node's sled database, shared by the logs of every Raft group the node hosts
 /// (one per shard; see [`crate::schema`] for the trees of each group).
@@ -34,6 +60,7 @@ const BACKGROUND_FLUSH_MS: u64 = 500;
 #[derive(Clone)]
 pub struct SledLogDb {
     db: sled::Db,
+    gate: Gate,
 }
 
 impl fmt::Debug for SledLogDb {
@@ -48,18 +75,22 @@ impl SledLogDb {
     pub fn open(dir: &Path) -> Result<Self, LogStoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .flush_every_ms(Some(BACKGROUND_FLUSH_MS))
+            // Every durable write is flushed explicitly (see `Gate`).
+            .flush_every_ms(None)
             .open()
             .map_err(|source| LogStoreError::Open {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        Ok(SledLogDb { db })
+        Ok(SledLogDb {
+            db,
+            gate: Gate::default(),
+        })
     }
 
     /// The log store of Raft group `group` (see [`SledLogStore::for_group`]).
     pub fn group<C: RaftTypeConfig>(&self, group: u16) -> Result<SledLogStore<C>, LogStoreError> {
-        SledLogStore::for_group(self.db.clone(), group)
+        SledLogStore::gated(self.db.clone(), group, self.gate.clone())
     }
 
     /// Whether group `group` has ever been opened in this database.
@@ -75,6 +106,7 @@ impl SledLogDb {
     /// Deletes every tree of group `group` and flushes. The caller must have stopped the
     /// group's Raft instance first.
     pub fn drop_group(&self, group: u16) -> Result<(), LogStoreError> {
+        let _exclusive = write_gate(&self.gate);
         self.db.drop_tree(logs_tree(group))?;
         self.db.drop_tree(meta_tree(group))?;
         self.db.flush()?;
@@ -90,21 +122,21 @@ impl SledLogDb {
 /// # Durability rules
 ///
 /// sled buffers writes in memory; they reach the disk only when the database is flushed,
-/// explicitly or by sled's background flusher (every 500 ms for [`open`](Self::open)). A
+/// explicitly or by the next explicit flush (the background flusher is off; see [`Gate`]). A
 /// flush persists *every* write made before it, across all trees. The store relies on that
 /// as follows:
 ///
 /// - [`append`](RaftLogStorage::append) writes all entries in one atomic sled batch, then
-///   awaits `flush_async` (which runs the blocking fsync on sled's I/O thread pool, not on
-///   the async executor), and only then calls
+///   awaits a flush (the blocking fsync runs on tokio's blocking pool, not on the async
+///   executor), and only then calls
 ///   [`LogFlushed::log_io_completed`]. The callback therefore never acknowledges an entry
 ///   that a crash could lose. On failure the error is both reported to the callback and
 ///   returned.
 /// - [`save_vote`](RaftLogStorage::save_vote) writes and flushes before returning.
 /// - [`save_committed`](RaftLogStorage::save_committed) writes without an explicit flush: a
 ///   committed index may lag after a crash (openraft allows that: it only re-applies less
-///   at startup and learns the rest from the leader), and the next flush — explicit or
-///   background — persists it. Caveat for readers: a leader restored after a crash serves
+///   at startup and learns the rest from the leader), and the next flush (every append
+///   flushes) persists it. Caveat for readers: a leader restored after a crash serves
 ///   read-index reads from this possibly lagging index, so the node's read path must not
 ///   trust it alone (meta-node's `read_index` waits for the leader's own log instead).
 /// - [`truncate`](RaftLogStorage::truncate) deletes entries with index `>= log_id.index` in
@@ -125,6 +157,8 @@ impl SledLogDb {
 /// stored under.
 pub struct SledLogStore<C: RaftTypeConfig> {
     db: sled::Db,
+    /// Shared with every other group of the database (see [`Gate`]).
+    gate: Gate,
     /// [`LOGS_TREE`](crate::schema::LOGS_TREE): index -> entry.
     logs: sled::Tree,
     /// [`META_TREE`](crate::schema::META_TREE): vote, committed, last purged, format version.
@@ -138,6 +172,7 @@ impl<C: RaftTypeConfig> Clone for SledLogStore<C> {
     fn clone(&self) -> Self {
         Self {
             db: self.db.clone(),
+            gate: self.gate.clone(),
             logs: self.logs.clone(),
             meta: self.meta.clone(),
             _config: PhantomData,
@@ -171,7 +206,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
     /// sled holds an exclusive lock on the directory: it cannot be opened twice at once,
     /// including by the same process while a previous store (or any clone of it) is alive.
     pub fn open(dir: &Path) -> Result<Self, LogStoreError> {
-        Self::from_db(SledLogDb::open(dir)?.db)
+        SledLogDb::open(dir)?.group(0)
     }
 
     /// Builds the log store on an already opened sled database (e.g. one opened with a custom
@@ -188,10 +223,15 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
     ///
     /// Checks the persisted-format version and completes a purge that a crash interrupted.
     pub fn for_group(db: sled::Db, group: u16) -> Result<Self, LogStoreError> {
+        Self::gated(db, group, Gate::default())
+    }
+
+    fn gated(db: sled::Db, group: u16, gate: Gate) -> Result<Self, LogStoreError> {
         let logs = db.open_tree(logs_tree(group))?;
         let meta = db.open_tree(meta_tree(group))?;
         let store = Self {
             db,
+            gate,
             logs,
             meta,
             _config: PhantomData,
@@ -250,6 +290,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         let removed = self.remove_range(..=log_key(last_purged.index))?;
         if removed > 0 {
             tracing::warn!(removed, %last_purged, "completed an interrupted log purge");
+            let _shared = read_gate(&self.gate);
             self.db.flush()?;
         }
         Ok(())
@@ -264,6 +305,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             removed += 1;
         }
         if removed > 0 {
+            let _exclusive = write_gate(&self.gate);
             self.logs.apply_batch(batch)?;
         }
         Ok(removed)
@@ -297,6 +339,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             what: what.to_owned(),
             source,
         })?;
+        let _exclusive = write_gate(&self.gate);
         self.meta.insert(key, bytes)?;
         Ok(())
     }
@@ -361,9 +404,12 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             count += 1;
             last_index = Some(index);
         }
-        self.logs.apply_batch(batch)?;
-        // Blocking fsync runs on sled's I/O pool; we only await its completion.
-        let flushed_bytes = self.db.flush_async().await?;
+        {
+            let _exclusive = write_gate(&self.gate);
+            self.logs.apply_batch(batch)?;
+        }
+        // The blocking fsync runs on tokio's blocking pool; we only await it.
+        let flushed_bytes = gated_flush(&self.db, &self.gate).await?;
         tracing::debug!(
             count,
             ?last_index,
@@ -374,7 +420,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
     }
 
     async fn flush(&self) -> Result<(), LogStoreError> {
-        self.db.flush_async().await?;
+        gated_flush(&self.db, &self.gate).await?;
         Ok(())
     }
 }

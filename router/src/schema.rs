@@ -104,6 +104,7 @@ struct StoredMapRef<'a> {
     cluster: &'a ClusterId,
     nodes: &'a BTreeMap<NodeId, NodeRecord>,
     shards: &'a BTreeMap<ShardId, ShardRecord>,
+    next_shard: u16,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +113,8 @@ struct StoredMap {
     cluster: ClusterId,
     nodes: BTreeMap<NodeId, NodeRecord>,
     shards: BTreeMap<ShardId, ShardRecord>,
+    #[serde(default)]
+    next_shard: u16,
 }
 
 /// The stored value of a map (its revision is not part of it).
@@ -121,6 +124,7 @@ pub fn encode_map(map: &ShardMap) -> Vec<u8> {
         cluster: &map.cluster,
         nodes: &map.nodes,
         shards: &map.shards,
+        next_shard: map.next_shard,
     })
     .expect("a shard map always serialises: string and integer keys only")
 }
@@ -155,6 +159,7 @@ pub fn decode_map(
         revision,
         nodes: stored.nodes,
         shards: stored.shards,
+        next_shard: stored.next_shard,
     };
     map.validate()
         .map_err(|e| corrupt(format!("stored map is invalid: {e}")))?;

@@ -188,6 +188,11 @@ pub struct ShardMap {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Every shard, by id.
     pub shards: BTreeMap<ShardId, ShardRecord>,
+    /// No shard id below this one may be given to a new shard: ids are never reused
+    /// after a removal, because inode ids (and on-disk replica directories) carry them.
+    /// Use [`ShardMap::allocate_shard_id`]. 0 in maps written before it existed.
+    #[serde(default)]
+    pub next_shard: u16,
 }
 
 impl ShardMap {
@@ -219,6 +224,7 @@ impl ShardMap {
             revision: Revision(0),
             nodes,
             shards,
+            next_shard: 1,
         }
     }
 
@@ -227,6 +233,15 @@ impl ShardMap {
         self.shards
             .get(&id)
             .ok_or(crate::RouterError::UnknownShard { shard: id })
+    }
+
+    /// A shard id never used in this map's history (above every current one and every
+    /// removed one), and records it as used; `None` when all 65,535 are spent.
+    pub fn allocate_shard_id(&mut self) -> Option<ShardId> {
+        let above_current = self.shards.keys().next_back().map_or(Some(0), |s| s.0.checked_add(1))?;
+        let id = above_current.max(self.next_shard);
+        self.next_shard = id.checked_add(1)?;
+        Some(ShardId(id))
     }
 
     /// The node with this id, if the map knows it.
@@ -252,6 +267,20 @@ mod tests {
         assert_eq!(ShardId::of_inode(0), ShardId(0));
         assert_eq!(ShardId::of_inode((7u64 << 48) | 12345), ShardId(7));
         assert_eq!(ShardId::of_inode(u64::MAX), ShardId(u16::MAX));
+    }
+
+    #[test]
+    fn shard_ids_are_never_reused() {
+        let mut map = ShardMap::bootstrap(ClusterId::new("c").expect("valid"), NodeId(1), "h:1");
+        let first = map.allocate_shard_id().expect("an id");
+        assert_eq!(first, ShardId(1));
+        // Shard 1 was removed before it ever appeared in `shards`: 1 stays spent.
+        assert_eq!(map.allocate_shard_id(), Some(ShardId(2)));
+        // An old map without the counter still allocates above every shard.
+        map.next_shard = 0;
+        assert_eq!(map.allocate_shard_id(), Some(ShardId(1)));
+        map.next_shard = u16::MAX;
+        assert_eq!(map.allocate_shard_id(), None);
     }
 
     #[test]
