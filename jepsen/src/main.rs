@@ -247,6 +247,15 @@ fn render_report(report: &Report, out: &std::path::Path) -> String {
                 .map_or("never".into(), |ms| format!("{ms:.0} ms")),
             l.settle_bound_ms
         );
+        if let Some(g) = &l.longest_write_gap {
+            outln!(
+                text,
+                "    longest gap between acknowledged writes anywhere: {:.0} ms from {:.1} s \
+                 (reported, not checked)",
+                g.stall_ms,
+                g.from_ns as f64 / 1e9
+            );
+        }
         for s in &l.stalled {
             outln!(
                 text,

@@ -163,6 +163,11 @@ pub struct LivenessSummary {
     pub leader_losses: usize,
     /// The longest stall after any leader loss.
     pub longest_stall_ms: Option<f64>,
+    /// The longest gap between acknowledged writes anywhere in the run
+    /// (majority time only), whatever caused it: reported, not checked, to
+    /// point at stalls no leader-taking fault explains (a heal that deposed
+    /// the leader, a bridge).
+    pub longest_write_gap: Option<Stall>,
     /// Leader losses after which writes did not resume within the bound.
     pub stalled: Vec<Stall>,
     /// From the end of the final heal until every replica agreed on a
@@ -255,6 +260,17 @@ pub fn check_liveness(input: &LivenessInput<'_>, bounds: &LivenessBounds) -> Liv
         .into_iter()
         .filter(|s| s.stall_ms * 1e6 > bounds.resume_ns as f64)
         .collect();
+    let longest_write_gap = acks
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|&(a, b)| majority_time(a, b, input.no_majority))
+        .map(|(a, b)| Stall {
+            label: "anywhere in the run".into(),
+            fault_start_ns: a,
+            from_ns: a,
+            to_ns: Some(b),
+            stall_ms: majority_time(a, b, input.no_majority) as f64 / 1e6,
+        });
     let settle_ns = input
         .settled_ns
         .map(|t| t.saturating_sub(input.final_heal_ns));
@@ -264,6 +280,7 @@ pub fn check_liveness(input: &LivenessInput<'_>, bounds: &LivenessBounds) -> Liv
         settle_bound_ms: bounds.settle_ns as f64 / 1e6,
         leader_losses: input.leader_losses.len(),
         longest_stall_ms,
+        longest_write_gap,
         valid: stalled.is_empty() && !not_settled,
         stalled,
         settle_ms: settle_ns.map(|ns| ns as f64 / 1e6),
@@ -315,6 +332,14 @@ mod tests {
         assert!(s.valid, "{s:?}");
         assert_eq!(s.longest_stall_ms, Some(2_490.0));
         assert!(s.stalled.is_empty());
+        let gap = s.longest_write_gap.expect("a gap");
+        assert_eq!((gap.from_ns, gap.to_ns), (10_010 * MS, Some(12_500 * MS)));
+        // A longer gap that no leader loss explains is reported, not
+        // judged.
+        a.retain(|&t| !(30_000 * MS..35_000 * MS).contains(&t));
+        let s = check_liveness(&input(&a, &losses, &[]), &LivenessBounds::default());
+        assert!(s.valid, "{s:?}");
+        assert_eq!(s.longest_write_gap.map(|g| g.stall_ms), Some(5_010.0));
         assert_eq!(s.settle_ms, Some(1_000.0));
     }
 
