@@ -98,6 +98,75 @@ pub struct NodeHandle {
     _handle: ContainerAsync<GenericImage>,
 }
 
+/// One replica's answer to a status request, as recorded in a run's
+/// `status.json` when the cluster does not settle.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    pub node: u64,
+    /// `leader`, `follower`, `candidate`, `learner`, `shutdown`, `unknown`;
+    /// `None`: it did not answer.
+    pub role: Option<String>,
+    pub term: Option<u64>,
+    /// The leader it names.
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+impl ReplicaStatus {
+    pub fn from_response(node: u64, s: &nokv_client::StatusResponse) -> ReplicaStatus {
+        let role = match s.role() {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+            Role::Unknown => "unknown",
+        };
+        ReplicaStatus {
+            // The node that answered, which is the one asked unless the
+            // harness's address map is wrong.
+            node: if s.node_id == 0 { node } else { s.node_id },
+            role: Some(role.into()),
+            term: Some(s.term),
+            leader: s.leader_id,
+            last_log_index: s.last_log_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            error: None,
+        }
+    }
+
+    pub fn unanswered(node: u64, error: String) -> ReplicaStatus {
+        ReplicaStatus {
+            node,
+            role: None,
+            term: None,
+            leader: None,
+            last_log_index: None,
+            applied_index: None,
+            snapshot_index: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// The leader every replica names, if all answered, all name the same one
+/// and that one says it leads.
+pub fn agreed_leader(statuses: &[ReplicaStatus]) -> Option<u64> {
+    let leader = statuses.first()?.leader?;
+    let all_agree = statuses
+        .iter()
+        .all(|s| s.error.is_none() && s.leader == Some(leader));
+    let it_leads = statuses
+        .iter()
+        .any(|s| s.node == leader && s.role.as_deref() == Some("leader"));
+    (all_agree && it_leads).then_some(leader)
+}
+
 /// Removes everything labelled with the run when dropped.
 struct Cleanup {
     run: String,
@@ -327,22 +396,34 @@ impl DockerCluster {
             .map(|_| ())
     }
 
+    /// What every replica answers to a status request right now (an
+    /// error text for one that does not answer), in node order.
+    pub async fn statuses(&self) -> Vec<ReplicaStatus> {
+        let client = match self.client(Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .nodes
+                    .iter()
+                    .map(|n| ReplicaStatus::unanswered(n.id, format!("no client: {e}")))
+                    .collect()
+            }
+        };
+        let asks = self.nodes.iter().map(|n| {
+            let client = &client;
+            async move {
+                match client.status_of(&n.host_addr).await {
+                    Ok(s) => ReplicaStatus::from_response(n.id, &s),
+                    Err(e) => ReplicaStatus::unanswered(n.id, e.to_string()),
+                }
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// The leader every replica agrees on, if they do right now.
     pub async fn agreed_leader(&self) -> Option<u64> {
-        let client = self.client(Duration::from_secs(1)).ok()?;
-        let mut agreed = None;
-        for node in &self.nodes {
-            let status = client.status_of(&node.host_addr).await.ok()?;
-            let leader = status.leader_id?;
-            if agreed.is_some_and(|l| l != leader) {
-                return None;
-            }
-            if status.node_id == leader && status.role() != Role::Leader {
-                return None;
-            }
-            agreed = Some(leader);
-        }
-        agreed
+        agreed_leader(&self.statuses().await)
     }
 
     /// Waits until every replica answers and names the same leader.
@@ -431,6 +512,14 @@ impl DockerCluster {
 
     pub async fn unpause(&self, id: u64) -> Result<(), ClusterError> {
         Ok(self.docker.unpause(&self.node(id)?.container).await?)
+    }
+
+    /// A replica's whole log, written to `path`.
+    pub async fn logs_to_file(&self, id: u64, path: &std::path::Path) -> Result<(), ClusterError> {
+        Ok(self
+            .docker
+            .logs_to_file(&self.node(id)?.container, path)
+            .await?)
     }
 
     /// The tail of a replica's log, for failure reports.

@@ -26,6 +26,12 @@ pub enum DockerError {
         status: String,
         stderr: String,
     },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("`docker {args}` did not finish within {timeout:?}")]
     TimedOut { args: String, timeout: Duration },
 }
@@ -158,6 +164,41 @@ impl Docker {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             )),
+            Ok(Err(e)) => Err(DockerError::Spawn(e)),
+            Err(_) => Err(DockerError::TimedOut {
+                args: format!("logs {container}"),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Writes a container's whole log (stdout and stderr, across restarts)
+    /// to `path`, streaming: a long run's log need not fit in memory.
+    pub async fn logs_to_file(
+        &self,
+        container: &str,
+        path: &std::path::Path,
+    ) -> Result<(), DockerError> {
+        let io = |source| DockerError::Io {
+            what: format!("create {}", path.display()),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let err = file.try_clone().map_err(io)?;
+        let status = Command::new("docker")
+            .args(["logs", container])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .status();
+        match tokio::time::timeout(self.timeout, status).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(DockerError::Failed {
+                args: format!("logs {container}"),
+                status: status.to_string(),
+                stderr: format!("see {}", path.display()),
+            }),
             Ok(Err(e)) => Err(DockerError::Spawn(e)),
             Err(_) => Err(DockerError::TimedOut {
                 args: format!("logs {container}"),

@@ -15,5 +15,6 @@
 pub mod cluster;
 pub mod docker;
 pub mod nemesis;
+pub mod record;
 pub mod run;
 pub mod workload;

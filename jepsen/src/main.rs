@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use nokv_checker::{check_keyed, History, Register, SearchBudget};
+use nokv_checker::{check_keyed, History, LivenessBounds, Register, SearchBudget};
 use nokv_jepsen::cluster::{ClusterOptions, S3_ACCESS_KEY, S3_SECRET_KEY};
 use nokv_jepsen::docker::Docker;
 use nokv_jepsen::nemesis::{NemesisSpec, Schedule};
@@ -23,8 +23,10 @@ use nokv_jepsen::workload::register::RegisterConfig;
 /// the namespace a tree. Everything it creates in Docker is removed
 /// afterwards, also when it fails or is interrupted.
 ///
-/// Exit status: 0 every check passed, 1 an anomaly was found (or the
-/// checker could not decide), 2 the run could not be carried out.
+/// Exit status: 0 every check passed, 1 an anomaly was found (a safety or a
+/// liveness one, or the checker could not decide), 2 the run could not be
+/// carried out (what it recorded is still in its directory), 130
+/// interrupted.
 #[derive(Parser)]
 #[command(name = "nokv-jepsen", version)]
 struct Cli {
@@ -100,6 +102,19 @@ struct RunArgs {
     /// Linearizability search budget per register key: time.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     check_time: Duration,
+    /// Liveness: after a leader loss, writes must resume within this (time
+    /// without a majority of replicas able to talk does not count).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    resume_bound: Duration,
+    /// Liveness: after the final heal, every replica must agree on a
+    /// leader within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    settle_bound: Duration,
+    /// How long to wait for the replicas to agree on a leader after the
+    /// final heal before giving up on the final reads (then the run is
+    /// aborted, with every replica's status in status.json).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    recovery_timeout: Duration,
     /// RUST_LOG of the replicas.
     #[arg(long, default_value = "info")]
     node_log: String,
@@ -219,6 +234,45 @@ fn render_report(report: &Report, out: &std::path::Path) -> String {
         "failover, writes stalled by any leader loss: {}",
         fmt(&report.failover_any)
     );
+    if let Some(l) = &report.liveness {
+        outln!(
+            text,
+            "  liveness: {} (longest write stall after a leader loss {}, bound {:.0} ms; \
+             settled {} after the final heal, bound {:.0} ms)",
+            if l.valid { "ok" } else { "ANOMALY" },
+            l.longest_stall_ms
+                .map_or("none".into(), |ms| format!("{ms:.0} ms")),
+            l.resume_bound_ms,
+            l.settle_ms
+                .map_or("never".into(), |ms| format!("{ms:.0} ms")),
+            l.settle_bound_ms
+        );
+        if let Some(g) = &l.longest_write_gap {
+            outln!(
+                text,
+                "    longest gap between acknowledged writes anywhere: {:.0} ms from {:.1} s \
+                 (reported, not checked)",
+                g.stall_ms,
+                g.from_ns as f64 / 1e9
+            );
+        }
+        for s in &l.stalled {
+            outln!(
+                text,
+                "    writes stalled {:.0} ms after the {}{}",
+                s.stall_ms,
+                s.label,
+                if s.to_ns.is_none() {
+                    " (never resumed)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if let Some(why) = &report.aborted {
+        outln!(text, "ABORTED: {why}");
+    }
     outln!(
         text,
         "{} — details in {}",
@@ -257,36 +311,61 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             node_env: args.node_env.clone(),
             ..ClusterOptions::default()
         },
-        recovery_timeout: Duration::from_secs(60),
+        recovery_timeout: args.recovery_timeout,
         check_budget: SearchBudget {
             max_steps: Some(args.check_steps),
             max_duration: Some(args.check_time),
         },
+        liveness: LivenessBounds {
+            resume_ns: duration_ns(args.resume_bound),
+            settle_ns: duration_ns(args.settle_bound),
+        },
     };
-    // The run owns the containers; it runs as a task so that Ctrl-C can
-    // drop it (and with it every container, network and volume).
+    // The run owns the containers; it runs as a task. A first Ctrl-C asks
+    // it to stop early (heal, record histories, logs and statuses); a
+    // second drops it, and with it every container, network and volume.
     let run_id = nokv_jepsen::run::run_id(args.seed);
-    let mut task = tokio::spawn(async move { run(&config).await });
-    tokio::select! {
-        joined = &mut task => {
-            let report = joined.context("the run panicked")??;
-            if args.json {
-                emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
-            } else {
-                emit(&render_report(&report, &out))?;
-            }
-            Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
-        }
+    let (interrupt_tx, interrupt_rx) = tokio::sync::watch::channel(false);
+    let mut task = tokio::spawn(async move { run(&config, interrupt_rx).await });
+    let joined = tokio::select! {
+        joined = &mut task => joined,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted: removing the run's containers");
-            task.abort();
-            let _ = task.await;
-            for e in Docker::remove_run(Some(&run_id)) {
-                eprintln!("nokv-jepsen: {e}");
+            eprintln!(
+                "interrupted: healing and saving what the run recorded in {} \
+                 (Ctrl-C again to quit at once)",
+                out.display()
+            );
+            let _ = interrupt_tx.send(true);
+            tokio::select! {
+                joined = &mut task => joined,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("interrupted again: removing the run's containers");
+                    task.abort();
+                    let _ = task.await;
+                    for e in Docker::remove_run(Some(&run_id)) {
+                        eprintln!("nokv-jepsen: {e}");
+                    }
+                    return Ok(ExitCode::from(130));
+                }
             }
-            Ok(ExitCode::from(130))
         }
+    };
+    let report = joined.context("the run panicked")??;
+    if args.json {
+        emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        emit(&render_report(&report, &out))?;
     }
+    Ok(match (&report.aborted, report.valid) {
+        (Some(_), _) if *interrupt_tx.borrow() => ExitCode::from(130),
+        (Some(_), _) => ExitCode::from(2),
+        (None, true) => ExitCode::SUCCESS,
+        (None, false) => ExitCode::from(1),
+    })
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 fn check_command(history: PathBuf) -> anyhow::Result<ExitCode> {

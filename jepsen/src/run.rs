@@ -1,6 +1,7 @@
 //! One test run: start a cluster, run workloads under a nemesis for the
-//! time limit, heal, read the final state, check, and write everything to
-//! the run's directory:
+//! time limit, heal, wait for the replicas to settle, read the final
+//! state, check, and write everything to the run's directory
+//! ([`crate::record`]):
 //!
 //! | file                | content                                                |
 //! |---------------------|--------------------------------------------------------|
@@ -8,23 +9,34 @@
 //! | `set.jsonl`         | set adds                                               |
 //! | `namespace.jsonl`   | namespace moves                                        |
 //! | `nemesis.jsonl`     | every fault injected and healed                        |
-//! | `summary.json`      | the [`Report`]                                         |
-//! | `node-N.log`        | the last 5,000 lines of each replica's log             |
+//! | `status.json`       | every replica's status (role, term, leader, last log,  |
+//! |                     | applied), only if they did not settle within the bound |
+//! | `summary.json`      | the [`Report`], also of a run that was aborted         |
+//! | `node-N.log`        | each replica's whole log                               |
+//!
+//! Whatever the outcome (valid, anomaly, the cluster did not settle,
+//! Ctrl-C, a harness error or panic), every file whose content exists is
+//! written: the histories and the nemesis log as soon as the workloads
+//! stop, the logs and the summary last.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::FutureExt;
 use nokv_checker::{
-    check_keyed, Event, History, Operation, Outcome, OutcomeCounts, Register, RegisterInput,
-    RegisterOutput, SearchBudget, SetSummary, Summary, TreeSummary,
+    check_keyed, check_liveness, no_majority_intervals, Event, History, LeaderLoss, LivenessBounds,
+    LivenessInput, LivenessSummary, Operation, Outcome, OutcomeCounts, Register, RegisterInput,
+    RegisterOutput, SearchBudget, SetSummary, Summary, TopologyChange, TopologyEvent, TreeSummary,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::cluster::{ClusterError, ClusterOptions, DockerCluster};
+use crate::cluster::{agreed_leader, ClusterError, ClusterOptions, DockerCluster, ReplicaStatus};
 use crate::nemesis::{self, Fault, FaultKind, NemesisEvent, Schedule};
+use crate::record::{RunDir, StatusSnapshot};
 use crate::workload::{namespace, register, set, Clock, Ctx};
 
 /// Which workloads run (concurrently, on one cluster).
@@ -82,6 +94,9 @@ pub struct RunConfig {
     /// How long the final reads may take once everything is healed.
     pub recovery_timeout: Duration,
     pub check_budget: SearchBudget,
+    /// How soon writes must resume after a leader loss, and the cluster
+    /// settle after the final heal.
+    pub liveness: LivenessBounds,
 }
 
 /// Time from losing the leader to the first acknowledged write.
@@ -129,8 +144,46 @@ pub struct Report {
     /// Same, for every fault that took the leader away (kill, pause or
     /// isolation of the leader).
     pub failover_any: Failover,
-    /// Every check passed (and, for the register, decided).
+    /// Writes resumed after every leader loss and the cluster settled
+    /// after the final heal, within their bounds.
+    pub liveness: Option<LivenessSummary>,
+    /// Why the run stopped short of its checks (the cluster did not
+    /// settle, Ctrl-C, a harness error or panic); `None`: it finished.
+    pub aborted: Option<String>,
+    /// Every check passed (and, for the register, decided), and the run
+    /// was not aborted.
     pub valid: bool,
+}
+
+impl Report {
+    fn new(run: &str, config: &RunConfig) -> Report {
+        Report {
+            run: run.to_string(),
+            seed: config.seed,
+            time_limit_s: config.time_limit.as_secs_f64(),
+            elapsed_s: 0.0,
+            nemesis: config.schedule.faults.0.clone(),
+            workloads: config.workloads.clone(),
+            unsafe_stale_reads: config.register.stale_reads,
+            counts: BTreeMap::new(),
+            faults: BTreeMap::new(),
+            nemesis_errors: Vec::new(),
+            register: None,
+            set: None,
+            namespace: None,
+            failover_kill: Failover::default(),
+            failover_any: Failover::default(),
+            liveness: None,
+            aborted: None,
+            valid: true,
+        }
+    }
+
+    fn abort(&mut self, why: String) {
+        tracing::error!(%why, "run aborted");
+        self.valid = false;
+        self.aborted.get_or_insert(why);
+    }
 }
 
 /// Why a run could not be carried out (as opposed to finding an anomaly).
@@ -148,20 +201,13 @@ pub enum RunError {
     },
     #[error("checker: {0}")]
     Check(String),
-}
-
-fn write_jsonl<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), RunError> {
-    let io = |source| RunError::Output {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    for line in lines {
-        let text = serde_json::to_string(line)
-            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        writeln!(out, "{text}").map_err(io)?;
-    }
-    out.flush().map_err(io)
+    #[error(
+        "the replicas did not agree on a leader within {0:?} after the final heal \
+         (their answers are in status.json)"
+    )]
+    NotSettled(Duration),
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Invoke/complete events of `ops`, in time order.
@@ -273,21 +319,319 @@ fn leader_lost(fault: &Fault) -> bool {
     }
 }
 
+/// The faults that took the leader away, for the liveness check.
+fn leader_losses(log: &[NemesisEvent]) -> Vec<LeaderLoss> {
+    log.iter()
+        .filter(|e| e.phase == "start")
+        .filter_map(|e| {
+            let fault = e.fault.as_ref().filter(|f| leader_lost(f))?;
+            let label = match fault {
+                Fault::Kill { node, .. } => format!("kill of leader {node}"),
+                Fault::Pause { node, .. } => format!("pause of leader {node}"),
+                Fault::Partition { cut, .. } => format!(
+                    "isolation of leader {} (cut {cut:?})",
+                    e.leader_before.map_or("?".into(), |l| l.to_string())
+                ),
+            };
+            Some(LeaderLoss {
+                label: format!("{label} at {:.1} s", e.time_ns as f64 / 1e9),
+                start_ns: e.time_ns,
+                in_place_ns: e.done_ns,
+            })
+        })
+        .collect()
+}
+
+/// Replicas down and links cut over time, from the nemesis log. A fault
+/// counts from the start of its injection until the end of its heal (the
+/// conservative reading: more time without a majority, never less). A
+/// failed injection counts as injected, a failed heal as not healed.
+fn topology(log: &[NemesisEvent]) -> Vec<TopologyEvent> {
+    let mut active: Vec<&Fault> = Vec::new();
+    let mut events = Vec::new();
+    for e in log {
+        let Some(fault) = e.fault.as_ref() else {
+            continue;
+        };
+        let is_active = active.contains(&fault);
+        let (time_ns, injecting) = match (e.phase.as_str(), is_active) {
+            ("start", _) | ("error", false) => (e.time_ns, true),
+            ("heal", true) => (e.done_ns, false),
+            _ => continue,
+        };
+        let change = |down: TopologyChange, up: TopologyChange| if injecting { down } else { up };
+        match fault {
+            Fault::Kill { node, .. } | Fault::Pause { node, .. } => events.push(TopologyEvent {
+                time_ns,
+                change: change(
+                    TopologyChange::Down { node: *node },
+                    TopologyChange::Up { node: *node },
+                ),
+            }),
+            Fault::Partition { cut, .. } => {
+                for &(a, b) in cut {
+                    events.push(TopologyEvent {
+                        time_ns,
+                        change: change(TopologyChange::Cut { a, b }, TopologyChange::Heal { a, b }),
+                    });
+                }
+            }
+        }
+        if injecting {
+            active.push(fault);
+        } else {
+            active.retain(|f| *f != fault);
+        }
+    }
+    events
+}
+
 /// A run id unique on this machine: pid and seed.
 pub fn run_id(seed: u64) -> String {
     format!("{}-{seed:x}", std::process::id())
 }
 
-/// Carries out a run and writes its files. `Ok` holds the report whatever
-/// it found; `Err` means the run itself could not be carried out.
-pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
-    std::fs::create_dir_all(&config.out_dir).map_err(|source| RunError::Output {
-        path: config.out_dir.clone(),
-        source,
-    })?;
+/// How the cluster came back after the final heal.
+#[derive(Clone, Debug, Default)]
+pub struct Settle {
+    /// When the final heal was done (run clock).
+    pub heal_ns: u64,
+    /// When every replica was first seen naming the same leader.
+    pub settled_ns: Option<u64>,
+    /// The replicas' answers when the settle bound passed, at the end of
+    /// the wait, and (if they settled late) once they did.
+    pub snapshots: Vec<StatusSnapshot>,
+}
+
+/// Asks every replica for its status until they agree on a leader, or
+/// `timeout` passes, or the run was interrupted and the bound passed.
+async fn settle(
+    cluster: &DockerCluster,
+    clock: Clock,
+    bound: Duration,
+    timeout: Duration,
+    interrupt: &watch::Receiver<bool>,
+) -> Settle {
+    let heal_ns = clock.now_ns();
+    let deadline = Instant::now() + timeout;
+    let mut snapshots = Vec::new();
+    loop {
+        let replicas = cluster.statuses().await;
+        let at_ns = clock.now_ns();
+        let snapshot = |why: &str, replicas: Vec<ReplicaStatus>| StatusSnapshot {
+            at_ns,
+            since_heal_ms: at_ns.saturating_sub(heal_ns) as f64 / 1e6,
+            why: why.to_string(),
+            replicas,
+        };
+        if agreed_leader(&replicas).is_some() {
+            if !snapshots.is_empty() {
+                snapshots.push(snapshot("settled (late)", replicas));
+            }
+            return Settle {
+                heal_ns,
+                settled_ns: Some(at_ns),
+                snapshots,
+            };
+        }
+        let late = Duration::from_nanos(at_ns.saturating_sub(heal_ns)) > bound;
+        if late && snapshots.is_empty() {
+            snapshots.push(snapshot("not settled within the bound", replicas.clone()));
+        }
+        if Instant::now() >= deadline || (late && *interrupt.borrow()) {
+            snapshots.push(snapshot("gave up waiting", replicas));
+            return Settle {
+                heal_ns,
+                settled_ns: None,
+                snapshots,
+            };
+        }
+        // A poll interval, not a synchronisation: the condition is the
+        // replicas' answers above.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the workloads and the nemesis left, before any check.
+pub struct Recorded {
+    pub register: Result<Vec<register::RegisterOp>, ClusterError>,
+    pub set: Result<Vec<set::SetOp>, ClusterError>,
+    pub moves: Result<Vec<namespace::MoveOp>, ClusterError>,
+    pub nemesis: Vec<NemesisEvent>,
+    /// When the workloads were told to stop (run clock).
+    pub end_ns: u64,
+    pub settle: Settle,
+    pub interrupted: bool,
+}
+
+/// Histories that passed [`record`], ready for the checks.
+pub struct Checkable {
+    pub register: Vec<register::RegisterOp>,
+    pub set: Vec<set::SetOp>,
+    pub moves: Vec<namespace::MoveOp>,
+}
+
+/// Writes everything the run recorded (histories, nemesis log, the
+/// replicas' statuses if they did not settle in time) and fills in what
+/// needs no final read: counts, faults, failover, liveness. Errs, after
+/// writing, when the run cannot go on to the checks: a workload failed, the
+/// run was interrupted, or the cluster never settled.
+pub fn record(
+    dir: &RunDir,
+    workloads: &Workloads,
+    bounds: &LivenessBounds,
+    recovery_timeout: Duration,
+    report: &mut Report,
+    recorded: Recorded,
+) -> Result<Checkable, RunError> {
+    dir.write_jsonl("nemesis.jsonl", &recorded.nemesis)?;
+    if !recorded.settle.snapshots.is_empty() {
+        dir.write_json("status.json", &recorded.settle.snapshots)?;
+    }
+    let mut first_error = None;
+    let mut keep = |name: &str, enabled: bool, result: Result<(), RunError>| {
+        if let (true, Err(e)) = (enabled, result) {
+            tracing::error!(workload = name, error = %e, "workload");
+            first_error.get_or_insert(e);
+        }
+    };
+    let register = recorded.register.unwrap_or_else(|e| {
+        keep("register", workloads.register, Err(e.into()));
+        Vec::new()
+    });
+    let set_ops = recorded.set.unwrap_or_else(|e| {
+        keep("set", workloads.set, Err(e.into()));
+        Vec::new()
+    });
+    let moves = recorded.moves.unwrap_or_else(|e| {
+        keep("namespace", workloads.namespace, Err(e.into()));
+        Vec::new()
+    });
+    if workloads.register {
+        dir.write_jsonl("register.jsonl", &events(&register))?;
+        report.counts.insert("register".into(), counts(&register));
+    }
+    if workloads.set {
+        dir.write_jsonl("set.jsonl", &events(&set_ops))?;
+        report.counts.insert("set".into(), counts(&set_ops));
+    }
+    if workloads.namespace {
+        dir.write_jsonl("namespace.jsonl", &events(&moves))?;
+        report.counts.insert("namespace".into(), counts(&moves));
+    }
+
+    let log = &recorded.nemesis;
+    report.nemesis_errors = log.iter().filter_map(|e| e.message.clone()).collect();
+    for e in log.iter().filter(|e| e.phase == "start") {
+        let name = match &e.fault {
+            Some(Fault::Partition { kind, .. }) => serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            Some(Fault::Kill { .. }) => "kill".into(),
+            Some(Fault::Pause { .. }) => "pause".into(),
+            None => continue,
+        };
+        *report.faults.entry(name).or_default() += 1;
+    }
+    let acks = write_acks(&register, &set_ops, &moves);
+    report.failover_kill = failover(log, &acks, |f| {
+        matches!(
+            f,
+            Fault::Kill {
+                was_leader: true,
+                ..
+            }
+        )
+    });
+    report.failover_any = failover(log, &acks, leader_lost);
+    let losses = leader_losses(log);
+    let no_majority = no_majority_intervals(
+        &[1, 2, 3],
+        &topology(log),
+        recorded.end_ns.max(recorded.settle.heal_ns),
+    );
+    let liveness = check_liveness(
+        &LivenessInput {
+            acks: &acks,
+            leader_losses: &losses,
+            no_majority: &no_majority,
+            end_ns: recorded.end_ns,
+            final_heal_ns: recorded.settle.heal_ns,
+            settled_ns: recorded.settle.settled_ns,
+        },
+        bounds,
+    );
+    report.valid &= liveness.valid;
+    report.liveness = Some(liveness);
+
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if recorded.interrupted {
+        return Err(RunError::Interrupted);
+    }
+    if recorded.settle.settled_ns.is_none() {
+        return Err(RunError::NotSettled(recovery_timeout));
+    }
+    Ok(Checkable {
+        register,
+        set: set_ops,
+        moves,
+    })
+}
+
+/// Carries out a run and writes its files. Once the cluster is up, `Ok`
+/// holds the report whatever happened: an anomaly makes it invalid, and a
+/// run that could not finish (the cluster did not settle, `interrupt`
+/// turned true, a harness error, a panic) says why in `aborted`, with
+/// everything recorded so far in the run directory. `Err` means there was
+/// no cluster to run against (or the directory cannot be written).
+pub async fn run(config: &RunConfig, interrupt: watch::Receiver<bool>) -> Result<Report, RunError> {
+    let dir = RunDir::create(&config.out_dir)?;
     let run = run_id(config.seed);
+    let mut report = Report::new(&run, config);
     tracing::info!(%run, out = %config.out_dir.display(), "starting cluster");
-    let cluster = DockerCluster::start(&run, &config.cluster).await?;
+    let cluster = match DockerCluster::start(&run, &config.cluster).await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            report.abort(e.to_string());
+            dir.write_json("summary.json", &report)?;
+            return Err(e.into());
+        }
+    };
+    let carried = AssertUnwindSafe(carry_out(&cluster, config, &dir, &mut report, interrupt))
+        .catch_unwind()
+        .await;
+    match carried {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => report.abort(e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            report.abort(format!("the harness panicked: {what}"));
+        }
+    }
+    for error in dir.write_logs(&cluster).await {
+        tracing::warn!(%error, "replica log");
+    }
+    dir.write_json("summary.json", &report)?;
+    drop(cluster);
+    Ok(report)
+}
+
+/// The run proper, once the cluster is up: workloads under the nemesis,
+/// settle, record, check.
+async fn carry_out(
+    cluster: &DockerCluster,
+    config: &RunConfig,
+    dir: &RunDir,
+    report: &mut Report,
+    interrupt: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let admin = cluster.client(Duration::from_secs(10))?;
     let w = &config.workloads;
     if w.register {
@@ -312,19 +656,53 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
     let register_procs = config.register.processes as u64;
     let set_procs = config.set_processes as u64;
     let timer = async {
-        tokio::time::sleep(config.time_limit).await;
+        let mut interrupt = interrupt.clone();
+        let interrupted = async {
+            // A dropped sender means nobody can interrupt: wait forever.
+            if interrupt.wait_for(|i| *i).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let interrupted = tokio::select! {
+            () = tokio::time::sleep(config.time_limit) => false,
+            () = interrupted => true,
+        };
         let _ = stop_tx.send(true);
+        (clock.now_ns(), interrupted)
     };
-    let (register_ops, set_ops, moves, nemesis_log, ()) = tokio::join!(
+    let nemesis_then_settle = async {
+        let log = nemesis::run(
+            cluster,
+            &config.schedule,
+            clock,
+            config.seed,
+            stop_rx.clone(),
+        )
+        .await;
+        // The last heal is done once the nemesis returns after the stop
+        // (with no fault enabled it returns at once: wait for the stop).
+        let _ = stop_rx.clone().wait_for(|s| *s).await;
+        tracing::info!("healed; waiting for the replicas to agree on a leader");
+        let settled = settle(
+            cluster,
+            clock,
+            Duration::from_nanos(config.liveness.settle_ns),
+            config.recovery_timeout,
+            &interrupt,
+        )
+        .await;
+        (log, settled)
+    };
+    let (register_ops, set_ops, moves, (nemesis_log, settled), (end_ns, interrupted)) = tokio::join!(
         async {
             match w.register {
-                true => register::run(&cluster, &ctx, &config.register, 0).await,
+                true => register::run(cluster, &ctx, &config.register, 0).await,
                 false => Ok(Vec::new()),
             }
         },
         async {
             match w.set {
-                true => set::run(&cluster, &ctx, config.set_processes, register_procs).await,
+                true => set::run(cluster, &ctx, config.set_processes, register_procs).await,
                 false => Ok(Vec::new()),
             }
         },
@@ -332,7 +710,7 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
             match w.namespace {
                 true => {
                     namespace::run(
-                        &cluster,
+                        cluster,
                         &ctx,
                         config.namespace_processes,
                         register_procs + set_procs,
@@ -342,73 +720,30 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
                 false => Ok(Vec::new()),
             }
         },
-        nemesis::run(
-            &cluster,
-            &config.schedule,
-            clock,
-            config.seed,
-            stop_rx.clone()
-        ),
+        nemesis_then_settle,
         timer,
     );
-    let elapsed_s = clock.now_ns() as f64 / 1e9;
-    let (register_ops, set_ops, moves) = (register_ops?, set_ops?, moves?);
-    tracing::info!("healed; waiting for the cluster before the final reads");
-    cluster.wait_for_leader(config.recovery_timeout).await?;
-
-    let out = &config.out_dir;
-    write_jsonl(&out.join("nemesis.jsonl"), &nemesis_log)?;
-    let mut report = Report {
-        run: run.clone(),
-        seed: config.seed,
-        time_limit_s: config.time_limit.as_secs_f64(),
-        elapsed_s,
-        nemesis: config.schedule.faults.0.clone(),
-        workloads: w.clone(),
-        unsafe_stale_reads: config.register.stale_reads,
-        counts: BTreeMap::new(),
-        faults: BTreeMap::new(),
-        nemesis_errors: nemesis_log
-            .iter()
-            .filter_map(|e| e.message.clone())
-            .collect(),
-        register: None,
-        set: None,
-        namespace: None,
-        failover_kill: Failover::default(),
-        failover_any: Failover::default(),
-        valid: true,
-    };
-    for e in nemesis_log.iter().filter(|e| e.phase == "start") {
-        let name = match &e.fault {
-            Some(Fault::Partition { kind, .. }) => serde_json::to_value(kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            Some(Fault::Kill { .. }) => "kill".into(),
-            Some(Fault::Pause { .. }) => "pause".into(),
-            None => continue,
-        };
-        *report.faults.entry(name).or_default() += 1;
-    }
-    let acks = write_acks(&register_ops, &set_ops, &moves);
-    report.failover_kill = failover(&nemesis_log, &acks, |f| {
-        matches!(
-            f,
-            Fault::Kill {
-                was_leader: true,
-                ..
-            }
-        )
-    });
-    report.failover_any = failover(&nemesis_log, &acks, leader_lost);
+    report.elapsed_s = clock.now_ns() as f64 / 1e9;
+    let checkable = record(
+        dir,
+        w,
+        &config.liveness,
+        config.recovery_timeout,
+        report,
+        Recorded {
+            register: register_ops,
+            set: set_ops,
+            moves,
+            nemesis: nemesis_log,
+            end_ns,
+            settle: settled,
+            interrupted,
+        },
+    )?;
 
     if w.register {
-        write_jsonl(&out.join("register.jsonl"), &events(&register_ops))?;
-        report
-            .counts
-            .insert("register".into(), counts(&register_ops));
-        let history = History::new(register_ops).map_err(|e| RunError::Check(e.to_string()))?;
+        let history =
+            History::new(checkable.register).map_err(|e| RunError::Check(e.to_string()))?;
         let budget = config.check_budget;
         let summary =
             tokio::task::spawn_blocking(move || check_keyed(&Register, &history, &budget))
@@ -418,35 +753,16 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
         report.register = Some(summary);
     }
     if w.set {
-        write_jsonl(&out.join("set.jsonl"), &events(&set_ops))?;
-        report.counts.insert("set".into(), counts(&set_ops));
-        let summary = set::check(&admin, set_ops, config.recovery_timeout).await?;
+        let summary = set::check(&admin, checkable.set, config.recovery_timeout).await?;
         report.valid &= summary.valid;
         report.set = Some(summary);
     }
     if w.namespace {
-        write_jsonl(&out.join("namespace.jsonl"), &events(&moves))?;
-        report.counts.insert("namespace".into(), counts(&moves));
         let summary = namespace::check(&admin, config.recovery_timeout).await?;
         report.valid &= summary.valid;
         report.namespace = Some(summary);
     }
-    {
-        for id in cluster.node_ids() {
-            if let Ok(log) = cluster.logs(id, 5000).await {
-                let _ = std::fs::write(out.join(format!("node-{id}.log")), log);
-            }
-        }
-    }
-    let summary_path = out.join("summary.json");
-    let text = serde_json::to_string_pretty(&report).map_err(|e| RunError::Check(e.to_string()))?;
-    std::fs::write(&summary_path, text).map_err(|source| RunError::Output {
-        path: summary_path,
-        source,
-    })?;
-    drop(admin);
-    drop(cluster);
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -484,5 +800,241 @@ mod tests {
         // No ack after the fault: no sample.
         let f = failover(&[kill_at(5_000 * ms, 5_100 * ms)], &late, leader_lost);
         assert!(f.samples_ms.is_empty());
+    }
+
+    fn heal_of(event: &NemesisEvent, time_ns: u64, done_ns: u64) -> NemesisEvent {
+        NemesisEvent {
+            time_ns,
+            done_ns,
+            phase: "heal".into(),
+            leader_before: None,
+            ..event.clone()
+        }
+    }
+
+    fn config(out: &std::path::Path) -> RunConfig {
+        RunConfig {
+            time_limit: Duration::from_secs(60),
+            schedule: Schedule {
+                faults: "all".parse().expect("nemesis spec"),
+                healthy: Duration::from_secs(6),
+                fault: Duration::from_secs(6),
+            },
+            workloads: "all".parse().expect("workloads"),
+            seed: 1,
+            out_dir: out.to_path_buf(),
+            op_timeout: Duration::from_secs(5),
+            register: register::RegisterConfig::default(),
+            set_processes: 1,
+            namespace_processes: 1,
+            cluster: ClusterOptions::default(),
+            recovery_timeout: Duration::from_secs(60),
+            check_budget: SearchBudget::default(),
+            liveness: LivenessBounds::default(),
+        }
+    }
+
+    /// A set add acknowledged at `ms`.
+    fn add(process: u64, ms: u64) -> set::SetOp {
+        Operation {
+            process,
+            call_ns: ms * 1_000_000 - 500_000,
+            return_ns: ms * 1_000_000,
+            input: format!("e{ms}"),
+            outcome: Outcome::Ok(()),
+        }
+    }
+
+    /// The issue's first run: every fault healed, then the replicas never
+    /// agreed on a leader. The directory must still tell why.
+    #[test]
+    fn a_cluster_that_never_settles_leaves_histories_statuses_and_a_verdict() {
+        let ms = 1_000_000;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = config(tmp.path());
+        let dir = RunDir::create(tmp.path()).expect("run dir");
+        let mut report = Report::new("test", &config);
+        let kill = kill_at(10_000 * ms, 10_500 * ms);
+        let nemesis = vec![kill.clone(), heal_of(&kill, 16_000 * ms, 16_200 * ms)];
+        let statuses = vec![
+            ReplicaStatus::unanswered(1, "timed out".into()),
+            ReplicaStatus::unanswered(2, "timed out".into()),
+            ReplicaStatus::unanswered(3, "timed out".into()),
+        ];
+        let snapshot = StatusSnapshot {
+            at_ns: 70_000 * ms,
+            since_heal_ms: 10_100.0,
+            why: "not settled within the bound".into(),
+            replicas: statuses,
+        };
+        let recorded = Recorded {
+            register: Ok(Vec::new()),
+            // Writes stop at the kill and never come back.
+            set: Ok((1..=1_000).map(|i| add(7, i * 10)).collect()),
+            moves: Ok(Vec::new()),
+            nemesis,
+            end_ns: 60_000 * ms,
+            settle: Settle {
+                heal_ns: 60_000 * ms,
+                settled_ns: None,
+                snapshots: vec![snapshot.clone()],
+            },
+            interrupted: false,
+        };
+        let result = record(
+            &dir,
+            &config.workloads,
+            &config.liveness,
+            config.recovery_timeout,
+            &mut report,
+            recorded,
+        );
+        assert!(matches!(result, Err(RunError::NotSettled(_))));
+        for file in [
+            "register.jsonl",
+            "set.jsonl",
+            "namespace.jsonl",
+            "nemesis.jsonl",
+            "status.json",
+        ] {
+            assert!(tmp.path().join(file).is_file(), "{file} missing");
+        }
+        let set_lines = std::fs::read_to_string(tmp.path().join("set.jsonl")).expect("read");
+        assert_eq!(set_lines.lines().count(), 2_000);
+        let status: Vec<StatusSnapshot> = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("status.json")).expect("read"),
+        )
+        .expect("parse status.json");
+        assert_eq!(status, vec![snapshot]);
+        let liveness = report.liveness.as_ref().expect("liveness checked");
+        assert!(liveness.not_settled && !liveness.valid);
+        // The kill at 10 s stopped writes for good: a stall, not only a
+        // cluster that did not settle.
+        assert_eq!(liveness.stalled.len(), 1, "{liveness:?}");
+        assert_eq!(liveness.stalled[0].to_ns, None);
+        assert!(!report.valid);
+        assert_eq!(report.counts["set"].ok, 1_000);
+    }
+
+    #[test]
+    fn a_run_that_settled_in_time_goes_on_to_the_checks() {
+        let ms = 1_000_000;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = config(tmp.path());
+        let dir = RunDir::create(tmp.path()).expect("run dir");
+        let mut report = Report::new("test", &config);
+        let kill = kill_at(10_000 * ms, 10_500 * ms);
+        let recorded = Recorded {
+            register: Ok(Vec::new()),
+            // A 1 s stall after the kill.
+            set: Ok((1..=6_000)
+                .filter(|i| !(1_001..1_100).contains(i))
+                .map(|i| add(7, i * 10))
+                .collect()),
+            moves: Ok(Vec::new()),
+            nemesis: vec![kill.clone(), heal_of(&kill, 16_000 * ms, 16_200 * ms)],
+            end_ns: 60_000 * ms,
+            settle: Settle {
+                heal_ns: 60_000 * ms,
+                settled_ns: Some(60_800 * ms),
+                snapshots: Vec::new(),
+            },
+            interrupted: false,
+        };
+        let checkable = record(
+            &dir,
+            &config.workloads,
+            &config.liveness,
+            config.recovery_timeout,
+            &mut report,
+            recorded,
+        )
+        .expect("settled: on to the checks");
+        assert_eq!(checkable.set.len(), 5_901);
+        assert!(!tmp.path().join("status.json").exists());
+        let liveness = report.liveness.as_ref().expect("liveness checked");
+        assert!(liveness.valid, "{liveness:?}");
+        assert_eq!(liveness.longest_stall_ms, Some(1_000.0));
+        assert_eq!(liveness.settle_ms, Some(800.0));
+        assert!(report.valid);
+    }
+
+    #[test]
+    fn an_interrupted_run_or_a_failed_workload_still_records_the_rest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = config(tmp.path());
+        let dir = RunDir::create(tmp.path()).expect("run dir");
+        let mut report = Report::new("test", &config);
+        let recorded = Recorded {
+            register: Err(ClusterError::Harness("register process died".into())),
+            set: Ok(vec![add(7, 10)]),
+            moves: Ok(Vec::new()),
+            nemesis: Vec::new(),
+            end_ns: 1_000_000_000,
+            settle: Settle {
+                heal_ns: 1_000_000_000,
+                settled_ns: Some(1_100_000_000),
+                snapshots: Vec::new(),
+            },
+            interrupted: true,
+        };
+        let result = record(
+            &dir,
+            &config.workloads,
+            &config.liveness,
+            config.recovery_timeout,
+            &mut report,
+            recorded,
+        );
+        // The workload's failure is the reason given; the other histories
+        // are on disk.
+        assert!(
+            matches!(&result, Err(RunError::Cluster(ClusterError::Harness(m))) if m.contains("register")),
+            "{:?}",
+            result.err()
+        );
+        assert!(tmp.path().join("set.jsonl").is_file());
+        assert!(tmp.path().join("nemesis.jsonl").is_file());
+    }
+
+    #[test]
+    fn the_topology_follows_the_nemesis_log() {
+        let ms = 1_000_000;
+        let kill = kill_at(10 * ms, 12 * ms);
+        let cut = NemesisEvent {
+            fault: Some(Fault::Partition {
+                kind: FaultKind::Bridge,
+                cut: vec![(1, 2)],
+            }),
+            ..kill_at(20 * ms, 21 * ms)
+        };
+        let log = vec![
+            kill.clone(),
+            heal_of(&kill, 15 * ms, 17 * ms),
+            cut.clone(),
+            // A failed heal leaves the link cut.
+            NemesisEvent {
+                phase: "error".into(),
+                ..heal_of(&cut, 25 * ms, 26 * ms)
+            },
+        ];
+        assert_eq!(
+            topology(&log),
+            vec![
+                TopologyEvent {
+                    time_ns: 10 * ms,
+                    change: TopologyChange::Down { node: 1 }
+                },
+                TopologyEvent {
+                    time_ns: 17 * ms,
+                    change: TopologyChange::Up { node: 1 }
+                },
+                TopologyEvent {
+                    time_ns: 20 * ms,
+                    change: TopologyChange::Cut { a: 1, b: 2 }
+                },
+            ]
+        );
+        assert_eq!(leader_losses(&log).len(), 1);
     }
 }

@@ -87,6 +87,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         "register_verdict": r["register"]["verdict"],
         "register_anomalies": r["register"]["anomalies"].as_array().map(|a| a.len()),
         "nemesis_errors": r["nemesis_errors"],
+        "liveness": r["liveness"], "aborted": r["aborted"],
     }))
     .unwrap_or_default();
     assert_eq!(r["valid"], Value::Bool(true), "{summary}");
@@ -111,6 +112,19 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         );
     }
     assert_eq!(r["register"]["verdict"], "linearizable", "{summary}");
+    // Liveness is checked, not just reported: writes resumed within the
+    // bound (3 s) after every leader loss, and the replicas agreed on a
+    // leader within 10 s of the final heal.
+    // Shown with `--nocapture`: how close the run came to the bounds.
+    eprintln!(
+        "liveness: {}\nfailover_any: {}",
+        r["liveness"], r["failover_any"]
+    );
+    assert_eq!(r["liveness"]["valid"], Value::Bool(true), "{summary}");
+    assert_eq!(r["liveness"]["resume_bound_ms"], 3_000.0, "{summary}");
+    assert_eq!(r["liveness"]["settle_bound_ms"], 10_000.0, "{summary}");
+    assert!(r["liveness"]["settle_ms"].is_number(), "{summary}");
+    assert!(r["aborted"].is_null(), "{summary}");
     assert!(
         r["set"]["acknowledged"].as_u64().unwrap_or(0) > 100,
         "{summary}"
@@ -126,8 +140,17 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         "namespace.jsonl",
         "nemesis.jsonl",
         "summary.json",
+        "node-1.log",
+        "node-2.log",
+        "node-3.log",
     ] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    // Each replica's whole log is there, not a tail.
+    for node in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{node}.log")))
+            .unwrap_or_default();
+        assert!(log.lines().count() > 10, "node-{node}.log is nearly empty");
     }
     no_leftovers();
 }

@@ -11,7 +11,8 @@
 //! serializable, human-readable [`Summary`]. Two structural checkers cover
 //! the other workloads: [`check_set`] (every acknowledged add survives,
 //! nothing unattempted appears) and [`check_tree`] (renames keep the
-//! namespace a tree).
+//! namespace a tree). [`check_liveness`] checks that writes resume after
+//! every leader loss and that the cluster settles after the final heal.
 //!
 //! Dependencies: this crate must not depend on any other NoKV crate. The
 //! harness (`nokv-jepsen`) talks to clusters only through the public
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod history;
+pub mod liveness;
 pub mod model;
 pub mod set;
 pub mod tree;
@@ -41,6 +43,10 @@ pub mod wgl;
 pub use history::{
     partition_by_key, Event, History, HistoryBuilder, HistoryError, Keyed, Operation, Outcome,
     OutcomeCounts, ProcessId, TimeNs,
+};
+pub use liveness::{
+    check_liveness, no_majority_intervals, LeaderLoss, LivenessBounds, LivenessInput,
+    LivenessSummary, Stall, TopologyChange, TopologyEvent,
 };
 pub use model::{Model, Register, RegisterInput, RegisterOutput, Value};
 pub use set::{check_set, SetSummary};
