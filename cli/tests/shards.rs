@@ -306,7 +306,15 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
 
     // Make shard 1, grafted at /s1, through the control plane.
     let made = run_nokv(&[
-        "--etcd", &url, "--cluster", "t1", "shard", "create", "/s1", "--members", "1,2,3",
+        "--etcd",
+        &url,
+        "--cluster",
+        "t1",
+        "shard",
+        "create",
+        "/s1",
+        "--members",
+        "1,2,3",
     ])
     .await;
     assert!(
@@ -481,7 +489,11 @@ async fn grafts_join_eight_shards_into_one_tree() {
     let mut cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "t2"]).await;
     let members = cluster.members_arg();
     let out = nokv_etcd(&url, &[], &["cluster", "init", "--members", &members]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster.must_agreed_leader(&[1, 2, 3]).await;
     let client = cluster.client();
     cluster.must(client.mkdir("/deep", false).await, "mkdir /deep");
@@ -522,7 +534,10 @@ async fn grafts_join_eight_shards_into_one_tree() {
                 } else {
                     format!("{dir}/f{n}")
                 };
-                client.create(&path).await.map_err(|e| format!("{path}: {e}"))?;
+                client
+                    .create(&path)
+                    .await
+                    .map_err(|e| format!("{path}: {e}"))?;
             }
             Ok::<(), String>(())
         });
@@ -588,7 +603,10 @@ async fn grafts_join_eight_shards_into_one_tree() {
     // A client with an old map is refused by the shard that no longer owns
     // the path (WRONG_SHARD), re-reads the map, and lands in the new shard.
     let stale = cluster.client();
-    cluster.must(stale.stat("/", Consistency::Linearizable).await, "load a map");
+    cluster.must(
+        stale.stat("/", Consistency::Linearizable).await,
+        "load a map",
+    );
     cluster.must_nokv(&["shard", "create", "/late"]).await;
     cluster.must(
         stale.create("/late/through-a-stale-map").await,
@@ -618,10 +636,19 @@ async fn grafts_join_eight_shards_into_one_tree() {
         let out = nokv_etcd(
             &url,
             &[("NOKV_FAIL_AFTER_STEP", step_env.as_str())],
-            &["--endpoints", &cluster.endpoints().join(","), "shard", "create", &graft],
+            &[
+                "--endpoints",
+                &cluster.endpoints().join(","),
+                "shard",
+                "create",
+                &graft,
+            ],
         )
         .await;
-        assert!(!out.status.success(), "the creation should have stopped at step {step}");
+        assert!(
+            !out.status.success(),
+            "the creation should have stopped at step {step}"
+        );
         let shard = cluster
             .wait_for(WAIT, &format!("{graft} is repaired"), async || {
                 let map = client.refresh_shard_map().await.ok()??;
@@ -633,7 +660,11 @@ async fn grafts_join_eight_shards_into_one_tree() {
             client.stat(&graft, Consistency::Linearizable).await,
             "stat a repaired graft",
         );
-        assert_eq!(root.inode.shard().0, shard, "{graft} is the new shard's root");
+        assert_eq!(
+            root.inode.shard().0,
+            shard,
+            "{graft} is the new shard's root"
+        );
         cluster.must(
             client.create(&format!("{graft}/after-repair")).await,
             "write below a repaired graft",
@@ -656,9 +687,11 @@ async fn grafts_join_eight_shards_into_one_tree() {
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
     let started = tokio::time::Instant::now();
     cluster
-        .wait_for(WAIT, "every shard elects a leader among the survivors", async || {
-            leaders_of(&cluster, &survivors, &shards).await
-        })
+        .wait_for(
+            WAIT,
+            "every shard elects a leader among the survivors",
+            async || leaders_of(&cluster, &survivors, &shards).await,
+        )
         .await;
     eprintln!(
         "node {victim} led {led} of {} shards; all had new leaders after {:?}",
@@ -673,9 +706,14 @@ async fn grafts_join_eight_shards_into_one_tree() {
         );
         let files = entries.iter().filter(|e| e.name.starts_with('f')).count();
         let expected = (0..1000).filter(|n| n % dirs.len() == shard).count();
-        assert_eq!(files, expected, "acknowledged creates in {dir} after the kill");
+        assert_eq!(
+            files, expected,
+            "acknowledged creates in {dir} after the kill"
+        );
         cluster.must(
-            after.create(&format!("{}/after-kill", dir.trim_end_matches('/'))).await,
+            after
+                .create(&format!("{}/after-kill", dir.trim_end_matches('/')))
+                .await,
             "write after the kill",
         );
     }

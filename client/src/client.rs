@@ -115,6 +115,8 @@ struct Inner {
     /// The object store, once learned from the cluster.
     store: Mutex<Option<std::sync::Arc<dyn nokv_blob::BlobStore>>>,
     map: RwLock<MapCache>,
+    /// `UNKNOWN_SHARD` answers in a row, by shard.
+    unknown_shard: Mutex<HashMap<ShardId, usize>>,
 }
 
 /// What one failed attempt tells the retry loop.
@@ -160,6 +162,7 @@ impl Client {
                 next: Mutex::new(0),
                 store: Mutex::new(None),
                 map: RwLock::new(MapCache::default()),
+                unknown_shard: Mutex::new(HashMap::new()),
             }),
             snapshot: None,
             shard: ShardId(0),
@@ -441,6 +444,11 @@ impl Client {
                 maybe_applied: true,
                 reason: format!("{target}: {}", detail.message),
             },
+            // Every replica the map names refuses the shard: the map is out of
+            // date (the shard was removed), and the router above re-reads it.
+            "UNKNOWN_SHARD" if self.unknown_everywhere() => {
+                Attempt::Fatal(ClientError::from_detail(detail))
+            }
             // This node hosts no replica of the shard: ask another.
             "UNAVAILABLE" | "UNKNOWN_SHARD" => Attempt::Retry {
                 leader: None,
@@ -448,6 +456,23 @@ impl Client {
                 reason: format!("{target}: {}", detail.message),
             },
             _ => Attempt::Fatal(ClientError::from_detail(detail)),
+        }
+    }
+
+    /// Counts an `UNKNOWN_SHARD` answer for this handle's shard; true once
+    /// as many came as the shard has replica candidates (then asking again
+    /// is pointless until the map changes). Reset by any success.
+    fn unknown_everywhere(&self) -> bool {
+        let Ok(mut counts) = self.inner.unknown_shard.lock() else {
+            return false;
+        };
+        let seen = counts.entry(self.shard).or_insert(0);
+        *seen += 1;
+        if *seen >= self.replica_candidates().len() {
+            *seen = 0;
+            true
+        } else {
+            false
         }
     }
 
@@ -478,6 +503,9 @@ impl Client {
             let attempt = tokio::time::timeout(remaining.min(config.attempt_timeout), call(stub));
             let outcome = match attempt.await {
                 Ok(Ok(value)) => {
+                    if let Ok(mut counts) = self.inner.unknown_shard.lock() {
+                        counts.remove(&self.shard);
+                    }
                     if via_leader {
                         self.set_leader(Some(target));
                     }

@@ -238,7 +238,11 @@ impl ShardMap {
     /// A shard id never used in this map's history (above every current one and every
     /// removed one), and records it as used; `None` when all 65,535 are spent.
     pub fn allocate_shard_id(&mut self) -> Option<ShardId> {
-        let above_current = self.shards.keys().next_back().map_or(Some(0), |s| s.0.checked_add(1))?;
+        let above_current = self
+            .shards
+            .keys()
+            .next_back()
+            .map_or(Some(0), |s| s.0.checked_add(1))?;
         let id = above_current.max(self.next_shard);
         self.next_shard = id.checked_add(1)?;
         Some(ShardId(id))
