@@ -247,11 +247,13 @@ async fn unknown_shards_are_refused() {
         .create("/x")
         .await
         .expect_err("no node hosts shard 9");
-    // Every replica refuses; the client reports the shard as unavailable.
+    // Every replica refuses: the client says so at once (no retrying to
+    // the deadline), and a routed client would re-read the map.
     assert!(
-        matches!(&err, ClientError::Unavailable(m) if m.contains("UNKNOWN_SHARD") || m.contains("unknown shard")),
+        matches!(&err, ClientError::UnknownShard(m) if m.contains("unknown shard 9")),
         "{err:?}"
     );
+    assert!(err.is_misrouted());
     let status = unknown.status_of(&cluster.addr(1)).await;
     assert!(
         matches!(&status, Err(e @ ClientError::UnknownShard(_)) if e.code() == "UNKNOWN_SHARD"),

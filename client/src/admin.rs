@@ -112,7 +112,10 @@ async fn load(cp: &dyn ControlPlane) -> Result<ShardMap, ClientError> {
     })
 }
 
-/// The active nodes holding the fewest replicas, fewest first (ties by id).
+/// The active nodes holding the fewest replicas (ties by id), ordered so that the
+/// first is the one that is first member of the fewest shards. The first member forms
+/// the group and, campaigning first, usually leads it: this spreads new shards' leaders
+/// over the nodes.
 fn least_loaded(map: &ShardMap, count: usize) -> Vec<NodeId> {
     let mut nodes: Vec<(usize, NodeId)> = map
         .nodes
@@ -121,11 +124,27 @@ fn least_loaded(map: &ShardMap, count: usize) -> Vec<NodeId> {
         .map(|n| (map.shards_on(n.id).len(), n.id))
         .collect();
     nodes.sort();
-    nodes.into_iter().take(count).map(|(_, id)| id).collect()
+    let mut chosen: Vec<NodeId> = nodes.into_iter().take(count).map(|(_, id)| id).collect();
+    let firsts = |n: &NodeId| {
+        map.shards
+            .values()
+            .filter(|s| s.members.first() == Some(n))
+            .count()
+    };
+    if let Some(lead) = chosen
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, n)| (firsts(n), *i))
+        .map(|(i, _)| i)
+    {
+        chosen.swap(0, lead);
+    }
+    chosen
 }
 
 /// Creates a shard whose root appears at `path` (a new name in an existing directory) with
-/// `members` (default: the [`DEFAULT_REPLICAS`] least-loaded active nodes) and waits until
+/// `members` (default: the [`DEFAULT_REPLICAS`] least-loaded active nodes; the first
+/// member forms the group and usually leads it) and waits until
 /// it serves. Returns its record.
 pub async fn create_shard(
     client: &Client,
@@ -523,4 +542,65 @@ pub async fn reconcile(client: &Client, cp: &dyn ControlPlane) -> Vec<String> {
         });
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nokv_router::{ClusterId, NodeRecord};
+
+    fn three_nodes() -> ShardMap {
+        let mut map = ShardMap::bootstrap(ClusterId::new("t").expect("id"), NodeId(1), "h:1");
+        for id in [2, 3] {
+            map.nodes.insert(
+                NodeId(id),
+                NodeRecord {
+                    id: NodeId(id),
+                    addr: format!("h:{id}"),
+                    state: NodeState::Active,
+                },
+            );
+        }
+        if let Some(root) = map.shards.get_mut(&nokv_router::ShardId::ROOT) {
+            root.members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        }
+        map
+    }
+
+    #[test]
+    fn new_shards_take_turns_at_forming_their_group() {
+        let mut map = three_nodes();
+        let mut firsts = Vec::new();
+        for _ in 0..5 {
+            let members = least_loaded(&map, 3);
+            assert_eq!(members.len(), 3);
+            firsts.push(members[0].0);
+            let id = map.allocate_shard_id().expect("an id");
+            map.shards.insert(
+                id,
+                ShardRecord {
+                    id,
+                    graft: format!("/s{}", id.0),
+                    parent: Some(nokv_router::ShardId::ROOT),
+                    members,
+                    learners: Vec::new(),
+                    epoch: Epoch(1),
+                    leader_hint: None,
+                    state: ShardState::Serving,
+                },
+            );
+        }
+        // Node 1 formed the root shard; the next ones go to 2, 3, 1, 2, 3.
+        assert_eq!(firsts, [2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn graft_paths_are_normalised_and_the_root_is_refused() {
+        assert_eq!(graft_path("//a/b/").expect("valid"), "/a/b");
+        assert!(graft_path("/").is_err());
+        assert!(graft_path("a/b").is_err());
+        assert!(graft_path("/a/../b").is_err());
+        assert_eq!(parent_of("/a/b"), "/a");
+        assert_eq!(parent_of("/a"), "/");
+    }
 }
