@@ -344,6 +344,28 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         Ok(())
     }
 
+    /// [`Self::write_meta`] on tokio's blocking pool: waiting for the gate (behind a
+    /// flush's fsync) must not stall the async workers that carry heartbeats.
+    async fn write_meta_blocking<T: Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+        what: &str,
+    ) -> Result<(), LogStoreError> {
+        let bytes = encode_value(value).map_err(|source| LogStoreError::Encode {
+            what: what.to_owned(),
+            source,
+        })?;
+        let (meta, gate) = (self.meta.clone(), self.gate.clone());
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = write_gate(&gate);
+            meta.insert(key, bytes).map(|_| ())
+        })
+        .await
+        .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("write task: {e}"))))?
+        .map_err(LogStoreError::from)
+    }
+
     fn read_last_purged(&self) -> Result<Option<LogId<C::NodeId>>, LogStoreError> {
         self.read_meta(KEY_LAST_PURGED, "last purged log id")
     }
@@ -404,10 +426,15 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             count += 1;
             last_index = Some(index);
         }
-        {
-            let _exclusive = write_gate(&self.gate);
-            self.logs.apply_batch(batch)?;
-        }
+        let (logs, gate) = (self.logs.clone(), self.gate.clone());
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = write_gate(&gate);
+            logs.apply_batch(batch)
+        })
+        .await
+        .map_err(|e| {
+            LogStoreError::Sled(sled::Error::ReportableBug(format!("write task: {e}")))
+        })??;
         // The blocking fsync runs on tokio's blocking pool; we only await it.
         let flushed_bytes = gated_flush(&self.db, &self.gate).await?;
         tracing::debug!(
@@ -500,7 +527,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let write_error =
             |e: LogStoreError| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e);
-        self.write_meta(KEY_VOTE, vote, "vote")
+        self.write_meta_blocking(KEY_VOTE, vote, "vote")
+            .await
             .map_err(write_error)?;
         // openraft requires the vote to be on disk before this returns.
         self.flush().await.map_err(write_error)?;
@@ -519,7 +547,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
     ) -> Result<(), StorageError<C::NodeId>> {
         // Deliberately not flushed (see the type's durability rules): this is called often
         // and a lagging committed index is safe.
-        self.write_meta(KEY_COMMITTED, &committed, "committed log id")
+        self.write_meta_blocking(KEY_COMMITTED, &committed, "committed log id")
+            .await
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
@@ -572,7 +601,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
         let previous = self.read_last_purged().map_err(delete_error)?;
         // The marker only moves forward; a purge at or below it has nothing left to do.
         if previous.as_ref().is_none_or(|previous| *previous < log_id) {
-            self.write_meta(KEY_LAST_PURGED, &log_id, "last purged log id")
+            self.write_meta_blocking(KEY_LAST_PURGED, &log_id, "last purged log id")
+                .await
                 .map_err(delete_error)?;
             // Marker durable before any deletion: see the type's durability rules.
             self.flush().await.map_err(delete_error)?;
