@@ -4,6 +4,7 @@
 #
 #   nokv:dev          the `nokv` binary (serve, cluster init, every client verb)
 #   nokv-s3s-fs:dev   the s3s-fs S3 server (~/.cargo/bin/s3s-fs), bucket `nokv` pre-created
+#   nokv-etcd:dev     etcd, the control plane (the host's etcd: Debian's etcd-server)
 #
 # Usage:  bash docker/build.sh
 #
@@ -20,14 +21,16 @@
 #   BASE=debian:bookworm-slim   base image instead of scratch (must be pullable or present);
 #                               the host's libraries and /etc files are then NOT copied
 #                               (RUNTIME=base): the base image's own libc is used
-#   NOKV_IMAGE, NOKV_S3_IMAGE   image tags (default nokv:dev, nokv-s3s-fs:dev), the
-#                               same variables docker-compose.yml reads
+#   NOKV_IMAGE, NOKV_S3_IMAGE, NOKV_ETCD_IMAGE   image tags (default nokv:dev,
+#                               nokv-s3s-fs:dev, nokv-etcd:dev), the same variables
+#                               docker-compose.yml reads
 #   NOKV_BIN=PATH               use this nokv binary instead of `cargo build --release`
 #   S3S_FS_BIN=PATH             use this s3s-fs binary instead of ~/.cargo/bin/s3s-fs
 #   NOKV_STRIP=0                keep the release profile's debug line tables in the image
 #                               (default 1: `strip --strip-debug`, symbols stay, so panic
 #                               backtraces keep function names; nokv 153 MB -> 32 MB)
-#   ONLY=nokv|s3s-fs            build one image only
+#   ETCD_BIN=PATH               use this etcd binary instead of the one on PATH
+#   ONLY=nokv|s3s-fs|etcd       build one image only
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +39,7 @@ cd "$root"
 base="${BASE:-scratch}"
 nokv_tag="${NOKV_IMAGE:-nokv:dev}"
 s3_tag="${NOKV_S3_IMAGE:-nokv-s3s-fs:dev}"
+etcd_tag="${NOKV_ETCD_IMAGE:-nokv-etcd:dev}"
 only="${ONLY:-}"
 stage_root="$root/target/docker"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
@@ -122,4 +126,14 @@ if [[ -z "$only" || "$only" == "s3s-fs" ]]; then
   # fresh named volume (which Docker fills from the image) already has it.
   mkdir -p "$stage_root/s3s-fs/files/data/nokv"
   image "$root/docker/s3s-fs.Dockerfile" "$stage_root/s3s-fs" "$s3_tag"
+fi
+
+if [[ -z "$only" || "$only" == "etcd" ]]; then
+  etcd_bin="${ETCD_BIN:-$(command -v etcd || true)}"
+  if [[ -z "$etcd_bin" ]]; then
+    bash "$root/router/install-etcd.sh"
+    etcd_bin="$(command -v etcd)"
+  fi
+  stage "$etcd_bin" etcd "$stage_root/etcd"
+  image "$root/docker/etcd.Dockerfile" "$stage_root/etcd" "$etcd_tag"
 fi

@@ -92,18 +92,22 @@ wait_for_leader() {
 }
 
 # Waits (with a deadline) for the init one-shot to exit and checks it exited 0.
-check_init() {
-  local id deadline=$((SECONDS + leader_timeout)) state
-  id="$(dc ps -a -q init)" # -a: it has exited
-  [[ -n "$id" ]] || fail "no init container"
+check_oneshot() { # SERVICE: waits until the one-shot exited, requires exit 0
+  local service="$1" id deadline=$((SECONDS + leader_timeout)) state
+  id="$(dc ps -a -q "$service")" # -a: it has exited
+  [[ -n "$id" ]] || fail "no $service container"
   while :; do
     state="$(docker inspect -f '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$id")"
     [[ "$state" == exited* ]] && break
-    ((SECONDS < deadline)) || fail "init did not finish within ${leader_timeout}s ($state)"
-    sleep 0.5
+    ((SECONDS < deadline)) || fail "$service did not finish within ${leader_timeout}s ($state)"
+    sleep 0.5 # poll interval; the loop re-checks until the deadline
   done
-  [[ "$state" == "exited 0 "* ]] || { docker logs "$id" >&2; fail "init failed: $state"; }
-  say "init exited 0: $(docker logs "$id" 2>&1 | tail -n 1)"
+  [[ "$state" == "exited 0 "* ]] || { docker logs "$id" >&2; fail "$service failed: $state"; }
+  say "$service exited 0: $(docker logs "$id" 2>&1 | tail -n 1)"
+}
+check_init() {
+  check_oneshot init
+  check_oneshot shards
 }
 
 expect_eq() { # WHAT EXPECTED ACTUAL
@@ -139,6 +143,17 @@ cli mv /smoke/run-1/config.json /smoke/run-1/params.json
 cli ln -s /smoke/run-1 /smoke/latest
 expect_eq "ls /smoke/run-1" "ckpt/ params.json" "$(cli ls /smoke/run-1 | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "readlink /smoke/latest" "/smoke/run-1" "$(cli readlink /smoke/latest)"
+
+say "two shards: / and /shared (grafted), one tree"
+cli shard ls | grep -q '^ *1 /shared ' || { cli shard ls >&2; fail "shard 1 is not grafted at /shared"; }
+cli mkdir -p /shared/run-2
+printf 'in the second shard\n' | cli put - /shared/run-2/notes.txt
+expect_eq "cat /shared/run-2/notes.txt" "in the second shard" "$(cli cat /shared/run-2/notes.txt)"
+cli stat --json /shared | grep -q '"inode_display":"1:1"' || { cli stat --json /shared >&2; fail "/shared is not shard 1's root"; }
+cli rmdir /shared 2>"$work/rmdir.err" && fail "rmdir of a graft point succeeded"
+grep -q busy "$work/rmdir.err" || fail "rmdir /shared: expected EBUSY, got: $(cat "$work/rmdir.err")"
+cli mv /shared/run-2/notes.txt /notes.txt 2>"$work/mv.err" && fail "a rename across shards succeeded"
+grep -q "across shards" "$work/mv.err" || fail "mv across shards: expected EXDEV, got: $(cat "$work/mv.err")"
 
 say "put/cat round trip (3 MiB of random bytes through s3)"
 head -c $((3 * 1024 * 1024)) /dev/urandom >"$work/payload.bin"
@@ -183,4 +198,5 @@ cli stat --json /smoke/run-1/ckpt/model.bin | grep -q '"size":3145728' || fail "
 cli mkdir /smoke/after-restart
 cli rm /smoke/latest
 expect_eq "ls /smoke after writes" "after-restart/ run-1/" "$(cli ls /smoke | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "cat /shared/run-2/notes.txt after restart" "in the second shard" "$(cli cat /shared/run-2/notes.txt)"
 say "all checks passed"

@@ -35,6 +35,10 @@ pub enum ShardCommand {
         /// Node ids of the replicas (default: the 3 least-loaded active nodes).
         #[arg(long, value_delimiter = ',')]
         members: Vec<u64>,
+        /// Succeed without change if PATH already is the graft point of a
+        /// serving shard (for scripts that run on every start).
+        #[arg(long)]
+        exists_ok: bool,
     },
     /// Remove the shard grafted at PATH. Only an empty shard (no entries,
     /// nothing staged, no shard grafted inside) is removed; otherwise
@@ -53,7 +57,11 @@ pub enum ShardCommand {
 pub async fn run(c: ShardCommand, g: &GlobalArgs) -> anyhow::Result<()> {
     match c {
         ShardCommand::Ls => ls(g).await,
-        ShardCommand::Create { path, members } => create(g, &path, members).await,
+        ShardCommand::Create {
+            path,
+            members,
+            exists_ok,
+        } => create(g, &path, members, exists_ok).await,
         ShardCommand::Rm { path } => rm(g, &path).await,
     }
 }
@@ -74,9 +82,30 @@ async fn admin_client(g: &GlobalArgs, cp: &dyn ControlPlane) -> anyhow::Result<C
     Ok(Client::new(config)?)
 }
 
-async fn create(g: &GlobalArgs, path: &str, members: Vec<u64>) -> anyhow::Result<()> {
-    let (shard, members, revision) = match crate::control::from_args(g).await? {
-        Some(cp) => {
+async fn create(
+    g: &GlobalArgs,
+    path: &str,
+    members: Vec<u64>,
+    exists_ok: bool,
+) -> anyhow::Result<()> {
+    let existing = if exists_ok {
+        let map = load_map(g).await?;
+        map.shards
+            .values()
+            .find(|s| s.graft == path && s.state == nokv_router::ShardState::Serving)
+            .map(|s| {
+                (
+                    u32::from(s.id.0),
+                    s.members.iter().map(|n| n.0).collect::<Vec<_>>(),
+                    map.revision.0,
+                )
+            })
+    } else {
+        None
+    };
+    let (shard, members, revision) = match (existing, crate::control::from_args(g).await?) {
+        (Some(done), _) => done,
+        (None, Some(cp)) => {
             let client = admin_client(g, cp.as_ref()).await?;
             let wanted =
                 (!members.is_empty()).then(|| members.iter().map(|m| NodeId(*m)).collect());
@@ -88,7 +117,7 @@ async fn create(g: &GlobalArgs, path: &str, members: Vec<u64>) -> anyhow::Result
                 revision,
             )
         }
-        None => {
+        (None, None) => {
             let r = g.client()?.create_shard_on_cluster(path, members).await?;
             (r.shard, r.members, r.map_revision)
         }

@@ -194,21 +194,20 @@ impl Client {
         self.routed
     }
 
-    /// Where this handle's shard may be served: its replicas by the map,
-    /// else the configured endpoints (never empty).
+    /// Where this handle's shard may be served: the configured endpoints
+    /// (known to be reachable from here), then the shard's other replicas by
+    /// the map (after [`ClientConfig::address_map`]). Never empty.
     pub(crate) fn replica_candidates(&self) -> Vec<String> {
-        let replicas: Vec<String> = self
-            .cached_map()
-            .map(|m| routing::replica_addrs(&m, self.shard))
-            .unwrap_or_default()
-            .iter()
-            .map(|a| self.reachable(a))
-            .collect();
-        if replicas.is_empty() {
-            self.inner.endpoints.clone()
-        } else {
-            replicas
+        let mut candidates = self.inner.endpoints.clone();
+        if let Some(map) = self.cached_map() {
+            for addr in routing::replica_addrs(&map, self.shard) {
+                let addr = self.reachable(&addr);
+                if !candidates.contains(&addr) {
+                    candidates.push(addr);
+                }
+            }
         }
+        candidates
     }
 
     /// The shard id as the wire carries it.
