@@ -26,6 +26,9 @@
 //! - `linearizable_read_after_leader_restart_sees_acknowledged_write`: a
 //!   read right after a leader restart sees a write that was acknowledged
 //!   before the SIGKILL (regression test; see `meta-node/src/read_index.rs`).
+//! - `a_leader_without_quorum_releases_writes_in_flight`: with both followers
+//!   frozen (SIGSTOP), a write in flight on the leader is answered
+//!   UNKNOWN_OUTCOME once the quorum lease runs out, not after 10 s.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping. Set
 //! `NOKV_TEST_KEEP_DIRS=1` to keep every node's data and full log, and
@@ -1550,4 +1553,59 @@ async fn health_reflects_initialization_and_leadership() {
         })
         .await;
     cluster.must_all_run();
+}
+
+/// Sends SIGSTOP or SIGCONT to node `id`'s process.
+fn signal(cluster: &Cluster, id: u64, sig: &str) {
+    let pid = cluster
+        .pid(id)
+        .unwrap_or_else(|| cluster.fail(format!("node {id} is not running")));
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Regression test (docs/jepsen.md, ledger 5): a leader cut off from its
+/// quorum answers a write already in flight with UNKNOWN_OUTCOME once its
+/// quorum lease has run out, instead of holding it until the commit timeout
+/// (10 s), so the client moves on to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_quorum_releases_writes_in_flight() {
+    let _load = light_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let client = cluster.client_for(&[leader]);
+    cluster.must(client.mkdir("/before", false).await, "write with a quorum");
+
+    for id in &followers {
+        signal(&cluster, *id, "-STOP");
+    }
+    // Only the leader is asked, with one attempt allowed nearly the whole
+    // deadline: without the release, the attempt times out client-side.
+    let mut config = nokv_client::ClientConfig::new(vec![cluster.addr(leader)]);
+    config.deadline = Duration::from_secs(5);
+    config.attempt_timeout = Duration::from_secs(5);
+    let alone = cluster.must(Client::new(config), "client");
+    let outcome = alone.mkdir("/during", false).await;
+    for id in &followers {
+        signal(&cluster, *id, "-CONT");
+    }
+    assert!(
+        matches!(&outcome, Err(ClientError::Unknown(reason)) if reason.contains("quorum")),
+        "{outcome:?}"
+    );
+    // Once the followers are back, the write's fate is decided and readable;
+    // a retry under the same id would answer it (exactly_once_retry).
+    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    cluster.must(
+        client.stat("/before", Consistency::Linearizable).await,
+        "the cluster serves again",
+    );
 }

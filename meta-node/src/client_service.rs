@@ -42,9 +42,15 @@ pub struct ClientTimeouts {
     /// maximum election timeout: by then the others may have elected a new
     /// leader) refuses new writes and reads at once with UNAVAILABLE, so
     /// clients move on instead of waiting on a deposed leader. Refusing is
-    /// always safe: nothing was proposed.
+    /// always safe: nothing was proposed. A write already in flight when
+    /// the lease runs out is answered UNKNOWN_OUTCOME at once (it may still
+    /// commit under a new leader; the client retries it under the same
+    /// request id) instead of after `write`.
     pub quorum_lease: Duration,
 }
+
+/// How often a write in flight checks that its leader still has a quorum.
+const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 impl Default for ClientTimeouts {
     fn default() -> Self {
@@ -119,6 +125,31 @@ impl ClientService {
                 ))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Returns once this node no longer leads, or has heard from no quorum
+    /// for longer than the quorum lease: a write in flight on it is then
+    /// unlikely to commit soon. Checks every [`QUORUM_CHECK_EVERY`] (the
+    /// metrics do not change while the leader waits in silence).
+    async fn quorum_lost(&self) {
+        let mut every = tokio::time::interval(QUORUM_CHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let (leads, since_quorum_ms) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                (
+                    m.current_leader == Some(self.node_id),
+                    m.millis_since_quorum_ack,
+                )
+            };
+            let stale = since_quorum_ms
+                .is_some_and(|ms| u128::from(ms) > self.timeouts.quorum_lease.as_millis());
+            if !leads || stale {
+                return;
+            }
         }
     }
 
@@ -508,7 +539,17 @@ impl ClientService {
         self.check_leading()?;
         self.check_bodies(&command).await?;
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
-        match proposed.await {
+        let proposed = tokio::select! {
+            proposed = proposed => proposed,
+            () = self.quorum_lost() => {
+                return Err(unknown_outcome(
+                    "this leader lost its quorum while the write was in flight (a new leader \
+                     may still commit it)",
+                    None,
+                ))
+            }
+        };
+        match proposed {
             Err(_) => Err(unknown_outcome(
                 "timed out waiting for commit",
                 self.leader_hint(),
