@@ -16,6 +16,7 @@ mod body;
 mod cluster;
 mod control;
 mod fs;
+mod node;
 mod output;
 mod recovery;
 mod serve;
@@ -143,9 +144,13 @@ enum Command {
     /// Form or inspect the Raft group.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    /// Shards of the cluster (the control plane's shard map).
+    /// Shards of the cluster (the control plane's shard map): create, ls,
+    /// rm, add-replica, remove-replica, transfer-leader, rebalance.
     #[command(subcommand)]
     Shard(shard::ShardCommand),
+    /// Nodes of the cluster: ls, add, replace, remove.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Show every replica: role, term, leader, log and applied index.
     Status,
     /// Exit 0 if the first endpoint is initialized and knows a leader (for
@@ -254,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => serve::dev(args, &g).await,
         Command::Cluster(c) => cluster::run(c, &g).await,
         Command::Shard(c) => shard::run(c, &g).await,
+        Command::Node(c) => node::run(c, &g).await,
         Command::Status => cluster::status(&g).await,
         Command::Health => cluster::health(&g).await,
         Command::Mkdir(a) => fs::mkdir(a, &g).await,

@@ -10,6 +10,7 @@ use clap::Subcommand;
 use nokv_client::{admin, Client, ClientError};
 use nokv_meta_node::control::{AdminError, ShardAdmin};
 use nokv_proto::pb;
+use nokv_proto::pb::membership_request::Action;
 use nokv_router::{ClusterId, ControlPlane, NodeId, Revision, ShardMap};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,37 @@ pub enum ShardCommand {
         /// Global path of the graft point.
         path: String,
     },
+    /// Add a replica of a shard on NODE: it joins as a learner, catches up
+    /// (by snapshot if needed), then becomes a voter through one
+    /// joint-consensus change. Writes go on meanwhile.
+    ///
+    /// Example: nokv shard add-replica /datasets 4
+    AddReplica {
+        /// The shard: its graft path, or #ID.
+        shard: String,
+        /// Node id (see `nokv node ls`).
+        node: u64,
+    },
+    /// Remove the replica of a shard on NODE (leadership moves first if NODE
+    /// leads it; the last voter is never removed). NODE stops the replica;
+    /// its data stays on disk.
+    RemoveReplica {
+        /// The shard: its graft path, or #ID.
+        shard: String,
+        /// Node id.
+        node: u64,
+    },
+    /// Hand a shard's leadership to NODE, one of its voters (writes pause
+    /// for about one election).
+    TransferLeader {
+        /// The shard: its graft path, or #ID.
+        shard: String,
+        /// Node id of a voter.
+        node: u64,
+    },
+    /// Spread the shards' leaders evenly over the nodes now (the cluster
+    /// also does this by itself, one shard every few seconds).
+    Rebalance,
     /// List every shard: id, graft point, parent, members, placement epoch
     /// (bumped by the control plane on every membership or graft change;
     /// the Raft epoch that fences writes is in `nokv status`), state.
@@ -63,12 +95,51 @@ pub async fn run(c: ShardCommand, g: &GlobalArgs) -> anyhow::Result<()> {
             exists_ok,
         } => create(g, &path, members, exists_ok).await,
         ShardCommand::Rm { path } => rm(g, &path).await,
+        ShardCommand::AddReplica { shard, node } => {
+            membership(g, Action::AddReplica(pb::ReplicaChange { shard, node })).await
+        }
+        ShardCommand::RemoveReplica { shard, node } => {
+            membership(g, Action::RemoveReplica(pb::ReplicaChange { shard, node })).await
+        }
+        ShardCommand::TransferLeader { shard, node } => {
+            membership(g, Action::TransferLeader(pb::ReplicaChange { shard, node })).await
+        }
+        ShardCommand::Rebalance => membership(g, Action::Rebalance(true)).await,
     }
+}
+
+/// Runs a membership or node operation: here against etcd with `--etcd`,
+/// else through any node of `--endpoints`; prints each change.
+pub async fn membership(g: &GlobalArgs, action: Action) -> anyhow::Result<()> {
+    let request = pb::MembershipRequest {
+        action: Some(action),
+    };
+    let response = match crate::control::from_args(g).await? {
+        Some(cp) => {
+            let client = admin_client(g, cp.as_ref()).await?;
+            nokv_client::membership::run(&client, cp.as_ref(), request).await?
+        }
+        None => g.client()?.membership_on_cluster(request).await?,
+    };
+    if g.json {
+        print_json(&json!({
+            "changes": response.changes,
+            "map_revision": response.map_revision,
+        }));
+    } else {
+        for line in &response.changes {
+            println!("{line}");
+        }
+        if response.changes.is_empty() {
+            println!("nothing to change");
+        }
+    }
+    Ok(())
 }
 
 /// A client for admin steps run here with `--etcd`: the given endpoints, or
 /// every node the map knows.
-async fn admin_client(g: &GlobalArgs, cp: &dyn ControlPlane) -> anyhow::Result<Client> {
+pub async fn admin_client(g: &GlobalArgs, cp: &dyn ControlPlane) -> anyhow::Result<Client> {
     if !g.endpoints.is_empty() {
         return g.client();
     }
@@ -204,10 +275,20 @@ impl ShardAdmin for NodeAdmin {
             .await
             .map_err(admin_error)
     }
+
+    async fn membership(
+        &self,
+        request: pb::MembershipRequest,
+    ) -> Result<pb::MembershipResponse, AdminError> {
+        nokv_client::membership::run(&self.client, self.plane.as_ref(), request)
+            .await
+            .map_err(admin_error)
+    }
 }
 
 /// Every [`RECONCILE_EVERY`], if this node (at `own_addr`) leads shard 0,
-/// finishes shard creations and removals that were interrupted. One node at
+/// finishes shard creations, removals and replica additions that were
+/// interrupted, and moves one leadership if leaders are unevenly spread. One node at
 /// a time does it (the steps are idempotent, so a brief overlap after a
 /// leader change is harmless).
 pub fn spawn_reconciler(
@@ -233,12 +314,15 @@ pub fn spawn_reconciler(
             for line in admin::reconcile(&client, plane.as_ref()).await {
                 tracing::info!(%line, "reconciliation");
             }
+            for line in nokv_client::membership::reconcile(&client, plane.as_ref()).await {
+                tracing::info!(%line, "reconciliation");
+            }
         }
     });
 }
 
 /// The newest map: from the control plane, or as a node last saw it.
-async fn load_map(g: &GlobalArgs) -> anyhow::Result<ShardMap> {
+pub async fn load_map(g: &GlobalArgs) -> anyhow::Result<ShardMap> {
     if let Some(cp) = crate::control::from_args(g).await? {
         return cp
             .load()

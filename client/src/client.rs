@@ -837,6 +837,53 @@ impl Client {
         Ok(())
     }
 
+    /// Asks a node to carry out a membership or node operation through its
+    /// control plane (see [`crate::membership`]). Moving replicas waits for
+    /// new ones to catch up, so this allows up to a minute per call.
+    pub async fn membership_on_cluster(
+        &self,
+        request: pb::MembershipRequest,
+    ) -> Result<pb::MembershipResponse, ClientError> {
+        let response = self
+            .admin_call(|mut stub| {
+                let request = request.clone();
+                async move { stub.membership(request).await }
+            })
+            .await?;
+        self.refresh_shard_map().await?;
+        Ok(response)
+    }
+
+    /// Makes `voters` exactly this client's shard's voter set (through its
+    /// leader; new voters' nodes must host the shard already).
+    pub async fn change_voters(
+        &self,
+        voters: Vec<pb::Member>,
+    ) -> Result<pb::ChangeVotersResponse, ClientError> {
+        let shard = self.wire_shard();
+        self.with_retries(true, true, |mut stub| {
+            let voters = voters.clone();
+            async move {
+                stub.change_voters(pb::ChangeVotersRequest { shard, voters })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Hands this client's shard's leadership to voter `to`; returns the
+    /// node leading afterwards.
+    pub async fn transfer_leader(&self, to: u64) -> Result<u64, ClientError> {
+        let shard = self.wire_shard();
+        self.with_retries(false, true, |mut stub| async move {
+            stub.transfer_leader(pb::TransferLeaderRequest { shard, to })
+                .await
+                .map(|r| r.into_inner().leader)
+        })
+        .await
+    }
+
     /// One control-plane call: the first endpoint that answers decides (a
     /// node that cannot be reached, or follows no control plane, passes).
     async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
@@ -844,7 +891,7 @@ impl Client {
         F: FnMut(MetaServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+        const ADMIN_TIMEOUT: Duration = Duration::from_secs(300);
         let mut last = None;
         for endpoint in self.endpoints().to_vec() {
             let addr = normalize(&endpoint);

@@ -13,6 +13,7 @@ pub mod admin;
 mod bodies;
 mod client;
 mod error;
+pub mod membership;
 mod routing;
 mod snapshots;
 mod watch;

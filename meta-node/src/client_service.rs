@@ -49,6 +49,9 @@ pub struct ClientTimeouts {
     pub quorum_lease: Duration,
 }
 
+/// The longest a write waits for a leadership transfer to finish.
+const HANDOVER_WAIT: Duration = Duration::from_secs(6);
+
 /// How often a write in flight checks that its leader still has a quorum.
 const QUORUM_CHECK_EVERY: Duration = Duration::from_millis(50);
 
@@ -75,6 +78,20 @@ pub struct ClientService {
     pub(crate) maintenance: Maintenance,
     /// The archiver, when the node has an object store.
     pub(crate) archive: Option<ArchiveHandle>,
+    /// The shard this replica belongs to.
+    pub(crate) shard: nokv_holt::ShardId,
+    /// True while a leadership transfer holds new writes (see
+    /// `crate::membership`): they wait, then go to the new leader.
+    pub(crate) handover: tokio::sync::watch::Sender<bool>,
+}
+
+/// Holds new writes on this replica until dropped.
+pub(crate) struct WriteHold<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl Drop for WriteHold<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 /// How long a `Backup` may take on the leader (snapshot build and uploads).
@@ -82,7 +99,7 @@ const BACKUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ClientService {
     /// The leader's id and address as this node knows them.
-    fn leader_hint(&self) -> Option<(NodeId, String)> {
+    pub(crate) fn leader_hint(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
         let addr = m
@@ -94,7 +111,7 @@ impl ClientService {
         Some((leader, addr))
     }
 
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
 
@@ -153,7 +170,7 @@ impl ClientService {
         }
     }
 
-    fn state_error() -> Status {
+    pub(crate) fn state_error() -> Status {
         status_from_detail(ErrorCode::Internal, "replica state is unavailable".into())
     }
 }
@@ -536,6 +553,7 @@ impl ClientService {
             op: mutation.op,
         };
         Holt::validate_command(&command).map_err(|e| fs_error_status(&e))?;
+        self.wait_for_handover().await;
         self.check_leading()?;
         self.check_bodies(&command).await?;
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
@@ -599,8 +617,23 @@ impl ClientService {
         }
     }
 
+    /// Holds new writes until the returned guard is dropped.
+    pub(crate) fn hold_writes(&self) -> WriteHold<'_> {
+        self.handover.send_replace(true);
+        WriteHold(&self.handover)
+    }
+
+    /// Waits (bounded) while a leadership transfer holds writes; the write
+    /// then finds the new leader through the usual NOT_LEADER hint.
+    async fn wait_for_handover(&self) {
+        let mut held = self.handover.subscribe();
+        if *held.borrow() {
+            let _ = tokio::time::timeout(HANDOVER_WAIT, held.wait_for(|h| !*h)).await;
+        }
+    }
+
     /// Confirms leadership (read-index) before leader-only admin work.
-    async fn must_lead(&self) -> Result<(), Status> {
+    pub(crate) async fn must_lead(&self) -> Result<(), Status> {
         if !self.is_leader() {
             return Err(not_leader_status(self.leader_hint()));
         }

@@ -7,10 +7,11 @@
 //! and writes and failing over on its own (Raft needs no control plane).
 //!
 //! # Invariants
-//! - A shard that disappears from this node's placement keeps its replica
-//!   until an operator removes it; a shard that disappears from the map
-//!   altogether (removed when empty) has its replica *stopped*, never its
-//!   data deleted, so a malformed or rolled-back map can never destroy data.
+//! - A replica whose shard no longer places this node (moved away by a
+//!   membership change), or whose shard left the map (removed when empty),
+//!   is *stopped*, never its data deleted, so a malformed or rolled-back map
+//!   can never destroy data: placing the node again restarts the replica
+//!   from its disk.
 //! - The map handed to clients (`GetShardMap`) is the newest one this node
 //!   has seen; clients treat it as a hint and the shards themselves refuse
 //!   misrouted requests (`UNKNOWN_SHARD`, `WRONG_SHARD`).
@@ -58,6 +59,11 @@ pub trait ShardAdmin: Send + Sync {
     ) -> Result<nokv_proto::pb::CreateShardResponse, AdminError>;
     /// Removes the empty shard grafted at global `path`.
     async fn remove_shard(&self, path: String) -> Result<(), AdminError>;
+    /// A membership or node operation (see `nokv_client::membership`).
+    async fn membership(
+        &self,
+        request: nokv_proto::pb::MembershipRequest,
+    ) -> Result<nokv_proto::pb::MembershipResponse, AdminError>;
 }
 
 /// How long the node's liveness record outlives a silent node.
@@ -172,17 +178,27 @@ async fn run(
 }
 
 /// Hosts a replica of every shard that places this node as a member or
-/// learner, and stops the replicas of shards the map no longer has (removed
-/// empty shards, or creations rolled back); their data stays on disk.
+/// learner, and stops the replicas of shards that no longer place it or
+/// that the map no longer has (removed empty shards, creations rolled
+/// back); their data stays on disk.
 async fn apply(host: &ShardHost, node: NodeId, map: &ShardMap) {
     let me = MapNodeId(node);
+    let known = map.nodes.contains_key(&me);
     for replica in host.all() {
         let id = replica.shard;
-        if id != ShardId(0)
-            && !map.shards.contains_key(&nokv_router::ShardId(id.0))
-            && host.unhost(id).await
-        {
-            tracing::info!(node, shard = %id, revision = %map.revision, "stopped the replica of a removed shard");
+        let why = match map.shards.get(&nokv_router::ShardId(id.0)) {
+            None if id != ShardId(0) => "the shard was removed",
+            // Moved away (`remove-replica`, `node remove|replace`): the group
+            // no longer counts this replica, which would only stand for
+            // elections nobody grants. A node the map does not know yet
+            // (started before `node add`) keeps what it runs.
+            Some(s) if known && !s.members.contains(&me) && !s.learners.contains(&me) => {
+                "this node is no longer one of its replicas"
+            }
+            _ => continue,
+        };
+        if host.unhost(id).await {
+            tracing::info!(node, shard = %id, revision = %map.revision, why, "stopped a replica (its data stays on disk)");
         }
     }
     for shard in map.shards_on(me) {

@@ -122,7 +122,7 @@ fn no_control_plane() -> Status {
     status_from_detail(
         ErrorCode::Unavailable,
         "this node follows no control plane: start it with --etcd (or use `nokv dev`) to \
-         create shards"
+         create shards or change membership"
             .into(),
     )
 }
@@ -305,6 +305,48 @@ impl MetaService for NodeService {
             .remove_shard(request.into_inner().path)
             .await
             .map(|()| Response::new(pb::RemoveShardResponse {}))
+            .map_err(admin_status)
+    }
+
+    async fn change_voters(
+        &self,
+        request: Request<pb::ChangeVotersRequest>,
+    ) -> Result<Response<pb::ChangeVotersResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client
+            .change_voters(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client
+            .transfer_leader(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<pb::CampaignRequest>,
+    ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let r = self.host.replica(request.get_ref().shard)?;
+        r.client.campaign().await.map(Response::new)
+    }
+
+    async fn membership(
+        &self,
+        request: Request<pb::MembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
+        admin
+            .membership(request.into_inner())
+            .await
+            .map(Response::new)
             .map_err(admin_status)
     }
 

@@ -21,6 +21,7 @@ pub mod control;
 pub mod election;
 pub mod host;
 pub mod maintenance;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -194,6 +194,8 @@ impl ShardReplica {
             },
             maintenance,
             archive,
+            shard,
+            handover: tokio::sync::watch::channel(false).0,
         };
         tracing::info!(node = config.node_id, %shard, "replica started");
         Ok(ShardReplica {

@@ -289,6 +289,24 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// Spawns one more node (the next id, a free port, an empty data
+    /// directory, the same `serve` arguments) and waits until it answers
+    /// `Status`. It belongs to no group until one adds it.
+    pub async fn add_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let [port] = free_ports::<1>();
+        self.nodes.push(Node {
+            id,
+            addr: format!("127.0.0.1:{port}"),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log_path: self.dir.path().join(format!("node{id}.log")),
+            child: None,
+        });
+        self.spawn_node(id);
+        self.must_answer(id).await;
+        id
+    }
+
     /// SIGKILLs node `id` (no shutdown path runs) and reaps it.
     pub fn kill(&mut self, id: u64) {
         let node = self.node_mut(id);
