@@ -1037,6 +1037,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
         let mut stub = MetaServiceClient::new(channel_to(&cluster, id).await);
         for (case, request_id, op, detail) in &cases {
             let request = pb::MutateRequest {
+                map_revision: 0,
                 shard: 0,
                 request_id: request_id.clone(),
                 epoch: 0,
@@ -1057,6 +1058,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "unknown consistency",
                 pb::QueryRequest {
+                    map_revision: 0,
                     shard: 0,
                     consistency: 42,
                     snapshot: 0,
@@ -1069,6 +1071,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "missing query",
                 pb::QueryRequest {
+                    map_revision: 0,
                     shard: 0,
                     consistency: pb::Consistency::Stale as i32,
                     snapshot: 0,
@@ -1079,6 +1082,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "a snapshot that does not exist",
                 pb::QueryRequest {
+                    map_revision: 0,
                     shard: 0,
                     consistency: pb::Consistency::Stale as i32,
                     snapshot: 999,
@@ -1091,6 +1095,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             (
                 "relative path in a query",
                 pb::QueryRequest {
+                    map_revision: 0,
                     shard: 0,
                     consistency: pb::Consistency::Stale as i32,
                     snapshot: 0,
@@ -1119,6 +1124,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
 
         // A message over the 4 MiB limit: refused with some error.
         let oversized = pb::MutateRequest {
+            map_revision: 0,
             shard: 0,
             request_id: request_id(100),
             epoch: 0,
@@ -1241,6 +1247,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
     ];
     for (n, (case, op)) in unknown_inode.into_iter().enumerate() {
         let request = pb::MutateRequest {
+            map_revision: 0,
             shard: 0,
             request_id: request_id(200 + n),
             epoch: 0,
@@ -1347,6 +1354,7 @@ async fn stale_and_linearizable_reads() {
     assert_eq!(seen.inode, last_attr.inode);
     let mut stub = MetaServiceClient::new(channel_to(&cluster, follower).await);
     let get_attr = |consistency: pb::Consistency| pb::QueryRequest {
+        map_revision: 0,
         shard: 0,
         consistency: consistency as i32,
         snapshot: 0,

@@ -603,13 +603,43 @@ async fn grafts_join_eight_shards_into_one_tree() {
     );
 
     // A client with an old map is refused by the shard that no longer owns
-    // the path (WRONG_SHARD), re-reads the map, and lands in the new shard.
+    // the path (STALE_MAP: its routing changed since the client's map),
+    // re-reads the map, and lands in the new shard.
     let stale = cluster.client();
     cluster.must(
         stale.stat("/", Consistency::Linearizable).await,
         "load a map",
     );
+    let old_revision = revision().await.map_or(0, |r| r.0);
     cluster.must_nokv(&["shard", "create", "/late"]).await;
+    let new_revision = revision().await.map_or(0, |r| r.0);
+    // On the wire: a write routed by the old revision names the node's.
+    let root_leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
+        "http://{}",
+        cluster.addr(root_leader)
+    ))
+    .await
+    .expect("connect");
+    let mut request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
+        request_id: nokv_client::RequestId(7),
+        epoch: None,
+        op: nokv_client::Op::Create {
+            at: nokv_client::EntryRef::Path("/late/raw".into()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    })
+    .expect("encode");
+    request.map_revision = old_revision;
+    let refused = raw
+        .mutate(request)
+        .await
+        .expect_err("a stale route is refused");
+    let detail = nokv_proto::detail_of(&refused).expect("a structured error");
+    assert_eq!(detail.code, "STALE_MAP", "{detail:?}");
+    assert!(detail.map_revision >= new_revision, "{detail:?}");
     cluster.must(
         stale.create("/late/through-a-stale-map").await,
         "write through a stale map",

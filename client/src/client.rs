@@ -93,6 +93,9 @@ pub struct Client {
     /// Whether requests are routed by the shard map (global paths, see
     /// [`crate::routing`]); false for a handle pinned by [`Client::for_shard`].
     routed: bool,
+    /// The map revision this handle's requests were routed by (0: not
+    /// routed, the node does not check).
+    map_revision: u64,
 }
 
 /// The shard map as this client last read it from a node.
@@ -167,6 +170,7 @@ impl Client {
             snapshot: None,
             shard: ShardId(0),
             routed: true,
+            map_revision: 0,
         })
     }
 
@@ -180,6 +184,16 @@ impl Client {
             snapshot: self.snapshot,
             shard,
             routed: false,
+            map_revision: 0,
+        }
+    }
+
+    /// A pinned handle for a request routed by the map at `revision`: the
+    /// node refuses it with STALE_MAP if the shard's routing changed since.
+    fn routed_to(&self, shard: ShardId, revision: nokv_router::Revision) -> Client {
+        Client {
+            map_revision: revision.0,
+            ..self.for_shard(shard)
         }
     }
 
@@ -224,6 +238,7 @@ impl Client {
             snapshot: Some(id),
             shard: self.shard,
             routed: self.routed,
+            map_revision: self.map_revision,
         }
     }
 
@@ -328,6 +343,16 @@ impl Client {
     /// of them has, asking the known replicas and the configured
     /// endpoints). A map never goes back to an older revision.
     pub async fn refresh_shard_map(&self) -> Result<Option<Arc<ShardMap>>, ClientError> {
+        self.refresh_map_from_nodes(0).await
+    }
+
+    /// [`Client::refresh_shard_map`], passing over nodes whose map is older
+    /// than revision `at_least` (a node that refused a request as routed by
+    /// a stale map has that one).
+    async fn refresh_map_from_nodes(
+        &self,
+        at_least: u64,
+    ) -> Result<Option<Arc<ShardMap>>, ClientError> {
         let mut candidates: Vec<String> = self.inner.endpoints.clone();
         if let Some(map) = self.cached_map() {
             for node in map.nodes.values() {
@@ -344,7 +369,7 @@ impl Client {
             match self.shard_map_of(&endpoint).await {
                 Ok(r) => {
                     answered = true;
-                    if r.revision == 0 {
+                    if r.revision == 0 || r.revision < at_least {
                         continue;
                     }
                     let map = nokv_router::schema::decode_served_map(
@@ -594,6 +619,7 @@ impl Client {
         })
         .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         request.shard = self.wire_shard();
+        request.map_revision = self.map_revision;
         let response = self
             .with_retries(true, true, |mut stub| {
                 let request = request.clone();
@@ -615,7 +641,11 @@ impl Client {
         let mut rerouted = 0;
         loop {
             let (shard, local) = routing::route_op(&map, op.clone(), self.shard)?;
-            match self.for_shard(shard).mutate_here(request_id, local).await {
+            match self
+                .routed_to(shard, map.revision)
+                .mutate_here(request_id, local)
+                .await
+            {
                 Ok(applied) => return Ok(routing::globalize_applied(&map, shard, applied)),
                 Err(e) if e.is_misrouted() && rerouted < MAX_REROUTES => {
                     rerouted += 1;
@@ -634,7 +664,11 @@ impl Client {
         map: &Arc<ShardMap>,
         refusal: &ClientError,
     ) -> Result<Arc<ShardMap>, ClientError> {
-        match self.refresh_shard_map().await? {
+        let at_least = match refusal {
+            ClientError::StaleMap { current } => *current,
+            _ => 0,
+        };
+        match self.refresh_map_from_nodes(at_least).await? {
             Some(newer) if newer.revision > map.revision => Ok(newer),
             _ => Err(refusal.clone()),
         }
@@ -701,7 +735,11 @@ impl Client {
         let mut rerouted = 0;
         loop {
             let (shard, local) = routing::route_query(&map, query.clone(), self.shard)?;
-            match self.for_shard(shard).query_here(local, consistency).await {
+            match self
+                .routed_to(shard, map.revision)
+                .query_here(local, consistency)
+                .await
+            {
                 Ok(result) => return Ok(routing::globalize_result(&map, shard, result)),
                 Err(e) if e.is_misrouted() && rerouted < MAX_REROUTES => {
                     rerouted += 1;
@@ -726,6 +764,7 @@ impl Client {
             query,
         });
         request.shard = self.wire_shard();
+        request.map_revision = self.map_revision;
         let response = self
             .with_retries(
                 false,

@@ -19,6 +19,10 @@ pub enum ClientError {
     /// `oldest` (events between were dropped by retention).
     #[error("{message}")]
     CursorExpired { oldest: u64, message: String },
+    /// The request was routed by an old shard map; `current` is the
+    /// refusing node's map revision (the client refreshes and routes again).
+    #[error("routed by an old shard map; the node has revision {current}")]
+    StaleMap { current: u64 },
     /// The request carried an old epoch; `current` is the shard's epoch now.
     #[error("stale epoch; current epoch is {current}")]
     StaleEpoch { current: u64 },
@@ -80,6 +84,7 @@ impl ClientError {
             ClientError::Integrity(_) => "INTEGRITY",
             ClientError::UnknownShard(_) => "UNKNOWN_SHARD",
             ClientError::WrongShard { .. } => "WRONG_SHARD",
+            ClientError::StaleMap { .. } => "STALE_MAP",
             ClientError::ControlPlane { code, .. } => code,
         }
     }
@@ -98,7 +103,9 @@ impl ClientError {
     pub fn is_misrouted(&self) -> bool {
         matches!(
             self,
-            ClientError::WrongShard { .. } | ClientError::UnknownShard(_)
+            ClientError::WrongShard { .. }
+                | ClientError::UnknownShard(_)
+                | ClientError::StaleMap { .. }
         )
     }
 
@@ -117,6 +124,9 @@ impl ClientError {
             },
             "INTERNAL" => ClientError::Server(detail.message),
             "UNKNOWN_SHARD" => ClientError::UnknownShard(detail.message),
+            "STALE_MAP" => ClientError::StaleMap {
+                current: detail.map_revision,
+            },
             "WRONG_SHARD" => ClientError::WrongShard {
                 shard: detail.shard.unwrap_or_default() as u16,
                 graft_path: detail.graft_path,

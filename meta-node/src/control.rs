@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nokv_holt::ShardId;
-use nokv_router::{ControlPlane, NodeId as MapNodeId, ShardMap};
+use std::collections::BTreeMap;
+
+use nokv_router::{ControlPlane, NodeId as MapNodeId, Revision, ShardMap, ShardState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +75,70 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The newest shard map this node has seen (`None` until the first load).
-pub type MapView = watch::Receiver<Option<ShardMap>>;
+pub type MapView = watch::Receiver<Option<Arc<SeenMap>>>;
+
+/// A shard map as a node follows it: the map, and for each shard the
+/// revision at which its routing (its graft, parent and state, and the
+/// grafts inside it) last changed as far as this node has watched. A
+/// request routed by an older revision may have gone to the wrong place
+/// and is refused with `STALE_MAP`; changes elsewhere in the map (another
+/// shard's members, say) do not disturb it. The first map a node reads
+/// counts as a change for every shard (it knows no history).
+#[derive(Clone, Debug)]
+pub struct SeenMap {
+    pub map: ShardMap,
+    pub routed_since: BTreeMap<nokv_router::ShardId, Revision>,
+}
+
+/// What routing to a shard depends on: its graft, parent and state, and
+/// the graft paths and states of the shards grafted inside it.
+type Routing = (
+    String,
+    Option<nokv_router::ShardId>,
+    ShardState,
+    Vec<(String, ShardState)>,
+);
+
+/// What routing to `shard` depends on in `map`.
+fn routing_of(map: &ShardMap, shard: nokv_router::ShardId) -> Option<Routing> {
+    let s = map.shards.get(&shard)?;
+    let mut inside: Vec<(String, ShardState)> = map
+        .shards
+        .values()
+        .filter(|c| c.parent == Some(shard))
+        .map(|c| (c.graft.clone(), c.state))
+        .collect();
+    inside.sort_by(|a, b| a.0.cmp(&b.0));
+    Some((s.graft.clone(), s.parent, s.state, inside))
+}
+
+impl SeenMap {
+    /// `next` as seen after `prev` (if any).
+    pub fn follow(prev: Option<&SeenMap>, next: ShardMap) -> SeenMap {
+        let routed_since = next
+            .shards
+            .keys()
+            .map(|id| {
+                let since = match prev {
+                    Some(p) if routing_of(&p.map, *id) == routing_of(&next, *id) => {
+                        p.routed_since.get(id).copied().unwrap_or(next.revision)
+                    }
+                    _ => next.revision,
+                };
+                (*id, since)
+            })
+            .collect();
+        SeenMap {
+            map: next,
+            routed_since,
+        }
+    }
+
+    /// The revision since which `shard`'s routing is unchanged.
+    pub fn routed_since(&self, shard: u16) -> Option<Revision> {
+        self.routed_since.get(&nokv_router::ShardId(shard)).copied()
+    }
+}
 
 /// Starts following the control plane; stops when `shutdown` is cancelled.
 pub fn spawn(
@@ -100,7 +165,7 @@ async fn run(
     control: Arc<dyn ControlPlane>,
     host: Arc<ShardHost>,
     node: NodeId,
-    maps: watch::Sender<Option<ShardMap>>,
+    maps: watch::Sender<Option<Arc<SeenMap>>>,
     shutdown: CancellationToken,
 ) {
     let mut liveness = None;
@@ -138,7 +203,8 @@ async fn run(
         backoff = BACKOFF_MIN;
         let mut revision = map.revision;
         apply(&host, node, &map).await;
-        maps.send_replace(Some(map));
+        let seen = SeenMap::follow(maps.borrow().as_deref(), map);
+        maps.send_replace(Some(Arc::new(seen)));
         let mut stream = match control.watch(revision).await {
             Ok(s) => s,
             Err(e) => {
@@ -158,7 +224,8 @@ async fn run(
                 Some(Ok(map)) if map.revision > revision => {
                     revision = map.revision;
                     apply(&host, node, &map).await;
-                    maps.send_replace(Some(map));
+                    let seen = SeenMap::follow(maps.borrow().as_deref(), map);
+                    maps.send_replace(Some(Arc::new(seen)));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -210,5 +277,64 @@ async fn apply(host: &ShardHost, node: NodeId, map: &ShardMap) {
             Ok(false) => {}
             Err(e) => tracing::error!(node, shard = %id, error = %e, "cannot host a replica"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nokv_router::{ClusterId, Epoch, NodeId as N, ShardId as S, ShardRecord};
+
+    fn with_shard(mut map: ShardMap, id: u16, graft: &str, revision: u64) -> ShardMap {
+        map.shards.insert(
+            S(id),
+            ShardRecord {
+                id: S(id),
+                graft: graft.into(),
+                parent: Some(S::ROOT),
+                members: vec![N(1)],
+                learners: Vec::new(),
+                epoch: Epoch(1),
+                leader_hint: None,
+                state: ShardState::Serving,
+            },
+        );
+        map.revision = Revision(revision);
+        map
+    }
+
+    #[test]
+    fn only_routing_changes_move_a_shards_revision() {
+        let mut map = ShardMap::bootstrap(ClusterId::new("t").expect("id"), N(1), "h:1");
+        map.revision = Revision(5);
+        let first = SeenMap::follow(None, map.clone());
+        assert_eq!(first.routed_since(0), Some(Revision(5)));
+
+        // A graft inside shard 0 changes shard 0's routing, and adds shard 1.
+        let grafted = with_shard(map, 1, "/a", 9);
+        let second = SeenMap::follow(Some(&first), grafted.clone());
+        assert_eq!(second.routed_since(0), Some(Revision(9)));
+        assert_eq!(second.routed_since(1), Some(Revision(9)));
+
+        // Members and epochs change: routing does not.
+        let mut moved = grafted;
+        moved.revision = Revision(12);
+        if let Some(s) = moved.shards.get_mut(&S(1)) {
+            s.members.push(N(2));
+            s.epoch = s.epoch.next();
+        }
+        let third = SeenMap::follow(Some(&second), moved.clone());
+        assert_eq!(third.routed_since(0), Some(Revision(9)));
+        assert_eq!(third.routed_since(1), Some(Revision(9)));
+
+        // Shard 1 starts being removed: its routing and its parent's change.
+        if let Some(s) = moved.shards.get_mut(&S(1)) {
+            s.state = ShardState::Removing;
+        }
+        moved.revision = Revision(15);
+        let fourth = SeenMap::follow(Some(&third), moved);
+        assert_eq!(fourth.routed_since(0), Some(Revision(15)));
+        assert_eq!(fourth.routed_since(1), Some(Revision(15)));
+        assert_eq!(fourth.routed_since(7), None);
     }
 }

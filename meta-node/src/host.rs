@@ -163,6 +163,35 @@ fn admin_status(e: crate::control::AdminError) -> Status {
 }
 
 impl NodeService {
+    /// `STALE_MAP` if the request was routed (`map_revision` non-zero) by a
+    /// map older than the last change to `shard`'s routing this node knows.
+    fn check_routed(&self, shard: u32, map_revision: u64) -> Result<(), Status> {
+        if map_revision == 0 {
+            return Ok(());
+        }
+        let (Some(maps), Ok(id)) = (&self.maps, u16::try_from(shard)) else {
+            return Ok(());
+        };
+        let Some(seen) = maps.borrow().clone() else {
+            return Ok(());
+        };
+        match seen.routed_since(id) {
+            Some(since) if since.0 > map_revision => Err(nokv_proto::status_with_detail(
+                ErrorCode::StaleMap.grpc_code(),
+                pb::ErrorDetail {
+                    code: ErrorCode::StaleMap.as_str().into(),
+                    message: format!(
+                        "routed by shard map revision {map_revision}, but shard {id}'s routing                          changed at revision {since}; refresh the map (this node has revision                          {}) and route again",
+                        seen.map.revision
+                    ),
+                    map_revision: seen.map.revision.0,
+                    ..Default::default()
+                },
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the newest map this node has seen marks `shard` as being removed.
     fn removing(&self, shard: u32) -> bool {
         let Some(maps) = &self.maps else {
@@ -172,7 +201,8 @@ impl NodeService {
             return false;
         };
         maps.borrow().as_ref().is_some_and(|m| {
-            m.shards
+            m.map
+                .shards
                 .get(&nokv_router::ShardId(id))
                 .is_some_and(|s| s.state == nokv_router::ShardState::Removing)
         })
@@ -196,6 +226,7 @@ impl MetaService for NodeService {
         request: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
         let r = self.host.replica(request.get_ref().shard)?;
+        self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         // A shard being removed takes no more writes (the remover's barrier,
         // an abort of a staged upload, still passes): see `nokv_client::admin`.
         let aborting = matches!(
@@ -216,6 +247,7 @@ impl MetaService for NodeService {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let r = self.host.replica(request.get_ref().shard)?;
+        self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         r.client.query(request).await
     }
 
@@ -354,11 +386,11 @@ impl MetaService for NodeService {
         &self,
         _request: Request<pb::GetShardMapRequest>,
     ) -> Result<Response<pb::GetShardMapResponse>, Status> {
-        let map = self.maps.as_ref().and_then(|m| m.borrow().clone());
-        Ok(Response::new(match map {
-            Some(map) => pb::GetShardMapResponse {
-                revision: map.revision.0,
-                map: nokv_router::schema::encode_map(&map),
+        let seen = self.maps.as_ref().and_then(|m| m.borrow().clone());
+        Ok(Response::new(match seen {
+            Some(seen) => pb::GetShardMapResponse {
+                revision: seen.map.revision.0,
+                map: nokv_router::schema::encode_map(&seen.map),
             },
             None => pb::GetShardMapResponse::default(),
         }))

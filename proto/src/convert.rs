@@ -176,8 +176,10 @@ impl TryFrom<Mutation> for pb::MutateRequest {
             request_id: request_id_to_bytes(m.request_id),
             epoch: m.epoch.map_or(0, |e| e.0),
             op: Some(op_to_wire(m.op)?),
-            // The shard is routing, not part of the mutation: the client sets it.
+            // Shard and map revision are routing, not part of the mutation:
+            // the client sets them.
             shard: 0,
+            map_revision: 0,
         })
     }
 }
@@ -918,8 +920,10 @@ impl From<Read> for pb::QueryRequest {
             consistency,
             snapshot,
             query: Some(query),
-            // The shard is routing, not part of the read: the client sets it.
+            // Shard and map revision are routing, not part of the read: the
+            // client sets them.
             shard: 0,
+            map_revision: 0,
         }
     }
 }
@@ -1119,6 +1123,7 @@ mod tests {
         // The wire's uint32 must fit a 16-bit shard id.
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
+            map_revision: 0,
             epoch: 0,
             shard: 0,
             op: Some(PbOp::CreateGraft(pb::CreateGraftOp {
@@ -1135,6 +1140,7 @@ mod tests {
         ));
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
+            map_revision: 0,
             epoch: 0,
             shard: 0,
             op: Some(PbOp::RemoveGraft(pb::RemoveGraftOp { at: None, shard: 1 })),
@@ -1222,6 +1228,7 @@ mod tests {
     fn short_request_id_is_invalid() {
         let req = pb::MutateRequest {
             request_id: vec![1, 2, 3],
+            map_revision: 0,
             epoch: 0,
             shard: 0,
             op: Some(PbOp::Unlink(pb::UnlinkOp {
@@ -1241,6 +1248,7 @@ mod tests {
     fn missing_op_and_ref_are_reported() {
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
+            map_revision: 0,
             epoch: 0,
             shard: 0,
             op: None,
@@ -1248,6 +1256,7 @@ mod tests {
         assert_eq!(Mutation::try_from(req), Err(WireError::Missing("op")));
         let req = pb::MutateRequest {
             request_id: vec![0; 16],
+            map_revision: 0,
             epoch: 0,
             shard: 0,
             op: Some(PbOp::Unlink(pb::UnlinkOp { at: None })),
@@ -1261,6 +1270,7 @@ mod tests {
     #[test]
     fn unknown_enum_values_are_invalid() {
         let req = pb::QueryRequest {
+            map_revision: 0,
             consistency: 42,
             snapshot: 0,
             shard: 0,

@@ -28,6 +28,9 @@ pub enum ErrorCode {
     /// engine raises it as `FsError::CrossShard`; a node asked for a shard
     /// it does not host answers `UnknownShard` instead.
     WrongShard,
+    /// The request was routed by a shard map older than the last change to
+    /// the shard's routing; the detail carries the node's map revision.
+    StaleMap,
 }
 
 impl ErrorCode {
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::UnknownShard => "UNKNOWN_SHARD",
             ErrorCode::WrongShard => "WRONG_SHARD",
+            ErrorCode::StaleMap => "STALE_MAP",
         }
     }
 
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Internal => Code::Internal,
             ErrorCode::UnknownShard => Code::FailedPrecondition,
             ErrorCode::WrongShard => Code::FailedPrecondition,
+            ErrorCode::StaleMap => Code::FailedPrecondition,
         }
     }
 }

@@ -64,6 +64,7 @@ pub fn write_failure<O>(e: &ClientError) -> Outcome<O> {
         | ClientError::AlreadyInitialized(_)
         | ClientError::UnknownShard(_)
         | ClientError::WrongShard { .. }
+        | ClientError::StaleMap { .. }
         | ClientError::ControlPlane { .. } => Outcome::Fail,
         ClientError::Unknown(_)
         | ClientError::Protocol(_)
