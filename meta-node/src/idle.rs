@@ -48,14 +48,11 @@
 //!   deposed leader still sending cannot keep it from standing
 //!   ([`crate::election::Elections::heard_from_leader`]).
 //! - *Safety never depends on this module.* It only switches timers and
-//!   sends heartbeats, which Raft allows at any time; if its task stops,
-//!   the followers' ticks are what they were last set to, and with the
-//!   leader's heartbeats gone they stand within a lease of the task's end
-//!   if the task set them quiet.
-//!
-//!   That last case is the one liveness hazard: a follower whose task died
-//!   with its tick off never stands. The task ends only when the replica
-//!   stops (its Raft stops too), so this cannot outlive it.
+//!   sends heartbeats, which Raft allows at any time. The liveness hazard
+//!   is a follower left without a tick (it would never stand): a follower
+//!   turns its tick back on after a lease of silence whatever else
+//!   happens, and this task ends only when the replica stops, its Raft
+//!   with it.
 //!
 //! Must not depend on: the client service or the state machine.
 
