@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// timer (saves a second election round) [default: true].
     #[arg(long, env = "NOKV_EARLY_ELECTIONS")]
     pub early_elections: Option<bool>,
+    /// Slow timers for idle Raft groups: a leader whose log has not grown
+    /// for two leases heartbeats at half the lease, a follower that hears
+    /// its leader runs no election tick [default: true].
+    #[arg(long, env = "NOKV_IDLE_HEARTBEATS")]
+    pub idle_heartbeats: Option<bool>,
     /// Build a state-machine snapshot after this many log entries.
     #[arg(long, env = "NOKV_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -101,6 +106,7 @@ pub struct ServeFile {
     #[serde(default, with = "opt_duration")]
     pub election_timeout_max: Option<Duration>,
     pub early_elections: Option<bool>,
+    pub idle_heartbeats: Option<bool>,
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
     pub max_batch: Option<usize>,
@@ -177,6 +183,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.early_elections.or(file.early_elections) {
             node.early_elections = v;
+        }
+        if let Some(v) = self.idle_heartbeats.or(file.idle_heartbeats) {
+            node.idle_heartbeats = v;
         }
         if let Some(v) = self.snapshot_every.or(file.snapshot_every) {
             node.snapshot_every = v;

@@ -415,11 +415,18 @@ fn cpu_and_rss(pid: u32) -> (f64, u64) {
 /// Benchmark, not a test (run with `--ignored --nocapture`): CPU and memory
 /// of three nodes idling with the root shard only, then with 100 more idle
 /// shards. Results go to docs/benchmarks.md.
+///
+/// `NOKV_BENCH_SERVE_ARGS` adds arguments to every `nokv serve` (e.g.
+/// `--idle-heartbeats false`); `NOKV_TEST_SERVE_BIN` runs another binary
+/// (e.g. `target/release/nokv`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test -p nokv-cli --test shards idle_shards_cost -- --ignored --nocapture"]
 async fn idle_shards_cost() {
     let _load = heavy_test().await;
-    let cluster = Cluster::start(&[]).await;
+    let extra = std::env::var("NOKV_BENCH_SERVE_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    eprintln!("serve arguments added: {extra:?}");
+    let mut cluster = Cluster::start(&extra).await;
     let window = Duration::from_secs(10);
     let sample = async |label: &str| {
         let before: Vec<(f64, u64)> = cluster
@@ -450,6 +457,22 @@ async fn idle_shards_cost() {
             .await;
     }
     sample("101 idle shards").await;
+
+    // Failover of idle groups: every shard has sat idle through the window
+    // above (its leader on slow heartbeats, its followers without a tick).
+    // SIGKILL node 1, which leads about a third of them.
+    let shards: Vec<u32> = (0..=100).collect();
+    let killed_at = std::time::Instant::now();
+    cluster.kill(1);
+    cluster
+        .wait_until(WAIT, "every shard has a leader among 2 and 3", async || {
+            leaders_of(&cluster, &[2, 3], &shards).await.is_some()
+        })
+        .await;
+    eprintln!(
+        "101 idle shards: node 1 killed, every shard led by node 2 or 3 after {:.2} s",
+        killed_at.elapsed().as_secs_f64()
+    );
 }
 
 /// Runs `nokv --etcd URL --cluster t2 ARGS` with extra environment.

@@ -808,7 +808,10 @@ impl Archiver {
     ) {
         let mut ticks = tokio::time::interval(self.config.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut metrics = self.raft.metrics();
+        let metrics = self.raft.metrics();
+        // Woken by changes of the log, applied index or snapshot, not by
+        // every turn of the Raft core (ticks, heartbeats) as `metrics` is.
+        let mut changes = self.raft.data_metrics();
         let mut cursor: Option<Cursor> = None;
         let mut follower_ticks: u64 = 0;
         // After a failure, only the next tick or a wake-up retries.
@@ -821,7 +824,7 @@ impl Archiver {
                 }
                 _ = ticks.tick() => true,
                 _ = wake.notified() => true,
-                changed = metrics.changed() => {
+                changed = changes.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -831,7 +834,7 @@ impl Archiver {
             if flush_all {
                 quiet = false;
             }
-            let m = metrics.borrow_and_update().clone();
+            let m = metrics.borrow().clone();
             if !is_leader(&m) {
                 if cursor.take().is_some() {
                     tracing::info!("no longer leader; archiving stops");

@@ -117,6 +117,9 @@ pub struct Elections {
     lease: Duration,
     /// When a leader last spoke to us (at first: when we started).
     last_append: Mutex<Instant>,
+    /// When a leader last spoke to us; `None` until one did (read by
+    /// [`crate::idle`], which must not count the start as a leader's word).
+    leader_heard: Mutex<Option<Instant>>,
     /// Highest term a nudge stood from (so several refusals of one round
     /// start one election, not one each).
     nudged_from_term: AtomicU64,
@@ -129,6 +132,7 @@ impl Elections {
             counter,
             lease,
             last_append: Mutex::new(Instant::now()),
+            leader_heard: Mutex::new(None),
             nudged_from_term: AtomicU64::new(0),
         }
     }
@@ -138,11 +142,26 @@ impl Elections {
         let _ = self.raft.set(raft);
     }
 
-    /// An AppendEntries (or heartbeat) arrived from a leader.
+    /// A leader of our term or a newer one spoke to us: an AppendEntries
+    /// (or heartbeat) or a snapshot chunk that Raft accepted (not one it
+    /// refused for a stale term: a deposed leader is no sign of life).
     pub fn heard_from_leader(&self) {
+        let now = Instant::now();
         if let Ok(mut last) = self.last_append.lock() {
-            *last = Instant::now();
+            *last = now;
         }
+        if let Ok(mut heard) = self.leader_heard.lock() {
+            *heard = Some(now);
+        }
+    }
+
+    /// How long since a leader last spoke to us; `None` if none did since
+    /// this replica started.
+    pub fn leader_silent_for(&self) -> Option<Duration> {
+        self.leader_heard
+            .lock()
+            .ok()
+            .and_then(|heard| heard.map(|at| at.elapsed()))
     }
 
     /// The server answered a vote request.

@@ -20,6 +20,7 @@ pub mod client_service;
 pub mod control;
 pub mod election;
 pub mod host;
+pub mod idle;
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub raft_last_log_index: IntGauge,
     pub raft_applied_index: IntGauge,
     pub raft_snapshot_index: IntGauge,
+    /// 1 while this replica runs the slow timers of an idle group
+    /// (`crate::idle`).
+    pub raft_idle: IntGauge,
     /// Every committed entry up to this index can be restored from the
     /// object store (archived segments or an uploaded snapshot).
     pub archive_archived_index: IntGauge,
@@ -103,6 +106,10 @@ impl Metrics {
         let raft_applied_index = IntGauge::new("nokv_raft_applied_index", "Last applied index")?;
         let raft_snapshot_index =
             IntGauge::new("nokv_raft_snapshot_index", "Last index in a snapshot")?;
+        let raft_idle = IntGauge::new(
+            "nokv_raft_idle",
+            "1 while this replica runs the slow timers of an idle group",
+        )?;
         let archive_archived_index = IntGauge::new(
             "nokv_archive_archived_index",
             "Highest log index restorable from the object store",
@@ -140,6 +147,7 @@ impl Metrics {
         registry.register(Box::new(raft_last_log_index.clone()))?;
         registry.register(Box::new(raft_applied_index.clone()))?;
         registry.register(Box::new(raft_snapshot_index.clone()))?;
+        registry.register(Box::new(raft_idle.clone()))?;
         Ok(Metrics {
             registry,
             mutations_total,
@@ -151,6 +159,7 @@ impl Metrics {
             raft_last_log_index,
             raft_applied_index,
             raft_snapshot_index,
+            raft_idle,
             archive_archived_index,
             archive_snapshot_index,
             archive_errors_total,
@@ -169,28 +178,37 @@ impl Metrics {
 }
 
 /// Mirrors openraft's metrics into the gauges until `shutdown`.
+///
+/// Watches openraft's server and data metrics, which change only when
+/// their values do, not its full metrics, which are republished on every
+/// turn of the Raft core (every tick and every heartbeat).
 pub async fn track_raft(raft: Raft, metrics: std::sync::Arc<Metrics>, shutdown: CancellationToken) {
-    let mut rx = raft.metrics();
+    let mut server = raft.server_metrics();
+    let mut data = raft.data_metrics();
     loop {
         {
-            let m = rx.borrow_and_update();
-            metrics.raft_term.set(m.current_term as i64);
+            let s = server.borrow_and_update();
+            metrics.raft_term.set(s.vote.leader_id().term as i64);
             metrics
                 .raft_is_leader
-                .set(i64::from(m.current_leader == Some(m.id)));
+                .set(i64::from(s.current_leader.as_ref() == Some(&s.id)));
+        }
+        {
+            let d = data.borrow_and_update();
             metrics
                 .raft_last_log_index
-                .set(m.last_log_index.unwrap_or(0) as i64);
+                .set(d.last_log.map_or(0, |l| l.index) as i64);
             metrics
                 .raft_applied_index
-                .set(m.last_applied.map_or(0, |l| l.index) as i64);
+                .set(d.last_applied.map_or(0, |l| l.index) as i64);
             metrics
                 .raft_snapshot_index
-                .set(m.snapshot.map_or(0, |l| l.index) as i64);
+                .set(d.snapshot.map_or(0, |l| l.index) as i64);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = server.changed() => if changed.is_err() { return },
+            changed = data.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct NodeConfig {
     /// Stand for election before the timer where a vote shows it saves a
     /// round (see [`crate::election`]).
     pub early_elections: bool,
+    /// Slow timers for idle groups: an idle leader heartbeats at half the
+    /// leader lease, a follower that hears its leader runs no tick (see
+    /// [`crate::idle`]).
+    pub idle_heartbeats: bool,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for slow followers).
@@ -84,6 +88,7 @@ impl NodeConfig {
             election_timeout_min: Duration::from_millis(200),
             election_timeout_max: Duration::from_millis(400),
             early_elections: true,
+            idle_heartbeats: true,
             snapshot_every: 10_000,
             keep_logs_behind_snapshot: 1_000,
             max_batch: 256,
@@ -225,6 +230,9 @@ pub async fn run_node(
     claim_data_dir(&config.data_dir, config.node_id)?;
     if !config.early_elections {
         tracing::info!("early elections are off: elections wait for the timer");
+    }
+    if !config.idle_heartbeats {
+        tracing::info!("idle heartbeats are off: idle groups run openraft's timers");
     }
     let log_db = SledLogDb::open(&config.data_dir.join("raft-log"))?;
     let blob = match &config.blob_store {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use nokv_proto::pb::raft_service_server::RaftService;
 use nokv_proto::pb::RaftMessage;
 use nokv_proto::{status_from_detail, ErrorCode};
-use openraft::raft::VoteRequest;
+use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
 use crate::election::Elections;
 use crate::raft_wire;
-use crate::typ::{NodeId, Raft};
+use crate::typ::{NodeId, Raft, TypeConfig};
 
 /// Serves `RaftService` for one local Raft instance.
 pub struct RaftServer {
@@ -50,8 +50,16 @@ impl RaftService for RaftServer {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode_request(request)?;
-        self.elections.heard_from_leader();
-        encode_response(&self.raft.append_entries(rpc).await)
+        let response = self.raft.append_entries(rpc).await;
+        if matches!(
+            response,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.elections.heard_from_leader();
+        }
+        encode_response(&response)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -67,7 +75,14 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode_request(request)?;
-        encode_response(&self.raft.install_snapshot(rpc).await)
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
+        let vote = rpc.vote;
+        let response = self.raft.install_snapshot(rpc).await;
+        // Accepted when we now hold the sender's vote (a refusal answers
+        // with our newer one).
+        if matches!(&response, Ok(r) if r.vote == vote) {
+            self.elections.heard_from_leader();
+        }
+        encode_response(&response)
     }
 }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{ArchiveConfig, ArchiveGatedLogStore, Archiver, PurgeGate};
 use crate::client_service::{ClientService, ClientTimeouts};
 use crate::election::Elections;
+use crate::idle::{self, IdleConfig};
 use crate::maintenance::Maintenance;
 use crate::metrics::{self, Metrics};
 use crate::network::{GrpcNetworkFactory, PeerPool};
@@ -143,6 +144,15 @@ impl ShardReplica {
             metrics.clone(),
             tasks.clone(),
         ));
+        if config.idle_heartbeats {
+            tokio::spawn(idle::run(
+                raft.clone(),
+                elections.clone(),
+                metrics.clone(),
+                IdleConfig::for_lease(config.election_timeout_max),
+                tasks.clone(),
+            ));
+        }
         let proposer = Proposer::start(
             raft.clone(),
             config.max_batch,

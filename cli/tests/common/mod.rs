@@ -29,6 +29,10 @@ use tempfile::TempDir;
 /// The binary under test.
 pub const NOKV: &str = env!("CARGO_BIN_EXE_nokv");
 
+/// Set this variable to run the replicas (`nokv serve`) from another
+/// binary, e.g. a release build for a benchmark; the CLI still runs `NOKV`.
+pub const SERVE_BIN_VAR: &str = "NOKV_TEST_SERVE_BIN";
+
 /// Default deadline of every wait: generous, for a loaded 2-core CI machine.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -266,7 +270,8 @@ impl Cluster {
             .open(&node.log_path)
             .expect("open the node log file");
         let stderr = log.try_clone().expect("clone the node log file handle");
-        let mut command = Command::new(NOKV);
+        let bin = std::env::var_os(SERVE_BIN_VAR).unwrap_or_else(|| NOKV.into());
+        let mut command = Command::new(&bin);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("NOKV_") {
                 command.env_remove(&key);
@@ -285,7 +290,7 @@ impl Cluster {
             .stderr(Stdio::from(stderr));
         let child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {NOKV} serve for node {id}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot spawn {bin:?} serve for node {id}: {e}"));
         node.child = Some(child);
     }
 
