@@ -234,10 +234,7 @@ mod tests {
         );
         let per_shard = parse(&["/w", "--after", "0:3,4:9"]).expect("per shard");
         assert_eq!(per_shard.to_string(), "0:3,4:9");
-        let bad = parse(&["--from", "0:x"])
-            .err()
-            .expect("refused")
-            .to_string();
+        let bad = parse(&["--from", "0:x"]).expect_err("refused").to_string();
         assert!(
             bad.contains("invalid value") && bad.contains("SHARD:SEQ"),
             "{bad}"
