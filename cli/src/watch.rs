@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
-use nokv_client::{Event, EventKind};
+use nokv_client::{EventKind, WatchCursor, WatchedEvent};
 use serde_json::{json, Value};
 
 use crate::output::{kind, print_json};
@@ -17,10 +17,18 @@ pub struct WatchArgs {
     /// Everything below PATH, not only its direct children.
     #[arg(short, long)]
     pub recursive: bool,
-    /// Resume after this cursor (the first column of an earlier line); 0
-    /// replays the whole retained history.
-    #[arg(long, default_value_t = 0, value_name = "CURSOR")]
-    pub from: u64,
+    /// Resume after this cursor: the first column of an earlier line (the
+    /// `resume` field with --json). Per shard, `SHARD:SEQ[,SHARD:SEQ...]`, e.g.
+    /// `0:123,5:77`; a plain number is a position in PATH's own shard. 0
+    /// replays the whole retained history; a shard the cursor does not name
+    /// is read from the start of its history.
+    #[arg(
+        long,
+        visible_alias = "after",
+        default_value = "0",
+        value_name = "CURSOR"
+    )]
+    pub from: WatchCursor,
 }
 
 #[derive(Args, Debug)]
@@ -85,9 +93,14 @@ fn type_name(k: &EventKind) -> &'static str {
     }
 }
 
-fn event_json(e: &Event) -> Value {
+/// One event as JSON: `cursor` is its position in its shard's history
+/// (`shard`), `resume` the cursor to pass to `--from` to resume after it.
+fn event_json(w: &WatchedEvent) -> Value {
+    let e = &w.event;
     let mut v = json!({
         "cursor": e.seq,
+        "shard": w.shard.0,
+        "resume": w.cursor.to_string(),
         "index": e.index.0,
         "time_ns": e.time_ns,
         "inode": e.inode.0,
@@ -114,7 +127,10 @@ fn event_json(e: &Event) -> Value {
     v
 }
 
-fn event_text(e: &Event) -> String {
+/// One event as a line: the cursor to resume after it, the type, the path
+/// and the details, tab-separated.
+fn event_text(w: &WatchedEvent) -> String {
+    let e = &w.event;
     let path = e.path.as_deref().unwrap_or("-");
     let detail = match &e.kind {
         EventKind::Create { file_type } => kind(*file_type).to_string(),
@@ -132,7 +148,7 @@ fn event_text(e: &Event) -> String {
         }
         _ => String::new(),
     };
-    format!("{}\t{}\t{path}\t{detail}", e.seq, type_name(&e.kind))
+    format!("{}\t{}\t{path}\t{detail}", w.cursor, type_name(&e.kind))
         .trim_end()
         .to_string()
 }
@@ -141,7 +157,7 @@ fn event_text(e: &Event) -> String {
 /// (an expired cursor, a malformed path).
 pub async fn run(a: WatchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
-    let events = client.watch(&a.path, a.recursive, a.from);
+    let events = client.watch_from(&a.path, a.recursive, a.from.clone());
     futures::pin_mut!(events);
     loop {
         tokio::select! {
@@ -158,5 +174,70 @@ pub async fn run(a: WatchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 None => return Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nokv_client::{Event, InodeId, ShardId};
+
+    fn watched() -> WatchedEvent {
+        WatchedEvent {
+            shard: ShardId(5),
+            event: Event {
+                seq: 77,
+                index: nokv_holt::LogIndex(90),
+                time_ns: 1,
+                inode: InodeId(3),
+                path: Some("/w/a/f".into()),
+                kind: EventKind::Mkdir,
+            },
+            cursor: "0:123,5:77".parse().expect("cursor"),
+        }
+    }
+
+    #[test]
+    fn lines_start_with_the_cursor_to_resume_from() {
+        let line = event_text(&watched());
+        assert_eq!(line, "0:123,5:77\tmkdir\t/w/a/f");
+        let first = line.split('\t').next().expect("a column");
+        let resumed: WatchCursor = first.parse().expect("the first column is a cursor");
+        assert_eq!(resumed, watched().cursor);
+    }
+
+    #[test]
+    fn json_has_the_shard_position_and_the_resume_cursor() {
+        let v = event_json(&watched());
+        assert_eq!(v["cursor"], 77);
+        assert_eq!(v["shard"], 5);
+        assert_eq!(v["resume"], "0:123,5:77");
+        assert_eq!(v["path"], "/w/a/f");
+    }
+
+    #[test]
+    fn from_takes_a_plain_number_or_a_per_shard_cursor() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            watch: WatchArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("nokv").chain(args.iter().copied()))
+                .map(|c| c.watch.from)
+        };
+        assert_eq!(parse(&[]).expect("default"), WatchCursor::new());
+        assert_eq!(
+            parse(&["--from", "12"]).expect("plain"),
+            WatchCursor::owner_at(12)
+        );
+        let per_shard = parse(&["/w", "--after", "0:3,4:9"]).expect("per shard");
+        assert_eq!(per_shard.to_string(), "0:3,4:9");
+        let bad = parse(&["--from", "0:x"]).expect_err("refused").to_string();
+        assert!(
+            bad.contains("invalid value") && bad.contains("SHARD:SEQ"),
+            "{bad}"
+        );
     }
 }

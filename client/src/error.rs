@@ -16,9 +16,15 @@ pub enum ClientError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// A watch cursor older than the cluster's event history; resume from
-    /// `oldest` (events between were dropped by retention).
+    /// `oldest` (events between were dropped by retention). `shard` is the shard
+    /// whose history it is, when a watch reported it (`oldest` is a position in
+    /// that shard's history).
     #[error("{message}")]
-    CursorExpired { oldest: u64, message: String },
+    CursorExpired {
+        oldest: u64,
+        message: String,
+        shard: Option<nokv_holt::ShardId>,
+    },
     /// The request was routed by an old shard map; `current` is the
     /// refusing node's map revision (the client refreshes and routes again).
     #[error("routed by an old shard map; the node has revision {current}")]
@@ -121,6 +127,7 @@ impl ClientError {
             "CURSOR_EXPIRED" => ClientError::CursorExpired {
                 oldest: detail.oldest_cursor,
                 message: detail.message,
+                shard: None,
             },
             "INTERNAL" => ClientError::Server(detail.message),
             "UNKNOWN_SHARD" => ClientError::UnknownShard(detail.message),

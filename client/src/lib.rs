@@ -30,3 +30,4 @@ pub use nokv_proto::pb::{
     FsckResponse, Member, NodeStatusResponse, Role, RunGcResponse, StatusResponse,
 };
 pub use nokv_router::ShardMap;
+pub use watch::{CursorParseError, WatchCursor, WatchedEvent, WATCH_MAP_POLL};

@@ -56,7 +56,7 @@ fn hshard(s: nokv_router::ShardId) -> ShardId {
 
 /// `path` with repeated and trailing slashes removed, or `None` when it is not a path the
 /// engine accepts (left unchanged, for the engine to refuse with its own message).
-fn normalized(path: &str) -> Option<String> {
+pub(crate) fn normalized(path: &str) -> Option<String> {
     let components = nokv_holt::path::split_path(path).ok()?;
     Some(format!("/{}", components.join("/")))
 }
@@ -412,6 +412,22 @@ pub(crate) fn serving_shards(map: &ShardMap) -> Vec<ShardId> {
         .collect()
 }
 
+/// The serving shards grafted strictly below the global, normalised `path`, at any depth:
+/// those a recursive watch of `path` reads besides the owner. Shards still being created
+/// are left out (they serve nothing yet; a watch picks them up once they serve). Empty
+/// for a malformed path.
+pub(crate) fn grafted_below(map: &ShardMap, path: &str) -> std::collections::BTreeSet<ShardId> {
+    map.grafts_under(path)
+        .map(|shards| {
+            shards
+                .into_iter()
+                .filter(|s| s.state != nokv_router::ShardState::Creating)
+                .map(|s| hshard(s.id))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A local path of `shard` as a global one (unchanged if the map does not know the shard).
 pub(crate) fn global_path(map: &ShardMap, shard: ShardId, local: &str) -> String {
     map.to_global(rshard(shard), local)
@@ -536,6 +552,25 @@ mod tests {
                 .code(),
             "EXDEV"
         );
+    }
+
+    #[test]
+    fn a_recursive_watch_reads_every_serving_shard_grafted_below() {
+        let ids = |m: &ShardMap, p: &str| -> Vec<u16> {
+            grafted_below(m, p).into_iter().map(|s| s.0).collect()
+        };
+        let mut m = map();
+        assert_eq!(ids(&m, "/"), [1, 2]);
+        assert_eq!(ids(&m, "/data"), [2]);
+        assert_eq!(ids(&m, "/data/deep"), [2]);
+        assert_eq!(ids(&m, "/data/deep/x"), Vec::<u16>::new());
+        assert_eq!(ids(&m, "/dat"), Vec::<u16>::new());
+        assert_eq!(ids(&m, "not/normal/"), Vec::<u16>::new());
+        m.shards
+            .get_mut(&nokv_router::ShardId(2))
+            .expect("shard 2")
+            .state = nokv_router::ShardState::Creating;
+        assert_eq!(ids(&m, "/"), [1]);
     }
 
     #[test]

@@ -1,22 +1,19 @@
-//! `Client::watch`: a stream of typed change events that survives losing
-//! the replica it reads from.
+//! One shard's event stream, surviving the loss of the replica it reads from.
 //!
-//! The stream remembers the cursor of the last event it delivered. When its
-//! replica fails or restarts, it reconnects to the next endpoint and asks
-//! for events after that cursor; cursors mean the same on every replica, so
-//! nothing is skipped and nothing is delivered twice. It ends only on an
-//! error the request itself caused (a malformed path, an expired cursor).
+//! The stream remembers the cursor of the last event it delivered. When its replica
+//! fails or restarts, it reconnects to the next endpoint and asks for events after that
+//! cursor; cursors mean the same on every replica of the shard, so nothing is skipped and
+//! nothing is delivered twice. It ends only on an error the request itself caused (a
+//! malformed path, an expired cursor), or when every replica it tried in a row says it
+//! hosts no such shard.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use nokv_holt::Event;
+use nokv_holt::{Event, EventKind};
 use nokv_proto::detail_of;
 use nokv_proto::pb;
-
-use std::sync::Arc;
-
-use nokv_holt::EventKind;
 use nokv_router::ShardMap;
 
 use crate::client::{normalize, Client};
@@ -26,18 +23,25 @@ use crate::routing;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-struct WatchState {
+/// A watch of one shard's history: what to ask, and where it has got to.
+pub(super) struct ShardWatch {
+    /// Names the shard every request goes to (pinned, or the unrouted client of a
+    /// cluster without a shard map).
     client: Client,
+    /// The watched path in the shard's own terms.
     path: String,
-    /// The map the path was routed by, once it was (events' paths are
-    /// turned back into global ones with it).
-    routed_by: Option<Arc<ShardMap>>,
+    /// The map that turns the shard's local paths back into global ones; `None` when
+    /// they are the same.
+    map: Option<Arc<ShardMap>>,
     recursive: bool,
     /// Cursor of the last event delivered (or the starting cursor).
     cursor: u64,
     stream: Option<tonic::Streaming<pb::WatchEvent>>,
     next_endpoint: usize,
     backoff: Duration,
+    /// `UNKNOWN_SHARD` answers in a row (a replica the map names may not have started
+    /// the shard yet; all of them saying so ends the stream).
+    unknown_shard: usize,
     done: bool,
 }
 
@@ -52,35 +56,52 @@ fn classify(status: &tonic::Status) -> Option<ClientError> {
     }
 }
 
-impl WatchState {
-    /// A routed client's watch goes to the shard that owns the path, with
-    /// the path in that shard's terms (decided once: a cursor means
-    /// something only in one shard's history).
-    async fn route(&mut self) -> Result<(), ClientError> {
-        if !self.client.is_routed() || self.routed_by.is_some() {
-            return Ok(());
+impl ShardWatch {
+    /// [`classify`], except that `UNKNOWN_SHARD` ends the watch only once every one of
+    /// the `replicas` candidates has said so in a row (a replica the map names may not
+    /// have started the shard yet, or may have handed it over).
+    fn judge(&mut self, status: &tonic::Status, replicas: usize) -> Option<ClientError> {
+        match classify(status) {
+            Some(ClientError::UnknownShard(why)) => {
+                self.unknown_shard += 1;
+                (self.unknown_shard >= replicas).then_some(ClientError::UnknownShard(why))
+            }
+            other => other,
         }
-        let Some(map) = self.client.shard_map().await? else {
-            return Ok(());
-        };
-        let query = nokv_holt::Query::GetAttr {
-            inode: nokv_holt::InodeRef::Path(self.path.clone()),
-        };
-        let (shard, local) = routing::route_query(&map, query, self.client.shard())?;
-        if let nokv_holt::Query::GetAttr {
-            inode: nokv_holt::InodeRef::Path(path),
-        } = local
-        {
-            self.path = path;
+    }
+
+    /// Events of `client`'s shard at `path` (a path of that shard), after `cursor`;
+    /// event paths are made global with `map` when given.
+    pub(super) fn new(
+        client: Client,
+        path: String,
+        map: Option<Arc<ShardMap>>,
+        recursive: bool,
+        cursor: u64,
+    ) -> ShardWatch {
+        ShardWatch {
+            client,
+            path,
+            map,
+            recursive,
+            cursor,
+            stream: None,
+            next_endpoint: 0,
+            backoff: BACKOFF_MIN,
+            unknown_shard: 0,
+            done: false,
         }
-        self.client = self.client.for_shard(shard);
-        self.routed_by = Some(map);
-        Ok(())
+    }
+
+    /// The events, in the shard's commit order. Cancellation-safe as a stream: dropping
+    /// a `next()` in flight loses nothing.
+    pub(super) fn into_stream(self) -> impl Stream<Item = Result<Event, ClientError>> + Send {
+        futures::stream::unfold(self, ShardWatch::next)
     }
 
     /// `event` with global paths.
     fn globalize(&self, mut event: Event) -> Event {
-        let Some(map) = &self.routed_by else {
+        let Some(map) = &self.map else {
             return event;
         };
         let shard = self.client.shard();
@@ -96,8 +117,8 @@ impl WatchState {
         event
     }
 
+    /// Tries one replica. `Unavailable` means "try the next one".
     async fn connect(&mut self) -> Result<(), ClientError> {
-        self.route().await?;
         let endpoints = self.client.replica_candidates();
         let addr = normalize(&endpoints[self.next_endpoint % endpoints.len()]);
         self.next_endpoint = self.next_endpoint.wrapping_add(1);
@@ -111,9 +132,10 @@ impl WatchState {
         match tokio::time::timeout(self.client.attempt_timeout(), stub.watch(request)).await {
             Ok(Ok(response)) => {
                 self.stream = Some(response.into_inner());
+                self.unknown_shard = 0;
                 Ok(())
             }
-            Ok(Err(status)) => match classify(&status) {
+            Ok(Err(status)) => match self.judge(&status, endpoints.len()) {
                 Some(fatal) => Err(fatal),
                 None => Err(ClientError::Unavailable(format!(
                     "{addr}: {}",
@@ -130,7 +152,7 @@ impl WatchState {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
-    async fn next(mut self) -> Option<(Result<Event, ClientError>, WatchState)> {
+    async fn next(mut self) -> Option<(Result<Event, ClientError>, ShardWatch)> {
         if self.done {
             return None;
         }
@@ -139,7 +161,8 @@ impl WatchState {
                 match self.connect().await {
                     Ok(()) => {}
                     Err(ClientError::Unavailable(why)) => {
-                        tracing::debug!(%why, "watch: replica unavailable, trying the next");
+                        tracing::debug!(shard = self.client.shard().0, %why,
+                            "watch: replica unavailable, trying the next");
                         self.pause().await;
                         continue;
                     }
@@ -176,7 +199,8 @@ impl WatchState {
                 }
                 Err(status) => {
                     self.stream = None;
-                    if let Some(fatal) = classify(&status) {
+                    let replicas = self.client.replica_candidates().len();
+                    if let Some(fatal) = self.judge(&status, replicas) {
                         self.done = true;
                         return Some((Err(fatal), self));
                     }
@@ -184,49 +208,5 @@ impl WatchState {
                 }
             }
         }
-    }
-}
-
-impl Client {
-    /// Sets how much watch history the shard keeps: at most `max_events`
-    /// events, none older than `max_age`. A replicated setting; it applies
-    /// from the next mutation on.
-    pub async fn set_watch_retention(
-        &self,
-        max_events: u64,
-        max_age: Duration,
-    ) -> Result<(), ClientError> {
-        self.mutate(nokv_holt::Op::SetWatchRetention {
-            max_events,
-            max_age_ns: max_age.as_nanos().min(u128::from(u64::MAX)) as u64,
-        })
-        .await
-        .map(|_| ())
-    }
-
-    /// Typed change events at `path` (and its direct children; everything
-    /// below it when `recursive`), in commit order, after cursor `after`
-    /// (0: from the oldest retained event). Each event's `seq` is its
-    /// cursor. The stream follows the cluster across replica failures; it
-    /// ends only with an error the request caused, such as
-    /// [`ClientError::CursorExpired`].
-    pub fn watch(
-        &self,
-        path: &str,
-        recursive: bool,
-        after: u64,
-    ) -> impl Stream<Item = Result<Event, ClientError>> + Send + 'static {
-        let state = WatchState {
-            client: self.clone(),
-            path: path.to_string(),
-            routed_by: None,
-            recursive,
-            cursor: after,
-            stream: None,
-            next_endpoint: 0,
-            backoff: BACKOFF_MIN,
-            done: false,
-        };
-        futures::stream::unfold(state, WatchState::next)
     }
 }
