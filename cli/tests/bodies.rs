@@ -121,6 +121,7 @@ on_both_stores!(
     publish_errors_change_nothing: light_test,
     gc_and_fsck: light_test,
     publish_dir: light_test,
+    a_paused_old_leader_changes_nothing: light_test,
 );
 
 // ---------------------------------------------------------------------------
@@ -1792,4 +1793,118 @@ async fn publish_dir_staging_failure_aborts_earlier_uploads() {
     bc.must_archive().await;
     bc.cluster.must(bc.client.run_gc(true).await, "gc --now");
     assert_eq!(bc.keys("blocks/").await, Vec::<String>::new());
+}
+
+/// A leader frozen (SIGSTOP) with a write on its way to it, deposed while
+/// frozen, then resumed: the write it then receives never applies (its
+/// client hears a refusal or an unknown outcome, never success), a write
+/// routed under the old epoch is refused, its GC worker and archiver (fast
+/// GC here) delete no block that the new leader's state still uses, and it
+/// rejoins as a follower of the same history.
+async fn a_paused_old_leader_changes_nothing(kind: StoreKind) {
+    let Some(bc) = BodyCluster::start(kind, &FAST_GC).await else {
+        return;
+    };
+    let opts = put_options(PublishMode::Upsert, BLOCK);
+    let keep = pattern(70, 2 * BLOCK);
+    bc.must_put("/keep", &keep, &opts).await;
+    bc.must_put("/replaced", &pattern(71, 3 * BLOCK), &opts)
+        .await;
+    let old = bc.cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let epoch_before = bc
+        .cluster
+        .status(old)
+        .await
+        .map(|s| s.epoch)
+        .unwrap_or_else(|| bc.fail("the leader does not answer"));
+    let others: Vec<u64> = bc
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != old)
+        .collect();
+
+    bc.cluster.signal(old, "-STOP");
+    // A write on its way to the frozen leader (it waits in its socket).
+    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
+        "http://{}",
+        bc.cluster.addr(old)
+    ))
+    .await
+    .unwrap_or_else(|e| bc.fail(format!("connect to the frozen leader: {e}")));
+    let request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
+        request_id: nokv_client::RequestId(0x5eed),
+        epoch: None,
+        op: nokv_client::Op::Create {
+            at: nokv_client::EntryRef::Path("/from-the-old-leader".into()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    })
+    .unwrap_or_else(|e| bc.fail(format!("encode: {e}")));
+    let in_flight = tokio::spawn(async move { raw.mutate(request).await });
+
+    // The others elect a new leader and go on: a replace makes the old
+    // body's blocks garbage (collected after the grace period).
+    let new = bc.cluster.must_agreed_leader(&others).await;
+    assert_ne!(new, old);
+    let survivors = bc.cluster.client_for(&others);
+    let replacement = pattern(72, BLOCK);
+    bc.cluster.must(
+        survivors.put_bytes("/replaced", &replacement, &opts).await,
+        "replace under the new leader",
+    );
+    bc.cluster.must(
+        survivors.create("/after").await,
+        "write under the new leader",
+    );
+
+    bc.cluster.signal(old, "-CONT");
+    let answer = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .unwrap_or_else(|_| bc.fail("the resumed leader never answered"))
+        .unwrap_or_else(|e| bc.fail(format!("join: {e}")));
+    let refused = match &answer {
+        Ok(_) => bc.fail("a deposed leader acknowledged a write"),
+        Err(status) => nokv_proto::detail_of(status).map(|d| d.code),
+    };
+    assert!(
+        matches!(
+            refused.as_deref(),
+            Some("NOT_LEADER" | "UNAVAILABLE" | "UNKNOWN_OUTCOME")
+        ),
+        "{answer:?}"
+    );
+    bc.cluster.must_agreed_leader(&[1, 2, 3]).await;
+    bc.cluster.must_catch_up(old, new).await;
+    bc.must_be_absent("/from-the-old-leader").await;
+
+    // A write routed under the epoch of before is refused, changing nothing.
+    let mut config = ClientConfig::new(bc.cluster.endpoints());
+    config.epoch = Some(epoch_before);
+    let stale = bc.cluster.must(Client::new(config), "client");
+    let refused = stale.create("/stale-epoch").await;
+    assert!(
+        matches!(refused, Err(ClientError::StaleEpoch { current }) if current > epoch_before),
+        "{refused:?}"
+    );
+    bc.must_be_absent("/stale-epoch").await;
+
+    // GC (on whichever node leads, the resumed one included) removed only
+    // garbage: every live body reads back whole, fsck finds nothing missing.
+    bc.must_archive().await;
+    bc.must_settle_gc().await;
+    assert_eq!(bc.must_get("/keep").await, keep);
+    assert_eq!(bc.must_get("/replaced").await, replacement);
+    bc.must_fsck_clean().await;
+    let on_old = bc
+        .cluster
+        .client_for(&[old])
+        .stat("/after", Consistency::Stale)
+        .await;
+    assert!(
+        on_old.is_ok(),
+        "the resumed node has the new history: {on_old:?}"
+    );
 }

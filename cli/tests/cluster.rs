@@ -1563,18 +1563,6 @@ async fn health_reflects_initialization_and_leadership() {
     cluster.must_all_run();
 }
 
-/// Sends SIGSTOP or SIGCONT to node `id`'s process.
-fn signal(cluster: &Cluster, id: u64, sig: &str) {
-    let pid = cluster
-        .pid(id)
-        .unwrap_or_else(|| cluster.fail(format!("node {id} is not running")));
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
 /// Regression test (docs/jepsen.md, ledger 5): a leader cut off from its
 /// quorum answers a write already in flight with UNKNOWN_OUTCOME once its
 /// quorum lease has run out, instead of holding it until the commit timeout
@@ -1593,7 +1581,7 @@ async fn a_leader_without_quorum_releases_writes_in_flight() {
     cluster.must(client.mkdir("/before", false).await, "write with a quorum");
 
     for id in &followers {
-        signal(&cluster, *id, "-STOP");
+        cluster.signal(*id, "-STOP");
     }
     // Only the leader is asked, with one attempt allowed nearly the whole
     // deadline: without the release, the attempt times out client-side.
@@ -1603,7 +1591,7 @@ async fn a_leader_without_quorum_releases_writes_in_flight() {
     let alone = cluster.must(Client::new(config), "client");
     let outcome = alone.mkdir("/during", false).await;
     for id in &followers {
-        signal(&cluster, *id, "-CONT");
+        cluster.signal(*id, "-CONT");
     }
     assert!(
         matches!(&outcome, Err(ClientError::Unknown(reason)) if reason.contains("quorum")),

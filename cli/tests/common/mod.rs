@@ -312,6 +312,18 @@ impl Cluster {
         id
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`) to node `id`'s process.
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self
+            .pid(id)
+            .unwrap_or_else(|| self.fail(format!("node {id} is not running")));
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// SIGKILLs node `id` (no shutdown path runs) and reaps it.
     pub fn kill(&mut self, id: u64) {
         let node = self.node_mut(id);
