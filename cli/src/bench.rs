@@ -43,9 +43,11 @@ pub struct BenchArgs {
     /// Files to create first for `stat`.
     #[arg(long, default_value_t = 1_000)]
     pub files: usize,
-    /// Directory to work in (a fresh one is made under it).
-    #[arg(long, default_value = "/bench")]
-    pub dir: String,
+    /// Directory to work in (a fresh one is made under it). For `create`,
+    /// several comma-separated directories spread the files round-robin
+    /// over all of them (e.g. one per shard: --dir /s1,/s2,/s3,/s4).
+    #[arg(long, default_value = "/bench", value_delimiter = ',')]
+    pub dir: Vec<String>,
     /// Body size for `publish`, in bytes (suffixes KiB, MiB, GiB).
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     pub size: u64,
@@ -340,20 +342,25 @@ fn print_publish(
 
 pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
-    let dir = format!("{}/run-{:016x}", args.dir.trim_end_matches('/'), rand_u64());
-    client
-        .mkdir(&dir, true)
-        .await
-        .with_context(|| format!("mkdir {dir}"))?;
+    let run = rand_u64();
+    let mut dirs = Vec::new();
+    for base in &args.dir {
+        let dir = format!("{}/run-{run:016x}", base.trim_end_matches('/'));
+        client
+            .mkdir(&dir, true)
+            .await
+            .with_context(|| format!("mkdir {dir}"))?;
+        dirs.push(dir);
+    }
+    let dir = dirs.first().cloned().context("--dir names no directory")?;
     match args.workload {
         Workload::Publish => publish(&args, g, &client, &dir).await?,
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Create => {
             let c = client.clone();
-            let d = dir.clone();
             let report = drive(args.concurrency, args.count, move |i| {
                 let c = c.clone();
-                let path = format!("{d}/f{i}");
+                let path = format!("{}/f{i}", dirs[i % dirs.len()]);
                 async move { c.create(&path).await.map(|_| ()) }
             })
             .await?;

@@ -24,6 +24,26 @@ pub async fn from_args(g: &GlobalArgs) -> anyhow::Result<Option<Arc<dyn ControlP
     Ok(Some(Arc::new(cp)))
 }
 
+/// The addresses of the cluster's active nodes, from the control plane of
+/// `--etcd` (for client commands given `--etcd` instead of `--endpoints`).
+pub async fn node_addresses(g: &GlobalArgs) -> anyhow::Result<Vec<String>> {
+    let cp = from_args(g).await?.context("no --etcd given")?;
+    let map = cp
+        .load()
+        .await?
+        .with_context(|| format!("no cluster {:?} in the control plane", g.cluster))?;
+    let addrs: Vec<String> = map
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Active)
+        .map(|n| n.addr.clone())
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("cluster {:?} has no active node", g.cluster);
+    }
+    Ok(addrs)
+}
+
 /// Records a new cluster in the control plane: every member registered,
 /// the root shard on all of them. An existing cluster with the same root
 /// members is fine (init is idempotent); any other is an error.

@@ -83,7 +83,8 @@ pub struct GlobalArgs {
     pub address_map: Vec<(String, String)>,
     /// etcd endpoints of the control plane, comma separated (e.g.
     /// http://127.0.0.1:2379). `serve` registers there and hosts the shards
-    /// the map places on it; `cluster init` records the cluster there.
+    /// the map places on it; `cluster init` records the cluster there;
+    /// client commands without --endpoints reach the nodes it lists.
     #[arg(long, global = true, env = "NOKV_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// Name of the cluster in the control plane (several clusters can share
@@ -253,7 +254,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let g = cli.global;
+    let mut g = cli.global;
+    // A client command given `--etcd` but no `--endpoints` talks to the
+    // nodes the control plane lists (servers and the control-plane
+    // commands use etcd itself).
+    let client_command = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Dev(_) | Command::Cluster(_) | Command::Restore(_)
+    );
+    if client_command && g.endpoints.is_empty() && !g.etcd.is_empty() {
+        g.endpoints = control::node_addresses(&g).await?;
+    }
     match cli.command {
         Command::Serve(args) => serve::serve(args, &g).await,
         Command::Dev(args) => serve::dev(args, &g).await,

@@ -172,6 +172,10 @@ async fn a_dead_node_is_replaced_while_clients_write() {
         .and_then(|n| n.iter().find(|n| n["id"] == 3))
         .expect("node 3 listed");
     assert_eq!(three["state"], "removed", "{nodes}");
+    // A client command given only --etcd reaches the nodes the map lists.
+    let listed = nokv_etcd(&url, &["ls", "/"]).await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stdout(&listed).contains("s1"), "{}", stdout(&listed));
     let reused = nokv_etcd(&url, &["node", "add", &format!("3={}", cluster.addr(3))]).await;
     assert!(!reused.status.success(), "a removed id was reused");
     assert!(
