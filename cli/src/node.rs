@@ -17,8 +17,9 @@ pub enum NodeCommand {
     /// it answers, replicas it hosts and shards it leads.
     Ls,
     /// Add a node to the cluster: ID=HOST:PORT of a `nokv serve --etcd`
-    /// process started with that --id. It then takes new shards' replicas,
-    /// and `node replace` / `shard add-replica` can move replicas to it.
+    /// process started with that --id. It then takes new shards' replicas;
+    /// `shard rebalance --replicas` moves a fair share of the existing ones
+    /// to it, `node replace` / `shard add-replica` move chosen ones.
     ///
     /// Example: nokv node add 4=10.0.0.4:7400
     Add {

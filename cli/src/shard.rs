@@ -77,8 +77,14 @@ pub enum ShardCommand {
         node: u64,
     },
     /// Spread the shards' leaders evenly over the nodes now (the cluster
-    /// also does this by itself, one shard every few seconds).
-    Rebalance,
+    /// also does this by itself, one shard every few seconds). With
+    /// --replicas, first move replicas (one at a time, add before remove)
+    /// until every active node holds about as many, e.g. after `node add`.
+    Rebalance {
+        /// Also move replicas (the cluster never does that on its own).
+        #[arg(long)]
+        replicas: bool,
+    },
     /// List every shard: id, graft point, parent, members, placement epoch
     /// (bumped by the control plane on every membership or graft change;
     /// the Raft epoch that fences writes is in `nokv status`), state.
@@ -104,7 +110,10 @@ pub async fn run(c: ShardCommand, g: &GlobalArgs) -> anyhow::Result<()> {
         ShardCommand::TransferLeader { shard, node } => {
             membership(g, Action::TransferLeader(pb::ReplicaChange { shard, node })).await
         }
-        ShardCommand::Rebalance => membership(g, Action::Rebalance(true)).await,
+        ShardCommand::Rebalance { replicas: false } => membership(g, Action::Rebalance(true)).await,
+        ShardCommand::Rebalance { replicas: true } => {
+            membership(g, Action::RebalanceReplicas(true)).await
+        }
     }
 }
 

@@ -7,9 +7,10 @@
 //! acknowledged write is lost, every write that was refused was refused
 //! cleanly, and the voters of every shard are 1, 2, 4. Then, on the same
 //! cluster: `shard transfer-leader`, `shard remove-replica` (the node stops
-//! its replica) and `add-replica` again, `shard rebalance`, and bad input
+//! its replica) and `add-replica` again, `shard rebalance`, bad input
 //! (unknown node, non-voter leader, reused or malformed node ids) refused
-//! with nothing changed.
+//! with nothing changed, and a fifth node given a fair share of replicas by
+//! `shard rebalance --replicas`.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping.
 
@@ -326,4 +327,44 @@ async fn a_dead_node_is_replaced_while_clients_write() {
         })
         .await;
     eprintln!("leaders per node: {counts:?}");
+
+    // A fifth, empty node joins; `shard rebalance --replicas` gives it a
+    // fair share (add before remove), every shard keeps three voters.
+    let five = cluster.add_node().await;
+    cluster
+        .must_nokv(&["node", "add", &format!("{five}={}", cluster.addr(five))])
+        .await;
+    let moved = cluster
+        .must_nokv(&["shard", "rebalance", "--replicas"])
+        .await;
+    eprintln!("rebalance --replicas: {moved}");
+    let nodes: serde_json::Value =
+        serde_json::from_str(&stdout(&nokv_etcd(&url, &["node", "ls", "--json"]).await))
+            .expect("node ls --json is JSON");
+    let placed: Vec<u64> = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["state"] == "active")
+        .filter_map(|n| n["placed_replicas"].as_u64())
+        .collect();
+    let (most, fewest) = (placed.iter().max(), placed.iter().min());
+    assert!(
+        matches!((most, fewest), (Some(m), Some(f)) if m - f <= 1),
+        "placement {placed:?}"
+    );
+    for shard in [0u16, 1] {
+        let (_, now) = cluster
+            .wait_for(WAIT, &format!("shard {shard} has a leader"), async || {
+                voters(&cluster, shard, &[1, 2, 4, five]).await
+            })
+            .await;
+        assert_eq!(now.len(), 3, "voters of shard {shard}: {now:?}");
+    }
+    cluster
+        .wait_until(WAIT, "node 5 runs the replicas placed on it", async || {
+            hosted(&cluster, five).await.is_some_and(|h| !h.is_empty())
+        })
+        .await;
+    cluster.must(client.create("/s1/after-rebalance").await, "write");
 }

@@ -29,6 +29,12 @@
 //! least-loaded other node per shard (or leaves the shard one replica short when there is
 //! none). A replaced or removed node's record stays as `removed`, so its id is never reused.
 //!
+//! # Replicas
+//! [`rebalance_replicas`] (`nokv shard rebalance --replicas`, e.g. after `node add`) moves
+//! one replica at a time from the active node holding the most to the one holding the
+//! fewest, add before remove, while they differ by two or more. It is explicit: the cluster
+//! never moves data on its own.
+//!
 //! # Leaders
 //! [`rebalance_leaders`] moves leaderships (`TransferLeader`) from the node that leads the
 //! most shards to a voter that leads the fewest, while they differ by two or more. The node
@@ -492,6 +498,58 @@ pub async fn rebalance_leaders(
     Ok(changes)
 }
 
+/// Moves replicas, one at a time, from the active node that holds the most to the one that
+/// holds the fewest (a shard the first has and the second lacks), while the two counts
+/// differ by two or more, up to `max_moves`. Each move adds before it removes, so every
+/// shard keeps its replica count and a quorum throughout.
+pub async fn rebalance_replicas(
+    client: &Client,
+    cp: &dyn ControlPlane,
+    max_moves: usize,
+) -> Result<Vec<String>, ClientError> {
+    let mut changes = Vec::new();
+    for _ in 0..max_moves {
+        let map = load(cp).await?;
+        let Some((from, to, shard)) = replica_move(&map) else {
+            break;
+        };
+        changes.extend(add_replica(client, cp, shard, to).await?);
+        changes.extend(remove_replica(client, cp, shard, from).await?);
+        changes.push(format!(
+            "shard {shard}: replica moved from node {from} to node {to}"
+        ));
+    }
+    Ok(changes)
+}
+
+/// The next replica move that evens out `map`'s placement, if any: (from, to, shard).
+fn replica_move(map: &ShardMap) -> Option<(NodeId, NodeId, ShardId)> {
+    let active: Vec<(usize, NodeId)> = map
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Active)
+        .map(|n| (map.shards_on(n.id).len(), n.id))
+        .collect();
+    let &(most, from) = active
+        .iter()
+        .max_by_key(|(n, id)| (*n, std::cmp::Reverse(*id)))?;
+    let &(fewest, to) = active.iter().min()?;
+    if most < fewest + 2 {
+        return None;
+    }
+    let shard = map
+        .shards_on(from)
+        .into_iter()
+        .find(|s| {
+            s.state == ShardState::Serving
+                && s.members.contains(&from)
+                && !s.members.contains(&to)
+                && !s.learners.contains(&to)
+        })?
+        .id;
+    Some((from, to, shard))
+}
+
 /// One pass: finishes replica additions a crash interrupted (shards whose record lists
 /// learners), then moves at most one leadership if leaders are unevenly spread.
 pub async fn reconcile(client: &Client, cp: &dyn ControlPlane) -> Vec<String> {
@@ -559,6 +617,11 @@ pub async fn run(
         Action::NodeRemove(id) => node_remove(client, cp, NodeId(id)).await?,
         Action::NodeReplace(r) => node_replace(client, cp, NodeId(r.old), NodeId(r.new)).await?,
         Action::Rebalance(_) => rebalance_leaders(client, cp, usize::MAX).await?,
+        Action::RebalanceReplicas(_) => {
+            let mut changes = rebalance_replicas(client, cp, usize::MAX).await?;
+            changes.extend(rebalance_leaders(client, cp, usize::MAX).await?);
+            changes
+        }
     };
     let map_revision = load(cp).await?.revision.0;
     Ok(pb::MembershipResponse {
@@ -599,6 +662,36 @@ mod tests {
         for bad in ["/nope", "#9", "#x", "#70000", "data"] {
             assert!(resolve_shard(&map, bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn replicas_move_from_the_fullest_to_the_emptiest_node() {
+        let mut map = map();
+        // Shard 4 on node 1 only; nodes 2 and 3 empty: 1 holds 2, the others 0.
+        for id in [2, 3] {
+            map.nodes.insert(
+                NodeId(id),
+                NodeRecord {
+                    id: NodeId(id),
+                    addr: format!("h:{id}"),
+                    state: NodeState::Active,
+                },
+            );
+        }
+        assert_eq!(
+            replica_move(&map),
+            Some((NodeId(1), NodeId(2), ShardId::ROOT))
+        );
+        // Balanced within one: nothing to move.
+        if let Some(s) = map.shards.get_mut(&ShardId(4)) {
+            s.members = vec![NodeId(2)];
+        }
+        assert_eq!(replica_move(&map), None);
+        // A draining node is neither source nor target.
+        if let Some(n) = map.nodes.get_mut(&NodeId(3)) {
+            n.state = NodeState::Draining;
+        }
+        assert_eq!(replica_move(&map), None);
     }
 
     #[test]
