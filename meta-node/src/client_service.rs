@@ -626,10 +626,11 @@ impl ClientService {
     /// Waits (bounded) while a leadership transfer holds writes; the write
     /// then finds the new leader through the usual NOT_LEADER hint.
     async fn wait_for_handover(&self) {
-        let mut held = self.handover.subscribe();
-        if *held.borrow() {
-            let _ = tokio::time::timeout(HANDOVER_WAIT, held.wait_for(|h| !*h)).await;
+        if !*self.handover.borrow() {
+            return;
         }
+        let mut held = self.handover.subscribe();
+        let _ = tokio::time::timeout(HANDOVER_WAIT, held.wait_for(|h| !*h)).await;
     }
 
     /// Confirms leadership (read-index) before leader-only admin work.
