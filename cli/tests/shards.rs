@@ -418,7 +418,8 @@ fn cpu_and_rss(pid: u32) -> (f64, u64) {
 ///
 /// `NOKV_BENCH_SERVE_ARGS` adds arguments to every `nokv serve` (e.g.
 /// `--idle-heartbeats false`); `NOKV_TEST_SERVE_BIN` runs another binary
-/// (e.g. `target/release/nokv`).
+/// (e.g. `target/release/nokv`); `NOKV_TEST_DEFAULT_TIMING=1` runs the nodes
+/// with the production Raft timing instead of the tests' slower one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: cargo test -p nokv-cli --test shards idle_shards_cost -- --ignored --nocapture"]
 async fn idle_shards_cost() {

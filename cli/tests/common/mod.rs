@@ -171,7 +171,14 @@ impl Cluster {
         let mut probe_config = ClientConfig::new(addrs);
         probe_config.attempt_timeout = Duration::from_secs(2);
         probe_config.connect_timeout = Duration::from_millis(500);
-        let mut serve_args: Vec<String> = RAFT_TIMING.iter().map(|s| s.to_string()).collect();
+        // Benchmarks may ask for the production timing (`nokv serve`'s
+        // defaults) with NOKV_TEST_DEFAULT_TIMING=1.
+        let timing: &[&str] = if std::env::var_os("NOKV_TEST_DEFAULT_TIMING").is_some() {
+            &[]
+        } else {
+            &RAFT_TIMING
+        };
+        let mut serve_args: Vec<String> = timing.iter().map(|s| s.to_string()).collect();
         serve_args.extend(extra_args.iter().map(|s| s.to_string()));
         let mut cluster = Cluster {
             dir,
