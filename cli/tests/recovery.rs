@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::store::{StoreKind, TestStore};
-use common::{nokv_command, Cluster};
+use common::{nokv_command, Cluster, WAIT};
 use nokv_client::{Client, Consistency, FileType, PublishMode, PutOptions, RenameMode};
 use serde_json::Value;
 
@@ -336,17 +336,21 @@ async fn disaster_recovery(kind: StoreKind) {
     }
 
     // The store holds the newest snapshots (older ones deleted) and segments.
+    // Retention runs after a snapshot's upload, which the backup does not
+    // wait for: poll until it has.
     let blobs = cluster.must(client.blob_store().await, "open the cluster's store");
-    let snapshots = cluster.must(
-        blobs.list("meta/shard-0/snapshots/").await,
-        "list snapshots",
-    );
-    let segments = cluster.must(blobs.list("meta/shard-0/log/").await, "list segments");
-    if !(2..=3).contains(&snapshots.len()) || segments.is_empty() {
-        cluster.fail(format!(
-            "expected 2-3 snapshots and some segments, found {snapshots:?} and {segments:?}"
-        ));
-    }
+    cluster
+        .wait_until(
+            WAIT,
+            "the store holds 2-3 snapshots (older ones deleted) and some segments",
+            async || {
+                let snapshots = blobs.list("meta/shard-0/snapshots/").await;
+                let segments = blobs.list("meta/shard-0/log/").await;
+                matches!((snapshots, segments), (Ok(s), Ok(g))
+                    if (2..=3).contains(&s.len()) && !g.is_empty())
+            },
+        )
+        .await;
 
     let point = must_lose_disks_and_restore(&mut cluster, &store).await;
     if point < archived {
