@@ -664,9 +664,13 @@ impl Client {
         map: &Arc<ShardMap>,
         refusal: &ClientError,
     ) -> Result<Arc<ShardMap>, ClientError> {
+        // Only a strictly newer map can route differently: pass over nodes
+        // that still serve the one this request was routed by (or, after
+        // STALE_MAP, anything older than the refusing node's).
+        let newer_than_ours = map.revision.0.saturating_add(1);
         let at_least = match refusal {
-            ClientError::StaleMap { current } => *current,
-            _ => 0,
+            ClientError::StaleMap { current } => (*current).max(newer_than_ours),
+            _ => newer_than_ours,
         };
         match self.refresh_map_from_nodes(at_least).await? {
             Some(newer) if newer.revision > map.revision => Ok(newer),
