@@ -145,6 +145,7 @@ pub enum Fault {
     },
     /// Killed `node` after moving every shard's leadership to it; `shards`
     /// are the shards it led just before the kill.
+    #[serde(rename = "kill-multi-leader")]
     KillLeaders {
         node: u64,
         shards: Vec<u32>,

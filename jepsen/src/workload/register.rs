@@ -88,7 +88,7 @@ pub async fn setup(client: &Client) -> Result<(), ClientError> {
 /// The register (its path, the key in the history) numbered `n`: even
 /// numbers in the root shard, odd ones under the graft.
 pub fn key_of(n: u64) -> String {
-    let dir = if n % 2 == 0 { DIR } else { GRAFT_DIR };
+    let dir = if n.is_multiple_of(2) { DIR } else { GRAFT_DIR };
     format!("{dir}/k{n}")
 }
 
