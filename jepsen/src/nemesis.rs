@@ -494,3 +494,33 @@ pub async fn heal(cluster: &DockerCluster, fault: &Fault) -> Result<Vec<String>,
     }
     Ok(Vec::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemesis_names_parse_and_all_holds_every_fault() {
+        let all: NemesisSpec = "all".parse().expect("all");
+        assert_eq!(all.0.len(), FaultKind::ALL.len());
+        let etcd: NemesisSpec = "etcd,membership".parse().expect("etcd");
+        assert_eq!(
+            etcd.0,
+            vec![
+                FaultKind::EtcdKill,
+                FaultKind::EtcdPartition,
+                FaultKind::Membership
+            ]
+        );
+        for kind in FaultKind::ALL {
+            let one: NemesisSpec = kind.name().parse().expect("single");
+            assert_eq!(one.0, vec![kind]);
+            // The report's name is the serde name.
+            assert_eq!(
+                serde_json::to_value(kind).expect("json"),
+                serde_json::Value::String(kind.name().into())
+            );
+        }
+        assert!("etcd-pause".parse::<NemesisSpec>().is_err());
+    }
+}

@@ -1266,6 +1266,118 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_loss_counts_for_the_shards_that_node_led() {
+        let ms = 1_000_000;
+        let leaders: BTreeMap<u32, u64> = [(0, 1), (1, 2)].into_iter().collect();
+        let event = |fault: Fault| NemesisEvent {
+            fault: Some(fault),
+            leaders_before: leaders.clone(),
+            ..kill_at(10 * ms, 11 * ms)
+        };
+        // Killing node 2 takes shard 1's leader, not shard 0's.
+        let log = vec![event(Fault::Kill {
+            node: 2,
+            was_leader: false,
+        })];
+        assert!(leader_losses_of(&log, 0, "/").is_empty());
+        assert_eq!(leader_losses_of(&log, 1, "/s1").len(), 1);
+        // Isolating node 1 (both its links) takes shard 0's leader.
+        let log = vec![event(Fault::Partition {
+            kind: FaultKind::IsolateNode,
+            cut: vec![(1, 2), (1, 3)],
+        })];
+        assert_eq!(leader_losses_of(&log, 0, "/").len(), 1);
+        assert!(leader_losses_of(&log, 1, "/s1").is_empty());
+        // A bridge isolates nobody; etcd and membership faults take no leader.
+        for fault in [
+            Fault::Partition {
+                kind: FaultKind::Bridge,
+                cut: vec![(1, 2)],
+            },
+            Fault::EtcdKill,
+            Fault::EtcdPartition,
+            Fault::Membership {
+                shard: 0,
+                node: 1,
+                was_leader: true,
+            },
+        ] {
+            let cuts_a_link = matches!(fault, Fault::Partition { .. });
+            let log = vec![event(fault)];
+            assert!(leader_losses_of(&log, 0, "/").is_empty());
+            assert!(leader_losses_of(&log, 1, "/s1").is_empty());
+            assert_eq!(topology(&log).is_empty(), !cuts_a_link);
+        }
+        // The multi-leader kill takes both.
+        let log = vec![event(Fault::KillLeaders {
+            node: 1,
+            shards: vec![0, 1],
+        })];
+        assert_eq!(leader_losses_of(&log, 0, "/").len(), 1);
+    }
+
+    #[test]
+    fn a_failed_membership_step_is_counted_and_recorded_apart() {
+        let ms = 1_000_000;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = config(tmp.path());
+        let dir = RunDir::create(tmp.path()).expect("run dir");
+        let mut report = Report::new("test", &config);
+        let step = NemesisEvent {
+            phase: "error".into(),
+            fault: Some(Fault::Membership {
+                shard: 1,
+                node: 3,
+                was_leader: false,
+            }),
+            message: Some("timed out".into()),
+            ..kill_at(10_000 * ms, 10_500 * ms)
+        };
+        let recorded = Recorded {
+            register: Ok(Vec::new()),
+            set: Ok((1..=2_000).map(|i| add(7, i * 10)).collect()),
+            moves: Ok(Vec::new()),
+            nemesis: vec![
+                step.clone(),
+                NemesisEvent {
+                    message: None,
+                    ..heal_of(&step, 14_000 * ms, 14_200 * ms)
+                },
+            ],
+            end_ns: 20_000 * ms,
+            settle: Settle {
+                heal_ns: 20_000 * ms,
+                settled_ns: Some(20_100 * ms),
+                snapshots: Vec::new(),
+            },
+            interrupted: false,
+        };
+        record(
+            &dir,
+            &config.workloads,
+            &config.liveness,
+            config.recovery_timeout,
+            &mut report,
+            recorded,
+        )
+        .expect("settled");
+        assert_eq!(report.faults.get("membership"), Some(&1));
+        assert!(report.nemesis_errors.is_empty());
+        assert_eq!(report.membership_errors.len(), 1);
+        assert!(report.valid);
+    }
+
+    #[test]
+    fn paths_under_the_graft_belong_to_its_shard() {
+        assert_eq!(shard_of_path("/s1/set/e000001"), GRAFT);
+        assert_eq!(shard_of_path("/s1"), GRAFT);
+        assert_eq!(shard_of_path("/s10/x"), "/");
+        assert_eq!(shard_of_path("/jepsen/register/k2"), "/");
+        assert_eq!(register::key_of(2), "/jepsen/register/k2");
+        assert_eq!(register::key_of(3), "/s1/register/k3");
+    }
+
+    #[test]
     fn the_topology_follows_the_nemesis_log() {
         let ms = 1_000_000;
         let kill = kill_at(10 * ms, 12 * ms);
