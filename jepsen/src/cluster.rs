@@ -13,14 +13,23 @@
 //!   cuts exactly that link; any partition of three nodes is a set of cut
 //!   links, including the "bridge" where each side sees a different majority.
 //!
+//! The control plane is one **etcd** container on the client network
+//! (`{prefix}-etcd`); every replica serves with `--etcd`, so the cluster, its
+//! nodes and its shard map live there. The cluster is initialised the way an
+//! operator does it, with the `nokv` binary inside replica 1 (`docker exec …
+//! nokv --etcd … cluster init`), and a second shard is grafted at [`GRAFT`]
+//! once the root shard has a leader: two Raft groups on the same three
+//! replicas, one tree. The etcd faults detach etcd from the client network
+//! or kill it; they never touch the links between replicas.
+//!
 //! Every container, network and volume carries the run's label and is
 //! removed when the [`DockerCluster`] is dropped, also after a panic or error.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use nokv_client::{Client, ClientConfig, Member, Role};
-use testcontainers::core::{ContainerPort, Mount};
+use nokv_client::{Client, ClientConfig, Role};
+use testcontainers::core::{ContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::time::Instant;
@@ -30,6 +39,11 @@ use crate::docker::{Docker, DockerError, RUN_LABEL};
 /// Port every node serves gRPC on inside its container.
 const NODE_PORT: u16 = 7400;
 const S3_PORT: u16 = 9000;
+const ETCD_PORT: u16 = 2379;
+/// Where the second shard is grafted (a new name in the root directory).
+pub const GRAFT: &str = "/s1";
+/// The shards of a run, by name: the root shard (`/`) and the graft.
+pub const SHARDS: [&str; 2] = ["/", GRAFT];
 /// Credentials of the run's S3 server.
 pub const S3_ACCESS_KEY: &str = "nokv";
 pub const S3_SECRET_KEY: &str = "nokv-secret";
@@ -62,6 +76,8 @@ pub struct ClusterOptions {
     pub nokv_image: String,
     /// `name:tag` of the S3 server image (s3s-fs, with a `nokv` bucket).
     pub s3_image: String,
+    /// `name:tag` of the etcd image (entrypoint `etcd`).
+    pub etcd_image: String,
     /// Number of replicas (3 for every nemesis in this crate).
     pub nodes: u64,
     /// `RUST_LOG` of the replicas.
@@ -78,6 +94,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nokv_image: "nokv:dev".into(),
             s3_image: "nokv-s3s-fs:dev".into(),
+            etcd_image: "nokv-etcd:dev".into(),
             nodes: 3,
             rust_log: "info".into(),
             node_env: Vec::new(),
@@ -187,10 +204,16 @@ pub struct DockerCluster {
     docker: Docker,
     nodes: Vec<NodeHandle>,
     _s3: ContainerAsync<GenericImage>,
+    _etcd: ContainerAsync<GenericImage>,
+    /// Container name of etcd (what the etcd faults act on).
+    pub etcd_container: String,
+    client_net: String,
     /// `http://127.0.0.1:PORT` of the S3 server, as the harness reaches it.
     pub s3_endpoint: String,
     /// The network of each link `(a, b)`, `a < b`.
     links: BTreeMap<(u64, u64), String>,
+    /// Shard 0 and the graft's shard, once created.
+    shard_ids: Vec<u32>,
     _cleanup: Cleanup,
 }
 
@@ -219,7 +242,7 @@ impl DockerCluster {
     /// waits until every replica agrees on a leader.
     pub async fn start(run: &str, options: &ClusterOptions) -> Result<DockerCluster, ClusterError> {
         let docker = Docker::default();
-        for image in [&options.nokv_image, &options.s3_image] {
+        for image in [&options.nokv_image, &options.s3_image, &options.etcd_image] {
             if !docker.image_exists(image).await? {
                 return Err(ClusterError::MissingImage(image.clone()));
             }
@@ -264,6 +287,38 @@ impl DockerCluster {
             .await
             .map_err(|e| ClusterError::Container(format!("start {s3_name}: {e}")))?;
 
+        // The control plane. Its data is in the container's own layer, which
+        // survives `docker kill` and `docker start` (the etcd-kill fault).
+        let etcd_name = format!("{prefix}-etcd");
+        let etcd_url = format!("http://{etcd_name}:{ETCD_PORT}");
+        let (name, tag) = split_image(&options.etcd_image);
+        let etcd = GenericImage::new(name, tag)
+            .with_wait_for(WaitFor::message_on_either_std(
+                "ready to serve client requests",
+            ))
+            .with_cmd([
+                "--name",
+                "e1",
+                "--data-dir",
+                "/data/etcd",
+                "--listen-client-urls",
+                "http://0.0.0.0:2379",
+                "--advertise-client-urls",
+                &etcd_url,
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "e1=http://127.0.0.1:2380",
+            ])
+            .with_container_name(&etcd_name)
+            .with_network(&client_net)
+            .with_label(RUN_LABEL, run)
+            .start()
+            .await
+            .map_err(|e| ClusterError::Container(format!("start {etcd_name}: {e}")))?;
+
         let mut nodes = Vec::new();
         for &id in &ids {
             let container = format!("{prefix}-n{id}");
@@ -286,6 +341,8 @@ impl DockerCluster {
                     "/data",
                     "--blob-store",
                     "s3://nokv/jepsen",
+                    "--etcd",
+                    &etcd_url,
                 ])
                 .with_container_name(&container)
                 .with_network(&client_net)
@@ -314,13 +371,17 @@ impl DockerCluster {
                 _handle: handle,
             });
         }
-        let cluster = DockerCluster {
+        let mut cluster = DockerCluster {
             run: run.to_string(),
             docker,
             nodes,
             _s3: s3,
+            _etcd: etcd,
+            etcd_container: etcd_name,
+            client_net,
             s3_endpoint: format!("http://127.0.0.1:{s3_port}"),
             links,
+            shard_ids: vec![0],
             _cleanup: cleanup,
         };
         for &(a, b) in cluster.links.keys() {
@@ -368,32 +429,261 @@ impl DockerCluster {
         Ok(Client::new(config)?)
     }
 
-    async fn initialize(&self, timeout: Duration) -> Result<(), ClusterError> {
-        let members: Vec<Member> = self
+    /// Records the cluster in etcd and forms the root shard with the
+    /// `nokv` binary inside replica 1 (it resolves the replicas' aliases),
+    /// waits for a leader, then grafts the second shard at [`GRAFT`] on all
+    /// three replicas and waits until every shard has an agreed leader.
+    async fn initialize(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        let members: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| Member {
-                id: n.id,
-                addr: format!("{}:{NODE_PORT}", n.alias),
-            })
+            .map(|n| format!("{}={}:{NODE_PORT}", n.id, n.alias))
             .collect();
-        let client = self.client(Duration::from_secs(2))?;
-        let first = &self.nodes[0].host_addr;
+        let etcd_url = format!("http://{}:{ETCD_PORT}", self.etcd_container);
+        let wait = format!("{}s", timeout.as_secs().max(1));
+        let first = self.nodes[0].container.clone();
+        let members = members.join(",");
+        self.docker
+            .exec(
+                &first,
+                &[
+                    "nokv",
+                    "--etcd",
+                    &etcd_url,
+                    "cluster",
+                    "init",
+                    "--members",
+                    &members,
+                    "--wait",
+                    &wait,
+                ],
+            )
+            .await?;
         let deadline = Instant::now() + timeout;
-        loop {
-            match client.init_cluster(first, members.clone()).await {
-                Ok(()) | Err(nokv_client::ClientError::AlreadyInitialized(_)) => break,
+        self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))
+            .await?;
+        let client = self.client(Duration::from_secs(30))?;
+        let ids: Vec<u64> = self.node_ids();
+        let (graft, revision) = loop {
+            match client.create_shard_on_cluster(GRAFT, ids.clone()).await {
+                Ok(r) => break (r.shard, r.map_revision),
+                // An earlier attempt made it, though its answer was lost.
+                Err(e) if e.is_exists() => {
+                    let map = client.refresh_shard_map().await?;
+                    let id = map.and_then(|m| {
+                        m.shards
+                            .values()
+                            .find(|s| s.graft == GRAFT)
+                            .map(|s| (u32::from(s.id.0), m.revision.0))
+                    });
+                    match id {
+                        Some(id) => break id,
+                        None => return Err(e.into()),
+                    }
+                }
                 Err(e) if Instant::now() >= deadline => {
                     return Err(ClusterError::Timeout(format!(
-                        "cluster init did not succeed within {timeout:?}: {e}"
+                        "grafting {GRAFT} did not succeed within {timeout:?}: {e}"
                     )))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "graft not created yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
-        }
-        self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))
+        };
+        self.shard_ids = vec![0, graft];
+        self.wait_for_map(revision, deadline).await?;
+        self.wait_for_shard_leaders(deadline.saturating_duration_since(Instant::now()))
             .await
             .map(|_| ())
+    }
+
+    /// Waits until every node serves a shard map of at least `revision`
+    /// (nodes learn the map from etcd; a client asking a node that has not
+    /// yet would route by the map without the graft).
+    async fn wait_for_map(&self, revision: u64, deadline: Instant) -> Result<(), ClusterError> {
+        let client = self.client(Duration::from_secs(2))?;
+        loop {
+            let mut behind = Vec::new();
+            for n in &self.nodes {
+                match client.shard_map_of(&n.host_addr).await {
+                    Ok(m) if m.revision >= revision => {}
+                    Ok(m) => behind.push(format!("node {} at revision {}", n.id, m.revision)),
+                    Err(e) => behind.push(format!("node {}: {e}", n.id)),
+                }
+            }
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout(format!(
+                    "not every node serves the shard map of revision {revision}: {}",
+                    behind.join("; ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The shards of the run: 0 and the graft's.
+    pub fn shard_ids(&self) -> &[u32] {
+        &self.shard_ids
+    }
+
+    /// Every node's view of every shard replica it hosts, in node order
+    /// (an error text for a node that does not answer).
+    pub async fn node_statuses(
+        &self,
+    ) -> Vec<(u64, Result<nokv_client::NodeStatusResponse, String>)> {
+        let client = match self.client(Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id, Err(format!("no client: {e}"))))
+                    .collect()
+            }
+        };
+        let asks = self.nodes.iter().map(|n| {
+            let client = &client;
+            async move {
+                (
+                    n.id,
+                    client
+                        .node_status(&n.host_addr)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// The leader of each shard, as the replicas that say they lead report
+    /// it right now (a shard with no answering leader is missing).
+    pub async fn shard_leaders(&self) -> BTreeMap<u32, u64> {
+        let mut leaders = BTreeMap::new();
+        for (_, status) in self.node_statuses().await {
+            let Ok(status) = status else { continue };
+            for s in status.shards {
+                if s.role() == Role::Leader {
+                    leaders.insert(s.shard, s.node_id);
+                }
+            }
+        }
+        leaders
+    }
+
+    /// The leader of every shard of the run, if every node answers and, for
+    /// each shard, every replica hosting it (at least a majority of the
+    /// nodes) names the same leader, which says it leads.
+    pub async fn agreed_shard_leaders(&self) -> Option<BTreeMap<u32, u64>> {
+        let statuses = self.node_statuses().await;
+        let mut views: BTreeMap<u32, Vec<nokv_client::StatusResponse>> = BTreeMap::new();
+        for (_, status) in statuses {
+            for s in status.ok()?.shards {
+                views.entry(s.shard).or_default().push(s);
+            }
+        }
+        let majority = self.nodes.len() / 2 + 1;
+        let mut leaders = BTreeMap::new();
+        for shard in &self.shard_ids {
+            let view = views.get(shard)?;
+            let leader = view.first()?.leader_id?;
+            let agree = view.len() >= majority
+                && view.iter().all(|s| s.leader_id == Some(leader))
+                && view
+                    .iter()
+                    .any(|s| s.node_id == leader && s.role() == Role::Leader);
+            if !agree {
+                return None;
+            }
+            leaders.insert(*shard, leader);
+        }
+        Some(leaders)
+    }
+
+    /// Waits until every shard has a leader its replicas agree on.
+    pub async fn wait_for_shard_leaders(
+        &self,
+        timeout: Duration,
+    ) -> Result<BTreeMap<u32, u64>, ClusterError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leaders) = self.agreed_shard_leaders().await {
+                return Ok(leaders);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout(format!(
+                    "the shards' replicas did not agree on leaders within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Carries out one membership step through any node's `Membership`
+    /// RPC (the node runs it against etcd), within `timeout`.
+    pub async fn membership(
+        &self,
+        request: nokv_proto::pb::MembershipRequest,
+        timeout: Duration,
+    ) -> Result<Vec<String>, ClusterError> {
+        let client = self.client(timeout)?;
+        match tokio::time::timeout(timeout, client.membership_on_cluster(request)).await {
+            Ok(Ok(r)) => Ok(r.changes),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ClusterError::Timeout(format!(
+                "membership step did not answer within {timeout:?} (outcome unknown)"
+            ))),
+        }
+    }
+
+    /// Hands `shard`'s leadership to `node` (a voter) through its leader.
+    pub async fn transfer_leader(&self, shard: u32, node: u64) -> Result<u64, ClusterError> {
+        let client = self.client(Duration::from_secs(5))?;
+        let shard = u16::try_from(shard)
+            .map_err(|_| ClusterError::Harness(format!("shard id {shard} does not fit 16 bits")))?;
+        Ok(client
+            .for_shard(nokv_client::ShardId(shard))
+            .transfer_leader(node)
+            .await?)
+    }
+
+    /// Kills etcd (`kill -9`); its data stays in the container.
+    pub async fn kill_etcd(&self) -> Result<(), ClusterError> {
+        Ok(self.docker.kill(&self.etcd_container).await?)
+    }
+
+    pub async fn restart_etcd(&self) -> Result<(), ClusterError> {
+        Ok(self.docker.start(&self.etcd_container).await?)
+    }
+
+    /// Cuts etcd off from every replica (and the harness): detaches it from
+    /// the client network, its only one.
+    pub async fn cut_etcd(&self) -> Result<(), ClusterError> {
+        Ok(self
+            .docker
+            .disconnect(&self.client_net, &self.etcd_container)
+            .await?)
+    }
+
+    pub async fn heal_etcd(&self) -> Result<(), ClusterError> {
+        match self
+            .docker
+            .connect(&self.client_net, &self.etcd_container, "etcd")
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(DockerError::Failed { stderr, .. })
+                if stderr.contains("already exists") || stderr.contains("already attached") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What every replica answers to a status request right now (an

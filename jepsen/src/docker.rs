@@ -131,6 +131,14 @@ impl Docker {
             .map(|_| ())
     }
 
+    /// Runs `argv` inside a running container (`docker exec`; the image
+    /// needs no shell) and returns its stdout.
+    pub async fn exec(&self, container: &str, argv: &[&str]) -> Result<String, DockerError> {
+        let mut args = vec!["exec", container];
+        args.extend_from_slice(argv);
+        self.run(&args).await
+    }
+
     /// `kill -9` of the container's process (the container stays, stopped).
     pub async fn kill(&self, container: &str) -> Result<(), DockerError> {
         self.run(&["kill", "--signal", "KILL", container])

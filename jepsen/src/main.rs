@@ -15,8 +15,9 @@ use nokv_jepsen::workload::register::RegisterConfig;
 
 /// Jepsen-style partition tests for NoKV.
 ///
-/// `run` starts a three-node NoKV cluster and an S3 server in containers
-/// (images built by `bash docker/build.sh`; nothing is pulled), runs
+/// `run` starts a three-node NoKV cluster with two shards (the root, and
+/// one grafted at /s1), etcd and an S3 server in containers (images built
+/// by `bash docker/build.sh`; nothing is pulled), runs
 /// concurrent clients while a nemesis cuts network links, kills and pauses
 /// nodes, then heals and checks what the clients saw: registers must be
 /// linearizable, every acknowledged set add must survive, renames must keep
@@ -55,8 +56,9 @@ struct RunArgs {
     /// How long the workloads run (the nemesis heals before the checks).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     time_limit: Duration,
-    /// Faults to inject: none, all, partition, kill, pause, isolate-leader,
-    /// isolate-node, bridge (comma-separated).
+    /// Faults to inject (comma-separated): none, all, partition, etcd, or
+    /// single faults: isolate-leader, isolate-node, bridge, kill, pause,
+    /// kill-multi-leader, etcd-kill, etcd-partition, membership.
     #[arg(long, default_value = "all")]
     nemesis: NemesisSpec,
     /// Workloads to run concurrently: register, set, namespace, all.
@@ -96,6 +98,9 @@ struct RunArgs {
     /// S3 server image (s3s-fs command line, bucket `nokv`).
     #[arg(long, env = "NOKV_S3_IMAGE", default_value = "nokv-s3s-fs:dev")]
     s3_image: String,
+    /// etcd image (entrypoint `etcd`), the control plane.
+    #[arg(long, env = "NOKV_ETCD_IMAGE", default_value = "nokv-etcd:dev")]
+    etcd_image: String,
     /// Linearizability search budget per register key: steps.
     #[arg(long, default_value_t = 50_000_000)]
     check_steps: u64,
@@ -192,6 +197,51 @@ fn render_report(report: &Report, out: &std::path::Path) -> String {
                 a.blocked_by.as_ref().map(|op| (&op.input, &op.outcome))
             );
         }
+    }
+    for (shard, s) in &report.set_by_shard {
+        outln!(
+            text,
+            "  set {shard:>3}: {} (acknowledged {}, final {}, lost {}, unexpected {})",
+            if s.valid { "valid" } else { "INVALID" },
+            s.acknowledged,
+            s.final_size,
+            s.lost.len(),
+            s.unexpected.len()
+        );
+    }
+    if !report.register_keys_by_shard.is_empty() {
+        outln!(
+            text,
+            "  register keys per shard: {:?}",
+            report.register_keys_by_shard
+        );
+    }
+    for c in &report.graft_checks {
+        outln!(
+            text,
+            "     graft: {} {} -> {} (expected {}){}",
+            c.when,
+            c.op,
+            c.got,
+            c.expected,
+            if c.ok { "" } else { " WRONG" }
+        );
+    }
+    for e in &report.etcd_fault_acks {
+        outln!(
+            text,
+            "  etcd fault {} {:.1}-{:.1} s: writes acknowledged {:?}",
+            e.fault.name(),
+            e.from_s,
+            e.to_s,
+            e.acks
+        );
+    }
+    for m in &report.membership_errors {
+        outln!(
+            text,
+            "  membership step failed (recorded, not a failure): {m}"
+        );
     }
     if let Some(s) = &report.set {
         outln!(
@@ -307,6 +357,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         cluster: ClusterOptions {
             nokv_image: args.nokv_image.clone(),
             s3_image: args.s3_image.clone(),
+            etcd_image: args.etcd_image.clone(),
             rust_log: args.node_log.clone(),
             node_env: args.node_env.clone(),
             ..ClusterOptions::default()

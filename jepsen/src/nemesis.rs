@@ -10,12 +10,24 @@
 //! | `kill`             | `kill -9` of the leader or a random node, restart at heal |
 //! | `pause`            | SIGSTOP-like freeze (`docker pause`) of the leader or a   |
 //! |                    | random node, resumed at heal                              |
+//! | `kill-multi-leader`| leadership of every shard moved to the node leading the   |
+//! |                    | most, then `kill -9` of it; restart at heal               |
+//! | `etcd-kill`        | `kill -9` of etcd, restart at heal (data kept)            |
+//! | `etcd-partition`   | etcd detached from the client network: no replica reaches |
+//! |                    | it; reattached at heal                                    |
+//! | `membership`       | `remove-replica` of a shard's replica on one node (the    |
+//! |                    | leader half the time) through the `Membership` RPC; at    |
+//! |                    | heal `add-replica` of the same node                       |
 //!
-//! `--nemesis partition` enables the three partitions, `kill` and `pause`
-//! their fault, `all` everything. Each cycle waits a healthy period, takes
+//! `--nemesis partition` enables the three partitions, `etcd` both etcd
+//! faults, `kill` and `pause` their fault, `all` everything. A membership
+//! step that fails is recorded (`error`, with the reason) and retried at
+//! heal; it does not fail the run by itself, since refusing a change is
+//! allowed (the run's safety and liveness checks still apply). Each cycle waits a healthy period, takes
 //! the next fault of a round (every enabled fault once per round, in a
 //! seeded random order), holds it, then heals it.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,6 +36,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use nokv_proto::pb::membership_request::Action;
+use nokv_proto::pb::{MembershipRequest, ReplicaChange};
 
 use crate::cluster::{ClusterError, DockerCluster};
 use crate::workload::Clock;
@@ -37,16 +52,39 @@ pub enum FaultKind {
     Bridge,
     Kill,
     Pause,
+    KillMultiLeader,
+    EtcdKill,
+    EtcdPartition,
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::IsolateLeader,
         FaultKind::IsolateNode,
         FaultKind::Bridge,
         FaultKind::Kill,
         FaultKind::Pause,
+        FaultKind::KillMultiLeader,
+        FaultKind::EtcdKill,
+        FaultKind::EtcdPartition,
+        FaultKind::Membership,
     ];
+
+    /// The name `--nemesis` and the report use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::IsolateNode => "isolate-node",
+            FaultKind::Bridge => "bridge",
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::KillMultiLeader => "kill-multi-leader",
+            FaultKind::EtcdKill => "etcd-kill",
+            FaultKind::EtcdPartition => "etcd-partition",
+            FaultKind::Membership => "membership",
+        }
+    }
 }
 
 /// The set of faults a run may inject (`--nemesis`).
@@ -69,17 +107,17 @@ impl FromStr for NemesisSpec {
                     FaultKind::IsolateNode,
                     FaultKind::Bridge,
                 ]),
-                "isolate-leader" => kinds.push(FaultKind::IsolateLeader),
-                "isolate-node" => kinds.push(FaultKind::IsolateNode),
-                "bridge" => kinds.push(FaultKind::Bridge),
-                "kill" => kinds.push(FaultKind::Kill),
-                "pause" => kinds.push(FaultKind::Pause),
-                other => {
-                    return Err(format!(
-                        "unknown nemesis {other:?} (expected none, all, partition, kill, pause, \
-                         isolate-leader, isolate-node or bridge)"
-                    ))
-                }
+                "etcd" => kinds.extend([FaultKind::EtcdKill, FaultKind::EtcdPartition]),
+                other => match FaultKind::ALL.iter().find(|k| k.name() == other) {
+                    Some(kind) => kinds.push(*kind),
+                    None => {
+                        return Err(format!(
+                            "unknown nemesis {other:?} (expected none, all, partition, etcd, \
+                             or one of: {})",
+                            FaultKind::ALL.map(FaultKind::name).join(", ")
+                        ))
+                    }
+                },
             }
         }
         kinds.sort();
@@ -105,6 +143,35 @@ pub enum Fault {
         node: u64,
         was_leader: bool,
     },
+    /// Killed `node` after moving every shard's leadership to it; `shards`
+    /// are the shards it led just before the kill.
+    #[serde(rename = "kill-multi-leader")]
+    KillLeaders {
+        node: u64,
+        shards: Vec<u32>,
+    },
+    EtcdKill,
+    EtcdPartition,
+    /// The replica of `shard` on `node` was removed (re-added at heal).
+    Membership {
+        shard: u32,
+        node: u64,
+        was_leader: bool,
+    },
+}
+
+impl Fault {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Partition { kind, .. } => *kind,
+            Fault::Kill { .. } => FaultKind::Kill,
+            Fault::Pause { .. } => FaultKind::Pause,
+            Fault::KillLeaders { .. } => FaultKind::KillMultiLeader,
+            Fault::EtcdKill => FaultKind::EtcdKill,
+            Fault::EtcdPartition => FaultKind::EtcdPartition,
+            Fault::Membership { .. } => FaultKind::Membership,
+        }
+    }
 }
 
 /// A line of `nemesis.jsonl`.
@@ -121,9 +188,16 @@ pub struct NemesisEvent {
     /// `start`, `heal` or `error`.
     pub phase: String,
     pub fault: Option<Fault>,
-    /// The node that led just before the fault, if known.
+    /// The node that led shard 0 just before the fault, if known.
     pub leader_before: Option<u64>,
+    /// The leader of each shard just before the fault, as the replicas
+    /// that led reported it (shard id to node).
+    #[serde(default)]
+    pub leaders_before: BTreeMap<u32, u64>,
     pub message: Option<String>,
+    /// What a membership step reported it changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// Schedule settings.
@@ -180,10 +254,14 @@ pub async fn run(
             round.shuffle(&mut rng);
         }
         let Some(kind) = round.pop() else { break };
-        let leader = cluster.current_leader().await;
-        let fault = choose(cluster, kind, leader, &mut rng);
+        let leaders = cluster.shard_leaders().await;
+        let leader = match leaders.get(&0) {
+            Some(l) => Some(*l),
+            None => cluster.current_leader().await,
+        };
+        let mut fault = choose(cluster, kind, leader, &leaders, &mut rng);
         let (time_ns, wall) = (clock.now_ns(), wall_now());
-        let started = inject(cluster, &fault).await;
+        let started = inject(cluster, &mut fault).await;
         log.push(NemesisEvent {
             time_ns,
             wall,
@@ -191,7 +269,9 @@ pub async fn run(
             phase: if started.is_ok() { "start" } else { "error" }.into(),
             fault: Some(fault.clone()),
             leader_before: leader,
+            leaders_before: leaders,
             message: started.as_ref().err().map(|e| e.to_string()),
+            changes: started.unwrap_or_default(),
         });
         tracing::info!(?fault, ?leader, "nemesis: fault");
         // Hold the fault for its period even if the run ends meanwhile: the
@@ -206,7 +286,9 @@ pub async fn run(
             phase: if healed.is_ok() { "heal" } else { "error" }.into(),
             fault: Some(fault.clone()),
             leader_before: None,
+            leaders_before: BTreeMap::new(),
             message: healed.as_ref().err().map(|e| e.to_string()),
+            changes: healed.unwrap_or_default(),
         });
         tracing::info!(?fault, "nemesis: healed");
         if *stop.borrow() {
@@ -221,6 +303,7 @@ pub fn choose(
     cluster: &DockerCluster,
     kind: FaultKind,
     leader: Option<u64>,
+    leaders: &BTreeMap<u32, u64>,
     rng: &mut StdRng,
 ) -> Fault {
     let ids = cluster.node_ids();
@@ -277,31 +360,167 @@ pub fn choose(
                 was_leader: leader == Some(node),
             }
         }
+        FaultKind::KillMultiLeader => {
+            let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+            for node in leaders.values() {
+                *led.entry(*node).or_default() += 1;
+            }
+            let node = led
+                .iter()
+                .max_by_key(|(node, count)| (**count, std::cmp::Reverse(**node)))
+                .map_or(leader_or_random, |(node, _)| *node);
+            Fault::KillLeaders {
+                node,
+                shards: Vec::new(),
+            }
+        }
+        FaultKind::EtcdKill => Fault::EtcdKill,
+        FaultKind::EtcdPartition => Fault::EtcdPartition,
+        FaultKind::Membership => {
+            let shards = cluster.shard_ids();
+            let shard = shards[rng.random_range(0..shards.len())];
+            let shard_leader = leaders.get(&shard).copied();
+            let node = match shard_leader {
+                Some(l) if rng.random_bool(0.5) => l,
+                _ => random,
+            };
+            Fault::Membership {
+                shard,
+                node,
+                was_leader: shard_leader == Some(node),
+            }
+        }
     }
 }
 
-pub async fn inject(cluster: &DockerCluster, fault: &Fault) -> Result<(), ClusterError> {
+/// How long one membership step may take (adding waits for the new
+/// replica to catch up) before its outcome counts as unknown.
+const MEMBERSHIP_STEP: Duration = Duration::from_secs(30);
+
+fn replica_change(shard: u32, node: u64) -> ReplicaChange {
+    ReplicaChange {
+        shard: format!("#{shard}"),
+        node,
+    }
+}
+
+/// Moves the leadership of every shard `node` does not lead to it (best
+/// effort: a refused transfer leaves that shard where it is), then returns
+/// the shards it leads.
+async fn gather_leaders(cluster: &DockerCluster, node: u64) -> Vec<u32> {
+    let leaders = cluster.shard_leaders().await;
+    for (&shard, &leader) in &leaders {
+        if leader != node {
+            if let Err(e) = cluster.transfer_leader(shard, node).await {
+                tracing::info!(shard, node, error = %e, "nemesis: leadership not moved");
+            }
+        }
+    }
+    cluster
+        .shard_leaders()
+        .await
+        .into_iter()
+        .filter(|(_, l)| *l == node)
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// Injects `fault` (filling in what it found, e.g. the shards a killed
+/// node led); returns what a membership step reported it changed.
+pub async fn inject(
+    cluster: &DockerCluster,
+    fault: &mut Fault,
+) -> Result<Vec<String>, ClusterError> {
     match fault {
         Fault::Partition { cut, .. } => {
-            for &(a, b) in cut {
+            for &(a, b) in cut.iter() {
                 cluster.cut_link(a, b).await?;
             }
-            Ok(())
         }
-        Fault::Kill { node, .. } => cluster.kill(*node).await,
-        Fault::Pause { node, .. } => cluster.pause(*node).await,
+        Fault::Kill { node, .. } => cluster.kill(*node).await?,
+        Fault::Pause { node, .. } => cluster.pause(*node).await?,
+        Fault::KillLeaders { node, shards } => {
+            *shards = gather_leaders(cluster, *node).await;
+            cluster.kill(*node).await?;
+        }
+        Fault::EtcdKill => cluster.kill_etcd().await?,
+        Fault::EtcdPartition => cluster.cut_etcd().await?,
+        Fault::Membership { shard, node, .. } => {
+            let request = MembershipRequest {
+                action: Some(Action::RemoveReplica(replica_change(*shard, *node))),
+            };
+            return cluster.membership(request, MEMBERSHIP_STEP).await;
+        }
     }
+    Ok(Vec::new())
 }
 
-pub async fn heal(cluster: &DockerCluster, fault: &Fault) -> Result<(), ClusterError> {
+pub async fn heal(cluster: &DockerCluster, fault: &Fault) -> Result<Vec<String>, ClusterError> {
     match fault {
         Fault::Partition { cut, .. } => {
             for &(a, b) in cut {
                 cluster.heal_link(a, b).await?;
             }
-            Ok(())
         }
-        Fault::Kill { node, .. } => cluster.restart(*node).await,
-        Fault::Pause { node, .. } => cluster.unpause(*node).await,
+        Fault::Kill { node, .. } | Fault::KillLeaders { node, .. } => {
+            cluster.restart(*node).await?
+        }
+        Fault::Pause { node, .. } => cluster.unpause(*node).await?,
+        Fault::EtcdKill => cluster.restart_etcd().await?,
+        Fault::EtcdPartition => cluster.heal_etcd().await?,
+        Fault::Membership { shard, node, .. } => {
+            // The replica must come back whatever the removal did (adding
+            // is idempotent): retry a refused step until a deadline.
+            let deadline = tokio::time::Instant::now() + MEMBERSHIP_STEP * 2;
+            let mut failures = Vec::new();
+            loop {
+                let request = MembershipRequest {
+                    action: Some(Action::AddReplica(replica_change(*shard, *node))),
+                };
+                match cluster.membership(request, MEMBERSHIP_STEP).await {
+                    Ok(mut changes) => {
+                        changes.extend(failures.into_iter().map(|e| format!("retried after: {e}")));
+                        return Ok(changes);
+                    }
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                    Err(e) => {
+                        tracing::info!(shard, node, error = %e, "nemesis: add-replica refused; retrying");
+                        failures.push(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemesis_names_parse_and_all_holds_every_fault() {
+        let all: NemesisSpec = "all".parse().expect("all");
+        assert_eq!(all.0.len(), FaultKind::ALL.len());
+        let etcd: NemesisSpec = "etcd,membership".parse().expect("etcd");
+        assert_eq!(
+            etcd.0,
+            vec![
+                FaultKind::EtcdKill,
+                FaultKind::EtcdPartition,
+                FaultKind::Membership
+            ]
+        );
+        for kind in FaultKind::ALL {
+            let one: NemesisSpec = kind.name().parse().expect("single");
+            assert_eq!(one.0, vec![kind]);
+            // The report's name is the serde name.
+            assert_eq!(
+                serde_json::to_value(kind).expect("json"),
+                serde_json::Value::String(kind.name().into())
+            );
+        }
+        assert!("etcd-pause".parse::<NemesisSpec>().is_err());
     }
 }

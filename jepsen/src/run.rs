@@ -34,9 +34,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cluster::{agreed_leader, ClusterError, ClusterOptions, DockerCluster, ReplicaStatus};
+use crate::cluster::{
+    agreed_leader, ClusterError, ClusterOptions, DockerCluster, ReplicaStatus, GRAFT, SHARDS,
+};
 use crate::nemesis::{self, Fault, FaultKind, NemesisEvent, Schedule};
 use crate::record::{RunDir, StatusSnapshot};
+use crate::workload::graft::{self, GraftCheck};
 use crate::workload::{namespace, register, set, Clock, Ctx};
 
 /// Which workloads run (concurrently, on one cluster).
@@ -136,8 +139,29 @@ pub struct Report {
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, usize>,
     pub nemesis_errors: Vec<String>,
+    /// Membership steps that failed or timed out (recorded, not a failure
+    /// of the run by themselves).
+    #[serde(default)]
+    pub membership_errors: Vec<String>,
+    /// The shards of the run: graft path to shard id.
+    #[serde(default)]
+    pub shards: BTreeMap<String, u32>,
+    /// The graft's fences (`EXDEV`, `EBUSY`), probed at the start and end.
+    #[serde(default)]
+    pub graft_checks: Vec<GraftCheck>,
     pub register: Option<Summary<RegisterInput, RegisterOutput>>,
+    /// The set over both shards.
     pub set: Option<SetSummary>,
+    /// The set per shard (by graft path).
+    #[serde(default)]
+    pub set_by_shard: BTreeMap<String, SetSummary>,
+    /// Register keys checked per shard (by graft path).
+    #[serde(default)]
+    pub register_keys_by_shard: BTreeMap<String, usize>,
+    /// Acknowledged writes per shard during each etcd fault (the data path
+    /// must not need the control plane).
+    #[serde(default)]
+    pub etcd_fault_acks: Vec<EtcdFaultAcks>,
     pub namespace: Option<TreeSummary>,
     /// Leader loss (kill of the leader) to the first acknowledged write.
     pub failover_kill: Failover,
@@ -168,8 +192,14 @@ impl Report {
             counts: BTreeMap::new(),
             faults: BTreeMap::new(),
             nemesis_errors: Vec::new(),
+            membership_errors: Vec::new(),
+            shards: BTreeMap::new(),
+            graft_checks: Vec::new(),
             register: None,
             set: None,
+            set_by_shard: BTreeMap::new(),
+            register_keys_by_shard: BTreeMap::new(),
+            etcd_fault_acks: Vec::new(),
             namespace: None,
             failover_kill: Failover::default(),
             failover_any: Failover::default(),
@@ -183,6 +213,24 @@ impl Report {
         tracing::error!(%why, "run aborted");
         self.valid = false;
         self.aborted.get_or_insert(why);
+    }
+}
+
+/// Writes acknowledged in each shard while etcd was down or cut off.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EtcdFaultAcks {
+    pub fault: FaultKind,
+    pub from_s: f64,
+    pub to_s: f64,
+    /// Graft path to acknowledged writes in the window.
+    pub acks: BTreeMap<String, usize>,
+}
+
+/// Which shard (by graft path) a path of the workloads lies in.
+pub fn shard_of_path(path: &str) -> &'static str {
+    match path.strip_prefix(GRAFT) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => GRAFT,
+        _ => "/",
     }
 }
 
@@ -251,30 +299,46 @@ fn counts<I, O>(ops: &[Operation<I, O>]) -> OutcomeCounts {
     c
 }
 
+/// Completion times of every acknowledged write, sorted, per shard (by
+/// graft path; the namespace workload lies in the root shard).
+fn write_acks_by_shard(
+    register: &[register::RegisterOp],
+    set: &[set::SetOp],
+    moves: &[namespace::MoveOp],
+) -> BTreeMap<&'static str, Vec<u64>> {
+    let mut acks: BTreeMap<&'static str, Vec<u64>> =
+        SHARDS.iter().map(|s| (*s, Vec::new())).collect();
+    let mut push = |shard: &'static str, t: u64| acks.entry(shard).or_default().push(t);
+    for op in register.iter().filter(|op| {
+        !matches!(op.input.input, RegisterInput::Read)
+            && matches!(op.outcome, Outcome::Ok(RegisterOutput::Ok))
+    }) {
+        push(shard_of_path(&op.input.key), op.return_ns);
+    }
+    for op in set.iter().filter(|op| matches!(op.outcome, Outcome::Ok(_))) {
+        push(shard_of_path(&op.input), op.return_ns);
+    }
+    for op in moves
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
+    {
+        push("/", op.return_ns);
+    }
+    for list in acks.values_mut() {
+        list.sort_unstable();
+    }
+    acks
+}
+
 /// Completion times of every acknowledged write, sorted.
 fn write_acks(
     register: &[register::RegisterOp],
     set: &[set::SetOp],
     moves: &[namespace::MoveOp],
 ) -> Vec<u64> {
-    let mut acks: Vec<u64> = register
-        .iter()
-        .filter(|op| {
-            !matches!(op.input.input, RegisterInput::Read)
-                && matches!(op.outcome, Outcome::Ok(RegisterOutput::Ok))
-        })
-        .map(|op| op.return_ns)
-        .chain(
-            set.iter()
-                .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
-                .map(|op| op.return_ns),
-        )
-        .chain(
-            moves
-                .iter()
-                .filter(|op| matches!(op.outcome, Outcome::Ok(_)))
-                .map(|op| op.return_ns),
-        )
+    let mut acks: Vec<u64> = write_acks_by_shard(register, set, moves)
+        .into_values()
+        .flatten()
         .collect();
     acks.sort_unstable();
     acks
@@ -312,27 +376,63 @@ fn failover(log: &[NemesisEvent], acks: &[u64], took_leader: impl Fn(&Fault) -> 
     Failover::from_samples(samples)
 }
 
+/// Whether the fault took shard 0's leader away (failover statistics).
 fn leader_lost(fault: &Fault) -> bool {
     match fault {
         Fault::Kill { was_leader, .. } | Fault::Pause { was_leader, .. } => *was_leader,
         Fault::Partition { kind, .. } => *kind == FaultKind::IsolateLeader,
+        Fault::KillLeaders { shards, .. } => shards.contains(&0),
+        Fault::EtcdKill | Fault::EtcdPartition | Fault::Membership { .. } => false,
     }
 }
 
-/// The faults that took the leader away, for the liveness check.
-fn leader_losses(log: &[NemesisEvent]) -> Vec<LeaderLoss> {
+/// The replicas a fault takes away: killed, paused, or cut off from every
+/// other replica. Etcd faults take none (the data path does not need it);
+/// a membership change takes none either (leadership is handed over, not
+/// lost, and the shard keeps a quorum of its voters).
+fn nodes_lost(fault: &Fault, nodes: &[u64]) -> Vec<u64> {
+    match fault {
+        Fault::Kill { node, .. } | Fault::Pause { node, .. } | Fault::KillLeaders { node, .. } => {
+            vec![*node]
+        }
+        Fault::Partition { cut, .. } => nodes
+            .iter()
+            .copied()
+            .filter(|&n| {
+                nodes
+                    .iter()
+                    .filter(|&&m| m != n)
+                    .all(|&m| cut.contains(&crate::cluster::link(n, m)))
+            })
+            .collect(),
+        Fault::EtcdKill | Fault::EtcdPartition | Fault::Membership { .. } => Vec::new(),
+    }
+}
+
+/// The faults that took away the leader of shard `shard` (id), for the
+/// liveness check. The leader is the one the nemesis saw just before the
+/// fault (for a log without per-shard leaders, shard 0's `leader_before`).
+fn leader_losses_of(log: &[NemesisEvent], shard: u32, name: &str) -> Vec<LeaderLoss> {
+    let nodes = [1, 2, 3];
     log.iter()
         .filter(|e| e.phase == "start")
         .filter_map(|e| {
-            let fault = e.fault.as_ref().filter(|f| leader_lost(f))?;
-            let label = match fault {
-                Fault::Kill { node, .. } => format!("kill of leader {node}"),
-                Fault::Pause { node, .. } => format!("pause of leader {node}"),
-                Fault::Partition { cut, .. } => format!(
-                    "isolation of leader {} (cut {cut:?})",
-                    e.leader_before.map_or("?".into(), |l| l.to_string())
-                ),
+            let fault = e.fault.as_ref()?;
+            let leader = match e.leaders_before.get(&shard) {
+                Some(l) => Some(*l),
+                None if e.leaders_before.is_empty() && shard == 0 => e.leader_before,
+                None => None,
+            }?;
+            if !nodes_lost(fault, &nodes).contains(&leader) {
+                return None;
+            }
+            let what = match fault {
+                Fault::Kill { .. } => "kill",
+                Fault::Pause { .. } => "pause",
+                Fault::KillLeaders { .. } => "kill (multi-leader)",
+                _ => "isolation",
             };
+            let label = format!("{what} of leader {leader} of shard {name}");
             Some(LeaderLoss {
                 label: format!("{label} at {:.1} s", e.time_ns as f64 / 1e9),
                 start_ns: e.time_ns,
@@ -340,6 +440,68 @@ fn leader_losses(log: &[NemesisEvent]) -> Vec<LeaderLoss> {
             })
         })
         .collect()
+}
+
+/// The faults that took shard 0's leader away.
+#[cfg(test)]
+fn leader_losses(log: &[NemesisEvent]) -> Vec<LeaderLoss> {
+    leader_losses_of(log, 0, "/")
+}
+
+/// One liveness summary out of one per shard: every stall of every shard,
+/// the longest stall and gap of any, valid if each is.
+fn merge_liveness(per_shard: Vec<(String, LivenessSummary)>) -> Option<LivenessSummary> {
+    let mut merged: Option<LivenessSummary> = None;
+    for (name, mut l) in per_shard {
+        for s in l.stalled.iter_mut() {
+            s.label = format!("{} [shard {name}]", s.label);
+        }
+        if let Some(g) = l.longest_write_gap.as_mut() {
+            g.label = format!("{} [shard {name}]", g.label);
+        }
+        let Some(m) = merged.as_mut() else {
+            merged = Some(l);
+            continue;
+        };
+        m.leader_losses += l.leader_losses;
+        m.longest_stall_ms = match (m.longest_stall_ms, l.longest_stall_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(g) = l.longest_write_gap {
+            if m.longest_write_gap
+                .as_ref()
+                .is_none_or(|mg| mg.stall_ms < g.stall_ms)
+            {
+                m.longest_write_gap = Some(g);
+            }
+        }
+        m.stalled.extend(l.stalled);
+        m.valid &= l.valid;
+    }
+    merged
+}
+
+/// The events that injected a fault (`start`, or an `error` while the
+/// fault was not active: a failed injection), in log order.
+fn injections(log: &[NemesisEvent]) -> Vec<&NemesisEvent> {
+    let mut active: Vec<&Fault> = Vec::new();
+    let mut out = Vec::new();
+    for e in log {
+        let Some(fault) = e.fault.as_ref() else {
+            continue;
+        };
+        let is_active = active.contains(&fault);
+        match (e.phase.as_str(), is_active) {
+            ("start", _) | ("error", false) => {
+                out.push(e);
+                active.push(fault);
+            }
+            ("heal", true) => active.retain(|f| *f != fault),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Replicas down and links cut over time, from the nemesis log. A fault
@@ -361,7 +523,9 @@ fn topology(log: &[NemesisEvent]) -> Vec<TopologyEvent> {
         };
         let change = |down: TopologyChange, up: TopologyChange| if injecting { down } else { up };
         match fault {
-            Fault::Kill { node, .. } | Fault::Pause { node, .. } => events.push(TopologyEvent {
+            Fault::Kill { node, .. }
+            | Fault::Pause { node, .. }
+            | Fault::KillLeaders { node, .. } => events.push(TopologyEvent {
                 time_ns,
                 change: change(
                     TopologyChange::Down { node: *node },
@@ -376,6 +540,9 @@ fn topology(log: &[NemesisEvent]) -> Vec<TopologyEvent> {
                     });
                 }
             }
+            // Etcd is not a replica, and a membership change leaves the
+            // shard a quorum of its voters (one fault at a time).
+            Fault::EtcdKill | Fault::EtcdPartition | Fault::Membership { .. } => {}
         }
         if injecting {
             active.push(fault);
@@ -384,6 +551,44 @@ fn topology(log: &[NemesisEvent]) -> Vec<TopologyEvent> {
         }
     }
     events
+}
+
+/// For each etcd fault, the writes each shard acknowledged between its
+/// start and the start of its heal.
+fn etcd_fault_acks(
+    log: &[NemesisEvent],
+    by_shard: &BTreeMap<&'static str, Vec<u64>>,
+) -> Vec<EtcdFaultAcks> {
+    let mut out = Vec::new();
+    for (i, e) in log.iter().enumerate() {
+        let Some(fault @ (Fault::EtcdKill | Fault::EtcdPartition)) = &e.fault else {
+            continue;
+        };
+        if e.phase != "start" {
+            continue;
+        }
+        let Some(heal) = log[i + 1..]
+            .iter()
+            .find(|h| h.fault.as_ref() == Some(fault) && h.phase != "start")
+        else {
+            continue;
+        };
+        let (from, to) = (e.done_ns, heal.time_ns);
+        let acks = by_shard
+            .iter()
+            .map(|(name, t)| {
+                let n = t.partition_point(|&x| x < to) - t.partition_point(|&x| x < from);
+                (name.to_string(), n)
+            })
+            .collect();
+        out.push(EtcdFaultAcks {
+            fault: fault.kind(),
+            from_s: from as f64 / 1e9,
+            to_s: to as f64 / 1e9,
+            acks,
+        });
+    }
+    out
 }
 
 /// A run id unique on this machine: pid and seed.
@@ -424,7 +629,7 @@ async fn settle(
             why: why.to_string(),
             replicas,
         };
-        if agreed_leader(&replicas).is_some() {
+        if agreed_leader(&replicas).is_some() && cluster.agreed_shard_leaders().await.is_some() {
             if !snapshots.is_empty() {
                 snapshots.push(snapshot("settled (late)", replicas));
             }
@@ -521,20 +726,34 @@ pub fn record(
     }
 
     let log = &recorded.nemesis;
-    report.nemesis_errors = log.iter().filter_map(|e| e.message.clone()).collect();
-    for e in log.iter().filter(|e| e.phase == "start") {
-        let name = match &e.fault {
-            Some(Fault::Partition { kind, .. }) => serde_json::to_value(kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            Some(Fault::Kill { .. }) => "kill".into(),
-            Some(Fault::Pause { .. }) => "pause".into(),
-            None => continue,
-        };
-        *report.faults.entry(name).or_default() += 1;
+    let is_membership = |e: &&NemesisEvent| matches!(e.fault, Some(Fault::Membership { .. }));
+    report.nemesis_errors = log
+        .iter()
+        .filter(|e| !is_membership(e))
+        .filter_map(|e| e.message.clone())
+        .collect();
+    report.membership_errors = log
+        .iter()
+        .filter(is_membership)
+        .filter_map(|e| {
+            let m = e.message.as_ref()?;
+            Some(format!(
+                "{:.1} s {:?}: {m}",
+                e.time_ns as f64 / 1e9,
+                e.fault
+            ))
+        })
+        .collect();
+    // Every fault the nemesis tried to inject, also one whose injection
+    // failed (a refused membership step was still attempted).
+    for e in injections(log) {
+        if let Some(fault) = &e.fault {
+            *report.faults.entry(fault.kind().name().into()).or_default() += 1;
+        }
     }
     let acks = write_acks(&register, &set_ops, &moves);
+    let by_shard = write_acks_by_shard(&register, &set_ops, &moves);
+    report.etcd_fault_acks = etcd_fault_acks(log, &by_shard);
     report.failover_kill = failover(log, &acks, |f| {
         matches!(
             f,
@@ -545,25 +764,54 @@ pub fn record(
         )
     });
     report.failover_any = failover(log, &acks, leader_lost);
-    let losses = leader_losses(log);
     let no_majority = no_majority_intervals(
         &[1, 2, 3],
         &topology(log),
         recorded.end_ns.max(recorded.settle.heal_ns),
     );
-    let liveness = check_liveness(
-        &LivenessInput {
-            acks: &acks,
-            leader_losses: &losses,
-            no_majority: &no_majority,
-            end_ns: recorded.end_ns,
-            final_heal_ns: recorded.settle.heal_ns,
-            settled_ns: recorded.settle.settled_ns,
-        },
-        bounds,
-    );
-    report.valid &= liveness.valid;
-    report.liveness = Some(liveness);
+    // Per shard: a shard's leader loss is answered by that shard's writes
+    // (the other shard's acknowledgements would hide its stall).
+    let mut per_shard = Vec::new();
+    for (name, shard_acks) in &by_shard {
+        let Some(&id) = report.shards.get(*name) else {
+            continue;
+        };
+        let losses = leader_losses_of(log, id, name);
+        per_shard.push((
+            name.to_string(),
+            check_liveness(
+                &LivenessInput {
+                    acks: shard_acks,
+                    leader_losses: &losses,
+                    no_majority: &no_majority,
+                    end_ns: recorded.end_ns,
+                    final_heal_ns: recorded.settle.heal_ns,
+                    settled_ns: recorded.settle.settled_ns,
+                },
+                bounds,
+            ),
+        ));
+    }
+    if per_shard.is_empty() {
+        per_shard.push((
+            "/".to_string(),
+            check_liveness(
+                &LivenessInput {
+                    acks: &acks,
+                    leader_losses: &leader_losses_of(log, 0, "/"),
+                    no_majority: &no_majority,
+                    end_ns: recorded.end_ns,
+                    final_heal_ns: recorded.settle.heal_ns,
+                    settled_ns: recorded.settle.settled_ns,
+                },
+                bounds,
+            ),
+        ));
+    }
+    if let Some(liveness) = merge_liveness(per_shard) {
+        report.valid &= liveness.valid;
+        report.liveness = Some(liveness);
+    }
 
     if let Some(e) = first_error {
         return Err(e);
@@ -634,6 +882,12 @@ async fn carry_out(
 ) -> Result<(), RunError> {
     let admin = cluster.client(Duration::from_secs(10))?;
     let w = &config.workloads;
+    report.shards = SHARDS
+        .iter()
+        .zip(cluster.shard_ids())
+        .map(|(name, id)| (name.to_string(), *id))
+        .collect();
+    report.graft_checks = graft::check(&admin, "start", config.recovery_timeout).await?;
     if w.register {
         register::setup(&admin).await?;
     }
@@ -742,6 +996,13 @@ async fn carry_out(
     )?;
 
     if w.register {
+        let mut keys: BTreeMap<String, std::collections::BTreeSet<&str>> = BTreeMap::new();
+        for op in &checkable.register {
+            keys.entry(shard_of_path(&op.input.key).to_string())
+                .or_default()
+                .insert(op.input.key.as_str());
+        }
+        report.register_keys_by_shard = keys.into_iter().map(|(k, v)| (k, v.len())).collect();
         let history =
             History::new(checkable.register).map_err(|e| RunError::Check(e.to_string()))?;
         let budget = config.check_budget;
@@ -754,14 +1015,19 @@ async fn carry_out(
     }
     if w.set {
         let summary = set::check(&admin, checkable.set, config.recovery_timeout).await?;
-        report.valid &= summary.valid;
-        report.set = Some(summary);
+        report.valid &= summary.all.valid && summary.by_shard.values().all(|s| s.valid);
+        report.set = Some(summary.all);
+        report.set_by_shard = summary.by_shard;
     }
     if w.namespace {
         let summary = namespace::check(&admin, config.recovery_timeout).await?;
         report.valid &= summary.valid;
         report.namespace = Some(summary);
     }
+    report
+        .graft_checks
+        .extend(graft::check(&admin, "end", config.recovery_timeout).await?);
+    report.valid &= report.graft_checks.iter().all(|c| c.ok);
     Ok(())
 }
 
@@ -780,7 +1046,9 @@ mod tests {
                 was_leader: true,
             }),
             leader_before: Some(1),
+            leaders_before: BTreeMap::new(),
             message: None,
+            changes: Vec::new(),
         }
     }
 
@@ -995,6 +1263,118 @@ mod tests {
         );
         assert!(tmp.path().join("set.jsonl").is_file());
         assert!(tmp.path().join("nemesis.jsonl").is_file());
+    }
+
+    #[test]
+    fn a_leader_loss_counts_for_the_shards_that_node_led() {
+        let ms = 1_000_000;
+        let leaders: BTreeMap<u32, u64> = [(0, 1), (1, 2)].into_iter().collect();
+        let event = |fault: Fault| NemesisEvent {
+            fault: Some(fault),
+            leaders_before: leaders.clone(),
+            ..kill_at(10 * ms, 11 * ms)
+        };
+        // Killing node 2 takes shard 1's leader, not shard 0's.
+        let log = vec![event(Fault::Kill {
+            node: 2,
+            was_leader: false,
+        })];
+        assert!(leader_losses_of(&log, 0, "/").is_empty());
+        assert_eq!(leader_losses_of(&log, 1, "/s1").len(), 1);
+        // Isolating node 1 (both its links) takes shard 0's leader.
+        let log = vec![event(Fault::Partition {
+            kind: FaultKind::IsolateNode,
+            cut: vec![(1, 2), (1, 3)],
+        })];
+        assert_eq!(leader_losses_of(&log, 0, "/").len(), 1);
+        assert!(leader_losses_of(&log, 1, "/s1").is_empty());
+        // A bridge isolates nobody; etcd and membership faults take no leader.
+        for fault in [
+            Fault::Partition {
+                kind: FaultKind::Bridge,
+                cut: vec![(1, 2)],
+            },
+            Fault::EtcdKill,
+            Fault::EtcdPartition,
+            Fault::Membership {
+                shard: 0,
+                node: 1,
+                was_leader: true,
+            },
+        ] {
+            let cuts_a_link = matches!(fault, Fault::Partition { .. });
+            let log = vec![event(fault)];
+            assert!(leader_losses_of(&log, 0, "/").is_empty());
+            assert!(leader_losses_of(&log, 1, "/s1").is_empty());
+            assert_eq!(topology(&log).is_empty(), !cuts_a_link);
+        }
+        // The multi-leader kill takes both.
+        let log = vec![event(Fault::KillLeaders {
+            node: 1,
+            shards: vec![0, 1],
+        })];
+        assert_eq!(leader_losses_of(&log, 0, "/").len(), 1);
+    }
+
+    #[test]
+    fn a_failed_membership_step_is_counted_and_recorded_apart() {
+        let ms = 1_000_000;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = config(tmp.path());
+        let dir = RunDir::create(tmp.path()).expect("run dir");
+        let mut report = Report::new("test", &config);
+        let step = NemesisEvent {
+            phase: "error".into(),
+            fault: Some(Fault::Membership {
+                shard: 1,
+                node: 3,
+                was_leader: false,
+            }),
+            message: Some("timed out".into()),
+            ..kill_at(10_000 * ms, 10_500 * ms)
+        };
+        let recorded = Recorded {
+            register: Ok(Vec::new()),
+            set: Ok((1..=2_000).map(|i| add(7, i * 10)).collect()),
+            moves: Ok(Vec::new()),
+            nemesis: vec![
+                step.clone(),
+                NemesisEvent {
+                    message: None,
+                    ..heal_of(&step, 14_000 * ms, 14_200 * ms)
+                },
+            ],
+            end_ns: 20_000 * ms,
+            settle: Settle {
+                heal_ns: 20_000 * ms,
+                settled_ns: Some(20_100 * ms),
+                snapshots: Vec::new(),
+            },
+            interrupted: false,
+        };
+        record(
+            &dir,
+            &config.workloads,
+            &config.liveness,
+            config.recovery_timeout,
+            &mut report,
+            recorded,
+        )
+        .expect("settled");
+        assert_eq!(report.faults.get("membership"), Some(&1));
+        assert!(report.nemesis_errors.is_empty());
+        assert_eq!(report.membership_errors.len(), 1);
+        assert!(report.valid);
+    }
+
+    #[test]
+    fn paths_under_the_graft_belong_to_its_shard() {
+        assert_eq!(shard_of_path("/s1/set/e000001"), GRAFT);
+        assert_eq!(shard_of_path("/s1"), GRAFT);
+        assert_eq!(shard_of_path("/s10/x"), "/");
+        assert_eq!(shard_of_path("/jepsen/register/k2"), "/");
+        assert_eq!(register::key_of(2), "/jepsen/register/k2");
+        assert_eq!(register::key_of(3), "/s1/register/k3");
     }
 
     #[test]

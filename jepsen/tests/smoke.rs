@@ -1,9 +1,10 @@
 //! Smoke runs of the partition tests, part of the test command: a real
-//! three-node cluster in containers under every nemesis must pass every
-//! check, and the deliberately unsafe mode must be caught.
+//! three-node cluster with etcd and two shards (one grafted) in containers
+//! under every nemesis must pass every check, and the deliberately unsafe
+//! mode must be caught.
 //!
-//! Needs Docker and the images `nokv:dev` and `nokv-s3s-fs:dev`
-//! (`bash docker/build.sh`; `scripts/test.sh` builds them).
+//! Needs Docker and the images `nokv:dev`, `nokv-s3s-fs:dev` and
+//! `nokv-etcd:dev` (`bash docker/build.sh`; `scripts/test.sh` builds them).
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -66,7 +67,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         dir.path(),
         &[
             "--time-limit",
-            "75s",
+            "100s",
             "--nemesis",
             "all",
             "--workload",
@@ -74,7 +75,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
             "--healthy",
             "3s",
             "--fault-period",
-            "4s",
+            "3s",
             "--seed",
             "11",
         ],
@@ -83,7 +84,10 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
     // Summary first, so a failure shows what happened.
     let summary = serde_json::to_string_pretty(&serde_json::json!({
         "valid": r["valid"], "counts": r["counts"], "faults": r["faults"],
-        "set": r["set"], "namespace": r["namespace"],
+        "set": r["set"], "set_by_shard": r["set_by_shard"], "namespace": r["namespace"],
+        "graft_checks": r["graft_checks"], "etcd_fault_acks": r["etcd_fault_acks"],
+        "membership_errors": r["membership_errors"],
+        "register_keys_by_shard": r["register_keys_by_shard"],
         "register_verdict": r["register"]["verdict"],
         "register_anomalies": r["register"]["anomalies"].as_array().map(|a| a.len()),
         "nemesis_errors": r["nemesis_errors"],
@@ -93,7 +97,17 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
     assert_eq!(r["valid"], Value::Bool(true), "{summary}");
     assert_eq!(output.status.code(), Some(0), "{summary}");
     // Every fault kind was injected at least once, without errors.
-    for kind in ["isolate-leader", "isolate-node", "bridge", "kill", "pause"] {
+    for kind in [
+        "isolate-leader",
+        "isolate-node",
+        "bridge",
+        "kill",
+        "pause",
+        "kill-multi-leader",
+        "etcd-kill",
+        "etcd-partition",
+        "membership",
+    ] {
         assert!(
             r["faults"][kind].as_u64().unwrap_or(0) >= 1,
             "no {kind}: {summary}"
@@ -133,6 +147,44 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         r["namespace"]["found"], r["namespace"]["expected"],
         "{summary}"
     );
+    // Both shards carried the set and the registers, each checked on its
+    // own.
+    for shard in ["/", "/s1"] {
+        assert_eq!(
+            r["set_by_shard"][shard]["valid"],
+            Value::Bool(true),
+            "{summary}"
+        );
+        assert!(
+            r["set_by_shard"][shard]["acknowledged"]
+                .as_u64()
+                .unwrap_or(0)
+                > 50,
+            "{summary}"
+        );
+        assert!(
+            r["register_keys_by_shard"][shard].as_u64().unwrap_or(0) > 0,
+            "{summary}"
+        );
+    }
+    // The graft's fences held at the start and the end: EXDEV across it,
+    // EBUSY on it.
+    let graft = r["graft_checks"].as_array().cloned().unwrap_or_default();
+    assert!(graft.len() >= 8, "{summary}");
+    assert!(
+        graft.iter().all(|c| c["ok"] == Value::Bool(true)),
+        "{summary}"
+    );
+    // Writes went on in both shards while etcd was down or cut off.
+    let etcd = r["etcd_fault_acks"].as_array().cloned().unwrap_or_default();
+    assert!(etcd.len() >= 2, "{summary}");
+    for fault in &etcd {
+        for shard in ["/", "/s1"] {
+            assert!(fault["acks"][shard].as_u64().unwrap_or(0) > 0, "{summary}");
+        }
+    }
+    // A refused membership step is recorded, not a failure; show them.
+    eprintln!("membership errors: {}", r["membership_errors"]);
     // The run wrote its histories.
     for file in [
         "register.jsonl",

@@ -7,6 +7,7 @@
 //! connection or any answer we cannot interpret is `unknown`. A read that
 //! fails is `fail` (it changed nothing).
 
+pub mod graft;
 pub mod namespace;
 pub mod register;
 pub mod set;

@@ -1,7 +1,8 @@
 //! Linearizable registers: small files read, written and compare-and-set.
 //!
-//! Each register is one file, `/jepsen/register/k{N}`; its value is the
-//! file's body. Every value written is unique (`p{process}-{seq}`), which
+//! Each register is one file, `/jepsen/register/k{N}` (even `N`, root
+//! shard) or `/s1/register/k{N}` (odd `N`, the grafted shard); its value
+//! is the file's body and its key in the history is that path. Every value written is unique (`p{process}-{seq}`), which
 //! is what makes CAS through a generation predicate exact:
 //!
 //! * read: one linearizable `ReadBody` gives the generation and block plan
@@ -35,8 +36,10 @@ use rand::{Rng, SeedableRng};
 use super::{finish, join_processes, write_failure, Ctx};
 use crate::cluster::{ClusterError, DockerCluster};
 
-/// Directory holding the registers.
+/// Directory holding the registers of the root shard.
 pub const DIR: &str = "/jepsen/register";
+/// Directory holding the registers of the grafted shard.
+pub const GRAFT_DIR: &str = "/s1/register";
 
 pub type RegisterOp = Operation<Keyed<RegisterInput>, RegisterOutput>;
 
@@ -76,9 +79,17 @@ struct Process {
     opts: PutOptions,
 }
 
-/// Creates the workload's directory.
+/// Creates the workload's directories, one per shard.
 pub async fn setup(client: &Client) -> Result<(), ClientError> {
-    client.mkdir(DIR, true).await.map(|_| ())
+    client.mkdir(DIR, true).await?;
+    client.mkdir(GRAFT_DIR, true).await.map(|_| ())
+}
+
+/// The register (its path, the key in the history) numbered `n`: even
+/// numbers in the root shard, odd ones under the graft.
+pub fn key_of(n: u64) -> String {
+    let dir = if n.is_multiple_of(2) { DIR } else { GRAFT_DIR };
+    format!("{dir}/k{n}")
 }
 
 /// Runs `config.processes` processes (ids from `first_process`) until
@@ -136,10 +147,7 @@ async fn process_loop(
     while !ctx.stopped() {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let window = n / (config.ops_per_key * config.keys).max(1);
-        let key = format!(
-            "k{}",
-            window * config.keys + rng.random_range(0..config.keys)
-        );
+        let key = key_of(window * config.keys + rng.random_range(0..config.keys));
         let roll: f64 = rng.random();
         let op = if roll < 0.5 {
             read(&mut p, &ctx, &key).await
@@ -159,7 +167,7 @@ async fn process_loop(
 }
 
 fn path_of(key: &str) -> String {
-    format!("{DIR}/{key}")
+    key.to_string()
 }
 
 /// The register's value and generation (0 when absent), read through `client`.
