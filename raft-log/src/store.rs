@@ -5,7 +5,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -31,61 +30,26 @@ use crate::schema::{
 /// every write here holds the gate exclusively (writes are memory-only and brief) and
 /// every flush holds it shared (flushes still run together and share an fsync), and
 /// sled's background flusher is off: no flush runs outside the gate.
-///
-/// The gate also makes flushes a group commit across groups ([`gated_flush`]): one flush
-/// at a time, and a group whose writes a flush that started after them already covered
-/// does not flush again. Many groups appending at once then share fsyncs instead of
-/// queueing one each.
-type Gate = Arc<GateState>;
-
-#[derive(Default)]
-struct GateState {
-    lock: RwLock<()>,
-    /// Gated writes begun so far (counted when a write takes the gate).
-    written: AtomicU64,
-    /// `written` as read by the last completed flush before it took the gate: every
-    /// write counted up to it had finished before that flush, so it is durable.
-    durable: AtomicU64,
-    /// One flush at a time; the others wait and usually find their writes covered.
-    flushing: tokio::sync::Mutex<()>,
-}
+type Gate = Arc<RwLock<()>>;
 
 fn read_gate(gate: &Gate) -> std::sync::RwLockReadGuard<'_, ()> {
-    gate.lock.read().unwrap_or_else(|p| p.into_inner())
+    gate.read().unwrap_or_else(|p| p.into_inner())
 }
 
 fn write_gate(gate: &Gate) -> std::sync::RwLockWriteGuard<'_, ()> {
-    let guard = gate.lock.write().unwrap_or_else(|p| p.into_inner());
-    // Counted while the gate is held: a flush that reads a count including this
-    // write takes the gate's shared side only after this write is done.
-    gate.written.fetch_add(1, Ordering::SeqCst);
-    guard
+    gate.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Makes every gated write that finished before the call durable: a blocking flush of
-/// `db` on tokio's blocking pool under the gate's shared side, unless a flush that
-/// started after those writes has completed meanwhile (then it returns 0 bytes).
+/// A blocking flush of `db` on tokio's blocking pool, under the gate's shared side.
 async fn gated_flush(db: &sled::Db, gate: &Gate) -> Result<usize, LogStoreError> {
-    // Every write of this caller is counted in `target`.
-    let target = gate.written.load(Ordering::SeqCst);
-    if gate.durable.load(Ordering::SeqCst) >= target {
-        return Ok(0);
-    }
-    let _turn = gate.flushing.lock().await;
-    if gate.durable.load(Ordering::SeqCst) >= target {
-        return Ok(0);
-    }
-    let start = gate.written.load(Ordering::SeqCst);
-    let (db, shared) = (db.clone(), gate.clone());
-    let bytes = tokio::task::spawn_blocking(move || {
-        let _shared = read_gate(&shared);
+    let (db, gate) = (db.clone(), gate.clone());
+    tokio::task::spawn_blocking(move || {
+        let _shared = read_gate(&gate);
         db.flush()
     })
     .await
     .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))?
-    .map_err(LogStoreError::from)?;
-    gate.durable.fetch_max(start, Ordering::SeqCst);
-    Ok(bytes)
+    .map_err(LogStoreError::from)
 }
 
 /// One node's sled database, shared by the logs of every Raft group the node hosts
