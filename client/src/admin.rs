@@ -60,7 +60,8 @@ fn fail_after(step: u32) -> Result<(), ClientError> {
     Ok(())
 }
 
-fn plane(e: RouterError) -> ClientError {
+/// A control-plane error as the SDK reports it.
+pub(crate) fn plane(e: RouterError) -> ClientError {
     match e {
         RouterError::Unavailable { reason } => {
             ClientError::Unavailable(format!("control plane: {reason}"))
@@ -103,7 +104,8 @@ fn parent_of(path: &str) -> &str {
     }
 }
 
-async fn load(cp: &dyn ControlPlane) -> Result<ShardMap, ClientError> {
+/// The current map; an error when the cluster is not in the control plane.
+pub(crate) async fn load(cp: &dyn ControlPlane) -> Result<ShardMap, ClientError> {
     cp.load().await.map_err(plane)?.ok_or_else(|| {
         ClientError::InvalidArgument(format!(
             "cluster {} is not initialised in the control plane",

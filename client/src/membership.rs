@@ -49,32 +49,12 @@ use nokv_router::{
     ShardState, DEFAULT_UPDATE_ATTEMPTS,
 };
 
+use crate::admin::{load, plane};
 use crate::client::Client;
 use crate::error::ClientError;
 
-fn plane(e: RouterError) -> ClientError {
-    match e {
-        RouterError::Unavailable { reason } => {
-            ClientError::Unavailable(format!("control plane: {reason}"))
-        }
-        other => ClientError::ControlPlane {
-            code: other.code().to_string(),
-            message: other.to_string(),
-        },
-    }
-}
-
 fn invalid(message: String) -> ClientError {
     ClientError::InvalidArgument(message)
-}
-
-async fn load(cp: &dyn ControlPlane) -> Result<ShardMap, ClientError> {
-    cp.load().await.map_err(plane)?.ok_or_else(|| {
-        invalid(format!(
-            "cluster {} is not initialised in the control plane",
-            cp.cluster()
-        ))
-    })
 }
 
 fn local(s: ShardId) -> nokv_holt::ShardId {
