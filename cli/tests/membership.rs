@@ -3,7 +3,8 @@
 //! `a_dead_node_is_replaced_while_clients_write`: three nodes host the root
 //! shard and a shard grafted at `/s1`; writers create files in both without
 //! pause. Node 3 is SIGKILLed and `nokv node replace 3 4` moves every replica
-//! it held to a new, empty node 4 (learner, catch-up, joint consensus). No
+//! it held to a new, empty node 4 (learner, catch-up by snapshot: the
+//! leaders purged the start of their logs first, joint consensus). No
 //! acknowledged write is lost, every write that was refused was refused
 //! cleanly, and the voters of every shard are 1, 2, 4. Then, on the same
 //! cluster: `shard transfer-leader`, `shard remove-replica` (the node stops
@@ -95,7 +96,19 @@ async fn a_dead_node_is_replaced_while_clients_write() {
     let _load = heavy_test().await;
     let etcd = Etcd::must_start().await;
     let url = etcd.url();
-    let mut cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "m1"]).await;
+    // Small snapshots and logs: by the time node 4 joins, the leaders have
+    // purged the start of their logs, so it can catch up only by snapshot.
+    let mut cluster = Cluster::spawn(&[
+        "--etcd",
+        &url,
+        "--cluster",
+        "m1",
+        "--snapshot-every",
+        "20",
+        "--keep-logs",
+        "5",
+    ])
+    .await;
     let members = cluster.members_arg();
     let out = nokv_etcd(&url, &["cluster", "init", "--members", &members]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -130,6 +143,27 @@ async fn a_dead_node_is_replaced_while_clients_write() {
                 .is_ok_and(|e| e.len() >= 20)
         })
         .await;
+
+    // Both shards' logs no longer start at the beginning.
+    for shard in [0u16, 1] {
+        cluster
+            .wait_until(
+                WAIT,
+                &format!("shard {shard} purged its log start"),
+                async || {
+                    let probe = cluster.client().for_shard(ShardId(shard));
+                    let mut purged = true;
+                    for id in [1, 2, 3] {
+                        purged &= probe
+                            .status_of(&cluster.addr(id))
+                            .await
+                            .is_ok_and(|s| s.purged_index.is_some_and(|p| p > 0));
+                    }
+                    purged
+                },
+            )
+            .await;
+    }
 
     // Node 3 dies; node 4 takes its replicas while the writers go on.
     cluster.kill(3);
@@ -214,6 +248,23 @@ async fn a_dead_node_is_replaced_while_clients_write() {
          of one writer {longest:?}",
         acked.len()
     );
+    // Node 4, which could only catch up by snapshot, holds every
+    // acknowledged file too (read from its own replica).
+    let on_four = cluster.client_for(&[4]);
+    cluster
+        .wait_until(
+            WAIT,
+            "node 4 has applied every acknowledged file",
+            async || {
+                for path in &acked {
+                    if on_four.stat(path, Consistency::Stale).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
     for dir in ["/", "/s1"] {
         let names: BTreeSet<String> = cluster
             .must(
