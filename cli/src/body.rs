@@ -90,6 +90,16 @@ pub struct GcArgs {
     /// Also collect blocks still inside the reader grace period.
     #[arg(long)]
     pub now: bool,
+    /// Only this shard (default: every shard of the cluster).
+    #[arg(long, value_name = "ID")]
+    pub shard: Option<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    /// Only this shard (default: every shard of the cluster).
+    #[arg(long, value_name = "ID")]
+    pub shard: Option<u16>,
 }
 
 fn parse_attrs(attrs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -393,52 +403,101 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
 
 pub async fn gc(args: GcArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
-    let r = client.run_gc(args.now).await.context("gc")?;
-    if g.json {
-        print_json(&json!({
+    let mut total = nokv_proto::pb::RunGcResponse::default();
+    let mut per_shard = Vec::new();
+    for shard in crate::shard::targets(&client, args.shard).await? {
+        let r = client
+            .for_shard(shard)
+            .run_gc(args.now)
+            .await
+            .with_context(|| format!("gc of shard {}", shard.0))?;
+        total.uploads_expired += r.uploads_expired;
+        total.tasks_done += r.tasks_done;
+        total.objects_deleted += r.objects_deleted;
+        total.tasks_waiting += r.tasks_waiting;
+        total.tasks_failed += r.tasks_failed;
+        per_shard.push((shard, r));
+    }
+    let fields = |r: &nokv_proto::pb::RunGcResponse| {
+        json!({
             "uploads_expired": r.uploads_expired,
             "tasks_done": r.tasks_done,
             "objects_deleted": r.objects_deleted,
             "tasks_waiting": r.tasks_waiting,
             "tasks_failed": r.tasks_failed,
-        }));
+        })
+    };
+    if g.json {
+        // The totals at the top, each shard's under "shards".
+        let mut out = fields(&total);
+        out["shards"] = per_shard
+            .iter()
+            .map(|(shard, r)| {
+                let mut v = fields(r);
+                v["shard"] = json!(shard.0);
+                v
+            })
+            .collect();
+        print_json(&out);
     } else {
-        println!(
-            "gc: {} expired uploads reclaimed, {} tasks done, {} objects deleted, {} tasks waiting for the grace period, {} failed",
-            r.uploads_expired, r.tasks_done, r.objects_deleted, r.tasks_waiting, r.tasks_failed
-        );
+        let line = |r: &nokv_proto::pb::RunGcResponse| {
+            format!(
+                "{} expired uploads reclaimed, {} tasks done, {} objects deleted, {} tasks waiting for the grace period, {} failed",
+                r.uploads_expired, r.tasks_done, r.objects_deleted, r.tasks_waiting, r.tasks_failed
+            )
+        };
+        if per_shard.len() > 1 {
+            for (shard, r) in &per_shard {
+                println!("shard {}: {}", shard.0, line(r));
+            }
+        }
+        println!("gc: {}", line(&total));
     }
     Ok(())
 }
 
-pub async fn fsck(g: &GlobalArgs) -> anyhow::Result<()> {
+pub async fn fsck(args: FsckArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
-    let r = client.fsck().await.context("fsck")?;
+    let shards = crate::shard::targets(&client, args.shard).await?;
+    let (mut live_blocks, mut objects_scanned) = (0, 0);
+    let mut problems = Vec::new();
+    for shard in &shards {
+        let r = client
+            .for_shard(*shard)
+            .fsck()
+            .await
+            .with_context(|| format!("fsck of shard {}", shard.0))?;
+        live_blocks += r.live_blocks;
+        objects_scanned += r.objects_scanned;
+        problems.extend(r.problems.into_iter().map(|p| (*shard, p)));
+    }
     if g.json {
-        let problems: Vec<_> = r
-            .problems
+        let problems: Vec<_> = problems
             .iter()
-            .map(|p| json!({"kind": p.kind, "key": p.key, "inode": p.inode, "expected_size": p.expected_size, "actual_size": p.actual_size}))
+            .map(|(shard, p)| json!({"shard": shard.0, "kind": p.kind, "key": p.key, "inode": p.inode, "expected_size": p.expected_size, "actual_size": p.actual_size}))
             .collect();
+        let ids: Vec<u16> = shards.iter().map(|s| s.0).collect();
         print_json(
-            &json!({"live_blocks": r.live_blocks, "objects_scanned": r.objects_scanned, "problems": problems}),
+            &json!({"shards": ids, "live_blocks": live_blocks, "objects_scanned": objects_scanned, "problems": problems}),
         );
     } else {
         println!(
-            "fsck: {} live blocks checked, {} objects scanned, {} problems",
-            r.live_blocks,
-            r.objects_scanned,
-            r.problems.len()
+            "fsck: {} live blocks checked, {} objects scanned, {} problems ({} shard{})",
+            live_blocks,
+            objects_scanned,
+            problems.len(),
+            shards.len(),
+            if shards.len() == 1 { "" } else { "s" }
         );
-        for p in &r.problems {
+        for (shard, p) in &problems {
             println!(
-                "{} {} (inode {}, expected {} bytes, found {})",
-                p.kind, p.key, p.inode, p.expected_size, p.actual_size
+                "shard {}: {} {} (inode {}, expected {} bytes, found {})",
+                shard.0, p.kind, p.key, p.inode, p.expected_size, p.actual_size
             );
         }
     }
-    if !r.problems.is_empty() {
-        bail!("fsck found {} problems", r.problems.len());
+    if !problems.is_empty() {
+        bail!("fsck found {} problems", problems.len());
     }
     Ok(())
 }

@@ -186,10 +186,12 @@ enum Command {
     Get(body::GetArgs),
     /// Publish every file of a local directory in one commit (all or none).
     PublishDir(body::PublishDirArgs),
-    /// Reclaim expired uploads and delete superseded blocks now.
+    /// Reclaim expired uploads and delete superseded blocks now, on every
+    /// shard (`--shard ID` for one).
     Gc(body::GcArgs),
-    /// Check that every live block exists; list objects nothing references.
-    Fsck,
+    /// Check that every live block exists; list objects nothing references
+    /// (each shard checks its own blocks; `--shard ID` for one).
+    Fsck(body::FsckArgs),
     /// List staged (uncommitted) uploads.
     Uploads,
     /// Subtree snapshots: create, ls, renew, rm (read at one with --snapshot).
@@ -203,7 +205,8 @@ enum Command {
     WatchRetention(watch::RetentionArgs),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
-    /// Make a recovery point in the object store now (snapshot + log).
+    /// Make a recovery point in the object store now (snapshot + log), for
+    /// every shard (`--shard ID` for one).
     Backup(recovery::BackupArgs),
     /// Rebuild a replica's data directory from the object store (offline).
     Restore(recovery::RestoreArgs),
@@ -288,7 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(a) => body::get(a, &g).await,
         Command::PublishDir(a) => body::publish_dir(a, &g).await,
         Command::Gc(a) => body::gc(a, &g).await,
-        Command::Fsck => body::fsck(&g).await,
+        Command::Fsck(a) => body::fsck(a, &g).await,
         Command::Uploads => body::uploads(&g).await,
         Command::Snapshot(c) => snapshot::run(c, &g).await,
         Command::Watch(a) => watch::run(a, &g).await,

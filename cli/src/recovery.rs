@@ -21,6 +21,9 @@ pub struct BackupArgs {
     /// gives up after 60s).
     #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// Only this shard (default: every shard of the cluster, one after another).
+    #[arg(long, value_name = "ID")]
+    pub shard: Option<u16>,
 }
 
 #[derive(Args, Debug)]
@@ -50,18 +53,28 @@ pub async fn backup(args: BackupArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     config.deadline = args.wait;
     config.attempt_timeout = args.wait;
     let client = Client::new(config)?;
-    let r = client.backup().await.context("backup")?;
-    if g.json {
-        print_json(&json!({
+    let mut points = Vec::new();
+    for shard in crate::shard::targets(&client, args.shard).await? {
+        let r = client
+            .for_shard(shard)
+            .backup()
+            .await
+            .with_context(|| format!("backup of shard {}", shard.0))?;
+        if !g.json {
+            println!(
+                "shard {}: backup complete: recovery point is log index {} (snapshot {} at index {})",
+                shard.0, r.archived_index, r.snapshot_key, r.snapshot_index
+            );
+        }
+        points.push(json!({
+            "shard": shard.0,
             "snapshot_index": r.snapshot_index,
             "archived_index": r.archived_index,
             "snapshot_key": r.snapshot_key,
         }));
-    } else {
-        println!(
-            "backup complete: recovery point is log index {} (snapshot {} at index {})",
-            r.archived_index, r.snapshot_key, r.snapshot_index
-        );
+    }
+    if g.json {
+        print_json(&json!({ "shards": points }));
     }
     Ok(())
 }

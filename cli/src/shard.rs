@@ -331,6 +331,29 @@ pub fn spawn_reconciler(
 }
 
 /// The newest map: from the control plane, or as a node last saw it.
+/// The shards a cluster-wide command (`gc`, `fsck`, `backup`) runs on: `only` if given
+/// (refused if the cluster has no such shard), else every serving shard.
+pub async fn targets(
+    client: &Client,
+    only: Option<u16>,
+) -> anyhow::Result<Vec<nokv_client::ShardId>> {
+    let all = client
+        .serving_shards()
+        .await
+        .context("reading the shard map")?;
+    match only {
+        None => Ok(all),
+        Some(id) if all.contains(&nokv_client::ShardId(id)) => Ok(vec![nokv_client::ShardId(id)]),
+        Some(id) => {
+            let known: Vec<String> = all.iter().map(|s| s.0.to_string()).collect();
+            anyhow::bail!(
+                "the cluster has no serving shard {id} (it has {}; see `nokv shard ls`)",
+                known.join(", ")
+            )
+        }
+    }
+}
+
 pub async fn load_map(g: &GlobalArgs) -> anyhow::Result<ShardMap> {
     if let Some(cp) = crate::control::from_args(g).await? {
         return cp

@@ -98,21 +98,8 @@ async fn a_dead_node_is_replaced_while_clients_write() {
     let url = etcd.url();
     // Small snapshots and logs: by the time node 4 joins, the leaders have
     // purged the start of their logs, so it can catch up only by snapshot.
-    let mut cluster = Cluster::spawn(&[
-        "--etcd",
-        &url,
-        "--cluster",
-        "m1",
-        "--snapshot-every",
-        "20",
-        "--keep-logs",
-        "5",
-    ])
-    .await;
-    let members = cluster.members_arg();
-    let out = nokv_etcd(&url, &["cluster", "init", "--members", &members]).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let mut cluster =
+        Cluster::start_on_etcd(&etcd, "m1", &["--snapshot-every", "20", "--keep-logs", "5"]).await;
     cluster.must_nokv(&["shard", "create", "/s1"]).await;
 
     // A fourth, empty node joins the cluster (through a node: --endpoints).

@@ -12,6 +12,11 @@
 //!   shard leader SIGKILLed, writes continue on every shard.
 //! - `unknown_shards_are_refused`: requests for a shard a node does not
 //!   host, or an impossible shard id, get `UNKNOWN_SHARD` and change nothing.
+//! - `gc_fsck_and_backup_cover_every_shard`: with bodies in two shards of one
+//!   bucket, `nokv gc`, `fsck` and `backup` run on every shard (or the one
+//!   `--shard` names); each shard's fsck checks its own blocks only, so the
+//!   other shard's are not orphans, and a real orphan is reported with its
+//!   shard.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping.
 
@@ -20,8 +25,10 @@ mod common;
 use std::time::Duration;
 
 use common::etcd::Etcd;
+use common::store::{StoreKind, TestStore};
 use common::{heavy_test, light_test, run_nokv, Cluster, WAIT};
 use nokv_client::{Client, ClientConfig, ClientError, Consistency, ShardId};
+use serde_json::Value;
 
 /// Shards of the test besides the root shard 0.
 const EXTRA_SHARDS: u16 = 7;
@@ -270,25 +277,7 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
     let _load = heavy_test().await;
     let mut etcd = Etcd::must_start().await;
     let url = etcd.url();
-    let mut cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "t1"]).await;
-    let members = cluster.members_arg();
-    let out = run_nokv(&[
-        "--etcd",
-        &url,
-        "--cluster",
-        "t1",
-        "cluster",
-        "init",
-        "--members",
-        &members,
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "cluster init --etcd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let mut cluster = Cluster::start_on_etcd(&etcd, "t1", &[]).await;
     let client = cluster.client();
     cluster.must(client.mkdir("/root-dir", false).await, "write to shard 0");
 
@@ -512,15 +501,7 @@ async fn grafts_join_eight_shards_into_one_tree() {
     let _load = heavy_test().await;
     let etcd = Etcd::must_start().await;
     let url = etcd.url();
-    let mut cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "t2"]).await;
-    let members = cluster.members_arg();
-    let out = nokv_etcd(&url, &[], &["cluster", "init", "--members", &members]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let mut cluster = Cluster::start_on_etcd(&etcd, "t2", &[]).await;
     let client = cluster.client();
     cluster.must(client.mkdir("/deep", false).await, "mkdir /deep");
 
@@ -773,5 +754,87 @@ async fn grafts_join_eight_shards_into_one_tree() {
             "write after the kill",
         );
     }
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_fsck_and_backup_cover_every_shard() {
+    let _load = heavy_test().await;
+    let etcd = Etcd::must_start().await;
+    let store = TestStore::start(StoreKind::File)
+        .await
+        .expect("a file store is always available");
+    let url = store.url();
+    let cluster = Cluster::start_on_etcd(&etcd, "t3", &["--blob-store", &url]).await;
+    let created = cluster
+        .must_nokv(&["--json", "shard", "create", "/s1"])
+        .await;
+    let s1: Value = serde_json::from_str(&created).expect("shard create --json");
+    let s1 = s1["shard"].as_u64().expect("the new shard's id");
+    let client = cluster.client();
+    let opts = nokv_client::PutOptions::default();
+    cluster.must(client.put_bytes("/a", b"root", &opts).await, "put /a");
+    cluster.must(client.put_bytes("/s1/b", b"one", &opts).await, "put /s1/b");
+    // Superseded: its block becomes garbage of shard s1.
+    cluster.must(
+        client.put_bytes("/s1/b", b"two", &opts).await,
+        "put /s1/b again",
+    );
+
+    let json = |text: String| -> Value { serde_json::from_str(&text).expect("--json output") };
+    let fsck = json(cluster.must_nokv(&["--json", "fsck"]).await);
+    assert_eq!(fsck["shards"], serde_json::json!([0, s1]), "{fsck}");
+    assert_eq!(fsck["problems"], serde_json::json!([]), "{fsck}");
+    // /a's block, and /s1/b's current block (plus the superseded one until gc).
+    assert!(fsck["live_blocks"].as_u64() >= Some(2), "{fsck}");
+
+    // A recovery point for each shard, under its own prefix. (GC deletes a block only
+    // once the log that dropped it is archived: a restore never needs it again.)
+    let backup = json(cluster.must_nokv(&["--json", "backup"]).await);
+    let points = backup["shards"].as_array().expect("per-shard points");
+    assert_eq!(points.len(), 2, "{backup}");
+    for point in points {
+        let shard = point["shard"].as_u64().expect("shard");
+        let key = point["snapshot_key"].as_str().unwrap_or_default();
+        assert!(
+            key.starts_with(&format!("meta/shard-{shard}/snapshots/")),
+            "{backup}"
+        );
+        assert!(point["archived_index"].as_u64() >= point["snapshot_index"].as_u64());
+    }
+    let gc = json(cluster.must_nokv(&["--json", "gc", "--now"]).await);
+    let per_shard = gc["shards"].as_array().expect("per-shard reports");
+    assert_eq!(per_shard.len(), 2, "{gc}");
+    let of_s1 = per_shard
+        .iter()
+        .find(|r| r["shard"].as_u64() == Some(s1))
+        .expect("shard s1 collected");
+    assert!(of_s1["objects_deleted"].as_u64() >= Some(1), "{gc}");
+    assert_eq!(gc["objects_deleted"], of_s1["objects_deleted"], "{gc}");
+
+    // A real orphan in shard s1's block space is reported, with its shard.
+    let blobs = cluster.must(client.blob_store().await, "open the store");
+    let orphan = format!("blocks/{s1}/999999/1/0");
+    cluster.must(
+        blobs
+            .put_new(&orphan, bytes::Bytes::from_static(b"x"))
+            .await,
+        "write an orphan",
+    );
+    let out = cluster.nokv(&["--json", "fsck"]).await;
+    assert!(!out.status.success(), "fsck with an orphan must fail");
+    let report = json(String::from_utf8_lossy(&out.stdout).into_owned());
+    assert_eq!(
+        report["problems"],
+        serde_json::json!([{"shard": s1, "kind": "ORPHAN_OBJECT", "key": orphan,
+            "inode": 0, "expected_size": 0, "actual_size": 1}]),
+        "{report}"
+    );
+    // Shard 0 alone has none.
+    let root = json(cluster.must_nokv(&["--json", "fsck", "--shard", "0"]).await);
+    assert_eq!(root["shards"], serde_json::json!([0]), "{root}");
+    let line = cluster.must_nokv_fail(&["fsck", "--shard", "99"]).await;
+    assert!(line.contains("no serving shard 99"), "{line}");
+
     drop(etcd);
 }

@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use common::etcd::Etcd;
-use common::{heavy_test, run_nokv, Cluster, WAIT};
+use common::{heavy_test, Cluster, WAIT};
 use futures::StreamExt;
 use nokv_client::{Client, WatchCursor, WatchedEvent};
 use serde_json::Value;
@@ -179,26 +179,7 @@ async fn must_collect(
 async fn a_recursive_watch_spans_grafts_and_resumes_without_gap_or_duplicate() {
     let _load = heavy_test().await;
     let etcd = Etcd::must_start().await;
-    let url = etcd.url();
-    let cluster = Cluster::spawn(&["--etcd", &url, "--cluster", "tw"]).await;
-    let members = cluster.members_arg();
-    let out = run_nokv(&[
-        "--etcd",
-        &url,
-        "--cluster",
-        "tw",
-        "cluster",
-        "init",
-        "--members",
-        &members,
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "cluster init --etcd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let cluster = Cluster::start_on_etcd(&etcd, "tw", &[]).await;
     let client = cluster.client();
     cluster.must(client.mkdir("/w", false).await, "mkdir /w");
 
@@ -388,5 +369,213 @@ async fn a_recursive_watch_spans_grafts_and_resumes_without_gap_or_duplicate() {
         );
     }
     assert!(flat.iter().any(|w| w.event.path.as_deref() == Some("/w/a")));
+    drop(etcd);
+}
+
+/// Events of an SDK watch, gathered in the background.
+struct Gathered {
+    seen: Arc<Mutex<Vec<WatchedEvent>>>,
+    /// How the stream ended, once it has.
+    ended: Arc<Mutex<Option<Option<nokv_client::ClientError>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gathered {
+    fn start(client: &Client, path: &str, recursive: bool) -> Gathered {
+        let seen: Arc<Mutex<Vec<WatchedEvent>>> = Arc::default();
+        let ended: Arc<Mutex<Option<Option<nokv_client::ClientError>>>> = Arc::default();
+        let (sink, end) = (seen.clone(), ended.clone());
+        let mut stream = Box::pin(client.watch_from(path, recursive, WatchCursor::new()));
+        let task = tokio::spawn(async move {
+            let outcome = loop {
+                match stream.next().await {
+                    Some(Ok(w)) => sink.lock().expect("events lock").push(w),
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            *end.lock().expect("end lock") = Some(outcome);
+        });
+        Gathered { seen, ended, task }
+    }
+
+    fn events(&self) -> Vec<WatchedEvent> {
+        self.seen.lock().expect("events lock").clone()
+    }
+
+    fn has(&self, path: &str) -> bool {
+        self.events()
+            .iter()
+            .any(|w| w.event.path.as_deref() == Some(path))
+    }
+
+    fn ended(&self) -> Option<Option<nokv_client::ClientError>> {
+        self.ended.lock().expect("end lock").clone()
+    }
+}
+
+impl Drop for Gathered {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A watch routed by a map that a graft made since has outdated is refused by the node
+/// (`STALE_MAP`, on the wire) and routed again by the SDK: on the same shard it resumes
+/// from its cursor, with nothing lost or repeated; for a path that now belongs to a new
+/// shard it reads that shard if it has delivered nothing yet, and otherwise ends with
+/// `WRONG_SHARD` naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_routed_by_an_old_map_is_routed_again() {
+    let _load = heavy_test().await;
+    let etcd = Etcd::must_start().await;
+    let mut cluster = Cluster::start_on_etcd(&etcd, "ts", &[]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/v", false).await, "mkdir /v");
+    cluster.must(client.create("/v/before").await, "create /v/before");
+    // Clients that read the map before the grafts below were made.
+    let stale = cluster.client();
+    let stale_too = cluster.client();
+    let mut old = 0;
+    for c in [&stale, &stale_too] {
+        let map = cluster.must(c.shard_map().await, "read the map");
+        old = map.expect("a cluster on etcd has a shard map").revision.0;
+    }
+    cluster.must_nokv(&["shard", "create", "/v/g"]).await;
+    cluster.must_nokv(&["shard", "create", "/v/m"]).await;
+    let g = shard_at(&cluster, &client, "/v/g").await;
+    let m = shard_at(&cluster, &client, "/v/m").await;
+    let new = cluster
+        .must(client.refresh_shard_map().await, "read the map")
+        .expect("a map")
+        .revision
+        .0;
+
+    // On the wire: every node refuses a stream routed by the old map (each learns the
+    // new one from etcd on its own), naming its own revision; with the new one it serves.
+    for id in cluster.ids() {
+        let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
+            "http://{}",
+            cluster.addr(id)
+        ))
+        .await
+        .expect("connect");
+        let request = |map_revision| nokv_proto::pb::WatchRequest {
+            path: "/v".into(),
+            recursive: true,
+            shard: 0,
+            map_revision,
+            ..Default::default()
+        };
+        let detail = cluster
+            .wait_for(
+                WAIT,
+                &format!("node {id} refuses the old map"),
+                async || {
+                    let refused = raw.watch(request(old)).await.err()?;
+                    nokv_proto::detail_of(&refused)
+                },
+            )
+            .await;
+        assert_eq!(detail.code, "STALE_MAP", "node {id}: {detail:?}");
+        assert!(detail.map_revision >= new, "node {id}: {detail:?}");
+        assert!(detail.message.contains("refresh the map"), "{detail:?}");
+        cluster.must(
+            raw.watch(request(new)).await,
+            "a stream routed by the new map",
+        );
+    }
+
+    // The SDK, same owner: the stream is refused, the map read again, and /v's shard
+    // read from the start under the new revision; the grafts below are read too.
+    let same = Gathered::start(&stale, "/v", true);
+    cluster.must(client.create("/v/g/x").await, "create in /v/g");
+    cluster.must(client.create("/v/after").await, "create /v/after");
+    cluster
+        .wait_until(
+            WAIT,
+            "the stale client's watch shows every file",
+            async || {
+                ["/v/before", "/v/g/x", "/v/after"]
+                    .iter()
+                    .all(|p| same.has(p))
+            },
+        )
+        .await;
+    assert_eq!(same.ended(), None, "the watch goes on");
+    let keys: Vec<(u64, u64)> = same.events().iter().map(sdk_key).collect();
+    assert_shard_order(&keys, "stale client's watch");
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), keys.len());
+
+    // The SDK, the path now a graft, nothing delivered yet: it reads the new owner.
+    let moved = Gathered::start(&stale_too, "/v/m", true);
+    cluster.must(client.create("/v/m/y").await, "create in /v/m");
+    cluster
+        .wait_until(WAIT, "the watch of /v/m shows /v/m/y", async || {
+            moved.has("/v/m/y")
+        })
+        .await;
+    let y = moved
+        .events()
+        .into_iter()
+        .find(|w| w.event.path.as_deref() == Some("/v/m/y"))
+        .expect("seen");
+    assert_eq!(u64::from(y.shard.0), m, "read from /v/m's shard");
+
+    // While running: two watches read node 1 (their client knows no other endpoint
+    // first). Grafts are made below and at their paths, node 1 is killed, and each
+    // resumes on another node with its old revision.
+    let reader = cluster.client_for(&[1]);
+    cluster.must(reader.shard_map().await, "read the map");
+    let below = Gathered::start(&reader, "/v", true);
+    let at = Gathered::start(&reader, "/v/n", false);
+    cluster.must(client.create("/v/mark").await, "create /v/mark");
+    cluster
+        .wait_until(WAIT, "the running watch shows /v/mark", async || {
+            below.has("/v/mark")
+        })
+        .await;
+    cluster.must_nokv(&["shard", "create", "/v/h"]).await;
+    cluster.must_nokv(&["shard", "create", "/v/n"]).await;
+    let n = shard_at(&cluster, &client, "/v/n").await;
+    cluster
+        .wait_until(WAIT, "the watches show the graft entries", async || {
+            below.has("/v/h") && at.has("/v/n")
+        })
+        .await;
+    cluster.kill(1);
+    cluster.must(client.create("/v/h/z").await, "create in /v/h");
+    cluster.must(client.create("/v/late").await, "create /v/late");
+    cluster
+        .wait_until(WAIT, "the resumed watch shows the new files", async || {
+            below.has("/v/h/z") && below.has("/v/late")
+        })
+        .await;
+    assert_eq!(below.ended(), None, "the recursive watch goes on");
+    let keys: Vec<(u64, u64)> = below.events().iter().map(sdk_key).collect();
+    assert_shard_order(&keys, "resumed watch");
+    assert_eq!(
+        keys.iter().collect::<BTreeSet<_>>().len(),
+        keys.len(),
+        "no event twice across the reconnection"
+    );
+    // /v/n is shard n's root now: its cursor means nothing there, so the watch ends,
+    // naming the shard.
+    let ended = cluster
+        .wait_for(WAIT, "the watch of /v/n ends", async || at.ended())
+        .await;
+    match ended {
+        Some(nokv_client::ClientError::WrongShard {
+            shard,
+            graft_path,
+            message,
+        }) => {
+            assert_eq!(u64::from(shard), n, "{message}");
+            assert_eq!(graft_path, "/v/n", "{message}");
+            assert!(message.contains("watch /v/n again"), "{message}");
+        }
+        other => cluster.fail(format!("the watch of /v/n ended with {other:?}")),
+    }
+    eprintln!("shards: /v/g {g}, /v/m {m}, /v/n {n}; old map {old}, new {new}");
     drop(etcd);
 }

@@ -190,7 +190,7 @@ impl Client {
 
     /// A pinned handle for a request routed by the map at `revision`: the
     /// node refuses it with STALE_MAP if the shard's routing changed since.
-    fn routed_to(&self, shard: ShardId, revision: nokv_router::Revision) -> Client {
+    pub(crate) fn routed_to(&self, shard: ShardId, revision: nokv_router::Revision) -> Client {
         Client {
             map_revision: revision.0,
             ..self.for_shard(shard)
@@ -200,6 +200,11 @@ impl Client {
     /// The shard this handle talks to.
     pub fn shard(&self) -> ShardId {
         self.shard
+    }
+
+    /// The map revision this handle's requests carry (0: unrouted).
+    pub(crate) fn map_revision(&self) -> u64 {
+        self.map_revision
     }
 
     /// Whether this handle routes global paths by the shard map (see
@@ -659,7 +664,7 @@ impl Client {
     /// The map after a `WRONG_SHARD`/`UNKNOWN_SHARD`: a newer one, or the
     /// refusal itself when the nodes know no better (no loop on a map that
     /// cannot change).
-    async fn reroute(
+    pub(crate) async fn reroute(
         &self,
         map: &Arc<ShardMap>,
         refusal: &ClientError,
@@ -1002,6 +1007,19 @@ impl Client {
             .map(|r| r.into_inner())
         })
         .await
+    }
+
+    /// The shards a cluster-wide operation (gc, fsck, backup) covers: every serving shard
+    /// by the map, in id order; this handle's own shard when it is pinned or the cluster
+    /// follows no control plane.
+    pub async fn serving_shards(&self) -> Result<Vec<ShardId>, ClientError> {
+        if !self.routed {
+            return Ok(vec![self.shard]);
+        }
+        Ok(match self.shard_map().await? {
+            Some(map) => routing::serving_shards(&map),
+            None => vec![self.shard],
+        })
     }
 
     /// Asks the leader to check live blocks and look for orphaned objects.

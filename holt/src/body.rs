@@ -151,9 +151,20 @@ impl StagedUpload {
     }
 }
 
+/// `blocks/{shard}/`: every block of the shard's files lies under it (and nothing of
+/// another shard's).
+pub fn shard_block_prefix(shard: ShardId) -> String {
+    format!("blocks/{}/", shard.0)
+}
+
 /// `blocks/{shard}/{inode-local}/{generation}/`: unique per (inode, generation).
 pub fn block_prefix(shard: ShardId, inode: InodeId, generation: Generation) -> String {
-    format!("blocks/{}/{}/{}/", shard.0, inode.local(), generation.0)
+    format!(
+        "{}{}/{}/",
+        shard_block_prefix(shard),
+        inode.local(),
+        generation.0
+    )
 }
 
 /// What a GC task deletes.

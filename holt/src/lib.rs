@@ -30,8 +30,8 @@ pub mod types;
 pub mod watch;
 
 pub use body::{
-    block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec, GcTarget, GcTask,
-    PublishMode, StagedUpload, UploadId,
+    block_prefix, shard_block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec,
+    GcTarget, GcTask, PublishMode, StagedUpload, UploadId,
 };
 pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag};
 pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};

@@ -181,7 +181,9 @@ impl NodeService {
                 pb::ErrorDetail {
                     code: ErrorCode::StaleMap.as_str().into(),
                     message: format!(
-                        "routed by shard map revision {map_revision}, but shard {id}'s routing                          changed at revision {since}; refresh the map (this node has revision                          {}) and route again",
+                        "routed by shard map revision {map_revision}, but shard {id}'s routing \
+                         changed at revision {since}; refresh the map (this node has revision \
+                         {}) and route again",
                         seen.map.revision
                     ),
                     map_revision: seen.map.revision.0,
@@ -218,6 +220,7 @@ impl MetaService for NodeService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = self.host.replica(request.get_ref().shard)?;
+        self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         r.client.watch(request).await
     }
 

@@ -270,10 +270,12 @@ impl Maintenance {
         }
     }
 
-    /// Checks every live block and looks for objects nothing references.
+    /// Checks every live block and looks for objects under this shard's block prefix
+    /// that nothing references.
     pub async fn fsck(&self) -> Result<FsckReport, MaintenanceError> {
         let store = self.store()?.clone();
-        let (live, staged_prefixes, queued) = {
+        // Only this shard's blocks: the other shards' in the same bucket are theirs to check.
+        let (live, staged_prefixes, queued, own) = {
             let s = self.state.read().map_err(|_| MaintenanceError::State)?;
             let queued: Vec<GcTarget> = s
                 .holt
@@ -281,7 +283,13 @@ impl Maintenance {
                 .into_iter()
                 .map(|t| t.target)
                 .collect();
-            (s.holt.live_blocks(), s.holt.referenced_prefixes(), queued)
+            let own = nokv_holt::shard_block_prefix(s.holt.shard());
+            (
+                s.holt.live_blocks(),
+                s.holt.referenced_prefixes(),
+                queued,
+                own,
+            )
         };
         let mut report = FsckReport {
             live_blocks: live.len() as u64,
@@ -320,7 +328,7 @@ impl Maintenance {
                 GcTarget::Prefix(p) => queued_prefixes.push(p.as_str()),
             }
         }
-        for object in store.list("blocks/").await? {
+        for object in store.list(&own).await? {
             report.objects_scanned += 1;
             let key = object.key.as_str();
             let accounted = live_keys.contains(key)

@@ -206,6 +206,37 @@ impl Cluster {
         Cluster::start_with_env(extra_args, &[]).await
     }
 
+    /// Spawns three replicas that follow the control plane in `etcd` under
+    /// the cluster name `name` (plus `extra_args`), forms the cluster with
+    /// `nokv --etcd URL cluster init` and waits until all three agree on the
+    /// root shard's leader.
+    pub async fn start_on_etcd(etcd: &etcd::Etcd, name: &str, extra_args: &[&str]) -> Cluster {
+        let url = etcd.url();
+        let mut args = vec!["--etcd", url.as_str(), "--cluster", name];
+        args.extend_from_slice(extra_args);
+        let cluster = Cluster::spawn(&args).await;
+        let members = cluster.members_arg();
+        let out = run_nokv(&[
+            "--etcd",
+            &url,
+            "--cluster",
+            name,
+            "cluster",
+            "init",
+            "--members",
+            &members,
+        ])
+        .await;
+        if !out.status.success() {
+            cluster.fail(format!(
+                "cluster init --etcd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        cluster.must_agreed_leader(&[1, 2, 3]).await;
+        cluster
+    }
+
     /// Like [`Cluster::start`], with `env` set on every `nokv serve`.
     pub async fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let cluster = Cluster::spawn_with_env(extra_args, env).await;

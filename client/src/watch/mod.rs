@@ -49,6 +49,10 @@ use shard::ShardWatch;
 /// is read from the start of its history).
 pub const WATCH_MAP_POLL: Duration = Duration::from_secs(1);
 
+/// How many times a watch that has delivered nothing yet routes its path again because
+/// the owner moved (see [`Fanout::next`]).
+const MAX_REROUTES: usize = 3;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -70,6 +74,10 @@ struct Fanout {
     /// Ticks when the map is to be re-read (only while following grafts).
     poll: Option<tokio::time::Interval>,
     backoff: Duration,
+    /// Whether an event has been handed out (after that, the owner is fixed).
+    delivered: bool,
+    /// Times the path was routed again before anything was delivered.
+    rerouted: usize,
     done: bool,
 }
 
@@ -119,7 +127,7 @@ impl Fanout {
         };
         self.start_owner(
             owner,
-            self.client.for_shard(owner),
+            self.client.routed_to(owner, map.revision),
             local,
             Some(map.clone()),
         );
@@ -172,7 +180,7 @@ impl Fanout {
             let after = self.merge.after(*new);
             tracing::debug!(shard = new.0, after, path = %self.path, "watch: reading a grafted shard");
             let events = ShardWatch::new(
-                self.client.for_shard(*new),
+                self.client.routed_to(*new, map.revision),
                 "/".to_string(),
                 Some(map.clone()),
                 true,
@@ -201,42 +209,65 @@ impl Fanout {
         if self.done {
             return None;
         }
-        while !self.started {
-            match self.setup().await {
-                Ok(()) => self.started = true,
-                Err(ClientError::Unavailable(why)) => {
-                    tracing::debug!(%why, "watch: cannot read the shard map, retrying");
-                    self.pause().await;
-                }
-                Err(fatal) => {
-                    self.done = true;
-                    return Some((Err(fatal), self));
+        'route: loop {
+            while !self.started {
+                match self.setup().await {
+                    Ok(()) => self.started = true,
+                    Err(ClientError::Unavailable(why)) => {
+                        tracing::debug!(%why, "watch: cannot read the shard map, retrying");
+                        self.pause().await;
+                    }
+                    Err(fatal) => {
+                        self.done = true;
+                        return Some((Err(fatal), self));
+                    }
                 }
             }
-        }
-        loop {
-            let wake = match self.poll.as_mut() {
-                Some(poll) => tokio::select! {
-                    item = self.merge.next() => Wake::Item(item),
-                    _ = poll.tick() => Wake::Poll,
-                },
-                None => Wake::Item(self.merge.next().await),
-            };
-            match wake {
-                Wake::Poll => self.rescan().await,
-                Wake::Item(Some((_, Ok(event)))) => return Some((Ok(event), self)),
-                Wake::Item(Some((shard, Err(e)))) if shard != self.owner && e.is_misrouted() => {
-                    // Its replicas all disowned it: removed, or not started yet. The
-                    // next map read drops it or reads it again from its position.
-                    tracing::debug!(shard = shard.0, error = %e, "watch: grafted shard not served");
-                }
-                Wake::Item(Some((shard, Err(e)))) => {
-                    self.done = true;
-                    return Some((Err(from_shard(e, shard)), self));
-                }
-                Wake::Item(None) => {
-                    self.done = true;
-                    return None;
+            loop {
+                let wake = match self.poll.as_mut() {
+                    Some(poll) => tokio::select! {
+                        item = self.merge.next() => Wake::Item(item),
+                        _ = poll.tick() => Wake::Poll,
+                    },
+                    None => Wake::Item(self.merge.next().await),
+                };
+                match wake {
+                    Wake::Poll => self.rescan().await,
+                    Wake::Item(Some((_, Ok(event)))) => {
+                        self.delivered = true;
+                        return Some((Ok(event), self));
+                    }
+                    Wake::Item(Some((shard, Err(ClientError::WrongShard { shard: to, .. }))))
+                        if shard == self.owner
+                            && !self.delivered
+                            && self.rerouted < MAX_REROUTES =>
+                    {
+                        // The path was routed by a cached map older than a graft made at or
+                        // above it, and nothing was delivered: route it again by the newer
+                        // map (its stream read it), as if that had been the one cached.
+                        tracing::debug!(from = shard.0, to, path = %self.path,
+                        "watch: the path belongs to another shard now; routing it again");
+                        self.rerouted += 1;
+                        self.started = false;
+                        self.below = None;
+                        self.poll = None;
+                        continue 'route;
+                    }
+                    Wake::Item(Some((shard, Err(e))))
+                        if shard != self.owner && e.is_misrouted() =>
+                    {
+                        // Its replicas all disowned it: removed, or not started yet. The
+                        // next map read drops it or reads it again from its position.
+                        tracing::debug!(shard = shard.0, error = %e, "watch: grafted shard not served");
+                    }
+                    Wake::Item(Some((shard, Err(e)))) => {
+                        self.done = true;
+                        return Some((Err(from_shard(e, shard)), self));
+                    }
+                    Wake::Item(None) => {
+                        self.done = true;
+                        return None;
+                    }
                 }
             }
         }
@@ -306,6 +337,13 @@ impl Client {
     /// the watcher never saw, its stream fails with [`ClientError::CursorExpired`] naming
     /// the shard rather than skipping them.
     ///
+    /// **Routing.** Each shard's stream carries the map revision it was routed by; a
+    /// replica that knows the shard's routing changed since refuses it (`STALE_MAP`) and
+    /// the stream reads a newer map and resumes from its cursor. If `path` itself now
+    /// belongs to another shard (a graft made at or above it after the client read its
+    /// map): before any event was delivered the watch routes again and reads the new
+    /// owner; after, it ends with [`ClientError::WrongShard`] naming it.
+    ///
     /// **Ending.** The stream ends only with an error the request caused, such as
     /// `CursorExpired` on any shard (the cursor of the last event delivered is still
     /// good for every other shard). A grafted shard whose replicas all say they do not
@@ -327,6 +365,8 @@ impl Client {
             merge: Merge::new(WatchCursor::new()),
             poll: None,
             backoff: BACKOFF_MIN,
+            delivered: false,
+            rerouted: 0,
             done: false,
         };
         futures::stream::unfold(state, Fanout::next)

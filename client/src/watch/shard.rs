@@ -6,12 +6,19 @@
 //! nothing is delivered twice. It ends only on an error the request itself caused (a
 //! malformed path, an expired cursor), or when every replica it tried in a row says it
 //! hosts no such shard.
+//!
+//! A routed stream carries the map revision it was routed by. A replica whose map shows
+//! the shard's routing changed since (a graft made or removed inside it) refuses it with
+//! `STALE_MAP`; the stream then reads a newer map and, if the watched path is still this
+//! shard's, resumes under the new revision from the same cursor. If the path now belongs
+//! to another shard (a graft made at or above it), it ends with `WRONG_SHARD` naming that
+//! shard: its cursor means nothing there.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use nokv_holt::{Event, EventKind};
+use nokv_holt::{Event, EventKind, InodeRef, Query};
 use nokv_proto::detail_of;
 use nokv_proto::pb;
 use nokv_router::ShardMap;
@@ -25,8 +32,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A watch of one shard's history: what to ask, and where it has got to.
 pub(super) struct ShardWatch {
-    /// Names the shard every request goes to (pinned, or the unrouted client of a
-    /// cluster without a shard map).
+    /// Names the shard every request goes to, and the map revision it was routed by
+    /// (0 for a pinned handle or a cluster without a shard map).
     client: Client,
     /// The watched path in the shard's own terms.
     path: String,
@@ -117,6 +124,79 @@ impl ShardWatch {
         event
     }
 
+    /// After `STALE_MAP` (the refusing node's map is at `current`): reads a newer map
+    /// and goes on under its revision if the watched path is still this shard's, at the
+    /// same local path. If it is another shard's now, `WrongShard` naming that shard.
+    /// `StaleMap` or `Unavailable` if no newer map could be read yet (try again later).
+    async fn follow_map(&mut self, current: u64) -> Result<(), ClientError> {
+        let refusal = ClientError::StaleMap { current };
+        let Some(map) = self.map.clone() else {
+            return Err(refusal);
+        };
+        let shard = self.client.shard();
+        let global = routing::global_path(&map, shard, &self.path);
+        let newer = self.client.reroute(&map, &refusal).await?;
+        let query = Query::GetAttr {
+            inode: InodeRef::Path(global.clone()),
+        };
+        let (owner, local) = routing::route_query(&newer, query, shard)?;
+        let same_path = matches!(
+            &local,
+            Query::GetAttr { inode: InodeRef::Path(p) } if *p == self.path
+        );
+        if owner != shard || !same_path {
+            let graft = routing::global_path(&newer, owner, "/");
+            return Err(ClientError::WrongShard {
+                shard: owner.0,
+                graft_path: graft.clone(),
+                message: format!(
+                    "{global} now belongs to shard {} (grafted at {graft}; map revision {}), \
+                     but this watch read shard {} and its cursor means nothing in another \
+                     shard's history: watch {global} again to follow it",
+                    owner.0, newer.revision, shard.0
+                ),
+            });
+        }
+        tracing::debug!(
+            shard = shard.0,
+            from = map.revision.0,
+            to = newer.revision.0,
+            "watch: routing changed, same shard; resuming under the new map"
+        );
+        self.client = self.client.routed_to(shard, newer.revision);
+        self.map = Some(newer);
+        Ok(())
+    }
+
+    /// What to do after the stream or its start failed with `error`: go on (after a
+    /// pause when the cluster is not ready), or end with an error.
+    async fn recover(&mut self, error: ClientError) -> Result<(), ClientError> {
+        let error = match error {
+            ClientError::StaleMap { current } => match self.follow_map(current).await {
+                // Routed again: reconnect at once.
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            other => other,
+        };
+        match error {
+            ClientError::Unavailable(why) => {
+                tracing::debug!(shard = self.client.shard().0, %why,
+                    "watch: replica unavailable, trying the next");
+            }
+            ClientError::StaleMap { current } => {
+                tracing::debug!(
+                    shard = self.client.shard().0,
+                    current,
+                    "watch: no node serves a newer map yet, trying again"
+                );
+            }
+            fatal => return Err(fatal),
+        }
+        self.pause().await;
+        Ok(())
+    }
+
     /// Tries one replica. `Unavailable` means "try the next one".
     async fn connect(&mut self) -> Result<(), ClientError> {
         let endpoints = self.client.replica_candidates();
@@ -128,6 +208,7 @@ impl ShardWatch {
             recursive: self.recursive,
             after_cursor: self.cursor,
             shard: self.client.wire_shard(),
+            map_revision: self.client.map_revision(),
         };
         match tokio::time::timeout(self.client.attempt_timeout(), stub.watch(request)).await {
             Ok(Ok(response)) => {
@@ -158,18 +239,12 @@ impl ShardWatch {
         }
         loop {
             if self.stream.is_none() {
-                match self.connect().await {
-                    Ok(()) => {}
-                    Err(ClientError::Unavailable(why)) => {
-                        tracing::debug!(shard = self.client.shard().0, %why,
-                            "watch: replica unavailable, trying the next");
-                        self.pause().await;
-                        continue;
-                    }
-                    Err(fatal) => {
+                if let Err(e) = self.connect().await {
+                    if let Err(fatal) = self.recover(e).await {
                         self.done = true;
                         return Some((Err(fatal), self));
                     }
+                    continue;
                 }
             }
             let Some(stream) = self.stream.as_mut() else {
@@ -200,11 +275,13 @@ impl ShardWatch {
                 Err(status) => {
                     self.stream = None;
                     let replicas = self.client.replica_candidates().len();
-                    if let Some(fatal) = self.judge(&status, replicas) {
+                    let error = self
+                        .judge(&status, replicas)
+                        .unwrap_or_else(|| ClientError::Unavailable(status.message().into()));
+                    if let Err(fatal) = self.recover(error).await {
                         self.done = true;
                         return Some((Err(fatal), self));
                     }
-                    self.pause().await;
                 }
             }
         }
