@@ -1886,7 +1886,7 @@ async fn a_paused_old_leader_changes_nothing(kind: StoreKind) {
     let stale = bc.cluster.must(Client::new(config), "client");
     let refused = stale.create("/stale-epoch").await;
     assert!(
-        matches!(refused, Err(ClientError::StaleEpoch { current }) if current > epoch_before),
+        matches!(refused, Err(ClientError::StaleEpoch { current, .. }) if current > epoch_before),
         "{refused:?}"
     );
     bc.must_be_absent("/stale-epoch").await;

@@ -283,6 +283,24 @@ async fn a_dead_node_is_replaced_while_clients_write() {
         })
         .await;
     assert_eq!(leader, 4);
+    // The reconciler records it as the shard's leader hint in the map (which
+    // clients seed their leader cache from).
+    cluster
+        .wait_until(
+            WAIT,
+            "the map's leader hint of shard 1 is node 4",
+            async || {
+                let out = nokv_etcd(&url, &["--json", "shard", "ls"]).await;
+                let listed: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                listed["shards"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["shard"] == 1 && s["leader_hint"] == 4)
+            },
+        )
+        .await;
 
     // A replica leaves (its leader first hands over) and its node stops it;
     // added again, it catches up from its own disk and votes.

@@ -374,13 +374,74 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
     let stale = cluster.must(Client::new(stale_config), "client");
     let refused = stale.create("/stale-epoch").await;
     assert!(
-        matches!(refused, Err(ClientError::StaleEpoch { current }) if Some(current) == epoch_after),
+        matches!(refused, Err(ClientError::StaleEpoch { current, .. }) if Some(current) == epoch_after),
         "{refused:?}"
     );
     let missing = after.stat("/stale-epoch", Consistency::Linearizable).await;
     assert!(
         matches!(missing, Err(ref e) if e.is_not_found()),
         "{missing:?}"
+    );
+
+    // On the wire: the refusal names the current epoch and the leader; it is
+    // not remembered, so the same request id under the current epoch applies,
+    // and a late copy under the old epoch then gets that first outcome.
+    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
+        "http://{}",
+        cluster.addr(new_leader)
+    ))
+    .await
+    .expect("connect");
+    let mut request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
+        request_id: nokv_client::RequestId(0xe90c),
+        epoch: epoch_before.map(nokv_holt::Epoch),
+        op: nokv_client::Op::Mkdir {
+            at: nokv_client::EntryRef::Path("/root-dir/fenced".into()),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            parents: false,
+        },
+    })
+    .expect("encode");
+    let refused = raw
+        .mutate(request.clone())
+        .await
+        .expect_err("a stale epoch");
+    let detail = nokv_proto::detail_of(&refused).expect("a structured error");
+    assert_eq!(detail.code, "STALE_EPOCH", "{detail:?}");
+    assert_eq!(Some(detail.current_epoch), epoch_after, "{detail:?}");
+    assert_eq!(detail.leader_id, Some(new_leader), "{detail:?}");
+    assert_eq!(detail.leader_addr, cluster.addr(new_leader), "{detail:?}");
+    request.epoch = epoch_after.expect("an epoch");
+    let applied = raw
+        .mutate(request.clone())
+        .await
+        .expect("the current epoch");
+    assert_eq!(Some(applied.get_ref().epoch), epoch_after);
+    request.epoch = epoch_before.expect("an epoch");
+    let again = raw
+        .mutate(request)
+        .await
+        .expect("a copy gets the first outcome");
+    assert_eq!(again.get_ref().result, applied.get_ref().result);
+
+    // The SDK stamps what it learned: `client` last wrote to shard 0 under the
+    // old epoch, so its next write is refused, then sent again under the new
+    // one (same request id), and lands once.
+    let known = client.known_epoch();
+    assert!(
+        known.is_some() && known < epoch_after,
+        "learned before the failover: {known:?}"
+    );
+    cluster.must(
+        client.mkdir("/root-dir/by-an-old-client", false).await,
+        "a write from a client that knew the old epoch",
+    );
+    assert_eq!(
+        client.known_epoch(),
+        epoch_after,
+        "learned from the refusal"
     );
 }
 

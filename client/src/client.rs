@@ -21,6 +21,10 @@ use nokv_router::ShardMap;
 /// How many times one request follows a newer shard map before giving up.
 const MAX_REROUTES: u32 = 3;
 
+/// How many `STALE_EPOCH` refusals one write follows (each names a newer epoch;
+/// more in a row means leadership is changing faster than the write can land).
+const MAX_EPOCH_REFUSALS: u32 = 5;
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Consistency {
@@ -51,7 +55,12 @@ pub struct ClientConfig {
     /// First and largest pause between attempts.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// Epoch to stamp on mutations (`None`: unchecked).
+    /// Pins the epoch stamped on every mutation: a write under any other
+    /// epoch is refused with [`ClientError::StaleEpoch`], which is returned.
+    /// `None` (the default): each write carries its shard's epoch as this
+    /// client last learned it, and a `STALE_EPOCH` refusal (a leadership or
+    /// membership change since) is followed like a new leader, sending the
+    /// write again under the current epoch.
     pub epoch: Option<u64>,
     /// Rewrites of replica addresses the cluster advertises (in leader hints)
     /// to addresses this client can reach, e.g. `n2:7400` →
@@ -120,6 +129,8 @@ struct Inner {
     map: RwLock<MapCache>,
     /// `UNKNOWN_SHARD` answers in a row, by shard.
     unknown_shard: Mutex<HashMap<ShardId, usize>>,
+    /// Each shard's epoch as last learned (writes carry it).
+    epochs: Mutex<HashMap<ShardId, u64>>,
 }
 
 /// What one failed attempt tells the retry loop.
@@ -166,6 +177,7 @@ impl Client {
                 store: Mutex::new(None),
                 map: RwLock::new(MapCache::default()),
                 unknown_shard: Mutex::new(HashMap::new()),
+                epochs: Mutex::new(HashMap::new()),
             }),
             snapshot: None,
             shard: ShardId(0),
@@ -409,9 +421,29 @@ impl Client {
         };
         if newer {
             cache.map = best.map(Arc::new);
+            if let Some(map) = &cache.map {
+                self.seed_leaders(map);
+            }
         }
         cache.loaded = true;
         Ok(cache.map.clone())
+    }
+
+    /// Takes the map's leader hints for shards whose leader this client does
+    /// not know yet: the first request goes straight to the (likely) leader. A
+    /// wrong hint costs one redirect, as a guess would.
+    fn seed_leaders(&self, map: &ShardMap) {
+        let Ok(mut leaders) = self.inner.leader.lock() else {
+            return;
+        };
+        for record in map.shards.values() {
+            let Some(node) = record.leader_hint.and_then(|n| map.nodes.get(&n)) else {
+                continue;
+            };
+            leaders
+                .entry(ShardId(record.id.0))
+                .or_insert_with(|| self.reachable(&node.addr));
+        }
     }
 
     fn set_leader(&self, leader: Option<String>) {
@@ -615,23 +647,104 @@ impl Client {
         result
     }
 
-    /// Applies `op` on this handle's shard, as given.
+    /// Applies `op` on this handle's shard, as given, under the shard's epoch
+    /// (see [`ClientConfig::epoch`]). A `STALE_EPOCH` refusal changed nothing
+    /// and was not remembered by the shard: the write goes again under the
+    /// epoch it names, to the leader it names, with the same request id (so
+    /// it still applies at most once, whichever copy lands).
     async fn mutate_here(&self, request_id: RequestId, op: Op) -> Result<Applied, ClientError> {
         let mut request = pb::MutateRequest::try_from(Mutation {
             request_id,
-            epoch: self.inner.config.epoch.map(nokv_holt::Epoch),
+            epoch: None,
             op,
         })
         .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         request.shard = self.wire_shard();
         request.map_revision = self.map_revision;
-        let response = self
-            .with_retries(true, true, |mut stub| {
-                let request = request.clone();
-                async move { stub.mutate(request).await.map(|r| r.into_inner()) }
+        let pinned = self.inner.config.epoch;
+        let mut refusals = 0;
+        loop {
+            request.epoch = match pinned {
+                Some(epoch) => epoch,
+                None => self.shard_epoch().await?,
+            };
+            let sent = request.clone();
+            let response = self
+                .with_retries(true, true, |mut stub| {
+                    let request = sent.clone();
+                    async move { stub.mutate(request).await.map(|r| r.into_inner()) }
+                })
+                .await;
+            match response {
+                Ok(response) => {
+                    if pinned.is_none() {
+                        self.learn_epoch(response.epoch, false);
+                    }
+                    return Applied::try_from(response)
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                }
+                Err(ClientError::StaleEpoch { current, leader })
+                    if pinned.is_none() && refusals < MAX_EPOCH_REFUSALS =>
+                {
+                    refusals += 1;
+                    tracing::debug!(
+                        shard = self.shard.0,
+                        stale = request.epoch,
+                        current,
+                        "write refused under an old epoch; sending it again"
+                    );
+                    self.learn_epoch(current, true);
+                    if let Some(leader) = leader {
+                        self.set_leader(Some(self.reachable(&leader)));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// This shard's epoch as last learned; asked of a replica (`Status`, no log
+    /// entry) before the first write to the shard. 0 (unchecked) only for a
+    /// shard that reports none (not initialised).
+    async fn shard_epoch(&self) -> Result<u64, ClientError> {
+        if let Some(epoch) = self.known_epoch() {
+            return Ok(epoch);
+        }
+        let shard = self.wire_shard();
+        let status = self
+            .with_retries(false, false, |mut stub| async move {
+                stub.status(pb::StatusRequest { shard })
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await?;
-        Applied::try_from(response).map_err(|e| ClientError::Protocol(e.to_string()))
+        self.learn_epoch(status.epoch, false);
+        Ok(status.epoch)
+    }
+
+    /// The epoch the next write to this handle's shard carries, as last
+    /// learned (from an answer, a refusal, or the shard's status); `None`
+    /// before the first write.
+    pub fn known_epoch(&self) -> Option<u64> {
+        self.inner
+            .epochs
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&self.shard).copied())
+    }
+
+    /// Records `epoch` as the shard's: as the current one a refusal named
+    /// (`current`), or as one seen in an answer (kept only if newer).
+    fn learn_epoch(&self, epoch: u64, current: bool) {
+        if epoch == 0 {
+            return;
+        }
+        if let Ok(mut epochs) = self.inner.epochs.lock() {
+            let known = epochs.entry(self.shard).or_insert(epoch);
+            if current || epoch > *known {
+                *known = epoch;
+            }
+        }
     }
 
     /// Sends `op` to the shard the map routes it to; on `WRONG_SHARD` or

@@ -29,9 +29,15 @@ pub enum ClientError {
     /// refusing node's map revision (the client refreshes and routes again).
     #[error("routed by an old shard map; the node has revision {current}")]
     StaleMap { current: u64 },
-    /// The request carried an old epoch; `current` is the shard's epoch now.
+    /// The write carried an old epoch and changed nothing; `current` is the
+    /// shard's epoch now and `leader` the address of the node that refused it
+    /// (the leader). The SDK sends it again under `current` by itself unless
+    /// [`crate::ClientConfig::epoch`] pins the epoch.
     #[error("stale epoch; current epoch is {current}")]
-    StaleEpoch { current: u64 },
+    StaleEpoch {
+        current: u64,
+        leader: Option<String>,
+    },
     /// A write was sent but no answer came before the deadline: it may or may
     /// not have been applied. Retrying with the same request id is safe.
     #[error("outcome unknown: {0}")]
@@ -120,6 +126,7 @@ impl ClientError {
             "INVALID_ARGUMENT" => ClientError::InvalidArgument(detail.message),
             "STALE_EPOCH" => ClientError::StaleEpoch {
                 current: detail.current_epoch,
+                leader: (!detail.leader_addr.is_empty()).then_some(detail.leader_addr),
             },
             "UNKNOWN_OUTCOME" => ClientError::Unknown(detail.message),
             "UNAVAILABLE" => ClientError::Unavailable(detail.message),

@@ -405,6 +405,67 @@ pub async fn node_remove(
     Ok(changes)
 }
 
+/// Who leads what, as the active nodes that answer report it.
+#[derive(Default)]
+struct Leadership {
+    /// shard -> (leader, voters).
+    shards: BTreeMap<u32, (u64, Vec<u64>)>,
+    /// node -> shards it leads (every answering node, with 0 if none).
+    leads: BTreeMap<u64, usize>,
+}
+
+/// Asks every active node of `map` which shards it leads. Nodes that do not answer are
+/// left out (their shards have leaders elsewhere by now, or none yet).
+async fn observe_leaders(client: &Client, map: &ShardMap) -> Leadership {
+    let mut seen = Leadership::default();
+    for n in map.nodes.values().filter(|n| n.state == NodeState::Active) {
+        let Ok(status) = client.node_status(&client.reachable(&n.addr)).await else {
+            continue;
+        };
+        seen.leads.entry(n.id.0).or_default();
+        for r in status.shards {
+            if r.role == pb::Role::Leader as i32 {
+                let voters = r.voters.iter().map(|v| v.id).collect();
+                seen.shards.insert(r.shard, (r.node_id, voters));
+                *seen.leads.entry(r.node_id).or_default() += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Writes each shard's observed leader into its record's leader hint, where it differs
+/// (one CAS transaction; a hint is never needed for safety, and routing ignores it: see
+/// `SeenMap` in meta-node). Clients seed their leader cache from it.
+async fn record_leader_hints(
+    cp: &dyn ControlPlane,
+    seen: &Leadership,
+) -> Result<Vec<String>, ClientError> {
+    let mut changes = Vec::new();
+    update(cp, DEFAULT_UPDATE_ATTEMPTS, |m| {
+        changes.clear();
+        for (shard, (leader, _)) in &seen.shards {
+            let Ok(id) = u16::try_from(*shard) else {
+                continue;
+            };
+            let leader = NodeId(*leader);
+            if !m.nodes.contains_key(&leader) {
+                continue;
+            }
+            if let Some(record) = m.shards.get_mut(&ShardId(id)) {
+                if record.leader_hint != Some(leader) {
+                    record.leader_hint = Some(leader);
+                    changes.push(format!("shard {id}: leader hint is node {leader}"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(plane)?;
+    Ok(changes)
+}
+
 /// Moves up to `max_moves` leaderships from the nodes leading the most shards to voters
 /// leading the fewest, while the two counts differ by two or more. Nodes that do not
 /// answer are left out (their shards have leaders elsewhere by now).
@@ -414,22 +475,20 @@ pub async fn rebalance_leaders(
     max_moves: usize,
 ) -> Result<Vec<String>, ClientError> {
     let map = load(cp).await?;
-    // shard -> (leader, voters), from every node that answers.
-    let mut shards: BTreeMap<u32, (u64, Vec<u64>)> = BTreeMap::new();
-    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
-    for n in map.nodes.values().filter(|n| n.state == NodeState::Active) {
-        let Ok(status) = client.node_status(&client.reachable(&n.addr)).await else {
-            continue;
-        };
-        leads.entry(n.id.0).or_default();
-        for r in status.shards {
-            if r.role == pb::Role::Leader as i32 {
-                let voters = r.voters.iter().map(|v| v.id).collect();
-                shards.insert(r.shard, (r.node_id, voters));
-                *leads.entry(r.node_id).or_default() += 1;
-            }
-        }
-    }
+    let seen = observe_leaders(client, &map).await;
+    move_leaders(client, seen, max_moves).await
+}
+
+/// [`rebalance_leaders`] from an observation.
+async fn move_leaders(
+    client: &Client,
+    seen: Leadership,
+    max_moves: usize,
+) -> Result<Vec<String>, ClientError> {
+    let Leadership {
+        mut shards,
+        mut leads,
+    } = seen;
     let mut changes = Vec::new();
     for _ in 0..max_moves {
         let Some((&busiest, &most)) = leads.iter().max_by_key(|(id, n)| (**n, u64::MAX - **id))
@@ -531,7 +590,8 @@ fn replica_move(map: &ShardMap) -> Option<(NodeId, NodeId, ShardId)> {
 }
 
 /// One pass: finishes replica additions a crash interrupted (shards whose record lists
-/// learners), then moves at most one leadership if leaders are unevenly spread.
+/// learners), records where each shard's leader is (the map's leader hints), then moves
+/// at most one leadership if leaders are unevenly spread.
 pub async fn reconcile(client: &Client, cp: &dyn ControlPlane) -> Vec<String> {
     let map = match load(cp).await {
         Ok(m) => m,
@@ -552,7 +612,12 @@ pub async fn reconcile(client: &Client, cp: &dyn ControlPlane) -> Vec<String> {
             }
         }
     }
-    match rebalance_leaders(client, cp, 1).await {
+    let seen = observe_leaders(client, &map).await;
+    match record_leader_hints(cp, &seen).await {
+        Ok(c) => done.extend(c),
+        Err(e) => done.push(format!("leader hints: {e}")),
+    }
+    match move_leaders(client, seen, 1).await {
         Ok(c) => done.extend(c),
         Err(e) => done.push(format!("leader rebalancing: {e}")),
     }

@@ -285,9 +285,13 @@ impl Holt {
     /// happen honestly: a client learns an epoch only from a replica that
     /// applied it, and any command proposed afterwards is ordered after that
     /// entry in the log, so it is refused too rather than trusted. The
-    /// refusal is remembered by the dedupe table like any outcome: the
-    /// client resends under the new epoch with a new request id, which is
-    /// safe because the refusal proves the first attempt changed nothing.
+    /// refusal is *not* remembered by the dedupe table: it proves the command
+    /// changed nothing, and since epochs only grow, the same command under the
+    /// same epoch is refused again wherever it is retried. The client resends
+    /// it under the current epoch with the *same* request id, and the dedupe
+    /// table then makes it apply at most once, however many copies (old epoch
+    /// or new) reach the log, and whoever retries it (the SDK after the
+    /// refusal, or its caller after an unknown outcome).
     pub fn advance_epoch(&mut self, index: LogIndex) {
         self.last_applied = self.last_applied.max(index);
         // 2^64 leader changes cannot happen; saturating keeps this panic-free.
@@ -334,34 +338,32 @@ impl Holt {
     /// Order of checks: a remembered request id returns its first outcome;
     /// then the epoch; then the static validation of
     /// [`Holt::validate_command`]; then the operation itself. Outcomes of the
-    /// epoch check and of the operation (success or error) are remembered for
-    /// deduplication. Validation errors are not: they depend on the command
-    /// alone, so a retry gets the same error anyway, and keeping them out
-    /// means a malformed command leaves the state untouched except for
-    /// `last_applied`.
+    /// operation (success or error) are remembered for deduplication. Epoch
+    /// refusals are not (see [`Holt::advance_epoch`]: the command may be sent
+    /// again under the current epoch with the same request id), nor are
+    /// validation errors: they depend on the command alone, so a retry gets
+    /// the same error anyway, and keeping them out means a malformed command
+    /// leaves the state untouched except for `last_applied`.
     pub fn apply(&mut self, index: LogIndex, cmd: &Command) -> Outcome {
         self.last_applied = self.last_applied.max(index);
         if let Some(first) = self.dedupe.get(&cmd.request_id) {
             return first.clone();
         }
-        let outcome = match cmd.epoch {
-            Some(epoch) if epoch != self.epoch => Err(FsError::StaleEpoch {
+        if cmd.epoch.is_some_and(|epoch| epoch != self.epoch) {
+            return Err(FsError::StaleEpoch {
                 current: self.epoch,
-            }),
-            _ => {
-                Self::validate_command(cmd)?;
-                let stamp = Stamp {
-                    index,
-                    time_ns: cmd.time_ns,
-                };
-                let targets = self.event_targets(&cmd.op);
-                let outcome = self.execute(stamp, &cmd.op);
-                if let Ok(applied) = &outcome {
-                    self.emit_events(stamp, &cmd.op, targets, applied);
-                }
-                outcome
-            }
+            });
+        }
+        Self::validate_command(cmd)?;
+        let stamp = Stamp {
+            index,
+            time_ns: cmd.time_ns,
         };
+        let targets = self.event_targets(&cmd.op);
+        let outcome = self.execute(stamp, &cmd.op);
+        if let Ok(applied) = &outcome {
+            self.emit_events(stamp, &cmd.op, targets, applied);
+        }
         self.remember(cmd.request_id, outcome.clone());
         outcome
     }

@@ -15,8 +15,8 @@ use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
 use nokv_proto::pb::{self, ErrorDetail};
 use nokv_proto::{
-    fs_error_status, not_leader_status, status_from_detail, ErrorCode, Mutation, Read,
-    ReadConsistency,
+    fs_error_status, fs_error_status_from_leader, not_leader_status, status_from_detail, ErrorCode,
+    Mutation, Read, ReadConsistency,
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
@@ -168,6 +168,12 @@ impl ClientService {
                 return;
             }
         }
+    }
+
+    /// The shard's epoch as this replica has applied it.
+    fn epoch(&self) -> Result<u64, Status> {
+        let s = self.state.read().map_err(|_| Self::state_error())?;
+        Ok(s.holt.epoch().0)
     }
 
     pub(crate) fn state_error() -> Status {
@@ -580,8 +586,14 @@ impl ClientService {
                 &reason,
                 leader.or_else(|| self.leader_hint()),
             )),
-            Ok(Ok((Ok(applied), index))) => Ok(mutate_response(applied, index)),
-            Ok(Ok((Err(fs_err), _))) => Err(fs_error_status(&fs_err)),
+            Ok(Ok((Ok(applied), index))) => {
+                let mut response = mutate_response(applied, index);
+                response.epoch = self.epoch()?;
+                Ok(response)
+            }
+            Ok(Ok((Err(fs_err), _))) => {
+                Err(fs_error_status_from_leader(&fs_err, self.leader_hint()))
+            }
         }
     }
 

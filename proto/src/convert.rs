@@ -776,6 +776,7 @@ pub fn mutate_response(applied: holt::Applied, index: holt::LogIndex) -> pb::Mut
     pb::MutateResponse {
         result: Some(result),
         applied_index: index.0,
+        epoch: 0,
     }
 }
 

@@ -103,6 +103,37 @@ pub fn not_leader_status(leader: Option<(u64, String)>) -> Status {
     )
 }
 
+/// The status for a namespace error from the engine, from the shard's leader
+/// `leader` (id, address): a `STALE_EPOCH` refusal names it, so the client
+/// sends the write again there under the current epoch.
+pub fn fs_error_status_from_leader(
+    err: &nokv_holt::FsError,
+    leader: Option<(u64, String)>,
+) -> Status {
+    let Some((leader_id, leader_addr)) = leader else {
+        return fs_error_status(err);
+    };
+    let nokv_holt::FsError::StaleEpoch { current } = err else {
+        return fs_error_status(err);
+    };
+    status_with_detail(
+        ErrorCode::StaleEpoch.grpc_code(),
+        ErrorDetail {
+            code: err.code().to_string(),
+            message: format!(
+                "{err} (the leader is node {leader_id} at {leader_addr}); the write changed \
+                 nothing: send it again under epoch {} with the same request id",
+                current.0
+            ),
+            errno: err.errno(),
+            current_epoch: current.0,
+            leader_id: Some(leader_id),
+            leader_addr,
+            ..Default::default()
+        },
+    )
+}
+
 /// The status for a namespace error from the engine.
 pub fn fs_error_status(err: &nokv_holt::FsError) -> Status {
     use nokv_holt::FsError;

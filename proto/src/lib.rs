@@ -21,8 +21,8 @@ pub mod pb {
 
 pub use convert::{Mutation, Read, ReadConsistency, WireError};
 pub use error::{
-    cross_shard_of, detail_of, fs_error_status, not_leader_status, status_from_detail,
-    status_with_detail, ErrorCode,
+    cross_shard_of, detail_of, fs_error_status, fs_error_status_from_leader, not_leader_status,
+    status_from_detail, status_with_detail, ErrorCode,
 };
 
 /// Largest client request or response a node accepts (bytes).

@@ -1167,7 +1167,7 @@ fn zero_capacity_disables_dedupe() {
 }
 
 #[test]
-fn stale_epochs_are_rejected_and_remembered() {
+fn stale_epochs_are_rejected_and_not_remembered() {
     let mut f = Fixture::new();
     let mut stale = command(1, create("/a"));
     stale.epoch = Some(Epoch(0));
@@ -1177,15 +1177,22 @@ fn stale_epochs_are_rejected_and_remembered() {
         Err(FsError::StaleEpoch { current: Epoch(1) })
     );
     assert_namespace_eq(&before, &f.holt);
-    assert_eq!(f.holt.stats().dedupe_entries, 1);
-    // Even with the right epoch, the retry returns the remembered error.
-    stale.epoch = Some(Epoch(1));
+    assert_eq!(f.holt.stats().dedupe_entries, 0);
+    // Refused again under the old epoch, wherever it is retried.
     assert_eq!(f.apply(&stale).map_err(|e| e.code()), Err("STALE_EPOCH"));
+    // The same request id under the current epoch applies, once: a copy under
+    // either epoch then gets the first outcome.
+    stale.epoch = Some(Epoch(1));
+    let applied = f.apply(&stale);
+    assert!(applied.is_ok(), "{applied:?}");
+    assert_eq!(f.apply(&stale), applied);
+    stale.epoch = Some(Epoch(0));
+    assert_eq!(f.apply(&stale), applied);
 
-    let mut future = command(2, create("/a"));
+    let mut future = command(2, create("/b"));
     future.epoch = Some(Epoch(2));
     assert_eq!(f.apply(&future).map_err(|e| e.code()), Err("STALE_EPOCH"));
-    let mut current = command(3, create("/a"));
+    let mut current = command(3, create("/b"));
     current.epoch = Some(Epoch(1));
     assert!(f.apply(&current).is_ok());
 }
