@@ -29,6 +29,9 @@ pub struct PutArgs {
     /// The path must not exist yet.
     #[arg(long)]
     pub create_only: bool,
+    /// Create missing parent directories first (as `mkdir -p`).
+    #[arg(short = 'p', long)]
+    pub parents: bool,
     /// User attribute stored with the body (repeatable): --attr step=100
     #[arg(long = "attr", value_name = "KEY=VALUE")]
     pub attrs: Vec<String>,
@@ -160,6 +163,16 @@ async fn mode_for(client: &Client, args: &PutArgs, g: &GlobalArgs) -> anyhow::Re
 
 pub async fn put(args: PutArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let client = g.client()?;
+    if args.parents {
+        if let Some((parent, _)) = args.path.trim_end_matches('/').rsplit_once('/') {
+            if !parent.is_empty() {
+                client
+                    .mkdir(parent, true)
+                    .await
+                    .with_context(|| format!("mkdir -p {parent}"))?;
+            }
+        }
+    }
     let opts = PutOptions {
         mode: mode_for(&client, &args, g).await?,
         content_type: args.content_type.clone(),

@@ -1550,7 +1550,9 @@ async fn gc_and_fsck(kind: StoreKind) {
     assert_eq!(
         gc,
         serde_json::json!({"uploads_expired": 0, "tasks_done": 1, "objects_deleted": 2,
-            "tasks_waiting": 0, "tasks_failed": 0})
+            "tasks_waiting": 0, "tasks_failed": 0, "shards": [{"shard": 0,
+            "uploads_expired": 0, "tasks_done": 1, "objects_deleted": 2,
+            "tasks_waiting": 0, "tasks_failed": 0}]})
     );
     let text = bc.cluster.must_nokv(&["gc"]).await;
     assert_eq!(
@@ -1566,7 +1568,7 @@ async fn gc_and_fsck(kind: StoreKind) {
     let fsck = bc.must_nokv_json(&["fsck"]).await;
     assert_eq!(
         fsck,
-        serde_json::json!({"live_blocks": 3, "objects_scanned": 3, "problems": []})
+        serde_json::json!({"shards": [0], "live_blocks": 3, "objects_scanned": 3, "problems": []})
     );
 
     // Damage behind the cluster's back: fsck names both problems, exits 1.
@@ -1581,9 +1583,9 @@ async fn gc_and_fsck(kind: StoreKind) {
     assert!(!out.status.success(), "fsck with problems exited 0");
     let fsck: Value = serde_json::from_slice(&out.stdout).expect("fsck --json prints JSON");
     let problems = fsck["problems"].as_array().expect("problems array");
-    let missing = serde_json::json!({"kind": "MISSING_BLOCK", "key": keep[1],
+    let missing = serde_json::json!({"shard": 0, "kind": "MISSING_BLOCK", "key": keep[1],
         "inode": keep_attr.inode.0, "expected_size": BLOCK, "actual_size": 0});
-    let orphan = serde_json::json!({"kind": "ORPHAN_OBJECT", "key": stray, "inode": 0,
+    let orphan = serde_json::json!({"shard": 0, "kind": "ORPHAN_OBJECT", "key": stray, "inode": 0,
         "expected_size": 0, "actual_size": 5});
     assert_eq!(problems.len(), 2, "{fsck}");
     assert!(problems.contains(&missing), "{fsck}");

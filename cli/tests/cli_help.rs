@@ -59,6 +59,14 @@ async fn help_names_the_commands_and_global_flags() {
         "--timeout",
         "NOKV_ENDPOINTS",
         "--address-map",
+        "shard",
+        "node",
+        "gc",
+        "fsck",
+        "backup",
+        "--etcd",
+        "NOKV_ETCD",
+        "--cluster",
     ] {
         assert!(
             text.contains(needle),
@@ -88,6 +96,39 @@ async fn serve_help_names_the_replica_flags() {
             text.contains(needle),
             "nokv serve --help should mention {needle}:\n{text}"
         );
+    }
+}
+
+#[tokio::test]
+async fn shard_and_node_help_name_their_commands() {
+    for (command, needles) in [
+        (
+            "shard",
+            &[
+                "create",
+                "ls",
+                "rm",
+                "add-replica",
+                "remove-replica",
+                "transfer-leader",
+                "rebalance",
+            ][..],
+        ),
+        ("node", &["ls", "add", "remove", "replace"][..]),
+    ] {
+        let out = run_nokv(&[command, "--help"]).await;
+        assert!(
+            out.status.success(),
+            "nokv {command} --help: {}",
+            stderr(&out)
+        );
+        let text = stdout(&out);
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "nokv {command} --help should mention {needle}:\n{text}"
+            );
+        }
     }
 }
 

@@ -423,4 +423,43 @@ async fn a_dead_node_is_replaced_while_clients_write() {
         })
         .await;
     cluster.must(client.create("/s1/after-rebalance").await, "write");
+
+    // Node 5 leaves again: `node remove` (the control plane from the
+    // environment this time, NOKV_ETCD and NOKV_CLUSTER, no flags) moves its
+    // replicas to the other nodes first, and the node stops them.
+    let out = common::nokv_command()
+        .env("NOKV_ETCD", &url)
+        .env("NOKV_CLUSTER", "m1")
+        .args(["node", "remove", &five.to_string()])
+        .output()
+        .await
+        .expect("run nokv");
+    assert!(out.status.success(), "node remove: {}", stderr(&out));
+    let nodes: serde_json::Value =
+        serde_json::from_str(&stdout(&nokv_etcd(&url, &["node", "ls", "--json"]).await))
+            .expect("node ls --json is JSON");
+    let state = nodes["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["id"] == five)
+        .map(|n| n["state"].clone());
+    assert_eq!(state, Some(serde_json::json!("removed")), "{nodes}");
+    for shard in [0u16, 1] {
+        let (_, now) = cluster
+            .wait_for(WAIT, &format!("shard {shard} without node 5"), async || {
+                voters(&cluster, shard, &[1, 2, 4])
+                    .await
+                    .filter(|(_, v)| !v.contains(&five))
+            })
+            .await;
+        assert_eq!(now.len(), 3, "voters of shard {shard}: {now:?}");
+    }
+    cluster
+        .wait_until(WAIT, "node 5 stops its replicas", async || {
+            hosted(&cluster, five).await.is_some_and(|h| h.is_empty())
+        })
+        .await;
+    cluster.must(client.create("/s1/after-remove").await, "write");
+    cluster.must(client.create("/after-remove").await, "write");
 }

@@ -12,11 +12,13 @@
 //!   shard leader SIGKILLed, writes continue on every shard.
 //! - `unknown_shards_are_refused`: requests for a shard a node does not
 //!   host, or an impossible shard id, get `UNKNOWN_SHARD` and change nothing.
-//! - `gc_fsck_and_backup_cover_every_shard`: with bodies in two shards of one
-//!   bucket, `nokv gc`, `fsck` and `backup` run on every shard (or the one
-//!   `--shard` names); each shard's fsck checks its own blocks only, so the
-//!   other shard's are not orphans, and a real orphan is reported with its
-//!   shard.
+//! - `gc_fsck_backup_and_snapshots_across_shards`: with bodies in two shards
+//!   of one bucket, `nokv gc`, `fsck` and `backup` run on every shard (or the
+//!   one `--shard` names); each shard's fsck checks its own blocks only, so
+//!   the other shard's are not orphans, and a real orphan is reported with
+//!   its shard (a block only a snapshot still holds is not an orphan). A
+//!   snapshot of a subtree that contains a graft is refused (naming the
+//!   graft); one at the graft point pins the grafted shard's tree.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping.
 
@@ -117,13 +119,33 @@ async fn nodes_host_many_shards_and_fail_them_over() {
         );
     }
 
-    // `nokv status` reports every replica of every shard.
-    let status: serde_json::Value =
-        serde_json::from_str(&cluster.must_nokv(&["status", "--json"]).await)
-            .expect("status --json is JSON");
+    // `nokv status --json` reports every replica of every shard: its role, the
+    // leader, voters and epoch, the same on all three once they have applied it.
+    let status = cluster
+        .wait_for(WAIT, "nokv status shows every shard settled", async || {
+            let out = cluster.nokv(&["status", "--json"]).await;
+            let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let replicas = status["shards"].as_array()?;
+            for shard in &shards {
+                let of: Vec<&Value> = replicas.iter().filter(|r| r["shard"] == shard.0).collect();
+                let leader = of.iter().find(|r| r["role"] == "leader")?;
+                let settled = of.len() == 3
+                    && of.iter().filter(|r| r["role"] == "leader").count() == 1
+                    && of.iter().all(|r| {
+                        r["leader_id"] == leader["node_id"]
+                            && r["voters"] == serde_json::json!([1, 2, 3])
+                            && r["epoch"] == leader["epoch"]
+                            && r["epoch"].as_u64() >= Some(1)
+                    });
+                if !settled {
+                    return None;
+                }
+            }
+            Some(status)
+        })
+        .await;
     let replicas = status["shards"].as_array().expect("a shards array");
     assert_eq!(replicas.len(), shards.len() * 3, "{status}");
-    assert!(replicas.iter().all(|r| r["epoch"].as_u64() >= Some(1)));
 
     // 1,000 creates spread over all shards, concurrently.
     let per_shard = 1000 / shards.len();
@@ -266,6 +288,37 @@ async fn unknown_shards_are_refused() {
         matches!(&status, Err(e @ ClientError::UnknownShard(_)) if e.code() == "UNKNOWN_SHARD"),
         "{status:?}"
     );
+    // An impossible shard id on the wire (ids are 16 bits): refused, not
+    // truncated to shard 4464.
+    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
+        "http://{}",
+        cluster.addr(1)
+    ))
+    .await
+    .expect("connect");
+    let mut request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
+        request_id: nokv_client::RequestId(70_000),
+        epoch: None,
+        op: nokv_client::Op::Create {
+            at: nokv_client::EntryRef::Path("/x".into()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    })
+    .expect("encode");
+    request.shard = 70_000;
+    let refused = raw.mutate(request).await.expect_err("shard 70000");
+    let detail = nokv_proto::detail_of(&refused).expect("a structured error");
+    assert_eq!(detail.code, "UNKNOWN_SHARD", "{detail:?}");
+    let refused = raw
+        .status(nokv_proto::pb::StatusRequest { shard: u32::MAX })
+        .await
+        .expect_err("shard 2^32-1");
+    assert_eq!(
+        nokv_proto::detail_of(&refused).map(|d| d.code).as_deref(),
+        Some("UNKNOWN_SHARD")
+    );
     // Nothing changed on the root shard.
     let root = cluster.client();
     let missing = root.stat("/x", Consistency::Linearizable).await;
@@ -356,9 +409,17 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
         after.create("/root-dir/after").await,
         "shard 0 write without etcd",
     );
+    // Routed through the graft by the map the nodes hand out (not etcd).
     cluster.must(
-        after.for_shard(ShardId(1)).create("/in-s1/after").await,
+        after.create("/s1/in-s1/after").await,
         "shard 1 write without etcd",
+    );
+    cluster.must(
+        after
+            .for_shard(ShardId(1))
+            .stat("/in-s1/after", Consistency::Linearizable)
+            .await,
+        "the write is shard 1's",
     );
     // The failover moved shard 0's epoch; a write routed under the old one
     // is refused and changes nothing.
@@ -815,11 +876,34 @@ async fn grafts_join_eight_shards_into_one_tree() {
             "write after the kill",
         );
     }
+
+    // The node returns, leading nothing: the reconciler (on the node leading
+    // shard 0, one move every 2 s) spreads the leaders again by itself.
+    cluster.restart(victim).await;
+    let started = tokio::time::Instant::now();
+    let spread = cluster
+        .wait_for(
+            Duration::from_secs(90),
+            &format!("leaders spread again over the nodes, node {victim} included"),
+            async || {
+                let leaders = leaders_of(&cluster, &[1, 2, 3], &shards).await?;
+                let counts: Vec<usize> = (1..=3u64)
+                    .map(|id| leaders.iter().filter(|l| **l == id).count())
+                    .collect();
+                let (most, fewest) = (counts.iter().max()?, counts.iter().min()?);
+                (most - fewest <= 1).then_some(counts)
+            },
+        )
+        .await;
+    eprintln!(
+        "node {victim} back: leaders per node {spread:?} after {:?}",
+        started.elapsed()
+    );
     drop(etcd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gc_fsck_and_backup_cover_every_shard() {
+async fn gc_fsck_backup_and_snapshots_across_shards() {
     let _load = heavy_test().await;
     let etcd = Etcd::must_start().await;
     let store = TestStore::start(StoreKind::File)
@@ -863,6 +947,27 @@ async fn gc_fsck_and_backup_cover_every_shard() {
         );
         assert!(point["archived_index"].as_u64() >= point["snapshot_index"].as_u64());
     }
+
+    // Snapshots: one shard each. Above the graft: refused, nothing pinned.
+    let line = cluster.must_nokv_fail(&["snapshot", "create", "/"]).await;
+    assert!(line.contains("/s1"), "names the graft: {line}");
+    let listed = json(cluster.must_nokv(&["--json", "snapshot", "ls"]).await);
+    assert_eq!(listed["snapshots"], serde_json::json!([]), "{listed}");
+    // At the graft point: the grafted shard's whole tree, pinned.
+    let made = json(
+        cluster
+            .must_nokv(&["--json", "snapshot", "create", "/s1"])
+            .await,
+    );
+    let id = made["id"].as_u64().expect("a snapshot id").to_string();
+    cluster.must(client.unlink("/s1/b").await, "rm /s1/b after the snapshot");
+    let pinned = cluster.must_nokv(&["ls", "--snapshot", &id, "/s1"]).await;
+    assert!(
+        pinned.lines().any(|l| l.trim() == "b"),
+        "the snapshot still shows b: {pinned}"
+    );
+    let now = cluster.must_nokv(&["ls", "/s1"]).await;
+    assert!(!now.lines().any(|l| l.trim() == "b"), "b is gone: {now}");
     let gc = json(cluster.must_nokv(&["--json", "gc", "--now"]).await);
     let per_shard = gc["shards"].as_array().expect("per-shard reports");
     assert_eq!(per_shard.len(), 2, "{gc}");
@@ -873,7 +978,8 @@ async fn gc_fsck_and_backup_cover_every_shard() {
     assert!(of_s1["objects_deleted"].as_u64() >= Some(1), "{gc}");
     assert_eq!(gc["objects_deleted"], of_s1["objects_deleted"], "{gc}");
 
-    // A real orphan in shard s1's block space is reported, with its shard.
+    // A real orphan in shard s1's block space is reported, with its shard;
+    // the block of the removed /s1/b, held by the snapshot, is not one.
     let blobs = cluster.must(client.blob_store().await, "open the store");
     let orphan = format!("blocks/{s1}/999999/1/0");
     cluster.must(

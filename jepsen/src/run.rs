@@ -143,6 +143,13 @@ pub struct Report {
     /// of the run by themselves).
     #[serde(default)]
     pub membership_errors: Vec<String>,
+    /// Membership faults whose removal and re-addition both succeeded.
+    #[serde(default)]
+    pub membership_ok: usize,
+    /// For each kill-multi-leader fault, how many shards the killed node led
+    /// just before the kill.
+    #[serde(default)]
+    pub multi_leader_kills: Vec<usize>,
     /// The shards of the run: graft path to shard id.
     #[serde(default)]
     pub shards: BTreeMap<String, u32>,
@@ -193,6 +200,8 @@ impl Report {
             faults: BTreeMap::new(),
             nemesis_errors: Vec::new(),
             membership_errors: Vec::new(),
+            membership_ok: 0,
+            multi_leader_kills: Vec::new(),
             shards: BTreeMap::new(),
             graft_checks: Vec::new(),
             register: None,
@@ -749,8 +758,28 @@ pub fn record(
     for e in injections(log) {
         if let Some(fault) = &e.fault {
             *report.faults.entry(fault.kind().name().into()).or_default() += 1;
+            match fault {
+                Fault::KillLeaders { shards, .. } if e.phase == "start" => {
+                    report.multi_leader_kills.push(shards.len());
+                }
+                _ => {}
+            }
         }
     }
+    // Removed and added back: the removal started cleanly and its heal (the
+    // re-add) did too.
+    report.membership_ok = log
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            is_membership(e)
+                && e.phase == "start"
+                && log[i + 1..]
+                    .iter()
+                    .find(|h| h.fault == e.fault && h.phase != "start")
+                    .is_some_and(|h| h.phase == "heal")
+        })
+        .count();
     let acks = write_acks(&register, &set_ops, &moves);
     let by_shard = write_acks_by_shard(&register, &set_ops, &moves);
     report.etcd_fault_acks = etcd_fault_acks(log, &by_shard);

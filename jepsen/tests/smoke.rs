@@ -87,6 +87,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         "set": r["set"], "set_by_shard": r["set_by_shard"], "namespace": r["namespace"],
         "graft_checks": r["graft_checks"], "etcd_fault_acks": r["etcd_fault_acks"],
         "membership_errors": r["membership_errors"],
+        "membership_ok": r["membership_ok"], "multi_leader_kills": r["multi_leader_kills"],
         "register_keys_by_shard": r["register_keys_by_shard"],
         "register_verdict": r["register"]["verdict"],
         "register_anomalies": r["register"]["anomalies"].as_array().map(|a| a.len()),
@@ -116,6 +117,17 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
     assert_eq!(
         r["nemesis_errors"].as_array().map(Vec::len),
         Some(0),
+        "{summary}"
+    );
+    // A membership change (remove a replica, add it back) went through under
+    // load, and a node leading several shards at once was killed.
+    assert!(r["membership_ok"].as_u64() >= Some(1), "{summary}");
+    assert!(
+        r["multi_leader_kills"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n.as_u64() >= Some(2)),
         "{summary}"
     );
     // Each workload made progress, and the checkers saw real data.

@@ -277,9 +277,10 @@ impl Maintenance {
         // Only this shard's blocks: the other shards' in the same bucket are theirs to check.
         let (live, staged_prefixes, queued, own) = {
             let s = self.state.read().map_err(|_| MaintenanceError::State)?;
+            // Held by a snapshot pin or not: queued blocks are accounted for.
             let queued: Vec<GcTarget> = s
                 .holt
-                .gc_tasks(usize::MAX)
+                .all_gc_tasks()
                 .into_iter()
                 .map(|t| t.target)
                 .collect();

@@ -496,6 +496,13 @@ impl Holt {
             .collect()
     }
 
+    /// Every queued GC task, lowest seq first, including those a snapshot pin
+    /// holds: what fsck counts as accounted for (a held block is neither live
+    /// nor an orphan).
+    pub fn all_gc_tasks(&self) -> Vec<GcTask> {
+        self.gc.values().cloned().collect()
+    }
+
     /// Number of queued GC tasks.
     pub fn gc_len(&self) -> usize {
         self.gc.len()
