@@ -394,6 +394,49 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
     assert_eq!(listed["shards"][1]["graft"], "/s1", "{listed}");
     assert_eq!(listed["shards"][1]["members"], serde_json::json!([1, 2, 3]));
 
+    // A malformed map in etcd, written behind NoKV's back: control-plane
+    // commands refuse it with a clear error and change nothing; the nodes
+    // keep their last good map and both shards keep serving.
+    let put = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &url,
+            "put",
+            "/nokv/t1/map",
+            "{\"format\":1,\"clus",
+        ])
+        .output()
+        .expect("run etcdctl");
+    assert!(
+        put.status.success(),
+        "etcdctl put: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    for args in [
+        &["--cluster", "t1", "shard", "create", "/never"][..],
+        &["--cluster", "t1", "--etcd", url.as_str(), "shard", "ls"][..],
+    ] {
+        let line = cluster.must_nokv_fail(args).await;
+        assert!(
+            line.contains("corrupt control-plane data at /nokv/t1/map"),
+            "{args:?}: {line}"
+        );
+    }
+    // Through the nodes: the last good map they hold.
+    let listed = cluster.must_nokv(&["--cluster", "t1", "shard", "ls"]).await;
+    assert!(listed.contains("/s1"), "{listed}");
+    cluster.must(
+        client.mkdir("/root-dir/after-corrupt", false).await,
+        "shard 0 write with a corrupt map in etcd",
+    );
+    cluster.must(
+        client.mkdir("/s1/in-s1/after-corrupt", false).await,
+        "shard 1 write with a corrupt map in etcd",
+    );
+    let never = client.stat("/never", Consistency::Linearizable).await;
+    assert!(matches!(&never, Err(e) if e.is_not_found()), "{never:?}");
+
     // The control plane goes away, then a leader: both shards keep serving.
     etcd.kill();
     let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;

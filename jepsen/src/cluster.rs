@@ -238,8 +238,9 @@ pub fn link(a: u64, b: u64) -> (u64, u64) {
 }
 
 impl DockerCluster {
-    /// Starts the S3 server and the replicas, forms the Raft group and
-    /// waits until every replica agrees on a leader.
+    /// Starts the S3 server, etcd and the replicas. The cluster is not formed
+    /// yet: [`DockerCluster::initialize`] does that, so a caller whose cluster
+    /// never forms still has the containers to read logs and statuses from.
     pub async fn start(run: &str, options: &ClusterOptions) -> Result<DockerCluster, ClusterError> {
         let docker = Docker::default();
         for image in [&options.nokv_image, &options.s3_image, &options.etcd_image] {
@@ -371,7 +372,7 @@ impl DockerCluster {
                 _handle: handle,
             });
         }
-        let mut cluster = DockerCluster {
+        let cluster = DockerCluster {
             run: run.to_string(),
             docker,
             nodes,
@@ -387,7 +388,6 @@ impl DockerCluster {
         for &(a, b) in cluster.links.keys() {
             cluster.heal_link(a, b).await?;
         }
-        cluster.initialize(options.ready_timeout).await?;
         Ok(cluster)
     }
 
@@ -433,7 +433,9 @@ impl DockerCluster {
     /// `nokv` binary inside replica 1 (it resolves the replicas' aliases),
     /// waits for a leader, then grafts the second shard at [`GRAFT`] on all
     /// three replicas and waits until every shard has an agreed leader.
-    async fn initialize(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+    /// Forms the cluster (`nokv cluster init` through etcd), grafts the second
+    /// shard and waits until every shard has a leader the replicas agree on.
+    pub async fn initialize(&mut self, timeout: Duration) -> Result<(), ClusterError> {
         let members: Vec<String> = self
             .nodes
             .iter()

@@ -120,6 +120,11 @@ struct RunArgs {
     /// aborted, with every replica's status in status.json).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     recovery_timeout: Duration,
+    /// How long the cluster may take to form (every shard led, the graft
+    /// made) before the run gives up; it then still writes every replica's
+    /// log, their statuses and the summary.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
     /// RUST_LOG of the replicas.
     #[arg(long, default_value = "info")]
     node_log: String,
@@ -360,6 +365,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             etcd_image: args.etcd_image.clone(),
             rust_log: args.node_log.clone(),
             node_env: args.node_env.clone(),
+            ready_timeout: args.ready_timeout,
             ..ClusterOptions::default()
         },
         recovery_timeout: args.recovery_timeout,

@@ -11,11 +11,12 @@
 //! | `nemesis.jsonl`     | every fault injected and healed                        |
 //! | `status.json`       | every replica's status (role, term, leader, last log,  |
 //! |                     | applied), only if they did not settle within the bound |
+//! |                     | (or the cluster did not form at all)                   |
 //! | `summary.json`      | the [`Report`], also of a run that was aborted         |
 //! | `node-N.log`        | each replica's whole log                               |
 //!
-//! Whatever the outcome (valid, anomaly, the cluster did not settle,
-//! Ctrl-C, a harness error or panic), every file whose content exists is
+//! Whatever the outcome (valid, anomaly, the cluster did not form or did
+//! not settle, Ctrl-C, a harness error or panic), every file whose content exists is
 //! written: the histories and the nemesis log as soon as the workloads
 //! stop, the logs and the summary last.
 
@@ -869,7 +870,7 @@ pub async fn run(config: &RunConfig, interrupt: watch::Receiver<bool>) -> Result
     let run = run_id(config.seed);
     let mut report = Report::new(&run, config);
     tracing::info!(%run, out = %config.out_dir.display(), "starting cluster");
-    let cluster = match DockerCluster::start(&run, &config.cluster).await {
+    let mut cluster = match DockerCluster::start(&run, &config.cluster).await {
         Ok(cluster) => cluster,
         Err(e) => {
             report.abort(e.to_string());
@@ -877,6 +878,25 @@ pub async fn run(config: &RunConfig, interrupt: watch::Receiver<bool>) -> Result
             return Err(e.into());
         }
     };
+    if let Err(e) = cluster.initialize(config.cluster.ready_timeout).await {
+        // Say why: what each replica answered, and every replica's log.
+        report.abort(format!("the cluster did not form: {e}"));
+        let replicas = cluster.statuses().await;
+        dir.write_json(
+            "status.json",
+            &vec![StatusSnapshot {
+                at_ns: 0,
+                since_heal_ms: 0.0,
+                why: "the cluster did not form".into(),
+                replicas,
+            }],
+        )?;
+        for error in dir.write_logs(&cluster).await {
+            tracing::warn!(%error, "replica log");
+        }
+        dir.write_json("summary.json", &report)?;
+        return Err(e.into());
+    }
     let carried = AssertUnwindSafe(carry_out(&cluster, config, &dir, &mut report, interrupt))
         .catch_unwind()
         .await;

@@ -258,3 +258,53 @@ fn unsafe_stale_reads_are_caught_by_the_checker() {
     assert_eq!(output.status.code(), Some(1));
     no_leftovers();
 }
+
+/// A cluster that never forms (every replica refuses its configuration and
+/// exits) still leaves the reason behind: every replica's log, the statuses
+/// they answered (none), and a summary saying the run was aborted.
+#[test]
+fn a_cluster_that_never_forms_leaves_logs_statuses_and_a_summary() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = harness(
+        dir.path(),
+        &[
+            "--time-limit",
+            "10s",
+            "--ready-timeout",
+            "5s",
+            "--node-env",
+            "NOKV_HEARTBEAT=soon",
+            "--seed",
+            "13",
+        ],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a harness failure; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("summary.json")).expect("summary.json"),
+    )
+    .expect("summary.json is JSON");
+    let aborted = summary["aborted"].as_str().unwrap_or_default();
+    assert!(aborted.contains("did not form"), "{summary}");
+    assert_eq!(summary["valid"], Value::Bool(false), "{summary}");
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{id}.log")))
+            .unwrap_or_else(|e| panic!("node-{id}.log: {e}"));
+        assert!(log.contains("soon"), "node {id} says why it stopped: {log}");
+    }
+    let status: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("status.json")).expect("status.json"),
+    )
+    .expect("status.json is JSON");
+    assert_eq!(
+        status[0]["replicas"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    no_leftovers();
+}
