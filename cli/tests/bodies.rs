@@ -1828,23 +1828,8 @@ async fn a_paused_old_leader_changes_nothing(kind: StoreKind) {
 
     bc.cluster.signal(old, "-STOP");
     // A write on its way to the frozen leader (it waits in its socket).
-    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
-        "http://{}",
-        bc.cluster.addr(old)
-    ))
-    .await
-    .unwrap_or_else(|e| bc.fail(format!("connect to the frozen leader: {e}")));
-    let request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
-        request_id: nokv_client::RequestId(0x5eed),
-        epoch: None,
-        op: nokv_client::Op::Create {
-            at: nokv_client::EntryRef::Path("/from-the-old-leader".into()),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-    })
-    .unwrap_or_else(|e| bc.fail(format!("encode: {e}")));
+    let mut raw = bc.cluster.raw(old).await;
+    let request = common::raw_create(0x5eed, None, "/from-the-old-leader");
     let in_flight = tokio::spawn(async move { raw.mutate(request).await });
 
     // The others elect a new leader and go on: a replace makes the old

@@ -12,6 +12,9 @@
 //!   shard leader SIGKILLed, writes continue on every shard.
 //! - `unknown_shards_are_refused`: requests for a shard a node does not
 //!   host, or an impossible shard id, get `UNKNOWN_SHARD` and change nothing.
+//! - `dev_follows_a_real_etcd`: `nokv dev --etcd DEAD,LIVE` (one of two etcd
+//!   endpoints down) registers its cluster in the real etcd, and client
+//!   commands given only `--etcd` reach it.
 //! - `gc_fsck_backup_and_snapshots_across_shards`: with bodies in two shards
 //!   of one bucket, `nokv gc`, `fsck` and `backup` run on every shard (or the
 //!   one `--shard` names); each shard's fsck checks its own blocks only, so
@@ -290,23 +293,8 @@ async fn unknown_shards_are_refused() {
     );
     // An impossible shard id on the wire (ids are 16 bits): refused, not
     // truncated to shard 4464.
-    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
-        "http://{}",
-        cluster.addr(1)
-    ))
-    .await
-    .expect("connect");
-    let mut request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
-        request_id: nokv_client::RequestId(70_000),
-        epoch: None,
-        op: nokv_client::Op::Create {
-            at: nokv_client::EntryRef::Path("/x".into()),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-    })
-    .expect("encode");
+    let mut raw = cluster.raw(1).await;
+    let mut request = common::raw_create(70_000, None, "/x");
     request.shard = 70_000;
     let refused = raw.mutate(request).await.expect_err("shard 70000");
     let detail = nokv_proto::detail_of(&refused).expect("a structured error");
@@ -490,24 +478,8 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
     // On the wire: the refusal names the current epoch and the leader; it is
     // not remembered, so the same request id under the current epoch applies,
     // and a late copy under the old epoch then gets that first outcome.
-    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
-        "http://{}",
-        cluster.addr(new_leader)
-    ))
-    .await
-    .expect("connect");
-    let mut request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
-        request_id: nokv_client::RequestId(0xe90c),
-        epoch: epoch_before.map(nokv_holt::Epoch),
-        op: nokv_client::Op::Mkdir {
-            at: nokv_client::EntryRef::Path("/root-dir/fenced".into()),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            parents: false,
-        },
-    })
-    .expect("encode");
+    let mut raw = cluster.raw(new_leader).await;
+    let mut request = common::raw_create(0xe90c, epoch_before, "/root-dir/fenced");
     let refused = raw
         .mutate(request.clone())
         .await
@@ -785,23 +757,8 @@ async fn grafts_join_eight_shards_into_one_tree() {
     let new_revision = revision().await.map_or(0, |r| r.0);
     // On the wire: a write routed by the old revision names the node's.
     let root_leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
-    let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
-        "http://{}",
-        cluster.addr(root_leader)
-    ))
-    .await
-    .expect("connect");
-    let mut request = nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
-        request_id: nokv_client::RequestId(7),
-        epoch: None,
-        op: nokv_client::Op::Create {
-            at: nokv_client::EntryRef::Path("/late/raw".into()),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-    })
-    .expect("encode");
+    let mut raw = cluster.raw(root_leader).await;
+    let mut request = common::raw_create(7, None, "/late/raw");
     request.map_revision = old_revision;
     let refused = raw
         .mutate(request)
@@ -1046,5 +1003,90 @@ async fn gc_fsck_backup_and_snapshots_across_shards() {
     let line = cluster.must_nokv_fail(&["fsck", "--shard", "99"]).await;
     assert!(line.contains("no serving shard 99"), "{line}");
 
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_follows_a_real_etcd() {
+    let _load = heavy_test().await;
+    let etcd = Etcd::must_start().await;
+    let [dead] = common::free_ports::<1>();
+    let endpoints = format!("http://127.0.0.1:{dead},{}", etcd.url());
+    let dir = tempfile::tempdir().expect("a data directory");
+    // Three consecutive free ports for the dev replicas.
+    let base = (0..200)
+        .map(|_| common::free_ports::<1>()[0])
+        .find(|p| {
+            *p < 65000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        })
+        .expect("three consecutive free ports");
+    let mut dev = common::nokv_command()
+        .args([
+            "dev",
+            "--base-port",
+            &base.to_string(),
+            "--etcd",
+            &endpoints,
+        ])
+        .args(["--cluster", "devetcd", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("NOKV_ENDPOINTS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(dir.path().join("dev.log")).expect("log"),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn nokv dev --etcd");
+    let via_etcd = |args: Vec<String>| {
+        let endpoints = endpoints.clone();
+        async move {
+            common::nokv_command()
+                .args([
+                    "--etcd",
+                    &endpoints,
+                    "--cluster",
+                    "devetcd",
+                    "--timeout",
+                    "5s",
+                ])
+                .args(&args)
+                .env_remove("NOKV_ENDPOINTS")
+                .output()
+                .await
+                .expect("run nokv")
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = via_etcd(vec!["--json".into(), "shard".into(), "ls".into()]).await;
+        if out.status.success() {
+            let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            assert_eq!(listed["cluster"], "devetcd", "{listed}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nokv dev never registered in etcd: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A client command with only --etcd finds the nodes and writes.
+    let out = via_etcd(vec!["mkdir".into(), "/via-etcd".into()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = via_etcd(vec!["ls".into(), "/".into()]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("via-etcd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = dev.start_kill();
+    let _ = dev.wait().await;
     drop(etcd);
 }

@@ -454,12 +454,7 @@ async fn a_watch_routed_by_an_old_map_is_routed_again() {
     // On the wire: every node refuses a stream routed by the old map (each learns the
     // new one from etcd on its own), naming its own revision; with the new one it serves.
     for id in cluster.ids() {
-        let mut raw = nokv_proto::pb::meta_service_client::MetaServiceClient::connect(format!(
-            "http://{}",
-            cluster.addr(id)
-        ))
-        .await
-        .expect("connect");
+        let mut raw = cluster.raw(id).await;
         let request = |map_revision| nokv_proto::pb::WatchRequest {
             path: "/v".into(),
             recursive: true,

@@ -5,9 +5,20 @@
 //! `connect_timeout + request_timeout` on top of the client's own timeouts, so a dead or
 //! partitioned etcd yields `CONTROL_PLANE_UNAVAILABLE`, never a hang. Connecting is lazy: a
 //! node can start while etcd is down and will reach it on first use.
+//!
+//! With several endpoints, calls go to one of them at a time (the one that answered
+//! last), and move on to the next when it cannot be reached: `etcd-client` itself
+//! balances every call over all endpoints and fails it when any one of them is down
+//! (etcdv3/etcd-client#39), which would make one dead etcd member stop the control plane.
+//! A call moves on only when it cannot have taken effect (no connection, or etcd's
+//! `Unavailable`, which includes "no leader"); a read also after its deadline. A write
+//! that timed out is reported as unavailable: it may have committed, and every caller
+//! reads again before it writes (compare-and-swap).
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -81,10 +92,124 @@ impl EtcdConfig {
     }
 }
 
-/// The control plane on etcd. Cloning is cheap and shares the connection.
+/// One `etcd-client` client per endpoint (made on first use), and the endpoint in use.
+struct Pool {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    connect_deadline: Duration,
+    clients: tokio::sync::Mutex<Vec<Option<Client>>>,
+    current: AtomicUsize,
+}
+
+/// Why one attempt on one endpoint failed.
+enum Failed {
+    /// No client for the endpoint (cannot connect); nothing was sent.
+    Connect(RouterError),
+    /// etcd (or the transport) answered with an error.
+    Etcd(etcd_client::Error),
+    /// No answer within the deadline: a write may have taken effect.
+    Timeout,
+}
+
+/// Whether an etcd error means the request cannot have taken effect.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
+impl Pool {
+    /// The client of endpoint `i`, connecting it first if needed.
+    async fn client(&self, i: usize) -> Result<Client, RouterError> {
+        let mut clients = self.clients.lock().await;
+        if let Some(Some(client)) = clients.get(i) {
+            return Ok(client.clone());
+        }
+        let endpoint = &self.endpoints[i];
+        let client = tokio::time::timeout(
+            self.connect_deadline,
+            Client::connect([endpoint.as_str()], Some(self.options.clone())),
+        )
+        .await
+        .map_err(|_| RouterError::Unavailable {
+            reason: format!(
+                "etcd connect to {endpoint}: no answer within {:?}",
+                self.connect_deadline
+            ),
+        })?
+        .map_err(|e| unavailable(&format!("connect to {endpoint}"), e))?;
+        if let Some(slot) = clients.get_mut(i) {
+            *slot = Some(client.clone());
+        }
+        Ok(client)
+    }
+
+    /// Runs `call` against the endpoint in use and, while it fails without effect, each
+    /// other endpoint in turn; the first that answers becomes the one in use. `read`:
+    /// a timed-out attempt may be repeated elsewhere too.
+    async fn call<T, F, Fut>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        read: bool,
+        mut call: F,
+    ) -> Result<T, RouterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let outcome = match self.client(i).await {
+                Err(e) => Err(Failed::Connect(e)),
+                Ok(client) => match tokio::time::timeout(deadline, call(client)).await {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(Failed::Etcd(e)),
+                    Err(_) => Err(Failed::Timeout),
+                },
+            };
+            let endpoint = &self.endpoints[i];
+            let error = match outcome {
+                Ok(v) => {
+                    if i != first {
+                        tracing::info!(%endpoint, "etcd: using this endpoint");
+                    }
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(Failed::Connect(e)) => e,
+                Err(Failed::Etcd(e)) if not_sent(&e) => {
+                    unavailable(&format!("{what} at {endpoint}"), e)
+                }
+                Err(Failed::Etcd(e)) => return Err(unavailable(what, e)),
+                Err(Failed::Timeout) => {
+                    let e = RouterError::Unavailable {
+                        reason: format!("etcd {what} at {endpoint}: no answer within {deadline:?}"),
+                    };
+                    if !read {
+                        return Err(e);
+                    }
+                    e
+                }
+            };
+            tracing::debug!(%endpoint, error = %error, "etcd: endpoint failed; trying the next");
+            last = Some(error);
+        }
+        Err(last.unwrap_or_else(|| RouterError::Unavailable {
+            reason: "no etcd endpoint configured".into(),
+        }))
+    }
+}
+
+/// The control plane on etcd. Cloning is cheap and shares the connections.
 #[derive(Clone)]
 pub struct EtcdControlPlane {
-    client: Client,
+    pool: Arc<Pool>,
     keys: Keys,
     cluster: ClusterId,
     /// The bound on any single call.
@@ -121,7 +246,7 @@ fn to_i64(revision: Revision) -> Result<i64, RouterError> {
 }
 
 impl EtcdControlPlane {
-    /// Creates a client for `config`. Does not contact etcd (the connection is made on
+    /// Creates a client for `config`. Does not contact etcd (connections are made on
     /// first use), so it only fails on a bad configuration.
     pub async fn connect(config: EtcdConfig) -> Result<EtcdControlPlane, RouterError> {
         config.validate()?;
@@ -135,35 +260,48 @@ impl EtcdControlPlane {
             options = options.with_user(user.clone(), password.clone());
         }
         let deadline = config.connect_timeout + config.request_timeout;
-        let client =
-            tokio::time::timeout(deadline, Client::connect(&config.endpoints, Some(options)))
-                .await
-                .map_err(|_| RouterError::Unavailable {
-                    reason: format!("etcd connect: no answer within {deadline:?}"),
-                })?
-                .map_err(|e| unavailable("connect", e))?;
+        let pool = Pool {
+            clients: tokio::sync::Mutex::new(vec![None; config.endpoints.len()]),
+            endpoints: config.endpoints.clone(),
+            options,
+            connect_deadline: deadline,
+            current: AtomicUsize::new(0),
+        };
         Ok(EtcdControlPlane {
-            client,
+            pool: Arc::new(pool),
             keys,
             cluster: config.cluster,
             deadline,
         })
     }
 
-    /// Runs one etcd call within the deadline.
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, RouterError> {
-        bounded(self.deadline, what, call).await
+    /// Runs one etcd read within the deadline (on another endpoint if need be).
+    async fn read<T, F, Fut>(&self, what: &str, call: F) -> Result<T, RouterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.pool.call(self.deadline, what, true, call).await
+    }
+
+    /// Runs one etcd write within the deadline (on another endpoint only if it cannot
+    /// have taken effect).
+    async fn write<T, F, Fut>(&self, what: &str, call: F) -> Result<T, RouterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.pool.call(self.deadline, what, false, call).await
     }
 
     /// The map (if any) and the store revision it was read at.
     async fn load_at(&self) -> Result<(Option<ShardMap>, Revision), RouterError> {
         let key = self.keys.map();
         let resp = self
-            .bounded("get map", self.client.clone().get(key.as_str(), None))
+            .read("get map", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         let header = resp
             .header()
@@ -251,7 +389,10 @@ impl ControlPlane for EtcdControlPlane {
             .and_then([TxnOp::put(key.as_str(), encode_map(&map), None)])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = self
-            .bounded("init txn", self.client.clone().txn(txn))
+            .write("init txn", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await?;
         if resp.succeeded() {
             let revision = self.committed_revision(&resp)?;
@@ -293,7 +434,10 @@ impl ControlPlane for EtcdControlPlane {
             .and_then([TxnOp::put(key.as_str(), encode_map(&new), None)])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = self
-            .bounded("cas txn", self.client.clone().txn(txn))
+            .write("cas txn", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await?;
         if resp.succeeded() {
             let revision = self.committed_revision(&resp)?;
@@ -324,14 +468,7 @@ impl ControlPlane for EtcdControlPlane {
         check_ttl(ttl)?;
         // etcd leases have whole seconds; round up.
         let ttl_secs = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
-        let lease = grant_and_put(
-            &self.client,
-            self.deadline,
-            &self.keys.alive(node),
-            node,
-            ttl_secs,
-        )
-        .await?;
+        let lease = grant_and_put(self, &self.keys.alive(node), node, ttl_secs).await?;
         let this = self.clone();
         let span = tracing::info_span!("liveness", cluster = %self.cluster, %node);
         Ok(Liveness::spawn(node, move |stop| {
@@ -342,13 +479,16 @@ impl ControlPlane for EtcdControlPlane {
     async fn live_nodes(&self) -> Result<BTreeSet<NodeId>, RouterError> {
         let prefix = self.keys.alive_prefix();
         let resp = self
-            .bounded(
-                "get liveness",
-                self.client.clone().get(
-                    prefix.as_str(),
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                ),
-            )
+            .read("get liveness", |mut c| {
+                let prefix = prefix.clone();
+                async move {
+                    c.get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_keys_only()),
+                    )
+                    .await
+                }
+            })
             .await?;
         resp.kvs()
             .iter()
@@ -359,28 +499,27 @@ impl ControlPlane for EtcdControlPlane {
 
 /// Grants a lease of `ttl_secs` and writes the liveness key on it; returns the lease id.
 async fn grant_and_put(
-    client: &Client,
-    deadline: Duration,
+    cp: &EtcdControlPlane,
     key: &str,
     node: NodeId,
     ttl_secs: i64,
 ) -> Result<i64, RouterError> {
-    let lease = bounded(
-        deadline,
-        "lease grant",
-        client.clone().lease_grant(ttl_secs, None),
-    )
-    .await?
-    .id();
-    bounded(
-        deadline,
-        "put liveness",
-        client.clone().put(
+    // A lease granted twice (a retry after a timeout) only leaves an unused lease that
+    // expires after its TTL.
+    let lease = cp
+        .read("lease grant", |mut c| async move {
+            c.lease_grant(ttl_secs, None).await
+        })
+        .await?
+        .id();
+    cp.write("put liveness", |mut c| async move {
+        c.put(
             key,
             node.to_string(),
             Some(PutOptions::new().with_lease(lease)),
-        ),
-    )
+        )
+        .await
+    })
     .await?;
     Ok(lease)
 }
@@ -417,7 +556,7 @@ async fn keep_alive_task(
                 stream = None;
                 let again = tokio::select! {
                     _ = &mut stop => break,
-                    r = grant_and_put(&cp.client, cp.deadline, &key, node, ttl_secs) => r,
+                    r = grant_and_put(&cp, &key, node, ttl_secs) => r,
                 };
                 match again {
                     Ok(new_lease) => lease = new_lease,
@@ -430,12 +569,11 @@ async fn keep_alive_task(
             }
         }
     }
-    if let Err(e) = bounded(
-        cp.deadline,
-        "lease revoke",
-        cp.client.clone().lease_revoke(lease),
-    )
-    .await
+    if let Err(e) = cp
+        .write("lease revoke", |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await
     {
         tracing::warn!(error = %e, "cannot revoke liveness lease; it expires after its ttl");
     }
@@ -450,21 +588,19 @@ async fn renew(
     let (keeper, responses) = match stream {
         Some(open) => open,
         None => {
-            let mut client = cp.client.clone();
-            match tokio::time::timeout(cp.deadline, client.lease_keep_alive(lease)).await {
-                Ok(Ok(opened)) => stream.insert(opened),
-                // etcd-client opens the stream with one round trip and reports a lease that
-                // is gone (TTL 0) as this error.
-                Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => return Ok(false),
-                Ok(Err(e)) => return Err(unavailable("lease keep-alive", e)),
-                Err(_) => {
-                    return Err(RouterError::Unavailable {
-                        reason: format!(
-                            "etcd lease keep-alive: no answer within {:?}",
-                            cp.deadline
-                        ),
-                    })
-                }
+            // etcd-client opens the stream with one round trip and reports a lease that
+            // is gone (TTL 0) as `LeaseKeepAliveError`.
+            let opened = cp
+                .read("lease keep-alive", |mut c| async move {
+                    match c.lease_keep_alive(lease).await {
+                        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
+                        other => other.map(Some),
+                    }
+                })
+                .await?;
+            match opened {
+                Some(opened) => stream.insert(opened),
+                None => return Ok(false),
             }
         }
     };
@@ -498,12 +634,12 @@ async fn watch_task(
         }
         let options =
             WatchOptions::new().with_start_revision(i64::try_from(from).unwrap_or(i64::MAX));
-        let mut stream = match bounded(
-            cp.deadline,
-            "watch",
-            cp.client.clone().watch(key.as_str(), Some(options)),
-        )
-        .await
+        let mut stream = match cp
+            .read("watch", |mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.watch(key, Some(options)).await }
+            })
+            .await
         {
             Ok(stream) => stream,
             Err(e) => {

@@ -583,6 +583,19 @@ impl Cluster {
         lines[0].to_string()
     }
 
+    /// A raw gRPC stub to node `id`, for requests the SDK would never send
+    /// (stale revisions and epochs, impossible shard ids).
+    pub async fn raw(
+        &self,
+        id: u64,
+    ) -> nokv_proto::pb::meta_service_client::MetaServiceClient<tonic::transport::Channel> {
+        let addr = format!("http://{}", self.addr(id));
+        match nokv_proto::pb::meta_service_client::MetaServiceClient::connect(addr).await {
+            Ok(stub) => stub,
+            Err(e) => self.fail(format!("connect to node {id}: {e}")),
+        }
+    }
+
     /// Forms the group with `nokv cluster init --members ...`.
     pub async fn must_init(&self) {
         let members = self.members_arg();
@@ -632,4 +645,24 @@ impl Cluster {
     pub fn node_data_dir(&self, id: u64) -> PathBuf {
         self.node(id).data_dir.clone()
     }
+}
+
+/// A `Create` of `path` as it goes on the wire, under `request_id` and `epoch`
+/// (for tests that edit the request before sending it raw).
+pub fn raw_create(
+    request_id: u128,
+    epoch: Option<u64>,
+    path: &str,
+) -> nokv_proto::pb::MutateRequest {
+    nokv_proto::pb::MutateRequest::try_from(nokv_proto::Mutation {
+        request_id: nokv_client::RequestId(request_id),
+        epoch: epoch.map(nokv_holt::Epoch),
+        op: nokv_client::Op::Create {
+            at: nokv_client::EntryRef::Path(path.into()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    })
+    .expect("a create encodes")
 }

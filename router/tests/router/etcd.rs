@@ -255,6 +255,48 @@ async fn connecting_is_lazy_and_an_absent_etcd_is_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_among_several_is_passed_over() {
+    let server = EtcdServer::must_start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    // The dead endpoint first: every call must still go through (etcd-client alone
+    // fails a call whenever any endpoint of its balancer cannot be reached).
+    let mut config = EtcdConfig::new(
+        vec![format!("http://127.0.0.1:{port}"), server.endpoint.clone()],
+        cluster("c"),
+    );
+    config.connect_timeout = Duration::from_millis(500);
+    config.request_timeout = Duration::from_secs(1);
+    let cp = EtcdControlPlane::connect(config).await.expect("connect");
+    let map = cp
+        .init(ShardMap::bootstrap(cluster("c"), NodeId(1), "h:1"))
+        .await
+        .expect("init through the live endpoint");
+    for i in 0..3 {
+        let loaded = cp.load().await.expect("load").expect("a map");
+        assert_eq!(loaded.revision, map.revision, "load {i}");
+    }
+    let next = cp
+        .compare_and_swap(map.revision, next_map(&map, 2))
+        .await
+        .expect("cas");
+    let mut watch = cp.watch(map.revision).await.expect("watch");
+    let seen = must_within(WAIT, "watch item", watch.next())
+        .await
+        .expect("an item")
+        .expect("a map");
+    assert_eq!(seen.revision, next.revision);
+    let alive = cp
+        .register_node_alive(NodeId(1), Duration::from_secs(2))
+        .await
+        .expect("liveness through the live endpoint");
+    assert!(cp.live_nodes().await.expect("live").contains(&NodeId(1)));
+    alive.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_restart_keeps_the_map_and_clients_reconnect() {
     let mut server = EtcdServer::must_start();
     let cp = connect(&server.endpoint, "c").await;
