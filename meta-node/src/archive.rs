@@ -786,8 +786,9 @@ pub struct Archiver {
 }
 
 impl Archiver {
-    /// Spawns the task; it stops when `shutdown` is cancelled, after one last
-    /// pass if it leads (at most 5 s; await the returned task for it).
+    /// Spawns the task; it stops when `shutdown` is cancelled, also in the middle
+    /// of a pass, after one last pass if it leads (at most 5 s; await the returned
+    /// task for it).
     pub fn start(self, shutdown: CancellationToken) -> (ArchiveHandle, JoinHandle<()>) {
         let (tx, rx) = watch::channel(ArchiveProgress::default());
         let wake = Arc::new(Notify::new());
@@ -841,7 +842,10 @@ impl Archiver {
                 }
                 if flush_all {
                     if follower_ticks.is_multiple_of(FOLLOWER_REFRESH_TICKS) {
-                        self.refresh_follower(&progress).await;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            () = self.refresh_follower(&progress) => {}
+                        }
                     }
                     follower_ticks += 1;
                 }
@@ -850,7 +854,20 @@ impl Archiver {
             if !flush_all && (quiet || !self.worth_a_pass(cursor.as_ref(), &m)) {
                 continue;
             }
-            match self.pass(&mut cursor, &m, flush_all, &progress).await {
+            // A pass can wait on the store for a long time (timeouts, retries); stopping
+            // the replica must not wait for it. Dropping it midway is safe: uploads are
+            // idempotent (put-if-absent of immutable data), the purge gate rises only after
+            // they succeed, and retention deletes only what a kept snapshot covers.
+            let passed = tokio::select! {
+                _ = shutdown.cancelled() => None,
+                passed = self.pass(&mut cursor, &m, flush_all, &progress) => Some(passed),
+            };
+            let Some(passed) = passed else {
+                tracing::info!("stopping during an archive pass; it is dropped");
+                self.final_pass(&mut cursor, &metrics, &progress).await;
+                return;
+            };
+            match passed {
                 Ok(()) => {
                     progress.send_if_modified(|p| p.last_error.take().is_some());
                 }

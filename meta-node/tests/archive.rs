@@ -641,3 +641,78 @@ async fn a_node_restored_from_the_store_serves_every_backed_up_write() {
         "segments after the gap are reported"
     );
 }
+
+/// Stopping a replica does not wait for an archive pass stuck on the object store:
+/// the pass is dropped (uploads are idempotent) and the final pass is bounded, so a
+/// node told to stop hosting a shard can host it again at once. Found by the Jepsen
+/// run with seed 5150: a node's stop waited 75 s on a pass while the shard's
+/// re-added replica could not be started (jepsen.md, bug ledger entry 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_replica_does_not_wait_for_a_stuck_archive_pass() {
+    use nokv_blob::{BlobOp, FaultyBlobStore};
+    use nokv_meta_node::replica::{NodeContext, ShardReplica};
+
+    let dir = TempDir::new().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    let mut config = node_config(&addr, dir.path(), "file:///unused");
+    config.blob_store = None; // the store is handed over below
+    let local = LocalBlobStore::open(dir.path().join("blobs"))
+        .await
+        .expect("local store");
+    let faulty = Arc::new(FaultyBlobStore::new(Arc::new(local), 7));
+    let ctx = NodeContext {
+        config,
+        log_db: nokv_raft_log::SledLogDb::open(&dir.path().join("raft-log")).expect("log db"),
+        blob: Some(faulty.clone()),
+        peers: Arc::default(),
+    };
+    let replica = ShardReplica::start(&ctx, ShardId(0))
+        .await
+        .expect("start the replica");
+    let members = std::collections::BTreeMap::from([(1, openraft::BasicNode { addr })]);
+    replica.raft.initialize(members).await.expect("initialize");
+    let deadline = Instant::now() + WAIT;
+    while replica.raft.metrics().borrow().current_leader != Some(1) {
+        assert!(Instant::now() < deadline, "the one replica never led");
+        tokio::time::sleep(POLL).await;
+    }
+
+    // Every upload hangs from now on; writes give the archiver segments to upload.
+    faulty.hang(BlobOp::PutNew);
+    for n in 0..20u32 {
+        let request = pb::MutateRequest::try_from(Mutation {
+            request_id: RequestId(u128::from(n) + 1),
+            epoch: None,
+            op: Op::Mkdir {
+                at: EntryRef::Path(format!("/d{n}")),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                parents: false,
+            },
+        })
+        .expect("encode");
+        replica
+            .client
+            .mutate(tonic::Request::new(request))
+            .await
+            .expect("write");
+    }
+    let deadline = Instant::now() + WAIT;
+    while faulty.hanging(BlobOp::PutNew) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the archiver never started an upload"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    // The pass in progress is dropped; the final pass gives up after its 5 s.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), replica.stop())
+        .await
+        .expect("the replica stopped while an upload hung");
+    eprintln!("stopped in {:?} with an upload hanging", started.elapsed());
+    faulty.release_hangs();
+}
