@@ -13,6 +13,10 @@
 //! - `follower_catches_up_by_snapshot`: a follower that fell behind the
 //!   leader's purged log is brought up to date by a snapshot and then answers
 //!   stale reads of data written while it was down.
+//! - `a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election`:
+//!   a follower whose snapshot chunks each take longer than the leader
+//!   lease (a 1 MiB/s link) still catches up, and no election happens
+//!   meanwhile (regression test, docs/jepsen.md ledger entry 5).
 //! - `full_cluster_sigkill_keeps_acknowledged_writes`: killing every replica
 //!   mid-write loses no acknowledged write and invents none.
 //! - `exactly_once_retry`: a request id applies once, also when the retry
@@ -41,8 +45,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::slow_link::SlowLink;
 use common::{heavy_test, light_test, names, Cluster, WAIT};
-use nokv_client::{Applied, Client, ClientError, Consistency, EntryRef, InodeId, Op, RequestId};
+use nokv_client::{
+    Applied, Client, ClientError, Consistency, EntryRef, InodeId, Op, RequestId, XattrFlag,
+};
 use nokv_proto::pb::raft_service_client::RaftServiceClient;
 use nokv_proto::pb::{self, meta_service_client::MetaServiceClient};
 use nokv_proto::pb::{entry_ref, inode_ref, mutate_request, query_request};
@@ -492,6 +499,98 @@ async fn follower_catches_up_by_snapshot() {
         everything,
         "the follower's own state holds every acknowledged create"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election() {
+    let _load = heavy_test().await;
+    let mut cluster = Cluster::start(&["--snapshot-every", "100", "--keep-logs", "10"]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/slow", false).await, "mkdir /slow");
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let follower = if leader == 3 { 2 } else { 3 };
+    cluster.must_catch_up(follower, leader).await;
+    let follower_last_log = cluster
+        .status(follower)
+        .await
+        .and_then(|s| s.last_log_index)
+        .unwrap_or_else(|| cluster.fail("the follower reports no last log index"));
+    cluster.kill(follower);
+
+    // About 4 MiB of state (a 60 KiB xattr on each of 64 files), so the
+    // snapshot the follower needs takes four 1 MiB chunks; and more than
+    // `--snapshot-every` entries, so the leader purges what it missed.
+    let files = numbered("/slow", "f", 64);
+    must_create_all(&cluster, &client, &files, 4).await;
+    for (i, path) in files.iter().enumerate() {
+        let value: Vec<u8> = (0..60 * 1024u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 13) as u8)
+            .collect();
+        cluster.must(
+            client
+                .set_xattr(path, "user.blob", &value, XattrFlag::Upsert)
+                .await,
+            &format!("set a 60 KiB xattr on {path}"),
+        );
+    }
+    let purged = cluster
+        .wait_for(
+            WAIT,
+            &format!("leader {leader} purges its log past index {follower_last_log}"),
+            async || {
+                let s = cluster.status(leader).await?;
+                s.purged_index.filter(|p| *p > follower_last_log)
+            },
+        )
+        .await;
+    let term = cluster
+        .status(leader)
+        .await
+        .map(|s| s.term)
+        .unwrap_or_else(|| cluster.fail("the leader does not answer"));
+
+    // The follower comes back behind a link of 1 MiB/s: each chunk takes
+    // about a second, longer than the leader lease (800 ms here), and the
+    // leader's heartbeats queue behind the chunks.
+    let listen = cluster.listen_elsewhere(follower);
+    let _link = SlowLink::start(&cluster.addr(follower), &listen, 1024 * 1024).await;
+    let started = Instant::now();
+    cluster.restart(follower).await;
+    cluster
+        .wait_until(
+            Duration::from_secs(60),
+            &format!("follower {follower} installs the snapshot and catches up over the slow link"),
+            async || {
+                let (Some(mine), Some(theirs)) =
+                    (cluster.status(follower).await, cluster.status(leader).await)
+                else {
+                    return false;
+                };
+                mine.snapshot_index.unwrap_or(0) >= purged
+                    && mine.applied_index.is_some()
+                    && mine.applied_index >= theirs.applied_index
+            },
+        )
+        .await;
+    println!(
+        "follower {follower} caught up over the slow link in {:?}",
+        started.elapsed()
+    );
+
+    // Catching up must not have cost an election: a follower that stands
+    // while the chunks trickle in deposes the leader (its answers carry
+    // the newer term), and each new leader starts the snapshot over.
+    for id in cluster.ids() {
+        let status = cluster
+            .status(id)
+            .await
+            .unwrap_or_else(|| cluster.fail(format!("node {id} does not answer")));
+        assert_eq!(
+            (status.term, status.leader_id),
+            (term, Some(leader)),
+            "node {id}: a catch-up by snapshot changed the term or the leader"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

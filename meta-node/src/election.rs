@@ -123,6 +123,11 @@ pub struct Elections {
     /// Highest term a nudge stood from (so several refusals of one round
     /// start one election, not one each).
     nudged_from_term: AtomicU64,
+    /// When the last chunk of a snapshot still being received was
+    /// accepted (`None` once the last chunk is in); read by [`crate::idle`].
+    snapshot_chunk_at: Mutex<Option<Instant>>,
+    /// Wakes [`crate::idle`] when a chunk is accepted.
+    chunk_accepted: tokio::sync::Notify,
 }
 
 impl Elections {
@@ -134,6 +139,8 @@ impl Elections {
             last_append: Mutex::new(Instant::now()),
             leader_heard: Mutex::new(None),
             nudged_from_term: AtomicU64::new(0),
+            snapshot_chunk_at: Mutex::new(None),
+            chunk_accepted: tokio::sync::Notify::new(),
         }
     }
 
@@ -153,6 +160,37 @@ impl Elections {
         if let Ok(mut heard) = self.leader_heard.lock() {
             *heard = Some(now);
         }
+    }
+
+    /// Raft accepted a snapshot chunk from the leader; `last`: it completed
+    /// the snapshot (which openraft then installs).
+    ///
+    /// openraft 0.9 receives chunks without its core, so they do not
+    /// restart its election timer; only the heartbeats between them do,
+    /// and on a congested link those queue behind the chunks. [`crate::idle`]
+    /// holds the timer while chunks keep coming (ledger entry 5 of
+    /// docs/jepsen.md).
+    pub fn snapshot_chunk_accepted(&self, last: bool) {
+        self.heard_from_leader();
+        if let Ok(mut at) = self.snapshot_chunk_at.lock() {
+            *at = (!last).then(Instant::now);
+        }
+        self.chunk_accepted.notify_one();
+    }
+
+    /// How long since the last chunk of a snapshot that is still being
+    /// received; `None` if none is.
+    pub fn receiving_snapshot_for(&self) -> Option<Duration> {
+        self.snapshot_chunk_at
+            .lock()
+            .ok()
+            .and_then(|at| at.map(|at| at.elapsed()))
+    }
+
+    /// Resolves when a snapshot chunk is accepted (at once if one was since
+    /// the last call).
+    pub async fn snapshot_chunk_arrived(&self) {
+        self.chunk_accepted.notified().await;
     }
 
     /// How long since a leader last spoke to us; `None` if none did since

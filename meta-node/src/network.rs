@@ -140,6 +140,9 @@ pub struct PeerClient {
     unanswered: u32,
     /// Connections replaced so far (for logs and tests).
     reconnects: u64,
+    /// Bytes of entries the next AppendEntries may carry (see
+    /// [`MIN_APPEND_BYTES`]).
+    append_budget: u64,
     elections: Option<Arc<Elections>>,
 }
 
@@ -171,6 +174,7 @@ impl PeerClient {
             pool,
             unanswered: 0,
             reconnects: 0,
+            append_budget: MAX_APPEND_BYTES,
             elections: None,
         }
     }
@@ -258,6 +262,29 @@ impl PeerClient {
 /// without a quorum for 15-60 s (found by the Jepsen long run).
 pub const MAX_APPEND_BYTES: u64 = 256 * 1024;
 
+/// Smallest AppendEntries budget a slow link shrinks it to, and the step
+/// by which it grows back.
+///
+/// A fixed 256 KiB needs 5 MiB/s to cross within a 50 ms heartbeat
+/// interval. On a slower or congested link (a starved 2-core host, a
+/// follower catching up after a snapshot of large entries) every such
+/// RPC timed out and was resent whole, forever, and the follower, hearing
+/// nothing in time, stood for election (docs/jepsen.md, ledger entry 5).
+/// So each link has its own budget: halved whenever the previous RPC went
+/// unanswered, grown by this step after each answered one that carried
+/// entries (additive increase, multiplicative decrease, as TCP).
+pub const MIN_APPEND_BYTES: u64 = 16 * 1024;
+
+/// The budget for the next AppendEntries after one that went unanswered
+/// (`timed_out`) or was answered carrying entries (`!timed_out`).
+fn next_append_budget(budget: u64, timed_out: bool) -> u64 {
+    if timed_out {
+        (budget / 2).max(MIN_APPEND_BYTES)
+    } else {
+        (budget + MIN_APPEND_BYTES).min(MAX_APPEND_BYTES)
+    }
+}
+
 /// How many of `entries` to send: the longest prefix within `budget` bytes,
 /// and at least one entry (a single entry larger than the budget goes
 /// alone).
@@ -280,7 +307,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        if self.unanswered > 0 {
+            self.append_budget = next_append_budget(self.append_budget, true);
+        }
+        let keep = entries_within(&rpc.entries, self.append_budget);
+        let carries_entries = !rpc.entries.is_empty();
         let truncated_to = if keep < rpc.entries.len() {
             rpc.entries.truncate(keep);
             rpc.entries.last().map(|e| e.log_id)
@@ -292,6 +323,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 c.append_entries(r).await
             })
             .await?;
+        if carries_entries {
+            self.append_budget = next_append_budget(self.append_budget, false);
+        }
         // The follower took everything we sent: tell openraft how far that
         // is, and it sends the rest next.
         Ok(match (response, truncated_to) {
@@ -347,10 +381,15 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use openraft::network::{RPCOption, RaftNetwork};
-    use openraft::raft::VoteRequest;
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
     use openraft::Vote;
 
-    use super::{entries_within, PeerClient, RECONNECT_AFTER_TIMEOUTS};
+    use crate::typ::TypeConfig;
+
+    use super::{
+        entries_within, next_append_budget, PeerClient, MAX_APPEND_BYTES, MIN_APPEND_BYTES,
+        RECONNECT_AFTER_TIMEOUTS,
+    };
 
     /// A peer that accepts TCP connections and never says a word (a frozen
     /// process: the kernel completes the handshake, nobody reads).
@@ -413,5 +452,50 @@ mod tests {
         assert_eq!(entries_within(&entries, 10), 1);
         let none: Vec<Vec<u8>> = Vec::new();
         assert_eq!(entries_within(&none, 10), 0);
+    }
+
+    #[test]
+    fn a_link_that_times_out_gets_smaller_appends_and_grows_back() {
+        let mut budget = MAX_APPEND_BYTES;
+        let mut halvings = 0;
+        while budget > MIN_APPEND_BYTES {
+            budget = next_append_budget(budget, true);
+            halvings += 1;
+        }
+        assert_eq!(halvings, 4, "256 KiB to 16 KiB in four timeouts");
+        assert_eq!(next_append_budget(budget, true), MIN_APPEND_BYTES);
+        let mut answered = 0;
+        while budget < MAX_APPEND_BYTES {
+            budget = next_append_budget(budget, false);
+            answered += 1;
+        }
+        assert_eq!(answered, 15, "back to full size one step per answer");
+        assert_eq!(next_append_budget(budget, false), MAX_APPEND_BYTES);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_append_halves_the_next_one() {
+        let (addr, _accepted) = frozen_peer().await;
+        let mut peer = PeerClient::new(2, &addr, 0, Arc::default());
+        let option = RPCOption::new(Duration::from_millis(50));
+        let heartbeat = || AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        assert!(peer
+            .append_entries(heartbeat(), option.clone())
+            .await
+            .is_err());
+        assert_eq!(
+            peer.append_budget, MAX_APPEND_BYTES,
+            "nothing failed before"
+        );
+        assert!(peer
+            .append_entries(heartbeat(), option.clone())
+            .await
+            .is_err());
+        assert_eq!(peer.append_budget, MAX_APPEND_BYTES / 2);
     }
 }

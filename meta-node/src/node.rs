@@ -68,7 +68,7 @@ pub struct NodeConfig {
 }
 
 /// Time one `InstallSnapshot` chunk may take to send and apply.
-const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 2_000;
+pub(crate) const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// Largest `InstallSnapshot` chunk.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
@@ -140,7 +140,7 @@ impl NodeConfig {
             // a lagging follower in a debug build never finished one and was
             // useless to every quorum for 90 s (docs/jepsen.md, ledger 5).
             // Smaller chunks, each with a realistic deadline.
-            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         };

@@ -77,11 +77,12 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
         let vote = rpc.vote;
+        let last = rpc.done;
         let response = self.raft.install_snapshot(rpc).await;
         // Accepted when we now hold the sender's vote (a refusal answers
         // with our newer one).
         if matches!(&response, Ok(r) if r.vote == vote) {
-            self.elections.heard_from_leader();
+            self.elections.snapshot_chunk_accepted(last);
         }
         encode_response(&response)
     }

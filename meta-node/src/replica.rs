@@ -33,7 +33,7 @@ use crate::idle::{self, IdleConfig};
 use crate::maintenance::Maintenance;
 use crate::metrics::{self, Metrics};
 use crate::network::{GrpcNetworkFactory, PeerPool};
-use crate::node::{NodeConfig, NodeError};
+use crate::node::{NodeConfig, NodeError, INSTALL_SNAPSHOT_TIMEOUT};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftServer;
 use crate::read_index::ReadIndex;
@@ -144,15 +144,18 @@ impl ShardReplica {
             metrics.clone(),
             tasks.clone(),
         ));
-        if config.idle_heartbeats {
-            tokio::spawn(idle::run(
-                raft.clone(),
-                elections.clone(),
-                metrics.clone(),
-                IdleConfig::for_lease(config.election_timeout_max),
-                tasks.clone(),
-            ));
-        }
+        // Runs also with idle heartbeats off: a follower receiving a
+        // snapshot holds its election timer either way (see `idle`).
+        tokio::spawn(idle::run(
+            raft.clone(),
+            elections.clone(),
+            metrics.clone(),
+            IdleConfig {
+                slow_idle: config.idle_heartbeats,
+                ..IdleConfig::for_lease(config.election_timeout_max, INSTALL_SNAPSHOT_TIMEOUT)
+            },
+            tasks.clone(),
+        ));
         let proposer = Proposer::start(
             raft.clone(),
             config.max_batch,

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod slow_link;
 pub mod store;
 
 use std::cell::Cell;
@@ -122,7 +123,10 @@ pub async fn light_test() -> tokio::sync::RwLockReadGuard<'static, ()> {
 /// while it runs.
 struct Node {
     id: u64,
+    /// Where peers and clients reach it (its advertised address).
     addr: String,
+    /// Where it listens, when that differs from `addr` (a proxy in between).
+    listen: Option<String>,
     data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
@@ -162,6 +166,7 @@ impl Cluster {
             .map(|(port, id)| Node {
                 id,
                 addr: format!("127.0.0.1:{port}"),
+                listen: None,
                 data_dir: dir.path().join(format!("node{id}")),
                 log_path: dir.path().join(format!("node{id}.log")),
                 child: None,
@@ -315,9 +320,12 @@ impl Cluster {
                 command.env_remove(&key);
             }
         }
+        command.arg("serve").args(["--node-id", &id.to_string()]);
+        match &node.listen {
+            Some(listen) => command.args(["--addr", listen, "--advertise-addr", &node.addr]),
+            None => command.args(["--addr", &node.addr]),
+        };
         command
-            .arg("serve")
-            .args(["--node-id", &id.to_string(), "--addr", &node.addr])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&serve_args)
@@ -341,6 +349,7 @@ impl Cluster {
         self.nodes.push(Node {
             id,
             addr: format!("127.0.0.1:{port}"),
+            listen: None,
             data_dir: self.dir.path().join(format!("node{id}")),
             log_path: self.dir.path().join(format!("node{id}.log")),
             child: None,
@@ -348,6 +357,18 @@ impl Cluster {
         self.spawn_node(id);
         self.must_answer(id).await;
         id
+    }
+
+    /// From its next start, node `id` (stopped now) listens on a new port
+    /// and keeps its advertised address, where the test puts a proxy
+    /// ([`slow_link::SlowLink`]) that forwards to the returned address.
+    pub fn listen_elsewhere(&mut self, id: u64) -> String {
+        let [port] = free_ports::<1>();
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} must be stopped first");
+        let listen = format!("127.0.0.1:{port}");
+        node.listen = Some(listen.clone());
+        listen
     }
 
     /// Sends `sig` (`-STOP`, `-CONT`) to node `id`'s process.
