@@ -486,6 +486,7 @@ fn merge_liveness(per_shard: Vec<(String, LivenessSummary)>) -> Option<LivenessS
                 m.longest_write_gap = Some(g);
             }
         }
+        m.gap_over_bound |= l.gap_over_bound;
         m.stalled.extend(l.stalled);
         m.valid &= l.valid;
     }

@@ -140,7 +140,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
     assert_eq!(r["register"]["verdict"], "linearizable", "{summary}");
     // Liveness is checked, not just reported: writes resumed within the
     // bound (3 s) after every leader loss, and the replicas agreed on a
-    // leader within 10 s of the final heal.
+    // leader within 10 s of the final heal ...
     // Shown with `--nocapture`: how close the run came to the bounds.
     eprintln!(
         "liveness: {}\nfailover_any: {}",
@@ -149,6 +149,14 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
     assert_eq!(r["liveness"]["valid"], Value::Bool(true), "{summary}");
     assert_eq!(r["liveness"]["resume_bound_ms"], 3_000.0, "{summary}");
     assert_eq!(r["liveness"]["settle_bound_ms"], 10_000.0, "{summary}");
+    // ... and writes never stopped for more than 5 s anywhere while a
+    // majority could talk, whatever the cause.
+    assert_eq!(r["liveness"]["gap_bound_ms"], 5_000.0, "{summary}");
+    assert_eq!(
+        r["liveness"]["gap_over_bound"],
+        Value::Bool(false),
+        "{summary}"
+    );
     assert!(r["liveness"]["settle_ms"].is_number(), "{summary}");
     assert!(r["aborted"].is_null(), "{summary}");
     assert!(
