@@ -13,6 +13,10 @@
 //! - `follower_catches_up_by_snapshot`: a follower that fell behind the
 //!   leader's purged log is brought up to date by a snapshot and then answers
 //!   stale reads of data written while it was down.
+//! - `a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_again`:
+//!   a deposed leader whose in-flight batches were replaced by a snapshot
+//!   (openraft never answers them) takes writes when it leads again
+//!   (regression test, docs/jepsen.md ledger entry 7).
 //! - `a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election`:
 //!   a follower whose snapshot chunks each take longer than the leader
 //!   lease (a 1 MiB/s link) still catches up, and no election happens
@@ -499,6 +503,137 @@ async fn follower_catches_up_by_snapshot() {
         everything,
         "the follower's own state holds every acknowledged create"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_again() {
+    let _load = heavy_test().await;
+    let cluster = Cluster::start(&["--snapshot-every", "50", "--keep-logs", "5"]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/o", false).await, "mkdir /o");
+    let old = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
+    let committed = cluster
+        .status(old)
+        .await
+        .and_then(|s| s.last_log_index)
+        .unwrap_or_else(|| cluster.fail("the leader reports no last log index"));
+
+    // 1. Both followers frozen: the leader's next batches cannot commit.
+    for id in &others {
+        cluster.signal(*id, "-STOP");
+    }
+    let stuck = cluster.client_for(&[old]);
+    let writers: Vec<_> = numbered("/o", "lost", 16)
+        .into_iter()
+        .map(|path| {
+            let stuck = stuck.clone();
+            tokio::spawn(async move { stuck.create(&path).await })
+        })
+        .collect();
+    cluster
+        .wait_until(
+            WAIT,
+            &format!("leader {old} appends batches it cannot commit"),
+            async || {
+                cluster
+                    .status(old)
+                    .await
+                    .and_then(|s| s.last_log_index)
+                    .is_some_and(|last| last >= committed + 4)
+            },
+        )
+        .await;
+
+    // 2. Old leader frozen, followers back: a new leader moves on, past a
+    //    snapshot that purges everything the old leader holds.
+    cluster.signal(old, "-STOP");
+    for id in &others {
+        cluster.signal(*id, "-CONT");
+    }
+    let new = cluster.must_agreed_leader(&others).await;
+    let survivors = cluster.client_for(&others);
+    must_create_all(&cluster, &survivors, &numbered("/o", "new", 200), 4).await;
+    let old_last = committed + 16;
+    let purged = cluster
+        .wait_for(
+            WAIT,
+            &format!("leader {new} purges its log past index {old_last}"),
+            async || {
+                let s = cluster.status(new).await?;
+                s.purged_index.filter(|p| *p > old_last)
+            },
+        )
+        .await;
+
+    // 3. A fresh leader (elected after the purge, so its first message to
+    //    the old leader is that snapshot, not a probe that would truncate
+    //    the old leader's log), as in the Jepsen runs.
+    let fresh = others
+        .iter()
+        .copied()
+        .find(|id| *id != new)
+        .unwrap_or_else(|| cluster.fail("no second survivor"));
+    cluster
+        .wait_until(
+            WAIT,
+            &format!("node {fresh} purges its own log past index {old_last}"),
+            async || {
+                cluster
+                    .status(fresh)
+                    .await
+                    .and_then(|s| s.purged_index)
+                    .is_some_and(|p| p > old_last)
+            },
+        )
+        .await;
+    cluster.must(
+        survivors.transfer_leader(fresh).await,
+        &format!("transfer leadership to node {fresh}"),
+    );
+    let leader = cluster.must_agreed_leader(&others).await;
+    assert_eq!(leader, fresh, "the survivors agree on node {fresh}");
+
+    // 4. The old leader comes back and is caught up by a snapshot, which
+    //    replaces its uncommitted entries without truncating them: openraft
+    //    never answers their proposals.
+    cluster.signal(old, "-CONT");
+    cluster
+        .wait_until(
+            WAIT,
+            &format!("node {old} installs a snapshot past index {purged} and catches up"),
+            async || {
+                let (Some(mine), Some(theirs)) =
+                    (cluster.status(old).await, cluster.status(fresh).await)
+                else {
+                    return false;
+                };
+                mine.snapshot_index.unwrap_or(0) >= purged
+                    && mine.applied_index >= theirs.applied_index
+            },
+        )
+        .await;
+    for writer in writers {
+        // Their outcome is unknown or a failure; only that they end matters.
+        let _ = tokio::time::timeout(WAIT, writer).await;
+    }
+
+    // 5. It leads again, and takes writes: its in-flight slots were not
+    //    kept by proposals nobody will answer.
+    cluster.must(
+        client.transfer_leader(old).await,
+        &format!("transfer leadership back to node {old}"),
+    );
+    cluster.must_agreed_leader(&[1, 2, 3]).await;
+    for (i, path) in numbered("/o", "after", 8).iter().enumerate() {
+        let created = tokio::time::timeout(Duration::from_secs(10), client.create(path)).await;
+        match created {
+            Ok(Ok(_)) => {}
+            other => cluster.fail(format!(
+                "create {i} through node {old}, leading again, did not succeed in 10 s: {other:?}"
+            )),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

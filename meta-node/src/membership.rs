@@ -256,21 +256,7 @@ impl ClientService {
 
     /// Asks the replica at `addr` to stand for election.
     async fn campaign_on(&self, addr: &str, to: NodeId) -> Result<(), String> {
-        let endpoint = format!("http://{addr}");
-        let mut stub = pb::meta_service_client::MetaServiceClient::connect(endpoint)
-            .await
-            .map_err(|e| format!("cannot reach node {to} at {addr}: {e}"))?;
-        let leads = tokio::time::timeout(
-            CAMPAIGN * 2,
-            stub.campaign(pb::CampaignRequest {
-                shard: u32::from(self.shard.0),
-            }),
-        )
-        .await
-        .map_err(|_| format!("node {to} did not answer the campaign call"))?
-        .map_err(|s| s.message().to_string())?
-        .into_inner()
-        .leads;
+        let leads = campaign_call(addr, u32::from(self.shard.0), to).await?;
         tracing::info!(shard = %self.shard, to, leads, "campaign answered");
         Ok(())
     }
@@ -305,5 +291,75 @@ impl ClientService {
             .await
             .is_ok();
         Ok(pb::CampaignResponse { leads })
+    }
+}
+
+/// Calls `Campaign` for `shard` on node `to` at `addr`; answers whether it
+/// leads after.
+///
+/// Bounded as a whole, connecting included: the transferring leader holds
+/// the shard's writes meanwhile, and a TCP connect to a partitioned peer
+/// otherwise waits out the kernel's SYN retries (about two minutes on
+/// Linux), so every write of the shard timed out for that long.
+async fn campaign_call(addr: &str, shard: u32, to: NodeId) -> Result<bool, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("node {to} has a bad address {addr:?}: {e}"))?
+        .connect_timeout(CAMPAIGN);
+    let call = async move {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach node {to} at {addr}: {e}"))?;
+        pb::meta_service_client::MetaServiceClient::new(channel)
+            .campaign(pb::CampaignRequest { shard })
+            .await
+            .map_err(|s| s.message().to_string())
+    };
+    Ok(tokio::time::timeout(CAMPAIGN * 2, call)
+        .await
+        .map_err(|_| format!("node {to} did not answer the campaign call"))??
+        .into_inner()
+        .leads)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{campaign_call, CAMPAIGN};
+
+    /// A campaign call to a peer whose SYNs go unanswered (a listener with
+    /// a full accept queue that never accepts: Linux drops further SYNs, as
+    /// a partition does) gives up within its bound instead of waiting out
+    /// the kernel's connect retries.
+    #[tokio::test]
+    async fn a_campaign_call_to_an_unreachable_peer_is_bounded() {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen with no backlog");
+        let addr = listener.local_addr().expect("local addr");
+        // Fill the accept queue; these connections are never accepted.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) = tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                held.push(s);
+            }
+        }
+        let started = Instant::now();
+        let result = campaign_call(&addr.to_string(), 0, 2).await;
+        let took = started.elapsed();
+        assert!(result.is_err(), "{result:?}");
+        assert!(
+            took <= CAMPAIGN * 2 + Duration::from_millis(500),
+            "the call took {took:?}"
+        );
+        drop(listener);
     }
 }

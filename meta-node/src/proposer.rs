@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use nokv_holt::{Command, LogIndex, LogPayload, Outcome};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -120,11 +121,44 @@ async fn batch_loop(
     }
 }
 
+/// Proposes one batch and answers its commands.
+///
+/// Waits for openraft's answer only while this node leads in the term it
+/// proposed in. openraft 0.9 never answers a proposal whose entry a
+/// snapshot from a later leader replaced (a deposed leader caught up by
+/// `install_full_snapshot` drops its uncommitted entries without telling
+/// their callers), and a batch waiting forever keeps its in-flight slot:
+/// after `max_inflight` of them this node accepted no write again, also
+/// when it led later, while its reads still worked. That stalled writes
+/// for 24.5 s in two Jepsen runs (docs/jepsen.md, ledger entry 7). Now a
+/// batch whose leader moved on is answered "outcome unknown" (it may still
+/// commit under the new leader; the request id makes a retry safe).
 async fn commit_batch(raft: Raft, batch: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    match raft.client_write(LogPayload::V1(commands)).await {
+    let term = raft.metrics().borrow().current_term;
+    let mut metrics = raft.metrics();
+    let written = tokio::select! {
+        written = raft.client_write(LogPayload::V1(commands)) => written,
+        _ = metrics.wait_for(|m| m.current_term != term || m.state != ServerState::Leader) => {
+            let leader = {
+                let m = raft.metrics().borrow().clone();
+                m.current_leader.and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| (id, n.addr.clone()))
+                })
+            };
+            fail_all(
+                replies,
+                unknown("leadership changed while the write was in flight", leader),
+            );
+            return;
+        }
+    };
+    match written {
         Ok(resp) if resp.data.outcomes.len() == count => {
             let index = resp.data.index;
             for (reply, outcome) in replies.into_iter().zip(resp.data.outcomes) {
