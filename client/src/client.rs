@@ -542,10 +542,36 @@ impl Client {
     ///
     /// `via_leader` says the call is answered only by the leader (writes,
     /// linearizable reads), so a success tells us who leads.
+    ///
+    /// A write that one attempt may have applied (it timed out, or came back
+    /// `UNKNOWN_OUTCOME`) and a later attempt saw refused ends as
+    /// [`ClientError::Unknown`], never as that refusal.
     pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         is_write: bool,
         via_leader: bool,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut maybe_applied = false;
+        let result = self
+            .attempts(is_write, via_leader, &mut maybe_applied, call)
+            .await;
+        settle(is_write && maybe_applied, result)
+    }
+
+    /// The attempt loop of [`Client::with_retries`]: returns a refusal as
+    /// it came, and records in `maybe_applied` whether any attempt may have
+    /// applied (kept across calls, so a caller that sends the same command
+    /// again, as `mutate_here` does after `STALE_EPOCH`, remembers it).
+    async fn attempts<T, F, Fut>(
+        &self,
+        is_write: bool,
+        via_leader: bool,
+        maybe_applied: &mut bool,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -555,7 +581,6 @@ impl Client {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.deadline;
         let mut backoff = config.backoff_min;
-        let mut maybe_applied = false;
         let mut last_reason;
         loop {
             let target = self.pick();
@@ -586,7 +611,7 @@ impl Client {
                     maybe_applied: m,
                     reason,
                 } => {
-                    maybe_applied |= m;
+                    *maybe_applied |= m;
                     tracing::debug!(%reason, ?leader, "retrying");
                     // Follow a hint to another node at once; otherwise back off.
                     let follow = leader.as_ref().is_some_and(|l| *l != target);
@@ -606,7 +631,7 @@ impl Client {
                 break;
             }
         }
-        if is_write && maybe_applied {
+        if is_write && *maybe_applied {
             Err(ClientError::Unknown(last_reason))
         } else {
             Err(ClientError::Unavailable(last_reason))
@@ -663,6 +688,10 @@ impl Client {
         request.map_revision = self.map_revision;
         let pinned = self.inner.config.epoch;
         let mut refusals = 0;
+        // Whether any copy sent so far may have applied: a resend after
+        // `STALE_EPOCH` cannot apply twice (same request id), but if it ends
+        // refused, an earlier copy may still be the one that applied.
+        let mut maybe_applied = false;
         loop {
             request.epoch = match pinned {
                 Some(epoch) => epoch,
@@ -670,7 +699,7 @@ impl Client {
             };
             let sent = request.clone();
             let response = self
-                .with_retries(true, true, |mut stub| {
+                .attempts(true, true, &mut maybe_applied, |mut stub| {
                     let request = sent.clone();
                     async move { stub.mutate(request).await.map(|r| r.into_inner()) }
                 })
@@ -698,7 +727,7 @@ impl Client {
                         self.set_leader(Some(self.reachable(&leader)));
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return settle(maybe_applied, Err(e)),
             }
         }
     }
@@ -1411,6 +1440,20 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
+/// The outcome of a write from its last copy's result: when an earlier copy
+/// may have applied, a refusal of a later copy (a stale epoch or map, the
+/// wrong shard, no replica) says nothing of the command, so the outcome is
+/// unknown. A POSIX error stays: the shard's dedupe table makes it the
+/// command's own outcome (docs/jepsen.md, bug ledger entry 8).
+fn settle<T>(maybe_applied: bool, result: Result<T, ClientError>) -> Result<T, ClientError> {
+    match result {
+        Err(e) if maybe_applied && e.refuses_only_this_copy() => Err(ClientError::Unknown(
+            format!("{e}; an earlier attempt may have applied"),
+        )),
+        result => result,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1425,5 +1468,137 @@ mod tests {
         assert_eq!(client.reachable("http://n2:7400"), "127.0.0.1:7402");
         // Unmapped addresses pass through, normalized.
         assert_eq!(client.reachable("http://n3:7400/"), "n3:7400");
+    }
+
+    /// A client whose attempts end fast: one attempt times out after 50 ms.
+    fn quick_client() -> Client {
+        let mut config = ClientConfig::new(vec!["127.0.0.1:1".into()]);
+        config.attempt_timeout = Duration::from_millis(50);
+        config.deadline = Duration::from_secs(5);
+        config.backoff_min = Duration::from_millis(1);
+        config.backoff_max = Duration::from_millis(2);
+        Client::new(config).expect("client")
+    }
+
+    fn stale_epoch() -> tonic::Status {
+        nokv_proto::error::status_with_detail(
+            tonic::Code::FailedPrecondition,
+            pb::ErrorDetail {
+                code: "STALE_EPOCH".into(),
+                message: "stale epoch".into(),
+                current_epoch: 7,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Answers the calls of `with_retries` from a script, one step per
+    /// attempt: `None` never answers (the attempt times out).
+    fn scripted(
+        steps: Vec<Option<Result<u32, tonic::Status>>>,
+    ) -> impl FnMut(
+        MetaServiceClient<Channel>,
+    ) -> futures::future::BoxFuture<'static, Result<u32, tonic::Status>> {
+        let steps = Arc::new(Mutex::new(std::collections::VecDeque::from(steps)));
+        move |_stub| {
+            let step = steps.lock().expect("script").pop_front();
+            Box::pin(async move {
+                match step {
+                    Some(Some(answer)) => answer,
+                    Some(None) => std::future::pending().await,
+                    None => panic!("called more often than scripted"),
+                }
+            })
+        }
+    }
+
+    // Bug ledger entry 8: a write whose first attempt timed out (it may have
+    // applied) and whose second was refused STALE_EPOCH was reported as
+    // refused, i.e. as definitely not applied.
+    #[tokio::test]
+    async fn a_refusal_after_an_attempt_that_may_have_applied_is_unknown() {
+        let client = quick_client();
+        let result = client
+            .with_retries(true, true, scripted(vec![None, Some(Err(stale_epoch()))]))
+            .await;
+        assert!(
+            matches!(result, Err(ClientError::Unknown(_))),
+            "expected an unknown outcome, got {result:?}"
+        );
+
+        // The same after an UNKNOWN_OUTCOME answer.
+        let unknown = nokv_proto::error::status_from_detail(
+            nokv_proto::error::ErrorCode::UnknownOutcome,
+            "leadership changed".into(),
+        );
+        let result = client
+            .with_retries(
+                true,
+                true,
+                scripted(vec![Some(Err(unknown)), Some(Err(stale_epoch()))]),
+            )
+            .await;
+        assert!(matches!(result, Err(ClientError::Unknown(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_no_earlier_attempt_stays_a_refusal() {
+        let client = quick_client();
+        // A write refused at its first attempt changed nothing.
+        let result = client
+            .with_retries(true, true, scripted(vec![Some(Err(stale_epoch()))]))
+            .await;
+        assert!(
+            matches!(result, Err(ClientError::StaleEpoch { current: 7, .. })),
+            "{result:?}"
+        );
+        // A read that timed out once then was refused is a refusal (reads
+        // change nothing).
+        let result = client
+            .with_retries(false, true, scripted(vec![None, Some(Err(stale_epoch()))]))
+            .await;
+        assert!(
+            matches!(result, Err(ClientError::StaleEpoch { .. })),
+            "{result:?}"
+        );
+        // A POSIX error after a timeout is the command's own outcome (the
+        // dedupe table answers a resent copy with the first result).
+        let exists =
+            nokv_proto::error::fs_error_status(&nokv_holt::FsError::AlreadyExists("/a".into()));
+        let result = client
+            .with_retries(true, true, scripted(vec![None, Some(Err(exists))]))
+            .await;
+        assert!(
+            result.as_ref().is_err_and(ClientError::is_exists),
+            "{result:?}"
+        );
+        // And a success after a timeout is a success.
+        let result = client
+            .with_retries(true, true, scripted(vec![None, Some(Ok(5))]))
+            .await;
+        assert_eq!(result.expect("answered"), 5);
+    }
+
+    #[test]
+    fn settle_keeps_unknown_refusals_and_posix_errors_apart() {
+        let refused = || {
+            Err::<(), _>(ClientError::StaleEpoch {
+                current: 3,
+                leader: None,
+            })
+        };
+        assert!(matches!(
+            settle(true, refused()),
+            Err(ClientError::Unknown(_))
+        ));
+        assert!(matches!(
+            settle(false, refused()),
+            Err(ClientError::StaleEpoch { .. })
+        ));
+        let timeout = || Err::<(), _>(ClientError::Unknown("timed out".into()));
+        assert!(matches!(
+            settle(true, timeout()),
+            Err(ClientError::Unknown(_))
+        ));
     }
 }

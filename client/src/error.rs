@@ -111,6 +111,22 @@ impl ClientError {
         self.code() == "EEXIST"
     }
 
+    /// True for a refusal of one copy of a request that says nothing of
+    /// other copies (a stale epoch or map, the wrong shard, an unavailable
+    /// replica): after an attempt that may have applied, the outcome is
+    /// unknown, not failed.
+    pub fn refuses_only_this_copy(&self) -> bool {
+        matches!(
+            self,
+            ClientError::StaleEpoch { .. }
+                | ClientError::WrongShard { .. }
+                | ClientError::UnknownShard(_)
+                | ClientError::StaleMap { .. }
+                | ClientError::Unavailable(_)
+                | ClientError::ControlPlane { .. }
+        )
+    }
+
     /// True when the request went to the wrong shard (re-route it).
     pub fn is_misrouted(&self) -> bool {
         matches!(
