@@ -453,38 +453,14 @@ async fn follower_catches_up_by_snapshot() {
         .filter(|id| *id != follower)
         .collect();
     let leader = cluster.must_agreed_leader(&live).await;
-    let purged = cluster
-        .wait_for(
-            WAIT,
-            &format!("leader {leader} purges its log past index {follower_last_log}"),
-            async || {
-                let s = cluster.status(leader).await?;
-                s.purged_index.filter(|p| *p > follower_last_log)
-            },
-        )
-        .await;
+    let purged = cluster.must_purge_past(leader, follower_last_log).await;
     println!("follower {follower} stopped at log index {follower_last_log}; leader {leader} purged up to {purged}");
 
     // The leader no longer has the entries the follower needs: only a
     // snapshot can bring it up to date.
     cluster.restart(follower).await;
     cluster
-        .wait_until(
-            WAIT,
-            &format!(
-                "follower {follower} installs a snapshot covering index {purged} and catches up"
-            ),
-            async || {
-                let (Some(mine), Some(theirs)) =
-                    (cluster.status(follower).await, cluster.status(leader).await)
-                else {
-                    return false;
-                };
-                mine.snapshot_index.unwrap_or(0) >= purged
-                    && mine.applied_index.is_some()
-                    && mine.applied_index >= theirs.applied_index
-            },
-        )
+        .must_catch_up_by_snapshot(follower, leader, purged, WAIT)
         .await;
     let status = cluster.status(follower).await;
     println!("follower after catch-up: {status:?}");
@@ -555,16 +531,7 @@ async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_agai
     let survivors = cluster.client_for(&others);
     must_create_all(&cluster, &survivors, &numbered("/o", "new", 200), 4).await;
     let old_last = committed + 16;
-    let purged = cluster
-        .wait_for(
-            WAIT,
-            &format!("leader {new} purges its log past index {old_last}"),
-            async || {
-                let s = cluster.status(new).await?;
-                s.purged_index.filter(|p| *p > old_last)
-            },
-        )
-        .await;
+    let purged = cluster.must_purge_past(new, old_last).await;
 
     // 3. A fresh leader (elected after the purge, so its first message to
     //    the old leader is that snapshot, not a probe that would truncate
@@ -574,19 +541,7 @@ async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_agai
         .copied()
         .find(|id| *id != new)
         .unwrap_or_else(|| cluster.fail("no second survivor"));
-    cluster
-        .wait_until(
-            WAIT,
-            &format!("node {fresh} purges its own log past index {old_last}"),
-            async || {
-                cluster
-                    .status(fresh)
-                    .await
-                    .and_then(|s| s.purged_index)
-                    .is_some_and(|p| p > old_last)
-            },
-        )
-        .await;
+    cluster.must_purge_past(fresh, old_last).await;
     cluster.must(
         survivors.transfer_leader(fresh).await,
         &format!("transfer leadership to node {fresh}"),
@@ -599,19 +554,7 @@ async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_agai
     //    never answers their proposals.
     cluster.signal(old, "-CONT");
     cluster
-        .wait_until(
-            WAIT,
-            &format!("node {old} installs a snapshot past index {purged} and catches up"),
-            async || {
-                let (Some(mine), Some(theirs)) =
-                    (cluster.status(old).await, cluster.status(fresh).await)
-                else {
-                    return false;
-                };
-                mine.snapshot_index.unwrap_or(0) >= purged
-                    && mine.applied_index >= theirs.applied_index
-            },
-        )
+        .must_catch_up_by_snapshot(old, fresh, purged, WAIT)
         .await;
     for writer in writers {
         // Their outcome is unknown or a failure; only that they end matters.
@@ -668,16 +611,7 @@ async fn a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election() 
             &format!("set a 60 KiB xattr on {path}"),
         );
     }
-    let purged = cluster
-        .wait_for(
-            WAIT,
-            &format!("leader {leader} purges its log past index {follower_last_log}"),
-            async || {
-                let s = cluster.status(leader).await?;
-                s.purged_index.filter(|p| *p > follower_last_log)
-            },
-        )
-        .await;
+    let purged = cluster.must_purge_past(leader, follower_last_log).await;
     let term = cluster
         .status(leader)
         .await
@@ -691,21 +625,9 @@ async fn a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election() 
     let _link = SlowLink::start(&cluster.addr(follower), &listen, 1024 * 1024).await;
     let started = Instant::now();
     cluster.restart(follower).await;
+    // A minute: the snapshot crosses the 1 MiB/s link.
     cluster
-        .wait_until(
-            Duration::from_secs(60),
-            &format!("follower {follower} installs the snapshot and catches up over the slow link"),
-            async || {
-                let (Some(mine), Some(theirs)) =
-                    (cluster.status(follower).await, cluster.status(leader).await)
-                else {
-                    return false;
-                };
-                mine.snapshot_index.unwrap_or(0) >= purged
-                    && mine.applied_index.is_some()
-                    && mine.applied_index >= theirs.applied_index
-            },
-        )
+        .must_catch_up_by_snapshot(follower, leader, purged, Duration::from_secs(60))
         .await;
     println!(
         "follower {follower} caught up over the slow link in {:?}",

@@ -556,6 +556,46 @@ impl Cluster {
         .await
     }
 
+    /// Waits until node `id` has purged its log past `index` and returns
+    /// how far it purged (a replica that stopped at `index` can then be
+    /// brought up to date only by a snapshot).
+    pub async fn must_purge_past(&self, id: u64, index: u64) -> u64 {
+        self.wait_for(
+            WAIT,
+            &format!("node {id} purges its log past index {index}"),
+            async || {
+                let s = self.status(id).await?;
+                s.purged_index.filter(|p| *p > index)
+            },
+        )
+        .await
+    }
+
+    /// Waits until node `id` holds a snapshot covering `purged` and has
+    /// applied as far as node `leader`.
+    pub async fn must_catch_up_by_snapshot(
+        &self,
+        id: u64,
+        leader: u64,
+        purged: u64,
+        timeout: Duration,
+    ) {
+        self.wait_until(
+            timeout,
+            &format!("node {id} installs a snapshot covering index {purged} and catches up"),
+            async || {
+                let (Some(mine), Some(theirs)) = (self.status(id).await, self.status(leader).await)
+                else {
+                    return false;
+                };
+                mine.snapshot_index.unwrap_or(0) >= purged
+                    && mine.applied_index.is_some()
+                    && mine.applied_index >= theirs.applied_index
+            },
+        )
+        .await
+    }
+
     // ----- the CLI -----------------------------------------------------------
 
     /// Runs `nokv --endpoints <all> ARGS`.
