@@ -5,7 +5,7 @@
 //! `nokv status`, the namespace commands (`mkdir`, `ls`, `stat`, `touch`,
 //! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`), bodies (`put`, `cat`,
 //! `get`, `publish-dir`), subtree snapshots (`snapshot`, `--snapshot ID`),
-//! change events (`watch`)
+//! change events (`watch`), a FUSE mount (`mount`)
 //! and `nokv bench`.
 //! Disaster recovery: `nokv backup` and `nokv restore`.
 //!
@@ -16,6 +16,7 @@ mod body;
 mod cluster;
 mod control;
 mod fs;
+mod mount;
 mod node;
 mod output;
 mod recovery;
@@ -203,6 +204,9 @@ enum Command {
     /// Show the watch history's retention and cursors; `--events N` and
     /// `--age DURATION` change the retention (replicated).
     WatchRetention(watch::RetentionArgs),
+    /// Mount the namespace (or a subtree, or a snapshot) as a local
+    /// directory (FUSE; read-only for now), in the foreground.
+    Mount(mount::MountArgs),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
     /// Make a recovery point in the object store now (snapshot + log), for
@@ -296,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(c) => snapshot::run(c, &g).await,
         Command::Watch(a) => watch::run(a, &g).await,
         Command::WatchRetention(a) => watch::retention(a, &g).await,
+        Command::Mount(a) => mount::mount(a, &g).await,
         Command::Bench(a) => bench::run(a, &g).await,
         Command::Backup(a) => recovery::backup(a, &g).await,
         Command::Restore(a) => recovery::restore(a, &g).await,
