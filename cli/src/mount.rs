@@ -49,6 +49,11 @@ pub struct MountArgs {
     /// only when the TTLs run out.
     #[arg(long)]
     pub no_invalidate: bool,
+    /// Memory for blocks read from the object store, in MiB (shared by
+    /// every open file; 0 turns the cache and read-ahead off: each read
+    /// then fetches exactly its byte range).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub cache_mib: u64,
     /// Let other users use the mount (FUSE allow_other; a non-root user
     /// needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
@@ -82,6 +87,7 @@ pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         consistency: g.consistency(),
         allow_other: args.allow_other,
         invalidate: !args.no_invalidate,
+        cache_bytes: args.cache_mib.saturating_mul(1 << 20),
     };
     let mountpoint = args.mountpoint.clone();
     let runtime = tokio::runtime::Handle::current();

@@ -619,6 +619,23 @@ impl Client {
         Ok(Bytes::from(out))
     }
 
+    /// One whole block of a body from the object store, checked against the
+    /// size its body records (blocks are immutable: a caller may cache it
+    /// by key for good).
+    pub async fn read_block(&self, block: &BlockRef) -> Result<Bytes, ClientError> {
+        let store = self.blob_store().await?;
+        let bytes = store.get(&block.key, None).await.map_err(store_error)?;
+        if bytes.len() as u64 != block.size {
+            return Err(ClientError::Integrity(format!(
+                "block {}: got {} bytes, expected {}",
+                block.key,
+                bytes.len(),
+                block.size
+            )));
+        }
+        Ok(bytes)
+    }
+
     /// Reads a file's bytes (`range` or all) at its current generation.
     pub async fn get(&self, path: &str, range: Option<Range<u64>>) -> Result<Bytes, ClientError> {
         let (_, body) = self.read_body(path, Consistency::Linearizable).await?;

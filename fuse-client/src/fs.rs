@@ -9,7 +9,9 @@
 //! generation and block list) once, and every `read` of that handle serves
 //! bytes of exactly that generation from the object store, however often
 //! the file is replaced meanwhile. A reader sees the old bytes or the new
-//! ones, never a mix.
+//! ones, never a mix. Bytes come from whole blocks held in the mount's
+//! block cache (`blocks`); a reader moving sequentially through a file has
+//! the next blocks fetched ahead of it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -28,16 +30,26 @@ use nokv_client::{
 use tokio::runtime::Handle as Runtime;
 
 use crate::attr::{errno, kernel_attr, kernel_type, InodeMap};
+use crate::blocks::{plan, BlockCache};
 use crate::MountOptions;
 
 /// Entries asked of the cluster per directory page.
 const DIR_PAGE: u32 = 1000;
 
+/// Blocks fetched ahead of a sequential reader.
+const READ_AHEAD_BLOCKS: usize = 2;
+
+/// An open file: read at the generation it had when it was opened.
+struct OpenFile {
+    /// `None`: no body was ever published; it reads as empty.
+    body: Option<Body>,
+    /// Where the last read ended (a read starting here is sequential).
+    next: AtomicU64,
+}
+
 /// What an open handle holds.
 enum Open {
-    /// A file, read at the generation it had when it was opened (`None`:
-    /// no body was ever published; it reads as empty).
-    File(Option<Arc<Body>>),
+    File(Arc<OpenFile>),
     /// A directory listing, fetched page by page as the kernel reads on.
     Dir(Arc<tokio::sync::Mutex<Listing>>),
 }
@@ -59,6 +71,7 @@ struct Shared {
     runtime: Runtime,
     map: InodeMap,
     options: MountOptions,
+    blocks: Arc<BlockCache>,
     open: Mutex<HashMap<u64, Open>>,
     next_handle: AtomicU64,
 }
@@ -78,6 +91,7 @@ impl NokvFs {
                 client,
                 runtime,
                 map: InodeMap::new(root),
+                blocks: BlockCache::new(options.cache_bytes),
                 options,
                 open: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
@@ -139,10 +153,10 @@ impl Shared {
         FileHandle(fh)
     }
 
-    fn body(&self, fh: FileHandle) -> Result<Option<Arc<Body>>, Errno> {
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
         let table = self.open.lock().map_err(|_| Errno::EIO)?;
         match table.get(&fh.0) {
-            Some(Open::File(body)) => Ok(body.clone()),
+            Some(Open::File(file)) => Ok(file.clone()),
             Some(Open::Dir(_)) => Err(Errno::EISDIR),
             None => Err(Errno::EBADF),
         }
@@ -262,7 +276,10 @@ impl Filesystem for NokvFs {
             let inode = InodeRef::Id(s.map.to_nokv(ino));
             match s.query(Query::ReadBody { inode }).await {
                 Ok(QueryResult::Body { body, .. }) => {
-                    let fh = s.store(Open::File(body.map(Arc::new)));
+                    let fh = s.store(Open::File(Arc::new(OpenFile {
+                        body,
+                        next: AtomicU64::new(0),
+                    })));
                     reply.opened(fh, FopenFlags::empty());
                 }
                 Ok(_) => reply.error(Errno::EIO),
@@ -283,20 +300,42 @@ impl Filesystem for NokvFs {
         reply: ReplyData,
     ) {
         self.spawn(move |s| async move {
-            let body = match s.body(fh) {
-                Ok(Some(body)) => body,
-                Ok(None) => return reply.data(&[]),
+            let file = match s.file(fh) {
+                Ok(file) => file,
                 Err(e) => return reply.error(e),
+            };
+            let Some(body) = &file.body else {
+                return reply.data(&[]);
             };
             let end = offset.saturating_add(u64::from(size)).min(body.size);
             if offset >= end {
                 return reply.data(&[]);
             }
-            match s.client.read_range(&body, Some(offset..end)).await {
-                Ok(bytes) => reply.data(&bytes),
-                Err(e) => {
-                    tracing::warn!(error = %e, offset, size, "read failed");
-                    reply.error(errno(&e))
+            if s.options.cache_bytes == 0 {
+                // No cache: fetch exactly the bytes asked for.
+                return match s.client.read_range(body, Some(offset..end)).await {
+                    Ok(bytes) => reply.data(&bytes),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
+            let parts = plan(&body.blocks, offset, end);
+            let mut out = Vec::with_capacity((end - offset) as usize);
+            for (index, range) in &parts {
+                let block = &body.blocks[*index];
+                match s.blocks.get(&s.client, block).await {
+                    Ok(bytes) => out.extend_from_slice(&bytes[range.clone()]),
+                    Err(e) => {
+                        tracing::warn!(error = %e, offset, size, "read failed");
+                        return reply.error(errno(&e));
+                    }
+                }
+            }
+            reply.data(&out);
+            // A sequential reader gets the next blocks fetched ahead.
+            let sequential = file.next.swap(end, Ordering::Relaxed) == offset;
+            if let (true, Some((last, _))) = (sequential, parts.last()) {
+                for block in body.blocks.iter().skip(last + 1).take(READ_AHEAD_BLOCKS) {
+                    s.blocks.prefetch(&s.client, block);
                 }
             }
         });

@@ -18,6 +18,7 @@
 //! CLI. It is a client; everything it knows comes through the SDK.
 
 mod attr;
+mod blocks;
 mod coherence;
 mod fs;
 
@@ -51,6 +52,9 @@ pub struct MountOptions {
     /// another client changes it (a live mount only; a snapshot never
     /// changes).
     pub invalidate: bool,
+    /// Memory for whole blocks read from the object store (shared by every
+    /// open file; 0 turns caching and read-ahead off).
+    pub cache_bytes: u64,
 }
 
 impl Default for MountOptions {
@@ -62,6 +66,7 @@ impl Default for MountOptions {
             consistency: Consistency::Linearizable,
             allow_other: false,
             invalidate: true,
+            cache_bytes: 256 << 20,
         }
     }
 }
