@@ -156,6 +156,19 @@ async fn wait_until_unmounted(dir: &Path) {
     }
 }
 
+/// The names in local directory `dir`.
+fn names_in(dir: &Path, what: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// Runs a program to completion; returns stdout, failing on a non-zero exit.
 async fn must_run(program: &str, args: &[&str]) -> String {
     let out = tokio::process::Command::new(program)
@@ -283,15 +296,7 @@ async fn a_read_only_mount_shows_the_tree_across_grafts() {
     assert_eq!(cat.stdout, in_s1, "a file in the grafted shard reads back");
 
     // Names, types, sizes, modes and links.
-    let top: Vec<String> = std::fs::read_dir(&dir)
-        .expect("list the mount's root")
-        .map(|e| {
-            e.expect("an entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let top = names_in(&dir, "list the mount's root");
     for name in ["tree", "s1", "big"] {
         assert!(top.contains(&name.to_string()), "{name} in {top:?}");
     }
@@ -418,15 +423,7 @@ async fn a_snapshot_mount_shows_the_pinned_tree() {
         std::fs::read(mount.path("model.bin")).expect("read at the pin"),
         before
     );
-    let names: Vec<String> = std::fs::read_dir(&dir)
-        .expect("list the snapshot")
-        .map(|e| {
-            e.expect("an entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let names = names_in(&dir, "list the snapshot");
     assert_eq!(names, vec!["model.bin".to_string()]);
     let e = std::fs::write(mount.path("x"), b"x").expect_err("a snapshot is read-only");
     assert_eq!(e.raw_os_error(), Some(30), "{e}");

@@ -654,24 +654,16 @@ impl Client {
         parallelism: usize,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, ClientError> {
-        let store = self.blob_store().await?;
         let mut hasher = Sha256::new();
-        let mut fetches = futures::stream::iter(body.blocks.iter().cloned().map(|b| {
-            let store = store.clone();
-            async move { (store.get(&b.key, None).await, b) }
-        }))
+        let mut fetches = futures::stream::iter(
+            body.blocks
+                .iter()
+                .map(|block| async move { self.read_block(block).await }),
+        )
         .buffered(parallelism.max(1));
         let mut written = 0u64;
-        while let Some((bytes, block)) = fetches.next().await {
-            let bytes = bytes.map_err(store_error)?;
-            if bytes.len() as u64 != block.size {
-                return Err(ClientError::Integrity(format!(
-                    "block {}: got {} bytes, expected {}",
-                    block.key,
-                    bytes.len(),
-                    block.size
-                )));
-            }
+        while let Some(bytes) = fetches.next().await {
+            let bytes = bytes?;
             hasher.update(&bytes);
             writer
                 .write_all(&bytes)
