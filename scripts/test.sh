@@ -7,8 +7,8 @@
 # first installs what it needs: the rustfmt and clippy components, s3s-fs (a
 # real S3 server, from crates.io), and the Docker images nokv:dev and
 # nokv-s3s-fs:dev, built locally from this checkout (no registry access), and
-# etcd (Debian's etcd-server) for the control-plane tests, and fuse3 (for
-# the FUSE mount tests).
+# etcd (Debian's etcd-server) for the control-plane tests, and fuse3, rsync
+# and git (for the FUSE mount tests).
 # protoc comes from a vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ bash blob/install-s3s-fs.sh
 step "etcd (a real control plane for the router and multi-shard tests)"
 bash router/install-etcd.sh
 
-step "fuse3 (fusermount3, for the FUSE mount tests)"
+step "fuse3, rsync, git (for the FUSE mount tests)"
 bash fuse-client/install-fuse.sh
 
 step "cargo fmt --check"

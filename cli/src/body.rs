@@ -181,6 +181,7 @@ pub async fn put(args: PutArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         block_size: args.block_size,
         parallelism: args.parallelism,
         lease: args.lease,
+        ..PutOptions::default()
     };
     let what = || format!("put {} {}", args.local, args.path);
     let attr = if args.local == "-" {

@@ -15,16 +15,21 @@ use crate::GlobalArgs;
 #[derive(Args, Debug)]
 #[command(after_help = "\
 Examples:
-  nokv mount /mnt/nokv --read-only                # the whole tree
+  nokv mount /mnt/nokv                           # the whole tree, read-write
   nokv mount /mnt/run7 --read-only --subdir /runs/7
   nokv snapshot create /runs/7                   # prints the snapshot id, e.g. 3
   nokv mount /mnt/run7-pinned --snapshot 3       # that subtree as it was
 
 The mount stays in the foreground; Ctrl-C or SIGTERM unmounts it, and the
-mount point is released if the process dies. File bytes are read straight
-from the object store (AWS_ENDPOINT_URL and the AWS credential variables, or
-what the cluster advertises). Writes through the mount are not built yet:
---read-only is required for a live mount (docs/fuse.md).")]
+mount point is released if the process dies. File bytes move straight
+between this machine and the object store (AWS_ENDPOINT_URL and the AWS
+credential variables, or what the cluster advertises).
+
+Writes are close-to-open: a file being written lives in a spill file under
+--spill-dir, and each close (or fsync) publishes it as the file's next
+generation, atomically; other clients see the old bytes or the new ones,
+never a mix. Editing a large file costs a download and an upload of the
+whole file (docs/fuse.md).")]
 pub struct MountArgs {
     /// An existing, empty local directory to mount on.
     pub mountpoint: PathBuf,
@@ -58,6 +63,10 @@ pub struct MountArgs {
     /// needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
+    /// Where files being written wait for their close (default: the
+    /// system's temporary directory).
+    #[arg(long, env = "NOKV_SPILL_DIR", value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
@@ -71,24 +80,21 @@ pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("no live snapshot {id} (see `nokv snapshot ls`)"))?;
             (live.at_snapshot(SnapshotId(id)), pin.path)
         }
-        None => {
-            if !args.read_only {
-                anyhow::bail!(nokv_fuse::MountError::WritesNotBuilt);
-            }
-            (live, "/".to_string())
-        }
+        None => (live, "/".to_string()),
     };
     let path = args.subdir.unwrap_or(default_root);
     let root = nokv_fuse::resolve_root(&client, &path).await?;
     let options = MountOptions {
-        read_only: true,
+        read_only: args.read_only || args.snapshot.is_some(),
         attr_ttl: args.attr_ttl,
         entry_ttl: args.entry_ttl,
         consistency: g.consistency(),
         allow_other: args.allow_other,
         invalidate: !args.no_invalidate,
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+        spill_dir: args.spill_dir.unwrap_or_else(std::env::temp_dir),
     };
+    let read_only = options.read_only;
     let mountpoint = args.mountpoint.clone();
     let runtime = tokio::runtime::Handle::current();
     let mounted = tokio::task::spawn_blocking(move || {
@@ -100,8 +106,9 @@ pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         None => path,
     };
     eprintln!(
-        "nokv: mounted {what} on {} (read-only); Ctrl-C to unmount",
-        args.mountpoint.display()
+        "nokv: mounted {what} on {} ({}); Ctrl-C to unmount",
+        args.mountpoint.display(),
+        if read_only { "read-only" } else { "read-write" }
     );
     let stop = CancellationToken::new();
     crate::serve::cancel_on_signal(stop.clone());

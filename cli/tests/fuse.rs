@@ -446,18 +446,32 @@ async fn a_killed_mount_releases_its_mount_point() {
     // The directory is usable again (not a dead mount: ENOTCONN).
     std::fs::read_dir(&dir).expect("the released mount point lists");
 
-    // And a live mount without --read-only is refused with the reason.
-    let endpoints = fc.cluster.endpoints().join(",");
-    let out = nokv_command()
-        .args(["--endpoints", &endpoints, "mount"])
-        .arg(&dir)
-        .output()
-        .await
-        .expect("run nokv mount");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--read-only"), "{stderr}");
-    assert!(!is_mounted(&dir));
+    // A writer killed with unpublished bytes publishes nothing: the file
+    // keeps its old generation whole.
+    let client = &fc.client;
+    let old = bytes(50_000, 3);
+    fc.cluster.must(
+        client.put_bytes("/kept", &old, &small_blocks()).await,
+        "publish",
+    );
+    let mount = fc.mount(&dir, &[]).await;
+    let mut held = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mount.path("kept"))
+        .expect("open for writing");
+    std::io::Write::write_all(&mut held, &bytes(80_000, 4)).expect("write, not closed");
+    mount.stop("-KILL").await;
+    drop(held);
+    let seen = fc
+        .cluster
+        .must(client.get("/kept", None).await, "read /kept");
+    assert!(
+        seen == old,
+        "the killed writer's bytes never became visible: {} bytes, {:?}",
+        seen.len(),
+        &seen[..seen.len().min(8)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,4 +560,303 @@ async fn another_clients_changes_invalidate_the_kernel_caches() {
 
     plain.stop("-TERM").await;
     watched.stop("-TERM").await;
+}
+
+/// The mount as a worker uses it: real programs write, rename and read
+/// through it, and another mount of the same cluster sees what one closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_mount_runs_real_programs() {
+    let _load = light_test().await;
+    let fc = FuseCluster::start("fuse5").await;
+    let (cluster, client) = (&fc.cluster, &fc.client);
+    let work = tempfile::tempdir().expect("a temporary directory");
+    cluster.must_nokv(&["shard", "create", "/s1"]).await;
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    let mount = fc.mount(&dir, &[]).await;
+    let m = |rel: &str| mount.path(rel).to_string_lossy().into_owned();
+    let w = |rel: &str| work.path().join(rel).to_string_lossy().into_owned();
+
+    // tar -x of a source tree (this crate's sources and some binary
+    // files), then diff -r against the original.
+    let local = work.path().join("local");
+    make_local_tree(&local);
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    must_run("cp", &["-r", &sources.to_string_lossy(), &w("local/src")]).await;
+    std::fs::set_permissions(
+        local.join("conf/train.yaml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .expect("chmod a local file");
+    must_run("tar", &["-C", &w("local"), "-cf", &w("tree.tar"), "."]).await;
+    std::fs::create_dir(m("untar")).expect("mkdir through the mount");
+    must_run("tar", &["-C", &m("untar"), "-xf", &w("tree.tar")]).await;
+    must_run("diff", &["-r", &w("local"), &m("untar")]).await;
+    let published = cluster.must(
+        client.get("/untar/ckpt/step-200.bin", None).await,
+        "read a file written through the mount",
+    );
+    assert!(
+        published == bytes(1_100_000, 5),
+        "the SDK reads the bytes tar wrote"
+    );
+
+    // cp -a and rsync -a round trips keep bytes, modes and times.
+    must_run("cp", &["-a", &w("local"), &m("cpa")]).await;
+    must_run("cp", &["-a", &m("cpa"), &w("back-cp")]).await;
+    must_run("diff", &["-r", &w("local"), &w("back-cp")]).await;
+    must_run("rsync", &["-a", &format!("{}/", w("local")), &m("rs")]).await;
+    must_run("rsync", &["-a", &format!("{}/", m("rs")), &w("back-rs")]).await;
+    must_run("diff", &["-r", &w("local"), &w("back-rs")]).await;
+    for copy in ["back-cp/conf/train.yaml", "back-rs/conf/train.yaml"] {
+        let (a, b) = (
+            std::fs::metadata(local.join("conf/train.yaml")).expect("stat the original"),
+            std::fs::metadata(w(copy)).expect("stat the copy"),
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(b.permissions().mode() & 0o7777, 0o640, "{copy}: mode kept");
+        assert_eq!(
+            a.modified().expect("mtime"),
+            b.modified().expect("mtime"),
+            "{copy}: modification time kept"
+        );
+    }
+
+    // git: init, add, commit, status, log.
+    let repo = m("repo");
+    std::fs::create_dir(&repo).expect("mkdir repo");
+    let git = |args: &[&str]| {
+        let mut all = vec![
+            "-C",
+            repo.as_str(),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+        ];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let run_git = async |args: &[&str]| {
+        let args = git(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        must_run("git", &args).await
+    };
+    run_git(&["init", "-q"]).await;
+    std::fs::write(format!("{repo}/README"), b"one\n").expect("write README");
+    must_run(
+        "cp",
+        &["-r", &sources.to_string_lossy(), &format!("{repo}/src")],
+    )
+    .await;
+    run_git(&["add", "."]).await;
+    run_git(&["commit", "-qm", "one"]).await;
+    std::fs::write(format!("{repo}/README"), b"one\ntwo\n").expect("edit README");
+    assert_eq!(run_git(&["status", "--porcelain"]).await.trim(), "M README");
+    run_git(&["commit", "-qam", "two"]).await;
+    assert_eq!(run_git(&["log", "--oneline"]).await.lines().count(), 2);
+    assert_eq!(run_git(&["status", "--porcelain"]).await.trim(), "");
+    run_git(&["fsck", "--strict"]).await;
+
+    // Python: write, rename over, read back; edit in place, append, fsync,
+    // truncate; hard links; rename flags; xattr flags; the errors at a
+    // graft point and across shards.
+    let py = format!(
+        r#"
+import ctypes, errno, os
+root = {root:?}
+def err(f, *a):
+    try:
+        f(*a)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return "ok"
+d = os.path.join(root, "py")
+os.mkdir(d)
+p = os.path.join(d, "f")
+with open(p + ".tmp", "wb") as f:
+    f.write(b"x" * 100000)
+os.rename(p + ".tmp", p)
+assert open(p, "rb").read() == b"x" * 100000
+with open(p, "r+b") as f:
+    f.seek(10); f.write(b"HELLO"); f.flush(); os.fsync(f.fileno())
+    f.seek(0); assert f.read(15) == b"xxxxxxxxxxHELLO"
+with open(p, "ab") as f:
+    f.write(b"END")
+data = open(p, "rb").read()
+assert len(data) == 100003 and data[10:15] == b"HELLO" and data.endswith(b"END"), len(data)
+os.truncate(p, 12)
+assert open(p, "rb").read() == b"xxxxxxxxxxHE"
+os.link(p, p + ".link")
+assert os.stat(p).st_nlink == 2
+with open(p + ".link", "ab") as f:
+    f.write(b"!")
+assert open(p, "rb").read() == b"xxxxxxxxxxHE!", "one inode, two names"
+os.unlink(p + ".link")
+assert os.stat(p).st_nlink == 1
+os.chmod(p, 0o600)
+assert os.stat(p).st_mode & 0o7777 == 0o600
+os.utime(p, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+assert os.stat(p).st_mtime_ns == 1_600_000_000_123_456_789
+libc = ctypes.CDLL(None, use_errno=True)
+def renameat2(a, b, flags):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), flags) != 0:
+        return errno.errorcode[ctypes.get_errno()]
+    return "ok"
+open(p + "2", "w").write("2")
+assert renameat2(p, p + "2", 1) == "EEXIST"
+assert renameat2(p, p + "2", 2) == "EINVAL"
+assert renameat2(p + "2", p + "3", 1) == "ok"
+os.setxattr(p, "user.a", b"1")
+assert err(os.setxattr, p, "user.a", b"2", os.XATTR_CREATE) == "EEXIST"
+assert err(os.setxattr, p, "user.b", b"2", os.XATTR_REPLACE) == "ENODATA"
+os.setxattr(p, "user.a", b"3", os.XATTR_REPLACE)
+assert os.getxattr(p, "user.a") == b"3"
+os.removexattr(p, "user.a")
+assert err(os.removexattr, p, "user.a") == "ENODATA"
+os.mkdir(os.path.join(d, "sub"))
+open(os.path.join(d, "sub", "x"), "w").write("x")
+assert err(os.rmdir, os.path.join(d, "sub")) == "ENOTEMPTY"
+assert err(os.mkdir, os.path.join(d, "sub")) == "EEXIST"
+assert err(os.open, p, os.O_CREAT | os.O_EXCL | os.O_WRONLY) == "EEXIST"
+os.unlink(os.path.join(d, "sub", "x"))
+os.rmdir(os.path.join(d, "sub"))
+os.symlink("f", os.path.join(d, "l"))
+assert os.readlink(os.path.join(d, "l")) == "f"
+assert open(os.path.join(d, "l"), "rb").read() == b"xxxxxxxxxxHE!"
+g = os.path.join(root, "s1")
+assert err(os.rmdir, g) == "EBUSY", err(os.rmdir, g)
+assert err(os.rename, g, g + "x") == "EBUSY"
+open(os.path.join(g, "in-s1"), "w").write("s1")
+assert err(os.rename, os.path.join(g, "in-s1"), os.path.join(d, "moved")) == "EXDEV"
+assert err(os.link, os.path.join(g, "in-s1"), os.path.join(d, "linked")) == "EXDEV"
+print("ok")
+"#,
+        root = dir.to_string_lossy()
+    );
+    assert_eq!(must_run("python3", &["-c", &py]).await.trim(), "ok");
+    let attr = cluster.must(
+        client
+            .stat("/py/f", nokv_client::Consistency::Linearizable)
+            .await,
+        "stat what Python wrote",
+    );
+    assert_eq!((attr.size, attr.mode & 0o7777), (13, 0o600));
+    assert_eq!(
+        cluster.must(
+            client.get("/s1/in-s1", None).await,
+            "read in the grafted shard"
+        ),
+        &b"s1"[..]
+    );
+
+    // Two workers: what one mount writes and closes, the other reads
+    // byte for byte, and back.
+    let dir2 = work.path().join("mnt2");
+    std::fs::create_dir(&dir2).expect("mkdir the second mount point");
+    let other = fc.mount(&dir2, &[]).await;
+    for (round, (writer, reader)) in [(&mount, &other), (&other, &mount)].into_iter().enumerate() {
+        let payload = bytes(3_000_000 + round, 70 + round as u32);
+        std::fs::write(writer.path("shared.bin"), &payload).expect("write and close");
+        cluster
+            .wait_until(WAIT, "the other mount reads the closed file", async || {
+                std::fs::read(reader.path("shared.bin")).is_ok_and(|b| b == payload)
+            })
+            .await;
+    }
+
+    assert!(other.stop("-TERM").await.success());
+    assert!(mount.stop("-TERM").await.success());
+}
+
+/// A leader killed while a worker writes and closes files: every close
+/// answers success or an error, and no file is ever visible half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_across_a_leader_failover_are_all_or_nothing() {
+    let _load = light_test().await;
+    let mut fc = FuseCluster::start("fuse6").await;
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    fc.cluster
+        .must(fc.client.mkdir("/ckpt", false).await, "mkdir /ckpt");
+    let mount = fc.mount(&dir, &[]).await;
+    const FILES: usize = 40;
+    const SIZE: usize = 300_000;
+    // Each file's bytes: its index repeated; one line per close.
+    let py = format!(
+        r#"
+import os, sys
+d = {dir:?}
+for i in range({FILES}):
+    p = os.path.join(d, "f%03d" % i)
+    try:
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        os.write(fd, bytes([i]) * {SIZE})
+        os.close(fd)
+        print(i, "ok", flush=True)
+    except OSError as e:
+        print(i, e.errno, flush=True)
+"#,
+        dir = mount.path("ckpt").to_string_lossy()
+    );
+    let writer = tokio::process::Command::new("python3")
+        .args(["-c", &py])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    // Kill the leader once some files are in.
+    let ids = fc.cluster.ids();
+    fc.cluster
+        .wait_until(WAIT, "the writer has closed a few files", async || {
+            fc.client
+                .read_dir_all("/ckpt", nokv_client::Consistency::Linearizable)
+                .await
+                .is_ok_and(|e| e.len() >= 5)
+        })
+        .await;
+    let leader = fc.cluster.must_agreed_leader(&ids).await;
+    fc.cluster.kill(leader);
+    let out = tokio::time::timeout(Duration::from_secs(240), writer.wait_with_output())
+        .await
+        .expect("the writer finishes")
+        .expect("wait for the writer");
+    fc.cluster.restart(leader).await;
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        lines.lines().count(),
+        FILES,
+        "one answer per close:\n{lines}"
+    );
+    let (mut ok, mut failed) = (0, 0);
+    for line in lines.lines() {
+        let (i, answer) = line.split_once(' ').expect("index and answer");
+        let i: usize = i.parse().expect("an index");
+        let path = format!("/ckpt/f{i:03}");
+        let seen = fc
+            .client
+            .get(&path, None)
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        let whole = vec![i as u8; SIZE];
+        if answer == "ok" {
+            ok += 1;
+            assert!(seen == whole, "{path}: closed fine, so it reads whole");
+        } else {
+            failed += 1;
+            assert!(
+                seen.is_empty() || seen == whole,
+                "{path}: close failed ({answer}); it must be absent, empty or whole, \
+                 never {} bytes of something else",
+                seen.len()
+            );
+        }
+    }
+    println!("{ok} closes succeeded and {failed} failed across the failover of node {leader}");
+    assert!(
+        ok >= FILES / 2,
+        "most closes ride through the failover: {lines}"
+    );
+    assert!(mount.stop("-TERM").await.success());
 }

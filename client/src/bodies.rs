@@ -38,6 +38,27 @@ pub struct PutOptions {
     pub parallelism: usize,
     /// Lease of the staged upload; the cluster reclaims it when it runs out.
     pub lease: Duration,
+    /// Permission bits and owner of a file the publish creates (an
+    /// existing file keeps its own).
+    pub owner: FileOwner,
+}
+
+/// Permission bits and owner of a newly created file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOwner {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for FileOwner {
+    fn default() -> Self {
+        FileOwner {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
 }
 
 impl Default for PutOptions {
@@ -50,6 +71,7 @@ impl Default for PutOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             parallelism: 8,
             lease: Duration::from_secs(600),
+            owner: FileOwner::default(),
         }
     }
 }
@@ -239,13 +261,23 @@ impl Client {
 
     /// Stages an upload for `path` (first step of a publish).
     pub async fn stage(&self, path: &str, opts: &PutOptions) -> Result<StagedUpload, ClientError> {
+        self.stage_at(EntryRef::Path(path.into()), opts).await
+    }
+
+    /// Stages an upload for the entry `at`: a path, or a name in a
+    /// directory given by id (how the FUSE mount addresses files).
+    pub async fn stage_at(
+        &self,
+        at: EntryRef,
+        opts: &PutOptions,
+    ) -> Result<StagedUpload, ClientError> {
         let op = Op::BeginPublish {
-            at: EntryRef::Path(path.into()),
+            at,
             mode: opts.mode,
             lease_ns: opts.lease.as_nanos().min(u128::from(u64::MAX)) as u64,
-            file_mode: 0o644,
-            uid: 0,
-            gid: 0,
+            file_mode: opts.owner.mode,
+            uid: opts.owner.uid,
+            gid: opts.owner.gid,
         };
         match self.mutate(op).await? {
             Applied::Staged(s) => Ok(s),
@@ -450,6 +482,18 @@ impl Client {
         opts: &PutOptions,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(Attr, PublishTimings), ClientError> {
+        self.publish_at(EntryRef::Path(path.into()), reader, opts, progress)
+            .await
+    }
+
+    /// [`Client::publish`] at the entry `at` (see [`Client::stage_at`]).
+    pub async fn publish_at<R: AsyncRead + Unpin>(
+        &self,
+        at: EntryRef,
+        reader: R,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(Attr, PublishTimings), ClientError> {
         let block_size = opts.block_size.max(1);
         let mut hasher = Sha256::new();
         // While the stage command commits, read and hash blocks (at most as
@@ -457,7 +501,7 @@ impl Client {
         // once, even in the middle of a block still waiting for input.
         let started = Instant::now();
         let mut stage = Box::pin(async {
-            let result = self.stage(path, opts).await;
+            let result = self.stage_at(at, opts).await;
             (result, started.elapsed())
         });
         let mut input = BlockReader::new(reader, block_size);

@@ -15,22 +15,26 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nokv_client::{
-    Attr, Body, Client, ClientError, Consistency, DirEntry, InodeId, InodeRef, Query, QueryResult,
-    ShardId,
+    Applied, Attr, Body, Client, ClientError, Consistency, DirEntry, EntryRef, FileType, InodeId,
+    InodeRef, Op, Query, QueryResult, RenameMode, SetAttr, ShardId, XattrFlag,
 };
 use tokio::runtime::Handle as Runtime;
 
 use crate::attr::{errno, kernel_attr, kernel_type, InodeMap};
 use crate::blocks::{plan, BlockCache};
+use crate::write::{Draft, Drafts, Target};
 use crate::MountOptions;
 
 /// Entries asked of the cluster per directory page.
@@ -39,12 +43,25 @@ const DIR_PAGE: u32 = 1000;
 /// Blocks fetched ahead of a sequential reader.
 const READ_AHEAD_BLOCKS: usize = 2;
 
-/// An open file: read at the generation it had when it was opened.
+/// An open file.
 struct OpenFile {
-    /// `None`: no body was ever published; it reads as empty.
-    body: Option<Body>,
+    source: Source,
+    /// The process (thread group) that opened it. Only its closes publish:
+    /// a child that inherited the descriptor closes its copy at `exec` or
+    /// exit, and that must not publish a half-written file.
+    opener: u32,
     /// Where the last read ended (a read starting here is sequential).
     next: AtomicU64,
+}
+
+/// Where an open file's bytes come from.
+enum Source {
+    /// The generation it had when it was opened (`None`: no body was ever
+    /// published; it reads as empty).
+    Published(Option<Body>),
+    /// This mount's unpublished draft of it (see `write`): every handle
+    /// opened for writing, and any opened while such a handle is open.
+    Draft(Arc<Draft>),
 }
 
 /// What an open handle holds.
@@ -74,6 +91,10 @@ struct Shared {
     blocks: Arc<BlockCache>,
     open: Mutex<HashMap<u64, Open>>,
     next_handle: AtomicU64,
+    drafts: Drafts,
+    /// The name each file was last seen under (from `lookup`, a listing,
+    /// `create`, `rename`, ...): where a draft of it publishes.
+    links: Mutex<HashMap<InodeId, (InodeId, String)>>,
 }
 
 /// A NoKV namespace (or a subtree, or a snapshot of one) as a FUSE
@@ -92,6 +113,8 @@ impl NokvFs {
                 runtime,
                 map: InodeMap::new(root),
                 blocks: BlockCache::new(options.cache_bytes),
+                drafts: Drafts::new(options.spill_dir.clone()),
+                links: Mutex::new(HashMap::new()),
                 options,
                 open: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
@@ -145,6 +168,176 @@ impl Shared {
         }
     }
 
+    /// `attr` for the kernel, with this mount's unpublished size.
+    fn shown(&self, attr: &Attr) -> fuser::FileAttr {
+        kernel_attr(&self.map, &self.drafts.overlay(attr.clone()))
+    }
+
+    /// Notes that `attr`'s inode is `name` in `parent` (files only: only
+    /// they publish by name).
+    fn remember(&self, parent: InodeId, name: &str, attr: &Attr) {
+        if attr.file_type == FileType::File {
+            if let Ok(mut links) = self.links.lock() {
+                links.insert(attr.inode, (parent, name.to_string()));
+            }
+        }
+    }
+
+    /// What a draft of `inode` needs to fill and publish itself.
+    fn target(&self, inode: InodeId) -> Target<'_> {
+        Target {
+            client: &self.client,
+            blocks: &self.blocks,
+            drafts: &self.drafts,
+            at: self
+                .links
+                .lock()
+                .ok()
+                .and_then(|links| links.get(&inode).cloned()),
+        }
+    }
+
+    /// Refuses changes to a read-only mount.
+    fn writable(&self) -> Result<(), Errno> {
+        if self.options.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Applies a change that answers with attributes.
+    async fn change(&self, op: Op) -> Result<Attr, ClientError> {
+        match self.client.mutate(op).await? {
+            Applied::Attr(a) => Ok(a),
+            _ => Err(unexpected("attributes")),
+        }
+    }
+
+    /// Applies a change that answers with nothing.
+    async fn apply(&self, op: Op) -> Result<(), ClientError> {
+        self.client.mutate(op).await.map(|_| ())
+    }
+
+    /// Publishes `draft` (if it is dirty).
+    async fn publish(&self, draft: &Draft) -> Result<(), Errno> {
+        draft.publish(&self.target(draft.inode())).await.map(|_| ())
+    }
+
+    /// A handle on file `inode`. Writers (and readers, while this mount
+    /// has a draft of the file) go through the draft; other readers read
+    /// the generation the file has now.
+    async fn open_file(
+        &self,
+        inode: InodeId,
+        flags: OpenFlags,
+        opener: u32,
+    ) -> Result<FileHandle, Errno> {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        let source = if write || self.drafts.get(inode).is_some() {
+            let draft = self.drafts.attach(inode)?;
+            if write && flags.0 & libc::O_TRUNC != 0 {
+                if let Err(e) = draft.truncate(&self.target(inode), 0).await {
+                    self.drafts.detach(&draft);
+                    return Err(e);
+                }
+            }
+            Source::Draft(draft)
+        } else {
+            match self
+                .query(Query::ReadBody {
+                    inode: InodeRef::Id(inode),
+                })
+                .await
+            {
+                Ok(QueryResult::Body { body, .. }) => Source::Published(body),
+                Ok(_) => return Err(Errno::EIO),
+                Err(e) => return Err(errno(&e)),
+            }
+        };
+        Ok(self.store(Open::File(Arc::new(OpenFile {
+            source,
+            opener,
+            next: AtomicU64::new(0),
+        }))))
+    }
+
+    /// Answers a read of a published body from the block cache (or with a
+    /// ranged GET when there is none), fetching ahead of a sequential reader.
+    async fn read_body(
+        &self,
+        file: &OpenFile,
+        body: &Body,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        let end = offset.saturating_add(u64::from(size)).min(body.size);
+        if offset >= end {
+            return reply.data(&[]);
+        }
+        if self.options.cache_bytes == 0 {
+            return match self.client.read_range(body, Some(offset..end)).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        let parts = plan(&body.blocks, offset, end);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (index, range) in &parts {
+            let block = &body.blocks[*index];
+            match self.blocks.get(&self.client, block).await {
+                Ok(bytes) => out.extend_from_slice(&bytes[range.clone()]),
+                Err(e) => {
+                    tracing::warn!(error = %e, offset, size, "read failed");
+                    return reply.error(errno(&e));
+                }
+            }
+        }
+        reply.data(&out);
+        let sequential = file.next.swap(end, Ordering::Relaxed) == offset;
+        if let (true, Some((last, _))) = (sequential, parts.last()) {
+            for block in body.blocks.iter().skip(last + 1).take(READ_AHEAD_BLOCKS) {
+                self.blocks.prefetch(&self.client, block);
+            }
+        }
+    }
+
+    /// `truncate`: a file with a draft here changes its draft (published
+    /// at close); otherwise the new size is published at once.
+    async fn resize(&self, inode: InodeId, size: u64) -> Result<(), Errno> {
+        let target = self.target(inode);
+        if let Some(draft) = self.drafts.get(inode) {
+            return draft.truncate(&target, size).await;
+        }
+        match self.attr_of(inode).await {
+            Ok(attr) if attr.size == size => return Ok(()),
+            Ok(attr) if attr.file_type == FileType::Directory => return Err(Errno::EISDIR),
+            Ok(_) => {}
+            Err(e) => return Err(errno(&e)),
+        }
+        let draft = self.drafts.attach(inode)?;
+        let mut result = draft.truncate(&target, size).await;
+        if result.is_ok() {
+            result = draft.publish(&target).await.map(|_| ());
+        }
+        self.drafts.detach(&draft);
+        result
+    }
+
+    /// After `from` was renamed to `to`: the file that was at `to` lost
+    /// that name, and the one at `from` has it.
+    fn renamed(&self, from: &(InodeId, String), to: &(InodeId, String)) {
+        if let Ok(mut links) = self.links.lock() {
+            links.retain(|_, link| link != to);
+            for link in links.values_mut() {
+                if link == from {
+                    *link = to.clone();
+                }
+            }
+        }
+    }
+
     fn store(&self, open: Open) -> FileHandle {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut table) = self.open.lock() {
@@ -171,10 +364,9 @@ impl Shared {
         }
     }
 
-    fn close(&self, fh: FileHandle) {
-        if let Ok(mut table) = self.open.lock() {
-            table.remove(&fh.0);
-        }
+    /// Forgets a handle and returns what it held.
+    fn close(&self, fh: FileHandle) -> Option<Open> {
+        self.open.lock().ok()?.remove(&fh.0)
     }
 
     /// Makes sure `listing` holds entry `index` (or is complete).
@@ -202,6 +394,110 @@ fn unexpected(what: &str) -> ClientError {
     ClientError::Protocol(format!("expected {what} in reply"))
 }
 
+/// The process (thread group) of thread `tid`, as the kernel names the
+/// requester by thread. `tid` itself when /proc does not say.
+fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
+/// `name` in directory `parent`.
+fn child(link: &(InodeId, String)) -> EntryRef {
+    EntryRef::Child {
+        parent: link.0,
+        name: link.1.clone(),
+    }
+}
+
+/// A time the kernel gives, in ns since the Unix epoch (`Now` is this
+/// machine's clock: the kernel asked for "now" as this client sees it).
+fn unix_ns(t: TimeOrNow) -> u64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64)
+}
+
+impl NokvFs {
+    /// Makes a new entry `name` in `parent` owned by the caller, and
+    /// answers with it.
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        op: impl FnOnce(EntryRef, (u32, u32)) -> Op + Send + 'static,
+    ) {
+        let owner = (req.uid(), req.gid());
+        self.make_as(parent, name, reply, move |at| op(at, owner));
+    }
+
+    fn make_as(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        op: impl FnOnce(EntryRef) -> Op + Send + 'static,
+    ) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |s| async move {
+            let link = (s.map.to_nokv(parent), name);
+            match s.change(op(child(&link))).await {
+                Ok(attr) => {
+                    s.remember(link.0, &link.1, &attr);
+                    reply.entry(&s.options.entry_ttl, &s.shown(&attr), Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    /// Removes the entry `name` of `parent`.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        op: impl FnOnce(EntryRef) -> Op + Send + 'static,
+    ) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |s| async move {
+            let link = (s.map.to_nokv(parent), name);
+            match s.apply(op(child(&link))).await {
+                Ok(()) => {
+                    if let Ok(mut links) = s.links.lock() {
+                        links.retain(|_, l| *l != link);
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
 fn name_of(name: &OsStr) -> Result<String, Errno> {
     // NoKV names are UTF-8; the kernel may hand us any bytes.
     name.to_str().map(str::to_string).ok_or(Errno::EINVAL)
@@ -227,6 +523,10 @@ impl Filesystem for NokvFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Sequential readers get large reads (fewer object-store requests).
         let _ = config.set_max_readahead(1024 * 1024);
+        // Writes arrive 1 MiB at a time, and `open(O_TRUNC)` comes as one
+        // request (not a truncate, then an open).
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -237,21 +537,82 @@ impl Filesystem for NokvFs {
         };
         self.spawn(move |s| async move {
             let parent = s.map.to_nokv(parent);
-            match s.lookup(parent, name).await {
-                Ok(attr) => reply.entry(
-                    &s.options.entry_ttl,
-                    &kernel_attr(&s.map, &attr),
-                    Generation(0),
-                ),
+            match s.lookup(parent, name.clone()).await {
+                Ok(attr) => {
+                    s.remember(parent, &name, &attr);
+                    reply.entry(&s.options.entry_ttl, &s.shown(&attr), Generation(0))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel dropped the inode: no handle is open on it.
+        if let Ok(mut links) = self.shared.links.lock() {
+            links.remove(&self.shared.map.to_nokv(ino));
+        }
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |s| async move {
             match s.attr_of(s.map.to_nokv(ino)).await {
-                Ok(attr) => reply.attr(&s.options.attr_ttl, &kernel_attr(&s.map, &attr)),
+                Ok(attr) => reply.attr(&s.options.attr_ttl, &s.shown(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        self.spawn(move |s| async move {
+            let id = s.map.to_nokv(ino);
+            if let Some(size) = size {
+                if let Err(e) = s.resize(id, size).await {
+                    return reply.error(e);
+                }
+            }
+            if let (Some(t), Some(draft)) = (mtime, s.drafts.get(id)) {
+                draft.keep_mtime(unix_ns(t));
+            }
+            // NoKV keeps no access time: an atime-only change is a no-op.
+            let set = SetAttr {
+                mode: mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                size: None,
+                mtime_ns: mtime.map(unix_ns),
+            };
+            let result = if set == SetAttr::default() {
+                s.attr_of(id).await
+            } else {
+                s.change(Op::SetAttr {
+                    inode: InodeRef::Id(id),
+                    set,
+                })
+                .await
+            };
+            match result {
+                Ok(attr) => reply.attr(&s.options.attr_ttl, &s.shown(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -268,22 +629,194 @@ impl Filesystem for NokvFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Devices, fifos and sockets have no meaning in an object store.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
         }
+        self.make(req, parent, name, reply, move |at, owner| Op::Create {
+            at,
+            mode: mode & !umask,
+            uid: owner.0,
+            gid: owner.1,
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, parent, name, reply, move |at, owner| Op::Mkdir {
+            at,
+            mode: mode & !umask,
+            uid: owner.0,
+            gid: owner.1,
+            parents: false,
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let Some(target) = target.to_str().map(str::to_string) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.make(req, parent, link_name, reply, move |at, owner| {
+            Op::Symlink {
+                at,
+                target,
+                uid: owner.0,
+                gid: owner.1,
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let inode = InodeRef::Id(self.shared.map.to_nokv(ino));
+        self.make_as(newparent, newname, reply, move |at| Op::Link { inode, at });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, reply, |at| Op::Unlink { at });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, reply, |at| Op::Rmdir { at });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        let mode = if flags.is_empty() {
+            RenameMode::Replace
+        } else if flags == RenameFlags::RENAME_NOREPLACE {
+            RenameMode::NoReplace
+        } else {
+            // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported.
+            return reply.error(Errno::EINVAL);
+        };
+        let (name, newname) = match (name_of(name), name_of(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
         self.spawn(move |s| async move {
-            let inode = InodeRef::Id(s.map.to_nokv(ino));
-            match s.query(Query::ReadBody { inode }).await {
-                Ok(QueryResult::Body { body, .. }) => {
-                    let fh = s.store(Open::File(Arc::new(OpenFile {
-                        body,
-                        next: AtomicU64::new(0),
-                    })));
-                    reply.opened(fh, FopenFlags::empty());
+            let from = (s.map.to_nokv(parent), name);
+            let to = (s.map.to_nokv(newparent), newname);
+            let op = Op::Rename {
+                from: child(&from),
+                to: child(&to),
+                mode,
+            };
+            match s.apply(op).await {
+                Ok(()) => {
+                    s.renamed(&from, &to);
+                    reply.ok()
                 }
-                Ok(_) => reply.error(Errno::EIO),
                 Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let owner = (req.uid(), req.gid());
+        let opener = process_of(req.pid());
+        self.spawn(move |s| async move {
+            let parent = s.map.to_nokv(parent);
+            let op = Op::Create {
+                at: child(&(parent, name.clone())),
+                mode: mode & !umask,
+                uid: owner.0,
+                gid: owner.1,
+            };
+            let attr = match s.change(op).await {
+                Ok(attr) => attr,
+                // Someone made it since the kernel looked: open theirs,
+                // unless the caller asked for a new file.
+                Err(e) if e.is_exists() && flags & libc::O_EXCL == 0 => {
+                    match s.lookup(parent, name.clone()).await {
+                        Ok(attr) => attr,
+                        Err(e) => return reply.error(errno(&e)),
+                    }
+                }
+                Err(e) => return reply.error(errno(&e)),
+            };
+            s.remember(parent, &name, &attr);
+            match s.open_file(attr.inode, OpenFlags(flags), opener).await {
+                Ok(fh) => reply.created(
+                    &s.options.entry_ttl,
+                    &s.shown(&attr),
+                    Generation(0),
+                    fh,
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            if let Err(e) = self.shared.writable() {
+                return reply.error(e);
+            }
+        }
+        let opener = process_of(req.pid());
+        self.spawn(move |s| async move {
+            match s.open_file(s.map.to_nokv(ino), flags, opener).await {
+                Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+                Err(e) => reply.error(e),
             }
         });
     }
@@ -304,53 +837,99 @@ impl Filesystem for NokvFs {
                 Ok(file) => file,
                 Err(e) => return reply.error(e),
             };
-            let Some(body) = &file.body else {
-                return reply.data(&[]);
-            };
-            let end = offset.saturating_add(u64::from(size)).min(body.size);
-            if offset >= end {
-                return reply.data(&[]);
-            }
-            if s.options.cache_bytes == 0 {
-                // No cache: fetch exactly the bytes asked for.
-                return match s.client.read_range(body, Some(offset..end)).await {
-                    Ok(bytes) => reply.data(&bytes),
-                    Err(e) => reply.error(errno(&e)),
-                };
-            }
-            let parts = plan(&body.blocks, offset, end);
-            let mut out = Vec::with_capacity((end - offset) as usize);
-            for (index, range) in &parts {
-                let block = &body.blocks[*index];
-                match s.blocks.get(&s.client, block).await {
-                    Ok(bytes) => out.extend_from_slice(&bytes[range.clone()]),
-                    Err(e) => {
-                        tracing::warn!(error = %e, offset, size, "read failed");
-                        return reply.error(errno(&e));
+            match &file.source {
+                Source::Draft(draft) => {
+                    match draft.read(&s.target(draft.inode()), offset, size).await {
+                        Ok(bytes) => reply.data(&bytes),
+                        Err(e) => reply.error(e),
                     }
                 }
-            }
-            reply.data(&out);
-            // A sequential reader gets the next blocks fetched ahead.
-            let sequential = file.next.swap(end, Ordering::Relaxed) == offset;
-            if let (true, Some((last, _))) = (sequential, parts.last()) {
-                for block in body.blocks.iter().skip(last + 1).take(READ_AHEAD_BLOCKS) {
-                    s.blocks.prefetch(&s.client, block);
+                Source::Published(None) => reply.data(&[]),
+                Source::Published(Some(body)) => {
+                    s.read_body(&file, body, offset, size, reply).await
                 }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(move |s| async move {
+            let draft = match s.file(fh).map(|f| match &f.source {
+                Source::Draft(d) => Some(d.clone()),
+                Source::Published(_) => None,
+            }) {
+                Ok(Some(draft)) => draft,
+                Ok(None) => return reply.error(Errno::EBADF),
+                Err(e) => return reply.error(e),
+            };
+            match draft.write(&s.target(draft.inode()), offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
             }
         });
     }
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered in a read-only mount.
-        reply.ok();
+        // A close by the process that opened the file: a dirty draft
+        // becomes the file's next generation, and close(2) tells whether
+        // that worked. (Closes of inherited copies publish nothing; the
+        // last close of all, `release`, publishes what is left.)
+        let closer = process_of(req.pid());
+        self.spawn(move |s| async move {
+            match s.file(fh) {
+                Ok(file) => match &file.source {
+                    Source::Draft(_) if file.opener != closer => reply.ok(),
+                    Source::Draft(draft) => match s.publish(draft).await {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(e),
+                    },
+                    Source::Published(_) => reply.ok(),
+                },
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Whoever asks: fsync means "make it durable now".
+        self.spawn(move |s| async move {
+            match s.file(fh) {
+                Ok(file) => match &file.source {
+                    Source::Draft(draft) => match s.publish(draft).await {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(e),
+                    },
+                    Source::Published(_) => reply.ok(),
+                },
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn release(
@@ -363,8 +942,22 @@ impl Filesystem for NokvFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.shared.close(fh);
-        reply.ok();
+        let Some(Open::File(file)) = self.shared.close(fh) else {
+            return reply.ok();
+        };
+        let Source::Draft(draft) = &file.source else {
+            return reply.ok();
+        };
+        let draft = draft.clone();
+        self.spawn(move |s| async move {
+            // Written after the last close (through a mapping, say): the
+            // kernel ignores a release's error, so the log has to say it.
+            if let Err(e) = s.publish(&draft).await {
+                tracing::warn!(inode = %draft.inode(), error = ?e, "publish at release failed");
+            }
+            s.drafts.detach(&draft);
+            reply.ok();
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -471,7 +1064,8 @@ impl Filesystem for NokvFs {
                         } else {
                             e.attr.clone()
                         };
-                        let k = kernel_attr(&s.map, &attr);
+                        s.remember(listing.dir, &e.name, &attr);
+                        let k = s.shown(&attr);
                         reply.add(k.ino, next, &e.name, &ttl, &k, Generation(0))
                     }
                 };
@@ -532,6 +1126,83 @@ impl Filesystem for NokvFs {
                     sized(reply, size, &list)
                 }
                 Ok(_) => reply.error(Errno::EIO),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if name.starts_with("system.posix_acl_") {
+            // No ACLs: permissions are the mode bits (so `cp -a` falls
+            // back to chmod).
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let flag = match flags {
+            0 => XattrFlag::Upsert,
+            libc::XATTR_CREATE => XattrFlag::Create,
+            libc::XATTR_REPLACE => XattrFlag::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let value = value.to_vec();
+        self.spawn(move |s| async move {
+            let op = Op::SetXattr {
+                inode: InodeRef::Id(s.map.to_nokv(ino)),
+                name,
+                value,
+                flag,
+            };
+            match s.apply(op).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.shared.writable() {
+            return reply.error(e);
+        }
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(move |s| async move {
+            let op = Op::RemoveXattr {
+                inode: InodeRef::Id(s.map.to_nokv(ino)),
+                name,
+            };
+            match s.apply(op).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // The mount uses `default_permissions`, so the kernel checks the
+        // mode bits itself; what is left is existence and a read-only mount.
+        if mask.contains(AccessFlags::W_OK) && self.shared.options.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        self.spawn(move |s| async move {
+            match s.attr_of(s.map.to_nokv(ino)).await {
+                Ok(_) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -21,6 +21,7 @@ mod attr;
 mod blocks;
 mod coherence;
 mod fs;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +56,9 @@ pub struct MountOptions {
     /// Memory for whole blocks read from the object store (shared by every
     /// open file; 0 turns caching and read-ahead off).
     pub cache_bytes: u64,
+    /// Where files being written are kept until they are published
+    /// (anonymous files: nothing is left behind when the mount dies).
+    pub spill_dir: PathBuf,
 }
 
 impl Default for MountOptions {
@@ -67,6 +71,7 @@ impl Default for MountOptions {
             allow_other: false,
             invalidate: true,
             cache_bytes: 256 << 20,
+            spill_dir: std::env::temp_dir(),
         }
     }
 }
@@ -76,10 +81,6 @@ impl Default for MountOptions {
 pub enum MountError {
     #[error("{path} is not a directory in the namespace")]
     NotADirectory { path: String },
-    #[error(
-        "writes through the mount are not built yet: mount with --read-only (see docs/fuse.md)"
-    )]
-    WritesNotBuilt,
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("{}: {source}", mountpoint.display())]
@@ -212,14 +213,18 @@ pub fn mount(
     mountpoint: &Path,
     options: MountOptions,
 ) -> Result<Mount, MountError> {
-    if !options.read_only && client.snapshot().is_none() {
-        return Err(MountError::WritesNotBuilt);
-    }
+    let mut options = options;
+    // A snapshot never changes.
+    options.read_only |= client.snapshot().is_some();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("nokv".into()),
         MountOption::Subtype("nokv".into()),
-        MountOption::RO,
+        if options.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
         // The kernel checks permission bits itself against the attributes.
         MountOption::DefaultPermissions,
         MountOption::NoAtime,

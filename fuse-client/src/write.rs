@@ -1,0 +1,376 @@
+//! Writes through the mount: close-to-open, from a local spill file.
+//!
+//! A file opened for writing gets a [`Draft`]: its unpublished content, in
+//! an anonymous file under the mount's spill directory, shared by every
+//! handle this mount has open on that file (so two descriptors of one
+//! process see each other's writes). The draft is filled lazily: opening
+//! with `O_TRUNC` starts it empty, anything else copies the current body
+//! in at the first read, write or truncate that needs it.
+//!
+//! `close` (the kernel's `flush`), `fsync` and the last `release` publish a
+//! dirty draft as a new generation of the file: stage, upload the spill
+//! file as blocks straight to the object store, commit. Until the commit
+//! applies nobody else sees any of it; after, everyone sees all of it. A
+//! process killed mid-write publishes nothing; an upload that was staged
+//! and never committed is reclaimed by its lease.
+//!
+//! The publish addresses the file by the name this mount last saw it under
+//! (`parent`, `name`) and replaces the generation it has *now* (last close
+//! wins, as in NFS), and it checks that the name still holds the same inode
+//! before any byte is uploaded: a draft never lands on another file. A file
+//! unlinked while open publishes nothing (its bytes had nowhere to go); a
+//! file renamed by another client while open fails its close with `EIO`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fuser::Errno;
+use nokv_client::{
+    Applied, Attr, Body, Client, ClientError, Consistency, EntryRef, Generation, InodeId, InodeRef,
+    Op, PublishMode, PutOptions, Query, QueryResult, SetAttr,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::attr::errno;
+use crate::blocks::BlockCache;
+
+/// Attempts of one publish when another client's publish races it.
+const PUBLISH_ATTEMPTS: usize = 3;
+
+/// The unpublished content of one file, shared by this mount's handles on it.
+pub(crate) struct Draft {
+    inode: InodeId,
+    /// Size of the draft, readable without waiting for a publish.
+    size: AtomicU64,
+    /// Written (or truncated) since the last publish.
+    dirty: AtomicBool,
+    /// Handles attached; counted under the [`Drafts`] table lock.
+    handles: AtomicUsize,
+    /// A modification time set after the last write (`cp -p`, `touch -d`
+    /// on an open file), in ns; 0 for none. The publish would stamp its own
+    /// time, so this one is set again after it.
+    mtime_ns: AtomicU64,
+    spill: tokio::sync::Mutex<Option<File>>,
+}
+
+/// Every draft of a mount, by inode.
+pub(crate) struct Drafts {
+    table: Mutex<HashMap<InodeId, Arc<Draft>>>,
+    dir: PathBuf,
+}
+
+impl Drafts {
+    pub(crate) fn new(dir: PathBuf) -> Drafts {
+        Drafts {
+            table: Mutex::new(HashMap::new()),
+            dir,
+        }
+    }
+
+    /// The draft of `inode`, if a handle of this mount has one.
+    pub(crate) fn get(&self, inode: InodeId) -> Option<Arc<Draft>> {
+        self.table.lock().ok()?.get(&inode).cloned()
+    }
+
+    /// A new handle on `inode`'s draft (made if there is none).
+    pub(crate) fn attach(&self, inode: InodeId) -> Result<Arc<Draft>, Errno> {
+        let mut table = self.table.lock().map_err(|_| Errno::EIO)?;
+        let draft = table.entry(inode).or_insert_with(|| {
+            Arc::new(Draft {
+                inode,
+                size: AtomicU64::new(0),
+                dirty: AtomicBool::new(false),
+                handles: AtomicUsize::new(0),
+                mtime_ns: AtomicU64::new(0),
+                spill: tokio::sync::Mutex::new(None),
+            })
+        });
+        draft.handles.fetch_add(1, Ordering::Relaxed);
+        Ok(draft.clone())
+    }
+
+    /// A handle on `draft` is gone; the last one drops the draft (and its
+    /// spill file) whatever its state: its close already said whether the
+    /// publish worked.
+    pub(crate) fn detach(&self, draft: &Arc<Draft>) {
+        if let Ok(mut table) = self.table.lock() {
+            if draft.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
+                table.remove(&draft.inode);
+            }
+        }
+    }
+
+    /// `attr` as this mount shows it: a dirty draft's size wins.
+    pub(crate) fn overlay(&self, mut attr: Attr) -> Attr {
+        if let Some(draft) = self.get(attr.inode) {
+            if draft.is_dirty() {
+                attr.size = draft.size.load(Ordering::Relaxed);
+            }
+        }
+        attr
+    }
+
+    fn spill_file(&self) -> Result<File, Errno> {
+        tempfile::tempfile_in(&self.dir).map_err(|e| {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make a spill file");
+            io_errno(&e)
+        })
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_i32)
+}
+
+/// Where a publish goes and how it reaches the store.
+pub(crate) struct Target<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) blocks: &'a Arc<BlockCache>,
+    pub(crate) drafts: &'a Drafts,
+    /// The name this mount last saw the file under, if any.
+    pub(crate) at: Option<(InodeId, String)>,
+}
+
+impl Draft {
+    pub(crate) fn inode(&self) -> InodeId {
+        self.inode
+    }
+
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Remembers a modification time set while the draft is dirty.
+    pub(crate) fn keep_mtime(&self, mtime_ns: u64) {
+        if self.is_dirty() {
+            self.mtime_ns.store(mtime_ns.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The spill file, filled with the current body first if it is new.
+    async fn filled<'g>(
+        &self,
+        spill: &'g mut Option<File>,
+        t: &Target<'_>,
+    ) -> Result<&'g File, Errno> {
+        if spill.is_none() {
+            let file = t.drafts.spill_file()?;
+            let size = copy_body(t, self.inode, &file).await?;
+            self.size.store(size, Ordering::Relaxed);
+            *spill = Some(file);
+        }
+        spill.as_ref().ok_or(Errno::EIO)
+    }
+
+    pub(crate) async fn write(
+        &self,
+        t: &Target<'_>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Errno> {
+        let mut spill = self.spill.lock().await;
+        let file = self.filled(&mut spill, t).await?;
+        file.write_all_at(data, offset).map_err(|e| io_errno(&e))?;
+        let end = offset.saturating_add(data.len() as u64);
+        self.size.fetch_max(end, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+        self.mtime_ns.store(0, Ordering::Relaxed);
+        u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
+    }
+
+    pub(crate) async fn read(
+        &self,
+        t: &Target<'_>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        let mut spill = self.spill.lock().await;
+        let file = self.filled(&mut spill, t).await?;
+        let size = self.size.load(Ordering::Relaxed);
+        let end = offset.saturating_add(u64::from(len)).min(size);
+        let mut out = vec![0; end.saturating_sub(offset) as usize];
+        let mut done = 0;
+        while done < out.len() {
+            match file.read_at(&mut out[done..], offset + done as u64) {
+                // The spill file is shorter than the draft only after a
+                // failed write; what is missing reads as zeros.
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_errno(&e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the draft's size (`O_TRUNC`, `truncate`, `ftruncate`). Cutting
+    /// to zero needs none of the old bytes, so nothing is fetched.
+    pub(crate) async fn truncate(&self, t: &Target<'_>, size: u64) -> Result<(), Errno> {
+        let mut spill = self.spill.lock().await;
+        if size == 0 && spill.is_none() {
+            *spill = Some(t.drafts.spill_file()?);
+        }
+        let file = self.filled(&mut spill, t).await?;
+        file.set_len(size).map_err(|e| io_errno(&e))?;
+        self.size.store(size, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Relaxed);
+        self.mtime_ns.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes the draft if it is dirty; returns the published
+    /// attributes (`None`: nothing to publish, or the file is gone).
+    pub(crate) async fn publish(&self, t: &Target<'_>) -> Result<Option<Attr>, Errno> {
+        let spill = self.spill.lock().await;
+        if !self.is_dirty() {
+            return Ok(None);
+        }
+        let Some(file) = spill.as_ref() else {
+            return Err(Errno::EIO);
+        };
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let current = match attr_of(t.client, self.inode).await {
+                Ok(attr) => attr,
+                Err(e) if e.is_not_found() => {
+                    // Unlinked while open: its bytes have nowhere to go.
+                    self.dirty.store(false, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Err(e) => return Err(errno(&e)),
+            };
+            let Some((parent, name)) = t.at.clone() else {
+                tracing::warn!(inode = %self.inode, "no known name to publish under");
+                return Err(Errno::EIO);
+            };
+            let size = self.size.load(Ordering::Relaxed);
+            match self
+                .publish_once(t.client, file, parent, name, current.generation, size)
+                .await
+            {
+                Ok(attr) => {
+                    self.dirty.store(false, Ordering::Relaxed);
+                    return self.restore_mtime(t.client, attr).await.map(Some);
+                }
+                // Another client published in between: go on top of it.
+                Err(e) if e.code() == "STALE_GENERATION" => continue,
+                Err(e) => {
+                    tracing::warn!(inode = %self.inode, error = %e, "publish failed");
+                    return Err(errno(&e));
+                }
+            }
+        }
+        Err(Errno::EIO)
+    }
+
+    /// Sets the kept modification time again after a publish stamped its own.
+    async fn restore_mtime(&self, client: &Client, attr: Attr) -> Result<Attr, Errno> {
+        let mtime_ns = self.mtime_ns.swap(0, Ordering::Relaxed);
+        if mtime_ns == 0 {
+            return Ok(attr);
+        }
+        let op = Op::SetAttr {
+            inode: InodeRef::Id(self.inode),
+            set: SetAttr {
+                mtime_ns: Some(mtime_ns),
+                ..SetAttr::default()
+            },
+        };
+        match client.mutate(op).await {
+            Ok(Applied::Attr(attr)) => Ok(attr),
+            Ok(_) => Ok(attr),
+            Err(e) => Err(errno(&e)),
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        client: &Client,
+        file: &File,
+        parent: InodeId,
+        name: String,
+        expected: Generation,
+        size: u64,
+    ) -> Result<Attr, ClientError> {
+        let opts = PutOptions {
+            mode: PublishMode::Replace { expected },
+            producer: "nokv-fuse".into(),
+            ..PutOptions::default()
+        };
+        let staged = client
+            .stage_at(EntryRef::Child { parent, name }, &opts)
+            .await?;
+        let result = async {
+            if staged.inode != self.inode {
+                // The name now holds another file (ours was renamed away).
+                return Err(ClientError::Fs {
+                    code: "ESTALE".into(),
+                    errno: 116,
+                    message: format!(
+                        "{} no longer names inode {}; not publishing onto {}",
+                        staged.name, self.inode, staged.inode
+                    ),
+                });
+            }
+            let io = |e: std::io::Error| ClientError::Store(format!("spill file: {e}"));
+            let mut reader = tokio::fs::File::from_std(file.try_clone().map_err(io)?);
+            reader.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+            let spec = client
+                .upload_blocks(&staged, reader.take(size), &opts, &|_| {})
+                .await?;
+            client.commit(staged.id, spec).await
+        }
+        .await;
+        if let Err(e) = &result {
+            // An unknown commit may still apply: leave that upload to its lease.
+            if !matches!(e, ClientError::Unknown(_)) {
+                let _ = client.abort(staged.id).await;
+            }
+        }
+        result
+    }
+}
+
+async fn attr_of(client: &Client, inode: InodeId) -> Result<Attr, ClientError> {
+    let query = Query::GetAttr {
+        inode: InodeRef::Id(inode),
+    };
+    match client.query(query, Consistency::Linearizable).await? {
+        QueryResult::Attr(a) => Ok(a),
+        _ => Err(ClientError::Protocol("expected attributes".into())),
+    }
+}
+
+/// Copies `inode`'s current body into `file`; returns its size.
+async fn copy_body(t: &Target<'_>, inode: InodeId, file: &File) -> Result<u64, Errno> {
+    let inode_ref = InodeRef::Id(inode);
+    let body: Option<Body> = match t
+        .client
+        .query(
+            Query::ReadBody { inode: inode_ref },
+            Consistency::Linearizable,
+        )
+        .await
+    {
+        Ok(QueryResult::Body { body, .. }) => body,
+        Ok(_) => return Err(Errno::EIO),
+        Err(e) => return Err(errno(&e)),
+    };
+    let Some(body) = body else {
+        return Ok(0);
+    };
+    let mut offset = 0u64;
+    for block in &body.blocks {
+        let bytes = t.blocks.get(t.client, block).await.map_err(|e| {
+            tracing::warn!(error = %e, %inode, "reading a body into a draft");
+            errno(&e)
+        })?;
+        file.write_all_at(&bytes, offset)
+            .map_err(|e| io_errno(&e))?;
+        offset += bytes.len() as u64;
+    }
+    Ok(body.size)
+}
