@@ -7,8 +7,8 @@
 # first installs what it needs: the rustfmt and clippy components, s3s-fs (a
 # real S3 server, from crates.io), and the Docker images nokv:dev and
 # nokv-s3s-fs:dev, built locally from this checkout (no registry access), and
-# etcd (Debian's etcd-server) for the control-plane tests, and fuse3, rsync
-# and git (for the FUSE mount tests).
+# etcd (Debian's etcd-server) for the control-plane tests, and fuse3, rsync,
+# git and pjdfstest (built from crates.io; for the FUSE mount tests).
 # protoc comes from a vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,10 @@ bash router/install-etcd.sh
 
 step "fuse3, rsync, git (for the FUSE mount tests)"
 bash fuse-client/install-fuse.sh
+
+step "pjdfstest (POSIX conformance of the FUSE mount)"
+bash fuse-client/install-pjdfstest.sh
+export PATH="$HOME/.cargo/bin:$PATH"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

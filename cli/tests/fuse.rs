@@ -13,12 +13,18 @@
 //!   shows the subtree as it was at the pin, after later changes; Ctrl-C
 //!   with a file still open unmounts (lazily) and exits 0.
 //! - `a_killed_mount_releases_its_mount_point`: SIGKILL of the mount
-//!   process releases the mount point (auto-unmount).
+//!   process releases the mount point (auto-unmount), and a writer killed
+//!   with unpublished bytes publishes nothing.
 //! - `another_clients_changes_invalidate_the_kernel_caches`: with 60 s
 //!   kernel TTLs, a replaced body, a rename and a new file made by another
 //!   client show in the mount within seconds (the watch invalidates the
 //!   kernel's caches; printed: how long), while a mount with
 //!   `--no-invalidate` keeps its cached view.
+//! - `a_read_write_mount_runs_real_programs`: tar, cp -a, rsync -a, git and
+//!   Python on a read-write mount (bytes, modes, times, rename and xattr
+//!   flags, errors at grafts), and two mounts reading each other's files.
+//! - `closes_across_a_leader_failover_are_all_or_nothing`: a leader killed
+//!   while files are written and closed; every file whole or absent.
 //!
 //! Needs /dev/fuse and `fusermount3` (Debian's fuse3). Synchronisation is
 //! by polling under deadlines, never by sleeping.
@@ -39,25 +45,35 @@ use tokio::process::Child;
 struct FuseCluster {
     cluster: Cluster,
     client: Client,
-    _store: TestStore,
+    store: TestStore,
     _etcd: Etcd,
 }
 
 impl FuseCluster {
     async fn start(name: &str) -> FuseCluster {
-        let etcd = Etcd::must_start().await;
-        let store = TestStore::start(StoreKind::File)
+        FuseCluster::start_with(name, StoreKind::File)
             .await
-            .expect("a file store is always available");
+            .expect("a file store is always available")
+    }
+
+    /// A cluster whose bodies live in a fresh store of `kind` (`None`: S3
+    /// is skipped by `NOKV_SKIP_S3=1`).
+    async fn start_with(name: &str, kind: StoreKind) -> Option<FuseCluster> {
+        let etcd = Etcd::must_start().await;
+        let store = TestStore::start(kind).await?;
         let url = store.url();
-        let cluster = Cluster::start_on_etcd(&etcd, name, &["--blob-store", url.as_str()]).await;
+        let env = store.serve_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let cluster =
+            Cluster::start_on_etcd_with_env(&etcd, name, &["--blob-store", url.as_str()], &env)
+                .await;
         let client = cluster.client();
-        FuseCluster {
+        Some(FuseCluster {
             cluster,
             client,
-            _store: store,
+            store,
             _etcd: etcd,
-        }
+        })
     }
 
     /// Starts `nokv mount DIR ARGS` and waits until the kernel serves it.
@@ -68,6 +84,7 @@ impl FuseCluster {
             .args(["--endpoints", &endpoints, "mount"])
             .arg(dir)
             .args(args)
+            .envs(self.store.serve_env())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create the mount's log"))
@@ -858,5 +875,248 @@ for i in range({FILES}):
         ok >= FILES / 2,
         "most closes ride through the failover: {lines}"
     );
+    assert!(mount.stop("-TERM").await.success());
+}
+
+/// Which pjdfstest failures are expected, and why: each is a feature NoKV
+/// does not have by design. `None`: not expected.
+fn pjdfstest_known_reason(name: &str) -> Option<&'static str> {
+    let special = ["fifo", "char", "block", "socket"];
+    let last = name.rsplit("::").next().unwrap_or(name);
+    if special.contains(&last)
+        || name.starts_with("mkfifo::")
+        || name.starts_with("mknod::")
+        || name == "open::fifo_nonblock_wronly"
+        || name == "open::socket_error"
+    {
+        return Some("makes a fifo, socket or device node (mknod of anything but a file is EPERM)");
+    }
+    if name.starts_with("utimensat::") {
+        return Some("sets and reads back an access time (NoKV keeps none; atime reads as mtime)");
+    }
+    None
+}
+
+/// The POSIX conformance suite (pjdfstest, the Rust rewrite) against a
+/// read-write mount, as root with `--allow-other` (the suite switches to
+/// other users). Counts per category are printed; docs/fuse.md records
+/// them. Every failure must have a known reason, and at least 95 % of the
+/// tests that apply (those not failing for a known reason) must pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pjdfstest_passes_on_a_mount() {
+    let _load = light_test().await;
+    let pjdfstest = ["pjdfstest".to_string(), format!("{}/.cargo/bin/pjdfstest", std::env::var("HOME").unwrap_or_default())]
+        .into_iter()
+        .find(|p| std::process::Command::new(p).arg("--help").output().is_ok_and(|o| o.status.success()))
+        .unwrap_or_else(|| panic!("pjdfstest is not installed: run fuse-client/install-pjdfstest.sh (scripts/test.sh does)"));
+    let fc = FuseCluster::start("fuse7").await;
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    let mount = fc.mount(&dir, &["--allow-other"]).await;
+    let config = work.path().join("pjdfstest.toml");
+    std::fs::write(
+        &config,
+        "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\n\n\
+         [settings]\nnaptime = 0.001\nallow_remount = false\n\n\
+         [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"tests\", \"tests\"]]\n",
+    )
+    .expect("write the pjdfstest configuration");
+    let root = mount.path("pjd");
+    std::fs::create_dir(&root).expect("mkdir through the mount");
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(600),
+        tokio::process::Command::new(&pjdfstest)
+            .arg("-c")
+            .arg(&config)
+            .arg("-p")
+            .arg(&root)
+            .current_dir(&root)
+            .output(),
+    )
+    .await
+    .expect("pjdfstest finishes within 10 minutes")
+    .expect("run pjdfstest");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+
+    // category -> [ok, failed, known reason, skipped]
+    let mut counts: std::collections::BTreeMap<String, [usize; 4]> = Default::default();
+    let mut unexpected = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(verdict), None) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        if !name.contains("::") {
+            continue;
+        }
+        let slot = match verdict {
+            "ok" => 0,
+            "skipped" => 3,
+            "FAILED" => match pjdfstest_known_reason(name) {
+                Some(_) => 2,
+                None => {
+                    unexpected.push(name.to_string());
+                    1
+                }
+            },
+            _ => continue,
+        };
+        let category = name.split("::").next().unwrap_or(name).to_string();
+        counts.entry(category).or_default()[slot] += 1;
+    }
+    let total = counts.values().fold([0usize; 4], |mut acc, c| {
+        for (a, b) in acc.iter_mut().zip(c) {
+            *a += b;
+        }
+        acc
+    });
+    println!(
+        "pjdfstest on a mount ({:?}): category ok / failed / not applicable / skipped",
+        started.elapsed()
+    );
+    for (category, [ok, failed, na, skipped]) in &counts {
+        println!("  {category:<16} {ok:>4} {failed:>4} {na:>4} {skipped:>4}");
+    }
+    let [ok, failed, na, skipped] = total;
+    println!("  {:<16} {ok:>4} {failed:>4} {na:>4} {skipped:>4}", "total");
+    assert!(ok > 150, "pjdfstest ran its tests ({ok} passed):\n{text}");
+    let applicable = ok + failed;
+    assert!(
+        ok * 100 >= applicable * 95,
+        "{ok} of {applicable} applicable tests pass (< 95 %); failures without a known reason: {unexpected:?}"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "failures without a known reason: {unexpected:?}\n{na} failed for known reasons, {skipped} skipped"
+    );
+    assert!(mount.stop("-TERM").await.success());
+}
+
+/// A block whose bytes changed in the object store is refused (EIO), not
+/// served: its key names its sha256, and the mount checks every block it
+/// fetches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_block_reads_as_an_error() {
+    let _load = light_test().await;
+    let fc = FuseCluster::start("fuse8").await;
+    let (cluster, client) = (&fc.cluster, &fc.client);
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = bytes(200_000, 8);
+    cluster.must(
+        client
+            .put_bytes("/victim.bin", &data, &small_blocks())
+            .await,
+        "publish",
+    );
+    let (_, body) = cluster.must(
+        client
+            .read_body("/victim.bin", nokv_client::Consistency::Linearizable)
+            .await,
+        "read the body",
+    );
+    let body = body.expect("a published body");
+    // Flip one byte of the second block, keeping its size.
+    let url = fc.store.url();
+    let root = url.strip_prefix("file://").expect("a file store");
+    let object = Path::new(root).join(&body.blocks[1].key);
+    let mut stored = std::fs::read(&object).expect("read the stored block");
+    stored[100] ^= 0xff;
+    std::fs::write(&object, &stored).expect("corrupt the stored block");
+
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    let mount = fc.mount(&dir, &["--read-only"]).await;
+    let mut file = std::fs::File::open(mount.path("victim.bin")).expect("open");
+    let mut first = vec![0; 1000];
+    std::io::Read::read_exact(&mut file, &mut first).expect("the first block is intact");
+    assert_eq!(first, data[..1000]);
+    let mut rest = Vec::new();
+    let e = std::io::Read::read_to_end(&mut file, &mut rest).expect_err("the corrupt block");
+    assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
+    assert!(
+        mount.log_text().contains("hash"),
+        "the mount's log says why:\n{}",
+        mount.log_text()
+    );
+    assert!(mount.stop("-TERM").await.success());
+}
+
+/// An object store that stops answering gives EIO in bounded time, for a
+/// read and for a close, never a hang; once it is back, both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_an_error_not_a_hang() {
+    let _load = light_test().await;
+    let Some(mut fc) = FuseCluster::start_with("fuse9", StoreKind::S3).await else {
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = bytes(300_000, 9);
+    fc.cluster.must(
+        fc.client.put_bytes("/a.bin", &data, &small_blocks()).await,
+        "publish",
+    );
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    let mount = fc.mount(&dir, &[]).await;
+    fc.store.s3().stop();
+
+    let bound = Duration::from_secs(60);
+    let read_path = mount.path("a.bin");
+    let started = Instant::now();
+    let read = tokio::time::timeout(
+        bound,
+        tokio::task::spawn_blocking(move || std::fs::read(read_path)),
+    )
+    .await
+    .expect("a read with the store down answers in bounded time")
+    .expect("the read task");
+    let e = read.expect_err("nothing to read from");
+    assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
+    println!(
+        "read with the store down: EIO after {:?}",
+        started.elapsed()
+    );
+
+    // close(2)'s answer, which Rust's File drop ignores: Python raises it.
+    let py = format!(
+        "import errno\nf = open({path:?}, 'wb')\nf.write(b'new bytes')\n\
+         try:\n    f.close()\n    print('ok')\n\
+         except OSError as e:\n    print(errno.errorcode[e.errno])\n",
+        path = mount.path("new.bin").to_string_lossy()
+    );
+    let started = Instant::now();
+    let closed = tokio::time::timeout(bound, must_run("python3", &["-c", &py]))
+        .await
+        .expect("a close with the store down answers in bounded time");
+    assert_eq!(closed.trim(), "EIO", "the close cannot publish");
+    println!(
+        "close with the store down: EIO after {:?}",
+        started.elapsed()
+    );
+    let gone = fc
+        .client
+        .stat("/new.bin", nokv_client::Consistency::Linearizable)
+        .await
+        .expect("stat the file the failed close made");
+    assert_eq!(gone.size, 0, "the failed close published nothing");
+
+    fc.store.s3().must_restart().await;
+    fc.cluster
+        .wait_until(WAIT, "reads work again", async || {
+            std::fs::read(mount.path("a.bin")).is_ok_and(|b| b == data)
+        })
+        .await;
+    assert_eq!(
+        must_run("python3", &["-c", &py]).await.trim(),
+        "ok",
+        "a close publishes again"
+    );
+    let published = fc
+        .cluster
+        .must(fc.client.get("/new.bin", None).await, "read it");
+    assert_eq!(published, &b"new bytes"[..]);
     assert!(mount.stop("-TERM").await.success());
 }

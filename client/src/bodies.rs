@@ -214,19 +214,44 @@ fn client_side_location(location: BlobLocation, env_endpoint: Option<String>) ->
     }
 }
 
-/// The result of one block-upload task.
+/// The result of one block-upload task: the block's position and reference.
 fn join_upload(
-    done: Result<Result<u64, nokv_blob::BlobError>, tokio::task::JoinError>,
-) -> Result<u64, ClientError> {
+    done: Result<Result<(usize, BlockRef), nokv_blob::BlobError>, tokio::task::JoinError>,
+) -> Result<(usize, BlockRef), ClientError> {
     match done {
         Ok(result) => result.map_err(store_error),
         Err(e) => Err(ClientError::Store(format!("block upload task failed: {e}"))),
     }
 }
 
-/// Key of block `index` of an upload.
-fn block_key(prefix: &str, index: usize) -> String {
-    format!("{prefix}{index:08}")
+/// Key of block `index` of an upload: `{prefix}{index:08}.{sha256 of the
+/// block}`. The digest in the key lets any reader of the block alone (a
+/// ranged read, a block cache) detect corrupt bytes without the whole
+/// body; the engine treats keys as opaque.
+fn block_key(prefix: &str, index: usize, digest: &str) -> String {
+    format!("{prefix}{index:08}.{digest}")
+}
+
+/// The sha256 a block's key names, if it names one (keys written before
+/// block digests end in the index alone).
+fn key_digest(key: &str) -> Option<&str> {
+    let name = key.rsplit('/').next()?;
+    let (_, digest) = name.rsplit_once('.')?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
+}
+
+/// Checks a whole block's bytes against the digest its key names.
+fn check_block(key: &str, bytes: &[u8]) -> Result<(), ClientError> {
+    let Some(want) = key_digest(key) else {
+        return Ok(());
+    };
+    let got = hex(&Sha256::digest(bytes));
+    if got != want {
+        return Err(ClientError::Integrity(format!(
+            "block {key}: bytes hash to {got}"
+        )));
+    }
+    Ok(())
 }
 
 impl Client {
@@ -323,7 +348,7 @@ impl Client {
         let store = self.blob_store().await?;
         let prefix = staged.key_prefix();
         let block_size = opts.block_size.max(1);
-        let mut blocks = Vec::new();
+        let mut blocks: Vec<Option<BlockRef>> = Vec::new();
         // Finished blocks go to a task that has the leader check them now,
         // so the commit only checks the last ones (see `precheck`).
         let (finished, finished_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -358,35 +383,48 @@ impl Client {
             if filled == 0 {
                 break;
             }
-            let key = block_key(&prefix, index);
-            let block = BlockRef {
-                key: key.clone(),
-                size: filled as u64,
-            };
-            blocks.push(block.clone());
             total += filled as u64;
+            let at = index;
             index += 1;
             while uploads.len() >= parallelism {
                 if let Some(done) = uploads.join_next().await {
-                    progress(join_upload(done)?);
+                    let (at, block) = join_upload(done)?;
+                    progress(block.size);
+                    blocks[at] = Some(block);
                 }
             }
+            blocks.push(None);
             let store = store.clone();
+            let prefix = prefix.clone();
             let body = Bytes::from(buf);
             let finished = finished.clone();
+            // Hashing the block (for its key) happens in the task, beside
+            // the other uploads, not on the reading loop.
             uploads.spawn(async move {
+                let digest = hex(&Sha256::digest(&body));
+                let key = block_key(&prefix, at, &digest);
+                let block = BlockRef {
+                    key: key.clone(),
+                    size: filled as u64,
+                };
                 store.put_new(&key, body).await?;
                 // The checker may be gone (it stops on its first error).
-                let _ = finished.send(block);
-                Ok(filled as u64)
+                let _ = finished.send(block.clone());
+                Ok((at, block))
             });
             if filled < block_size {
                 break;
             }
         }
         while let Some(done) = uploads.join_next().await {
-            progress(join_upload(done)?);
+            let (at, block) = join_upload(done)?;
+            progress(block.size);
+            blocks[at] = Some(block);
         }
+        let blocks = blocks
+            .into_iter()
+            .collect::<Option<Vec<BlockRef>>>()
+            .ok_or_else(|| ClientError::Store("a block upload did not report".into()))?;
         // Checks still running are dropped: the commit checks what they
         // did not confirm.
         checker.abort_all();
@@ -677,6 +715,7 @@ impl Client {
                 block.size
             )));
         }
+        check_block(&block.key, &bytes)?;
         Ok(bytes)
     }
 
@@ -772,6 +811,28 @@ mod tests {
         assert_eq!(
             client_side_location(advertised.clone(), Some(" ".into())),
             advertised
+        );
+    }
+
+    #[test]
+    fn a_block_key_names_its_digest_and_a_changed_byte_is_caught() {
+        let bytes = b"some block bytes".to_vec();
+        let digest = hex(&Sha256::digest(&bytes));
+        let key = block_key("blocks/0/7/12/", 3, &digest);
+        assert_eq!(key, format!("blocks/0/7/12/00000003.{digest}"));
+        assert_eq!(key_digest(&key), Some(digest.as_str()));
+        check_block(&key, &bytes).expect("intact bytes pass");
+        let mut corrupt = bytes.clone();
+        corrupt[0] ^= 1;
+        let err = check_block(&key, &corrupt).expect_err("a flipped bit is caught");
+        assert!(matches!(err, ClientError::Integrity(_)), "{err:?}");
+        // Keys from before block digests carry none and are not checked.
+        assert_eq!(key_digest("blocks/0/7/12/00000003"), None);
+        check_block("blocks/0/7/12/00000003", &corrupt).expect("nothing to check");
+        assert_eq!(
+            key_digest("blocks/0/7.12/00000003"),
+            None,
+            "a dot elsewhere"
         );
     }
 }

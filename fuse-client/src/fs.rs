@@ -325,6 +325,27 @@ impl Shared {
         result
     }
 
+    /// Before `link` (a name in a directory) is removed or replaced: a file
+    /// there with a draft in this mount gets its bytes copied in now, so
+    /// its open handles keep reading and writing them (POSIX lets an
+    /// unlinked file live on while it is open).
+    async fn keep_open_bytes(&self, link: &(InodeId, String)) {
+        let inode = self.links.lock().ok().and_then(|links| {
+            links
+                .iter()
+                .find(|(_, l)| *l == link)
+                .map(|(inode, _)| *inode)
+        });
+        if let Some(draft) = inode.and_then(|inode| self.drafts.get(inode)) {
+            if let Err(e) = draft.fill(&self.target(draft.inode())).await {
+                tracing::warn!(inode = %draft.inode(), error = ?e, "keeping an open file's bytes");
+            }
+            if let Ok(attr) = self.attr_of(draft.inode()).await {
+                draft.orphaned(attr);
+            }
+        }
+    }
+
     /// After `from` was renamed to `to`: the file that was at `to` lost
     /// that name, and the one at `from` has it.
     fn renamed(&self, from: &(InodeId, String), to: &(InodeId, String)) {
@@ -352,6 +373,14 @@ impl Shared {
             Some(Open::File(file)) => Ok(file.clone()),
             Some(Open::Dir(_)) => Err(Errno::EISDIR),
             None => Err(Errno::EBADF),
+        }
+    }
+
+    /// The draft a handle writes to (EBADF for a handle opened read-only).
+    fn draft_of(&self, fh: FileHandle) -> Result<Arc<Draft>, Errno> {
+        match &self.file(fh)?.source {
+            Source::Draft(draft) => Ok(draft.clone()),
+            Source::Published(_) => Err(Errno::EBADF),
         }
     }
 
@@ -485,6 +514,7 @@ impl NokvFs {
         };
         self.spawn(move |s| async move {
             let link = (s.map.to_nokv(parent), name);
+            s.keep_open_bytes(&link).await;
             match s.apply(op(child(&link))).await {
                 Ok(()) => {
                     if let Ok(mut links) = s.links.lock() {
@@ -556,8 +586,16 @@ impl Filesystem for NokvFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |s| async move {
-            match s.attr_of(s.map.to_nokv(ino)).await {
+            let id = s.map.to_nokv(ino);
+            match s.attr_of(id).await {
                 Ok(attr) => reply.attr(&s.options.attr_ttl, &s.shown(&attr)),
+                // Unlinked, but open here: it lives on without a name.
+                Err(e) if e.is_not_found() => {
+                    match s.drafts.get(id).and_then(|draft| draft.orphan()) {
+                        Some(attr) => reply.attr(&s.options.attr_ttl, &s.shown(&attr)),
+                        None => reply.error(errno(&e)),
+                    }
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -738,6 +776,7 @@ impl Filesystem for NokvFs {
         self.spawn(move |s| async move {
             let from = (s.map.to_nokv(parent), name);
             let to = (s.map.to_nokv(newparent), newname);
+            s.keep_open_bytes(&to).await;
             let op = Op::Rename {
                 from: child(&from),
                 to: child(&to),
@@ -866,12 +905,8 @@ impl Filesystem for NokvFs {
     ) {
         let data = data.to_vec();
         self.spawn(move |s| async move {
-            let draft = match s.file(fh).map(|f| match &f.source {
-                Source::Draft(d) => Some(d.clone()),
-                Source::Published(_) => None,
-            }) {
-                Ok(Some(draft)) => draft,
-                Ok(None) => return reply.error(Errno::EBADF),
+            let draft = match s.draft_of(fh) {
+                Ok(draft) => draft,
                 Err(e) => return reply.error(e),
             };
             match draft.write(&s.target(draft.inode()), offset, &data).await {
@@ -927,6 +962,35 @@ impl Filesystem for NokvFs {
                     },
                     Source::Published(_) => reply.ok(),
                 },
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Only plain allocation (mode 0): the file grows to cover the
+        // range. Punching holes and the like have no meaning for a body
+        // that is republished whole.
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        self.spawn(move |s| async move {
+            let draft = match s.draft_of(fh) {
+                Ok(draft) => draft,
+                Err(e) => return reply.error(e),
+            };
+            let end = offset.saturating_add(length);
+            match draft.allocate(&s.target(draft.inode()), end).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
         });

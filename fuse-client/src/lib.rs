@@ -5,14 +5,16 @@
 //! multi-shard tree (or a subtree of it, or a snapshot). File bytes never
 //! pass through a metadata node: `open` learns a file's body (generation
 //! and block list) from its shard, and `read` fetches the blocks straight
-//! from the object store.
+//! from the object store; a close publishes written bytes as blocks
+//! uploaded straight to it.
 //!
-//! What works today: a read-only mount (`lookup`, `getattr`, `readdir`
-//! and `readdirplus` paged, `readlink`, `open`, `read`, `statfs`, xattrs)
-//! of the live tree or of a snapshot, whose kernel caches a watch of the
-//! mounted subtree invalidates when another client changes it
-//! (`coherence`). Writes through the mount are not built yet
-//! (docs/fuse.md says what is planned).
+//! - `fs`: the kernel's requests (namespace changes map onto engine ops
+//!   addressed by inode id and `(parent id, name)`);
+//! - `write`: close-to-open writes through a spill file per written file;
+//! - `blocks`: the shared cache of whole blocks, with read-ahead;
+//! - `coherence`: a watch of the mounted subtree that invalidates the
+//!   kernel's caches when another client changes it;
+//! - `attr`: inode numbers, attributes and error numbers for the kernel.
 //!
 //! Must not depend on: `nokv-meta-node`, `nokv-raft-log`, `nokv-blob` or the
 //! CLI. It is a client; everything it knows comes through the SDK.

@@ -54,6 +54,13 @@ pub(crate) struct Draft {
     /// on an open file), in ns; 0 for none. The publish would stamp its own
     /// time, so this one is set again after it.
     mtime_ns: AtomicU64,
+    /// When this mount last changed the draft (ns, this machine's clock):
+    /// what `stat` shows as its modification and change time until the
+    /// publish stamps the cluster's.
+    changed_ns: AtomicU64,
+    /// The file's attributes just before its last name went (while it is
+    /// open here it lives on, with no links): what `fstat` then shows.
+    orphan: Mutex<Option<Attr>>,
     spill: tokio::sync::Mutex<Option<File>>,
 }
 
@@ -86,6 +93,8 @@ impl Drafts {
                 dirty: AtomicBool::new(false),
                 handles: AtomicUsize::new(0),
                 mtime_ns: AtomicU64::new(0),
+                changed_ns: AtomicU64::new(0),
+                orphan: Mutex::new(None),
                 spill: tokio::sync::Mutex::new(None),
             })
         });
@@ -104,11 +113,17 @@ impl Drafts {
         }
     }
 
-    /// `attr` as this mount shows it: a dirty draft's size wins.
+    /// `attr` as this mount shows it: a dirty draft's size and times win.
     pub(crate) fn overlay(&self, mut attr: Attr) -> Attr {
         if let Some(draft) = self.get(attr.inode) {
             if draft.is_dirty() {
                 attr.size = draft.size.load(Ordering::Relaxed);
+                let changed = draft.changed_ns.load(Ordering::Relaxed);
+                attr.ctime_ns = attr.ctime_ns.max(changed);
+                attr.mtime_ns = match draft.mtime_ns.load(Ordering::Relaxed) {
+                    0 => attr.mtime_ns.max(changed),
+                    kept => kept,
+                };
             }
         }
         attr
@@ -144,6 +159,48 @@ impl Draft {
         self.dirty.load(Ordering::Relaxed)
     }
 
+    /// The draft's bytes changed just now.
+    fn changed(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+        self.mtime_ns.store(0, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.changed_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// Copies the current body in now, if it is not yet: before the file's
+    /// last name goes, so that handles open on it keep its bytes.
+    pub(crate) async fn fill(&self, t: &Target<'_>) -> Result<(), Errno> {
+        let mut spill = self.spill.lock().await;
+        self.filled(&mut spill, t).await.map(|_| ())
+    }
+
+    /// Notes the attributes of the file as its name goes.
+    pub(crate) fn orphaned(&self, mut attr: Attr) {
+        attr.nlink = attr.nlink.saturating_sub(1);
+        if let Ok(mut orphan) = self.orphan.lock() {
+            *orphan = Some(attr);
+        }
+    }
+
+    /// The attributes noted by [`Draft::orphaned`], if any.
+    pub(crate) fn orphan(&self) -> Option<Attr> {
+        self.orphan.lock().ok()?.clone()
+    }
+
+    /// Grows the draft to at least `end` bytes (`fallocate`, mode 0).
+    pub(crate) async fn allocate(&self, t: &Target<'_>, end: u64) -> Result<(), Errno> {
+        let mut spill = self.spill.lock().await;
+        let file = self.filled(&mut spill, t).await?;
+        if end > self.size.load(Ordering::Relaxed) {
+            file.set_len(end).map_err(|e| io_errno(&e))?;
+            self.size.store(end, Ordering::Relaxed);
+        }
+        self.changed();
+        Ok(())
+    }
+
     /// Remembers a modification time set while the draft is dirty.
     pub(crate) fn keep_mtime(&self, mtime_ns: u64) {
         if self.is_dirty() {
@@ -177,8 +234,7 @@ impl Draft {
         file.write_all_at(data, offset).map_err(|e| io_errno(&e))?;
         let end = offset.saturating_add(data.len() as u64);
         self.size.fetch_max(end, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Relaxed);
-        self.mtime_ns.store(0, Ordering::Relaxed);
+        self.changed();
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
 
@@ -217,8 +273,7 @@ impl Draft {
         let file = self.filled(&mut spill, t).await?;
         file.set_len(size).map_err(|e| io_errno(&e))?;
         self.size.store(size, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Relaxed);
-        self.mtime_ns.store(0, Ordering::Relaxed);
+        self.changed();
         Ok(())
     }
 

@@ -216,10 +216,20 @@ impl Cluster {
     /// `nokv --etcd URL cluster init` and waits until all three agree on the
     /// root shard's leader.
     pub async fn start_on_etcd(etcd: &etcd::Etcd, name: &str, extra_args: &[&str]) -> Cluster {
+        Cluster::start_on_etcd_with_env(etcd, name, extra_args, &[]).await
+    }
+
+    /// Like [`Cluster::start_on_etcd`], with `env` set on every `nokv serve`.
+    pub async fn start_on_etcd_with_env(
+        etcd: &etcd::Etcd,
+        name: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let url = etcd.url();
         let mut args = vec!["--etcd", url.as_str(), "--cluster", name];
         args.extend_from_slice(extra_args);
-        let cluster = Cluster::spawn(&args).await;
+        let cluster = Cluster::spawn_with_env(&args, env).await;
         let members = cluster.members_arg();
         let out = run_nokv(&[
             "--etcd",
