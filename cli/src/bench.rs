@@ -27,6 +27,10 @@ pub enum Workload {
     /// reports the delay from the leader stamping each create to the
     /// watcher receiving its event (commit, apply and delivery).
     Watch,
+    /// mdtest-style file operations with plain file system calls in the
+    /// local directory --dir (e.g. a `nokv mount`): create, stat, remove,
+    /// 4 KiB create+write+close, then a sequential write and read of --size.
+    Posix,
 }
 
 #[derive(Args, Debug)]
@@ -45,7 +49,8 @@ pub struct BenchArgs {
     pub files: usize,
     /// Directory to work in (a fresh one is made under it). For `create`,
     /// several comma-separated directories spread the files round-robin
-    /// over all of them (e.g. one per shard: --dir /s1,/s2,/s3,/s4).
+    /// over all of them (e.g. one per shard: --dir /s1,/s2,/s3,/s4). For
+    /// `posix`: a local directory (e.g. under a `nokv mount`).
     #[arg(long, default_value = "/bench", value_delimiter = ',')]
     pub dir: Vec<String>,
     /// Body size for `publish`, in bytes (suffixes KiB, MiB, GiB).
@@ -75,15 +80,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size like 4096, 64KiB, 1MiB"))
 }
 
-struct Report {
-    ops: u64,
-    errors: u64,
-    first_error: Option<String>,
-    elapsed: Duration,
-    hist: Histogram<u64>,
+pub(crate) struct Report {
+    pub(crate) ops: u64,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) elapsed: Duration,
+    pub(crate) hist: Histogram<u64>,
 }
 
-fn new_hist() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn new_hist() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
 }
 
@@ -143,7 +148,7 @@ where
     Ok(report)
 }
 
-fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalArgs) {
+pub(crate) fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalArgs) {
     let secs = r.elapsed.as_secs_f64().max(1e-9);
     let ms = |q: f64| r.hist.value_at_quantile(q) as f64 / 1000.0;
     if g.json {
@@ -341,6 +346,10 @@ fn print_publish(
 }
 
 pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
+    if let Workload::Posix = args.workload {
+        // Plain file system calls: blocking, on their own threads.
+        return tokio::task::block_in_place(|| crate::bench_posix::run(&args, g));
+    }
     let client = g.client()?;
     let run = rand_u64();
     let mut dirs = Vec::new();
@@ -355,6 +364,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let dir = dirs.first().cloned().context("--dir names no directory")?;
     match args.workload {
         Workload::Publish => publish(&args, g, &client, &dir).await?,
+        Workload::Posix => anyhow::bail!("posix runs in a local directory, before this"),
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Create => {
             let c = client.clone();
@@ -486,7 +496,7 @@ async fn watch(
     Ok(())
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -41,7 +41,7 @@ use crate::MountOptions;
 const DIR_PAGE: u32 = 1000;
 
 /// Blocks fetched ahead of a sequential reader.
-const READ_AHEAD_BLOCKS: usize = 2;
+const READ_AHEAD_BLOCKS: usize = 6;
 
 /// An open file.
 struct OpenFile {
