@@ -206,8 +206,10 @@ enum Command {
     /// `--age DURATION` change the retention (replicated).
     WatchRetention(watch::RetentionArgs),
     /// Mount the namespace (or a subtree, or a snapshot) as a local
-    /// directory (FUSE; read-only for now), in the foreground.
+    /// directory (FUSE), in the foreground (-d: in the background).
     Mount(mount::MountArgs),
+    /// Unmount a `nokv mount` (its process then exits).
+    Umount(mount::UmountArgs),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
     /// Make a recovery point in the object store now (snapshot + log), for
@@ -221,8 +223,11 @@ fn init_tracing(format: &str, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -302,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch(a) => watch::run(a, &g).await,
         Command::WatchRetention(a) => watch::retention(a, &g).await,
         Command::Mount(a) => mount::mount(a, &g).await,
+        Command::Umount(a) => mount::umount(a).await,
         Command::Bench(a) => bench::run(a, &g).await,
         Command::Backup(a) => recovery::backup(a, &g).await,
         Command::Restore(a) => recovery::restore(a, &g).await,

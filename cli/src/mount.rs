@@ -16,12 +16,14 @@ use crate::GlobalArgs;
 #[command(after_help = "\
 Examples:
   nokv mount /mnt/nokv                           # the whole tree, read-write
+  nokv mount -d /mnt/nokv && nokv umount /mnt/nokv   # in the background
   nokv mount /mnt/run7 --read-only --subdir /runs/7
   nokv snapshot create /runs/7                   # prints the snapshot id, e.g. 3
   nokv mount /mnt/run7-pinned --snapshot 3       # that subtree as it was
 
-The mount stays in the foreground; Ctrl-C or SIGTERM unmounts it, and the
-mount point is released if the process dies. File bytes move straight
+The mount stays in the foreground (with -d: in the background, logging to
+a file); Ctrl-C, SIGTERM or `nokv umount` unmounts it, and the mount point
+is released if the process dies. File bytes move straight
 between this machine and the object store (AWS_ENDPOINT_URL and the AWS
 credential variables, or what the cluster advertises).
 
@@ -67,9 +69,137 @@ pub struct MountArgs {
     /// system's temporary directory).
     #[arg(long, env = "NOKV_SPILL_DIR", value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
+    /// Run in the background: return once the mount serves (`nokv umount
+    /// MOUNTPOINT` ends it). The mount process logs to --log-file.
+    #[arg(short = 'd', long)]
+    pub background: bool,
+    /// With -d: the mount process's log (default: a file in the temporary
+    /// directory, named on stdout).
+    #[arg(long, value_name = "FILE", requires = "background")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  nokv umount /mnt/nokv            # fails with EBUSY while the mount is in use
+  nokv umount --lazy /mnt/nokv     # detach it now; it goes when no longer used")]
+pub struct UmountArgs {
+    /// A directory a `nokv mount` serves.
+    pub mountpoint: PathBuf,
+    /// Detach the mount even while files in it are open or a shell is in it.
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+/// How long `-d` and `umount` wait for the kernel to show the change.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// `nokv umount`: unmounts, and waits until the mount point is released.
+pub async fn umount(args: UmountArgs) -> anyhow::Result<()> {
+    let dir = args.mountpoint.clone();
+    if !nokv_fuse::is_mounted(&dir) {
+        anyhow::bail!("{} is not a mount point", dir.display());
+    }
+    let lazy = args.lazy;
+    tokio::task::spawn_blocking(move || nokv_fuse::unmount(&dir, lazy)).await??;
+    wait_for(&args.mountpoint, false).await?;
+    eprintln!("nokv: unmounted {}", args.mountpoint.display());
+    Ok(())
+}
+
+/// Waits until `dir` is (or is no longer) a mount point, for [`SETTLE`].
+async fn wait_for(dir: &std::path::Path, mounted: bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while nokv_fuse::is_mounted(dir) != mounted {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "{} is {} after {SETTLE:?}",
+                dir.display(),
+                if mounted {
+                    "not mounted"
+                } else {
+                    "still mounted"
+                }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Returns once `dir` is no longer a mount point (polled: the kernel does
+/// not tell the mount's process).
+async fn unmounted(dir: &std::path::Path) {
+    while nokv_fuse::is_mounted(dir) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `nokv mount -d`: starts this same command again without `-d`, detached
+/// from the terminal, and returns once the kernel serves its mount.
+async fn background(args: &MountArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = args.log_file.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("nokv-mount-{}.log", std::process::id()))
+    });
+    let mut skip_value = false;
+    let again: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|arg| {
+            if std::mem::take(&mut skip_value) {
+                return false;
+            }
+            match arg.to_str() {
+                Some("-d" | "--background") => false,
+                Some("--log-file") => {
+                    skip_value = true;
+                    false
+                }
+                Some(a) => !a.starts_with("--log-file="),
+                None => true,
+            }
+        })
+        .collect();
+    let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(&again)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        // Its own process group: a Ctrl-C in this terminal does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("start the mount process")?;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !nokv_fuse::is_mounted(&args.mountpoint) {
+        if let Some(status) = child.try_wait()? {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            anyhow::bail!("the mount process exited ({status}):\n{}", said.trim_end());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!(
+                "{} was not mounted within {SETTLE:?}",
+                args.mountpoint.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "mounted on {} (process {}, log {}); `nokv umount {}` unmounts",
+        args.mountpoint.display(),
+        child.id(),
+        log.display(),
+        args.mountpoint.display()
+    );
+    Ok(())
 }
 
 pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
+    if args.background {
+        return background(&args).await;
+    }
     let live = g.client()?;
     let (client, default_root) = match args.snapshot {
         Some(id) => {
@@ -112,8 +242,15 @@ pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     );
     let stop = CancellationToken::new();
     crate::serve::cancel_on_signal(stop.clone());
-    stop.cancelled().await;
-    tokio::task::spawn_blocking(move || mounted.unmount()).await??;
+    tokio::select! {
+        _ = stop.cancelled() => {
+            tokio::task::spawn_blocking(move || mounted.unmount()).await??;
+        }
+        // `nokv umount` (or fusermount3 -u) from outside.
+        () = unmounted(&args.mountpoint) => {
+            tokio::task::spawn_blocking(move || mounted.finish()).await??;
+        }
+    }
     eprintln!("nokv: unmounted {}", args.mountpoint.display());
     Ok(())
 }

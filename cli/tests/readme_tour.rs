@@ -5,7 +5,9 @@
 //! block after "## CLI tour" in README.md through `bash`, in an empty working directory,
 //! with `nokv` (this build) first on `PATH` and `NOKV_ENDPOINTS` exported as `nokv dev`
 //! tells a user to. Every line must exit 0. `nokv watch`, which runs until Ctrl-C, must
-//! print an event, and is then stopped. A README edit that breaks the tour fails here.
+//! print an event, and is then stopped. `nokv mount -d` leaves a FUSE mount in the working
+//! directory, which the tour unmounts itself (and this test, if a line fails). A README
+//! edit that breaks the tour fails here.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping.
 
@@ -104,6 +106,21 @@ async fn must_watch(line: &str, dir: &Path, endpoints: &str) {
     }
 }
 
+/// Unmounts (lazily) whatever the tour left mounted under its working directory, so a
+/// failed line does not leave a mount process serving a deleted directory.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if nokv_fuse::is_mounted(&self.0) {
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_line_of_the_readme_tour_runs() {
     let _load = common::heavy_test().await;
@@ -111,6 +128,7 @@ async fn every_line_of_the_readme_tour_runs() {
     assert!(lines.len() > 20, "the tour has its lines: {lines:?}");
     let dev_dir = tempfile::tempdir().expect("a data directory");
     let work = tempfile::tempdir().expect("a working directory");
+    let _unmount = Unmount(work.path().join("mnt"));
     let base = free_base_port();
     let endpoints = (0..3)
         .map(|i| format!("127.0.0.1:{}", base + i))

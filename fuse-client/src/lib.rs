@@ -158,6 +158,19 @@ impl Mount {
         }
     }
 
+    /// Waits for the request loop to end after the mount point was
+    /// unmounted from outside (`nokv umount`, `fusermount3 -u`).
+    pub fn finish(mut self) -> Result<(), MountError> {
+        self.stop_watch();
+        match self.session.take() {
+            Some(session) => session.join().map_err(|source| MountError::Io {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn stop_watch(&mut self) {
         if let Some(watch) = self.watch.take() {
             watch.abort();
@@ -175,6 +188,26 @@ impl Drop for Mount {
             drop(session);
         }
     }
+}
+
+/// Whether `dir` is a mount point now, by the kernel's mount table.
+pub fn is_mounted(dir: &Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // Field 5 is the mount point, with spaces and the like octal-escaped.
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    table
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Unmounts the NoKV mount at `mountpoint` from outside its process (whose
+/// request loop then ends). `lazy`: detach it even while it is in use.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), MountError> {
+    let args: &[&str] = if lazy { &["-u", "-z"] } else { &["-u"] };
+    fusermount(args, mountpoint)
 }
 
 /// Runs `fusermount3 ARGS -- MOUNTPOINT`.
