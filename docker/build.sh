@@ -2,7 +2,8 @@
 # Builds the NoKV Docker images from this checkout's own binaries, with no
 # registry access:
 #
-#   nokv:dev          the `nokv` binary (serve, cluster init, every client verb)
+#   nokv:dev          the `nokv` binary (serve, cluster init, every client verb, mount)
+#                     and fusermount3 (for `nokv mount`)
 #   nokv-s3s-fs:dev   the s3s-fs S3 server (~/.cargo/bin/s3s-fs), bucket `nokv` pre-created
 #   nokv-etcd:dev     etcd, the control plane (the host's etcd: Debian's etcd-server)
 #
@@ -108,6 +109,20 @@ if [[ -z "$only" || "$only" == "nokv" ]]; then
     nokv_bin="$root/target/release/nokv"
   fi
   stage "$nokv_bin" nokv "$stage_root/nokv"
+  # `nokv mount` (the compose `worker` service) unmounts through fusermount3,
+  # and the kernel releases a dead mount through it: ship the host's, with
+  # the libraries it needs (fuse-client/install-fuse.sh installs it).
+  if fusermount="$(command -v fusermount3)"; then
+    mkdir -p "$stage_root/nokv/files/usr/bin"
+    cp -L "$fusermount" "$stage_root/nokv/files/usr/bin/fusermount3"
+    while read -r path; do
+      [[ -n "$path" && -e "$path" ]] || continue
+      cp -L --parents "$path" "$stage_root/nokv/runtime/"
+    done < <(ldd "$fusermount" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
+  else
+    log "no fusermount3 on this host: the image cannot run \`nokv mount\` (bash fuse-client/install-fuse.sh)"
+  fi
+  mkdir -p "$stage_root/nokv/files/mnt/nokv"   # the worker's mount point
   image "$root/docker/Dockerfile" "$stage_root/nokv" "$nokv_tag"
 fi
 

@@ -47,7 +47,7 @@ cleanup() {
     dc logs --no-color --tail 40 || true
   fi
   say "tearing down (${compose[*]} down -v)"
-  dc down -v --remove-orphans >/dev/null 2>&1 || say "warning: down -v failed"
+  dc --profile worker down -v --remove-orphans >/dev/null 2>&1 || say "warning: down -v failed"
   rm -rf "$work"
   if [[ $rc -eq 0 ]]; then
     say "PASS in $((SECONDS - t0))s"
@@ -127,7 +127,7 @@ for port in "${NOKV_N1_PORT:-7401}" "${NOKV_N2_PORT:-7402}" "${NOKV_N3_PORT:-740
     fail "127.0.0.1:$port is in use (nokv dev? another stack?); set NOKV_N1_PORT/NOKV_N2_PORT/NOKV_N3_PORT/NOKV_S3_PORT"
   fi
 done
-dc down -v --remove-orphans >/dev/null 2>&1 || true # leftovers of an interrupted run
+dc --profile worker down -v --remove-orphans >/dev/null 2>&1 || true # leftovers of an interrupted run
 t_up=$SECONDS
 dc up -d
 wait_for_leader
@@ -164,6 +164,29 @@ expect_eq "cat model.bin sha256" "$want" "$(cli cat /smoke/run-1/ckpt/model.bin 
 expect_eq "cat notes.txt" "hello from stdin" "$(cli cat /smoke/run-1/notes.txt)"
 cli get /smoke/run-1/ckpt/model.bin ./copy.bin
 expect_eq "get model.bin sha256" "$want" "$(sha256sum <"$work/copy.bin" | cut -d' ' -f1)"
+
+# ------------------------------------------------------------ FUSE worker
+if [[ -e /dev/fuse ]]; then
+  say "worker: the tree mounted at /mnt/nokv in a container (FUSE)"
+  dc --profile worker up -d worker
+  deadline=$((SECONDS + leader_timeout))
+  until dc logs --no-color worker 2>/dev/null | grep -q "mounted / on /mnt/nokv"; do
+    ((SECONDS < deadline)) || { dc logs --no-color worker >&2; fail "the worker did not mount within ${leader_timeout}s"; }
+    sleep 0.5 # poll interval; the loop re-checks until the deadline
+  done
+  # File calls inside the worker: creates, stats, removes, small files
+  # written and closed (each close publishes), a 1 MiB file written and read.
+  dc exec -T worker nokv bench posix --dir /mnt/nokv/smoke-worker -c 2 -n 20 --size 1MiB
+  run_dir="$(cli ls /smoke-worker | head -n 1)"
+  [[ "$run_dir" == posix-*/ ]] || fail "ls /smoke-worker: expected the bench's directory, got [$run_dir]"
+  cli stat --json "/smoke-worker/${run_dir}t0/w0" | grep -q '"size":4096' || fail "a file the worker closed is not published whole"
+  cli stat --json "/smoke-worker/${run_dir}sequential.bin" | grep -q '"size":1048576' || fail "the worker's 1 MiB file is not published whole"
+  dc stop worker
+  dc logs --no-color worker | grep -q "unmounted /mnt/nokv" || { dc logs --no-color worker >&2; fail "the worker did not unmount on stop"; }
+  say "worker: files written through the mount are published; stop unmounts"
+else
+  say "no /dev/fuse on this host: skipping the worker"
+fi
 
 # ------------------------------------------------------ from the host (ports)
 host_nokv="$root/target/docker/nokv/bin/nokv" # the binary in the image
