@@ -61,6 +61,13 @@ pub struct MountArgs {
     /// then fetches exactly its byte range).
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub cache_mib: u64,
+    /// Also keep blocks on local disk in DIR (read after memory, before the
+    /// object store; kept across mounts; every block checked when read).
+    #[arg(long, env = "NOKV_DISK_CACHE", value_name = "DIR")]
+    pub disk_cache: Option<PathBuf>,
+    /// How much the disk cache may hold, in MiB.
+    #[arg(long, default_value_t = 10 * 1024, value_name = "MIB")]
+    pub disk_cache_mib: u64,
     /// Let other users use the mount (FUSE allow_other; a non-root user
     /// needs user_allow_other in /etc/fuse.conf).
     #[arg(long)]
@@ -222,6 +229,10 @@ pub async fn mount(args: MountArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         allow_other: args.allow_other,
         invalidate: !args.no_invalidate,
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+        disk_cache: args
+            .disk_cache
+            .clone()
+            .map(|dir| (dir, args.disk_cache_mib.saturating_mul(1 << 20))),
         spill_dir: args.spill_dir.unwrap_or_else(std::env::temp_dir),
     };
     let read_only = options.read_only;

@@ -1120,3 +1120,69 @@ async fn an_unreachable_store_is_an_error_not_a_hang() {
     assert_eq!(published, &b"new bytes"[..]);
     assert!(mount.stop("-TERM").await.success());
 }
+
+/// With `--disk-cache`, blocks read once are kept on local disk across
+/// mounts: a later mount reads them even after the object store lost them,
+/// and a mount without the disk cache cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_cache_serves_blocks_across_mounts() {
+    let _load = light_test().await;
+    let fc = FuseCluster::start("fuse10").await;
+    let (cluster, client) = (&fc.cluster, &fc.client);
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let data = bytes(300_000, 10);
+    cluster.must(
+        client.put_bytes("/kept.bin", &data, &small_blocks()).await,
+        "publish",
+    );
+    let cache = work.path().join("blocks");
+    let cache_arg = cache.to_string_lossy().into_owned();
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    let args = [
+        "--read-only",
+        "--disk-cache",
+        &cache_arg,
+        "--disk-cache-mib",
+        "64",
+    ];
+
+    let mount = fc.mount(&dir, &args).await;
+    assert!(std::fs::read(mount.path("kept.bin")).expect("read") == data);
+    assert!(mount.stop("-TERM").await.success());
+    // The blocks land on disk beside the replies: wait for all five.
+    cluster
+        .wait_until(WAIT, "every block is on disk", async || {
+            std::fs::read_dir(&cache).is_ok_and(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().len() == 64)
+                    .count()
+                    == 5
+            })
+        })
+        .await;
+
+    // The object store loses the file's blocks.
+    let (_, body) = cluster.must(
+        client
+            .read_body("/kept.bin", nokv_client::Consistency::Linearizable)
+            .await,
+        "read the body",
+    );
+    let url = fc.store.url();
+    let root = url.strip_prefix("file://").expect("a file store");
+    for block in &body.expect("a body").blocks {
+        std::fs::remove_file(Path::new(root).join(&block.key)).expect("delete a stored block");
+    }
+
+    let mount = fc.mount(&dir, &args).await;
+    assert!(
+        std::fs::read(mount.path("kept.bin")).expect("read from the disk cache") == data,
+        "a new mount reads the blocks from its disk cache"
+    );
+    assert!(mount.stop("-TERM").await.success());
+    let mount = fc.mount(&dir, &["--read-only"]).await;
+    let e = std::fs::read(mount.path("kept.bin")).expect_err("no cache, no blocks");
+    assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
+    assert!(mount.stop("-TERM").await.success());
+}

@@ -240,6 +240,20 @@ fn key_digest(key: &str) -> Option<&str> {
     (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
 }
 
+/// Checks a whole block's bytes: the size its body records, and the sha256
+/// its key names (if it names one). For blocks kept anywhere (a cache).
+pub fn verify_block(block: &BlockRef, bytes: &[u8]) -> Result<(), ClientError> {
+    if bytes.len() as u64 != block.size {
+        return Err(ClientError::Integrity(format!(
+            "block {}: got {} bytes, expected {}",
+            block.key,
+            bytes.len(),
+            block.size
+        )));
+    }
+    check_block(&block.key, bytes)
+}
+
 /// Checks a whole block's bytes against the digest its key names.
 fn check_block(key: &str, bytes: &[u8]) -> Result<(), ClientError> {
     let Some(want) = key_digest(key) else {
@@ -707,15 +721,7 @@ impl Client {
     pub async fn read_block(&self, block: &BlockRef) -> Result<Bytes, ClientError> {
         let store = self.blob_store().await?;
         let bytes = store.get(&block.key, None).await.map_err(store_error)?;
-        if bytes.len() as u64 != block.size {
-            return Err(ClientError::Integrity(format!(
-                "block {}: got {} bytes, expected {}",
-                block.key,
-                bytes.len(),
-                block.size
-            )));
-        }
-        check_block(&block.key, &bytes)?;
+        verify_block(block, &bytes)?;
         Ok(bytes)
     }
 

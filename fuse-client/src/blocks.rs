@@ -5,7 +5,9 @@
 //! never stale and needs no invalidation: a key names the same bytes for
 //! as long as it exists. Concurrent readers of one block share one fetch.
 //! Least recently used blocks go first once the cache holds more than its
-//! capacity.
+//! capacity. With a disk tier (`disk`), a block missing from memory is
+//! looked for there before the object store, and every block fetched is
+//! kept there too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use nokv_client::{BlockRef, Client, ClientError};
+
+use crate::disk::DiskCache;
 
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, ClientError>>>;
 
@@ -34,15 +38,17 @@ struct State {
 pub(crate) struct BlockCache {
     capacity: u64,
     state: Mutex<State>,
+    disk: Option<Arc<DiskCache>>,
 }
 
 impl BlockCache {
     /// A cache of at most `capacity` bytes (0: no caching; every read
     /// fetches).
-    pub(crate) fn new(capacity: u64) -> Arc<BlockCache> {
+    pub(crate) fn new(capacity: u64, disk: Option<Arc<DiskCache>>) -> Arc<BlockCache> {
         Arc::new(BlockCache {
             capacity,
             state: Mutex::new(State::default()),
+            disk,
         })
     }
 
@@ -99,7 +105,19 @@ impl BlockCache {
     fn fetch(self: &Arc<Self>, client: Client, block: BlockRef) -> Fetch {
         let cache = self.clone();
         async move {
+            if let Some(bytes) = match &cache.disk {
+                Some(disk) => disk.get(&block).await,
+                None => None,
+            } {
+                cache.finish(&block.key, Some(&bytes));
+                return Ok(bytes);
+            }
             let result = client.read_block(&block).await;
+            if let (Some(disk), Ok(bytes)) = (&cache.disk, &result) {
+                // Kept on disk beside the reply, not before it.
+                let (disk, block, bytes) = (disk.clone(), block.clone(), bytes.clone());
+                tokio::spawn(async move { disk.put(&block, &bytes).await });
+            }
             cache.finish(&block.key, result.as_ref().ok());
             result
         }
@@ -207,7 +225,7 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_block_goes_first() {
-        let cache = BlockCache::new(25);
+        let cache = BlockCache::new(25, None);
         let ten = Bytes::from(vec![0u8; 10]);
         cache.finish("a", Some(&ten));
         cache.finish("b", Some(&ten));

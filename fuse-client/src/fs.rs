@@ -34,6 +34,7 @@ use tokio::runtime::Handle as Runtime;
 
 use crate::attr::{errno, kernel_attr, kernel_type, InodeMap};
 use crate::blocks::{plan, BlockCache};
+use crate::disk::DiskCache;
 use crate::write::{Draft, Drafts, Target};
 use crate::MountOptions;
 
@@ -107,12 +108,23 @@ impl NokvFs {
     /// A filesystem rooted at inode `root`, answering through `client`
     /// (which may be a snapshot view) on `runtime`.
     pub fn new(client: Client, runtime: Runtime, root: InodeId, options: MountOptions) -> NokvFs {
+        NokvFs::with_disk_cache(client, runtime, root, options, None)
+    }
+
+    /// [`NokvFs::new`], with a disk tier under the block cache.
+    pub(crate) fn with_disk_cache(
+        client: Client,
+        runtime: Runtime,
+        root: InodeId,
+        options: MountOptions,
+        disk: Option<Arc<DiskCache>>,
+    ) -> NokvFs {
         NokvFs {
             shared: Arc::new(Shared {
                 client,
                 runtime,
                 map: InodeMap::new(root),
-                blocks: BlockCache::new(options.cache_bytes),
+                blocks: BlockCache::new(options.cache_bytes, disk),
                 drafts: Drafts::new(options.spill_dir.clone()),
                 links: Mutex::new(HashMap::new()),
                 options,

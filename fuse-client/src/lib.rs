@@ -11,7 +11,8 @@
 //! - `fs`: the kernel's requests (namespace changes map onto engine ops
 //!   addressed by inode id and `(parent id, name)`);
 //! - `write`: close-to-open writes through a spill file per written file;
-//! - `blocks`: the shared cache of whole blocks, with read-ahead;
+//! - `blocks`: the shared cache of whole blocks, with read-ahead, over an
+//!   optional disk tier (`disk`);
 //! - `coherence`: a watch of the mounted subtree that invalidates the
 //!   kernel's caches when another client changes it;
 //! - `attr`: inode numbers, attributes and error numbers for the kernel.
@@ -22,10 +23,12 @@
 mod attr;
 mod blocks;
 mod coherence;
+mod disk;
 mod fs;
 mod write;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
@@ -58,6 +61,10 @@ pub struct MountOptions {
     /// Memory for whole blocks read from the object store (shared by every
     /// open file; 0 turns caching and read-ahead off).
     pub cache_bytes: u64,
+    /// A directory for whole blocks on local disk, and how many bytes it may
+    /// hold (read after memory, before the object store; kept across
+    /// mounts). `None`: memory only.
+    pub disk_cache: Option<(PathBuf, u64)>,
     /// Where files being written are kept until they are published
     /// (anonymous files: nothing is left behind when the mount dies).
     pub spill_dir: PathBuf,
@@ -73,6 +80,7 @@ impl Default for MountOptions {
             allow_other: false,
             invalidate: true,
             cache_bytes: 256 << 20,
+            disk_cache: None,
             spill_dir: std::env::temp_dir(),
         }
     }
@@ -272,7 +280,16 @@ pub fn mount(
     };
     let watch = options.invalidate && client.snapshot().is_none();
     let map = InodeMap::new(root.inode);
-    let fs = NokvFs::new(client.clone(), runtime.clone(), root.inode, options);
+    let disk = match &options.disk_cache {
+        Some((dir, bytes)) => Some(Arc::new(disk::DiskCache::open(dir, *bytes).map_err(
+            |source| MountError::Io {
+                mountpoint: dir.clone(),
+                source,
+            },
+        )?)),
+        None => None,
+    };
+    let fs = NokvFs::with_disk_cache(client.clone(), runtime.clone(), root.inode, options, disk);
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|source| MountError::Io {
         mountpoint: mountpoint.to_path_buf(),
         source,
