@@ -767,6 +767,47 @@ print("ok")
         &b"s1"[..]
     );
 
+    // A file another client renames while it is open here, and whose old
+    // name another file takes, still publishes onto itself (by inode).
+    let mut open = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m("py/open.bin"))
+        .expect("create through the mount");
+    std::io::Write::write_all(&mut open, b"written while renamed").expect("write");
+    cluster.must(
+        client
+            .rename(
+                "/py/open.bin",
+                "/py/moved.bin",
+                nokv_client::RenameMode::Replace,
+            )
+            .await,
+        "rename by another client",
+    );
+    cluster.must(
+        client.create("/py/open.bin").await,
+        "another file at the old name",
+    );
+    open.sync_all().expect("fsync publishes by inode");
+    drop(open);
+    assert_eq!(
+        cluster.must(
+            client.get("/py/moved.bin", None).await,
+            "read the moved file"
+        ),
+        &b"written while renamed"[..]
+    );
+    assert!(
+        cluster
+            .must(
+                client.get("/py/open.bin", None).await,
+                "read the other file"
+            )
+            .is_empty(),
+        "the file at the old name is untouched"
+    );
+
     // Two workers: what one mount writes and closes, the other reads
     // byte for byte, and back.
     let dir2 = work.path().join("mnt2");

@@ -14,12 +14,12 @@
 //! process killed mid-write publishes nothing; an upload that was staged
 //! and never committed is reclaimed by its lease.
 //!
-//! The publish addresses the file by the name this mount last saw it under
-//! (`parent`, `name`) and replaces the generation it has *now* (last close
-//! wins, as in NFS), and it checks that the name still holds the same inode
-//! before any byte is uploaded: a draft never lands on another file. A file
-//! unlinked while open publishes nothing (its bytes had nowhere to go); a
-//! file renamed by another client while open fails its close with `EIO`.
+//! The publish addresses the file by inode (`PublishMode::Inode`), wherever
+//! it is linked when the commit applies (renamed by anyone meanwhile, even
+//! with another file at its old name), and replaces the generation it has
+//! *now* (last close wins, as in NFS): a draft never lands on another file.
+//! A file unlinked while open publishes nothing (its bytes had nowhere to
+//! go).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -297,13 +297,18 @@ impl Draft {
                 }
                 Err(e) => return Err(errno(&e)),
             };
-            let Some((parent, name)) = t.at.clone() else {
-                tracing::warn!(inode = %self.inode, "no known name to publish under");
-                return Err(Errno::EIO);
+            // Where this mount last saw the file: only a hint (for the
+            // event's path); the publish goes by inode.
+            let hint = match t.at.clone() {
+                Some((parent, name)) => EntryRef::Child { parent, name },
+                None => EntryRef::Child {
+                    parent: self.inode,
+                    name: "unknown".into(),
+                },
             };
             let size = self.size.load(Ordering::Relaxed);
             match self
-                .publish_once(t.client, file, parent, name, current.generation, size)
+                .publish_once(t.client, file, hint, current.generation, size)
                 .await
             {
                 Ok(attr) => {
@@ -345,28 +350,29 @@ impl Draft {
         &self,
         client: &Client,
         file: &File,
-        parent: InodeId,
-        name: String,
+        hint: EntryRef,
         expected: Generation,
         size: u64,
     ) -> Result<Attr, ClientError> {
         let opts = PutOptions {
-            mode: PublishMode::Replace { expected },
+            mode: PublishMode::Inode {
+                inode: self.inode,
+                expected,
+            },
             producer: "nokv-fuse".into(),
             ..PutOptions::default()
         };
-        let staged = client
-            .stage_at(EntryRef::Child { parent, name }, &opts)
-            .await?;
+        let staged = client.stage_at(hint, &opts).await?;
         let result = async {
             if staged.inode != self.inode {
-                // The name now holds another file (ours was renamed away).
+                // Never by the engine's rules; checked all the same, as a
+                // draft must never land on another file.
                 return Err(ClientError::Fs {
                     code: "ESTALE".into(),
                     errno: 116,
                     message: format!(
-                        "{} no longer names inode {}; not publishing onto {}",
-                        staged.name, self.inode, staged.inode
+                        "{} was staged for inode {}, not {}",
+                        staged.id, staged.inode, self.inode
                     ),
                 });
             }

@@ -118,6 +118,16 @@ pub enum PublishMode {
     Replace { expected: Generation },
     /// Create, or replace whatever body the file has at commit time.
     Upsert,
+    /// Replace the body of file `inode`, wherever it is linked (even under
+    /// another name than at begin, or several), if its generation is still
+    /// `expected`. The entry a `BeginPublish` names is only a hint: where
+    /// the file was last seen, used for the event's path if it still names
+    /// the file. For a client that holds a file open by inode (the FUSE
+    /// mount) while others may rename it.
+    Inode {
+        inode: InodeId,
+        expected: Generation,
+    },
 }
 
 /// An upload between `BeginPublish` and `CommitPublish`. Replicated state:
@@ -125,7 +135,9 @@ pub enum PublishMode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedUpload {
     pub id: UploadId,
-    /// Directory and name the body will be published at.
+    /// Directory and name the body will be published at. For
+    /// [`PublishMode::Inode`]: where the file was at begin if the hint named
+    /// it, else `(inode, "")` (no name: the publish goes by inode).
     pub parent: InodeId,
     pub name: String,
     /// The inode the body belongs to: reserved for a create, the existing

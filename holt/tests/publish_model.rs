@@ -240,6 +240,9 @@ impl Model {
                 }
             }
             (PublishMode::Upsert, Some(file)) => Ok(Some(file)),
+            // Not generated here: by-inode publishes have their own unit
+            // test (engine/publish_tests.rs), as the model has no inode ids.
+            (PublishMode::Inode { .. }, _) => Err("EINVAL"),
         }
     }
 
@@ -264,6 +267,7 @@ impl Model {
                 }
             }
             (PublishMode::Upsert, Some(file)) => Ok(MTarget::Existing(file)),
+            (PublishMode::Inode { .. }, Some(_)) => Err("EINVAL"),
             (_, None) => Ok(MTarget::Create),
         }
     }

@@ -476,6 +476,10 @@ fn publish_mode(m: Option<pb::PublishMode>) -> Result<holt::PublishMode, WireErr
             expected: holt::Generation(g),
         }),
         Mode::Upsert(_) => Ok(holt::PublishMode::Upsert),
+        Mode::Inode(i) => Ok(holt::PublishMode::Inode {
+            inode: holt::InodeId(i.inode),
+            expected: holt::Generation(i.generation),
+        }),
     }
 }
 
@@ -486,6 +490,10 @@ impl From<holt::PublishMode> for pb::PublishMode {
             holt::PublishMode::CreateOnly => Mode::CreateOnly(pb::Done {}),
             holt::PublishMode::Replace { expected } => Mode::ReplaceGeneration(expected.0),
             holt::PublishMode::Upsert => Mode::Upsert(pb::Done {}),
+            holt::PublishMode::Inode { inode, expected } => Mode::Inode(pb::InodePublish {
+                inode: inode.0,
+                generation: expected.0,
+            }),
         };
         pb::PublishMode { mode: Some(mode) }
     }
@@ -1030,6 +1038,39 @@ mod tests {
         };
         let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
         assert_eq!(Mutation::try_from(wire), Ok(m));
+    }
+
+    #[test]
+    fn every_publish_mode_round_trips() {
+        for mode in [
+            holt::PublishMode::CreateOnly,
+            holt::PublishMode::Upsert,
+            holt::PublishMode::Replace {
+                expected: holt::Generation(4),
+            },
+            holt::PublishMode::Inode {
+                inode: holt::InodeId::compose(holt::ShardId(2), 77),
+                expected: holt::Generation(5),
+            },
+        ] {
+            let m = Mutation {
+                request_id: holt::RequestId(1),
+                epoch: None,
+                op: holt::Op::BeginPublish {
+                    at: holt::EntryRef::Child {
+                        parent: holt::InodeId(9),
+                        name: "f".into(),
+                    },
+                    mode,
+                    lease_ns: 60_000_000_000,
+                    file_mode: 0o644,
+                    uid: 1,
+                    gid: 2,
+                },
+            };
+            let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
+            assert_eq!(Mutation::try_from(wire), Ok(m), "{mode:?}");
+        }
     }
 
     #[test]

@@ -173,6 +173,13 @@ impl Holt {
 
     fn upload_path(&self, upload: crate::body::UploadId) -> Option<String> {
         let staged = self.staged_upload(upload)?;
+        if let crate::body::PublishMode::Inode { inode, .. } = staged.mode {
+            // By inode: the path only if the recorded name still holds it
+            // (else the event carries the inode alone).
+            if self.child(staged.parent, &staged.name) != Some(inode) {
+                return None;
+            }
+        }
         self.dir_path(staged.parent).map(|d| join(&d, &staged.name))
     }
 

@@ -285,7 +285,18 @@ impl Holt {
             if !allocated(upload.parent) || !allocated(upload.inode) {
                 return Err(format!("{id} names an inode that was never allocated"));
             }
-            validate_name(&upload.name).map_err(|e| format!("{id}: {e}"))?;
+            // A by-inode upload may have no name (see `StagedUpload::parent`).
+            let nameless = matches!(upload.mode, PublishMode::Inode { .. })
+                && upload.name.is_empty()
+                && upload.parent == upload.inode;
+            if !nameless {
+                validate_name(&upload.name).map_err(|e| format!("{id}: {e}"))?;
+            }
+            if let PublishMode::Inode { inode, .. } = upload.mode {
+                if inode != upload.inode || staged.reserved_inode {
+                    return Err(format!("{id}: a by-inode upload names another inode"));
+                }
+            }
             if upload.file_mode > 0o7777 {
                 return Err(format!("{id} has type bits in its file mode"));
             }

@@ -77,6 +77,13 @@ fn lease_expired(upload: &StagedUpload) -> FsError {
     ))
 }
 
+/// A by-inode upload reached a name-based branch: handled before it.
+fn unreachable_mode<T>() -> Result<T, FsError> {
+    Err(FsError::InvalidArgument(
+        "a by-inode publish is not resolved by name".into(),
+    ))
+}
+
 fn describe_target(upload: &StagedUpload) -> String {
     format!(
         "{} in {} ({})",
@@ -98,6 +105,23 @@ impl Holt {
         lease_ns: u64,
         owner: Owner,
     ) -> Outcome {
+        if let PublishMode::Inode { inode, expected } = mode {
+            let current = self
+                .publishable(inode, || format!("inode {inode}"))?
+                .attr
+                .generation;
+            if current != expected {
+                return Err(FsError::StaleGeneration { expected, current });
+            }
+            // The hint, if it still names the file; else no name.
+            let (parent, name) = match self.place(at) {
+                Ok(Place::Entry { parent, name }) if self.child(parent, &name) == Some(inode) => {
+                    (parent, name)
+                }
+                _ => (inode, String::new()),
+            };
+            return self.stage(stamp, parent, name, Some(inode), mode, lease_ns, owner);
+        }
         let (parent, name) = match self.place(at)? {
             Place::Root if mode == PublishMode::CreateOnly => {
                 return Err(FsError::AlreadyExists("/".into()))
@@ -125,7 +149,24 @@ impl Holt {
                 self.publishable(id, || describe_entry(at))?;
                 Some(id)
             }
+            (PublishMode::Inode { .. }, _) => unreachable_mode()?,
         };
+        self.stage(stamp, parent, name, existing, mode, lease_ns, owner)
+    }
+
+    /// Records a staged upload for `name` in `parent`, onto `existing` (or
+    /// a reserved new inode), once every predicate has been checked.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &mut self,
+        stamp: Stamp,
+        parent: InodeId,
+        name: String,
+        existing: Option<InodeId>,
+        mode: PublishMode,
+        lease_ns: u64,
+        owner: Owner,
+    ) -> Outcome {
         if self.staged.len() >= MAX_STAGED_UPLOADS {
             return Err(FsError::NoSpace(format!(
                 "shard {} already has {MAX_STAGED_UPLOADS} staged uploads",
@@ -258,6 +299,17 @@ impl Holt {
                 preview(&block.key)
             )));
         }
+        if let PublishMode::Inode { inode, expected } = upload.mode {
+            // By inode: wherever the file is linked now.
+            let current = self
+                .publishable(inode, || describe_target(upload))?
+                .attr
+                .generation;
+            if current != expected {
+                return Err(FsError::StaleGeneration { expected, current });
+            }
+            return Ok(self.plan(stamp, id, upload, Target::Existing(inode), spec));
+        }
         // Inode numbers are never reused, so a parent that still exists is
         // the directory the upload was begun in (possibly moved: the upload
         // follows the directory, not its path).
@@ -293,8 +345,21 @@ impl Holt {
                     Target::CreateFresh
                 }
             }
+            (PublishMode::Inode { .. }, _) => unreachable_mode()?,
         };
-        Ok(Plan {
+        Ok(self.plan(stamp, id, upload, target, spec))
+    }
+
+    /// The write half's instructions for a checked commit.
+    fn plan(
+        &self,
+        stamp: Stamp,
+        id: UploadId,
+        upload: &StagedUpload,
+        target: Target,
+        spec: &BodySpec,
+    ) -> Plan {
+        Plan {
             upload: id,
             parent: upload.parent,
             name: upload.name.clone(),
@@ -314,7 +379,7 @@ impl Holt {
                 attrs: spec.attrs.clone(),
                 published_ns: stamp.time_ns,
             },
-        })
+        }
     }
 
     /// The write half of a commit; returns the file it published onto. The

@@ -1170,3 +1170,83 @@ mod snapshots;
 
 // The watch history shares this fixture too.
 mod events;
+
+#[test]
+fn a_by_inode_publish_follows_the_file_wherever_it_is_linked() {
+    let mut f = Fixture::new();
+    let (_, first) = f.publish("/a", PublishMode::CreateOnly, &[5]);
+    let file = first.inode;
+    let by_inode = |g: Generation| PublishMode::Inode {
+        inode: file,
+        expected: g,
+    };
+
+    // Begun under its name; renamed, and another file takes the old name;
+    // the commit lands on the file, at its new name.
+    let upload = f.begin("/a", by_inode(first.generation));
+    assert_eq!(upload.inode, file);
+    f.ok(Op::Rename {
+        from: path("/a"),
+        to: path("/b"),
+        mode: RenameMode::Replace,
+    });
+    f.ok(create("/a"));
+    let second = f.ok_attr(commit(&upload, spec(&upload, &[7])));
+    assert_eq!(second.inode, file);
+    assert_eq!(f.read_body("/b").0.size, 7);
+    assert!(
+        f.read_body("/a").1.is_none(),
+        "the file at the old name is untouched"
+    );
+    f.holt.check_invariants().expect("invariants");
+
+    // Begun with a stale hint (the old name, now another file's): no name
+    // is recorded, and it still publishes onto the file.
+    let upload = f.begin("/a", by_inode(second.generation));
+    assert_eq!((upload.parent, upload.name.as_str()), (file, ""));
+    f.holt
+        .check_invariants()
+        .expect("a nameless by-inode upload is valid");
+    let third = f.ok_attr(commit(&upload, spec(&upload, &[9])));
+    assert_eq!((third.inode, f.read_body("/b").0.size), (file, 9));
+
+    // A stale generation is refused at begin, and at commit when another
+    // publish came in between.
+    f.err_unchanged(begin("/b", by_inode(second.generation)), "STALE_GENERATION");
+    let upload = f.begin("/b", by_inode(third.generation));
+    f.publish("/b", PublishMode::Upsert, &[1]);
+    assert_eq!(
+        f.err(commit(&upload, spec(&upload, &[2]))).code(),
+        "STALE_GENERATION"
+    );
+
+    // A file whose last name went: nothing to publish onto.
+    let current = f.read_body("/b").0.generation;
+    let upload = f.begin("/b", by_inode(current));
+    f.ok(unlink("/b"));
+    assert_eq!(f.err(commit(&upload, spec(&upload, &[3]))).code(), "ENOENT");
+    f.err_unchanged(begin("/a", by_inode(current)), "ENOENT");
+    // Not a file: a directory's inode is refused.
+    f.ok(Op::Mkdir {
+        at: path("/d"),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        parents: false,
+    });
+    let dir = match f.holt.query(&Query::GetAttr { inode: ipath("/d") }) {
+        Ok(QueryResult::Attr(attr)) => attr.inode,
+        other => panic!("stat /d: {other:?}"),
+    };
+    f.err_unchanged(
+        begin(
+            "/d",
+            PublishMode::Inode {
+                inode: dir,
+                expected: Generation(0),
+            },
+        ),
+        "EISDIR",
+    );
+    f.holt.check_invariants().expect("invariants");
+}
