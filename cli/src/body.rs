@@ -67,7 +67,7 @@ pub struct CatArgs {
 #[derive(Args, Debug)]
 pub struct GetArgs {
     pub path: String,
-    /// Local file to write.
+    /// Local file to write (`-`: standard output, digest still verified).
     pub local: PathBuf,
     /// Blocks downloaded at once.
     #[arg(long, default_value_t = 8)]
@@ -249,6 +249,18 @@ pub async fn get(args: GetArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         .read_body(&args.path, g.consistency())
         .await
         .with_context(|| format!("get {}", args.path))?;
+    if args.local.as_os_str() == "-" {
+        let Some(body) = body else {
+            return Ok(());
+        };
+        let mut out = tokio::io::stdout();
+        client
+            .get_to_writer(&body, &mut out, args.parallelism, &|_| {})
+            .await
+            .with_context(|| format!("get {}", args.path))?;
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        return Ok(());
+    }
     // Write next to the target and rename, so a failed download leaves no
     // half-written file under the final name.
     let tmp = args.local.with_extension("nokv-partial");

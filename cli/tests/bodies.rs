@@ -497,6 +497,10 @@ async fn round_trip(kind: StoreKind) {
         .must_nokv(&["get", "/rt/cli.bin", fetched.to_str().expect("utf-8 path")])
         .await;
     assert_eq!(std::fs::read(&fetched).expect("read fetched"), first);
+    let streamed = bc.cluster.nokv(&["get", "/rt/cli.bin", "-"]).await;
+    assert!(streamed.status.success(), "get -: {streamed:?}");
+    assert!(streamed.stdout == first, "get - writes the bytes to stdout");
+    assert!(!Path::new("-").exists(), "and no file named -");
     let replaced = bc
         .must_nokv_json(&[
             "put",
