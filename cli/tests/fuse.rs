@@ -1227,3 +1227,92 @@ async fn a_disk_cache_serves_blocks_across_mounts() {
     assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
     assert!(mount.stop("-TERM").await.success());
 }
+
+/// Files of several blocks written front to back upload their blocks as
+/// they fill (the close only uploads the last one); a writer that goes
+/// back over bytes already uploaded falls back to publishing the whole
+/// file. Either way the published bytes are exactly what was written, and
+/// no staged upload is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_are_published_whole_however_they_are_written() {
+    let _load = light_test().await;
+    let fc = FuseCluster::start("fuse11").await;
+    let (cluster, client) = (&fc.cluster, &fc.client);
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let dir = work.path().join("mnt");
+    std::fs::create_dir(&dir).expect("mkdir the mount point");
+    let mount = fc.mount(&dir, &[]).await;
+    let mib = 1 << 20;
+    let py = format!(
+        r#"
+import os
+d = {dir:?}
+def chunks(n, seed):
+    return bytes((i * 7 + seed) % 251 for i in range(n))
+one = chunks(1 << 20, 1)
+# 1: front to back, 10 MiB and a bit, in 1 MiB writes.
+with open(os.path.join(d, "seq.bin"), "wb") as f:
+    for _ in range(10):
+        f.write(one)
+    f.write(b"tail" * 30)
+# 2: front to back, then back over the first block.
+with open(os.path.join(d, "back.bin"), "wb") as f:
+    for _ in range(9):
+        f.write(one)
+    f.seek(100)
+    f.write(b"X")
+# 3: exactly two blocks, then truncated into the first.
+with open(os.path.join(d, "cut.bin"), "wb") as f:
+    for _ in range(8):
+        f.write(one)
+    f.truncate(5 << 20)
+print("ok")
+"#,
+        dir = mount.path("").to_string_lossy()
+    );
+    assert_eq!(must_run("python3", &["-c", &py]).await.trim(), "ok");
+    let one: Vec<u8> = (0..mib).map(|i| ((i * 7 + 1) % 251) as u8).collect();
+    let mut seq = one.repeat(10);
+    seq.extend(b"tail".repeat(30));
+    let mut back = one.repeat(9);
+    back[100] = b'X';
+    let cut = one.repeat(5);
+    for (path, want, blocks) in [
+        ("/seq.bin", &seq, 3),
+        ("/back.bin", &back, 3),
+        ("/cut.bin", &cut, 2),
+    ] {
+        let got = cluster.must(client.get(path, None).await, "read back (sha256 checked)");
+        assert!(
+            got == *want,
+            "{path}: {} bytes published, {} written",
+            got.len(),
+            want.len()
+        );
+        let (_, body) = cluster.must(
+            client
+                .read_body(path, nokv_client::Consistency::Linearizable)
+                .await,
+            "read the body",
+        );
+        assert_eq!(
+            body.expect("a body").blocks.len(),
+            blocks,
+            "{path}: 4 MiB blocks"
+        );
+    }
+    let staged = cluster.must(
+        client
+            .query(
+                nokv_client::Query::ListUploads,
+                nokv_client::Consistency::Linearizable,
+            )
+            .await,
+        "list staged uploads",
+    );
+    assert!(
+        matches!(&staged, nokv_client::QueryResult::Uploads(u) if u.is_empty()),
+        "no staged upload is left behind: {staged:?}"
+    );
+    assert!(mount.stop("-TERM").await.success());
+}

@@ -453,6 +453,26 @@ impl Client {
         Ok((spec, prechecked.load(Ordering::Relaxed)))
     }
 
+    /// Uploads one block of `staged` (block `index` of the body; the caller
+    /// assembles the [`BodySpec`] and hashes the body). For writers that
+    /// produce a body block by block over time, like the FUSE mount's
+    /// sequential writers.
+    pub async fn upload_block(
+        &self,
+        staged: &StagedUpload,
+        index: usize,
+        bytes: Bytes,
+    ) -> Result<BlockRef, ClientError> {
+        let store = self.blob_store().await?;
+        let key = block_key(&staged.key_prefix(), index, &hex(&Sha256::digest(&bytes)));
+        let block = BlockRef {
+            key: key.clone(),
+            size: bytes.len() as u64,
+        };
+        store.put_new(&key, bytes).await.map_err(store_error)?;
+        Ok(block)
+    }
+
     /// Asks the leader to check blocks of a staged upload now (they exist
     /// with these sizes), so that the commit need not. Answers how many the
     /// leader had to look up in the store.

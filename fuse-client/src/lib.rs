@@ -11,6 +11,7 @@
 //! - `fs`: the kernel's requests (namespace changes map onto engine ops
 //!   addressed by inode id and `(parent id, name)`);
 //! - `write`: close-to-open writes through a spill file per written file;
+//! - `eager`: blocks of a file written front to back uploaded as they fill;
 //! - `blocks`: the shared cache of whole blocks, with read-ahead, over an
 //!   optional disk tier (`disk`);
 //! - `coherence`: a watch of the mounted subtree that invalidates the
@@ -24,6 +25,7 @@ mod attr;
 mod blocks;
 mod coherence;
 mod disk;
+mod eager;
 mod fs;
 mod write;
 

@@ -37,6 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::attr::errno;
 use crate::blocks::BlockCache;
+use crate::eager::Eager;
 
 /// Attempts of one publish when another client's publish races it.
 const PUBLISH_ATTEMPTS: usize = 3;
@@ -61,7 +62,15 @@ pub(crate) struct Draft {
     /// The file's attributes just before its last name went (while it is
     /// open here it lives on, with no links): what `fstat` then shows.
     orphan: Mutex<Option<Attr>>,
-    spill: tokio::sync::Mutex<Option<File>>,
+    spill: tokio::sync::Mutex<Spill>,
+}
+
+/// The draft's bytes, and the eager upload of a file written front to back.
+#[derive(Default)]
+struct Spill {
+    /// `None` until the bytes are needed.
+    file: Option<File>,
+    eager: Option<Eager>,
 }
 
 /// Every draft of a mount, by inode.
@@ -95,7 +104,7 @@ impl Drafts {
                 mtime_ns: AtomicU64::new(0),
                 changed_ns: AtomicU64::new(0),
                 orphan: Mutex::new(None),
-                spill: tokio::sync::Mutex::new(None),
+                spill: tokio::sync::Mutex::new(Spill::default()),
             })
         });
         draft.handles.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +182,7 @@ impl Draft {
     /// last name goes, so that handles open on it keep its bytes.
     pub(crate) async fn fill(&self, t: &Target<'_>) -> Result<(), Errno> {
         let mut spill = self.spill.lock().await;
-        self.filled(&mut spill, t).await.map(|_| ())
+        self.filled(&mut spill, t).await
     }
 
     /// Notes the attributes of the file as its name goes.
@@ -192,7 +201,8 @@ impl Draft {
     /// Grows the draft to at least `end` bytes (`fallocate`, mode 0).
     pub(crate) async fn allocate(&self, t: &Target<'_>, end: u64) -> Result<(), Errno> {
         let mut spill = self.spill.lock().await;
-        let file = self.filled(&mut spill, t).await?;
+        self.filled(&mut spill, t).await?;
+        let file = spill.file.as_ref().ok_or(Errno::EIO)?;
         if end > self.size.load(Ordering::Relaxed) {
             file.set_len(end).map_err(|e| io_errno(&e))?;
             self.size.store(end, Ordering::Relaxed);
@@ -208,19 +218,30 @@ impl Draft {
         }
     }
 
-    /// The spill file, filled with the current body first if it is new.
-    async fn filled<'g>(
-        &self,
-        spill: &'g mut Option<File>,
-        t: &Target<'_>,
-    ) -> Result<&'g File, Errno> {
-        if spill.is_none() {
+    /// Makes sure the spill file exists, filled with the current body. A
+    /// draft that starts empty may upload as it goes (`eager`).
+    async fn filled(&self, spill: &mut Spill, t: &Target<'_>) -> Result<(), Errno> {
+        if spill.file.is_none() {
             let file = t.drafts.spill_file()?;
             let size = copy_body(t, self.inode, &file).await?;
             self.size.store(size, Ordering::Relaxed);
-            *spill = Some(file);
+            spill.file = Some(file);
+            if size == 0 {
+                spill.eager = Some(Eager::new(self.inode));
+            }
         }
-        spill.as_ref().ok_or(Errno::EIO)
+        Ok(())
+    }
+
+    /// Where the file was last seen, as a hint for a by-inode publish.
+    fn hint(&self, t: &Target<'_>) -> EntryRef {
+        match t.at.clone() {
+            Some((parent, name)) => EntryRef::Child { parent, name },
+            None => EntryRef::Child {
+                parent: self.inode,
+                name: "unknown".into(),
+            },
+        }
     }
 
     pub(crate) async fn write(
@@ -230,11 +251,20 @@ impl Draft {
         data: &[u8],
     ) -> Result<u32, Errno> {
         let mut spill = self.spill.lock().await;
-        let file = self.filled(&mut spill, t).await?;
+        self.filled(&mut spill, t).await?;
+        let Spill { file, eager } = &mut *spill;
+        let file = file.as_ref().ok_or(Errno::EIO)?;
+        if let Some(eager) = eager.as_mut() {
+            eager.touched(offset);
+        }
         file.write_all_at(data, offset).map_err(|e| io_errno(&e))?;
         let end = offset.saturating_add(data.len() as u64);
         self.size.fetch_max(end, Ordering::Relaxed);
         self.changed();
+        if let Some(eager) = eager.as_mut() {
+            let size = self.size.load(Ordering::Relaxed);
+            eager.advance(t.client, file, size, self.hint(t)).await;
+        }
         u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
     }
 
@@ -245,7 +275,8 @@ impl Draft {
         len: u32,
     ) -> Result<Vec<u8>, Errno> {
         let mut spill = self.spill.lock().await;
-        let file = self.filled(&mut spill, t).await?;
+        self.filled(&mut spill, t).await?;
+        let file = spill.file.as_ref().ok_or(Errno::EIO)?;
         let size = self.size.load(Ordering::Relaxed);
         let end = offset.saturating_add(u64::from(len)).min(size);
         let mut out = vec![0; end.saturating_sub(offset) as usize];
@@ -267,10 +298,16 @@ impl Draft {
     /// to zero needs none of the old bytes, so nothing is fetched.
     pub(crate) async fn truncate(&self, t: &Target<'_>, size: u64) -> Result<(), Errno> {
         let mut spill = self.spill.lock().await;
-        if size == 0 && spill.is_none() {
-            *spill = Some(t.drafts.spill_file()?);
+        if size == 0 && spill.file.is_none() {
+            spill.file = Some(t.drafts.spill_file()?);
+            spill.eager = Some(Eager::new(self.inode));
         }
-        let file = self.filled(&mut spill, t).await?;
+        self.filled(&mut spill, t).await?;
+        let Spill { file, eager } = &mut *spill;
+        let file = file.as_ref().ok_or(Errno::EIO)?;
+        if let Some(eager) = eager.as_mut() {
+            eager.touched(size);
+        }
         file.set_len(size).map_err(|e| io_errno(&e))?;
         self.size.store(size, Ordering::Relaxed);
         self.changed();
@@ -280,13 +317,21 @@ impl Draft {
     /// Publishes the draft if it is dirty; returns the published
     /// attributes (`None`: nothing to publish, or the file is gone).
     pub(crate) async fn publish(&self, t: &Target<'_>) -> Result<Option<Attr>, Errno> {
-        let spill = self.spill.lock().await;
+        let mut spill = self.spill.lock().await;
         if !self.is_dirty() {
             return Ok(None);
         }
-        let Some(file) = spill.as_ref() else {
+        let Spill { file, eager } = &mut *spill;
+        let Some(file) = file.as_ref() else {
             return Err(Errno::EIO);
         };
+        if let Some(eager) = eager.take() {
+            let size = self.size.load(Ordering::Relaxed);
+            if let Some(Ok(attr)) = eager.finish(t.client, file, size, self.hint(t)).await {
+                self.dirty.store(false, Ordering::Relaxed);
+                return self.restore_mtime(t.client, attr).await.map(Some);
+            }
+        }
         for _ in 0..PUBLISH_ATTEMPTS {
             let current = match attr_of(t.client, self.inode).await {
                 Ok(attr) => attr,
@@ -297,15 +342,7 @@ impl Draft {
                 }
                 Err(e) => return Err(errno(&e)),
             };
-            // Where this mount last saw the file: only a hint (for the
-            // event's path); the publish goes by inode.
-            let hint = match t.at.clone() {
-                Some((parent, name)) => EntryRef::Child { parent, name },
-                None => EntryRef::Child {
-                    parent: self.inode,
-                    name: "unknown".into(),
-                },
-            };
+            let hint = self.hint(t);
             let size = self.size.load(Ordering::Relaxed);
             match self
                 .publish_once(t.client, file, hint, current.generation, size)
@@ -395,7 +432,7 @@ impl Draft {
     }
 }
 
-async fn attr_of(client: &Client, inode: InodeId) -> Result<Attr, ClientError> {
+pub(crate) async fn attr_of(client: &Client, inode: InodeId) -> Result<Attr, ClientError> {
     let query = Query::GetAttr {
         inode: InodeRef::Id(inode),
     };
