@@ -1,5 +1,6 @@
 //! A file written front to back has its blocks uploaded as they fill, so
-//! that its close only uploads the last block and commits.
+//! that its close only uploads the last block and commits; and a file this
+//! mount published is appended to without uploading its whole blocks again.
 //!
 //! A draft that starts empty (`O_TRUNC`, or a new file) gets an [`Eager`].
 //! Each time the draft grows past a 4 MiB boundary, the finished block is
@@ -11,6 +12,13 @@
 //! failure here, and a commit refused because another client published in
 //! between. The eager path only saves time; it never decides what is
 //! published.
+//!
+//! After a publish, the draft keeps a [`Base`]: the body's whole leading
+//! blocks and the sha256 state after them. The next publish of the same
+//! file (an append, on this handle or, if the mount still holds the spill
+//! file, a later open) resumes from there: the commit keeps those blocks
+//! (the engine checks they are exactly the replaced body's first blocks),
+//! and only the last, partial block and the new bytes are uploaded.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -30,13 +38,63 @@ const IN_FLIGHT: usize = 4;
 
 type Upload = Result<(usize, BlockRef), ClientError>;
 
+/// What a published body lets the next publish of the same file keep: its
+/// first `full` blocks (each a whole block) and the body's sha256 state
+/// after them. An append then uploads only from there on.
+#[derive(Clone)]
+pub(crate) struct Base {
+    pub(crate) generation: Generation,
+    blocks: Vec<BlockRef>,
+    full: usize,
+    hasher: Sha256,
+}
+
+impl Base {
+    /// The base of a body (`generation`, `blocks`) whose bytes are in
+    /// `file`: its leading whole blocks, hashed from the local copy.
+    /// `None` when it starts with no whole block (nothing worth keeping).
+    pub(crate) fn of(
+        file: &File,
+        generation: Generation,
+        blocks: Vec<BlockRef>,
+    ) -> std::io::Result<Option<Base>> {
+        let full = blocks.iter().take_while(|b| b.size == BLOCK).count();
+        if full == 0 {
+            return Ok(None);
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 1 << 20];
+        let end = full as u64 * BLOCK;
+        let mut at = 0u64;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(Some(Base {
+            generation,
+            blocks,
+            full,
+            hasher,
+        }))
+    }
+}
+
 /// The eager upload of one draft.
 pub(crate) struct Eager {
     inode: InodeId,
-    /// Begun at the first full block.
+    /// The generation the upload replaces, when it resumes from a [`Base`]
+    /// (its kept blocks are that body's); else whatever the file has when
+    /// the upload is staged.
+    expected: Option<Generation>,
+    /// Begun at the first block handed off (or at the close).
     staged: Option<StagedUpload>,
     /// The body's sha256 over `0..next`.
     hasher: Sha256,
+    /// How many leading blocks are whole, and the sha256 state after them.
+    full: usize,
+    at_full: Sha256,
     /// Blocks uploaded, by index (`None`: in flight).
     blocks: Vec<Option<BlockRef>>,
     /// Bytes handed off so far (a multiple of the block size).
@@ -49,10 +107,31 @@ impl Eager {
     pub(crate) fn new(inode: InodeId) -> Eager {
         Eager {
             inode,
+            expected: None,
             staged: None,
             hasher: Sha256::new(),
+            full: 0,
+            at_full: Sha256::new(),
             blocks: Vec::new(),
             next: 0,
+            uploads: JoinSet::new(),
+            broken: false,
+        }
+    }
+
+    /// An upload that keeps the whole leading blocks of `base` (the body the
+    /// file has now) and uploads only what comes after them.
+    pub(crate) fn resume(inode: InodeId, base: Base) -> Eager {
+        let kept = base.full.min(base.blocks.len());
+        Eager {
+            inode,
+            expected: Some(base.generation),
+            staged: None,
+            hasher: base.hasher.clone(),
+            full: kept,
+            at_full: base.hasher,
+            blocks: base.blocks.into_iter().take(kept).map(Some).collect(),
+            next: kept as u64 * BLOCK,
             uploads: JoinSet::new(),
             broken: false,
         }
@@ -103,10 +182,14 @@ impl Eager {
         file.read_exact_at(&mut buf, self.next)
             .map_err(|e| ClientError::Store(format!("spill file: {e}")))?;
         self.hasher.update(&buf);
+        let index = self.blocks.len();
+        if len == BLOCK && self.full == index {
+            self.full = index + 1;
+            self.at_full = self.hasher.clone();
+        }
         while self.uploads.len() >= IN_FLIGHT {
             self.collect_one().await?;
         }
-        let index = self.blocks.len();
         self.blocks.push(None);
         let client = client.clone();
         self.uploads.spawn(async move {
@@ -121,10 +204,14 @@ impl Eager {
         Ok(())
     }
 
-    /// A by-inode upload at the file's generation now.
+    /// A by-inode upload replacing the generation the kept blocks come
+    /// from (or the file's generation now, when nothing is kept).
     async fn stage(&self, client: &Client, hint: EntryRef) -> Result<StagedUpload, ClientError> {
-        let current = crate::write::attr_of(client, self.inode).await?;
-        let opts = eager_options(self.inode, current.generation);
+        let expected = match self.expected {
+            Some(generation) => generation,
+            None => crate::write::attr_of(client, self.inode).await?.generation,
+        };
+        let opts = eager_options(self.inode, expected);
         let staged = client.stage_at(hint, &opts).await?;
         if staged.inode != self.inode {
             let _ = client.abort(staged.id).await;
@@ -151,17 +238,18 @@ impl Eager {
     }
 
     /// Publishes the draft (`size` bytes in `file`) through the eager
-    /// upload: the last block, then the commit. `None`: the eager path is
-    /// not usable (nothing was handed off, or it broke) and the caller
-    /// publishes the ordinary way; so it does after `Some(Err(..))`.
+    /// upload: what is left to upload, then the commit. Returns the new
+    /// attributes and the [`Base`] the next publish can keep. `None`: the
+    /// eager path is not usable (nothing to gain, or it broke) and the
+    /// caller publishes the ordinary way; so it does after `Some(Err(..))`.
     pub(crate) async fn finish(
         mut self,
         client: &Client,
         file: &File,
         size: u64,
         hint: EntryRef,
-    ) -> Option<Result<Attr, ClientError>> {
-        if self.broken || self.staged.is_none() || size < self.next {
+    ) -> Option<Result<(Attr, Base), ClientError>> {
+        if self.broken || size < self.next || self.blocks.is_empty() {
             self.abandon(client).await;
             return None;
         }
@@ -181,9 +269,17 @@ impl Eager {
         file: &File,
         size: u64,
         hint: EntryRef,
-    ) -> Result<Attr, ClientError> {
+    ) -> Result<(Attr, Base), ClientError> {
+        while size >= self.next + BLOCK {
+            self.hand_off(client, file, BLOCK, hint.clone()).await?;
+        }
         if size > self.next {
-            self.hand_off(client, file, size - self.next, hint).await?;
+            self.hand_off(client, file, size - self.next, hint.clone())
+                .await?;
+        }
+        if self.staged.is_none() {
+            // Only kept blocks (a truncate back to a block boundary).
+            self.staged = Some(self.stage(client, hint).await?);
         }
         while !self.uploads.is_empty() {
             self.collect_one().await?;
@@ -208,13 +304,20 @@ impl Eager {
             .collect();
         let spec = BodySpec {
             size,
-            blocks,
+            blocks: blocks.clone(),
             sha256: digest,
             content_type: opts.content_type,
             producer: "nokv-fuse".into(),
             attrs: opts.attrs,
         };
-        client.commit(staged.id, spec).await
+        let attr = client.commit(staged.id, spec).await?;
+        let base = Base {
+            generation: attr.generation,
+            blocks,
+            full: self.full,
+            hasher: self.at_full.clone(),
+        };
+        Ok((attr, base))
     }
 
     /// Gives the eager upload up: what it uploaded is reclaimed.

@@ -21,7 +21,7 @@
 //! A file unlinked while open publishes nothing (its bytes had nowhere to
 //! go).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -30,14 +30,14 @@ use std::sync::{Arc, Mutex};
 
 use fuser::Errno;
 use nokv_client::{
-    Applied, Attr, Body, Client, ClientError, Consistency, EntryRef, Generation, InodeId, InodeRef,
-    Op, PublishMode, PutOptions, Query, QueryResult, SetAttr,
+    Applied, Attr, BlockRef, Body, Client, ClientError, Consistency, EntryRef, Generation, InodeId,
+    InodeRef, Op, PublishMode, PutOptions, Query, QueryResult, SetAttr,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::attr::errno;
 use crate::blocks::BlockCache;
-use crate::eager::Eager;
+use crate::eager::{Base, Eager};
 
 /// Attempts of one publish when another client's publish races it.
 const PUBLISH_ATTEMPTS: usize = 3;
@@ -71,11 +71,37 @@ struct Spill {
     /// `None` until the bytes are needed.
     file: Option<File>,
     eager: Option<Eager>,
+    /// What the last publish from this draft lets the next one keep.
+    base: Option<Base>,
 }
+
+/// A published file's spill file and base, kept after its last handle
+/// closed, so that reopening it to append needs neither a download nor a
+/// full upload (while nobody else published it meanwhile).
+struct Kept {
+    file: File,
+    size: u64,
+    base: Base,
+}
+
+/// The kept spill files of a mount, oldest first out.
+#[derive(Default)]
+struct KeptFiles {
+    files: HashMap<InodeId, Kept>,
+    order: VecDeque<InodeId>,
+    bytes: u64,
+}
+
+/// At most this many files kept after their close ...
+const KEPT_FILES: usize = 32;
+/// ... holding at most this many bytes of local disk, none larger than:
+const KEPT_BYTES: u64 = 2 << 30;
+const KEPT_FILE_BYTES: u64 = 1 << 30;
 
 /// Every draft of a mount, by inode.
 pub(crate) struct Drafts {
     table: Mutex<HashMap<InodeId, Arc<Draft>>>,
+    kept: Mutex<KeptFiles>,
     dir: PathBuf,
 }
 
@@ -83,6 +109,7 @@ impl Drafts {
     pub(crate) fn new(dir: PathBuf) -> Drafts {
         Drafts {
             table: Mutex::new(HashMap::new()),
+            kept: Mutex::new(KeptFiles::default()),
             dir,
         }
     }
@@ -115,11 +142,58 @@ impl Drafts {
     /// spill file) whatever its state: its close already said whether the
     /// publish worked.
     pub(crate) fn detach(&self, draft: &Arc<Draft>) {
-        if let Ok(mut table) = self.table.lock() {
-            if draft.handles.fetch_sub(1, Ordering::Relaxed) == 1 {
-                table.remove(&draft.inode);
+        let last = match self.table.lock() {
+            Ok(mut table) => {
+                let last = draft.handles.fetch_sub(1, Ordering::Relaxed) == 1;
+                if last {
+                    table.remove(&draft.inode);
+                }
+                last
+            }
+            Err(_) => false,
+        };
+        if last && !draft.is_dirty() {
+            // Nobody else holds the spill lock once the last handle is gone.
+            if let Ok(mut spill) = draft.spill.try_lock() {
+                if let (Some(file), Some(base)) = (spill.file.take(), spill.base.take()) {
+                    self.keep(draft.inode, file, draft.size.load(Ordering::Relaxed), base);
+                }
             }
         }
+    }
+
+    /// Keeps a published file's spill file for a later append.
+    fn keep(&self, inode: InodeId, file: File, size: u64, base: Base) {
+        if size > KEPT_FILE_BYTES {
+            return;
+        }
+        let Ok(mut kept) = self.kept.lock() else {
+            return;
+        };
+        if let Some(old) = kept.files.remove(&inode) {
+            kept.bytes -= old.size;
+            kept.order.retain(|i| *i != inode);
+        }
+        while kept.files.len() >= KEPT_FILES || kept.bytes + size > KEPT_BYTES {
+            let Some(oldest) = kept.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = kept.files.remove(&oldest) {
+                kept.bytes -= gone.size;
+            }
+        }
+        kept.bytes += size;
+        kept.order.push_back(inode);
+        kept.files.insert(inode, Kept { file, size, base });
+    }
+
+    /// The kept spill file of `inode`, if there is one.
+    fn take_kept(&self, inode: InodeId) -> Option<Kept> {
+        let mut kept = self.kept.lock().ok()?;
+        let found = kept.files.remove(&inode)?;
+        kept.bytes -= found.size;
+        kept.order.retain(|i| *i != inode);
+        Some(found)
     }
 
     /// `attr` as this mount shows it: a dirty draft's size and times win.
@@ -221,15 +295,36 @@ impl Draft {
     /// Makes sure the spill file exists, filled with the current body. A
     /// draft that starts empty may upload as it goes (`eager`).
     async fn filled(&self, spill: &mut Spill, t: &Target<'_>) -> Result<(), Errno> {
-        if spill.file.is_none() {
-            let file = t.drafts.spill_file()?;
-            let size = copy_body(t, self.inode, &file).await?;
-            self.size.store(size, Ordering::Relaxed);
-            spill.file = Some(file);
-            if size == 0 {
-                spill.eager = Some(Eager::new(self.inode));
+        if spill.file.is_some() {
+            return Ok(());
+        }
+        let body = current_body(t, self.inode).await?;
+        let generation = body.as_ref().map(|b| b.generation);
+        // This mount published the file last, and kept its bytes: resume.
+        if let Some(kept) = t.drafts.take_kept(self.inode) {
+            if Some(kept.base.generation) == generation {
+                self.size.store(kept.size, Ordering::Relaxed);
+                spill.file = Some(kept.file);
+                spill.eager = Some(Eager::resume(self.inode, kept.base.clone()));
+                spill.base = Some(kept.base);
+                return Ok(());
             }
         }
+        let file = t.drafts.spill_file()?;
+        let size = match &body {
+            Some(body) => copy_blocks(t, self.inode, body, &file).await?,
+            None => 0,
+        };
+        self.size.store(size, Ordering::Relaxed);
+        // An append to a file of whole blocks keeps them (see `eager`).
+        spill.eager = match body {
+            None => Some(Eager::new(self.inode)),
+            Some(body) if body.size == 0 => Some(Eager::new(self.inode)),
+            Some(body) => Base::of(&file, body.generation, body.blocks)
+                .map_err(|e| io_errno(&e))?
+                .map(|base| Eager::resume(self.inode, base)),
+        };
+        spill.file = Some(file);
         Ok(())
     }
 
@@ -252,7 +347,7 @@ impl Draft {
     ) -> Result<u32, Errno> {
         let mut spill = self.spill.lock().await;
         self.filled(&mut spill, t).await?;
-        let Spill { file, eager } = &mut *spill;
+        let Spill { file, eager, .. } = &mut *spill;
         let file = file.as_ref().ok_or(Errno::EIO)?;
         if let Some(eager) = eager.as_mut() {
             eager.touched(offset);
@@ -303,7 +398,7 @@ impl Draft {
             spill.eager = Some(Eager::new(self.inode));
         }
         self.filled(&mut spill, t).await?;
-        let Spill { file, eager } = &mut *spill;
+        let Spill { file, eager, .. } = &mut *spill;
         let file = file.as_ref().ok_or(Errno::EIO)?;
         if let Some(eager) = eager.as_mut() {
             eager.touched(size);
@@ -321,17 +416,21 @@ impl Draft {
         if !self.is_dirty() {
             return Ok(None);
         }
-        let Spill { file, eager } = &mut *spill;
+        let Spill { file, eager, base } = &mut *spill;
         let Some(file) = file.as_ref() else {
             return Err(Errno::EIO);
         };
-        if let Some(eager) = eager.take() {
+        if let Some(taken) = eager.take() {
             let size = self.size.load(Ordering::Relaxed);
-            if let Some(Ok(attr)) = eager.finish(t.client, file, size, self.hint(t)).await {
+            if let Some(Ok((attr, next))) = taken.finish(t.client, file, size, self.hint(t)).await {
                 self.dirty.store(false, Ordering::Relaxed);
+                // Later writes on this draft (an append) go on from here.
+                *eager = Some(Eager::resume(self.inode, next.clone()));
+                *base = Some(next);
                 return self.restore_mtime(t.client, attr).await.map(Some);
             }
         }
+        *base = None;
         for _ in 0..PUBLISH_ATTEMPTS {
             let current = match attr_of(t.client, self.inode).await {
                 Ok(attr) => attr,
@@ -348,8 +447,11 @@ impl Draft {
                 .publish_once(t.client, file, hint, current.generation, size)
                 .await
             {
-                Ok(attr) => {
+                Ok((attr, blocks)) => {
                     self.dirty.store(false, Ordering::Relaxed);
+                    // Later appends keep this body's whole blocks.
+                    *base = Base::of(file, attr.generation, blocks).unwrap_or(None);
+                    *eager = base.clone().map(|b| Eager::resume(self.inode, b));
                     return self.restore_mtime(t.client, attr).await.map(Some);
                 }
                 // Another client published in between: go on top of it.
@@ -390,7 +492,7 @@ impl Draft {
         hint: EntryRef,
         expected: Generation,
         size: u64,
-    ) -> Result<Attr, ClientError> {
+    ) -> Result<(Attr, Vec<BlockRef>), ClientError> {
         let opts = PutOptions {
             mode: PublishMode::Inode {
                 inode: self.inode,
@@ -419,7 +521,8 @@ impl Draft {
             let spec = client
                 .upload_blocks(&staged, reader.take(size), &opts, &|_| {})
                 .await?;
-            client.commit(staged.id, spec).await
+            let blocks = spec.blocks.clone();
+            Ok((client.commit(staged.id, spec).await?, blocks))
         }
         .await;
         if let Err(e) = &result {
@@ -442,24 +545,25 @@ pub(crate) async fn attr_of(client: &Client, inode: InodeId) -> Result<Attr, Cli
     }
 }
 
-/// Copies `inode`'s current body into `file`; returns its size.
-async fn copy_body(t: &Target<'_>, inode: InodeId, file: &File) -> Result<u64, Errno> {
-    let inode_ref = InodeRef::Id(inode);
-    let body: Option<Body> = match t
-        .client
-        .query(
-            Query::ReadBody { inode: inode_ref },
-            Consistency::Linearizable,
-        )
-        .await
-    {
-        Ok(QueryResult::Body { body, .. }) => body,
-        Ok(_) => return Err(Errno::EIO),
-        Err(e) => return Err(errno(&e)),
+/// `inode`'s current body.
+async fn current_body(t: &Target<'_>, inode: InodeId) -> Result<Option<Body>, Errno> {
+    let query = Query::ReadBody {
+        inode: InodeRef::Id(inode),
     };
-    let Some(body) = body else {
-        return Ok(0);
-    };
+    match t.client.query(query, Consistency::Linearizable).await {
+        Ok(QueryResult::Body { body, .. }) => Ok(body),
+        Ok(_) => Err(Errno::EIO),
+        Err(e) => Err(errno(&e)),
+    }
+}
+
+/// Copies `body` into `file`; returns its size.
+async fn copy_blocks(
+    t: &Target<'_>,
+    inode: InodeId,
+    body: &Body,
+    file: &File,
+) -> Result<u64, Errno> {
     let mut offset = 0u64;
     for block in &body.blocks {
         let bytes = t.blocks.get(t.client, block).await.map_err(|e| {

@@ -610,6 +610,10 @@ impl ClientService {
             Op::CommitPublishBatch { commits } => commits.iter().map(|(u, b)| (*u, b)).collect(),
             _ => return Ok(()),
         };
+        // Only blocks under each upload's own prefix are looked up: a
+        // commit may also keep leading blocks of the body it replaces (an
+        // append), which are live, and which apply checks against it.
+        let mut specs: Vec<BodySpec> = Vec::with_capacity(commits.len());
         {
             let s = self.state.read().map_err(|_| Self::state_error())?;
             if s.holt.remembered(command.request_id).is_some() {
@@ -617,11 +621,14 @@ impl ClientService {
             }
             // A missing or expired upload is answered before any store I/O,
             // so a late commit hears "lease expired", not "block missing".
-            for (upload, _) in &commits {
-                live_upload(&s.holt, *upload, command.time_ns)?;
+            for (upload, body) in &commits {
+                let prefix = live_upload(&s.holt, *upload, command.time_ns)?.key_prefix();
+                let mut own = (*body).clone();
+                own.blocks.retain(|block| block.key.starts_with(&prefix));
+                specs.push(own);
             }
         }
-        let specs: Vec<&BodySpec> = commits.iter().map(|(_, b)| *b).collect();
+        let specs: Vec<&BodySpec> = specs.iter().collect();
         match self.maintenance.verify_blocks(&specs).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(fs)) => Err(fs_error_status(&fs)),

@@ -345,13 +345,17 @@ impl Holt {
         self.check_generation(body.generation, generations)
             .map_err(|e| format!("inode {id}: {e}"))?;
         // `blocks/{shard}/{inode}/{generation}/…`: the inode part may name
-        // another file (an upsert), the shard and generation may not.
+        // another file (an upsert), the shard may not; the generation is
+        // this body's, or an earlier one's whose blocks it kept (an append).
         let owned = |key: &str| {
             let mut parts = key.split('/');
             parts.next() == Some("blocks")
                 && parts.next() == Some(self.shard.0.to_string().as_str())
                 && parts.next().is_some()
-                && parts.next() == Some(body.generation.0.to_string().as_str())
+                && parts
+                    .next()
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .is_some_and(|g| g >= 1 && g <= body.generation.0)
         };
         if !body.blocks.iter().all(|block| owned(&block.key)) {
             return Err(format!(

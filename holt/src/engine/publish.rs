@@ -289,15 +289,20 @@ impl Holt {
         }
         let prefix = upload.key_prefix();
         // Strictly under the prefix: the prefix itself is not a block.
-        if let Some(block) = spec
-            .blocks
-            .iter()
-            .find(|block| !block.key.starts_with(&prefix) || block.key.len() == prefix.len())
-        {
+        let own =
+            |block: &BlockRef| block.key.starts_with(&prefix) && block.key.len() > prefix.len();
+        // Leading blocks may be kept from the body this commit replaces
+        // (an append uploads only what changed); every later one must be
+        // this upload's.
+        let kept = spec.blocks.iter().take_while(|block| !own(block)).count();
+        if let Some(block) = spec.blocks[kept..].iter().find(|block| !own(block)) {
             return Err(FsError::InvalidArgument(format!(
                 "{id}: block key {} is not under the upload's prefix {prefix:?}",
                 preview(&block.key)
             )));
+        }
+        if kept > 0 {
+            self.check_kept(upload, &spec.blocks[..kept])?;
         }
         if let PublishMode::Inode { inode, expected } = upload.mode {
             // By inode: wherever the file is linked now.
@@ -350,6 +355,36 @@ impl Holt {
         Ok(self.plan(stamp, id, upload, target, spec))
     }
 
+    /// Blocks a commit keeps from the body it replaces must be exactly that
+    /// body's first blocks (same keys, same sizes, same places). The file
+    /// is the one the upload would publish onto; the predicate is checked
+    /// after this, as for any commit.
+    fn check_kept(&self, upload: &StagedUpload, kept: &[BlockRef]) -> Result<(), FsError> {
+        let file = match upload.mode {
+            PublishMode::Inode { inode, .. } => Some(inode),
+            PublishMode::Replace { .. } | PublishMode::Upsert => {
+                self.child(upload.parent, &upload.name)
+            }
+            PublishMode::CreateOnly => None,
+        };
+        let current = file
+            .and_then(|id| self.inodes.get(&id))
+            .and_then(|record| record.body.as_ref())
+            .map_or(&[][..], |body| &body.blocks[..]);
+        match kept.iter().zip(current).position(|(a, b)| a != b) {
+            None if kept.len() <= current.len() => Ok(()),
+            at => {
+                let at = at.unwrap_or(current.len());
+                Err(FsError::InvalidArgument(format!(
+                    "{}: block {at} ({}) is neither under the upload's prefix nor block {at} \
+                     of the body it replaces",
+                    upload.id,
+                    preview(&kept[at].key)
+                )))
+            }
+        }
+    }
+
     /// The write half's instructions for a checked commit.
     fn plan(
         &self,
@@ -388,6 +423,9 @@ impl Holt {
         self.staged.remove(&plan.upload);
         let id = match plan.target {
             Target::Existing(id) => {
+                // Blocks the new body keeps from the old one stay live.
+                let kept: BTreeSet<String> =
+                    plan.body.blocks.iter().map(|b| b.key.clone()).collect();
                 let mut old = None;
                 if let Some(record) = self.inodes.get_mut(&id) {
                     let attr = &mut record.attr;
@@ -396,6 +434,9 @@ impl Holt {
                     attr.mtime_ns = stamp.time_ns;
                     touch_change(attr, stamp);
                     old = record.body.replace(plan.body);
+                }
+                if let Some(old) = old.as_mut() {
+                    old.blocks.retain(|block| !kept.contains(&block.key));
                 }
                 self.retire_body(id, old, stamp);
                 return id;

@@ -5,7 +5,7 @@
 //! reader that started on the pinned body can finish.
 
 use super::{Applied, Holt, Namespace, Outcome, Stamp};
-use crate::body::GcTask;
+use crate::body::{GcTarget, GcTask};
 use crate::command::InodeRef;
 use crate::error::FsError;
 use crate::path::split_path;
@@ -173,16 +173,30 @@ impl Holt {
     }
 }
 
-/// Whether `pin` shows the body `task` would delete.
+/// Whether `pin` shows the body `task` would delete, or any body of that
+/// file that names one of its keys: an append keeps its predecessor's
+/// blocks, so a pinned earlier (or later) generation may still need some.
 fn holds(pin: &Pin, task: &GcTask) -> bool {
     let Some((inode, generation)) = task.body_of else {
         return false;
     };
-    pin.ns
+    let Some(body) = pin
+        .ns
         .inodes
         .get(&inode)
         .and_then(|record| record.body.as_ref())
-        .is_some_and(|body| body.generation == generation)
+    else {
+        return false;
+    };
+    if body.generation == generation {
+        return true;
+    }
+    let GcTarget::Keys(keys) = &task.target else {
+        return false;
+    };
+    let pinned: std::collections::HashSet<&str> =
+        body.blocks.iter().map(|block| block.key.as_str()).collect();
+    keys.iter().any(|key| pinned.contains(key.as_str()))
 }
 
 /// A reference must stay inside the pinned subtree: a path must start with

@@ -409,3 +409,102 @@ fn bad_snapshot_requests_get_clear_errors_and_change_nothing() {
         other => panic!("renew: {other:?}"),
     }
 }
+
+/// An append keeps the first blocks of the body it replaces: only the
+/// others are queued for GC, a kept block stays live through later
+/// generations, and a pin of an older generation holds back the deletion of
+/// a kept block that a later replace finally retires.
+#[test]
+fn an_append_keeps_its_predecessors_blocks_and_pins_hold_them() {
+    let mut f = Fixture::new();
+    let (first_upload, first) = f.publish("/log", PublishMode::CreateOnly, &[4, 2]);
+    let first_body = f.read_body("/log").1.expect("a body");
+    let (b0, b1) = (first_body.blocks[0].clone(), first_body.blocks[1].clone());
+    let pin = f.snapshot("/");
+    let by_inode = |g: Generation| PublishMode::Inode {
+        inode: first.inode,
+        expected: g,
+    };
+
+    // Append: keep b0, upload the rest again (b1 grew).
+    let upload = f.begin("/log", by_inode(first.generation));
+    let mut body = spec(&upload, &[3, 4]);
+    body.blocks.insert(0, b0.clone());
+    body.size = 4 + 3 + 4;
+    let second = f.ok_attr(commit(&upload, body));
+    let second_body = f.read_body("/log").1.expect("a body");
+    assert_eq!(second_body.blocks[0], b0, "the kept block stays in place");
+    assert_eq!(second.size, 11);
+    let queued: Vec<GcTarget> = f
+        .holt
+        .all_gc_tasks()
+        .into_iter()
+        .map(|t| t.target)
+        .collect();
+    assert_eq!(
+        queued,
+        vec![GcTarget::Keys(vec![b1.key.clone()])],
+        "only b1 retires"
+    );
+    f.holt
+        .check_invariants()
+        .expect("invariants after an append");
+
+    // Kept blocks must be the replaced body's, in place, and only leading.
+    let upload = f.begin("/log", by_inode(second.generation));
+    let bad = |f: &mut Fixture, blocks: Vec<BlockRef>| {
+        let mut body = spec(&upload, &[1]);
+        body.size = blocks.iter().map(|b| b.size).sum::<u64>() + 1;
+        let mut all = blocks;
+        all.extend(body.blocks);
+        body.blocks = all;
+        f.err_unchanged(commit(&upload, body), "EINVAL");
+    };
+    bad(&mut f, vec![b1.clone()]); // retired already
+    bad(&mut f, vec![second_body.blocks[1].clone()]); // not in its place
+    bad(
+        &mut f,
+        vec![first_upload.key_prefix() + "nope"]
+            .into_iter()
+            .map(|key| BlockRef { key, size: 4 })
+            .collect(),
+    );
+    let mut trailing = spec(&upload, &[1]);
+    trailing.blocks.push(b0.clone());
+    trailing.size += b0.size;
+    f.err_unchanged(commit(&upload, trailing), "EINVAL");
+    // A create has nothing to keep from.
+    let fresh = f.begin("/new", PublishMode::CreateOnly);
+    let mut body = spec(&fresh, &[1]);
+    body.blocks.insert(0, b0.clone());
+    body.size += b0.size;
+    f.err_unchanged(commit(&fresh, body), "EINVAL");
+
+    // A replace that keeps nothing finally retires b0; the pin (which shows
+    // the first generation, holding b0) holds that deletion back.
+    let third = f.ok_attr(commit(&upload, spec(&upload, &[5])));
+    let b0_task = f
+        .holt
+        .all_gc_tasks()
+        .into_iter()
+        .find(|t| matches!(&t.target, GcTarget::Keys(k) if k.contains(&b0.key)))
+        .expect("b0 is queued once nothing keeps it");
+    assert_eq!(b0_task.body_of, Some((first.inode, second.generation)));
+    assert!(
+        !f.holt
+            .gc_tasks(usize::MAX)
+            .iter()
+            .any(|t| t.seq == b0_task.seq),
+        "held: the pinned first generation still names b0"
+    );
+    assert!(third.generation > second.generation);
+    f.holt.check_invariants().expect("invariants");
+    f.ok(Op::RemoveSnapshot { id: pin.id });
+    assert!(
+        f.holt
+            .gc_tasks(usize::MAX)
+            .iter()
+            .any(|t| t.seq == b0_task.seq),
+        "released with the pin"
+    );
+}
