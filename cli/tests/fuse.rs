@@ -25,6 +25,11 @@
 //!   flags, errors at grafts), and two mounts reading each other's files.
 //! - `closes_across_a_leader_failover_are_all_or_nothing`: a leader killed
 //!   while files are written and closed; every file whole or absent.
+//! - `pjdfstest_passes_on_a_mount`, `a_corrupt_block_reads_as_an_error`,
+//!   `an_unreachable_store_is_an_error_not_a_hang`,
+//!   `a_disk_cache_serves_blocks_across_mounts`,
+//!   `large_files_are_published_whole_however_they_are_written`,
+//!   `appends_keep_the_blocks_they_do_not_change`: see each test.
 //!
 //! Needs /dev/fuse and `fusermount3` (Debian's fuse3). Synchronisation is
 //! by polling under deadlines, never by sleeping.

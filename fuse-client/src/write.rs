@@ -302,6 +302,7 @@ impl Draft {
         let generation = body.as_ref().map(|b| b.generation);
         // This mount published the file last, and kept its bytes: resume.
         if let Some(kept) = t.drafts.take_kept(self.inode) {
+            tracing::debug!(inode = %self.inode, kept = ?kept.base.generation, current = ?generation, "a kept spill file");
             if Some(kept.base.generation) == generation {
                 self.size.store(kept.size, Ordering::Relaxed);
                 spill.file = Some(kept.file);
