@@ -8,7 +8,8 @@
 //! 2. The client uploads blocks under that prefix (no metadata involved).
 //! 3. `CommitPublish` checks its predicate (create-only / expected
 //!    generation) and makes the new [`Body`] visible in one step; the blocks
-//!    of the body it replaces are queued for GC in the same command.
+//!    of the body it replaces that it does not keep are queued for GC in the
+//!    same command.
 //!
 //! Nothing here does I/O: the leader's workers read [`Holt::gc_tasks`] and
 //! [`Holt::expired_uploads`], act on the object store, and report back
@@ -16,11 +17,16 @@
 //!
 //! Why GC is safe: every block key of a body starts with the prefix of the
 //! upload that produced it, and that prefix carries a generation that is
-//! allocated once per shard and never reused. So a key belongs to at most
-//! one body ever, and once that body leaves the namespace (replaced, or its
-//! file's last link removed) the key is queued exactly once and can never
-//! become live again. An abandoned upload's prefix is likewise never used by
-//! a body, so deleting everything under it is safe.
+//! allocated once per shard and never reused. A later body of the *same*
+//! file may keep leading blocks of the body it replaces (an append: the
+//! commit names them, and they must be exactly that body's first blocks),
+//! so a key belongs to one chain of consecutive generations of one file.
+//! The command that retires a body queues only the keys its successor does
+//! not keep; once queued, a key is in no live body and can never become live
+//! again (a commit can keep only live keys). A snapshot pin showing any body
+//! of that file that names a queued key holds the task back. An abandoned
+//! upload's prefix is never used by a body, so deleting everything under it
+//! is safe.
 //!
 //! The prefix names the inode the upload was begun for. An `Upsert` whose
 //! name holds a different file at commit publishes onto that file, so a

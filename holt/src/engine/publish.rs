@@ -4,11 +4,14 @@
 //! The protocol is described in [`crate::body`]. The rules that keep the
 //! object store consistent with the metadata, in every command:
 //! - a body that leaves the namespace (replaced by a commit, or its file's
-//!   last link removed) has its keys queued for GC *in the same command*;
+//!   last link removed) has its keys, less those its successor keeps,
+//!   queued for GC *in the same command*;
 //! - an upload that ends without a commit (abort, expiry) has its prefix
 //!   queued in the same command;
 //! - a key is only accepted under the committing upload's prefix, whose
-//!   generation is fresh, so no key can be live twice or live after GC.
+//!   generation is fresh, or as one of the leading blocks the replaced body
+//!   has in the same places (an append keeps them; they are then not
+//!   retired), so no key can be live twice or live after GC.
 //!
 //! Like every mutation, each operation here checks everything first (the
 //! commit builds a [`Plan`]) and only then writes.
