@@ -20,8 +20,9 @@ pub enum Workload {
     Create,
     /// Stat existing files (linearizable reads unless --stale).
     Stat,
-    /// Publish bodies of --size bytes (stage, upload blocks, commit), side by
-    /// side with raw object-store PUTs of the same bytes.
+    /// Publish bodies of --size bytes (stage, upload blocks, commit) and read
+    /// them back, side by side with raw object-store PUTs and GETs of the
+    /// same bytes.
     Publish,
     /// Create files while a recursive watch on the benchmark directory runs;
     /// reports the delay from the leader stamping each create to the
@@ -59,6 +60,14 @@ pub struct BenchArgs {
     /// For `publish`: skip the raw PUT baseline.
     #[arg(long)]
     pub no_raw: bool,
+    /// For `posix`: separate processes instead of threads (each runs one
+    /// phase at a time, one directory each, like mdtest's ranks).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// For `posix` (internal): run one phase as worker N of a multi-process
+    /// run in this run directory.
+    #[arg(long, hide = true, num_args = 3, value_names = ["PHASE", "WORKER", "RUN_DIR"])]
+    pub posix_worker: Option<Vec<String>>,
 }
 
 /// Parses `4096`, `4KiB`, `1MiB`, `2GiB`.
@@ -224,6 +233,18 @@ async fn publish(
         })
         .await?;
         print_publish("raw-put", args, &raw, mib, None, g);
+        let s = store.clone();
+        let raw_get = drive(args.concurrency, args.count, move |i| {
+            let s = s.clone();
+            async move {
+                s.get(&format!("bench-raw/{run_id:016x}/{i}"), None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| nokv_client::ClientError::Store(e.to_string()))
+            }
+        })
+        .await?;
+        print_publish("raw-get", args, &raw_get, mib, None, g);
         for i in 0..args.count {
             let _ = store.delete(&format!("bench-raw/{run_id:016x}/{i}")).await;
         }
@@ -273,6 +294,16 @@ async fn publish(
         block_counts[1].load(Ordering::Relaxed),
     ];
     print_publish("nokv-publish", args, &report, mib, Some((&meta, blocks)), g);
+    // And read back through the SDK: body lookup, blocks, sha256 check.
+    let c = client.clone();
+    let d = dir.to_string();
+    let read = drive(args.concurrency, args.count, move |i| {
+        let c = c.clone();
+        let path = format!("{d}/p{i}");
+        async move { c.get(&path, None).await.map(drop) }
+    })
+    .await?;
+    print_publish("nokv-get", args, &read, mib, None, g);
     Ok(())
 }
 
