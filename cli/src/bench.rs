@@ -97,7 +97,20 @@ pub(crate) struct Report {
     pub(crate) hist: Histogram<u64>,
 }
 
-pub(crate) fn new_hist() -> anyhow::Result<Histogram<u64>> {
+impl Report {
+    /// No operations yet.
+    pub(crate) fn empty() -> anyhow::Result<Report> {
+        Ok(Report {
+            ops: 0,
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+            hist: new_hist()?,
+        })
+    }
+}
+
+fn new_hist() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
 }
 
@@ -137,13 +150,7 @@ where
             anyhow::Ok((hist, ops, errors, first_error))
         }));
     }
-    let mut report = Report {
-        ops: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        hist: new_hist()?,
-    };
+    let mut report = Report::empty()?;
     for w in workers {
         let (hist, ops, errors, first_error) = w.await.context("bench worker panicked")??;
         report.hist.add(&hist).context("merging histograms")?;

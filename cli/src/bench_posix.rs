@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::bench::{new_hist, print_report, BenchArgs, Report};
+use crate::bench::{print_report, BenchArgs, Report};
 use crate::GlobalArgs;
 
 /// Bytes per `write` and `read` call of the sequential phase.
@@ -171,13 +171,7 @@ where
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || -> anyhow::Result<Report> {
-                    let mut report = Report {
-                        ops: 0,
-                        errors: 0,
-                        first_error: None,
-                        elapsed: Duration::ZERO,
-                        hist: new_hist()?,
-                    };
+                    let mut report = Report::empty()?;
                     for i in 0..per {
                         let at = Instant::now();
                         match op(t, i) {
@@ -205,13 +199,8 @@ where
             })
             .collect::<anyhow::Result<Vec<Report>>>()
     })?;
-    let mut total = Report {
-        ops: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: started.elapsed(),
-        hist: new_hist()?,
-    };
+    let mut total = Report::empty()?;
+    total.elapsed = started.elapsed();
     for r in reports {
         total.ops += r.ops;
         total.errors += r.errors;

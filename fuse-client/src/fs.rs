@@ -105,6 +105,12 @@ pub struct NokvFs {
 }
 
 impl NokvFs {
+    /// The name argument of a change, once the mount takes changes.
+    fn changeable(&self, name: &OsStr) -> Result<String, Errno> {
+        self.shared.writable()?;
+        name_of(name)
+    }
+
     /// A filesystem rooted at inode `root`, answering through `client`
     /// (which may be a snapshot view) on `runtime`.
     pub fn new(client: Client, runtime: Runtime, root: InodeId, options: MountOptions) -> NokvFs {
@@ -490,10 +496,7 @@ impl NokvFs {
         reply: ReplyEntry,
         op: impl FnOnce(EntryRef) -> Op + Send + 'static,
     ) {
-        if let Err(e) = self.shared.writable() {
-            return reply.error(e);
-        }
-        let name = match name_of(name) {
+        let name = match self.changeable(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -517,10 +520,7 @@ impl NokvFs {
         reply: ReplyEmpty,
         op: impl FnOnce(EntryRef) -> Op + Send + 'static,
     ) {
-        if let Err(e) = self.shared.writable() {
-            return reply.error(e);
-        }
-        let name = match name_of(name) {
+        let name = match self.changeable(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -814,10 +814,7 @@ impl Filesystem for NokvFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        if let Err(e) = self.shared.writable() {
-            return reply.error(e);
-        }
-        let name = match name_of(name) {
+        let name = match self.changeable(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -1217,10 +1214,7 @@ impl Filesystem for NokvFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if let Err(e) = self.shared.writable() {
-            return reply.error(e);
-        }
-        let name = match name_of(name) {
+        let name = match self.changeable(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
@@ -1251,10 +1245,7 @@ impl Filesystem for NokvFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.shared.writable() {
-            return reply.error(e);
-        }
-        let name = match name_of(name) {
+        let name = match self.changeable(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
