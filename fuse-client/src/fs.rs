@@ -83,6 +83,47 @@ struct Listing {
     done: bool,
 }
 
+/// The name each file was last seen under, both ways, so that an unlink
+/// or a rename updates it in constant time.
+#[derive(Default)]
+struct Links {
+    by_inode: HashMap<InodeId, (InodeId, String)>,
+    by_name: HashMap<(InodeId, String), InodeId>,
+}
+
+impl Links {
+    fn insert(&mut self, inode: InodeId, link: (InodeId, String)) {
+        self.remove_inode(inode);
+        if let Some(other) = self.by_name.insert(link.clone(), inode) {
+            if other != inode {
+                self.by_inode.remove(&other);
+            }
+        }
+        self.by_inode.insert(inode, link);
+    }
+
+    fn name_of(&self, inode: InodeId) -> Option<(InodeId, String)> {
+        self.by_inode.get(&inode).cloned()
+    }
+
+    fn inode_at(&self, link: &(InodeId, String)) -> Option<InodeId> {
+        self.by_name.get(link).copied()
+    }
+
+    /// Forgets the name `link`; returns the file it named.
+    fn remove_name(&mut self, link: &(InodeId, String)) -> Option<InodeId> {
+        let inode = self.by_name.remove(link)?;
+        self.by_inode.remove(&inode);
+        Some(inode)
+    }
+
+    fn remove_inode(&mut self, inode: InodeId) {
+        if let Some(link) = self.by_inode.remove(&inode) {
+            self.by_name.remove(&link);
+        }
+    }
+}
+
 /// State shared by every request of one mount.
 struct Shared {
     client: Client,
@@ -94,8 +135,8 @@ struct Shared {
     next_handle: AtomicU64,
     drafts: Drafts,
     /// The name each file was last seen under (from `lookup`, a listing,
-    /// `create`, `rename`, ...): where a draft of it publishes.
-    links: Mutex<HashMap<InodeId, (InodeId, String)>>,
+    /// `create`, `rename`, ...): the hint a draft's publish carries.
+    links: Mutex<Links>,
 }
 
 /// A NoKV namespace (or a subtree, or a snapshot of one) as a FUSE
@@ -132,7 +173,7 @@ impl NokvFs {
                 map: InodeMap::new(root),
                 blocks: BlockCache::new(options.cache_bytes, disk),
                 drafts: Drafts::new(options.spill_dir.clone()),
-                links: Mutex::new(HashMap::new()),
+                links: Mutex::new(Links::default()),
                 options,
                 open: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
@@ -211,7 +252,7 @@ impl Shared {
                 .links
                 .lock()
                 .ok()
-                .and_then(|links| links.get(&inode).cloned()),
+                .and_then(|links| links.name_of(inode)),
         }
     }
 
@@ -348,12 +389,11 @@ impl Shared {
     /// its open handles keep reading and writing them (POSIX lets an
     /// unlinked file live on while it is open).
     async fn keep_open_bytes(&self, link: &(InodeId, String)) {
-        let inode = self.links.lock().ok().and_then(|links| {
-            links
-                .iter()
-                .find(|(_, l)| *l == link)
-                .map(|(inode, _)| *inode)
-        });
+        let inode = self
+            .links
+            .lock()
+            .ok()
+            .and_then(|links| links.inode_at(link));
         if let Some(draft) = inode.and_then(|inode| self.drafts.get(inode)) {
             if let Err(e) = draft.fill(&self.target(draft.inode())).await {
                 tracing::warn!(inode = %draft.inode(), error = ?e, "keeping an open file's bytes");
@@ -368,11 +408,9 @@ impl Shared {
     /// that name, and the one at `from` has it.
     fn renamed(&self, from: &(InodeId, String), to: &(InodeId, String)) {
         if let Ok(mut links) = self.links.lock() {
-            links.retain(|_, link| link != to);
-            for link in links.values_mut() {
-                if link == from {
-                    *link = to.clone();
-                }
+            links.remove_name(to);
+            if let Some(inode) = links.remove_name(from) {
+                links.insert(inode, to.clone());
             }
         }
     }
@@ -530,7 +568,7 @@ impl NokvFs {
             match s.apply(op(child(&link))).await {
                 Ok(()) => {
                     if let Ok(mut links) = s.links.lock() {
-                        links.retain(|_, l| *l != link);
+                        links.remove_name(&link);
                     }
                     reply.ok()
                 }
@@ -592,7 +630,7 @@ impl Filesystem for NokvFs {
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         // The kernel dropped the inode: no handle is open on it.
         if let Ok(mut links) = self.shared.links.lock() {
-            links.remove(&self.shared.map.to_nokv(ino));
+            links.remove_inode(self.shared.map.to_nokv(ino));
         }
     }
 
@@ -1288,5 +1326,37 @@ fn sized(reply: ReplyXattr, size: u32, value: &[u8]) {
         reply.error(Errno::ERANGE)
     } else {
         reply.data(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_follow_renames_and_removals_both_ways() {
+        let (dir, a, b) = (InodeId(10), InodeId(11), InodeId(12));
+        let name = |n: &str| (dir, n.to_string());
+        let mut links = Links::default();
+        links.insert(a, name("x"));
+        links.insert(b, name("y"));
+        // Renaming x over y: y's file loses its name, x's file takes it.
+        links.remove_name(&name("y"));
+        let moved = links.remove_name(&name("x"));
+        assert_eq!(moved, Some(a));
+        links.insert(a, name("y"));
+        assert_eq!(links.inode_at(&name("y")), Some(a));
+        assert_eq!(links.name_of(a), Some(name("y")));
+        assert_eq!(links.name_of(b), None);
+        assert_eq!(links.inode_at(&name("x")), None);
+        // A file seen under a new name drops the old one; a name seen for
+        // another file drops the first file's entry.
+        links.insert(a, name("z"));
+        assert_eq!(links.inode_at(&name("y")), None);
+        links.insert(b, name("z"));
+        assert_eq!(links.name_of(a), None);
+        assert_eq!(links.inode_at(&name("z")), Some(b));
+        links.remove_inode(b);
+        assert!(links.by_inode.is_empty() && links.by_name.is_empty());
     }
 }
