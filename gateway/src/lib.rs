@@ -1,0 +1,25 @@
+//! The agent gateway: the seven read verbs (`ls`, `stat`, `catalog`,
+//! `find`, `aggregate`, `read`, `grep`) over a NoKV cluster, with an
+//! evidence URI on every item an agent sees, served over HTTP/JSON
+//! (`POST /v1/<verb>`) and MCP (stdio, and streamable HTTP at `/mcp`).
+//!
+//! The gateway is stateless: it talks to shard leaders through the SDK and
+//! reads bodies straight from the object store, with bounded bytes and
+//! bounded entries per call. Cursors carry everything a next page needs.
+//!
+//! Must not depend on: any server crate (meta-node, raft-log, router
+//! internals), openraft, sled or etcd-client; it is a client of the cluster.
+
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod mcp;
+pub mod query;
+pub mod structured;
+pub mod uri;
+pub mod value;
+pub mod verbs;
+
+pub use error::GatewayError;
+pub use gateway::{Evidence, Gateway, GatewayConfig};
+pub use value::{Row, Value};
