@@ -8,7 +8,8 @@
 # real S3 server, from crates.io), and the Docker images nokv:dev and
 # nokv-s3s-fs:dev, built locally from this checkout (no registry access), and
 # etcd (Debian's etcd-server) for the control-plane tests, and fuse3, rsync,
-# git and pjdfstest (built from crates.io; for the FUSE mount tests).
+# git and pjdfstest (built from crates.io; for the FUSE mount tests), and
+# the official Python MCP client in a virtualenv (from PyPI).
 # protoc comes from a vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,9 @@ bash fuse-client/install-fuse.sh
 step "pjdfstest (POSIX conformance of the FUSE mount)"
 bash fuse-client/install-pjdfstest.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+
+step "the official Python MCP client (for the MCP tests)"
+bash gateway/install-mcp-client.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -5,8 +5,8 @@
 //! `nokv status`, the namespace commands (`mkdir`, `ls`, `stat`, `touch`,
 //! `mv`, `rm`, `rmdir`, `ln`, `readlink`, `xattr`), bodies (`put`, `cat`,
 //! `get`, `publish-dir`), subtree snapshots (`snapshot`, `--snapshot ID`),
-//! change events (`watch`), a FUSE mount (`mount`)
-//! and `nokv bench`.
+//! change events (`watch`), a FUSE mount (`mount`), the agent gateway
+//! (`gateway`, `mcp`) and `nokv bench`.
 //! Disaster recovery: `nokv backup` and `nokv restore`.
 //!
 //! This binary may depend on every library crate; no library depends on it.
@@ -17,6 +17,7 @@ mod body;
 mod cluster;
 mod control;
 mod fs;
+mod gateway;
 mod mount;
 mod node;
 mod output;
@@ -210,6 +211,15 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a `nokv mount` (its process then exits).
     Umount(mount::UmountArgs),
+    /// Serve the agent verbs (ls, stat, catalog, find, aggregate, read,
+    /// grep) over HTTP/JSON and MCP (streamable HTTP at /mcp).
+    Gateway(gateway::GatewayArgs),
+    /// Run one agent verb in-process and print its JSON result (the same
+    /// verbs, arguments and evidence URIs the gateway serves).
+    Agent(gateway::AgentArgs),
+    /// Serve the agent verbs as MCP tools over stdio (for MCP clients that
+    /// start their servers).
+    Mcp(gateway::McpArgs),
     /// Measure creates or stats against a running cluster.
     Bench(bench::BenchArgs),
     /// Make a recovery point in the object store now (snapshot + log), for
@@ -308,6 +318,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::WatchRetention(a) => watch::retention(a, &g).await,
         Command::Mount(a) => mount::mount(a, &g).await,
         Command::Umount(a) => mount::umount(a).await,
+        Command::Gateway(a) => gateway::serve(a, &g).await,
+        Command::Mcp(a) => gateway::mcp(a, &g).await,
+        Command::Agent(a) => gateway::agent(a, &g).await,
         Command::Bench(a) => bench::run(a, &g).await,
         Command::Backup(a) => recovery::backup(a, &g).await,
         Command::Restore(a) => recovery::restore(a, &g).await,

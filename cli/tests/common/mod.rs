@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod http;
 pub mod slow_link;
 pub mod store;
 
@@ -38,7 +39,7 @@ pub const SERVE_BIN_VAR: &str = "NOKV_TEST_SERVE_BIN";
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How often a waited-for condition is re-checked.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Set this variable to keep each test's data directories and full logs.
 pub const KEEP_DIRS_VAR: &str = "NOKV_TEST_KEEP_DIRS";

@@ -1,0 +1,565 @@
+//! The agent gateway over real HTTP against a real three-replica cluster
+//! with two shards (a graft at /runs/b) on an etcd control plane:
+//!
+//! - `verbs_answer_with_evidence_across_grafts`: ls, stat, catalog, find,
+//!   aggregate, read and grep over a small corpus of runs (attributes given
+//!   at publish, JSON configs, CSV metric series, logs with tracebacks),
+//!   answers checked against what was published; every item carries an
+//!   evidence URI, and resolving one returns exactly the cited bytes, also
+//!   after the file was replaced while a snapshot pins the old generation;
+//!   once the pin is gone the URI is refused with `generation_gone`.
+//!   Reads at a snapshot see the pinned state. Pages with cursors cover
+//!   every result exactly once.
+//! - Bad input (same test): unknown keys and fields, wrong value types,
+//!   limits, cursors of another query, malformed URIs, garbage bodies,
+//!   unknown verbs, write tools on a read-only gateway, structured reads
+//!   of too many records, and a subtree above the scan limit: an HTTP
+//!   status plus a JSON error code, and the gateway keeps serving.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use common::etcd::Etcd;
+use common::http::Gateway;
+use common::store::{StoreKind, TestStore};
+use common::Cluster;
+use nokv_client::{Client, PutOptions};
+use serde_json::{json, Value};
+
+/// Run `i` of the corpus: its config, status and final loss.
+struct Run {
+    id: u32,
+    lr: f64,
+    batch: u32,
+    status: &'static str,
+}
+
+fn runs() -> Vec<Run> {
+    (1..=8)
+        .map(|id| Run {
+            id,
+            lr: [0.1, 0.01, 0.001, 0.0001][(id % 4) as usize],
+            batch: if id % 2 == 0 { 64 } else { 32 },
+            status: if id % 3 == 0 { "failed" } else { "ok" },
+        })
+        .collect()
+}
+
+/// Runs 1-4 live under /runs/a (root shard), 5-8 under /runs/b (a graft).
+fn run_dir(id: u32) -> String {
+    format!("/runs/{}/{id}", if id <= 4 { "a" } else { "b" })
+}
+
+fn val_loss(run: &Run, step: u32) -> f64 {
+    1.0 / f64::from(step + 1) + run.lr + f64::from(run.id) / 1000.0
+}
+
+fn log_text(run: &Run) -> String {
+    let mut text = String::new();
+    for step in 1..=50 {
+        text.push_str(&format!("step {step} loss {:.4}\n", val_loss(run, step)));
+    }
+    if run.status == "failed" {
+        text.push_str(
+            "Traceback (most recent call last):\n  File \"train.py\", line 7\nKeyboardInterrupt\n",
+        );
+    }
+    text
+}
+
+async fn publish(
+    client: &Client,
+    path: &str,
+    bytes: &[u8],
+    content_type: &str,
+    attrs: &[(&str, String)],
+) {
+    let opts = PutOptions {
+        content_type: content_type.into(),
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..PutOptions::default()
+    };
+    client
+        .put_bytes(path, bytes, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("publish {path}: {e}"));
+}
+
+async fn publish_corpus(client: &Client) {
+    for run in runs() {
+        let dir = run_dir(run.id);
+        client
+            .mkdir(&dir, true)
+            .await
+            .unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
+        let params = json!({"lr": run.lr, "batch": run.batch, "optimizer": {"name": "adam"}});
+        let attrs = [
+            ("run", run.id.to_string()),
+            ("status", run.status.to_string()),
+        ];
+        publish(
+            client,
+            &format!("{dir}/params.json"),
+            params.to_string().as_bytes(),
+            "application/json",
+            &attrs,
+        )
+        .await;
+        let mut csv = String::from("step,val_loss\n");
+        for step in 1..=20 {
+            csv.push_str(&format!("{step},{}\n", val_loss(&run, step)));
+        }
+        publish(
+            client,
+            &format!("{dir}/metrics.csv"),
+            csv.as_bytes(),
+            "text/csv",
+            &[],
+        )
+        .await;
+        publish(
+            client,
+            &format!("{dir}/train.log"),
+            log_text(&run).as_bytes(),
+            "text/plain",
+            &[],
+        )
+        .await;
+    }
+}
+
+fn paths(found: &Value, key: &str) -> Vec<String> {
+    found[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in {found}"))
+        .iter()
+        .map(|m| m["path"].as_str().expect("path").to_string())
+        .collect()
+}
+
+fn assert_uris(items: &Value) {
+    for item in items.as_array().expect("items") {
+        let uri = item["uri"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no uri in {item}"));
+        assert!(uri.starts_with("nokv://"), "{uri}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_answer_with_evidence_across_grafts() {
+    let _load = common::light_test().await;
+    let etcd = Etcd::must_start().await;
+    let store = TestStore::start(StoreKind::File)
+        .await
+        .expect("a local store");
+    let url = store.url();
+    let env = store.serve_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = Cluster::start_on_etcd_with_env(
+        &etcd,
+        "gw",
+        &["--blob-store", url.as_str(), "--gc-interval", "1h"],
+        &env,
+    )
+    .await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/runs", false).await, "mkdir /runs");
+    cluster.must_nokv(&["shard", "create", "/runs/b"]).await;
+    let client = cluster.client();
+    publish_corpus(&client).await;
+    let mut gw = Gateway::start(&cluster.endpoints(), &[]).await;
+
+    // ls: every run dir, paged two at a time.
+    let mut seen = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let page = gw
+            .ok(
+                "ls",
+                json!({"path": "/runs/b", "limit": 2, "cursor": cursor}),
+            )
+            .await;
+        assert_uris(&page["entries"]);
+        seen.extend(paths(&page, "entries"));
+        cursor = page["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["/runs/b/5", "/runs/b/6", "/runs/b/7", "/runs/b/8"]);
+
+    // stat: the card of a JSON config.
+    let card = gw
+        .ok("stat", json!({"path": "/runs/a/2/params.json"}))
+        .await["card"]
+        .clone();
+    assert_eq!(card["kind"], "file");
+    assert_eq!(card["record_type"], "json_object");
+    assert_eq!(card["attrs"]["status"], "ok");
+    assert_eq!(card["attrs"]["run"], 2);
+    assert_eq!(card["fields"]["lr"], 0.001);
+    assert!(
+        card["uri"]
+            .as_str()
+            .expect("uri")
+            .starts_with("nokv://runs/a/2/params.json@g"),
+        "{card}"
+    );
+    assert_uris(&card["sample"]);
+
+    // catalog: attributes and content fields, with types and operators, across the graft.
+    let catalog = gw
+        .ok("catalog", json!({"path": "/runs", "include_facets": true}))
+        .await;
+    let fields: BTreeMap<String, Value> = catalog["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .map(|f| (f["field"].as_str().expect("field").to_string(), f.clone()))
+        .collect();
+    assert_eq!(fields["status"]["count"], 8, "{catalog}");
+    assert_eq!(fields["lr"]["types"], json!(["float"]));
+    let string_ops = catalog["filterable"]
+        .as_array()
+        .expect("filterable")
+        .iter()
+        .find(|g| {
+            g["fields"]
+                .as_array()
+                .is_some_and(|f| f.contains(&json!("status")))
+        })
+        .unwrap_or_else(|| panic!("status is not filterable: {catalog}"));
+    assert!(string_ops["operators"]
+        .as_array()
+        .expect("ops")
+        .contains(&json!("prefix")));
+    assert!(catalog["facetable"]
+        .as_array()
+        .expect("facetable")
+        .contains(&json!("status")));
+    assert!(fields.contains_key("val_loss.min"), "{catalog}");
+    assert!(fields.contains_key("optimizer.name"), "{catalog}");
+
+    // find: failed runs, best lr first, projected, faceted; across both shards.
+    let oracle: Vec<String> = {
+        let mut failed: Vec<&Run> = runs_ref().iter().filter(|r| r.status == "failed").collect();
+        failed.sort_by(|a, b| b.lr.total_cmp(&a.lr).then(a.id.cmp(&b.id)));
+        failed
+            .iter()
+            .map(|r| format!("{}/params.json", run_dir(r.id)))
+            .collect()
+    };
+    let query = json!({
+        "path": "/runs",
+        "predicates": [{"field": "status", "op": "eq", "value": "failed"}, {"field": "lr", "op": "lte", "value": 0.1}],
+        "sort": [{"field": "lr", "direction": "desc"}],
+        "fields": ["lr", "run"],
+        "facets": ["batch"],
+    });
+    let found = gw.ok("find", query.clone()).await;
+    assert_eq!(paths(&found, "matches"), oracle, "{found}");
+    assert_eq!(found["match_count"], oracle.len());
+    assert_uris(&found["matches"]);
+    assert!(found["matches"][0]["values"]["lr"].is_number(), "{found}");
+
+    // find, paged one match at a time: the same matches, each once.
+    let mut paged = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let mut q = query.clone();
+        q["limit"] = json!(1);
+        q["cursor"] = cursor;
+        let page = gw.ok("find", q).await;
+        paged.extend(paths(&page, "matches"));
+        cursor = page["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(paged, oracle);
+
+    // aggregate: runs per status with the mean lr.
+    let agg = gw
+        .ok(
+            "aggregate",
+            json!({
+                "path": "/runs",
+                "predicates": [{"field": "name", "op": "eq", "value": "params.json"}],
+                "group_by": ["status"],
+                "measures": [{"name": "runs", "op": "count"}, {"name": "mean_lr", "op": "avg", "field": "lr"}],
+            }),
+        )
+        .await;
+    for group in agg["groups"].as_array().expect("groups") {
+        let status = group["key"]["status"].as_str().expect("status");
+        let members: Vec<&Run> = runs_ref().iter().filter(|r| r.status == status).collect();
+        let mean = members.iter().map(|r| r.lr).sum::<f64>() / members.len() as f64;
+        assert_eq!(group["values"]["runs"], members.len(), "{agg}");
+        let got = group["values"]["mean_lr"].as_f64().expect("mean");
+        assert!((got - mean).abs() < 1e-12, "{status}: {got} vs {mean}");
+    }
+    assert_eq!(agg["input_match_count"], 8);
+
+    // read: structured records of a CSV, each citable.
+    let read = gw
+        .ok("read", json!({"path": "/runs/b/6/metrics.csv", "limit": 5}))
+        .await;
+    assert_eq!(read["record_type"], "csv");
+    assert_eq!(read["record_count"], 20);
+    assert_eq!(read["items"].as_array().expect("items").len(), 5);
+    assert_eq!(read["items"][0]["value"]["step"], 1);
+    assert_uris(&read["items"]);
+    let item_uri = read["items"][3]["uri"].as_str().expect("uri").to_string();
+    let cited = gw.ok("read", json!({"uri": item_uri})).await;
+    let record: Value =
+        serde_json::from_str(cited["text"].as_str().expect("text")).expect("record JSON");
+    assert_eq!(record["step"], 4, "{cited}");
+
+    // grep: every traceback, with its line, across the graft; the cited line resolves.
+    let hits = gw
+        .ok(
+            "grep",
+            json!({"path": "/runs", "pattern": "KEYBOARDinterrupt", "recursive": true}),
+        )
+        .await;
+    let expected: BTreeSet<String> = runs_ref()
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| format!("{}/train.log", run_dir(r.id)))
+        .collect();
+    assert_eq!(
+        paths(&hits, "matches").into_iter().collect::<BTreeSet<_>>(),
+        expected,
+        "{hits}"
+    );
+    assert_uris(&hits["matches"]);
+    let hit = &hits["matches"][0];
+    assert_eq!(hit["line_number"], 53, "{hit}");
+    let hit_uri = hit["uri"].as_str().expect("uri").to_string();
+    assert!(hit_uri.ends_with("#L53"), "{hit_uri}");
+    let cited = gw.ok("read", json!({"uri": hit_uri})).await;
+    assert_eq!(cited["text"], "KeyboardInterrupt");
+
+    // Evidence outlives a replace while a snapshot pins it, then is gone.
+    let log = hit["path"].as_str().expect("path").to_string();
+    let snap = cluster
+        .must_nokv(&["--json", "snapshot", "create", "/runs/a", "--lease", "1h"])
+        .await;
+    let snap: Value = serde_json::from_str(&snap).expect("snapshot JSON");
+    let snap_id = snap["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no id in {snap}"));
+    publish(&client, &log, b"replaced\n", "text/plain", &[]).await;
+    let cited = gw.ok("read", json!({"uri": hit_uri})).await;
+    assert_eq!(
+        cited["text"], "KeyboardInterrupt",
+        "cited bytes after the replace"
+    );
+    let now = gw
+        .ok(
+            "grep",
+            json!({"path": &log, "pattern": "keyboard", "recursive": false}),
+        )
+        .await;
+    assert_eq!(now["matches"], json!([]), "the live file changed");
+    let then = gw
+        .ok(
+            "grep",
+            json!({"path": &log, "pattern": "keyboard", "recursive": false, "snapshot": snap_id}),
+        )
+        .await;
+    assert_eq!(then["matches"].as_array().expect("hits").len(), 1, "{then}");
+    assert_eq!(then["read_at"]["snapshot"], snap_id);
+    cluster
+        .must_nokv(&["snapshot", "rm", &snap_id.to_string()])
+        .await;
+    let gone = gw
+        .refused("read", json!({"uri": hit_uri}), 410, "generation_gone")
+        .await;
+    assert!(gone.contains("no longer kept"), "{gone}");
+
+    // Bad input: a clear status and code, and nothing crashes.
+    gw.refused(
+        "find",
+        json!({"path": "/runs", "include": ["x"]}),
+        400,
+        "unknown_field",
+    )
+    .await;
+    gw.refused(
+        "find",
+        json!({"path": "/runs", "predicates": [{"field": "no_such_field", "op": "exists"}]}),
+        400,
+        "unknown_field",
+    )
+    .await;
+    gw.refused(
+        "find",
+        json!({"path": "/runs", "predicates": [{"field": "lr", "op": "gt", "value": true}]}),
+        400,
+        "wrong_type",
+    )
+    .await;
+    gw.refused(
+        "find",
+        json!({"path": "/runs", "predicates": [{"field": "lr", "op": "in", "value": 3}]}),
+        400,
+        "wrong_type",
+    )
+    .await;
+    gw.refused(
+        "find",
+        json!({"path": "/runs", "limit": 0}),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    gw.refused(
+        "find",
+        json!({"path": "/runs", "limit": 5000}),
+        413,
+        "limit_exceeded",
+    )
+    .await;
+    gw.refused(
+        "ls",
+        json!({"path": "/runs", "limit": 101}),
+        413,
+        "limit_exceeded",
+    )
+    .await;
+    let other_cursor = {
+        let mut q = query.clone();
+        q["limit"] = json!(1);
+        gw.ok("find", q).await["next_cursor"].clone()
+    };
+    gw.refused(
+        "find",
+        json!({"path": "/runs/a", "cursor": other_cursor}),
+        400,
+        "bad_cursor",
+    )
+    .await;
+    gw.refused(
+        "ls",
+        json!({"path": "/runs", "cursor": "garbage"}),
+        400,
+        "bad_cursor",
+    )
+    .await;
+    gw.refused("read", json!({"uri": "nokv://runs/a@gx"}), 400, "bad_uri")
+        .await;
+    gw.refused("read", json!({"uri": "http://elsewhere/x"}), 400, "bad_uri")
+        .await;
+    gw.refused(
+        "grep",
+        json!({"path": "/runs", "pattern": "x".repeat(300), "recursive": true}),
+        413,
+        "limit_exceeded",
+    )
+    .await;
+    gw.refused(
+        "grep",
+        json!({"path": "/runs", "pattern": "x"}),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    gw.refused("ls", json!({"path": "runs"}), 400, "invalid_argument")
+        .await;
+    gw.refused(
+        "ls",
+        json!({"path": "/runs/../etc"}),
+        400,
+        "invalid_argument",
+    )
+    .await;
+    gw.refused("stat", json!({"path": "/nowhere"}), 404, "not_found")
+        .await;
+    gw.refused(
+        "publish_text",
+        json!({"path": "/x.txt", "text": "hi"}),
+        403,
+        "writes_disabled",
+    )
+    .await;
+    gw.refused("frobnicate", json!({}), 404, "unknown_verb")
+        .await;
+    let garbage = gw.raw("find", b"\x00\xffnot json{").await;
+    assert_eq!(garbage.status, 400, "{}", garbage.body);
+    let mut long_log = String::new();
+    for i in 0..500 {
+        long_log.push_str(&format!("line {i}\n"));
+    }
+    publish(
+        &client,
+        "/runs/a/long.log",
+        long_log.as_bytes(),
+        "text/plain",
+        &[],
+    )
+    .await;
+    gw.refused(
+        "read",
+        json!({"path": "/runs/a/long.log"}),
+        422,
+        "too_many_records",
+    )
+    .await;
+    let paged = gw
+        .ok(
+            "read",
+            json!({"path": "/runs/a/long.log", "offset": 100, "limit": 2}),
+        )
+        .await;
+    assert_eq!(paged["items"][0]["value"]["text"], "line 100", "{paged}");
+    assert!(
+        paged["items"][0]["uri"]
+            .as_str()
+            .expect("uri")
+            .ends_with("#L101"),
+        "{paged}"
+    );
+    let small = Gateway::start(&cluster.endpoints(), &["--max-scan-entries", "10"]).await;
+    small
+        .refused("find", json!({"path": "/runs"}), 422, "scan_limit")
+        .await;
+    small.ok("find", json!({"path": "/runs/a/1"})).await;
+
+    // Writes, when allowed.
+    let writer = Gateway::start(&cluster.endpoints(), &["--allow-writes"]).await;
+    let made = writer
+        .ok("publish_text", json!({"path": "/notes/summary.md", "text": "# best run\n", "attrs": {"kind_of": "note"}}))
+        .await;
+    assert!(
+        made["uri"]
+            .as_str()
+            .expect("uri")
+            .starts_with("nokv://notes/summary.md@g"),
+        "{made}"
+    );
+    writer
+        .refused(
+            "publish_text",
+            json!({"path": "/notes/summary.md", "text": "again"}),
+            409,
+            "EEXIST",
+        )
+        .await;
+    let body = cluster.must(client.get("/notes/summary.md", None).await, "get the note");
+    assert_eq!(&body[..], b"# best run\n");
+    assert!(gw.is_running(), "the gateway survived every bad request");
+    gw.ok("ls", json!({"path": "/"})).await;
+}
+
+/// The corpus as a static slice (for oracles in closures).
+fn runs_ref() -> &'static [Run] {
+    static RUNS: std::sync::OnceLock<Vec<Run>> = std::sync::OnceLock::new();
+    RUNS.get_or_init(runs)
+}
