@@ -6,8 +6,9 @@
 //!   at publish, JSON configs, CSV metric series, logs with tracebacks),
 //!   answers checked against what was published; every item carries an
 //!   evidence URI, and resolving one returns exactly the cited bytes, also
-//!   after the file was replaced while a snapshot pins the old generation;
-//!   once the pin is gone the URI is refused with `generation_gone`.
+//!   after the file was replaced, while a snapshot pins the old generation
+//!   and then while GC's grace period keeps it; once GC has collected it
+//!   the URI is refused with `generation_gone`.
 //!   Reads at a snapshot see the pinned state. Pages with cursors cover
 //!   every result exactly once.
 //! - Bad input (same test): unknown keys and fields, wrong value types,
@@ -379,6 +380,17 @@ async fn verbs_answer_with_evidence_across_grafts() {
     cluster
         .must_nokv(&["snapshot", "rm", &snap_id.to_string()])
         .await;
+    // Unpinned, the old generation waits out GC's grace period: still cited.
+    let cited = gw.ok("read", json!({"uri": hit_uri})).await;
+    assert_eq!(
+        cited["text"], "KeyboardInterrupt",
+        "cited during the grace period"
+    );
+    // GC deletes nothing the archive has not passed: archive, then collect.
+    cluster.must_nokv(&["backup"]).await;
+    let gc: Value = serde_json::from_str(&cluster.must_nokv(&["--json", "gc", "--now"]).await)
+        .expect("gc --json");
+    assert_eq!(gc["tasks_waiting"], 0, "{gc}");
     let gone = gw
         .refused("read", json!({"uri": hit_uri}), 410, "generation_gone")
         .await;

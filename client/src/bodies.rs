@@ -14,8 +14,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use nokv_blob::{BlobLocation, BlobStore};
 use nokv_holt::{
-    Applied, Attr, BlockRef, Body, BodySpec, EntryRef, InodeRef, Op, PublishMode, Query,
-    QueryResult, StagedUpload, UploadId,
+    Applied, Attr, BlockRef, Body, BodySpec, EntryRef, Generation, InodeRef, Op, PublishMode,
+    Query, QueryResult, StagedUpload, UploadId,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -743,6 +743,48 @@ impl Client {
         let bytes = store.get(&block.key, None).await.map_err(store_error)?;
         verify_block(block, &bytes)?;
         Ok(bytes)
+    }
+
+    /// The bytes of body `generation` of the file `path` names (or named)
+    /// after it was replaced or removed, while GC has not collected it
+    /// (the grace period, or a pin holding it): its blocks in order, each
+    /// checked against the digest its key names. `ENOENT` once collected;
+    /// `InvalidArgument` past `max_bytes`.
+    pub async fn read_retired(
+        &self,
+        path: &str,
+        generation: Generation,
+        max_bytes: u64,
+    ) -> Result<Bytes, ClientError> {
+        let query = Query::RetiredBody {
+            inode: InodeRef::Path(path.into()),
+            generation,
+        };
+        let keys = match self.query(query, Consistency::Linearizable).await? {
+            QueryResult::Retired(keys) => keys,
+            _ => return Err(ClientError::Protocol("expected retired block keys".into())),
+        };
+        let store = self.blob_store().await?;
+        let mut out = Vec::new();
+        for key in keys {
+            let bytes = store.get(&key, None).await.map_err(|e| match e {
+                nokv_blob::BlobError::NotFound { .. } => ClientError::Fs {
+                    code: "ENOENT".into(),
+                    errno: 2,
+                    message: format!("generation {} was collected", generation.0),
+                },
+                e => store_error(e),
+            })?;
+            check_block(&key, &bytes)?;
+            if (out.len() + bytes.len()) as u64 > max_bytes {
+                return Err(ClientError::InvalidArgument(format!(
+                    "generation {} is larger than {max_bytes} bytes",
+                    generation.0
+                )));
+            }
+            out.extend_from_slice(&bytes);
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Reads a file's bytes (`range` or all) at its current generation.

@@ -352,6 +352,10 @@ fn place_query(p: &mut Placer<'_>, query: Query) -> Result<Query, ClientError> {
                 query: Box::new(place_query(p, *query)?),
             }
         }
+        Query::RetiredBody { inode, generation } => Query::RetiredBody {
+            inode: p.inode(inode)?,
+            generation,
+        },
         q @ (Query::ListUploads | Query::ListSnapshots | Query::Grafts) => q,
     })
 }

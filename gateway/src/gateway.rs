@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use nokv_client::{
-    Attr, Body, Client, ClientError, Consistency, FileType, PublishMode, PutOptions, SnapshotId,
+    Attr, Body, Client, ClientError, Consistency, FileType, Generation, PublishMode, PutOptions,
+    SnapshotId,
 };
 use serde_json::{json, Map, Value as Json};
 
@@ -925,7 +926,9 @@ impl Gateway {
         }
     }
 
-    /// Finds the cited generation in a live snapshot pin.
+    /// Finds a cited generation that is no longer current: in a live
+    /// snapshot pin, else among the bodies waiting for GC (the grace
+    /// period after a replace or remove).
     async fn cited_from_pins(
         &self,
         uri: &EvidenceUri,
@@ -946,95 +949,58 @@ impl Gateway {
                     }
                 }
             }
+            let max = self.config.max_bytes_per_call;
+            match self
+                .client
+                .read_retired(&uri.path, Generation(wanted), max)
+                .await
+            {
+                Ok(all) => return cite_bytes(uri, wanted, &all, ""),
+                Err(ClientError::Fs { code, .. }) if code == "ENOENT" => {}
+                Err(ClientError::InvalidArgument(m)) => {
+                    return Err(GatewayError::LimitExceeded(format!("{uri}: {m}")))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let now = match current {
             Some(g) => format!("the file is at generation {g} now"),
             None => "the file no longer exists".to_string(),
         };
         Err(GatewayError::Gone(format!(
-            "{uri}: generation {wanted} is no longer kept ({now}, and no snapshot pins that generation); \
-             read the current file, or cite at a snapshot (snapshot_create) to keep evidence"
+            "{uri}: generation {wanted} is no longer kept ({now}, no snapshot pins it and GC has \
+             collected it); read the current file, or cite at a snapshot (snapshot_create) to keep evidence"
         )))
     }
 
-    /// The cited part of `body`.
+    /// The cited part of a live `body` (a byte range is read alone; other
+    /// citations need the whole body).
     async fn cite(
         &self,
         view: &Client,
         uri: &EvidenceUri,
         body: &Body,
     ) -> Result<Evidence, GatewayError> {
-        let max_cited = 1024 * 1024u64;
-        let (bytes, mime) = match uri.anchor {
-            None => {
-                if body.size > max_cited {
-                    return Err(GatewayError::LimitExceeded(format!(
-                        "{uri} cites a whole {}-byte body; cite lines (#L..), an item (#item:N) or bytes (#bytes:A-B) of at most {max_cited} bytes",
-                        body.size
-                    )));
-                }
-                (
-                    view.read_range(body, None).await?,
-                    "application/octet-stream",
-                )
-            }
-            Some(Anchor::Bytes { start, end }) => {
-                if end - start > max_cited || end > body.size {
-                    return Err(GatewayError::LimitExceeded(format!(
-                        "{uri}: the range must lie inside the {}-byte body and span at most {max_cited} bytes",
-                        body.size
-                    )));
-                }
-                (
-                    view.read_range(body, Some(start..end)).await?,
-                    "application/octet-stream",
-                )
-            }
-            Some(Anchor::Lines { first, last }) => {
-                if body.size > self.config.max_bytes_per_call {
-                    return Err(GatewayError::LimitExceeded(format!(
-                        "{uri}: line citations of bodies above {} bytes are not resolved; cite bytes",
-                        self.config.max_bytes_per_call
-                    )));
-                }
-                let all = view.read_range(body, None).await?;
-                let span = structured::line_span(&all, first, last).ok_or_else(|| {
-                    GatewayError::NotFound(format!("{uri}: the body has no line {first}"))
-                })?;
-                if (span.end - span.start) as u64 > max_cited {
-                    return Err(GatewayError::LimitExceeded(format!(
-                        "{uri}: cites more than {max_cited} bytes"
-                    )));
-                }
-                (all.slice(span), "text/plain")
-            }
-            Some(Anchor::Item(i)) => {
-                let format = structured::detect(name_of(&uri.path), &body.content_type)
-                    .ok_or_else(|| {
-                        GatewayError::BadUri(format!("{uri}: #item needs a structured body"))
-                    })?;
-                let parsed = self.parse_body(view, &uri.path, body, format).await?;
-                let record = parsed.records.get(i as usize).ok_or_else(|| {
-                    GatewayError::NotFound(format!(
-                        "{uri}: the body has {} records",
-                        parsed.records.len()
-                    ))
-                })?;
-                (Bytes::from(record.to_string()), "application/json")
-            }
+        let generation = body.generation.0;
+        if let Some(Anchor::Bytes { start, end }) = uri.anchor {
+            check_byte_range(uri, start, end, body.size)?;
+            let bytes = view.read_range(body, Some(start..end)).await?;
+            return Ok(evidence(uri, generation, bytes, "application/octet-stream"));
+        }
+        let limit = match uri.anchor {
+            None => MAX_CITED_BYTES,
+            Some(Anchor::Item(_)) => self.config.max_parse_bytes,
+            _ => self.config.max_bytes_per_call,
         };
-        let mime = if mime == "application/octet-stream" && std::str::from_utf8(&bytes).is_ok() {
-            "text/plain"
-        } else {
-            mime
-        };
-        Ok(Evidence {
-            uri: uri.to_string(),
-            path: uri.path.clone(),
-            generation: body.generation.0,
-            mime: mime.to_string(),
-            bytes,
-        })
+        if body.size > limit {
+            return Err(GatewayError::LimitExceeded(format!(
+                "{uri}: resolving this citation needs the whole {}-byte body, above {limit} bytes; \
+                 cite lines (#L..), an item (#item:N) or bytes (#bytes:A-B) of at most {MAX_CITED_BYTES} bytes",
+                body.size
+            )));
+        }
+        let all = view.read_range(body, None).await?;
+        cite_bytes(uri, generation, &all, &body.content_type)
     }
 
     // ----- writes -----
@@ -1079,6 +1045,92 @@ impl Gateway {
 }
 
 // ----- helpers -----
+
+/// Most bytes one citation returns.
+const MAX_CITED_BYTES: u64 = 1024 * 1024;
+
+/// Refuses a byte range outside the body or above [`MAX_CITED_BYTES`].
+fn check_byte_range(
+    uri: &EvidenceUri,
+    start: u64,
+    end: u64,
+    size: u64,
+) -> Result<(), GatewayError> {
+    if end - start > MAX_CITED_BYTES || end > size {
+        return Err(GatewayError::LimitExceeded(format!(
+            "{uri}: the range must lie inside the {size}-byte body and span at most {MAX_CITED_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The part of a whole body (`all`) that `uri` cites.
+fn cite_bytes(
+    uri: &EvidenceUri,
+    generation: u64,
+    all: &Bytes,
+    content_type: &str,
+) -> Result<Evidence, GatewayError> {
+    let (bytes, mime) = match uri.anchor {
+        None => {
+            if all.len() as u64 > MAX_CITED_BYTES {
+                return Err(GatewayError::LimitExceeded(format!(
+                    "{uri} cites a whole {}-byte body; cite lines, an item or bytes of at most {MAX_CITED_BYTES} bytes",
+                    all.len()
+                )));
+            }
+            (all.clone(), "application/octet-stream")
+        }
+        Some(Anchor::Bytes { start, end }) => {
+            check_byte_range(uri, start, end, all.len() as u64)?;
+            (
+                all.slice(start as usize..end as usize),
+                "application/octet-stream",
+            )
+        }
+        Some(Anchor::Lines { first, last }) => {
+            let span = structured::line_span(all, first, last).ok_or_else(|| {
+                GatewayError::NotFound(format!("{uri}: the body has no line {first}"))
+            })?;
+            if (span.end - span.start) as u64 > MAX_CITED_BYTES {
+                return Err(GatewayError::LimitExceeded(format!(
+                    "{uri}: cites more than {MAX_CITED_BYTES} bytes"
+                )));
+            }
+            (all.slice(span), "text/plain")
+        }
+        Some(Anchor::Item(i)) => {
+            let format = structured::detect(name_of(&uri.path), content_type).ok_or_else(|| {
+                GatewayError::BadUri(format!("{uri}: #item needs a structured body"))
+            })?;
+            let parsed = structured::parse(format, all)?;
+            let record = parsed.records.get(i as usize).ok_or_else(|| {
+                GatewayError::NotFound(format!(
+                    "{uri}: the body has {} records",
+                    parsed.records.len()
+                ))
+            })?;
+            (Bytes::from(record.to_string()), "application/json")
+        }
+    };
+    Ok(evidence(uri, generation, bytes, mime))
+}
+
+/// An [`Evidence`]; opaque bytes that are UTF-8 are served as text.
+fn evidence(uri: &EvidenceUri, generation: u64, bytes: Bytes, mime: &str) -> Evidence {
+    let mime = if mime == "application/octet-stream" && std::str::from_utf8(&bytes).is_ok() {
+        "text/plain"
+    } else {
+        mime
+    };
+    Evidence {
+        uri: uri.to_string(),
+        path: uri.path.clone(),
+        generation,
+        mime: mime.to_string(),
+        bytes,
+    }
+}
 
 /// Checks and normalises an absolute path (no trailing `/`, no empty,
 /// `.` or `..` components).

@@ -6,7 +6,7 @@ use crate::body::{Body, StagedUpload};
 use crate::command::InodeRef;
 use crate::graft::GraftInfo;
 use crate::snapshot::{SnapshotId, SnapshotInfo};
-use crate::types::{Attr, DirEntry, InodeId};
+use crate::types::{Attr, DirEntry, Generation, InodeId};
 
 /// Largest page a `ReadDir` returns, whatever `limit` asks for.
 pub const MAX_READDIR_PAGE: u32 = 1000;
@@ -56,6 +56,15 @@ pub enum Query {
     /// Every graft point of this shard, in child-shard order (for
     /// reconciliation with the control plane). Not available at a snapshot.
     Grafts,
+    /// The block keys, in order, of body `generation` after it was replaced
+    /// or removed and while it waits in the GC queue (the grace period, or
+    /// a pin holding it). Generations are unique in a shard, so `inode` (the
+    /// path or id the citation named) only routes the query; it need not
+    /// resolve any more. Not available at a snapshot.
+    RetiredBody {
+        inode: InodeRef,
+        generation: Generation,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,4 +86,6 @@ pub enum QueryResult {
     Uploads(Vec<StagedUpload>),
     Snapshots(Vec<SnapshotInfo>),
     Grafts(Vec<GraftInfo>),
+    /// A retired body's block keys in order (`RetiredBody`).
+    Retired(Vec<String>),
 }

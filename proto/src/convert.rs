@@ -864,6 +864,10 @@ impl TryFrom<pb::QueryRequest> for Read {
             PbQuery::ListUploads(_) => holt::Query::ListUploads,
             PbQuery::ListSnapshots(_) => holt::Query::ListSnapshots,
             PbQuery::ListGrafts(_) => holt::Query::Grafts,
+            PbQuery::RetiredBody(r) => holt::Query::RetiredBody {
+                inode: inode_ref(r.inode, "retired_body.inode")?,
+                generation: holt::Generation(r.generation),
+            },
         };
         let query = match req.snapshot {
             0 => query,
@@ -924,6 +928,12 @@ impl From<Read> for pb::QueryRequest {
             holt::Query::ListUploads => PbQuery::ListUploads(pb::ListUploadsQuery {}),
             holt::Query::ListSnapshots => PbQuery::ListSnapshots(pb::ListSnapshotsQuery {}),
             holt::Query::Grafts => PbQuery::ListGrafts(pb::ListGraftsQuery {}),
+            holt::Query::RetiredBody { inode, generation } => {
+                PbQuery::RetiredBody(pb::RetiredBodyQuery {
+                    inode: Some(inode.into()),
+                    generation: generation.0,
+                })
+            }
         };
         pb::QueryRequest {
             consistency,
@@ -967,6 +977,7 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
         holt::QueryResult::Grafts(list) => PbQueryResult::Grafts(pb::GraftList {
             grafts: list.into_iter().map(Into::into).collect(),
         }),
+        holt::QueryResult::Retired(keys) => PbQueryResult::Retired(pb::RetiredBlocks { keys }),
     };
     pb::QueryResponse {
         result: Some(result),
@@ -1014,6 +1025,7 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
                     .map(holt::GraftInfo::try_from)
                     .collect::<Result<_, _>>()?,
             ),
+            PbQueryResult::Retired(r) => holt::QueryResult::Retired(r.keys),
         })
     }
 }
@@ -1216,6 +1228,31 @@ mod tests {
             applied_index: 0,
         };
         assert!(holt::QueryResult::try_from(garbage).is_err());
+    }
+
+    #[test]
+    fn retired_body_query_round_trips() {
+        let read = Read {
+            consistency: ReadConsistency::Linearizable,
+            query: holt::Query::RetiredBody {
+                inode: holt::InodeRef::Path("/runs/7/train.log".into()),
+                generation: holt::Generation(42),
+            },
+        };
+        let wire = pb::QueryRequest::from(read.clone());
+        assert_eq!(Read::try_from(wire), Ok(read));
+        let keys =
+            holt::QueryResult::Retired(vec!["b/1/00000000.ab".into(), "b/1/00000001.cd".into()]);
+        let wire = query_response(keys.clone(), holt::LogIndex(9));
+        assert_eq!(holt::QueryResult::try_from(wire), Ok(keys));
+        let missing = pb::QueryRequest {
+            query: Some(PbQuery::RetiredBody(pb::RetiredBodyQuery {
+                inode: None,
+                generation: 1,
+            })),
+            ..Default::default()
+        };
+        assert!(Read::try_from(missing).is_err());
     }
 
     #[test]

@@ -1044,6 +1044,46 @@ fn rename_over_a_published_file_queues_its_blocks() {
 }
 
 #[test]
+fn a_retired_body_is_found_by_generation_until_collected() {
+    let mut f = Fixture::new();
+    let (first, attr) = f.publish("/f", PublishMode::CreateOnly, &[3, 4]);
+    let old = attr.generation;
+    let retired = |f: &Fixture, g: Generation| {
+        f.holt.query(&Query::RetiredBody {
+            inode: ipath("/f"),
+            generation: g,
+        })
+    };
+    // Current bodies are not retired.
+    assert_eq!(retired(&f, old).map_err(|e| e.code()), Err("ENOENT"));
+    f.publish("/f", replace(old.0), &[5]);
+    assert_eq!(
+        retired(&f, old),
+        Ok(QueryResult::Retired(keys(&spec(&first, &[3, 4]))))
+    );
+    // The path only routes: a removed (or renamed) file's generation is
+    // still found.
+    f.ok(unlink("/f"));
+    assert_eq!(
+        retired(&f, old),
+        Ok(QueryResult::Retired(keys(&spec(&first, &[3, 4]))))
+    );
+    // Not at a snapshot.
+    let pinned = Query::AtSnapshot {
+        snapshot: crate::SnapshotId(1),
+        query: Box::new(Query::RetiredBody {
+            inode: ipath("/f"),
+            generation: old,
+        }),
+    };
+    assert!(f.holt.query(&pinned).is_err());
+    // Once GC is done with it, it is gone.
+    let seqs = f.holt.gc_tasks(usize::MAX).iter().map(|t| t.seq).collect();
+    f.ok(Op::GcDone { seqs });
+    assert_eq!(retired(&f, old).map_err(|e| e.code()), Err("ENOENT"));
+}
+
+#[test]
 fn set_attr_cannot_resize_a_published_body() {
     let mut f = Fixture::new();
     f.publish("/f", PublishMode::CreateOnly, &[4]);

@@ -4,12 +4,13 @@ use std::ops::Bound;
 
 use super::resolve::describe_inode;
 use super::{Holt, Namespace};
+use crate::body::GcTarget;
 use crate::command::InodeRef;
 use crate::error::FsError;
 use crate::graft::placeholder_attr;
 use crate::path::{validate_name, validate_xattr_name};
 use crate::query::{Query, QueryResult, MAX_READDIR_PAGE};
-use crate::types::{DirEntry, FileType, InodeId};
+use crate::types::{DirEntry, FileType, Generation, InodeId};
 
 impl Holt {
     /// Answers a query against the current state.
@@ -33,9 +34,30 @@ impl Holt {
             Query::ListUploads => Ok(QueryResult::Uploads(self.staged_uploads())),
             Query::ListSnapshots => Ok(QueryResult::Snapshots(self.snapshots())),
             Query::Grafts => Ok(QueryResult::Grafts(self.grafts())),
+            Query::RetiredBody { generation, .. } => self.retired_body(*generation),
             Query::AtSnapshot { snapshot, query } => self.query_snapshot(*snapshot, query, now_ns),
             q => self.ns.query(q),
         }
+    }
+}
+
+impl Holt {
+    /// The block keys of retired body `generation` while GC has not
+    /// collected them (`ENOENT` otherwise: never existed, or collected).
+    fn retired_body(&self, generation: Generation) -> Result<QueryResult, FsError> {
+        self.gc
+            .values()
+            .find_map(|task| match (&task.body_of, &task.target) {
+                (Some((_, g)), GcTarget::Keys(keys)) if *g == generation => Some(keys.clone()),
+                _ => None,
+            })
+            .map(QueryResult::Retired)
+            .ok_or_else(|| {
+                FsError::NotFound(format!(
+                    "generation {} is not waiting for collection",
+                    generation.0
+                ))
+            })
     }
 }
 
@@ -71,7 +93,10 @@ impl Namespace {
             Query::ListUploads
             | Query::ListSnapshots
             | Query::AtSnapshot { .. }
-            | Query::Grafts => Err(FsError::InvalidArgument("not a namespace query".into())),
+            | Query::Grafts
+            | Query::RetiredBody { .. } => {
+                Err(FsError::InvalidArgument("not a namespace query".into()))
+            }
         }
     }
 

@@ -155,7 +155,8 @@ impl Holt {
             Query::ListUploads
             | Query::ListSnapshots
             | Query::AtSnapshot { .. }
-            | Query::Grafts => {
+            | Query::Grafts
+            | Query::RetiredBody { .. } => {
                 return Err(FsError::InvalidArgument(
                     "only namespace reads (stat, lookup, list, read) can be made at a snapshot"
                         .into(),
