@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use nokv_holt::{
-    Applied, Attr, DirEntry, EntryRef, InodeRef, Op, Query, QueryResult, RenameMode, RequestId,
-    SetAttr, ShardId, SnapshotId, XattrFlag,
+    Applied, Attr, BodySummary, DirEntry, EntryRef, InodeRef, Op, Query, QueryResult, RenameMode,
+    RequestId, SetAttr, ShardId, SnapshotId, XattrFlag,
 };
 use nokv_proto::pb::meta_service_client::MetaServiceClient;
 use nokv_proto::pb::{self, ErrorDetail};
@@ -1363,6 +1363,31 @@ impl Client {
             .await?;
         Self::expect(r, |r| match r {
             QueryResult::Dir { entries, next } => Some((entries, next)),
+            _ => None,
+        })
+    }
+
+    /// One page of `path`'s entries after `after`, each file with its
+    /// body's summary (publish metadata without the block plan).
+    pub async fn read_dir_bodies_page(
+        &self,
+        path: &str,
+        after: Option<String>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<(Vec<(DirEntry, Option<BodySummary>)>, Option<String>), ClientError> {
+        let r = self
+            .query(
+                Query::ReadDirBodies {
+                    dir: InodeRef::Path(path.into()),
+                    after,
+                    limit,
+                },
+                consistency,
+            )
+            .await?;
+        Self::expect(r, |r| match r {
+            QueryResult::DirBodies { entries, next } => Some((entries, next)),
             _ => None,
         })
     }

@@ -22,9 +22,9 @@ pub use bodies::{verify_block, FileOwner, PublishTimings, PutOptions, DEFAULT_BL
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
 pub use nokv_holt::{
-    Applied, Attr, BlockRef, Body, BodySpec, DirEntry, EntryRef, Event, EventKind, FileType,
-    Generation, InodeId, InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId,
-    SetAttr, ShardId, SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
+    Applied, Attr, BlockRef, Body, BodySpec, BodySummary, DirEntry, EntryRef, Event, EventKind,
+    FileType, Generation, InodeId, InodeRef, Op, PublishMode, Query, QueryResult, RenameMode,
+    RequestId, SetAttr, ShardId, SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
 };
 pub use nokv_proto::pb::{
     FsckResponse, Member, NodeStatusResponse, Role, RunGcResponse, StatusResponse,

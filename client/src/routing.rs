@@ -332,6 +332,11 @@ fn place_query(p: &mut Placer<'_>, query: Query) -> Result<Query, ClientError> {
             after,
             limit,
         },
+        Query::ReadDirBodies { dir, after, limit } => Query::ReadDirBodies {
+            dir: p.inode(dir)?,
+            after,
+            limit,
+        },
         Query::ReadLink { inode } => Query::ReadLink {
             inode: p.inode(inode)?,
         },

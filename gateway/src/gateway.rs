@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use nokv_client::{
-    Attr, Body, Client, ClientError, Consistency, FileType, Generation, PublishMode, PutOptions,
-    SnapshotId,
+    Attr, Body, BodySummary, Client, ClientError, Consistency, DirEntry, FileType, Generation,
+    PublishMode, PutOptions, SnapshotId,
 };
 use serde_json::{json, Map, Value as Json};
 
@@ -95,6 +95,8 @@ pub const BUILTIN_FIELDS: &[&str] = &[
 struct Entry {
     path: String,
     attr: Attr,
+    /// A file's body summary (publish metadata without the block plan).
+    body: Option<BodySummary>,
 }
 
 impl Gateway {
@@ -354,35 +356,44 @@ impl Gateway {
     ) -> Result<Vec<Entry>, GatewayError> {
         let root_attr = view.stat(root, Consistency::Linearizable).await?;
         if root_attr.file_type != FileType::Directory {
+            let body = match root_attr.file_type {
+                FileType::File => view.read_body(root, Consistency::Linearizable).await?.1,
+                _ => None,
+            };
             return Ok(vec![Entry {
                 path: root.to_string(),
                 attr: root_attr,
+                body: body.as_ref().map(BodySummary::from),
             }]);
         }
         let limit = self.config.max_scan_entries;
         let mut found = Vec::new();
         let mut level = vec![root.to_string()];
         while !level.is_empty() {
-            let listed: Vec<(String, Vec<nokv_client::DirEntry>)> = futures::stream::iter(level)
+            // Eight directories at a time, each a page of up to 1,000
+            // entries with their body summaries per request.
+            let listed: Vec<(String, Vec<Listed>)> = futures::stream::iter(level)
                 .map(|dir| async move {
-                    let entries = view.read_dir_all(&dir, Consistency::Linearizable).await?;
-                    Ok::<_, ClientError>((dir, entries))
+                    let entries = list_with_bodies(view, &dir, limit).await?;
+                    Ok::<_, GatewayError>((dir, entries))
                 })
                 .buffered(8)
                 .try_collect()
                 .await?;
             let mut next = Vec::new();
             for (dir, entries) in listed {
-                for e in entries {
+                for (e, body) in entries {
                     let path = join(&dir, &e.name);
                     if recursive && e.attr.file_type == FileType::Directory {
                         next.push(path.clone());
                     }
-                    found.push(Entry { path, attr: e.attr });
+                    found.push(Entry {
+                        path,
+                        attr: e.attr,
+                        body,
+                    });
                     if found.len() > limit {
-                        return Err(GatewayError::ScanLimit(format!(
-                            "{root} has more than {limit} entries to scan; narrow the path to a subdirectory"
-                        )));
+                        return Err(scan_limit(root, limit));
                     }
                 }
             }
@@ -392,21 +403,24 @@ impl Gateway {
         Ok(found)
     }
 
-    /// The rows (all fields) of walked entries: built-ins, publish
-    /// attributes, and fields of small structured bodies.
+    /// The rows (all fields) of walked entries: built-ins and publish
+    /// attributes from the listing, and fields of small structured bodies
+    /// (read from the object store, only for those).
     async fn rows(&self, view: &Client, entries: Vec<Entry>) -> Result<Vec<Row>, GatewayError> {
         let budget = std::sync::atomic::AtomicU64::new(self.config.max_bytes_per_call);
         let budget = &budget;
         futures::stream::iter(entries)
             .map(|e| async move {
                 let mut row = builtin_row(&e.path, &e.attr);
-                if e.attr.file_type != FileType::File {
+                let Some(summary) = &e.body else {
+                    return Ok(row);
+                };
+                add_body_fields(&mut row, summary);
+                if !self.has_content_fields(&e.path, summary) {
                     return Ok(row);
                 }
-                let (attr, body) = view.read_body(&e.path, Consistency::Linearizable).await?;
+                let (_, body) = view.read_body(&e.path, Consistency::Linearizable).await?;
                 let Some(body) = body else { return Ok(row) };
-                row = builtin_row(&e.path, &attr);
-                add_body_fields(&mut row, &body);
                 if let Some(content) = self.content_fields(view, &e.path, &body, budget).await? {
                     for (k, v) in content {
                         row.fields.entry(k).or_insert(v);
@@ -419,6 +433,15 @@ impl Gateway {
             .await
     }
 
+    /// Whether a body is small and structured enough to contribute
+    /// content fields.
+    fn has_content_fields(&self, path: &str, body: &BodySummary) -> bool {
+        body.size > 0
+            && body.size <= self.config.max_field_body_bytes
+            && structured::detect(name_of(path), &body.content_type)
+                .is_some_and(|f| !matches!(f, Format::Text))
+    }
+
     /// Fields of a small structured body (`None` when it has none, is too
     /// large, or does not parse).
     async fn content_fields(
@@ -429,15 +452,12 @@ impl Gateway {
         budget: &std::sync::atomic::AtomicU64,
     ) -> Result<Option<BTreeMap<String, Vec<Value>>>, GatewayError> {
         use std::sync::atomic::Ordering;
-        if body.size == 0 || body.size > self.config.max_field_body_bytes {
+        if !self.has_content_fields(path, &BodySummary::from(body)) {
             return Ok(None);
         }
         let Some(format) = structured::detect(name_of(path), &body.content_type) else {
             return Ok(None);
         };
-        if matches!(format, Format::Text) {
-            return Ok(None);
-        }
         let left = budget.fetch_sub(
             body.size.min(budget.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -1046,6 +1066,39 @@ impl Gateway {
 
 // ----- helpers -----
 
+/// A directory entry with its body summary (files with a body).
+type Listed = (DirEntry, Option<BodySummary>);
+
+/// Every entry of `dir` with body summaries, refusing a directory of more
+/// than `limit` entries.
+async fn list_with_bodies(
+    view: &Client,
+    dir: &str,
+    limit: usize,
+) -> Result<Vec<Listed>, GatewayError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = view
+            .read_dir_bodies_page(dir, after, 0, Consistency::Linearizable)
+            .await?;
+        all.extend(page);
+        if all.len() > limit {
+            return Err(scan_limit(dir, limit));
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => return Ok(all),
+        }
+    }
+}
+
+fn scan_limit(root: &str, limit: usize) -> GatewayError {
+    GatewayError::ScanLimit(format!(
+        "{root} has more than {limit} entries to scan; narrow the path to a subdirectory"
+    ))
+}
+
 /// Most bytes one citation returns.
 const MAX_CITED_BYTES: u64 = 1024 * 1024;
 
@@ -1280,7 +1333,7 @@ fn builtin_row(path: &str, attr: &Attr) -> Row {
 
 /// Body built-ins and publish attributes (an attribute named like a
 /// built-in is kept as `attr.<name>`).
-fn add_body_fields(row: &mut Row, body: &Body) {
+fn add_body_fields(row: &mut Row, body: &BodySummary) {
     row.fields.insert(
         "content_type".into(),
         vec![Value::Str(body.content_type.clone())],

@@ -114,6 +114,36 @@ pub struct Body {
     pub published_ns: u64,
 }
 
+/// A body without its block plan: what a listing with bodies carries
+/// (`Query::ReadDirBodies`). Read the body itself for its blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodySummary {
+    pub generation: Generation,
+    pub size: u64,
+    /// How many blocks the body has.
+    pub blocks: u32,
+    pub sha256: String,
+    pub content_type: String,
+    pub producer: String,
+    pub attrs: BTreeMap<String, String>,
+    pub published_ns: u64,
+}
+
+impl From<&Body> for BodySummary {
+    fn from(b: &Body) -> BodySummary {
+        BodySummary {
+            generation: b.generation,
+            size: b.size,
+            blocks: u32::try_from(b.blocks.len()).unwrap_or(u32::MAX),
+            sha256: b.sha256.clone(),
+            content_type: b.content_type.clone(),
+            producer: b.producer.clone(),
+            attrs: b.attrs.clone(),
+            published_ns: b.published_ns,
+        }
+    }
+}
+
 /// What a publish may replace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PublishMode {

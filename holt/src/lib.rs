@@ -31,7 +31,7 @@ pub mod watch;
 
 pub use body::{
     block_prefix, shard_block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec,
-    GcTarget, GcTask, PublishMode, StagedUpload, UploadId,
+    BodySummary, GcTarget, GcTask, PublishMode, StagedUpload, UploadId,
 };
 pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag};
 pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::body::{Body, StagedUpload};
+use crate::body::{Body, BodySummary, StagedUpload};
 use crate::command::InodeRef;
 use crate::graft::GraftInfo;
 use crate::snapshot::{SnapshotId, SnapshotInfo};
@@ -25,6 +25,14 @@ pub enum Query {
     /// A page of a directory in name order, strictly after `after`.
     /// `limit` 0 means the maximum page.
     ReadDir {
+        dir: InodeRef,
+        after: Option<String>,
+        limit: u32,
+    },
+    /// Like `ReadDir`, with each file's body summary (no block plan): one
+    /// request instead of one per file for a reader that wants every
+    /// entry's attributes and publish metadata (the agent gateway).
+    ReadDirBodies {
         dir: InodeRef,
         after: Option<String>,
         limit: u32,
@@ -73,6 +81,12 @@ pub enum QueryResult {
     Dir {
         entries: Vec<DirEntry>,
         /// Name to pass as `after` for the next page; `None` at the end.
+        next: Option<String>,
+    },
+    /// `ReadDirBodies`: entries with their bodies' summaries (`None`: not
+    /// a file, or no body published yet).
+    DirBodies {
+        entries: Vec<(DirEntry, Option<BodySummary>)>,
         next: Option<String>,
     },
     Target(String),

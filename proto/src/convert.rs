@@ -585,6 +585,36 @@ impl From<pb::Body> for holt::Body {
     }
 }
 
+impl From<holt::BodySummary> for pb::BodySummary {
+    fn from(b: holt::BodySummary) -> Self {
+        pb::BodySummary {
+            generation: b.generation.0,
+            size: b.size,
+            blocks: b.blocks,
+            sha256: b.sha256,
+            content_type: b.content_type,
+            producer: b.producer,
+            attrs: b.attrs.into_iter().collect(),
+            published_ns: b.published_ns,
+        }
+    }
+}
+
+impl From<pb::BodySummary> for holt::BodySummary {
+    fn from(b: pb::BodySummary) -> Self {
+        holt::BodySummary {
+            generation: holt::Generation(b.generation),
+            size: b.size,
+            blocks: b.blocks,
+            sha256: b.sha256,
+            content_type: b.content_type,
+            producer: b.producer,
+            attrs: b.attrs.into_iter().collect(),
+            published_ns: b.published_ns,
+        }
+    }
+}
+
 impl From<holt::StagedUpload> for pb::StagedUpload {
     fn from(u: holt::StagedUpload) -> Self {
         let key_prefix = u.key_prefix();
@@ -864,6 +894,11 @@ impl TryFrom<pb::QueryRequest> for Read {
             PbQuery::ListUploads(_) => holt::Query::ListUploads,
             PbQuery::ListSnapshots(_) => holt::Query::ListSnapshots,
             PbQuery::ListGrafts(_) => holt::Query::Grafts,
+            PbQuery::ReadDirBodies(r) => holt::Query::ReadDirBodies {
+                dir: inode_ref(r.dir, "read_dir_bodies.dir")?,
+                after: r.after,
+                limit: r.limit,
+            },
             PbQuery::RetiredBody(r) => holt::Query::RetiredBody {
                 inode: inode_ref(r.inode, "retired_body.inode")?,
                 generation: holt::Generation(r.generation),
@@ -928,6 +963,13 @@ impl From<Read> for pb::QueryRequest {
             holt::Query::ListUploads => PbQuery::ListUploads(pb::ListUploadsQuery {}),
             holt::Query::ListSnapshots => PbQuery::ListSnapshots(pb::ListSnapshotsQuery {}),
             holt::Query::Grafts => PbQuery::ListGrafts(pb::ListGraftsQuery {}),
+            holt::Query::ReadDirBodies { dir, after, limit } => {
+                PbQuery::ReadDirBodies(pb::ReadDirBodiesQuery {
+                    dir: Some(dir.into()),
+                    after,
+                    limit,
+                })
+            }
             holt::Query::RetiredBody { inode, generation } => {
                 PbQuery::RetiredBody(pb::RetiredBodyQuery {
                     inode: Some(inode.into()),
@@ -978,6 +1020,21 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
             grafts: list.into_iter().map(Into::into).collect(),
         }),
         holt::QueryResult::Retired(keys) => PbQueryResult::Retired(pb::RetiredBlocks { keys }),
+        holt::QueryResult::DirBodies { entries, next } => {
+            PbQueryResult::DirBodies(pb::DirBodiesPage {
+                entries: entries
+                    .into_iter()
+                    .map(|(e, body)| pb::EntryWithBody {
+                        entry: Some(pb::DirEntry {
+                            name: e.name,
+                            attr: Some(e.attr.into()),
+                        }),
+                        body: body.map(Into::into),
+                    })
+                    .collect(),
+                next,
+            })
+        }
     };
     pb::QueryResponse {
         result: Some(result),
@@ -1026,6 +1083,25 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
                     .collect::<Result<_, _>>()?,
             ),
             PbQueryResult::Retired(r) => holt::QueryResult::Retired(r.keys),
+            PbQueryResult::DirBodies(page) => holt::QueryResult::DirBodies {
+                entries: page
+                    .entries
+                    .into_iter()
+                    .map(|e| {
+                        let entry = e
+                            .entry
+                            .ok_or(WireError::Missing("dir_bodies.entries.entry"))?;
+                        Ok((
+                            holt::DirEntry {
+                                name: entry.name,
+                                attr: attr(entry.attr, "dir_bodies.entries.entry.attr")?,
+                            },
+                            e.body.map(Into::into),
+                        ))
+                    })
+                    .collect::<Result<_, WireError>>()?,
+                next: page.next,
+            },
         })
     }
 }
@@ -1253,6 +1329,65 @@ mod tests {
             ..Default::default()
         };
         assert!(Read::try_from(missing).is_err());
+    }
+
+    #[test]
+    fn dir_bodies_round_trip() {
+        let read = Read {
+            consistency: ReadConsistency::Stale,
+            query: holt::Query::ReadDirBodies {
+                dir: holt::InodeRef::Path("/runs".into()),
+                after: Some("a".into()),
+                limit: 7,
+            },
+        };
+        let wire = pb::QueryRequest::from(read.clone());
+        assert_eq!(Read::try_from(wire), Ok(read));
+        let attr = holt::Attr {
+            inode: holt::InodeId(5),
+            file_type: holt::FileType::File,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            nlink: 1,
+            size: 3,
+            generation: holt::Generation(4),
+            mtime_ns: 6,
+            ctime_ns: 7,
+            version: holt::LogIndex(8),
+        };
+        let body = holt::BodySummary {
+            generation: holt::Generation(4),
+            size: 3,
+            blocks: 1,
+            sha256: "ab".into(),
+            content_type: "text/plain".into(),
+            producer: "p".into(),
+            attrs: [("step".to_string(), "100".to_string())]
+                .into_iter()
+                .collect(),
+            published_ns: 9,
+        };
+        let page = holt::QueryResult::DirBodies {
+            entries: vec![(
+                holt::DirEntry {
+                    name: "f".into(),
+                    attr,
+                },
+                Some(body),
+            )],
+            next: Some("f".into()),
+        };
+        let wire = query_response(page.clone(), holt::LogIndex(1));
+        assert_eq!(holt::QueryResult::try_from(wire), Ok(page));
+        let garbage = pb::QueryResponse {
+            result: Some(PbQueryResult::DirBodies(pb::DirBodiesPage {
+                entries: vec![pb::EntryWithBody::default()],
+                next: None,
+            })),
+            applied_index: 0,
+        };
+        assert!(holt::QueryResult::try_from(garbage).is_err());
     }
 
     #[test]

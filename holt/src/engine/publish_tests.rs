@@ -1044,6 +1044,56 @@ fn rename_over_a_published_file_queues_its_blocks() {
 }
 
 #[test]
+fn a_listing_with_bodies_carries_each_files_summary() {
+    let mut f = Fixture::new();
+    f.ok(mkdir("/d"));
+    f.ok(mkdir("/d/sub"));
+    f.ok(create("/d/empty"));
+    let (_, attr) = f.publish("/d/f", PublishMode::CreateOnly, &[3, 4]);
+    let list = |f: &Fixture, after: Option<&str>, limit| match f.holt.query(&Query::ReadDirBodies {
+        dir: ipath("/d"),
+        after: after.map(str::to_string),
+        limit,
+    }) {
+        Ok(QueryResult::DirBodies { entries, next }) => (entries, next),
+        other => panic!("read dir bodies: {other:?}"),
+    };
+    let (entries, next) = list(&f, None, 0);
+    assert_eq!(next, None);
+    let summary: Vec<(String, Option<(u64, u64, u32)>)> = entries
+        .iter()
+        .map(|(e, b)| {
+            (
+                e.name.clone(),
+                b.as_ref().map(|b| (b.generation.0, b.size, b.blocks)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("empty".to_string(), None),
+            ("f".to_string(), Some((attr.generation.0, 7, 2))),
+            ("sub".to_string(), None),
+        ]
+    );
+    // The same entries, the same pages as a plain listing.
+    let (page, next) = list(&f, None, 2);
+    assert_eq!(page.len(), 2);
+    assert_eq!(next.as_deref(), Some("f"));
+    let (rest, next) = list(&f, Some("f"), 2);
+    assert_eq!((rest.len(), next), (1, None));
+    match f.holt.query(&Query::ReadDirBodies {
+        dir: ipath("/d/f"),
+        after: None,
+        limit: 0,
+    }) {
+        Err(e) => assert_eq!(e.code(), "ENOTDIR"),
+        other => panic!("a file is not listed: {other:?}"),
+    }
+}
+
+#[test]
 fn a_retired_body_is_found_by_generation_until_collected() {
     let mut f = Fixture::new();
     let (first, attr) = f.publish("/f", PublishMode::CreateOnly, &[3, 4]);

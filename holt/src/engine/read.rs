@@ -4,7 +4,7 @@ use std::ops::Bound;
 
 use super::resolve::describe_inode;
 use super::{Holt, Namespace};
-use crate::body::GcTarget;
+use crate::body::{BodySummary, GcTarget};
 use crate::command::InodeRef;
 use crate::error::FsError;
 use crate::graft::placeholder_attr;
@@ -71,7 +71,25 @@ impl Namespace {
                 let id = self.inode(inode)?;
                 Ok(QueryResult::Attr(self.record(id)?.attr.clone()))
             }
-            Query::ReadDir { dir, after, limit } => self.read_dir(dir, after.as_deref(), *limit),
+            Query::ReadDir { dir, after, limit } => {
+                let (entries, next) = self.dir_page(dir, after.as_deref(), *limit)?;
+                Ok(QueryResult::Dir { entries, next })
+            }
+            Query::ReadDirBodies { dir, after, limit } => {
+                let (entries, next) = self.dir_page(dir, after.as_deref(), *limit)?;
+                let entries = entries
+                    .into_iter()
+                    .map(|entry| {
+                        let body = self
+                            .inodes
+                            .get(&entry.attr.inode)
+                            .and_then(|record| record.body.as_ref())
+                            .map(BodySummary::from);
+                        (entry, body)
+                    })
+                    .collect();
+                Ok(QueryResult::DirBodies { entries, next })
+            }
             Query::ReadLink { inode } => self.read_link(inode),
             Query::GetXattr { inode, name } => {
                 validate_xattr_name(name)?;
@@ -129,12 +147,14 @@ impl Namespace {
     /// One page of a directory, in byte order of names, strictly after
     /// `after`. A range scan over the dentry map: cost is the page, not the
     /// directory.
-    fn read_dir(
+    /// A page of `dir`'s entries strictly after `after`, and the name to
+    /// continue after (`None` at the end).
+    fn dir_page(
         &self,
         dir: &InodeRef,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<QueryResult, FsError> {
+    ) -> Result<(Vec<DirEntry>, Option<String>), FsError> {
         let id = self.inode(dir)?;
         if self.record(id)?.attr.file_type != FileType::Directory {
             return Err(FsError::NotADirectory(describe_inode(dir)));
@@ -175,7 +195,7 @@ impl Namespace {
         } else {
             None
         };
-        Ok(QueryResult::Dir { entries, next })
+        Ok((entries, next))
     }
 
     fn read_link(&self, inode: &InodeRef) -> Result<QueryResult, FsError> {

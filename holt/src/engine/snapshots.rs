@@ -165,6 +165,7 @@ impl Holt {
             Query::Lookup { parent, .. } => within_by_id(pin, *parent)?,
             Query::GetAttr { inode }
             | Query::ReadDir { dir: inode, .. }
+            | Query::ReadDirBodies { dir: inode, .. }
             | Query::ReadLink { inode }
             | Query::GetXattr { inode, .. }
             | Query::ListXattr { inode }
