@@ -285,6 +285,18 @@ async fn verbs_answer_with_evidence_across_grafts() {
     }
     assert_eq!(paged, oracle);
 
+    // Bodies are read only for rows the listing cannot decide: no status
+    // matches, so no params.json is read, and lr is not called unknown.
+    let none = gw
+        .ok(
+            "find",
+            json!({"path": "/runs", "predicates": [
+                {"field": "status", "op": "eq", "value": "nosuch"},
+                {"field": "lr", "op": "gt", "value": 0}]}),
+        )
+        .await;
+    assert_eq!(none["match_count"], 0, "{none}");
+
     // aggregate: runs per status with the mean lr.
     let agg = gw
         .ok(

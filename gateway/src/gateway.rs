@@ -91,6 +91,46 @@ pub const BUILTIN_FIELDS: &[&str] = &[
     "sha256",
 ];
 
+/// Which rows need the content fields of their bodies (which cost a read
+/// from the object store each).
+#[derive(Clone, Copy)]
+enum Need<'a> {
+    /// Every row (catalog lists every field).
+    All,
+    /// Rows that may still match `preds` (a predicate on a field the row
+    /// has from its listing already decides, since those fields win over
+    /// content fields) and lack a field the query names.
+    Query {
+        preds: &'a [Compiled],
+        named: &'a [&'a str],
+    },
+}
+
+impl Need<'_> {
+    fn content(&self, row: &Row) -> bool {
+        match self {
+            Need::All => true,
+            Need::Query { preds, named } => {
+                let excluded = preds
+                    .iter()
+                    .any(|p| !row.get(p.field()).is_empty() && !p.matches(row));
+                !excluded
+                    && preds
+                        .iter()
+                        .map(Compiled::field)
+                        .chain(named.iter().copied())
+                        .any(|f| row.get(f).is_empty())
+            }
+        }
+    }
+}
+
+/// Rows, and whether some body's content fields were left unread.
+struct Rows {
+    rows: Vec<Row>,
+    content_unread: bool,
+}
+
 /// One entry found by a walk.
 struct Entry {
     path: String,
@@ -406,10 +446,17 @@ impl Gateway {
     /// The rows (all fields) of walked entries: built-ins and publish
     /// attributes from the listing, and fields of small structured bodies
     /// (read from the object store, only for those).
-    async fn rows(&self, view: &Client, entries: Vec<Entry>) -> Result<Vec<Row>, GatewayError> {
+    async fn rows(
+        &self,
+        view: &Client,
+        entries: Vec<Entry>,
+        need: Need<'_>,
+    ) -> Result<Rows, GatewayError> {
         let budget = std::sync::atomic::AtomicU64::new(self.config.max_bytes_per_call);
         let budget = &budget;
-        futures::stream::iter(entries)
+        let unread = std::sync::atomic::AtomicBool::new(false);
+        let unread = &unread;
+        let rows = futures::stream::iter(entries)
             .map(|e| async move {
                 let mut row = builtin_row(&e.path, &e.attr);
                 let Some(summary) = &e.body else {
@@ -417,6 +464,10 @@ impl Gateway {
                 };
                 add_body_fields(&mut row, summary);
                 if !self.has_content_fields(&e.path, summary) {
+                    return Ok(row);
+                }
+                if !need.content(&row) {
+                    unread.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Ok(row);
                 }
                 let (_, body) = view.read_body(&e.path, Consistency::Linearizable).await?;
@@ -430,7 +481,11 @@ impl Gateway {
             })
             .buffered(32)
             .try_collect()
-            .await
+            .await?;
+        Ok(Rows {
+            rows,
+            content_unread: unread.load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// Whether a body is small and structured enough to contribute
@@ -488,12 +543,20 @@ impl Gateway {
         let view = self.view(snapshot);
         let entries = self.walk(&view, path, true).await?;
         let scanned = entries.len();
-        let rows = self.rows(&view, entries).await?;
+        let need = Need::Query { preds, named };
+        let Rows {
+            rows,
+            content_unread,
+        } = self.rows(&view, entries, need).await?;
         let fields = preds
             .iter()
             .map(Compiled::field)
             .chain(named.iter().copied());
-        check_known(path, fields, &rows)?;
+        // A field found nowhere may still be in bodies that were not read
+        // (rows a predicate on their own fields already excluded).
+        if !content_unread {
+            check_known(path, fields, &rows)?;
+        }
         let matches = rows
             .into_iter()
             .filter(|r| query::matches(r, preds))
@@ -508,7 +571,7 @@ impl Gateway {
         let view = self.view(a.snapshot);
         let entries = self.walk(&view, &path, true).await?;
         let scanned = entries.len();
-        let rows = self.rows(&view, entries).await?;
+        let rows = self.rows(&view, entries, Need::All).await?.rows;
         let stats = field_stats(&rows);
         let wanted = |f: &str| match &a.field_prefix {
             Some(p) => f.starts_with(p.as_str()) || f.contains(p.as_str()),
