@@ -28,6 +28,11 @@ pub enum Workload {
     /// reports the delay from the leader stamping each create to the
     /// watcher receiving its event (commit, apply and delivery).
     Watch,
+    /// The agent verbs over --files published artifacts (attributes and
+    /// small JSON bodies): find on an attribute, find on a content field,
+    /// aggregate grouped by an attribute, each --count times; with --size
+    /// above 0 also one recursive grep over that many bytes of logs.
+    Agent,
     /// mdtest-style file operations with plain file system calls in the
     /// local directory --dir (e.g. a `nokv mount`): create, stat, remove,
     /// 4 KiB create+write+close, then a sequential write and read of --size.
@@ -115,7 +120,7 @@ fn new_hist() -> anyhow::Result<Histogram<u64>> {
 }
 
 /// Runs `op(i)` for i in 0..count over `concurrency` workers.
-async fn drive<F, Fut>(concurrency: usize, count: usize, op: F) -> anyhow::Result<Report>
+pub(crate) async fn drive<F, Fut>(concurrency: usize, count: usize, op: F) -> anyhow::Result<Report>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), nokv_client::ClientError>> + Send,
@@ -402,6 +407,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let dir = dirs.first().cloned().context("--dir names no directory")?;
     match args.workload {
         Workload::Publish => publish(&args, g, &client, &dir).await?,
+        Workload::Agent => crate::bench_agent::run(&args, g, &client, &dir).await?,
         Workload::Posix => anyhow::bail!("posix runs in a local directory, before this"),
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Create => {

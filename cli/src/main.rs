@@ -12,6 +12,7 @@
 //! This binary may depend on every library crate; no library depends on it.
 
 mod bench;
+mod bench_agent;
 mod bench_posix;
 mod body;
 mod cluster;
