@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -35,8 +34,11 @@ pub struct PutArgs {
     /// User attribute stored with the body (repeatable): --attr step=100
     #[arg(long = "attr", value_name = "KEY=VALUE")]
     pub attrs: Vec<String>,
-    #[arg(long, default_value = "application/octet-stream")]
-    pub content_type: String,
+    /// Content type recorded with the body (default: from the target's
+    /// extension, e.g. .json is application/json; else
+    /// application/octet-stream).
+    #[arg(long)]
+    pub content_type: Option<String>,
     /// Who produced the artifact (recorded with the body).
     #[arg(long, default_value = "nokv-cli")]
     pub producer: String,
@@ -86,6 +88,9 @@ pub struct PublishDirArgs {
     pub path: String,
     #[arg(long, default_value_t = 8)]
     pub parallelism: usize,
+    /// Attribute stored with every file's body (repeatable): --attr run=7
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    pub attrs: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -175,7 +180,10 @@ pub async fn put(args: PutArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     }
     let opts = PutOptions {
         mode: mode_for(&client, &args, g).await?,
-        content_type: args.content_type.clone(),
+        content_type: args
+            .content_type
+            .clone()
+            .unwrap_or_else(|| nokv_client::content_type_for(&args.path).to_string()),
         producer: args.producer.clone(),
         attrs: parse_attrs(&args.attrs)?,
         block_size: args.block_size,
@@ -378,13 +386,18 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
             .await
             .with_context(|| format!("mkdir -p {d}"))?;
     }
-    let opts = Arc::new(PutOptions {
+    let opts = PutOptions {
         parallelism: args.parallelism,
+        attrs: parse_attrs(&args.attrs)?,
         ..Default::default()
-    });
+    };
     let mut staged: Vec<(nokv_client::UploadId, nokv_client::BodySpec)> = Vec::new();
     for (rel, local) in &files {
         let target = format!("{root}/{rel}");
+        let opts = PutOptions {
+            content_type: nokv_client::content_type_for(&target).to_string(),
+            ..opts.clone()
+        };
         let result = stage_and_upload(&client, &target, local, &opts).await;
         match result {
             Ok(done) => staged.push(done),

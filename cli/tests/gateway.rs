@@ -218,34 +218,22 @@ async fn verbs_answer_with_evidence_across_grafts() {
     let catalog = gw
         .ok("catalog", json!({"path": "/runs", "include_facets": true}))
         .await;
-    let fields: BTreeMap<String, Value> = catalog["fields"]
-        .as_array()
-        .expect("fields")
-        .iter()
-        .map(|f| (f["field"].as_str().expect("field").to_string(), f.clone()))
-        .collect();
-    assert_eq!(fields["status"]["count"], 8, "{catalog}");
-    assert_eq!(fields["lr"]["types"], json!(["float"]));
-    let string_ops = catalog["filterable"]
-        .as_array()
-        .expect("filterable")
-        .iter()
-        .find(|g| {
-            g["fields"]
-                .as_array()
-                .is_some_and(|f| f.contains(&json!("status")))
-        })
-        .unwrap_or_else(|| panic!("status is not filterable: {catalog}"));
-    assert!(string_ops["operators"]
+    let fields = &catalog["fields"];
+    assert_eq!(fields["string"]["status"], 8, "{catalog}");
+    assert_eq!(fields["float"]["lr"], 8, "{catalog}");
+    assert_eq!(fields["string"]["optimizer.name"], 8, "{catalog}");
+    assert_eq!(catalog["series"]["val_loss"], 8, "a CSV column: {catalog}");
+    assert!(catalog["operators"]["string"]
         .as_array()
         .expect("ops")
         .contains(&json!("prefix")));
-    assert!(catalog["facetable"]
+    let facets: BTreeMap<String, Value> = catalog["facets"]
         .as_array()
-        .expect("facetable")
-        .contains(&json!("status")));
-    assert!(fields.contains_key("val_loss.min"), "{catalog}");
-    assert!(fields.contains_key("optimizer.name"), "{catalog}");
+        .expect("facets")
+        .iter()
+        .map(|f| (f["field"].as_str().expect("field").to_string(), f.clone()))
+        .collect();
+    assert_eq!(facets["status"]["distinct_count"], 2, "{catalog}");
 
     // find: failed runs, best lr first, projected, faceted; across both shards.
     let oracle: Vec<String> = {
@@ -555,6 +543,39 @@ async fn verbs_answer_with_evidence_across_grafts() {
         .refused("find", json!({"path": "/runs"}), 422, "scan_limit")
         .await;
     small.ok("find", json!({"path": "/runs/a/1"})).await;
+
+    // `nokv publish-dir --attr`: every file gets the attributes, and a
+    // content type from its extension, so its keys are fields at once.
+    let local = tempfile::tempdir().expect("a local directory");
+    std::fs::write(local.path().join("eval.json"), br#"{"auc": 0.93}"#).expect("write eval.json");
+    std::fs::write(local.path().join("notes.txt"), b"fine\n").expect("write notes.txt");
+    let local_dir = local.path().to_string_lossy().to_string();
+    cluster
+        .must_nokv(&[
+            "publish-dir",
+            &local_dir,
+            "/evals/e1",
+            "--attr",
+            "suite=heldout",
+        ])
+        .await;
+    let found = gw
+        .ok(
+            "find",
+            json!({"path": "/evals", "predicates": [{"field": "suite", "op": "eq", "value": "heldout"}],
+                   "fields": ["auc", "content_type"]}),
+        )
+        .await;
+    assert_eq!(found["match_count"], 2, "{found}");
+    assert_eq!(
+        found["matches"][0]["values"]["content_type"], "application/json",
+        "{found}"
+    );
+    assert_eq!(found["matches"][0]["values"]["auc"], 0.93, "{found}");
+    assert_eq!(
+        found["matches"][1]["values"]["content_type"], "text/plain",
+        "{found}"
+    );
 
     // Writes, when allowed.
     let writer = Gateway::start(&cluster.endpoints(), &["--allow-writes"]).await;

@@ -240,6 +240,32 @@ fn key_digest(key: &str) -> Option<&str> {
     (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
 }
 
+/// The content type a file's name suggests (by extension, case-insensitive);
+/// `application/octet-stream` when it suggests none. Clients record it at
+/// publish so that readers (the agent gateway) know how to parse a body.
+pub fn content_type_for(path: &str) -> &'static str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return "application/octet-stream";
+    };
+    match ext.to_ascii_lowercase().as_str() {
+        "json" => "application/json",
+        "jsonl" | "ndjson" => "application/x-ndjson",
+        "yaml" | "yml" => "application/yaml",
+        "csv" => "text/csv",
+        "tsv" => "text/tab-separated-values",
+        "txt" | "log" | "out" | "err" => "text/plain",
+        "md" => "text/markdown",
+        "py" => "text/x-python",
+        "sh" => "text/x-shellscript",
+        "toml" => "application/toml",
+        "html" | "htm" => "text/html",
+        "xml" => "application/xml",
+        "parquet" => "application/vnd.apache.parquet",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Checks a whole block's bytes: the size its body records, and the sha256
 /// its key names (if it names one). For blocks kept anywhere (a cache).
 pub fn verify_block(block: &BlockRef, bytes: &[u8]) -> Result<(), ClientError> {
@@ -841,6 +867,18 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_types_follow_the_extension() {
+        assert_eq!(content_type_for("/runs/7/params.JSON"), "application/json");
+        assert_eq!(content_type_for("metrics.csv"), "text/csv");
+        assert_eq!(content_type_for("/a.b/train.log"), "text/plain");
+        assert_eq!(content_type_for("/a.b/noext"), "application/octet-stream");
+        assert_eq!(
+            content_type_for("model.safetensors"),
+            "application/octet-stream"
+        );
+    }
 
     #[tokio::test]
     async fn a_block_read_cut_short_keeps_its_bytes() {

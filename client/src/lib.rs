@@ -18,7 +18,9 @@ mod routing;
 mod snapshots;
 mod watch;
 
-pub use bodies::{verify_block, FileOwner, PublishTimings, PutOptions, DEFAULT_BLOCK_SIZE};
+pub use bodies::{
+    content_type_for, verify_block, FileOwner, PublishTimings, PutOptions, DEFAULT_BLOCK_SIZE,
+};
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
 pub use nokv_holt::{

@@ -473,9 +473,7 @@ impl Gateway {
                 let (_, body) = view.read_body(&e.path, Consistency::Linearizable).await?;
                 let Some(body) = body else { return Ok(row) };
                 if let Some(content) = self.content_fields(view, &e.path, &body, budget).await? {
-                    for (k, v) in content {
-                        row.fields.entry(k).or_insert(v);
-                    }
+                    add_content_fields(&mut row, content);
                 }
                 Ok::<Row, GatewayError>(row)
             })
@@ -577,43 +575,59 @@ impl Gateway {
             Some(p) => f.starts_with(p.as_str()) || f.contains(p.as_str()),
             None => true,
         };
-        // Compact for an agent's context: one line per field, and the
-        // operators once per distinct operator set.
-        let mut fields = Vec::new();
+        // Compact for an agent's context: fields grouped by type with how
+        // many entries have each; a series' four summary fields as one
+        // name; the built-ins and the operators per type once.
+        let mut by_type: BTreeMap<&str, Map<String, Json>> = BTreeMap::new();
+        let mut series: Map<String, Json> = Map::new();
         let mut facetable = Vec::new();
-        let mut filterable: Vec<(Vec<&'static str>, Vec<String>)> = Vec::new();
         for (field, s) in stats.iter().filter(|(f, _)| wanted(f)) {
-            let types: Vec<&str> = s.types.iter().copied().collect();
             let builtin = BUILTIN_FIELDS.contains(&field.as_str());
-            let facet_builtin = ["kind", "content_type", "producer"].contains(&field.as_str());
-            if facet_builtin || (!builtin && !s.types.contains("float")) {
+            if ["kind", "content_type", "producer"].contains(&field.as_str())
+                || (!builtin && !s.types.contains("float"))
+            {
                 facetable.push(field.clone());
             }
-            let ops = operators(&s.types);
-            match filterable.iter_mut().find(|(o, _)| *o == ops) {
-                Some((_, list)) => list.push(field.clone()),
-                None => filterable.push((ops, vec![field.clone()])),
-            }
-            let mut entry = json!({"field": field, "types": types, "count": s.count});
             if builtin {
-                entry["builtin"] = json!(true);
+                continue;
             }
-            fields.push(entry);
+            if let Some(name) = series_name(field, &stats) {
+                if field.ends_with(".count") {
+                    series.insert(name.to_string(), json!(s.count));
+                }
+                continue;
+            }
+            let kind = match s.types.len() {
+                1 => s.types.iter().next().copied().unwrap_or("mixed"),
+                _ => "mixed",
+            };
+            by_type
+                .entry(kind)
+                .or_default()
+                .insert(field.clone(), json!(s.count));
         }
-        let filterable: Vec<Json> = filterable
-            .into_iter()
-            .map(|(operators, fields)| json!({"operators": operators, "fields": fields}))
-            .collect();
+        let empty = by_type.is_empty() && series.is_empty();
         let mut out = json!({
             "path": path,
             "read_at": read_at(a.snapshot),
             "scanned": scanned,
-            "catalog_empty": fields.is_empty(),
-            "fields": fields,
-            "filterable": filterable,
-            "facetable": facetable,
-            "sortable": "every field (missing values sort last)",
+            "catalog_empty": empty,
+            "fields": by_type,
+            "builtins": BUILTIN_FIELDS,
+            "operators": {
+                "string": ["eq", "ne", "in", "prefix", "suffix", "contains", "gt", "gte", "lt", "lte", "exists", "not_exists"],
+                "int, float": ["eq", "ne", "in", "gt", "gte", "lt", "lte", "exists", "not_exists"],
+                "bool": ["eq", "ne", "in", "exists", "not_exists"],
+            },
+            "notes": "counts are entries having the field; every field sorts (missing last); string, int and bool fields facet",
         });
+        if !series.is_empty() {
+            out["series"] = Json::Object(series);
+            out["notes"] = json!(
+                "counts are entries having the field; every field sorts (missing last); string, int and bool fields facet; \
+                 a series S (a CSV or JSON-array column) has fields S.min, S.max, S.last, S.count"
+            );
+        }
         if a.include_facets {
             let facets = query::facets(&rows, &facetable, 10);
             out["facets"] = json!(facets);
@@ -953,7 +967,7 @@ impl Gateway {
             }
         }
         let next_cursor = next.map(|(f, l)| encode_pair_cursor(fp, f, l));
-        Ok(json!({
+        let mut out = json!({
             "path": path,
             "pattern": a.pattern,
             "recursive": a.recursive,
@@ -961,10 +975,13 @@ impl Gateway {
             "matches": hits,
             "files_scanned": files_scanned,
             "bytes_scanned": bytes_scanned,
-            "skipped": skipped,
             "next_cursor": next_cursor,
             "truncated": next_cursor.is_some(),
-        }))
+        });
+        if !skipped.is_empty() {
+            out["skipped"] = json!(skipped);
+        }
+        Ok(out)
     }
 
     // ----- evidence -----
@@ -1109,7 +1126,7 @@ impl Gateway {
             },
             content_type: a
                 .content_type
-                .unwrap_or_else(|| guess_content_type(&path).into()),
+                .unwrap_or_else(|| text_content_type(&path).into()),
             producer: "nokv-gateway".into(),
             attrs: a.attrs,
             ..PutOptions::default()
@@ -1415,6 +1432,20 @@ fn add_body_fields(row: &mut Row, body: &BodySummary) {
     }
 }
 
+/// Content fields of a body: a key named like a built-in is kept as
+/// `content.<name>`; publish attributes win over content keys of the same
+/// name.
+fn add_content_fields(row: &mut Row, content: BTreeMap<String, Vec<Value>>) {
+    for (k, v) in content {
+        let key = if BUILTIN_FIELDS.contains(&k.as_str()) {
+            format!("content.{k}")
+        } else {
+            k
+        };
+        row.fields.entry(key).or_insert(v);
+    }
+}
+
 fn empty_body(attr: &Attr) -> Body {
     Body {
         generation: attr.generation,
@@ -1462,16 +1493,16 @@ fn field_stats(rows: &[Row]) -> BTreeMap<String, FieldStats> {
     stats
 }
 
-/// The operators that make sense for values of these types.
-fn operators(types: &std::collections::BTreeSet<&'static str>) -> Vec<&'static str> {
-    let mut ops = vec!["eq", "ne", "in", "exists", "not_exists"];
-    if types.contains("string") {
-        ops.extend(["prefix", "suffix", "contains"]);
-    }
-    if types.contains("string") || types.contains("int") || types.contains("float") {
-        ops.extend(["gt", "gte", "lt", "lte"]);
-    }
-    ops
+/// `S` when `field` is one of `S.min`, `S.max`, `S.last`, `S.count` and
+/// all four exist (a summarised series).
+fn series_name<'a>(field: &'a str, stats: &BTreeMap<String, FieldStats>) -> Option<&'a str> {
+    let (name, part) = field.rsplit_once('.')?;
+    let parts = ["min", "max", "last", "count"];
+    (parts.contains(&part)
+        && parts
+            .iter()
+            .all(|p| stats.contains_key(&format!("{name}.{p}"))))
+    .then_some(name)
 }
 
 fn check_field_lists(verb: &str, lists: &[&Vec<String>]) -> Result<(), GatewayError> {
@@ -1518,14 +1549,12 @@ fn check_known<'a>(
     )))
 }
 
-fn guess_content_type(path: &str) -> &'static str {
-    match path.rsplit('.').next() {
-        Some("json") => "application/json",
-        Some("yaml") | Some("yml") => "application/yaml",
-        Some("csv") => "text/csv",
-        Some("jsonl") | Some("ndjson") => "application/x-ndjson",
-        Some("md") => "text/markdown",
-        _ => "text/plain",
+/// The content type of published text: what the name suggests, else
+/// `text/plain`.
+fn text_content_type(path: &str) -> &'static str {
+    match nokv_client::content_type_for(path) {
+        "application/octet-stream" => "text/plain",
+        known => known,
     }
 }
 

@@ -144,9 +144,9 @@ class Run:
     async def catalog(self) -> None:
         key = self.args.attr_key
         data = await self.call("catalog", {"path": self.args.root})
-        fields = {f["field"] for f in data["fields"]}
+        fields = {f for by_type in data["fields"].values() for f in by_type}
         self.ok(key in fields, f"catalog of {self.args.root} lacks field {key!r}: {sorted(fields)}")
-        self.ok("size_bytes" in fields, f"catalog lacks the built-in size_bytes: {sorted(fields)}")
+        self.ok("size_bytes" in data["builtins"], f"catalog lacks the built-in size_bytes: {data['builtins']}")
 
     async def find(self) -> None:
         a = self.args
