@@ -600,6 +600,22 @@ async fn verbs_answer_with_evidence_across_grafts() {
     let body = cluster.must(client.get("/notes/summary.md", None).await, "get the note");
     assert_eq!(&body[..], b"# best run\n");
     assert!(gw.is_running(), "the gateway survived every bad request");
+    let metrics = common::http::request(&gw.addr, "GET", "/metrics", b"")
+        .await
+        .expect("GET /metrics");
+    assert_eq!(metrics.status, 200);
+    for series in [
+        r#"nokv_gateway_calls_total{result="ok",verb="find"}"#,
+        r#"nokv_gateway_calls_total{result="bad_cursor",verb="find"}"#,
+        r#"nokv_gateway_calls_total{result="unknown_verb",verb="unknown"}"#,
+        "nokv_gateway_call_seconds_bucket",
+    ] {
+        assert!(
+            metrics.body.contains(series),
+            "{series} in {}",
+            metrics.body
+        );
+    }
     gw.ok("ls", json!({"path": "/"})).await;
 }
 

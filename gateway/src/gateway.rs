@@ -21,6 +21,7 @@ use nokv_client::{
 use serde_json::{json, Map, Value as Json};
 
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::query::{self, Compiled};
 use crate::structured::{self, Format, Parsed};
 use crate::uri::{Anchor, EvidenceUri};
@@ -76,6 +77,7 @@ pub struct Evidence {
 pub struct Gateway {
     client: Client,
     config: GatewayConfig,
+    metrics: Metrics,
 }
 
 /// Names of the built-in fields every row may have.
@@ -141,7 +143,16 @@ struct Entry {
 
 impl Gateway {
     pub fn new(client: Client, config: GatewayConfig) -> Gateway {
-        Gateway { client, config }
+        Gateway {
+            client,
+            config,
+            metrics: Metrics::new().expect("the gateway's fixed metric definitions register"),
+        }
+    }
+
+    /// Calls by verb and result, and their latency (`/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -158,6 +169,18 @@ impl Gateway {
 
     /// Runs one verb (or write tool) on its JSON arguments.
     pub async fn call(&self, verb: &str, args: Json) -> Result<Json, GatewayError> {
+        let started = std::time::Instant::now();
+        let result = self.dispatch(verb, args).await;
+        let known = verbs::tools().iter().any(|t| t.name == verb);
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        self.metrics.record(verb, known, code, started.elapsed());
+        result
+    }
+
+    async fn dispatch(&self, verb: &str, args: Json) -> Result<Json, GatewayError> {
         if let Some(tool) = verbs::tools().into_iter().find(|t| t.name == verb) {
             if tool.writes && !self.config.allow_writes {
                 return Err(GatewayError::WritesDisabled(format!(

@@ -1,8 +1,9 @@
 //! HTTP/JSON: `POST /v1/<verb>` with the verb's arguments as the JSON body
 //! answers the verb's JSON result, or an error as an HTTP status plus
 //! `{"error": {"code", "message"}}`. `GET /v1/tools` lists the verbs and
-//! their schemas, `GET /healthz` answers `ok`, and `/mcp` is MCP over
-//! streamable HTTP on the same listener.
+//! their schemas, `GET /healthz` answers `ok`, `GET /metrics` the
+//! Prometheus metrics, and `/mcp` is MCP over streamable HTTP on the same
+//! listener.
 
 use std::future::Future;
 use std::time::Instant;
@@ -29,6 +30,7 @@ pub fn router(gateway: Gateway, allowed_hosts: Vec<String>, cancel: Cancellation
         .route("/v1/tools", get(tools))
         .route("/v1/{verb}", post(verb))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(gateway.clone());
     verbs.merge(crate::mcp::http_router(gateway, allowed_hosts, cancel))
@@ -60,6 +62,15 @@ async fn tools(State(gateway): State<Gateway>) -> Response {
         .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema, "writes": t.writes}))
         .collect();
     json_response(StatusCode::OK, &json!({ "tools": list }))
+}
+
+async fn metrics(State(gateway): State<Gateway>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gateway.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn verb(State(gateway): State<Gateway>, Path(verb): Path<String>, body: Bytes) -> Response {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod mcp;
+pub mod metrics;
 pub mod query;
 pub mod structured;
 pub mod uri;
