@@ -686,25 +686,28 @@ impl Gateway {
         let items: Vec<Json> = matches[start..end]
             .iter()
             .map(|r| {
-                json!({
-                    "path": r.path,
-                    "kind": first_str(r, "kind"),
-                    "uri": row_uri(r, a.snapshot),
-                    "values": query::project(r, &a.fields),
-                })
+                // Compact: `values` only when fields were asked for.
+                let mut item = json!({"path": r.path, "uri": row_uri(r, a.snapshot)});
+                if !a.fields.is_empty() {
+                    item["values"] = Json::Object(query::project(r, &a.fields));
+                }
+                item
             })
             .collect();
         let next_cursor = (end < total).then(|| query::encode_cursor(fp, end as u64));
-        Ok(json!({
+        let mut out = json!({
             "path": path,
             "read_at": read_at(a.snapshot),
             "scanned": scanned,
             "match_count": total,
             "matches": items,
-            "facets": facets,
             "next_cursor": next_cursor,
             "truncated": next_cursor.is_some(),
-        }))
+        });
+        if !a.facets.is_empty() {
+            out["facets"] = json!(facets);
+        }
+        Ok(out)
     }
 
     // ----- aggregate -----
@@ -1364,10 +1367,12 @@ fn mtime_s(attr: &Attr) -> u64 {
     attr.mtime_ns / 1_000_000_000
 }
 
+/// What a result was read at: `"latest"` (linearizable reads of the
+/// current state) or `{"snapshot": ID}`.
 fn read_at(snapshot: Option<u64>) -> Json {
     match snapshot {
         Some(id) => json!({"snapshot": id}),
-        None => json!({"snapshot": null, "consistency": "linearizable"}),
+        None => json!("latest"),
     }
 }
 
@@ -1399,13 +1404,6 @@ fn item_uri(evidence: &EvidenceUri, parsed: &Parsed, index: usize) -> EvidenceUr
             })
         }
         _ => evidence.at(Anchor::Item(index as u64)),
-    }
-}
-
-fn first_str<'a>(row: &'a Row, field: &str) -> &'a str {
-    match row.get(field).first() {
-        Some(Value::Str(s)) => s,
-        _ => "",
     }
 }
 
