@@ -599,6 +599,35 @@ async fn verbs_answer_with_evidence_across_grafts() {
         .await;
     let body = cluster.must(client.get("/notes/summary.md", None).await, "get the note");
     assert_eq!(&body[..], b"# best run\n");
+    // Random arguments of every shape to every verb: each answer is a
+    // verdict (200 or a client error with a JSON code), never a 5xx, and
+    // the gateway keeps serving.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..300 {
+        let verb = [
+            "ls",
+            "stat",
+            "catalog",
+            "find",
+            "aggregate",
+            "read",
+            "grep",
+            "publish_text",
+            "nope",
+        ][(next(&mut rng) % 9) as usize];
+        let args = random_args(&mut rng);
+        let r = gw.call(verb, args.clone()).await;
+        let body: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("round {round}: {verb} {args}: not JSON ({e}): {}", r.body));
+        assert!(
+            r.status == 200 || (400..500).contains(&r.status),
+            "round {round}: {verb} {args}: {} {body}",
+            r.status
+        );
+        if r.status != 200 {
+            assert!(body["error"]["code"].is_string(), "round {round}: {body}");
+        }
+    }
     assert!(gw.is_running(), "the gateway survived every bad request");
     let metrics = common::http::request(&gw.addr, "GET", "/metrics", b"")
         .await
@@ -623,4 +652,97 @@ async fn verbs_answer_with_evidence_across_grafts() {
 fn runs_ref() -> &'static [Run] {
     static RUNS: std::sync::OnceLock<Vec<Run>> = std::sync::OnceLock::new();
     RUNS.get_or_init(runs)
+}
+
+/// xorshift64: a deterministic stream for the random requests.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// A JSON value of a random shape, nested at most `depth` deep.
+fn random_value(rng: &mut u64, depth: u32) -> Value {
+    let pick = next(rng) % if depth == 0 { 8 } else { 10 };
+    match pick {
+        0 => json!(null),
+        1 => json!(next(rng) % 2 == 0),
+        2 => json!([0, 1, 100, 101, 1 << 40, u64::MAX][(next(rng) % 6) as usize]),
+        3 => json!([-1.5, 0.0, 1e308, -9_007_199_254_740_993i64 as f64][(next(rng) % 4) as usize]),
+        4 => json!(
+            [
+                "/",
+                "/runs",
+                "/runs/a/3/train.log",
+                "",
+                "runs",
+                "/runs/../x",
+                "/a\u{0}b"
+            ][(next(rng) % 7) as usize]
+        ),
+        5 => json!(
+            [
+                "nokv://runs/a/3/train.log@g1#L1",
+                "nokv://runs@g0",
+                "nokv://%zz",
+                "eq",
+                "gt",
+                "in",
+                "status",
+                "lr",
+                "garbage.cursor",
+                "0000000000000000.99999999999",
+            ][(next(rng) % 10) as usize]
+        ),
+        6 => json!("x".repeat((next(rng) % 5000) as usize)),
+        7 => json!({"field": "status", "op": "eq", "value": "failed"}),
+        8 => Value::Array(
+            (0..next(rng) % 4)
+                .map(|_| random_value(rng, depth - 1))
+                .collect(),
+        ),
+        _ => random_args_at(rng, depth - 1),
+    }
+}
+
+fn random_args(rng: &mut u64) -> Value {
+    random_args_at(rng, 2)
+}
+
+fn random_args_at(rng: &mut u64, depth: u32) -> Value {
+    const KEYS: [&str; 20] = [
+        "path",
+        "predicates",
+        "sort",
+        "fields",
+        "facets",
+        "cursor",
+        "limit",
+        "snapshot",
+        "measures",
+        "group_by",
+        "pattern",
+        "recursive",
+        "uri",
+        "format",
+        "offset",
+        "length",
+        "text",
+        "field_prefix",
+        "include_facets",
+        "bogus",
+    ];
+    let mut map = serde_json::Map::new();
+    if next(rng) % 4 != 0 {
+        map.insert(
+            "path".into(),
+            json!(["/runs", "/", "/runs/a/3/train.log"][(next(rng) % 3) as usize]),
+        );
+    }
+    for _ in 0..next(rng) % 5 {
+        let key = KEYS[(next(rng) % KEYS.len() as u64) as usize];
+        map.insert(key.into(), random_value(rng, depth));
+    }
+    Value::Object(map)
 }
