@@ -276,10 +276,11 @@ fn tool_from_def(def: &ToolDef) -> Tool {
     Tool::new(def.name, def.description, Arc::new(schema)).with_annotations(annotations)
 }
 
-/// A successful call: the JSON, pretty-printed as text and as structured
-/// content.
+/// A successful call: the JSON as compact text and as structured content.
 fn success_result(value: Json) -> CallToolResult {
-    let text = serde_json::to_string_pretty(&value).unwrap_or_else(|_| value.to_string());
+    // Compact JSON: the model reads every byte of it as tokens (the same
+    // text the HTTP API answers).
+    let text = value.to_string();
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
     result.structured_content = Some(value);
     result
@@ -399,13 +400,13 @@ mod tests {
     }
 
     #[test]
-    fn success_is_pretty_text_and_structured_content() {
+    fn success_is_compact_text_and_structured_content() {
         let value = json!({"entries": [{"uri": "nokv://a@g1"}], "next_cursor": null});
         let result = success_result(value.clone());
         assert_eq!(result.is_error, Some(false));
         assert_eq!(result.structured_content, Some(value.clone()));
         let text = text_of(&result);
-        assert!(text.contains('\n'), "pretty JSON: {text}");
+        assert!(!text.contains('\n'), "compact JSON: {text}");
         assert_eq!(
             serde_json::from_str::<Json>(&text).expect("JSON text"),
             value

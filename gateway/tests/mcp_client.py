@@ -84,7 +84,7 @@ class Run:
         )
         data = result.structured_content
         self.ok(isinstance(data, dict), f"{name}: structured content is {data!r}")
-        # The text content is the same JSON, pretty-printed.
+        # The text content is the same JSON (compact).
         self.ok(
             json.loads(text_of(result)) == data,
             f"{name}: text content and structured content differ",
