@@ -22,6 +22,12 @@ pub struct GatewayOptions {
     /// Most body bytes one call reads from the object store.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     pub max_bytes_per_call: u64,
+    /// Longest one call may take, e.g. 60s (deadline_exceeded after).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub call_timeout: std::time::Duration,
+    /// Calls served at once; more wait for a turn (within the timeout).
+    #[arg(long, default_value_t = 32)]
+    pub max_concurrent_calls: usize,
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +68,8 @@ fn gateway(options: &GatewayOptions, g: &GlobalArgs) -> anyhow::Result<Gateway> 
         max_scan_entries: options.max_scan_entries,
         max_bytes_per_call: options.max_bytes_per_call,
         allow_writes: options.allow_writes,
+        call_timeout: options.call_timeout,
+        max_concurrent_calls: options.max_concurrent_calls,
         ..GatewayConfig::default()
     };
     Ok(Gateway::new(g.client()?, config))

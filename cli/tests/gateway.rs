@@ -543,6 +543,15 @@ async fn verbs_answer_with_evidence_across_grafts() {
         .refused("find", json!({"path": "/runs"}), 422, "scan_limit")
         .await;
     small.ok("find", json!({"path": "/runs/a/1"})).await;
+    let hasty = Gateway::start(&cluster.endpoints(), &["--call-timeout", "1ms"]).await;
+    hasty
+        .refused(
+            "catalog",
+            json!({"path": "/runs"}),
+            504,
+            "deadline_exceeded",
+        )
+        .await;
 
     // `nokv publish-dir --attr`: every file gets the attributes, and a
     // content type from its extension, so its keys are fields at once.
@@ -667,7 +676,7 @@ fn random_value(rng: &mut u64, depth: u32) -> Value {
     let pick = next(rng) % if depth == 0 { 8 } else { 10 };
     match pick {
         0 => json!(null),
-        1 => json!(next(rng) % 2 == 0),
+        1 => json!(next(rng).is_multiple_of(2)),
         2 => json!([0, 1, 100, 101, 1 << 40, u64::MAX][(next(rng) % 6) as usize]),
         3 => json!([-1.5, 0.0, 1e308, -9_007_199_254_740_993i64 as f64][(next(rng) % 4) as usize]),
         4 => json!(
@@ -734,7 +743,7 @@ fn random_args_at(rng: &mut u64, depth: u32) -> Value {
         "bogus",
     ];
     let mut map = serde_json::Map::new();
-    if next(rng) % 4 != 0 {
+    if !next(rng).is_multiple_of(4) {
         map.insert(
             "path".into(),
             json!(["/runs", "/", "/runs/a/3/train.log"][(next(rng) % 3) as usize]),

@@ -47,6 +47,9 @@ pub enum GatewayError {
     /// `POST /v1/<verb>` with a verb that does not exist.
     #[error("{0}")]
     UnknownVerb(String),
+    /// A read call that did not finish within the gateway's call timeout.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The cluster or the object store cannot answer now; retry.
     #[error("{0}")]
     Unavailable(String),
@@ -80,6 +83,7 @@ impl GatewayError {
             GatewayError::UnknownVerb(_) => "unknown_verb",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::OutcomeUnknown(_) => "outcome_unknown",
+            GatewayError::DeadlineExceeded(_) => "deadline_exceeded",
             GatewayError::Fs { code, .. } => code,
             GatewayError::Internal(_) => "internal",
         }
@@ -102,7 +106,7 @@ impl GatewayError {
             GatewayError::TooManyRecords(_) | GatewayError::ScanLimit(_) => 422,
             GatewayError::Internal(_) => 500,
             GatewayError::Unavailable(_) => 503,
-            GatewayError::OutcomeUnknown(_) => 504,
+            GatewayError::OutcomeUnknown(_) | GatewayError::DeadlineExceeded(_) => 504,
         }
     }
 

@@ -10,6 +10,7 @@
 //! bound.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use nokv_client::{
     PublishMode, PutOptions, SnapshotId,
 };
 use serde_json::{json, Map, Value as Json};
+use tokio::sync::Semaphore;
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -45,6 +47,11 @@ pub struct GatewayConfig {
     pub max_grep_files: usize,
     /// Whether the write tools are offered.
     pub allow_writes: bool,
+    /// Longest a call may take, waiting for its turn included
+    /// (`deadline_exceeded` after; a write's outcome is then unknown).
+    pub call_timeout: Duration,
+    /// Calls served at once; more wait for a turn.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +63,8 @@ impl Default for GatewayConfig {
             max_field_body_bytes: 256 * 1024,
             max_grep_files: 1000,
             allow_writes: false,
+            call_timeout: Duration::from_secs(60),
+            max_concurrent_calls: 32,
         }
     }
 }
@@ -78,6 +87,8 @@ pub struct Gateway {
     client: Client,
     config: GatewayConfig,
     metrics: Metrics,
+    /// One permit per call in progress.
+    turns: Arc<Semaphore>,
 }
 
 /// Names of the built-in fields every row may have.
@@ -143,10 +154,12 @@ struct Entry {
 
 impl Gateway {
     pub fn new(client: Client, config: GatewayConfig) -> Gateway {
+        let turns = Arc::new(Semaphore::new(config.max_concurrent_calls.max(1)));
         Gateway {
             client,
             config,
             metrics: Metrics::new().expect("the gateway's fixed metric definitions register"),
+            turns,
         }
     }
 
@@ -170,7 +183,16 @@ impl Gateway {
     /// Runs one verb (or write tool) on its JSON arguments.
     pub async fn call(&self, verb: &str, args: Json) -> Result<Json, GatewayError> {
         let started = std::time::Instant::now();
-        let result = self.dispatch(verb, args).await;
+        let timeout = self.config.call_timeout;
+        let bounded = async {
+            // The semaphore is never closed, so a permit always comes.
+            let _turn = self.turns.acquire().await;
+            self.dispatch(verb, args).await
+        };
+        let result = match tokio::time::timeout(timeout, bounded).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out(verb, timeout)),
+        };
         let known = verbs::tools().iter().any(|t| t.name == verb);
         let code = match &result {
             Ok(_) => "ok",
@@ -178,6 +200,20 @@ impl Gateway {
         };
         self.metrics.record(verb, known, code, started.elapsed());
         result
+    }
+
+    /// The error of a call cut off at its deadline.
+    fn timed_out(&self, verb: &str, timeout: Duration) -> GatewayError {
+        let writes = verbs::tools().iter().any(|t| t.name == verb && t.writes);
+        if writes {
+            GatewayError::OutcomeUnknown(format!(
+                "{verb} did not finish within {timeout:?}; it may or may not have applied"
+            ))
+        } else {
+            GatewayError::DeadlineExceeded(format!(
+                "{verb} did not finish within {timeout:?}; narrow the path or add predicates"
+            ))
+        }
     }
 
     async fn dispatch(&self, verb: &str, args: Json) -> Result<Json, GatewayError> {

@@ -1060,7 +1060,8 @@ fn a_listing_with_bodies_carries_each_files_summary() {
     };
     let (entries, next) = list(&f, None, 0);
     assert_eq!(next, None);
-    let summary: Vec<(String, Option<(u64, u64, u32)>)> = entries
+    type Seen = (String, Option<(u64, u64, u32)>);
+    let summary: Vec<Seen> = entries
         .iter()
         .map(|(e, b)| {
             (
