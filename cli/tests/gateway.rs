@@ -11,7 +11,10 @@
 //!   the URI is refused with `generation_gone`.
 //!   Reads at a snapshot see the pinned state. Pages with cursors cover
 //!   every result exactly once.
-//! - Bad input (same test): unknown keys and fields, wrong value types,
+//! - `verbs_answer_through_a_leader_failover`: calls during a leader kill
+//!   get complete answers or retryable 503/504, and complete ones again
+//!   once a leader is elected.
+//! - Bad input (in the first test): unknown keys and fields, wrong value types,
 //!   limits, cursors of another query, malformed URIs, garbage bodies,
 //!   unknown verbs, write tools on a read-only gateway, structured reads
 //!   of too many records, and a subtree above the scan limit: an HTTP
@@ -754,4 +757,72 @@ fn random_args_at(rng: &mut u64, depth: u32) -> Value {
         map.insert(key.into(), random_value(rng, depth));
     }
     Value::Object(map)
+}
+
+/// The gateway rides through a leader failover: while the leader is
+/// killed and a new one elected, every call gets an answer (200, or a
+/// retryable 503/504, never a wrong result), and once a leader is back the
+/// answers are complete again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_answer_through_a_leader_failover() {
+    let _load = common::light_test().await;
+    let store = TestStore::start(StoreKind::File)
+        .await
+        .expect("a local store");
+    let url = store.url();
+    let env = store.serve_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut cluster = Cluster::start_with_env(&["--blob-store", url.as_str()], &env).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/f", true).await, "mkdir /f");
+    for i in 0..20 {
+        let status = if i % 5 == 0 { "failed" } else { "ok" };
+        publish(
+            &client,
+            &format!("/f/{i}.json"),
+            br#"{"x": 1}"#,
+            "application/json",
+            &[("status", status.into())],
+        )
+        .await;
+    }
+    let gw = Gateway::start(&cluster.endpoints(), &["--call-timeout", "20s"]).await;
+    let query =
+        json!({"path": "/f", "predicates": [{"field": "status", "op": "eq", "value": "failed"}]});
+    assert_eq!(gw.ok("find", query.clone()).await["match_count"], 4);
+
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    cluster.kill(leader);
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let mut answered = 0;
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let r = gw.call("find", query.clone()).await;
+        match r.status {
+            200 => {
+                assert_eq!(
+                    r.json()["match_count"],
+                    4,
+                    "a complete answer or none: {}",
+                    r.body
+                );
+                answered += 1;
+            }
+            503 | 504 => {}
+            other => panic!("during failover: {other} {}", r.body),
+        }
+        if answered >= 3 && cluster.agreed_leader(&others).await.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answers after the leader was killed"
+        );
+    }
+    cluster.restart(leader).await;
+    assert_eq!(gw.ok("find", query).await["match_count"], 4);
 }

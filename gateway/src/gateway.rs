@@ -91,6 +91,9 @@ pub struct Gateway {
     turns: Arc<Semaphore>,
 }
 
+/// Directory listings a walk keeps in flight.
+const LIST_CONCURRENCY: usize = 32;
+
 /// Names of the built-in fields every row may have.
 pub const BUILTIN_FIELDS: &[&str] = &[
     "path",
@@ -469,14 +472,14 @@ impl Gateway {
         let mut found = Vec::new();
         let mut level = vec![root.to_string()];
         while !level.is_empty() {
-            // Eight directories at a time, each a page of up to 1,000
+            // LIST_CONCURRENCY directories at a time, each a page of up to 1,000
             // entries with their body summaries per request.
             let listed: Vec<(String, Vec<Listed>)> = futures::stream::iter(level)
                 .map(|dir| async move {
                     let entries = list_with_bodies(view, &dir, limit).await?;
                     Ok::<_, GatewayError>((dir, entries))
                 })
-                .buffered(8)
+                .buffered(LIST_CONCURRENCY)
                 .try_collect()
                 .await?;
             let mut next = Vec::new();
