@@ -91,6 +91,8 @@ const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const FOLLOWER_REFRESH_TICKS: u64 = 5;
 /// Longest final pass of a leader that shuts down cleanly.
 const FINAL_PASS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a final pass waits for the applied index to reach the log's end.
+const FINAL_APPLY_WAIT: Duration = Duration::from_secs(1);
 /// Entries per sled batch when restore writes the log.
 const RESTORE_APPEND_CHUNK: usize = 512;
 
@@ -888,6 +890,19 @@ impl Archiver {
         metrics: &watch::Receiver<RaftMetrics<NodeId, openraft::BasicNode>>,
         progress: &watch::Sender<ArchiveProgress>,
     ) {
+        if !is_leader(&metrics.borrow()) {
+            return;
+        }
+        // The metrics trail the state machine: a write acknowledged just
+        // before the stop may not show in `last_applied` yet. Let them catch
+        // up with the log (bounded: an entry that never commits just ends
+        // the wait), so the final pass archives every acknowledged write.
+        let last_log = metrics.borrow().last_log_index;
+        let _ = self
+            .raft
+            .wait(Some(FINAL_APPLY_WAIT))
+            .applied_index_at_least(last_log, "final archive pass")
+            .await;
         let m = metrics.borrow().clone();
         if !is_leader(&m) {
             return;
