@@ -178,8 +178,9 @@ impl Gateway {
     /// The tools this gateway offers (write tools only with `allow_writes`).
     pub fn tools(&self) -> Vec<ToolDef> {
         verbs::tools()
-            .into_iter()
+            .iter()
             .filter(|t| self.config.allow_writes || !t.writes)
+            .cloned()
             .collect()
     }
 
@@ -220,7 +221,7 @@ impl Gateway {
     }
 
     async fn dispatch(&self, verb: &str, args: Json) -> Result<Json, GatewayError> {
-        if let Some(tool) = verbs::tools().into_iter().find(|t| t.name == verb) {
+        if let Some(tool) = verbs::tools().iter().find(|t| t.name == verb) {
             if tool.writes && !self.config.allow_writes {
                 return Err(GatewayError::WritesDisabled(format!(
                     "{verb} changes the namespace; this gateway runs read-only (start it with --allow-writes)"
@@ -557,8 +558,8 @@ impl Gateway {
                 .is_some_and(|f| !matches!(f, Format::Text))
     }
 
-    /// Fields of a small structured body (`None` when it has none, is too
-    /// large, or does not parse).
+    /// Fields of a body that `has_content_fields` admitted (`None` when it
+    /// does not parse), counted against the call's byte budget.
     async fn content_fields(
         &self,
         view: &Client,
@@ -567,9 +568,7 @@ impl Gateway {
         budget: &std::sync::atomic::AtomicU64,
     ) -> Result<Option<BTreeMap<String, Vec<Value>>>, GatewayError> {
         use std::sync::atomic::Ordering;
-        if !self.has_content_fields(path, &BodySummary::from(body)) {
-            return Ok(None);
-        }
+        // The caller checked `has_content_fields` on the listing's summary.
         let Some(format) = structured::detect(name_of(path), &body.content_type) else {
             return Ok(None);
         };

@@ -264,8 +264,14 @@ fn object(required: &[&str], properties: Json) -> Json {
     json!({"type": "object", "additionalProperties": false, "required": required, "properties": properties})
 }
 
-/// The seven read verbs, then the write tools.
-pub fn tools() -> Vec<ToolDef> {
+/// The seven read verbs, then the write tools (built once).
+pub fn tools() -> &'static [ToolDef] {
+    static TOOLS: std::sync::OnceLock<Vec<ToolDef>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(build_tools)
+}
+
+/// The tool definitions, with their JSON schemas.
+fn build_tools() -> Vec<ToolDef> {
     let path =
         json!({"type": "string", "description": "Absolute path in the namespace, e.g. /runs/7"});
     vec![
