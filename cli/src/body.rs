@@ -340,7 +340,7 @@ async fn stage_and_upload(
     local: &Path,
     opts: &PutOptions,
 ) -> Result<
-    (nokv_client::UploadId, nokv_client::BodySpec),
+    (nokv_client::UploadId, nokv_client::Uploaded),
     (Option<nokv_client::UploadId>, anyhow::Error),
 > {
     let upload = client
@@ -353,7 +353,7 @@ async fn stage_and_upload(
         .with_context(|| format!("opening {}", local.display()))
         .map_err(|e| (Some(upload.id), e))?;
     let spec = client
-        .upload_blocks(&upload, file, opts, &|_| {})
+        .upload_indexed(&upload, file, opts, &|_| {})
         .await
         .with_context(|| format!("uploading {}", local.display()))
         .map_err(|e| (Some(upload.id), e))?;
@@ -391,7 +391,7 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
         attrs: parse_attrs(&args.attrs)?,
         ..Default::default()
     };
-    let mut staged: Vec<(nokv_client::UploadId, nokv_client::BodySpec)> = Vec::new();
+    let mut staged: Vec<(nokv_client::UploadId, nokv_client::Uploaded)> = Vec::new();
     for (rel, local) in &files {
         let target = format!("{root}/{rel}");
         let opts = PutOptions {
@@ -412,7 +412,7 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
         }
     }
     let ids: Vec<_> = staged.iter().map(|(id, _)| *id).collect();
-    let attrs = match client.commit_batch(staged).await {
+    let attrs = match client.commit_batch_indexed(staged).await {
         Ok(a) => a,
         Err(e) => {
             if !matches!(e, ClientError::Unknown(_)) {

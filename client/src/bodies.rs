@@ -14,8 +14,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use nokv_blob::{BlobLocation, BlobStore};
 use nokv_holt::{
-    Applied, Attr, BlockRef, Body, BodySpec, EntryRef, Generation, InodeRef, Op, PublishMode,
-    Query, QueryResult, StagedUpload, UploadId,
+    Applied, Attr, BlockRef, Body, BodySpec, EntryRef, FieldSet, Generation, IndexedCommit,
+    InodeRef, Op, PublishMode, Query, QueryResult, StagedUpload, UploadId,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -74,6 +74,14 @@ impl Default for PutOptions {
             owner: FileOwner::default(),
         }
     }
+}
+
+/// An uploaded body, ready to commit: its description and its searchable
+/// fields ([`Client::upload_indexed`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uploaded {
+    pub spec: BodySpec,
+    pub fields: FieldSet,
 }
 
 /// Where one publish spent its time ([`Client::publish`]).
@@ -359,6 +367,21 @@ impl Client {
         opts: &PutOptions,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<BodySpec, ClientError> {
+        self.upload_indexed(staged, reader, opts, progress)
+            .await
+            .map(|uploaded| uploaded.spec)
+    }
+
+    /// [`Client::upload_blocks`], also computing the body's searchable
+    /// fields (its attributes and, for a small structured body, its
+    /// content: see `nokv_fields::extract`), for [`Client::commit_indexed`].
+    pub async fn upload_indexed<R: AsyncRead + Unpin>(
+        &self,
+        staged: &StagedUpload,
+        reader: R,
+        opts: &PutOptions,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Uploaded, ClientError> {
         let input = BlockReader::new(reader, opts.block_size);
         self.upload_rest(
             staged,
@@ -369,10 +392,10 @@ impl Client {
             progress,
         )
         .await
-        .map(|(spec, _)| spec)
+        .map(|(uploaded, _)| uploaded)
     }
 
-    /// [`Client::upload_blocks`], starting with the blocks `ahead`, already
+    /// [`Client::upload_indexed`], starting with the blocks `ahead`, already
     /// read and fed to `hasher` (the last of them may end the input). Also
     /// returns how many blocks the leader checked while later ones were
     /// still uploading.
@@ -384,8 +407,11 @@ impl Client {
         mut input: BlockReader<R>,
         opts: &PutOptions,
         progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(BodySpec, usize), ClientError> {
+    ) -> Result<(Uploaded, usize), ClientError> {
         let store = self.blob_store().await?;
+        // A body small enough to carry content fields is kept whole for
+        // the extraction (its blocks are shared, not copied).
+        let mut small: Option<Vec<Bytes>> = Some(Vec::new());
         let prefix = staged.key_prefix();
         let block_size = opts.block_size.max(1);
         let mut blocks: Vec<Option<BlockRef>> = Vec::new();
@@ -437,6 +463,11 @@ impl Client {
             let store = store.clone();
             let prefix = prefix.clone();
             let body = Bytes::from(buf);
+            if total > nokv_fields::MAX_FIELD_BODY_BYTES {
+                small = None;
+            } else if let Some(kept) = small.as_mut() {
+                kept.push(body.clone());
+            }
             let finished = finished.clone();
             // Hashing the block (for its key) happens in the task, beside
             // the other uploads, not on the reading loop.
@@ -476,7 +507,17 @@ impl Client {
             producer: opts.producer.clone(),
             attrs: opts.attrs.clone(),
         };
-        Ok((spec, prechecked.load(Ordering::Relaxed)))
+        let content = small.map(|blocks| blocks.concat());
+        let fields = nokv_fields::to_field_set(&nokv_fields::extract(
+            &staged.name,
+            &spec.content_type,
+            &spec.attrs,
+            content.as_deref(),
+        ));
+        Ok((
+            Uploaded { spec, fields },
+            prechecked.load(Ordering::Relaxed),
+        ))
     }
 
     /// Uploads one block of `staged` (block `index` of the body; the caller
@@ -541,6 +582,45 @@ impl Client {
         commits: Vec<(UploadId, BodySpec)>,
     ) -> Result<Vec<Attr>, ClientError> {
         match self.mutate(Op::CommitPublishBatch { commits }).await? {
+            Applied::Attrs(a) => Ok(a),
+            _ => Err(ClientError::Protocol(
+                "expected a list of attributes".into(),
+            )),
+        }
+    }
+
+    /// Makes an upload's body visible with its searchable fields, which the
+    /// shard indexes with it (what [`Client::put`] does; a plain
+    /// [`Client::commit`] publishes the body unindexed).
+    pub async fn commit_indexed(
+        &self,
+        upload: UploadId,
+        uploaded: Uploaded,
+    ) -> Result<Attr, ClientError> {
+        let mut attrs = self.commit_batch_indexed(vec![(upload, uploaded)]).await?;
+        match (attrs.pop(), attrs.is_empty()) {
+            (Some(attr), true) => Ok(attr),
+            _ => Err(ClientError::Protocol(
+                "expected the attributes of one file".into(),
+            )),
+        }
+    }
+
+    /// [`Client::commit_batch`] with each body's fields: all become visible
+    /// (and indexed) or none does.
+    pub async fn commit_batch_indexed(
+        &self,
+        commits: Vec<(UploadId, Uploaded)>,
+    ) -> Result<Vec<Attr>, ClientError> {
+        let commits = commits
+            .into_iter()
+            .map(|(upload, u)| IndexedCommit {
+                upload,
+                body: u.spec,
+                fields: u.fields,
+            })
+            .collect();
+        match self.mutate(Op::CommitPublishIndexed { commits }).await? {
             Applied::Attrs(a) => Ok(a),
             _ => Err(ClientError::Protocol(
                 "expected a list of attributes".into(),
@@ -650,11 +730,11 @@ impl Client {
                     .await;
                 timings.upload = t.elapsed();
                 match uploaded {
-                    Ok((spec, prechecked)) => {
-                        timings.blocks = spec.blocks.len();
+                    Ok((uploaded, prechecked)) => {
+                        timings.blocks = uploaded.spec.blocks.len();
                         timings.blocks_prechecked = prechecked;
                         let t = Instant::now();
-                        let committed = self.commit(staged.id, spec).await;
+                        let committed = self.commit_indexed(staged.id, uploaded).await;
                         timings.commit = t.elapsed();
                         committed
                     }

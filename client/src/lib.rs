@@ -19,14 +19,16 @@ mod snapshots;
 mod watch;
 
 pub use bodies::{
-    content_type_for, verify_block, FileOwner, PublishTimings, PutOptions, DEFAULT_BLOCK_SIZE,
+    content_type_for, verify_block, FileOwner, PublishTimings, PutOptions, Uploaded,
+    DEFAULT_BLOCK_SIZE,
 };
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
 pub use nokv_holt::{
     Applied, Attr, BlockRef, Body, BodySpec, BodySummary, DirEntry, EntryRef, Event, EventKind,
-    FileType, Generation, InodeId, InodeRef, Op, PublishMode, Query, QueryResult, RenameMode,
-    RequestId, SetAttr, ShardId, SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
+    FieldSet, FieldValue, FileType, Generation, IndexKey, IndexRange, IndexedHit, InodeId,
+    InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId, SetAttr, ShardId,
+    SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
 };
 pub use nokv_proto::pb::{
     FsckResponse, Member, NodeStatusResponse, Role, RunGcResponse, StatusResponse,

@@ -272,6 +272,15 @@ pub(crate) fn route_op(
                 .map(|(u, b)| Ok((p.upload(u)?, b)))
                 .collect::<Result<_, ClientError>>()?,
         },
+        Op::CommitPublishIndexed { commits } => Op::CommitPublishIndexed {
+            commits: commits
+                .into_iter()
+                .map(|mut c| {
+                    c.upload = p.upload(c.upload)?;
+                    Ok(c)
+                })
+                .collect::<Result<_, ClientError>>()?,
+        },
         Op::AbortPublish { upload } => Op::AbortPublish {
             upload: p.upload(upload)?,
         },
@@ -360,6 +369,20 @@ fn place_query(p: &mut Placer<'_>, query: Query) -> Result<Query, ClientError> {
         Query::RetiredBody { inode, generation } => Query::RetiredBody {
             inode: p.inode(inode)?,
             generation,
+        },
+        // Hit paths are relative to `dir`: nothing to translate back.
+        Query::FindIndexed {
+            dir,
+            field,
+            range,
+            after,
+            limit,
+        } => Query::FindIndexed {
+            dir: p.inode(dir)?,
+            field,
+            range,
+            after,
+            limit,
         },
         q @ (Query::ListUploads | Query::ListSnapshots | Query::Grafts) => q,
     })

@@ -519,11 +519,11 @@ impl Draft {
             let io = |e: std::io::Error| ClientError::Store(format!("spill file: {e}"));
             let mut reader = tokio::fs::File::from_std(file.try_clone().map_err(io)?);
             reader.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
-            let spec = client
-                .upload_blocks(&staged, reader.take(size), &opts, &|_| {})
+            let uploaded = client
+                .upload_indexed(&staged, reader.take(size), &opts, &|_| {})
                 .await?;
-            let blocks = spec.blocks.clone();
-            Ok((client.commit(staged.id, spec).await?, blocks))
+            let blocks = uploaded.spec.blocks.clone();
+            Ok((client.commit_indexed(staged.id, uploaded).await?, blocks))
         }
         .await;
         if let Err(e) = &result {

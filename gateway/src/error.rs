@@ -2,6 +2,7 @@
 //! message that tells an agent what to do instead.
 
 use nokv_client::ClientError;
+use nokv_fields::ParseError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -147,5 +148,33 @@ impl From<ClientError> for GatewayError {
             | ClientError::Server(_)
             | ClientError::AlreadyInitialized(_)) => GatewayError::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<ParseError> for GatewayError {
+    fn from(e: ParseError) -> GatewayError {
+        match e {
+            ParseError::LimitExceeded(m) => GatewayError::LimitExceeded(m),
+            ParseError::Invalid(m) => GatewayError::InvalidArgument(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nokv_fields::structured::{parse, Format, MAX_PARSE_BYTES};
+
+    #[test]
+    fn parse_errors_keep_their_codes() {
+        let e = GatewayError::from(parse(Format::Json, b"{").expect_err("not JSON"));
+        assert_eq!((e.code(), e.http_status()), ("invalid_argument", 400));
+        assert!(
+            e.to_string().starts_with("JSON: not valid JSON at line 1"),
+            "{e}"
+        );
+        let big = vec![b' '; MAX_PARSE_BYTES + 1];
+        let e = GatewayError::from(parse(Format::Json, &big).expect_err("too big"));
+        assert_eq!((e.code(), e.http_status()), ("limit_exceeded", 413));
     }
 }

@@ -40,9 +40,6 @@ pub struct GatewayConfig {
     pub max_bytes_per_call: u64,
     /// Largest body parsed for a schema, structured read or citation.
     pub max_parse_bytes: u64,
-    /// Bodies up to this size with a structured format contribute fields
-    /// (their top-level keys, series summaries) to find and catalog.
-    pub max_field_body_bytes: u64,
     /// Most files one grep call opens.
     pub max_grep_files: usize,
     /// Whether the write tools are offered.
@@ -60,7 +57,6 @@ impl Default for GatewayConfig {
             max_scan_entries: 100_000,
             max_bytes_per_call: 256 * 1024 * 1024,
             max_parse_bytes: 8 * 1024 * 1024,
-            max_field_body_bytes: 256 * 1024,
             max_grep_files: 1000,
             allow_writes: false,
             call_timeout: Duration::from_secs(60),
@@ -95,17 +91,7 @@ pub struct Gateway {
 const LIST_CONCURRENCY: usize = 32;
 
 /// Names of the built-in fields every row may have.
-pub const BUILTIN_FIELDS: &[&str] = &[
-    "path",
-    "name",
-    "kind",
-    "size_bytes",
-    "generation",
-    "mtime",
-    "content_type",
-    "producer",
-    "sha256",
-];
+pub use nokv_fields::BUILTIN_FIELDS;
 
 /// Which rows need the content fields of their bodies (which cost a read
 /// from the object store each).
@@ -525,7 +511,7 @@ impl Gateway {
                 let Some(summary) = &e.body else {
                     return Ok(row);
                 };
-                add_body_fields(&mut row, summary);
+                add_body_fields(&mut row, &e.path, summary);
                 if !self.has_content_fields(&e.path, summary) {
                     return Ok(row);
                 }
@@ -550,16 +536,15 @@ impl Gateway {
     }
 
     /// Whether a body is small and structured enough to contribute
-    /// content fields.
+    /// content fields (the SDK's rule at publish time too).
     fn has_content_fields(&self, path: &str, body: &BodySummary) -> bool {
-        body.size > 0
-            && body.size <= self.config.max_field_body_bytes
-            && structured::detect(name_of(path), &body.content_type)
-                .is_some_and(|f| !matches!(f, Format::Text))
+        nokv_fields::wants_content(name_of(path), &body.content_type, body.size)
     }
 
-    /// Fields of a body that `has_content_fields` admitted (`None` when it
-    /// does not parse), counted against the call's byte budget.
+    /// The fields of a body that `has_content_fields` admitted, its
+    /// attributes' and its content's (attributes alone when the content
+    /// does not parse; `None` when it has no structured format), counted
+    /// against the call's byte budget.
     async fn content_fields(
         &self,
         view: &Client,
@@ -569,9 +554,9 @@ impl Gateway {
     ) -> Result<Option<BTreeMap<String, Vec<Value>>>, GatewayError> {
         use std::sync::atomic::Ordering;
         // The caller checked `has_content_fields` on the listing's summary.
-        let Some(format) = structured::detect(name_of(path), &body.content_type) else {
+        if structured::detect(name_of(path), &body.content_type).is_none() {
             return Ok(None);
-        };
+        }
         let left = budget.fetch_sub(
             body.size.min(budget.load(Ordering::Relaxed)),
             Ordering::Relaxed,
@@ -583,9 +568,12 @@ impl Gateway {
             )));
         }
         let bytes = view.read_range(body, None).await?;
-        Ok(structured::parse(format, &bytes)
-            .ok()
-            .map(|p| structured::content_fields(&p)))
+        Ok(Some(nokv_fields::extract(
+            name_of(path),
+            &body.content_type,
+            &body.attrs,
+            Some(&bytes),
+        )))
     }
 
     /// The rows under `path` matching `preds`, after checking that every
@@ -935,7 +923,7 @@ impl Gateway {
             )));
         }
         let bytes = view.read_range(body, None).await?;
-        structured::parse(format, &bytes)
+        Ok(structured::parse(format, &bytes)?)
     }
 
     // ----- grep -----
@@ -1471,8 +1459,8 @@ fn builtin_row(path: &str, attr: &Attr) -> Row {
 }
 
 /// Body built-ins and publish attributes (an attribute named like a
-/// built-in is kept as `attr.<name>`).
-fn add_body_fields(row: &mut Row, body: &BodySummary) {
+/// built-in is kept as `attr.<name>`; see [`nokv_fields::extract`]).
+fn add_body_fields(row: &mut Row, path: &str, body: &BodySummary) {
     row.fields.insert(
         "content_type".into(),
         vec![Value::Str(body.content_type.clone())],
@@ -1481,28 +1469,16 @@ fn add_body_fields(row: &mut Row, body: &BodySummary) {
         .insert("producer".into(), vec![Value::Str(body.producer.clone())]);
     row.fields
         .insert("sha256".into(), vec![Value::Str(body.sha256.clone())]);
-    for (k, v) in &body.attrs {
-        let key = if BUILTIN_FIELDS.contains(&k.as_str()) {
-            format!("attr.{k}")
-        } else {
-            k.clone()
-        };
-        row.fields.insert(key, vec![Value::infer(v)]);
-    }
+    let attrs = nokv_fields::extract(name_of(path), &body.content_type, &body.attrs, None);
+    row.fields.extend(attrs);
 }
 
-/// Content fields of a body: a key named like a built-in is kept as
-/// `content.<name>`; publish attributes win over content keys of the same
-/// name.
-fn add_content_fields(row: &mut Row, content: BTreeMap<String, Vec<Value>>) {
-    for (k, v) in content {
-        let key = if BUILTIN_FIELDS.contains(&k.as_str()) {
-            format!("content.{k}")
-        } else {
-            k
-        };
-        row.fields.entry(key).or_insert(v);
-    }
+/// The fields of a body with its content's ([`nokv_fields::extract`] with
+/// the body): a superset of those `add_body_fields` added, the same where
+/// they overlap (attributes win over content keys of the same name, a key
+/// named like a built-in is kept as `content.<name>`).
+fn add_content_fields(row: &mut Row, fields: BTreeMap<String, Vec<Value>>) {
+    row.fields.extend(fields);
 }
 
 fn empty_body(attr: &Attr) -> Body {

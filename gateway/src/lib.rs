@@ -7,6 +7,10 @@
 //! reads bodies straight from the object store, with bounded bytes and
 //! bounded entries per call. Cursors carry everything a next page needs.
 //!
+//! Typed values, structured bodies and field extraction come from
+//! `nokv-fields` (re-exported as [`value`] and [`structured`]), which the
+//! SDK shares, so a field means the same at publish and at query time.
+//!
 //! Must not depend on: any server crate (meta-node, raft-log, router
 //! internals), openraft, sled or etcd-client; it is a client of the cluster.
 
@@ -16,10 +20,10 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod query;
-pub mod structured;
 pub mod uri;
-pub mod value;
 pub mod verbs;
+
+pub use nokv_fields::{structured, value};
 
 pub use error::GatewayError;
 pub use gateway::{Evidence, Gateway, GatewayConfig};

@@ -127,6 +127,8 @@ pub struct BodySummary {
     pub producer: String,
     pub attrs: BTreeMap<String, String>,
     pub published_ns: u64,
+    /// The file's searchable fields, if it was published with them.
+    pub fields: Option<crate::fields::FieldSet>,
 }
 
 impl From<&Body> for BodySummary {
@@ -140,6 +142,7 @@ impl From<&Body> for BodySummary {
             producer: b.producer.clone(),
             attrs: b.attrs.clone(),
             published_ns: b.published_ns,
+            fields: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::body::{BodySpec, PublishMode, UploadId};
+use crate::fields::FieldSet;
 use crate::snapshot::SnapshotId;
 use crate::types::{Epoch, InodeId, RequestId, ShardId};
 
@@ -206,6 +207,22 @@ pub enum Op {
         at: EntryRef,
         shard: ShardId,
     },
+    // ---- indexed publish (see `crate::fields`) ----
+    /// `CommitPublishBatch` where each body comes with its searchable
+    /// fields, which the engine stores and indexes with the body. All or
+    /// nothing; returns `Applied::Attrs` in order. (Appended last: older
+    /// log entries keep their variant numbers.)
+    CommitPublishIndexed {
+        commits: Vec<IndexedCommit>,
+    },
+}
+
+/// One member of `Op::CommitPublishIndexed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedCommit {
+    pub upload: UploadId,
+    pub body: BodySpec,
+    pub fields: FieldSet,
 }
 
 /// One client mutation as replicated: the op plus everything the leader

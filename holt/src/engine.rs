@@ -23,12 +23,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::{Deref, DerefMut};
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::body::{validate_body_spec, validate_lease, Body, GcTask, UploadId, MAX_PUBLISH_BATCH};
 use crate::command::{Command, EntryRef, InodeRef, Op};
 use crate::error::FsError;
+use crate::fields::{validate_field_set, FieldSet, IndexKey};
 use crate::graft::GraftPoint;
 use crate::path::{
     split_path, validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
@@ -41,6 +42,7 @@ mod events;
 mod graft;
 #[cfg(test)]
 mod graft_tests;
+mod index;
 mod invariants;
 mod ops;
 mod publish;
@@ -149,6 +151,15 @@ pub struct Namespace {
     /// graft names the graft point in O(log n), and persistent so a pin
     /// keeps its own.
     pub(crate) grafts: OrdMap<ShardId, GraftPoint>,
+    /// Each indexed file's field set (see [`crate::fields`]), replaced with
+    /// its body. Replicated and part of the image.
+    pub(crate) fields: OrdMap<InodeId, FieldSet>,
+    /// Derived from `fields` (see `index`): `(field, key, file)`.
+    pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
+    /// Derived: files whose body came without a field set.
+    pub(crate) unindexed: OrdSet<InodeId>,
+    /// Derived from `dentries`: `(child, directory, name)` of every local entry.
+    pub(crate) links: OrdSet<(InodeId, InodeId, String)>,
 }
 
 /// The metadata engine of one shard. See the module docs.
@@ -245,6 +256,10 @@ impl Holt {
                 inodes: OrdMap::unit(root, root_record),
                 dentries: OrdMap::new(),
                 grafts: OrdMap::new(),
+                fields: OrdMap::new(),
+                index: OrdSet::new(),
+                unindexed: OrdSet::new(),
+                links: OrdSet::new(),
             },
             dedupe_capacity: config.dedupe_capacity,
             next_local: InodeId::ROOT_LOCAL + 1,
@@ -410,7 +425,20 @@ impl Holt {
                 validate_lease(*lease_ns)
             }
             Op::CommitPublish { body, .. } => validate_body_spec(body),
-            Op::CommitPublishBatch { commits } => validate_batch(commits),
+            Op::CommitPublishBatch { commits } => {
+                validate_batch(commits.iter().map(|(u, b)| (*u, b)))
+            }
+            Op::CommitPublishIndexed { commits } => {
+                validate_batch(commits.iter().map(|c| (c.upload, &c.body)))?;
+                commits.iter().try_for_each(|c| {
+                    validate_field_set(&c.fields).map_err(|e| match e {
+                        FsError::InvalidArgument(why) => {
+                            FsError::InvalidArgument(format!("{}: {why}", c.upload))
+                        }
+                        other => other,
+                    })
+                })
+            }
             Op::RenewUpload { lease_ns, .. } => validate_lease(*lease_ns),
             Op::CreateSnapshot { path, lease_ns } => {
                 split_path(path)?;
@@ -498,8 +526,18 @@ impl Holt {
                 };
                 self.begin_publish(stamp, at, *mode, *lease_ns, owner)
             }
-            Op::CommitPublish { upload, body } => self.commit_publish(stamp, *upload, body),
-            Op::CommitPublishBatch { commits } => self.commit_publish_batch(stamp, commits),
+            Op::CommitPublish { upload, body } => self.commit_publish(stamp, *upload, body, None),
+            Op::CommitPublishBatch { commits } => {
+                let commits: Vec<_> = commits.iter().map(|(u, b)| (*u, b, None)).collect();
+                self.commit_publish_batch(stamp, &commits)
+            }
+            Op::CommitPublishIndexed { commits } => {
+                let commits: Vec<_> = commits
+                    .iter()
+                    .map(|c| (c.upload, &c.body, Some(&c.fields)))
+                    .collect();
+                self.commit_publish_batch(stamp, &commits)
+            }
             Op::AbortPublish { upload } => self.abort_publish(stamp, *upload),
             Op::RenewUpload { upload, lease_ns } => self.renew_upload(stamp, *upload, *lease_ns),
             Op::ExpireUploads { now_ns } => Ok(self.expire_uploads(stamp, *now_ns)),
@@ -558,8 +596,10 @@ fn validate_entry(at: &EntryRef) -> Result<(), FsError> {
 
 /// A batch commit: 1 ..= [`MAX_PUBLISH_BATCH`] members, distinct uploads,
 /// each body valid on its own.
-fn validate_batch(commits: &[(UploadId, crate::body::BodySpec)]) -> Result<(), FsError> {
-    if commits.is_empty() || commits.len() > MAX_PUBLISH_BATCH {
+fn validate_batch<'a>(
+    commits: impl ExactSizeIterator<Item = (UploadId, &'a crate::body::BodySpec)>,
+) -> Result<(), FsError> {
+    if commits.len() == 0 || commits.len() > MAX_PUBLISH_BATCH {
         return Err(FsError::InvalidArgument(format!(
             "a publish batch has {} commits, allowed 1 ..= {MAX_PUBLISH_BATCH}",
             commits.len()
@@ -567,7 +607,7 @@ fn validate_batch(commits: &[(UploadId, crate::body::BodySpec)]) -> Result<(), F
     }
     let mut seen = std::collections::BTreeSet::new();
     for (upload, body) in commits {
-        if !seen.insert(*upload) {
+        if !seen.insert(upload) {
             return Err(FsError::InvalidArgument(format!(
                 "{upload} appears twice in one publish batch"
             )));

@@ -22,9 +22,12 @@
 //! registries (the current namespace's, then each pin's, in pin order)
 //! after the version-3 body, and its dentries may point to other shards'
 //! roots (graft points), which a version-3 reader would wrongly call
-//! corrupt. Versions 1 and 2 were never deployed, so they are rejected as
-//! unsupported rather than migrated; version 3 is still read (it has no
-//! grafts).
+//! corrupt. 5 appends the field sets of indexed bodies (the current
+//! namespace's, then each pin's as a difference, like the pins' inodes);
+//! the field index and the reverse links are derived and rebuilt when an
+//! image is read. Versions 1 and 2 were never deployed, so they are
+//! rejected as unsupported rather than migrated; versions 3 (no grafts)
+//! and 4 (no field sets: every body reads as unindexed) are still read.
 //!
 //! A pin is written as its difference from the current namespace (the
 //! keys whose value differs, with the pinned value or "absent"), found by
@@ -40,12 +43,13 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bincode::Options;
 use imbl::ordmap::DiffItem;
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 use crate::body::{GcTask, UploadId};
 use crate::engine::{Holt, InodeRecord, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
+use crate::fields::FieldSet;
 use crate::graft::GraftPoint;
 use crate::snapshot::SnapshotInfo;
 use crate::types::{Epoch, InodeId, LogIndex, RequestId, ShardId};
@@ -54,9 +58,11 @@ use crate::watch::{Event, WatchRetention};
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
 /// The image format this build writes.
-pub const IMAGE_VERSION: u32 = 4;
-/// The older format this build still reads: version 3, without grafts.
+pub const IMAGE_VERSION: u32 = 5;
+/// Older formats this build still reads: version 3, without grafts, and
+/// version 4, without field sets.
 pub const IMAGE_VERSION_V3: u32 = 3;
+pub const IMAGE_VERSION_V4: u32 = 4;
 /// Magic, version, body length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
@@ -103,6 +109,21 @@ struct GraftsImageRef<'a> {
 struct GraftsImage {
     current: Vec<(ShardId, GraftPoint)>,
     pins: Vec<Vec<(ShardId, GraftPoint)>>,
+}
+
+/// The version-5 tail: field sets in inode order, the current
+/// namespace's and then each pin's difference from it, in pin order.
+#[derive(Serialize)]
+struct FieldsImageRef<'a> {
+    current: Vec<(&'a InodeId, &'a FieldSet)>,
+    pins: Vec<Vec<(InodeId, Option<FieldSet>)>>,
+}
+
+/// [`FieldsImageRef`] as read; empty for older images.
+#[derive(Deserialize)]
+struct FieldsImage {
+    current: Vec<(InodeId, FieldSet)>,
+    pins: Vec<Vec<(InodeId, Option<FieldSet>)>>,
 }
 
 /// One pin: its description and how its namespace differs from the
@@ -199,7 +220,7 @@ impl Holt {
         // limit, no I/O, and every sequence has a known length. A tuple is
         // its fields in order, so the version-3 body is a prefix.
         let body = body_options()
-            .serialize(&(self.image_body(), self.image_grafts()))
+            .serialize(&(self.image_body(), self.image_grafts(), self.image_fields()))
             .expect("serializing the state into memory is infallible");
         let mut image = Vec::with_capacity(HEADER_LEN + body.len());
         image.extend_from_slice(&IMAGE_MAGIC);
@@ -215,17 +236,31 @@ impl Holt {
         let (version, body) = split_header(bytes)?;
         let options = body_options().with_limit(body.len() as u64);
         let corrupt = |e: bincode::Error| ImageError::Corrupt(e.to_string());
-        let (decoded, grafts): (ImageBody, GraftsImage) = if version == IMAGE_VERSION_V3 {
-            let decoded: ImageBody = options.deserialize(body).map_err(corrupt)?;
-            let grafts = GraftsImage {
-                current: Vec::new(),
-                pins: decoded.pins.iter().map(|_| Vec::new()).collect(),
-            };
-            (decoded, grafts)
-        } else {
-            options.deserialize(body).map_err(corrupt)?
+        let no_fields = |pins: usize| FieldsImage {
+            current: Vec::new(),
+            pins: (0..pins).map(|_| Vec::new()).collect(),
         };
-        let holt = decoded.into_holt(grafts).map_err(ImageError::Corrupt)?;
+        let (decoded, grafts, fields): (ImageBody, GraftsImage, FieldsImage) = match version {
+            IMAGE_VERSION_V3 => {
+                let decoded: ImageBody = options.deserialize(body).map_err(corrupt)?;
+                let grafts = GraftsImage {
+                    current: Vec::new(),
+                    pins: decoded.pins.iter().map(|_| Vec::new()).collect(),
+                };
+                let fields = no_fields(decoded.pins.len());
+                (decoded, grafts, fields)
+            }
+            IMAGE_VERSION_V4 => {
+                let (decoded, grafts): (ImageBody, GraftsImage) =
+                    options.deserialize(body).map_err(corrupt)?;
+                let fields = no_fields(decoded.pins.len());
+                (decoded, grafts, fields)
+            }
+            _ => options.deserialize(body).map_err(corrupt)?,
+        };
+        let holt = decoded
+            .into_holt(grafts, fields)
+            .map_err(ImageError::Corrupt)?;
         holt.check_invariants().map_err(ImageError::Corrupt)?;
         Ok(holt)
     }
@@ -268,6 +303,18 @@ impl Holt {
         }
     }
 
+    /// The version-5 tail: the field sets.
+    fn image_fields(&self) -> FieldsImageRef<'_> {
+        FieldsImageRef {
+            current: self.fields.iter().collect(),
+            pins: self
+                .snapshots
+                .values()
+                .map(|pin| diff_to(&self.fields, &pin.ns.fields))
+                .collect(),
+        }
+    }
+
     /// The version-4 tail: the graft registries.
     fn image_grafts(&self) -> GraftsImageRef<'_> {
         GraftsImageRef {
@@ -288,7 +335,7 @@ fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), ImageError> {
         return Err(ImageError::BadMagic);
     }
     let version = read_u32(bytes, 8).ok_or(ImageError::Truncated)?;
-    if version != IMAGE_VERSION && version != IMAGE_VERSION_V3 {
+    if ![IMAGE_VERSION, IMAGE_VERSION_V4, IMAGE_VERSION_V3].contains(&version) {
         return Err(ImageError::UnsupportedVersion(version));
     }
     let body_len = read_u64(bytes, 12).ok_or(ImageError::Truncated)?;
@@ -322,33 +369,57 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 impl ImageBody {
-    fn into_holt(self, grafts: GraftsImage) -> Result<Holt, String> {
+    fn into_holt(self, grafts: GraftsImage, fields: FieldsImage) -> Result<Holt, String> {
         let dedupe_capacity = usize::try_from(self.dedupe_capacity)
             .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
         let mut dedupe_order = VecDeque::with_capacity(self.dedupe.len());
         for (id, _) in &self.dedupe {
             dedupe_order.push_back(*id);
         }
-        let ns = Namespace {
+        let mut ns = Namespace {
             shard: self.shard,
             inodes: sorted_map(self.inodes, "inodes")?.into_iter().collect(),
             dentries: sorted_map(self.dentries, "dentries")?.into_iter().collect(),
             grafts: sorted_map(grafts.current, "grafts")?.into_iter().collect(),
+            fields: sorted_map(fields.current, "field sets")?
+                .into_iter()
+                .collect(),
+            index: OrdSet::new(),
+            unindexed: OrdSet::new(),
+            links: OrdSet::new(),
         };
+        ns.rebuild_derived();
         let mut pin_grafts = grafts.pins.into_iter();
-        if self.pins.len() != pin_grafts.len() {
-            return Err("the pins and their graft registries do not match".into());
+        let mut pin_fields = fields.pins.into_iter();
+        if self.pins.len() != pin_grafts.len() || self.pins.len() != pin_fields.len() {
+            return Err("the pins and their graft registries or field sets do not match".into());
         }
         let mut snapshots = BTreeMap::new();
         for pin in self.pins {
-            let pinned = Namespace {
+            let changed_fields = pin_fields.next().unwrap_or_default();
+            let changed_inodes: Vec<InodeId> = pin
+                .inodes
+                .iter()
+                .map(|(id, _)| *id)
+                .chain(changed_fields.iter().map(|(id, _)| *id))
+                .collect();
+            let changed_entries: Vec<(InodeId, String)> =
+                pin.dentries.iter().map(|(key, _)| key.clone()).collect();
+            let mut pinned = Namespace {
                 shard: ns.shard,
                 inodes: apply_diff(&ns.inodes, pin.inodes, "pinned inodes")?,
                 dentries: apply_diff(&ns.dentries, pin.dentries, "pinned dentries")?,
                 grafts: sorted_map(pin_grafts.next().unwrap_or_default(), "pinned grafts")?
                     .into_iter()
                     .collect(),
+                fields: apply_diff(&ns.fields, changed_fields, "pinned field sets")?,
+                index: ns.index.clone(),
+                unindexed: ns.unindexed.clone(),
+                links: ns.links.clone(),
             };
+            // The derived maps differ from the current ones only where
+            // the pin's entries, inodes and field sets do.
+            pinned.patch_derived(&ns, &changed_entries, changed_inodes);
             let id = pin.info.id;
             let pin = Pin {
                 info: pin.info,

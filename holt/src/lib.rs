@@ -21,6 +21,7 @@ pub mod body;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod fields;
 pub mod graft;
 pub mod image;
 pub mod path;
@@ -33,11 +34,14 @@ pub use body::{
     block_prefix, shard_block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec,
     BodySummary, GcTarget, GcTask, PublishMode, StagedUpload, UploadId,
 };
-pub use command::{Command, EntryRef, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag};
+pub use command::{
+    Command, EntryRef, IndexedCommit, InodeRef, LogPayload, Op, RenameMode, SetAttr, XattrFlag,
+};
 pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};
 pub use error::{FsError, ImageError};
+pub use fields::{validate_field_set, FieldSet, FieldValue, IndexKey, IndexRange};
 pub use graft::{placeholder_attr, GraftInfo};
-pub use query::{Query, QueryResult, MAX_READDIR_PAGE};
+pub use query::{IndexedHit, Query, QueryResult, MAX_INDEXED_PAGE, MAX_READDIR_PAGE};
 pub use snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSHOT_LEASE_NS};
 pub use types::{
     Attr, DirEntry, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId,

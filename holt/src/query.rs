@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::{Body, BodySummary, StagedUpload};
 use crate::command::InodeRef;
+use crate::fields::{IndexKey, IndexRange};
 use crate::graft::GraftInfo;
 use crate::snapshot::{SnapshotId, SnapshotInfo};
 use crate::types::{Attr, DirEntry, Generation, InodeId};
@@ -73,6 +74,31 @@ pub enum Query {
         inode: InodeRef,
         generation: Generation,
     },
+    /// Files below the directory `dir` with a value of `field` in `range`,
+    /// read from the field index (see [`crate::fields`]): a page of at most
+    /// `limit` hits (0: the maximum) in index order, strictly after
+    /// `after`. The cost grows with the index entries of `field` in
+    /// `range`, not with the size of the subtree.
+    FindIndexed {
+        dir: InodeRef,
+        field: String,
+        range: IndexRange,
+        after: Option<(IndexKey, InodeId)>,
+        limit: u32,
+    },
+}
+
+/// Largest page a `FindIndexed` returns.
+pub const MAX_INDEXED_PAGE: u32 = 1000;
+
+/// One path of a file a `FindIndexed` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedHit {
+    /// Relative to the directory asked about (no leading slash).
+    pub path: String,
+    pub attr: Attr,
+    /// The body's summary, with the file's field set.
+    pub body: Option<BodySummary>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,4 +128,15 @@ pub enum QueryResult {
     Grafts(Vec<GraftInfo>),
     /// A retired body's block keys in order (`RetiredBody`).
     Retired(Vec<String>),
+    /// `FindIndexed`: one page of hits (a file with several matching
+    /// values or several names below the directory appears once per
+    /// value and name: the reader merges by path). `next` continues the
+    /// scan; `unindexed` (first page only) says that some body below the
+    /// directory was published without fields, so the index alone does
+    /// not answer for it.
+    Indexed {
+        hits: Vec<IndexedHit>,
+        next: Option<(IndexKey, InodeId)>,
+        unindexed: bool,
+    },
 }

@@ -608,6 +608,9 @@ impl ClientService {
             Op::BeginPublish { .. } => Vec::new(),
             Op::CommitPublish { upload, body } => vec![(*upload, body)],
             Op::CommitPublishBatch { commits } => commits.iter().map(|(u, b)| (*u, b)).collect(),
+            Op::CommitPublishIndexed { commits } => {
+                commits.iter().map(|c| (c.upload, &c.body)).collect()
+            }
             _ => return Ok(()),
         };
         // Only blocks under each upload's own prefix are looked up: a

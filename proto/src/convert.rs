@@ -17,6 +17,12 @@ pub enum WireError {
     Invalid { field: &'static str, reason: String },
 }
 
+mod fields;
+use fields::{
+    cursor_from_wire, cursor_to_wire, field_set_from_wire, field_set_to_wire,
+    indexed_page_from_wire, indexed_page_to_wire, range_from_wire, range_to_wire,
+};
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> WireError {
     WireError::Invalid {
         field,
@@ -275,6 +281,21 @@ fn op_from_wire(op: PbOp) -> Result<holt::Op, WireError> {
                 .into_iter()
                 .map(commit_from_wire)
                 .collect::<Result<_, _>>()?,
+        },
+        PbOp::CommitPublishIndexed(b) => holt::Op::CommitPublishIndexed {
+            commits: b
+                .commits
+                .into_iter()
+                .map(|c| {
+                    Ok(holt::IndexedCommit {
+                        upload: holt::UploadId(c.upload),
+                        body: c.body.ok_or(WireError::Missing("commits.body"))?.into(),
+                        fields: field_set_from_wire(
+                            c.fields.ok_or(WireError::Missing("commits.fields"))?,
+                        )?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
         },
         PbOp::AbortPublish(a) => holt::Op::AbortPublish {
             upload: holt::UploadId(a.upload),
@@ -596,13 +617,15 @@ impl From<holt::BodySummary> for pb::BodySummary {
             producer: b.producer,
             attrs: b.attrs.into_iter().collect(),
             published_ns: b.published_ns,
+            fields: b.fields.map(field_set_to_wire),
         }
     }
 }
 
-impl From<pb::BodySummary> for holt::BodySummary {
-    fn from(b: pb::BodySummary) -> Self {
-        holt::BodySummary {
+impl TryFrom<pb::BodySummary> for holt::BodySummary {
+    type Error = WireError;
+    fn try_from(b: pb::BodySummary) -> Result<Self, WireError> {
+        Ok(holt::BodySummary {
             generation: holt::Generation(b.generation),
             size: b.size,
             blocks: b.blocks,
@@ -611,7 +634,8 @@ impl From<pb::BodySummary> for holt::BodySummary {
             producer: b.producer,
             attrs: b.attrs.into_iter().collect(),
             published_ns: b.published_ns,
-        }
+            fields: b.fields.map(field_set_from_wire).transpose()?,
+        })
     }
 }
 
@@ -754,6 +778,18 @@ fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
                 commits: commits
                     .into_iter()
                     .map(|(upload, body)| commit_to_wire(upload, body))
+                    .collect(),
+            })
+        }
+        holt::Op::CommitPublishIndexed { commits } => {
+            PbOp::CommitPublishIndexed(pb::CommitPublishIndexedOp {
+                commits: commits
+                    .into_iter()
+                    .map(|c| pb::IndexedCommit {
+                        upload: c.upload.0,
+                        body: Some(c.body.into()),
+                        fields: Some(field_set_to_wire(c.fields)),
+                    })
                     .collect(),
             })
         }
@@ -903,6 +939,13 @@ impl TryFrom<pb::QueryRequest> for Read {
                 inode: inode_ref(r.inode, "retired_body.inode")?,
                 generation: holt::Generation(r.generation),
             },
+            PbQuery::FindIndexed(f) => holt::Query::FindIndexed {
+                dir: inode_ref(f.dir, "find_indexed.dir")?,
+                field: f.field,
+                range: range_from_wire(f.range)?,
+                after: f.after.map(cursor_from_wire).transpose()?,
+                limit: f.limit,
+            },
         };
         let query = match req.snapshot {
             0 => query,
@@ -976,6 +1019,19 @@ impl From<Read> for pb::QueryRequest {
                     generation: generation.0,
                 })
             }
+            holt::Query::FindIndexed {
+                dir,
+                field,
+                range,
+                after,
+                limit,
+            } => PbQuery::FindIndexed(pb::FindIndexedQuery {
+                dir: Some(dir.into()),
+                field,
+                range: Some(range_to_wire(range)),
+                after: after.map(cursor_to_wire),
+                limit,
+            }),
         };
         pb::QueryRequest {
             consistency,
@@ -1035,6 +1091,11 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
                 next,
             })
         }
+        holt::QueryResult::Indexed {
+            hits,
+            next,
+            unindexed,
+        } => PbQueryResult::Indexed(indexed_page_to_wire(hits, next, unindexed)),
     };
     pb::QueryResponse {
         result: Some(result),
@@ -1096,12 +1157,13 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
                                 name: entry.name,
                                 attr: attr(entry.attr, "dir_bodies.entries.entry.attr")?,
                             },
-                            e.body.map(Into::into),
+                            e.body.map(holt::BodySummary::try_from).transpose()?,
                         ))
                     })
                     .collect::<Result<_, WireError>>()?,
                 next: page.next,
             },
+            PbQueryResult::Indexed(page) => indexed_page_from_wire(page)?,
         })
     }
 }
@@ -1332,6 +1394,68 @@ mod tests {
     }
 
     #[test]
+    fn indexed_queries_and_commits_round_trip() {
+        for range in [
+            holt::IndexRange::Between {
+                lo: Some(holt::IndexKey::Bool(false)),
+                hi: None,
+            },
+            holt::IndexRange::Prefix("ru".into()),
+        ] {
+            let read = Read {
+                consistency: ReadConsistency::Linearizable,
+                query: holt::Query::FindIndexed {
+                    dir: holt::InodeRef::Path("/runs".into()),
+                    field: "loss".into(),
+                    range,
+                    after: Some((holt::IndexKey::Str("x".into()), holt::InodeId(9))),
+                    limit: 10,
+                },
+            };
+            let wire = pb::QueryRequest::from(read.clone());
+            assert_eq!(Read::try_from(wire), Ok(read));
+        }
+        // A non-finite float or a repeated name is refused on the way in.
+        let bad = pb::FieldSet {
+            fields: vec![pb::Field {
+                name: "x".into(),
+                values: vec![pb::FieldValue {
+                    value: Some(pb::field_value::Value::Float(f64::NAN)),
+                }],
+            }],
+        };
+        assert!(fields::field_set_from_wire(bad).is_err());
+        let twice = pb::FieldSet {
+            fields: vec![
+                pb::Field {
+                    name: "x".into(),
+                    values: vec![],
+                },
+                pb::Field {
+                    name: "x".into(),
+                    values: vec![],
+                },
+            ],
+        };
+        assert!(fields::field_set_from_wire(twice).is_err());
+        let m = Mutation {
+            request_id: holt::RequestId(7),
+            epoch: None,
+            op: holt::Op::CommitPublishIndexed {
+                commits: vec![holt::IndexedCommit {
+                    upload: holt::UploadId(3),
+                    body: holt::BodySpec::default(),
+                    fields: [("n".to_string(), vec![holt::FieldValue::Int(-4)])]
+                        .into_iter()
+                        .collect(),
+                }],
+            },
+        };
+        let wire = pb::MutateRequest::try_from(m.clone()).expect("client op");
+        assert_eq!(Mutation::try_from(wire), Ok(m));
+    }
+
+    #[test]
     fn dir_bodies_round_trip() {
         let read = Read {
             consistency: ReadConsistency::Stale,
@@ -1367,7 +1491,33 @@ mod tests {
                 .into_iter()
                 .collect(),
             published_ns: 9,
+            fields: Some(
+                [
+                    ("step".to_string(), vec![holt::FieldValue::Int(100)]),
+                    (
+                        "tags".to_string(),
+                        vec![
+                            holt::FieldValue::Str("a".into()),
+                            holt::FieldValue::Bool(true),
+                            holt::FieldValue::float(0.25).expect("finite"),
+                        ],
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+            ),
         };
+        let indexed = holt::QueryResult::Indexed {
+            hits: vec![holt::IndexedHit {
+                path: "a/f".into(),
+                attr: attr.clone(),
+                body: Some(body.clone()),
+            }],
+            next: Some((holt::IndexKey::num(2.5), holt::InodeId(5))),
+            unindexed: true,
+        };
+        let wire = query_response(indexed.clone(), holt::LogIndex(1));
+        assert_eq!(holt::QueryResult::try_from(wire), Ok(indexed));
         let page = holt::QueryResult::DirBodies {
             entries: vec![(
                 holt::DirEntry {

@@ -143,6 +143,9 @@ impl Holt {
                     .map(|(upload, _)| self.upload_path(*upload))
                     .collect(),
             ),
+            Op::CommitPublishIndexed { commits } => {
+                Targets::Publishes(commits.iter().map(|c| self.upload_path(c.upload)).collect())
+            }
             Op::CreateSnapshot { path, .. } => Targets::Entries(vec![(normalized(path), None)]),
             Op::RemoveSnapshot { id } => Targets::Released(
                 self.snapshots
@@ -213,6 +216,9 @@ impl Holt {
                 let specs: Vec<&crate::body::BodySpec> = match op {
                     Op::CommitPublish { body, .. } => vec![body],
                     Op::CommitPublishBatch { commits } => commits.iter().map(|(_, b)| b).collect(),
+                    Op::CommitPublishIndexed { commits } => {
+                        commits.iter().map(|c| &c.body).collect()
+                    }
                     _ => Vec::new(),
                 };
                 let attrs: Vec<crate::types::Attr> = match applied {

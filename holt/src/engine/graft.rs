@@ -38,8 +38,7 @@ impl Holt {
             FsError::NotFound(format!("directory {parent} is not reachable from the root"))
         })?;
 
-        self.dentries
-            .insert((parent, name.clone()), InodeId::root(shard));
+        self.put_entry(parent, name.clone(), InodeId::root(shard));
         self.grafts.insert(shard, GraftPoint { parent, name, path });
         // Seen from the parent, a graft point is a subdirectory: it counts
         // in the parent's link count like one (`find` relies on it).
@@ -68,7 +67,7 @@ impl Holt {
             )));
         }
 
-        self.dentries.remove(&(parent, name));
+        self.remove_entry(parent, &name);
         self.grafts.remove(&shard);
         self.update_attr(parent, |attr| attr.nlink = attr.nlink.saturating_sub(1));
         self.touch_dir(parent, stamp);

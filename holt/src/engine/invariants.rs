@@ -33,7 +33,35 @@ impl Holt {
         self.check_dedupe()?;
         self.check_publish_state()?;
         self.check_grafts()?;
+        self.check_fields()?;
         self.check_pins()
+    }
+
+    /// Field sets belong to files with bodies and pass the static checks;
+    /// the derived maps (index, unindexed set, reverse links) are exactly
+    /// a rebuild. Pins are rebuilt in full only in this crate's tests.
+    fn check_fields(&self) -> Result<(), String> {
+        for (id, fields) in &self.fields {
+            let has_body = self
+                .inodes
+                .get(id)
+                .is_some_and(|r| r.attr.file_type == FileType::File && r.body.is_some());
+            if !has_body {
+                return Err(format!("{id} has a field set but no body"));
+            }
+            crate::fields::validate_field_set(fields).map_err(|e| format!("{id}: {e}"))?;
+        }
+        if self.ns.derived() != self.ns.derive() {
+            return Err("the field index or reverse links disagree with the state".into());
+        }
+        if cfg!(test) {
+            for (id, pin) in &self.snapshots {
+                if pin.ns.derived() != pin.ns.derive() {
+                    return Err(format!("{id}: its derived maps disagree with its state"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The graft registry is exactly what the dentries imply (entries

@@ -181,7 +181,7 @@ impl Holt {
         let (parent, name) = entry_of(self.place(at)?, root_exists)?;
         self.ensure_vacant(parent, &name, at)?;
 
-        self.dentries.insert((parent, name), source);
+        self.put_entry(parent, name, source);
         self.update_attr(source, |attr| {
             attr.nlink = attr.nlink.saturating_add(1);
             touch_change(attr, stamp);
@@ -198,7 +198,7 @@ impl Holt {
             return Err(FsError::IsADirectory(describe_entry(at)));
         }
 
-        self.dentries.remove(&(parent, name));
+        self.remove_entry(parent, &name);
         self.drop_link(target, stamp);
         self.touch_dir(parent, stamp);
         Ok(Applied::Done)
@@ -218,7 +218,7 @@ impl Holt {
             return Err(FsError::NotEmpty(describe_entry(at)));
         }
 
-        self.dentries.remove(&(parent, name));
+        self.remove_entry(parent, &name);
         self.inodes.remove(&target);
         self.update_attr(parent, |attr| attr.nlink = attr.nlink.saturating_sub(1));
         self.touch_dir(parent, stamp);
@@ -306,11 +306,11 @@ impl Holt {
             replaced,
         } = change;
         if let Some(target) = replaced {
-            self.dentries.remove(&(to_parent, to_name.clone()));
+            self.remove_entry(to_parent, &to_name);
             self.drop_replaced(target, to_parent, stamp);
         }
-        self.dentries.remove(&(from_parent, from_name));
-        self.dentries.insert((to_parent, to_name), source);
+        self.remove_entry(from_parent, &from_name);
+        self.put_entry(to_parent, to_name, source);
         if source_is_dir && from_parent != to_parent {
             // The directory's `..` moves from one parent to the other.
             self.update_attr(from_parent, |attr| {
@@ -547,7 +547,7 @@ impl Holt {
             body: None,
         };
         self.inodes.insert(id, record);
-        self.dentries.insert((parent, name.to_string()), id);
+        self.put_entry(parent, name.to_string(), id);
         if is_dir {
             // The new directory's `..` is one more link to the parent.
             self.update_attr(parent, |attr| attr.nlink = attr.nlink.saturating_add(1));
@@ -567,6 +567,7 @@ impl Holt {
         record.attr.nlink = record.attr.nlink.saturating_sub(1);
         if record.attr.nlink == 0 {
             if let Some(record) = self.inodes.remove(&id) {
+                self.drop_fields(id);
                 self.retire_body(id, record.body, stamp);
             }
         } else {

@@ -29,6 +29,7 @@ use crate::body::{
 };
 use crate::command::EntryRef;
 use crate::error::FsError;
+use crate::fields::FieldSet;
 use crate::path::preview;
 use crate::types::{Attr, FileType, Generation, InodeId};
 
@@ -63,6 +64,8 @@ struct Plan {
     target: Target,
     owner: Owner,
     body: Body,
+    /// The body's field set; `None`: published unindexed.
+    fields: Option<FieldSet>,
 }
 
 /// Upper bound of a lease (inclusive), saturating instead of overflowing.
@@ -218,8 +221,10 @@ impl Holt {
         stamp: Stamp,
         upload: UploadId,
         spec: &BodySpec,
+        fields: Option<&FieldSet>,
     ) -> Outcome {
-        let plan = self.plan_commit(stamp, upload, spec)?;
+        let mut plan = self.plan_commit(stamp, upload, spec)?;
+        plan.fields = fields.cloned();
         if matches!(plan.target, Target::CreateFresh) {
             self.ensure_space(1)?;
         }
@@ -234,7 +239,7 @@ impl Holt {
     pub(super) fn commit_publish_batch(
         &mut self,
         stamp: Stamp,
-        commits: &[(UploadId, BodySpec)],
+        commits: &[(UploadId, &BodySpec, Option<&FieldSet>)],
     ) -> Outcome {
         if commits.is_empty() {
             return Err(FsError::InvalidArgument("empty publish batch".into()));
@@ -243,8 +248,9 @@ impl Holt {
         let mut names = BTreeSet::new();
         let mut inodes = BTreeSet::new();
         let mut fresh = 0u64;
-        for (upload, spec) in commits {
-            let plan = self.plan_commit(stamp, *upload, spec)?;
+        for (upload, spec, fields) in commits {
+            let mut plan = self.plan_commit(stamp, *upload, spec)?;
+            plan.fields = fields.cloned();
             if !names.insert((plan.parent, plan.name.clone())) {
                 return Err(FsError::InvalidArgument(format!(
                     "two commits of one batch publish at {} in {}",
@@ -417,6 +423,7 @@ impl Holt {
                 attrs: spec.attrs.clone(),
                 published_ns: stamp.time_ns,
             },
+            fields: None,
         }
     }
 
@@ -430,6 +437,7 @@ impl Holt {
                 let kept: BTreeSet<String> =
                     plan.body.blocks.iter().map(|b| b.key.clone()).collect();
                 let mut old = None;
+                let mut found = false;
                 if let Some(record) = self.inodes.get_mut(&id) {
                     let attr = &mut record.attr;
                     attr.size = plan.body.size;
@@ -437,6 +445,10 @@ impl Holt {
                     attr.mtime_ns = stamp.time_ns;
                     touch_change(attr, stamp);
                     old = record.body.replace(plan.body);
+                    found = true;
+                }
+                if found {
+                    self.set_fields(id, plan.fields);
                 }
                 if let Some(old) = old.as_mut() {
                     old.blocks.retain(|block| !kept.contains(&block.key));
@@ -472,7 +484,8 @@ impl Holt {
             body: Some(plan.body),
         };
         self.inodes.insert(id, record);
-        self.dentries.insert((plan.parent, plan.name), id);
+        self.put_entry(plan.parent, plan.name, id);
+        self.set_fields(id, plan.fields);
         self.touch_dir(plan.parent, stamp);
         id
     }

@@ -1262,6 +1262,9 @@ mod snapshots;
 // The watch history shares this fixture too.
 mod events;
 
+// So does the field index.
+mod index;
+
 #[test]
 fn a_by_inode_publish_follows_the_file_wherever_it_is_linked() {
     let mut f = Fixture::new();

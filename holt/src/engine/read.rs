@@ -4,9 +4,10 @@ use std::ops::Bound;
 
 use super::resolve::describe_inode;
 use super::{Holt, Namespace};
-use crate::body::{BodySummary, GcTarget};
+use crate::body::GcTarget;
 use crate::command::InodeRef;
 use crate::error::FsError;
+use crate::fields::MAX_FIELD_NAME;
 use crate::graft::placeholder_attr;
 use crate::path::{validate_name, validate_xattr_name};
 use crate::query::{Query, QueryResult, MAX_READDIR_PAGE};
@@ -80,11 +81,12 @@ impl Namespace {
                 let entries = entries
                     .into_iter()
                     .map(|entry| {
+                        let id = entry.attr.inode;
                         let body = self
                             .inodes
-                            .get(&entry.attr.inode)
+                            .get(&id)
                             .and_then(|record| record.body.as_ref())
-                            .map(BodySummary::from);
+                            .map(|body| self.summary(id, body));
                         (entry, body)
                     })
                     .collect();
@@ -108,6 +110,22 @@ impl Namespace {
                 Ok(QueryResult::XattrNames(names))
             }
             Query::ReadBody { inode } => self.read_body(inode),
+            Query::FindIndexed {
+                dir,
+                field,
+                range,
+                after,
+                limit,
+            } => {
+                if field.is_empty() || field.len() > MAX_FIELD_NAME {
+                    return Err(FsError::InvalidArgument(format!(
+                        "an indexed field name has 1..={MAX_FIELD_NAME} bytes"
+                    )));
+                }
+                let id = self.inode(dir)?;
+                self.record(id)?;
+                self.find_indexed(id, field, range, after.as_ref(), *limit)
+            }
             Query::ListUploads
             | Query::ListSnapshots
             | Query::AtSnapshot { .. }

@@ -169,7 +169,8 @@ impl Holt {
             | Query::ReadLink { inode }
             | Query::GetXattr { inode, .. }
             | Query::ListXattr { inode }
-            | Query::ReadBody { inode } => within(pin, inode)?,
+            | Query::ReadBody { inode }
+            | Query::FindIndexed { dir: inode, .. } => within(pin, inode)?,
         }
         pin.ns.query(query)
     }

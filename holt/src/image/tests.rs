@@ -183,9 +183,9 @@ fn encoding_is_deterministic() {
 fn header_layout() {
     let image = sample().encode_image();
     assert_eq!(&image[..8], b"NOKVHOLT");
-    assert_eq!(image[8..12], 4u32.to_le_bytes());
-    assert_eq!(image_version(), 4);
-    assert_eq!(Holt::image_version(), 4);
+    assert_eq!(image[8..12], 5u32.to_le_bytes());
+    assert_eq!(image_version(), 5);
+    assert_eq!(Holt::image_version(), 5);
     let body_len = u64::from_le_bytes(image[12..20].try_into().expect("8 bytes"));
     assert_eq!(body_len as usize, image.len() - HEADER_LEN);
     let crc = u32::from_le_bytes(image[20..24].try_into().expect("4 bytes"));
@@ -234,10 +234,10 @@ fn bad_magic_and_version() {
     assert!(matches!(decode_err(&bad), ImageError::BadMagic));
     assert!(matches!(decode_err(b"NOPE"), ImageError::BadMagic));
     let mut future = image.clone();
-    future[8..12].copy_from_slice(&5u32.to_le_bytes());
+    future[8..12].copy_from_slice(&6u32.to_le_bytes());
     assert!(matches!(
         decode_err(&future),
-        ImageError::UnsupportedVersion(5)
+        ImageError::UnsupportedVersion(6)
     ));
     // Versions 1 (no bodies) and 2 (no pins) were never deployed and are
     // not migrated.
@@ -394,10 +394,14 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         current: Vec::new(),
         pins: Vec::new(),
     };
+    let no_fields = || FieldsImageRef {
+        current: Vec::new(),
+        pins: Vec::new(),
+    };
     let encode = |body: &ImageBodyRef| {
         with_header(
             &body_options()
-                .serialize(&(body, no_grafts()))
+                .serialize(&(body, no_grafts(), no_fields()))
                 .expect("serialize"),
         )
     };
@@ -615,7 +619,7 @@ fn encode_v3(holt: &Holt) -> Vec<u8> {
 }
 
 #[test]
-fn a_version_3_image_still_decodes_and_is_rewritten_as_version_4() {
+fn a_version_3_image_still_decodes_and_is_rewritten_as_version_5() {
     let mut holt = sample();
     let pinned = holt.apply(
         LogIndex(holt.last_applied().0 + 1),
@@ -633,7 +637,7 @@ fn a_version_3_image_still_decodes_and_is_rewritten_as_version_4() {
     let decoded = Holt::decode_image(&old).expect("a version-3 image");
     assert_eq!(decoded, holt);
     assert_eq!(decoded.encode_image(), holt.encode_image());
-    assert_eq!(decoded.encode_image()[8..12], 4u32.to_le_bytes());
+    assert_eq!(decoded.encode_image()[8..12], 5u32.to_le_bytes());
     // Grafting works on the upgraded state.
     let mut decoded = decoded;
     let grafted = decoded.apply(

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 
+use nokv_holt::fields::MAX_FIELD_STRING;
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use crate::error::GatewayError;
 use crate::value::Value;
 
 /// The largest body [`parse`] accepts (8 MiB).
@@ -44,6 +44,20 @@ pub const MAX_ARRAY_VALUES: usize = 64;
 pub const SNIPPET_CHARS: usize = 240;
 /// How much of a body is checked for a NUL byte to call it binary.
 pub const BINARY_SNIFF_BYTES: usize = 8 * 1024;
+
+/// Why a body does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// The body, or what it parses to, is over the limits above (the
+    /// gateway's `limit_exceeded`).
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// Bytes that are not valid UTF-8 or not valid in the format; the
+    /// message names the format and the position (the gateway's
+    /// `invalid_argument`).
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// The structured formats a body can be parsed as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -143,12 +157,12 @@ pub struct Parsed {
 
 /// Parses a body of at most [`MAX_PARSE_BYTES`] as `format`.
 ///
-/// Errors: `LimitExceeded` for a body or result over the limits,
-/// `InvalidArgument` (naming the format and position) for bytes that are
-/// not valid UTF-8 or not valid in the format.
-pub fn parse(format: Format, bytes: &[u8]) -> Result<Parsed, GatewayError> {
+/// Errors: [`ParseError::LimitExceeded`] for a body or result over the
+/// limits, [`ParseError::Invalid`] (naming the format and position) for
+/// bytes that are not valid UTF-8 or not valid in the format.
+pub fn parse(format: Format, bytes: &[u8]) -> Result<Parsed, ParseError> {
     if bytes.len() > MAX_PARSE_BYTES {
-        return Err(GatewayError::LimitExceeded(format!(
+        return Err(ParseError::LimitExceeded(format!(
             "{}: the body is {} bytes; structured reads parse at most {MAX_PARSE_BYTES} bytes \
              (read it by byte or line range instead)",
             format.name(),
@@ -166,13 +180,13 @@ pub fn parse(format: Format, bytes: &[u8]) -> Result<Parsed, GatewayError> {
 }
 
 /// The body as text, without a leading byte order mark.
-fn decode_utf8(format: Format, bytes: &[u8]) -> Result<&str, GatewayError> {
+fn decode_utf8(format: Format, bytes: &[u8]) -> Result<&str, ParseError> {
     match std::str::from_utf8(bytes) {
         Ok(text) => Ok(text.strip_prefix('\u{feff}').unwrap_or(text)),
         Err(e) => {
             let at = e.valid_up_to();
             let (line, column) = line_column(bytes, at);
-            Err(GatewayError::InvalidArgument(format!(
+            Err(ParseError::Invalid(format!(
                 "{}: not valid UTF-8 at line {line} column {column} (byte {at})",
                 format.name()
             )))
@@ -192,15 +206,15 @@ fn line_column(bytes: &[u8], at: usize) -> (usize, usize) {
 }
 
 /// The refusal of a body with more than [`MAX_RECORDS`] records.
-fn too_many_records(format: Format) -> GatewayError {
-    GatewayError::LimitExceeded(format!(
+fn too_many_records(format: Format) -> ParseError {
+    ParseError::LimitExceeded(format!(
         "{}: the body has more than {MAX_RECORDS} records (read it by byte or line range instead)",
         format.name()
     ))
 }
 
 /// Fails when `count` records exceed [`MAX_RECORDS`].
-fn check_records(format: Format, count: usize) -> Result<(), GatewayError> {
+fn check_records(format: Format, count: usize) -> Result<(), ParseError> {
     if count > MAX_RECORDS {
         Err(too_many_records(format))
     } else {
@@ -209,11 +223,11 @@ fn check_records(format: Format, count: usize) -> Result<(), GatewayError> {
 }
 
 /// A serde_json error as an agent should read it.
-fn json_error(format: Format, line: usize, e: &serde_json::Error) -> GatewayError {
+fn json_error(format: Format, line: usize, e: &serde_json::Error) -> ParseError {
     let full = e.to_string();
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let message = full.strip_suffix(&suffix).unwrap_or(&full);
-    GatewayError::InvalidArgument(format!(
+    ParseError::Invalid(format!(
         "{}: not valid JSON at line {line} column {}: {message}",
         format.name(),
         e.column()
@@ -221,7 +235,7 @@ fn json_error(format: Format, line: usize, e: &serde_json::Error) -> GatewayErro
 }
 
 /// Parses a whole JSON document.
-fn parse_json(text: &str) -> Result<Parsed, GatewayError> {
+fn parse_json(text: &str) -> Result<Parsed, ParseError> {
     let value: Json =
         serde_json::from_str(text).map_err(|e| json_error(Format::Json, e.line(), &e))?;
     match value {
@@ -232,7 +246,7 @@ fn parse_json(text: &str) -> Result<Parsed, GatewayError> {
 }
 
 /// Parses one JSON value per non-empty line.
-fn parse_json_lines(text: &str) -> Result<Parsed, GatewayError> {
+fn parse_json_lines(text: &str) -> Result<Parsed, ParseError> {
     let lines = || {
         line_ranges(text.as_bytes())
             .enumerate()
@@ -266,7 +280,7 @@ fn from_sequence(
     format: Format,
     record_type: RecordType,
     items: Vec<Json>,
-) -> Result<Parsed, GatewayError> {
+) -> Result<Parsed, ParseError> {
     check_records(format, items.len())?;
     let fields = object_keys(&items);
     Ok(Parsed {
@@ -282,7 +296,7 @@ fn from_mapping(
     format: Format,
     record_type: RecordType,
     map: Map<String, Json>,
-) -> Result<Parsed, GatewayError> {
+) -> Result<Parsed, ParseError> {
     check_records(format, map.len())?;
     let mut entries: Vec<(String, Json)> = map.into_iter().collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -330,7 +344,7 @@ fn object_keys(records: &[Json]) -> Vec<String> {
 }
 
 /// Parses a single YAML document, expanding aliases within the budget.
-fn parse_yaml(text: &str) -> Result<Parsed, GatewayError> {
+fn parse_yaml(text: &str) -> Result<Parsed, ParseError> {
     let budget = Budget::default();
     let value = Budgeted(&budget)
         .deserialize(yaml_serde::Deserializer::from_str(text))
@@ -343,11 +357,11 @@ fn parse_yaml(text: &str) -> Result<Parsed, GatewayError> {
 }
 
 /// A YAML error as an agent should read it.
-fn yaml_error(budget: &Budget, e: &yaml_serde::Error) -> GatewayError {
+fn yaml_error(budget: &Budget, e: &yaml_serde::Error) -> ParseError {
     // yaml_serde's own alias guard ("repetition limit exceeded") refuses
     // the same kind of document as the budget.
     if budget.exhausted.get() || e.to_string().contains("repetition limit") {
-        return GatewayError::LimitExceeded(format!(
+        return ParseError::LimitExceeded(format!(
             "YAML: the document expands past {MAX_YAML_EXPANDED_BYTES} bytes or {MAX_YAML_NODES} \
              values (aliases included); read it as text instead"
         ));
@@ -357,13 +371,13 @@ fn yaml_error(budget: &Budget, e: &yaml_serde::Error) -> GatewayError {
         Some(at) => {
             let suffix = format!(" at line {} column {}", at.line(), at.column());
             let message = full.strip_suffix(&suffix).unwrap_or(&full);
-            GatewayError::InvalidArgument(format!(
+            ParseError::Invalid(format!(
                 "YAML: not valid YAML at line {} column {}: {message}",
                 at.line(),
                 at.column()
             ))
         }
-        None => GatewayError::InvalidArgument(format!("YAML: not valid YAML: {full}")),
+        None => ParseError::Invalid(format!("YAML: not valid YAML: {full}")),
     }
 }
 
@@ -515,7 +529,7 @@ fn key_string(key: Json) -> String {
 }
 
 /// Parses CSV (RFC 4180, header row first) into one object per data row.
-fn parse_csv(text: &str) -> Result<Parsed, GatewayError> {
+fn parse_csv(text: &str) -> Result<Parsed, ParseError> {
     let mut reader = CsvReader::new(text);
     let Some(header) = reader.next_row()? else {
         return Ok(Parsed {
@@ -535,7 +549,7 @@ fn parse_csv(text: &str) -> Result<Parsed, GatewayError> {
             }
             expanded = expanded.saturating_add(name.len() + cell.len());
             if expanded > MAX_CSV_EXPANDED_BYTES {
-                return Err(GatewayError::LimitExceeded(format!(
+                return Err(ParseError::LimitExceeded(format!(
                     "CSV: the records would hold more than {MAX_CSV_EXPANDED_BYTES} bytes of \
                      names and cells; read it by byte or line range instead"
                 )));
@@ -613,7 +627,7 @@ impl<'a> CsvReader<'a> {
     }
 
     /// The next row's cells; `None` at the end of the input.
-    fn next_row(&mut self) -> Result<Option<Vec<String>>, GatewayError> {
+    fn next_row(&mut self) -> Result<Option<Vec<String>>, ParseError> {
         self.skip_blank_lines();
         if self.pos >= self.text.len() {
             return Ok(None);
@@ -642,7 +656,7 @@ impl<'a> CsvReader<'a> {
 
     /// One cell, and how it ended. Every delimiter is ASCII, so every
     /// position sliced at is a char boundary.
-    fn cell(&mut self) -> Result<(String, CellEnd), GatewayError> {
+    fn cell(&mut self) -> Result<(String, CellEnd), ParseError> {
         let bytes = self.text.as_bytes();
         let mut out = String::new();
         if bytes.get(self.pos) == Some(&b'"') {
@@ -671,14 +685,14 @@ impl<'a> CsvReader<'a> {
 
     /// The inside of a quoted cell (the opening quote is at `pos`), up to
     /// and past its closing quote.
-    fn quoted(&mut self, out: &mut String) -> Result<(), GatewayError> {
+    fn quoted(&mut self, out: &mut String) -> Result<(), ParseError> {
         let bytes = self.text.as_bytes();
         let opened_on = self.line;
         self.pos += 1;
         loop {
             let rest = bytes.get(self.pos..).unwrap_or(&[]);
             let Some(quote) = rest.iter().position(|&b| b == b'"') else {
-                return Err(GatewayError::InvalidArgument(format!(
+                return Err(ParseError::Invalid(format!(
                     "CSV: the quoted field opened on line {opened_on} is never closed"
                 )));
             };
@@ -697,7 +711,7 @@ impl<'a> CsvReader<'a> {
 }
 
 /// One `{"line", "text"}` record per line.
-fn parse_text(text: &str) -> Result<Parsed, GatewayError> {
+fn parse_text(text: &str) -> Result<Parsed, ParseError> {
     // Refuse before building anything: records cost far more than lines.
     check_records(Format::Text, line_ranges(text.as_bytes()).count())?;
     let mut records = Vec::new();
@@ -730,7 +744,9 @@ fn parse_text(text: &str) -> Result<Parsed, GatewayError> {
 /// - text: `lines`.
 ///
 /// At most [`MAX_CONTENT_FIELDS`] fields (keys taken in sorted order);
-/// names over [`MAX_FIELD_NAME_BYTES`] bytes are skipped.
+/// names over [`MAX_FIELD_NAME_BYTES`] bytes are skipped, and so are
+/// string leaves over [`MAX_FIELD_STRING`] bytes (the longest string the
+/// field index holds), as if they were not there.
 pub fn content_fields(parsed: &Parsed) -> BTreeMap<String, Vec<Value>> {
     let mut sink = FieldSink::default();
     match parsed.record_type {
@@ -770,6 +786,14 @@ impl FieldSink {
         }
         self.fields.entry(name).or_insert(values);
     }
+}
+
+/// A scalar JSON value as a field value; `None` for anything else and for
+/// a string over [`MAX_FIELD_STRING`] bytes.
+fn leaf(json: &Json) -> Option<Value> {
+    Value::from_json(json)
+        .ok()
+        .filter(|v| !matches!(v, Value::Str(s) if s.len() > MAX_FIELD_STRING))
 }
 
 /// A JSON object's entries in key order.
@@ -819,12 +843,12 @@ fn flatten(name: String, value: &Json, depth: usize, sink: &mut FieldSink) {
             let values = items
                 .iter()
                 .take(MAX_ARRAY_VALUES)
-                .filter_map(|item| Value::from_json(item).ok())
+                .filter_map(leaf)
                 .collect();
             sink.add(name, values);
         }
         scalar => {
-            if let Ok(v) = Value::from_json(scalar) {
+            if let Some(v) = leaf(scalar) {
                 sink.add(name, vec![v]);
             }
         }
@@ -876,7 +900,7 @@ fn series_fields(records: &[Json], sink: &mut FieldSink) {
     for record in records {
         let Json::Object(map) = record else { continue };
         for (key, value) in map {
-            if let Ok(v) = Value::from_json(value) {
+            if let Some(v) = leaf(value) {
                 stats.entry(key.as_str()).or_default().observe(v);
             }
         }
@@ -1068,7 +1092,7 @@ mod tests {
 
     fn invalid(format: Format, body: &[u8]) -> String {
         match parse(format, body) {
-            Err(GatewayError::InvalidArgument(message)) => message,
+            Err(ParseError::Invalid(message)) => message,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
@@ -1216,7 +1240,7 @@ mod tests {
             bomb.push_str(&format!("{}: &{} [{refs}]\n", pair[1], pair[1]));
         }
         match parse(Format::Yaml, bomb.as_bytes()) {
-            Err(GatewayError::LimitExceeded(m)) => assert!(m.contains("expands"), "{m}"),
+            Err(ParseError::LimitExceeded(m)) => assert!(m.contains("expands"), "{m}"),
             other => panic!("expected LimitExceeded, got {other:?}"),
         }
         // Few aliases, each to a large sequence: past yaml_serde's alias
@@ -1227,7 +1251,7 @@ mod tests {
             vec!["*a"; 1_000].join(",")
         );
         match parse(Format::Yaml, wide.as_bytes()) {
-            Err(GatewayError::LimitExceeded(m)) => assert!(m.contains("expands"), "{m}"),
+            Err(ParseError::LimitExceeded(m)) => assert!(m.contains("expands"), "{m}"),
             other => panic!("expected LimitExceeded, got {other:?}"),
         }
         // A few aliases are fine.
@@ -1298,25 +1322,25 @@ mod tests {
         for format in [Format::Json, Format::Yaml, Format::Csv, Format::Text] {
             assert!(matches!(
                 parse(format, &big),
-                Err(GatewayError::LimitExceeded(_))
+                Err(ParseError::LimitExceeded(_))
             ));
         }
         let lines = "\n".repeat(MAX_RECORDS + 1);
         assert!(matches!(
             parse(Format::Text, lines.as_bytes()),
-            Err(GatewayError::LimitExceeded(_))
+            Err(ParseError::LimitExceeded(_))
         ));
         let values = "1\n".repeat(MAX_RECORDS + 1);
         assert!(matches!(
             parse(Format::JsonLines, values.as_bytes()),
-            Err(GatewayError::LimitExceeded(_))
+            Err(ParseError::LimitExceeded(_))
         ));
         let blank = "\n".repeat(MAX_RECORDS + 1) + "1";
         assert_eq!(parsed(Format::JsonLines, &blank).records, [json!(1)]);
         let csv = format!("{}\n{}", "h".repeat(1000), "1\n".repeat(70_000));
         assert!(matches!(
             parse(Format::Csv, csv.as_bytes()),
-            Err(GatewayError::LimitExceeded(_))
+            Err(ParseError::LimitExceeded(_))
         ));
     }
 
@@ -1426,6 +1450,23 @@ mod tests {
         let arr: Vec<u32> = (0..100).collect();
         let fields = content_fields(&parsed(Format::Json, &json!({ "a": arr }).to_string()));
         assert_eq!(fields["a"].len(), MAX_ARRAY_VALUES);
+
+        // String leaves too long for the field index are skipped.
+        let long = "s".repeat(MAX_FIELD_STRING + 1);
+        let fit = "s".repeat(MAX_FIELD_STRING);
+        let body = json!({"long": long, "fit": fit, "arr": [long, "x"]}).to_string();
+        let fields = content_fields(&parsed(Format::Json, &body));
+        assert_eq!(
+            fields.into_iter().collect::<Vec<_>>(),
+            [
+                ("arr".to_string(), vec![Value::Str("x".into())]),
+                ("fit".to_string(), vec![Value::Str(fit.clone())]),
+            ]
+        );
+        let series = format!("[{{\"p\": \"a\", \"q\": \"{long}\"}}, {{\"p\": \"{long}\"}}]");
+        let fields = content_fields(&parsed(Format::Json, &series));
+        assert_eq!(fields["p.last"], [Value::Str("a".into())]);
+        assert!(!fields.contains_key("q.last"));
     }
 
     #[test]

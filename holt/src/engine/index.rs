@@ -1,0 +1,294 @@
+//! The derived maps behind indexed queries, and every write that keeps
+//! them in step with the namespace (see [`crate::fields`]).
+//!
+//! - `fields`: a file's field set, replaced with its body (replicated,
+//!   part of the image);
+//! - `index`: `(field, key, inode)` for every value of every field set;
+//! - `unindexed`: files whose body came without a field set;
+//! - `links`: `(child, directory, name)` for every local entry: the way
+//!   from a matching inode back to its paths (a file may have several).
+//!
+//! The last three are derived: rebuilt from the first one, `inodes` and
+//! `dentries` when an image is decoded, and checked against a rebuild by
+//! the invariant checker. Every entry write of the engine goes through
+//! [`Namespace::put_entry`] / [`Namespace::remove_entry`], and every body
+//! write through [`Namespace::set_fields`] / [`Namespace::drop_fields`], so
+//! no operation can forget one of them.
+
+use imbl::OrdSet;
+
+use super::Namespace;
+use crate::body::BodySummary;
+use crate::error::FsError;
+use crate::fields::{index_entries, FieldSet, IndexKey, IndexRange};
+use crate::query::{IndexedHit, QueryResult, MAX_INDEXED_PAGE};
+use crate::types::InodeId;
+
+/// Index entries one page may step over (matches outside the directory
+/// included), so a page costs a bounded amount of work.
+const MAX_INDEX_STEPS: usize = 16_384;
+
+/// The derived maps, built from scratch (decode, and the invariant check).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Derived {
+    pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
+    pub(crate) unindexed: OrdSet<InodeId>,
+    pub(crate) links: OrdSet<(InodeId, InodeId, String)>,
+}
+
+impl Namespace {
+    /// Adds the entry `name` in `parent`.
+    pub(crate) fn put_entry(&mut self, parent: InodeId, name: String, child: InodeId) {
+        if child.shard() == self.shard {
+            self.links.insert((child, parent, name.clone()));
+        }
+        self.dentries.insert((parent, name), child);
+    }
+
+    /// Removes the entry `name` in `parent`, if any.
+    pub(crate) fn remove_entry(&mut self, parent: InodeId, name: &str) {
+        if let Some(child) = self.dentries.remove(&(parent, name.to_string())) {
+            self.links.remove(&(child, parent, name.to_string()));
+        }
+    }
+
+    /// A body was published onto `inode`, with `fields` or without
+    /// (unindexed). Replaces whatever the previous body had.
+    pub(crate) fn set_fields(&mut self, inode: InodeId, fields: Option<FieldSet>) {
+        self.drop_fields(inode);
+        match fields {
+            Some(fields) => {
+                for (name, key) in index_entries(&fields) {
+                    self.index.insert((name, key, inode));
+                }
+                self.fields.insert(inode, fields);
+            }
+            None => {
+                self.unindexed.insert(inode);
+            }
+        }
+    }
+
+    /// The file `inode` is gone (or lost its body): forget its fields.
+    pub(crate) fn drop_fields(&mut self, inode: InodeId) {
+        self.unindexed.remove(&inode);
+        if let Some(old) = self.fields.remove(&inode) {
+            for (name, key) in index_entries(&old) {
+                self.index.remove(&(name, key, inode));
+            }
+        }
+    }
+
+    /// The derived maps as they should be for this namespace.
+    pub(crate) fn derive(&self) -> Derived {
+        let mut d = Derived::default();
+        for (id, fields) in &self.fields {
+            for (name, key) in index_entries(fields) {
+                d.index.insert((name, key, *id));
+            }
+        }
+        for (id, record) in &self.inodes {
+            if record.body.is_some() && !self.fields.contains_key(id) {
+                d.unindexed.insert(*id);
+            }
+        }
+        for ((parent, name), child) in &self.dentries {
+            if child.shard() == self.shard {
+                d.links.insert((*child, *parent, name.clone()));
+            }
+        }
+        d
+    }
+
+    /// Replaces the derived maps by a rebuild (after decoding).
+    pub(crate) fn rebuild_derived(&mut self) {
+        let d = self.derive();
+        self.index = d.index;
+        self.unindexed = d.unindexed;
+        self.links = d.links;
+    }
+
+    /// The derived maps as they are.
+    pub(crate) fn derived(&self) -> Derived {
+        Derived {
+            index: self.index.clone(),
+            unindexed: self.unindexed.clone(),
+            links: self.links.clone(),
+        }
+    }
+
+    /// Every path of `inode` below `dir`, relative to it (`""` for `dir`
+    /// itself), found by climbing the reverse links; at most `max`.
+    fn paths_below(&self, inode: InodeId, dir: InodeId, max: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut names: Vec<(InodeId, String)> = self
+            .links
+            .range((inode, InodeId(0), String::new())..)
+            .take_while(|(child, _, _)| *child == inode)
+            .map(|(_, parent, name)| (*parent, name.clone()))
+            .collect();
+        if inode == dir {
+            found.push(String::new());
+        }
+        for (parent, name) in names.drain(..) {
+            if found.len() >= max {
+                break;
+            }
+            if let Some(prefix) = self.dir_path_below(parent, dir) {
+                found.push(if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                });
+            }
+        }
+        found
+    }
+
+    /// The path of directory `d` relative to `dir`, if `d` is `dir` or
+    /// below it. Directories have one name; the climb is bounded by the
+    /// namespace's depth (and by its size, should a corrupt state loop).
+    fn dir_path_below(&self, mut d: InodeId, dir: InodeId) -> Option<String> {
+        let mut parts: Vec<&str> = Vec::new();
+        let root = InodeId::root(self.shard);
+        for _ in 0..=self.inodes.len() {
+            if d == dir {
+                parts.reverse();
+                return Some(parts.join("/"));
+            }
+            if d == root {
+                return None;
+            }
+            let (_, parent, name) = self
+                .links
+                .range((d, InodeId(0), String::new())..)
+                .next()
+                .filter(|(child, _, _)| *child == d)?;
+            parts.push(name.as_str());
+            d = *parent;
+        }
+        None
+    }
+
+    /// `Query::FindIndexed`: files below `dir` with a value of `field` in
+    /// `range`, in index order after `after`.
+    pub(crate) fn find_indexed(
+        &self,
+        dir: InodeId,
+        field: &str,
+        range: &IndexRange,
+        after: Option<&(IndexKey, InodeId)>,
+        limit: u32,
+    ) -> Result<QueryResult, FsError> {
+        let limit = match limit {
+            0 => MAX_INDEXED_PAGE,
+            n => n.min(MAX_INDEXED_PAGE),
+        } as usize;
+        let start = match after {
+            Some((key, inode)) => (
+                field.to_string(),
+                key.clone(),
+                InodeId(inode.0.saturating_add(1)),
+            ),
+            None => match range.start() {
+                Some(key) => (field.to_string(), key, InodeId(0)),
+                None => (field.to_string(), IndexKey::Bool(false), InodeId(0)),
+            },
+        };
+        let mut hits = Vec::new();
+        let mut next = None;
+        let mut last_inode = None;
+        for (steps, (name, key, inode)) in self.index.range(start..).enumerate() {
+            if name != field || range.past(key) {
+                break;
+            }
+            if steps >= MAX_INDEX_STEPS || hits.len() >= limit {
+                next = last_inode;
+                break;
+            }
+            last_inode = Some((key.clone(), *inode));
+            // A file with several values in the range appears once per
+            // value; the reader merges by path.
+            if !range.contains(key) {
+                continue;
+            }
+            let Some(record) = self.inodes.get(inode) else {
+                continue;
+            };
+            for path in self.paths_below(*inode, dir, usize::MAX) {
+                hits.push(IndexedHit {
+                    path,
+                    attr: record.attr.clone(),
+                    body: record.body.as_ref().map(|b| self.summary(*inode, b)),
+                });
+            }
+        }
+        // Only the first page says whether bodies below `dir` escaped the
+        // index; it is the reader's cue to fall back to a walk.
+        let unindexed = after.is_none()
+            && self
+                .unindexed
+                .iter()
+                .any(|id| !self.paths_below(*id, dir, 1).is_empty());
+        Ok(QueryResult::Indexed {
+            hits,
+            next,
+            unindexed,
+        })
+    }
+
+    /// A body's summary with the file's field set.
+    pub(crate) fn summary(&self, inode: InodeId, body: &crate::body::Body) -> BodySummary {
+        let mut s = BodySummary::from(body);
+        s.fields = self.fields.get(&inode).cloned();
+        s
+    }
+}
+
+impl Namespace {
+    /// Brings derived maps copied from `base` up to date for this
+    /// namespace, which differs from `base` only in the entries
+    /// `changed_entries` and the inodes (records or field sets)
+    /// `changed_inodes`. Costs what changed, not the namespace's size.
+    pub(crate) fn patch_derived(
+        &mut self,
+        base: &Namespace,
+        changed_entries: &[(InodeId, String)],
+        mut changed_inodes: Vec<InodeId>,
+    ) {
+        for key in changed_entries {
+            if let Some(child) = base.dentries.get(key) {
+                self.links.remove(&(*child, key.0, key.1.clone()));
+            }
+            if let Some(child) = self.dentries.get(key) {
+                if child.shard() == self.shard {
+                    self.links.insert((*child, key.0, key.1.clone()));
+                }
+            }
+        }
+        changed_inodes.sort();
+        changed_inodes.dedup();
+        for id in changed_inodes {
+            if let Some(old) = base.fields.get(&id) {
+                for (name, key) in index_entries(old) {
+                    self.index.remove(&(name, key, id));
+                }
+            }
+            if let Some(new) = self.fields.get(&id) {
+                for (name, key) in index_entries(new) {
+                    self.index.insert((name, key, id));
+                }
+            }
+            let unindexed = self
+                .inodes
+                .get(&id)
+                .is_some_and(|record| record.body.is_some())
+                && !self.fields.contains_key(&id);
+            if unindexed {
+                self.unindexed.insert(id);
+            } else {
+                self.unindexed.remove(&id);
+            }
+        }
+    }
+}
