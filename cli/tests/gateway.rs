@@ -29,7 +29,7 @@ use common::etcd::Etcd;
 use common::http::Gateway;
 use common::store::{StoreKind, TestStore};
 use common::Cluster;
-use nokv_client::{Client, PutOptions};
+use nokv_client::{Client, PutOptions, RenameMode};
 use serde_json::{json, Value};
 
 /// Run `i` of the corpus: its config, status and final loss.
@@ -257,6 +257,7 @@ async fn verbs_answer_with_evidence_across_grafts() {
     let found = gw.ok("find", query.clone()).await;
     assert_eq!(paths(&found, "matches"), oracle, "{found}");
     assert_eq!(found["match_count"], oracle.len());
+    assert_eq!(found["plan"], "index:status", "{found}");
     assert_uris(&found["matches"]);
     assert!(found["matches"][0]["values"]["lr"].is_number(), "{found}");
 
@@ -611,6 +612,8 @@ async fn verbs_answer_with_evidence_across_grafts() {
         .await;
     let body = cluster.must(client.get("/notes/summary.md", None).await, "get the note");
     assert_eq!(&body[..], b"# best run\n");
+    indexed_push_down(&gw, &cluster, &client).await;
+
     // Random arguments of every shape to every verb: each answer is a
     // verdict (200 or a client error with a JSON code), never a 5xx, and
     // the gateway keeps serving.
@@ -658,6 +661,173 @@ async fn verbs_answer_with_evidence_across_grafts() {
         );
     }
     gw.ok("ls", json!({"path": "/"})).await;
+}
+
+/// `find` over `path` with `preds`: the plan it used and the paths found.
+async fn find_plan(
+    gw: &Gateway,
+    path: &str,
+    preds: Value,
+    snapshot: Option<u64>,
+) -> (String, Vec<String>) {
+    let mut q = json!({"path": path, "predicates": preds, "limit": 100});
+    if let Some(id) = snapshot {
+        q["snapshot"] = json!(id);
+    }
+    let found = gw.ok("find", q).await;
+    let plan = found["plan"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a plan: {found}"));
+    (plan.to_string(), paths(&found, "matches"))
+}
+
+/// The field indexes answer `find` and `aggregate` (attributes and content
+/// fields, across the graft), exactly as a walk would: after a rename, a
+/// replace and an unlink; at a snapshot (the index as of the pin); and a
+/// body published without fields makes the gateway walk instead.
+async fn indexed_push_down(gw: &Gateway, cluster: &Cluster, client: &Client) {
+    let failed = || json!([{"field": "status", "op": "eq", "value": "failed"}]);
+    let failed_runs: Vec<String> = runs_ref()
+        .iter()
+        .filter(|r| r.status == "failed")
+        .map(|r| format!("{}/params.json", run_dir(r.id)))
+        .collect();
+    let (plan, found) = find_plan(gw, "/runs", failed(), None).await;
+    assert_eq!((plan.as_str(), &found), ("index:status", &failed_runs));
+    // The same question as a walk (`ne` cannot use the index).
+    let (plan, walked) = find_plan(
+        gw,
+        "/runs",
+        json!([{"field": "status", "op": "ne", "value": "ok"}]),
+        None,
+    )
+    .await;
+    assert_eq!((plan.as_str(), &walked), ("scan", &failed_runs));
+    // A content field of the JSON configs, by range, across both shards.
+    let small_lr: Vec<String> = runs_ref()
+        .iter()
+        .filter(|r| r.lr < 0.005)
+        .map(|r| format!("{}/params.json", run_dir(r.id)))
+        .collect();
+    let (plan, found) = find_plan(
+        gw,
+        "/runs",
+        json!([{"field": "lr", "op": "lt", "value": 0.005}]),
+        None,
+    )
+    .await;
+    assert_eq!((plan.as_str(), &found), ("index:lr", &small_lr));
+    // A nested JSON key, by prefix, in the grafted shard alone.
+    let (plan, found) = find_plan(
+        gw,
+        "/runs/b",
+        json!([{"field": "optimizer.name", "op": "prefix", "value": "ad"}]),
+        None,
+    )
+    .await;
+    assert_eq!(plan, "index:optimizer.name");
+    assert_eq!(found.len(), 4, "{found:?}");
+    let agg = gw
+        .ok(
+            "aggregate",
+            json!({"path": "/runs", "predicates": [{"field": "status", "op": "exists"}],
+                   "group_by": ["status"], "measures": [{"name": "n", "op": "count"}]}),
+        )
+        .await;
+    assert_eq!(agg["plan"], "index:status", "{agg}");
+    assert_eq!(agg["input_match_count"], 8, "{agg}");
+    // An unknown field is still named as such.
+    let r = gw
+        .call(
+            "find",
+            json!({"path": "/runs", "predicates": [{"field": "nosuch", "op": "eq", "value": 1}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("unknown_field"), "{}", r.body);
+
+    // Pin /runs/a, then rename a failed run, replace its config as ok, and
+    // unlink the other failed run's config.
+    let snap = cluster
+        .must_nokv(&["--json", "snapshot", "create", "/runs/a", "--lease", "1h"])
+        .await;
+    let snap: Value = serde_json::from_str(&snap).expect("snapshot JSON");
+    let snap_id = snap["id"].as_u64().expect("snapshot id");
+    cluster.must(
+        client
+            .rename("/runs/a/3", "/runs/a/3-renamed", RenameMode::Replace)
+            .await,
+        "rename a run",
+    );
+    let (plan, found) = find_plan(gw, "/runs", failed(), None).await;
+    assert_eq!(plan, "index:status");
+    assert_eq!(
+        found,
+        ["/runs/a/3-renamed/params.json", "/runs/b/6/params.json"]
+    );
+    publish(
+        client,
+        "/runs/a/3-renamed/params.json",
+        br#"{"lr": 0.5}"#,
+        "application/json",
+        &[("status", "ok".to_string())],
+    )
+    .await;
+    cluster.must(
+        client.unlink("/runs/b/6/params.json").await,
+        "unlink a config",
+    );
+    let (plan, found) = find_plan(gw, "/runs", failed(), None).await;
+    assert_eq!(
+        (plan.as_str(), found.len()),
+        ("index:status", 0),
+        "{found:?}"
+    );
+    let (_, found) = find_plan(
+        gw,
+        "/runs",
+        json!([{"field": "lr", "op": "eq", "value": 0.5}]),
+        None,
+    )
+    .await;
+    assert_eq!(found, ["/runs/a/3-renamed/params.json"]);
+    // At the pin: the index as it was.
+    let (plan, found) = find_plan(gw, "/runs/a", failed(), Some(snap_id)).await;
+    assert_eq!(plan, "index:status");
+    assert_eq!(found, ["/runs/a/3/params.json"]);
+    cluster
+        .must_nokv(&["snapshot", "rm", &snap_id.to_string()])
+        .await;
+
+    // A body committed without fields (a raw commit): the gateway walks,
+    // and finds it all the same.
+    let opts = PutOptions {
+        content_type: "application/json".into(),
+        attrs: [("status".to_string(), "failed".to_string())].into(),
+        ..PutOptions::default()
+    };
+    let staged = cluster.must(client.stage("/runs/a/legacy.json", &opts).await, "stage");
+    let spec = cluster.must(
+        client
+            .upload_blocks(&staged, &br#"{"lr": 9}"#[..], &opts, &|_| {})
+            .await,
+        "upload",
+    );
+    cluster.must(client.commit(staged.id, spec).await, "a raw commit");
+    let (plan, found) = find_plan(gw, "/runs", failed(), None).await;
+    assert_eq!(
+        (plan.as_str(), &found[..]),
+        ("scan", &["/runs/a/legacy.json".to_string()][..])
+    );
+    let (plan, found) = find_plan(gw, "/runs/b", failed(), None).await;
+    assert_eq!(
+        (plan.as_str(), found.len()),
+        ("index:status", 0),
+        "no unindexed body below /runs/b"
+    );
+    cluster.must(client.unlink("/runs/a/legacy.json").await, "unlink");
+    let (plan, _) = find_plan(gw, "/runs", failed(), None).await;
+    assert_eq!(plan, "index:status");
 }
 
 /// The corpus as a static slice (for oracles in closures).

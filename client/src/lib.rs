@@ -13,6 +13,7 @@ pub mod admin;
 mod bodies;
 mod client;
 mod error;
+mod indexed;
 pub mod membership;
 mod routing;
 mod snapshots;
@@ -24,6 +25,7 @@ pub use bodies::{
 };
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
+pub use indexed::IndexedFind;
 pub use nokv_holt::{
     Applied, Attr, BlockRef, Body, BodySpec, BodySummary, DirEntry, EntryRef, Event, EventKind,
     FieldSet, FieldValue, FileType, Generation, IndexKey, IndexRange, IndexedHit, InodeId,

@@ -127,6 +127,16 @@ impl Need<'_> {
     }
 }
 
+/// What a query selected, and how.
+struct Selection {
+    /// Entries examined: walked, or read from the index.
+    scanned: usize,
+    /// The matching rows.
+    rows: Vec<Row>,
+    /// `scan`, or `index:<field>` when the field indexes answered.
+    plan: String,
+}
+
 /// Rows, and whether some body's content fields were left unread.
 struct Rows {
     rows: Vec<Row>,
@@ -512,6 +522,11 @@ impl Gateway {
                     return Ok(row);
                 };
                 add_body_fields(&mut row, &e.path, summary);
+                if let Some(stored) = &summary.fields {
+                    // Extracted at publish: no need to read the body.
+                    add_content_fields(&mut row, nokv_fields::from_field_set(stored));
+                    return Ok(row);
+                }
                 if !self.has_content_fields(&e.path, summary) {
                     return Ok(row);
                 }
@@ -586,8 +601,16 @@ impl Gateway {
         snapshot: Option<u64>,
         preds: &[Compiled],
         named: &[&str],
-    ) -> Result<(usize, Vec<Row>), GatewayError> {
+    ) -> Result<Selection, GatewayError> {
         let view = self.view(snapshot);
+        if let Some(plan) = crate::plan::index_plan(preds) {
+            if let Some(selection) = self
+                .select_indexed(&view, path, &plan, preds, named)
+                .await?
+            {
+                return Ok(selection);
+            }
+        }
         let entries = self.walk(&view, path, true).await?;
         let scanned = entries.len();
         let need = Need::Query { preds, named };
@@ -608,7 +631,94 @@ impl Gateway {
             .into_iter()
             .filter(|r| query::matches(r, preds))
             .collect();
-        Ok((scanned, matches))
+        Ok(Selection {
+            scanned,
+            rows: matches,
+            plan: "scan".into(),
+        })
+    }
+
+    /// [`Gateway::select`] from the field indexes of the shards under
+    /// `path`: only the files with a value in the plan's ranges are read,
+    /// then every predicate is checked on them. `None` when the indexes
+    /// cannot answer alone (a body published without fields below `path`,
+    /// a snapshot over grafted shards, more candidates than a walk may
+    /// visit): the caller walks instead, so the answer is the same.
+    async fn select_indexed(
+        &self,
+        view: &Client,
+        path: &str,
+        plan: &crate::plan::IndexPlan,
+        preds: &[Compiled],
+        named: &[&str],
+    ) -> Result<Option<Selection>, GatewayError> {
+        let limit = self.config.max_scan_entries;
+        let mut candidates: BTreeMap<String, (Attr, Option<BodySummary>)> = BTreeMap::new();
+        for range in &plan.ranges {
+            let found = view
+                .find_indexed(path, &plan.field, range, limit, Consistency::Linearizable)
+                .await?;
+            if !found.complete {
+                return Ok(None);
+            }
+            for (hit_path, attr, body) in found.hits {
+                candidates.entry(hit_path).or_insert((attr, body));
+            }
+            if candidates.len() > limit {
+                return Ok(None);
+            }
+        }
+        let scanned = candidates.len();
+        let rows: Vec<Row> = candidates
+            .into_iter()
+            .map(|(p, (attr, body))| {
+                let mut row = builtin_row(&p, &attr);
+                if let Some(summary) = &body {
+                    add_body_fields(&mut row, &p, summary);
+                    if let Some(stored) = &summary.fields {
+                        add_content_fields(&mut row, nokv_fields::from_field_set(stored));
+                    }
+                }
+                row
+            })
+            .collect();
+        // A field the query names that no candidate has may still exist
+        // elsewhere below `path`: ask the index (one probe per such field)
+        // before calling it unknown, as a walk would.
+        let mut missing: Vec<&str> = preds
+            .iter()
+            .map(Compiled::field)
+            .chain(named.iter().copied())
+            .filter(|f| !BUILTIN_FIELDS.contains(f))
+            .filter(|f| !rows.iter().any(|r| r.fields.contains_key(*f)))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let mut unknown = Vec::new();
+        for field in missing {
+            let any = nokv_client::IndexRange::Between { lo: None, hi: None };
+            let found = view
+                .find_indexed(path, field, &any, 0, Consistency::Linearizable)
+                .await?;
+            if !found.complete && found.hits.is_empty() {
+                return Ok(None);
+            }
+            if found.hits.is_empty() {
+                unknown.push(field);
+            }
+        }
+        if !unknown.is_empty() {
+            check_known(path, unknown.into_iter(), &[])?;
+        }
+        let matches = rows
+            .into_iter()
+            .filter(|r| query::matches(r, preds))
+            .collect();
+        Ok(Some(Selection {
+            scanned,
+            rows: matches,
+            plan: format!("index:{}", plan.field),
+        }))
     }
 
     // ----- catalog -----
@@ -703,7 +813,11 @@ impl Gateway {
             .chain(a.fields.iter().map(String::as_str))
             .chain(a.facets.iter().map(String::as_str))
             .collect();
-        let (scanned, mut matches) = self.select(&path, a.snapshot, &preds, &named).await?;
+        let Selection {
+            scanned,
+            rows: mut matches,
+            plan,
+        } = self.select(&path, a.snapshot, &preds, &named).await?;
         query::sort_rows(&mut matches, &a.sort);
         let facets = query::facets(&matches, &a.facets, 10);
         let total = matches.len();
@@ -725,6 +839,7 @@ impl Gateway {
             "path": path,
             "read_at": read_at(a.snapshot),
             "scanned": scanned,
+            "plan": plan,
             "match_count": total,
             "matches": items,
             "next_cursor": next_cursor,
@@ -756,12 +871,17 @@ impl Gateway {
             .map(String::as_str)
             .chain(a.measures.iter().filter_map(|m| m.field.as_deref()))
             .collect();
-        let (scanned, matches) = self.select(&path, a.snapshot, &preds, &named).await?;
+        let Selection {
+            scanned,
+            rows: matches,
+            plan,
+        } = self.select(&path, a.snapshot, &preds, &named).await?;
         let out = query::aggregate(&matches, &a.measures, &a.group_by, &a.sort, limit)?;
         Ok(json!({
             "path": path,
             "read_at": read_at(a.snapshot),
             "scanned": scanned,
+            "plan": plan,
             "input_match_count": matches.len(),
             "group_count": out.group_count,
             "row_count": out.groups.len(),

@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod http;
 pub mod mcp;
 pub mod metrics;
+pub mod plan;
 pub mod query;
 pub mod uri;
 pub mod verbs;

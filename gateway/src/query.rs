@@ -170,6 +170,11 @@ impl Compiled {
         self.op
     }
 
+    /// The typed operands: one, the `in` list, or none.
+    pub fn operands(&self) -> &[Value] {
+        &self.values
+    }
+
     /// Whether `row` satisfies this predicate. A multi-valued field matches
     /// if any value does, except `ne`, which needs a value and none equal.
     pub fn matches(&self, row: &Row) -> bool {
