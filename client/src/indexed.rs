@@ -130,7 +130,7 @@ async fn pages(
         }
         for hit in hits {
             let path = match (shown.trim_end_matches('/'), hit.path.as_str()) {
-                (base, "") if base.is_empty() => "/".to_string(),
+                ("", "") => "/".to_string(),
                 (base, "") => base.to_string(),
                 (base, rel) => format!("{base}/{rel}"),
             };
