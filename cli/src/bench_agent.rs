@@ -1,12 +1,17 @@
 //! `nokv bench agent`: the agent verbs over a generated tree of published
 //! artifacts. Publishes `--files` small JSON artifacts (each with publish
-//! attributes and a JSON body) under `--dir`, 100 per run directory, then
-//! times `find` with a selective predicate on an attribute, `find` on a
-//! content field, and `aggregate` grouped by an attribute, each
-//! `--count` times through the gateway in this process; with `--size`
-//! above 0 it also publishes that many bytes of logs and times one
-//! recursive `grep` over them (every page). A benchmark: it measures and
-//! prints, it asserts nothing about speed.
+//! attributes and a JSON body, its fields extracted and indexed) under
+//! `--dir`, 100 per run directory, then times `find` with a selective
+//! predicate on an attribute, `find` on a content field, a selective
+//! `aggregate`, and an `aggregate` of the whole tree grouped by an
+//! attribute, each `--count` times through a gateway in this process that
+//! reads the field indexes and through one that walks (`--no-index`), side
+//! by side. Before all that it publishes the same number of artifacts
+//! with nothing to index (opaque bodies, no attributes) under
+//! `{dir}-plain`, for the cost of indexing. With
+//! `--size` above 0 it also publishes that many bytes of logs and times
+//! one recursive `grep` over them (every page). A benchmark: it measures
+//! and prints, it asserts nothing about speed.
 
 use std::time::{Duration, Instant};
 
@@ -32,42 +37,22 @@ pub async fn run(
     dir: &str,
 ) -> anyhow::Result<()> {
     let files = args.files.max(1);
-    let started = Instant::now();
-    let c = client.clone();
-    let d = dir.to_string();
-    let runs = drive(
-        args.concurrency.max(32),
-        files.div_ceil(PER_DIR),
-        move |run| {
-            let c = c.clone();
-            let path = format!("{d}/run-{run}");
-            async move { c.mkdir(&path, true).await.map(|_| ()) }
-        },
-    )
-    .await?;
-    if runs.errors > 0 {
-        anyhow::bail!("mkdir failed: {}", runs.first_error.unwrap_or_default());
-    }
-    let c = client.clone();
-    let d = dir.to_string();
-    let setup = drive(args.concurrency.max(32), files, move |i| {
-        let c = c.clone();
-        let d = d.clone();
-        async move { publish_artifact(&c, &d, i).await }
-    })
-    .await?;
-    if setup.errors > 0 {
-        anyhow::bail!(
-            "publishing failed: {}",
-            setup.first_error.unwrap_or_default()
-        );
-    }
-    let publish_secs = started.elapsed().as_secs_f64();
+    // Nothing to index first, so the indexed arm runs on the larger store
+    // (any bias is against it).
+    let plain_secs = publish_all(args, client, &format!("{dir}-plain"), files, false).await?;
+    let publish_secs = publish_all(args, client, dir, files, true).await?;
     let config = GatewayConfig {
         max_scan_entries: files + files / PER_DIR + 16,
         ..GatewayConfig::default()
     };
-    let gateway = Gateway::new(client.clone(), config);
+    let gateway = Gateway::new(client.clone(), config.clone());
+    let walker = Gateway::new(
+        client.clone(),
+        GatewayConfig {
+            use_indexes: false,
+            ..config
+        },
+    );
     let queries = [
         (
             "find status=failed (attribute)",
@@ -80,38 +65,49 @@ pub async fn run(
             json!({"path": dir, "predicates": [{"field": "loss", "op": "lt", "value": 0.001}], "limit": 10}),
         ),
         (
-            "aggregate count by status",
+            "aggregate mean loss by seed, status=failed",
+            "aggregate",
+            json!({"path": dir, "predicates": [{"field": "status", "op": "eq", "value": "failed"}],
+                   "group_by": ["seed"], "measures": [{"name": "loss", "op": "avg", "field": "loss"}]}),
+        ),
+        (
+            "aggregate count by status (whole tree)",
             "aggregate",
             json!({"path": dir, "group_by": ["status"], "measures": [{"name": "n", "op": "count"}]}),
         ),
     ];
     let mut results = Vec::new();
     for (name, verb, query) in queries {
-        let mut times = Vec::new();
-        let mut last = Value::Null;
-        for _ in 0..args.count.max(1) {
-            let t = Instant::now();
-            last = gateway
-                .call(verb, query.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("{name}: {}: {e}", e.code()))?;
-            times.push(t.elapsed());
+        for (arm, gw) in [("index", &gateway), ("walk", &walker)] {
+            let mut times = Vec::new();
+            let mut last = Value::Null;
+            for _ in 0..args.count.max(1) {
+                let t = Instant::now();
+                last = gw
+                    .call(verb, query.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{name}: {}: {e}", e.code()))?;
+                times.push(t.elapsed());
+            }
+            let matches = last["match_count"].clone();
+            let matches = if matches.is_null() {
+                last["input_match_count"].clone()
+            } else {
+                matches
+            };
+            results.push(json!({
+                "query": name,
+                "gateway": arm,
+                "plan": last["plan"],
+                "runs": times.len(),
+                "p50_ms": ms(percentile(&mut times, 0.50)),
+                "p99_ms": ms(percentile(&mut times, 0.99)),
+                "matches": matches,
+                "scanned": last["scanned"],
+            }));
         }
-        let matches = last["match_count"].clone();
-        let matches = if matches.is_null() {
-            last["input_match_count"].clone()
-        } else {
-            matches
-        };
-        results.push(json!({
-            "query": name,
-            "runs": times.len(),
-            "p50_ms": ms(percentile(&mut times, 0.50)),
-            "p99_ms": ms(percentile(&mut times, 0.99)),
-            "matches": matches,
-            "scanned": last["scanned"],
-        }));
     }
+
     let grep = if args.size > 0 {
         Some(grep(args, client, dir, &gateway).await?)
     } else {
@@ -122,6 +118,8 @@ pub async fn run(
         "files": files,
         "publish_seconds": publish_secs,
         "publishes_per_sec": files as f64 / publish_secs.max(1e-9),
+        "plain_publish_seconds": plain_secs,
+        "plain_publishes_per_sec": files as f64 / plain_secs.max(1e-9),
         "queries": results,
         "grep": grep,
     });
@@ -129,13 +127,17 @@ pub async fn run(
         println!("{report}");
     } else {
         println!(
-            "agent: published {files} artifacts in {publish_secs:.1}s ({:.0}/s)",
-            files as f64 / publish_secs.max(1e-9)
+            "agent: published {files} artifacts with fields in {publish_secs:.1}s ({:.0}/s), \
+             without fields in {plain_secs:.1}s ({:.0}/s)",
+            files as f64 / publish_secs.max(1e-9),
+            files as f64 / plain_secs.max(1e-9)
         );
         for r in report["queries"].as_array().into_iter().flatten() {
             println!(
-                "  {}: p50={:.1}ms p99={:.1}ms matches={} scanned={} ({} runs)",
+                "  {} [{}: {}]: p50={:.1}ms p99={:.1}ms matches={} scanned={} ({} runs)",
                 r["query"].as_str().unwrap_or_default(),
+                r["gateway"].as_str().unwrap_or_default(),
+                r["plan"].as_str().unwrap_or_default(),
                 r["p50_ms"].as_f64().unwrap_or_default(),
                 r["p99_ms"].as_f64().unwrap_or_default(),
                 r["matches"],
@@ -158,9 +160,59 @@ pub async fn run(
     Ok(())
 }
 
+/// Makes the run directories and publishes `files` artifacts under `dir`,
+/// with their fields or without any to index; the seconds the publishes
+/// took.
+async fn publish_all(
+    args: &BenchArgs,
+    client: &Client,
+    dir: &str,
+    files: usize,
+    with_fields: bool,
+) -> anyhow::Result<f64> {
+    let c = client.clone();
+    let d = dir.to_string();
+    let runs = drive(
+        args.concurrency.max(32),
+        files.div_ceil(PER_DIR),
+        move |run| {
+            let c = c.clone();
+            let path = format!("{d}/run-{run}");
+            async move { c.mkdir(&path, true).await.map(|_| ()) }
+        },
+    )
+    .await?;
+    if runs.errors > 0 {
+        anyhow::bail!("mkdir failed: {}", runs.first_error.unwrap_or_default());
+    }
+    let started = Instant::now();
+    let c = client.clone();
+    let d = dir.to_string();
+    let setup = drive(args.concurrency.max(32), files, move |i| {
+        let c = c.clone();
+        let d = d.clone();
+        async move { publish_artifact(&c, &d, i, with_fields).await }
+    })
+    .await?;
+    if setup.errors > 0 {
+        anyhow::bail!(
+            "publishing failed: {}",
+            setup.first_error.unwrap_or_default()
+        );
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Artifact `i`: `{dir}/run-{i/100}/a-{i}.json`, attributes `run`,
-/// `status` (one in 1,000 `failed`) and `seed`, body `{"loss", "step"}`.
-async fn publish_artifact(c: &Client, dir: &str, i: usize) -> Result<(), ClientError> {
+/// `status` (one in 1,000 `failed`) and `seed`, body `{"loss", "step"}`
+/// (five fields to index). Without fields: the same bytes as
+/// `a-{i}.bin`, opaque and without attributes (nothing to index).
+async fn publish_artifact(
+    c: &Client,
+    dir: &str,
+    i: usize,
+    with_fields: bool,
+) -> Result<(), ClientError> {
     let run = i / PER_DIR;
     let run_dir = format!("{dir}/run-{run}");
     let status = if i.is_multiple_of(FAILED_EVERY) {
@@ -181,9 +233,12 @@ async fn publish_artifact(c: &Client, dir: &str, i: usize) -> Result<(), ClientE
         .collect(),
         ..PutOptions::default()
     };
-    c.put_bytes(&format!("{run_dir}/a-{i}.json"), body.as_bytes(), &opts)
-        .await
-        .map(|_| ())
+    let (name, opts) = match with_fields {
+        true => (format!("{run_dir}/a-{i}.json"), opts),
+        false => (format!("{run_dir}/a-{i}.bin"), PutOptions::default()),
+    };
+    c.put_bytes(&name, body.as_bytes(), &opts).await?;
+    Ok(())
 }
 
 /// Publishes `--size` bytes of logs in 4 MiB files with a rare line, then

@@ -28,6 +28,10 @@ pub struct GatewayOptions {
     /// Calls served at once; more wait for a turn (within the timeout).
     #[arg(long, default_value_t = 32)]
     pub max_concurrent_calls: usize,
+    /// Never read the shards' field indexes: find and aggregate walk the
+    /// subtree (for comparison and debugging; answers are the same).
+    #[arg(long, env = "NOKV_GATEWAY_NO_INDEX")]
+    pub no_index: bool,
 }
 
 #[derive(Args, Debug)]
@@ -70,6 +74,7 @@ fn gateway(options: &GatewayOptions, g: &GlobalArgs) -> anyhow::Result<Gateway> 
         allow_writes: options.allow_writes,
         call_timeout: options.call_timeout,
         max_concurrent_calls: options.max_concurrent_calls,
+        use_indexes: !options.no_index,
         ..GatewayConfig::default()
     };
     Ok(Gateway::new(g.client()?, config))

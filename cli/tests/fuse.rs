@@ -622,6 +622,31 @@ async fn a_read_write_mount_runs_real_programs() {
         published == bytes(1_100_000, 5),
         "the SDK reads the bytes tar wrote"
     );
+    // A small JSON file written through the mount is published with its
+    // fields (extracted at close), so the field index covers it.
+    std::fs::write(
+        m("untar/eval.json"),
+        br#"{"auc": 0.93, "suite": "heldout"}"#,
+    )
+    .expect("write a JSON file through the mount");
+    let (listing, _) = cluster.must(
+        client
+            .read_dir_bodies_page("/untar", None, 0, nokv_client::Consistency::Linearizable)
+            .await,
+        "list /untar with bodies",
+    );
+    let fields = listing
+        .iter()
+        .find(|(e, _)| e.name == "eval.json")
+        .and_then(|(_, body)| body.as_ref())
+        .and_then(|body| body.fields.clone())
+        .expect("eval.json has stored fields");
+    assert_eq!(
+        fields.get("suite"),
+        Some(&vec![nokv_client::FieldValue::Str("heldout".into())]),
+        "{fields:?}"
+    );
+    assert!(fields.contains_key("auc"), "{fields:?}");
 
     // cp -a and rsync -a round trips keep bytes, modes and times.
     must_run("cp", &["-a", &w("local"), &m("cpa")]).await;

@@ -49,6 +49,9 @@ pub struct GatewayConfig {
     pub call_timeout: Duration,
     /// Calls served at once; more wait for a turn.
     pub max_concurrent_calls: usize,
+    /// Whether find and aggregate may read the shards' field indexes
+    /// (`false`: always walk, for comparison).
+    pub use_indexes: bool,
 }
 
 impl Default for GatewayConfig {
@@ -61,6 +64,7 @@ impl Default for GatewayConfig {
             allow_writes: false,
             call_timeout: Duration::from_secs(60),
             max_concurrent_calls: 32,
+            use_indexes: true,
         }
     }
 }
@@ -603,7 +607,11 @@ impl Gateway {
         named: &[&str],
     ) -> Result<Selection, GatewayError> {
         let view = self.view(snapshot);
-        if let Some(plan) = crate::plan::index_plan(preds) {
+        let plan = match self.config.use_indexes {
+            true => crate::plan::index_plan(preds),
+            false => None,
+        };
+        if let Some(plan) = plan {
             if let Some(selection) = self
                 .select_indexed(&view, path, &plan, preds, named)
                 .await?

@@ -133,7 +133,8 @@ pub enum QueryResult {
     /// value and name: the reader merges by path). `next` continues the
     /// scan; `unindexed` (first page only) says that some body below the
     /// directory was published without fields, so the index alone does
-    /// not answer for it.
+    /// not answer for it. (Conservative: with more than 1,024 unindexed
+    /// bodies in the shard it is set without looking where they are.)
     Indexed {
         hits: Vec<IndexedHit>,
         next: Option<(IndexKey, InodeId)>,

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nokv_holt::{BodySpec, Command, FsError, Holt, Op, StagedUpload, UploadId};
+use nokv_holt::{
+    Applied, BodySpec, Command, FsError, Holt, IndexedCommit, Op, StagedUpload, UploadId,
+};
 use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
 use nokv_proto::pb::{self, ErrorDetail};
@@ -552,7 +554,7 @@ impl ClientService {
 
     async fn mutate_inner(&self, req: pb::MutateRequest) -> Result<pb::MutateResponse, Status> {
         let mutation = Mutation::try_from(req).map_err(invalid)?;
-        let command = Command {
+        let mut command = Command {
             request_id: mutation.request_id,
             epoch: mutation.epoch,
             time_ns: now_ns(),
@@ -562,6 +564,8 @@ impl ClientService {
         self.wait_for_handover().await;
         self.check_leading()?;
         self.check_bodies(&command).await?;
+        let single_commit = matches!(command.op, Op::CommitPublish { .. });
+        self.index_plain_commits(&mut command).await?;
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
         let proposed = tokio::select! {
             proposed = proposed => proposed,
@@ -587,6 +591,14 @@ impl ClientService {
                 leader.or_else(|| self.leader_hint()),
             )),
             Ok(Ok((Ok(applied), index))) => {
+                // A plain single commit was proposed as an indexed batch of
+                // one: answer as the client asked.
+                let applied = match applied {
+                    Applied::Attrs(mut attrs) if single_commit && attrs.len() == 1 => {
+                        Applied::Attr(attrs.remove(0))
+                    }
+                    other => other,
+                };
                 let mut response = mutate_response(applied, index);
                 response.epoch = self.epoch()?;
                 Ok(response)
@@ -637,6 +649,57 @@ impl ClientService {
             Ok(Err(fs)) => Err(fs_error_status(&fs)),
             Err(e) => Err(maintenance_status(e)),
         }
+    }
+
+    /// A commit that came without fields (`CommitPublish`,
+    /// `CommitPublishBatch`: a raw SDK commit, an older client) is
+    /// proposed as `CommitPublishIndexed` with the fields the SDK would
+    /// have sent: extracted here from its attributes and, for a small
+    /// structured body, from its bytes (read back from the store), so that
+    /// every body the cluster publishes is indexed. A retry of a command
+    /// already applied is left alone (the log answers it).
+    async fn index_plain_commits(&self, command: &mut Command) -> Result<(), Status> {
+        let commits: Vec<(UploadId, BodySpec)> = match &command.op {
+            Op::CommitPublish { upload, body } => vec![(*upload, body.clone())],
+            Op::CommitPublishBatch { commits } => commits.clone(),
+            _ => return Ok(()),
+        };
+        let names: Vec<String> = {
+            let s = self.state.read().map_err(|_| Self::state_error())?;
+            if s.holt.remembered(command.request_id).is_some() {
+                return Ok(());
+            }
+            commits
+                .iter()
+                .map(|(upload, _)| {
+                    live_upload(&s.holt, *upload, command.time_ns).map(|staged| staged.name.clone())
+                })
+                .collect::<Result<_, Status>>()?
+        };
+        let mut indexed = Vec::with_capacity(commits.len());
+        for ((upload, body), name) in commits.into_iter().zip(names) {
+            let content = if nokv_fields::wants_content(&name, &body.content_type, body.size) {
+                match self.maintenance.read_small_body(&body).await {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => return Err(maintenance_status(e)),
+                }
+            } else {
+                None
+            };
+            let fields = nokv_fields::to_field_set(&nokv_fields::extract(
+                &name,
+                &body.content_type,
+                &body.attrs,
+                content.as_deref(),
+            ));
+            indexed.push(IndexedCommit {
+                upload,
+                body,
+                fields,
+            });
+        }
+        command.op = Op::CommitPublishIndexed { commits: indexed };
+        Ok(())
     }
 
     /// Holds new writes until the returned guard is dropped.

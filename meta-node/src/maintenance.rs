@@ -100,6 +100,21 @@ impl Maintenance {
         self.blob.as_ref().ok_or(MaintenanceError::NoStore)
     }
 
+    /// The bytes of a small body (at most `nokv_fields::MAX_FIELD_BODY_BYTES`),
+    /// its blocks read in order, for extracting its fields.
+    pub async fn read_small_body(&self, body: &BodySpec) -> Result<Vec<u8>, MaintenanceError> {
+        let store = self.store()?;
+        let mut bytes =
+            Vec::with_capacity(body.size.min(nokv_fields::MAX_FIELD_BODY_BYTES) as usize);
+        for block in &body.blocks {
+            if (bytes.len() as u64).saturating_add(block.size) > nokv_fields::MAX_FIELD_BODY_BYTES {
+                break;
+            }
+            bytes.extend_from_slice(&store.get(&block.key, None).await?);
+        }
+        Ok(bytes)
+    }
+
     /// Checks that every block a commit names was uploaded with its size.
     /// Returns the namespace error to answer with when one is missing.
     pub async fn verify_blocks(

@@ -28,6 +28,11 @@ use crate::types::InodeId;
 /// included), so a page costs a bounded amount of work.
 const MAX_INDEX_STEPS: usize = 16_384;
 
+/// Unindexed bodies a first page looks at to tell whether one lies below
+/// the directory; past that it says "unindexed" without knowing, which
+/// only costs the reader a walk (see `unindexed` in `Query::FindIndexed`).
+const MAX_UNINDEXED_CHECKS: usize = 1024;
+
 /// The derived maps, built from scratch (decode, and the invariant check).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Derived {
@@ -226,10 +231,11 @@ impl Namespace {
         // Only the first page says whether bodies below `dir` escaped the
         // index; it is the reader's cue to fall back to a walk.
         let unindexed = after.is_none()
-            && self
-                .unindexed
-                .iter()
-                .any(|id| !self.paths_below(*id, dir, 1).is_empty());
+            && (self.unindexed.len() > MAX_UNINDEXED_CHECKS
+                || self
+                    .unindexed
+                    .iter()
+                    .any(|id| !self.paths_below(*id, dir, 1).is_empty()));
         Ok(QueryResult::Indexed {
             hits,
             next,
