@@ -27,6 +27,8 @@ use crate::GlobalArgs;
 const PER_DIR: usize = 100;
 /// One artifact in this many is `failed` (the selective predicate).
 const FAILED_EVERY: usize = 1000;
+/// Rounds the two publish arms alternate in.
+const PUBLISH_ROUNDS: usize = 10;
 /// Size of each log file of the grep corpus.
 const LOG_FILE_BYTES: usize = 4 << 20;
 
@@ -37,10 +39,16 @@ pub async fn run(
     dir: &str,
 ) -> anyhow::Result<()> {
     let files = args.files.max(1);
-    // Nothing to index first, so the indexed arm runs on the larger store
-    // (any bias is against it).
-    let plain_secs = publish_all(args, client, &format!("{dir}-plain"), files, false).await?;
-    let publish_secs = publish_all(args, client, dir, files, true).await?;
+    // The two arms alternate in rounds of a tenth, so both publish into a
+    // store of about the same size.
+    let (mut plain_secs, mut publish_secs) = (0.0, 0.0);
+    let round = files.div_ceil(PUBLISH_ROUNDS);
+    for first in (0..files).step_by(round) {
+        let count = round.min(files - first);
+        plain_secs +=
+            publish_all(args, client, &format!("{dir}-plain"), first, count, false).await?;
+        publish_secs += publish_all(args, client, dir, first, count, true).await?;
+    }
     let config = GatewayConfig {
         max_scan_entries: files + files / PER_DIR + 16,
         ..GatewayConfig::default()
@@ -160,24 +168,26 @@ pub async fn run(
     Ok(())
 }
 
-/// Makes the run directories and publishes `files` artifacts under `dir`,
-/// with their fields or without any to index; the seconds the publishes
-/// took.
+/// Makes the run directories and publishes artifacts `first..first +
+/// files` under `dir`, with their fields or without any to index; the
+/// seconds the publishes took.
 async fn publish_all(
     args: &BenchArgs,
     client: &Client,
     dir: &str,
+    first: usize,
     files: usize,
     with_fields: bool,
 ) -> anyhow::Result<f64> {
     let c = client.clone();
     let d = dir.to_string();
+    let first_run = first / PER_DIR;
     let runs = drive(
         args.concurrency.max(32),
-        files.div_ceil(PER_DIR),
+        (first + files).div_ceil(PER_DIR) - first_run,
         move |run| {
             let c = c.clone();
-            let path = format!("{d}/run-{run}");
+            let path = format!("{d}/run-{}", first_run + run);
             async move { c.mkdir(&path, true).await.map(|_| ()) }
         },
     )
@@ -191,7 +201,7 @@ async fn publish_all(
     let setup = drive(args.concurrency.max(32), files, move |i| {
         let c = c.clone();
         let d = d.clone();
-        async move { publish_artifact(&c, &d, i, with_fields).await }
+        async move { publish_artifact(&c, &d, first + i, with_fields).await }
     })
     .await?;
     if setup.errors > 0 {
