@@ -237,6 +237,28 @@ async fn verbs_answer_with_evidence_across_grafts() {
         .map(|f| (f["field"].as_str().expect("field").to_string(), f.clone()))
         .collect();
     assert_eq!(facets["status"]["distinct_count"], 2, "{catalog}");
+    assert_eq!(catalog["plan"], "scan", "a whole catalog walks");
+    // With a field filter the holders come from the indexes, counted alike.
+    let some = gw
+        .ok(
+            "catalog",
+            json!({"path": "/runs", "field_prefix": "optimizer", "include_facets": true}),
+        )
+        .await;
+    assert_eq!(some["plan"], "index", "{some}");
+    assert_eq!(some["fields"]["string"]["optimizer.name"], 8, "{some}");
+    assert_eq!(some["facets"][0]["field"], "optimizer.name", "{some}");
+    let series = gw
+        .ok(
+            "catalog",
+            json!({"path": "/runs", "field_prefix": "val_loss"}),
+        )
+        .await;
+    assert_eq!(
+        (&series["plan"], &series["series"]["val_loss"]),
+        (&json!("index"), &json!(8)),
+        "{series}"
+    );
 
     // find: failed runs, best lr first, projected, faceted; across both shards.
     let oracle: Vec<String> = {

@@ -22,7 +22,59 @@ pub struct IndexedFind {
     pub complete: bool,
 }
 
+/// What [`Client::indexed_fields`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexedFields {
+    /// Field names in the indexes of the shards under the path (possibly
+    /// of files elsewhere in those shards).
+    pub names: std::collections::BTreeSet<String>,
+    /// `false`: a shard had too many names to list, or the read is at a
+    /// snapshot with shards grafted below.
+    pub complete: bool,
+}
+
 impl Client {
+    /// The names in the field indexes of the shard owning `path` and of
+    /// every shard grafted below it: a superset of the fields of the files
+    /// below `path`, at the cost of the number of names.
+    pub async fn indexed_fields(
+        &self,
+        path: &str,
+        consistency: Consistency,
+    ) -> Result<IndexedFields, ClientError> {
+        let mut found = IndexedFields {
+            names: Default::default(),
+            complete: true,
+        };
+        let ask = |handle: Client, dir: String| async move {
+            let query = Query::IndexedFields {
+                dir: InodeRef::Path(dir),
+            };
+            match handle.query(query, consistency).await? {
+                QueryResult::FieldNames { names, complete } => Ok((names, complete)),
+                _ => Err(ClientError::Protocol("expected field names".into())),
+            }
+        };
+        let (names, complete) = ask(self.clone(), path.to_string()).await?;
+        found.names.extend(names);
+        found.complete &= complete;
+        let Some(map) = self.is_routed().then_some(()).and(self.shard_map().await?) else {
+            return Ok(found);
+        };
+        let normal = routing::normalized(path).unwrap_or_else(|| path.to_string());
+        let below = routing::grafted_below(&map, &normal);
+        if !below.is_empty() && self.snapshot().is_some() {
+            found.complete = false;
+            return Ok(found);
+        }
+        for shard in below {
+            let (names, complete) = ask(self.routed_to(shard, map.revision), "/".into()).await?;
+            found.names.extend(names);
+            found.complete &= complete;
+        }
+        Ok(found)
+    }
+
     /// The files below `path` (or `path` itself, a file) with a value of
     /// `field` in `range`, from the field indexes of the shard owning
     /// `path` and of every shard grafted below it. Stops early (incomplete)

@@ -25,7 +25,7 @@ pub use bodies::{
 };
 pub use client::{Client, ClientConfig, Consistency};
 pub use error::ClientError;
-pub use indexed::IndexedFind;
+pub use indexed::{IndexedFields, IndexedFind};
 pub use nokv_holt::{
     Applied, Attr, BlockRef, Body, BodySpec, BodySummary, DirEntry, EntryRef, Event, EventKind,
     FieldSet, FieldValue, FileType, Generation, IndexKey, IndexRange, IndexedHit, InodeId,

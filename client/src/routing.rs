@@ -370,6 +370,7 @@ fn place_query(p: &mut Placer<'_>, query: Query) -> Result<Query, ClientError> {
             inode: p.inode(inode)?,
             generation,
         },
+        Query::IndexedFields { dir } => Query::IndexedFields { dir: p.inode(dir)? },
         // Hit paths are relative to `dir`: nothing to translate back.
         Query::FindIndexed {
             dir,

@@ -679,16 +679,7 @@ impl Gateway {
         let scanned = candidates.len();
         let rows: Vec<Row> = candidates
             .into_iter()
-            .map(|(p, (attr, body))| {
-                let mut row = builtin_row(&p, &attr);
-                if let Some(summary) = &body {
-                    add_body_fields(&mut row, &p, summary);
-                    if let Some(stored) = &summary.fields {
-                        add_content_fields(&mut row, nokv_fields::from_field_set(stored));
-                    }
-                }
-                row
-            })
+            .map(|(p, (attr, body))| stored_row(&p, &attr, body.as_ref()))
             .collect();
         // A field the query names that no candidate has may still exist
         // elsewhere below `path`: ask the index (one probe per such field)
@@ -734,14 +725,29 @@ impl Gateway {
     async fn catalog(&self, a: verbs::CatalogArgs) -> Result<Json, GatewayError> {
         let path = normalize(&a.path)?;
         let view = self.view(a.snapshot);
-        let entries = self.walk(&view, &path, true).await?;
-        let scanned = entries.len();
-        let rows = self.rows(&view, entries, Need::All).await?.rows;
-        let stats = field_stats(&rows);
         let wanted = |f: &str| match &a.field_prefix {
             Some(p) => f.starts_with(p.as_str()) || f.contains(p.as_str()),
             None => true,
         };
+        // With a field filter that no built-in passes, the files holding a
+        // wanted field come from the indexes; otherwise walk.
+        let indexed = match a.field_prefix.is_some()
+            && self.config.use_indexes
+            && !BUILTIN_FIELDS.iter().any(|f| wanted(f))
+        {
+            true => self.holders_indexed(&view, &path, &wanted).await?,
+            false => None,
+        };
+        let (scanned, rows, plan) = match indexed {
+            Some(rows) => (rows.len(), rows, "index"),
+            None => {
+                let entries = self.walk(&view, &path, true).await?;
+                let scanned = entries.len();
+                let rows = self.rows(&view, entries, Need::All).await?.rows;
+                (scanned, rows, "scan")
+            }
+        };
+        let stats = field_stats(&rows);
         // Compact for an agent's context: fields grouped by type with how
         // many entries have each; a series' four summary fields as one
         // name; the built-ins and the operators per type once.
@@ -778,6 +784,7 @@ impl Gateway {
             "path": path,
             "read_at": read_at(a.snapshot),
             "scanned": scanned,
+            "plan": plan,
             "catalog_empty": empty,
             "fields": by_type,
             "builtins": BUILTIN_FIELDS,
@@ -800,6 +807,42 @@ impl Gateway {
             out["facets"] = json!(facets);
         }
         Ok(out)
+    }
+
+    /// The rows of every file below `path` holding a field `wanted`
+    /// passes, from the field indexes (names from `IndexedFields`, holders
+    /// from `FindIndexed` with `exists`); `None` when the indexes cannot
+    /// say (see [`Gateway::select_indexed`]) and the caller must walk.
+    async fn holders_indexed(
+        &self,
+        view: &Client,
+        path: &str,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<Vec<Row>>, GatewayError> {
+        let names = view.indexed_fields(path, Consistency::Linearizable).await?;
+        if !names.complete {
+            return Ok(None);
+        }
+        let limit = self.config.max_scan_entries;
+        let any = nokv_client::IndexRange::Between { lo: None, hi: None };
+        let mut holders: BTreeMap<String, Row> = BTreeMap::new();
+        for field in names.names.iter().filter(|f| wanted(f)) {
+            let found = view
+                .find_indexed(path, field, &any, limit, Consistency::Linearizable)
+                .await?;
+            if !found.complete {
+                return Ok(None);
+            }
+            for (p, attr, body) in found.hits {
+                holders
+                    .entry(p)
+                    .or_insert_with_key(|p| stored_row(p, &attr, body.as_ref()));
+            }
+            if holders.len() > limit {
+                return Ok(None);
+            }
+        }
+        Ok(Some(holders.into_values().collect()))
     }
 
     // ----- find -----
@@ -1582,6 +1625,19 @@ fn builtin_row(path: &str, attr: &Attr) -> Row {
             "generation",
             Value::Int(attr.generation.0.min(i64::MAX as u64) as i64),
         );
+    }
+    row
+}
+
+/// The row of a file the index returned: built-ins, body built-ins and
+/// the field set stored with the body (no body read).
+fn stored_row(path: &str, attr: &Attr, body: Option<&BodySummary>) -> Row {
+    let mut row = builtin_row(path, attr);
+    if let Some(summary) = body {
+        add_body_fields(&mut row, path, summary);
+        if let Some(stored) = &summary.fields {
+            add_content_fields(&mut row, nokv_fields::from_field_set(stored));
+        }
     }
     row
 }

@@ -41,7 +41,9 @@ pub use engine::{Applied, Holt, HoltConfig, Outcome, Stats};
 pub use error::{FsError, ImageError};
 pub use fields::{validate_field_set, FieldSet, FieldValue, IndexKey, IndexRange};
 pub use graft::{placeholder_attr, GraftInfo};
-pub use query::{IndexedHit, Query, QueryResult, MAX_INDEXED_PAGE, MAX_READDIR_PAGE};
+pub use query::{
+    IndexedHit, Query, QueryResult, MAX_INDEXED_FIELDS, MAX_INDEXED_PAGE, MAX_READDIR_PAGE,
+};
 pub use snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSHOT_LEASE_NS};
 pub use types::{
     Attr, DirEntry, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId,

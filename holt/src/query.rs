@@ -86,7 +86,18 @@ pub enum Query {
         after: Option<(IndexKey, InodeId)>,
         limit: u32,
     },
+    /// The distinct field names in this shard's field index, in order (at
+    /// most [`MAX_INDEXED_FIELDS`]); `dir` routes the query and, at a
+    /// snapshot, must lie in the pinned subtree. Names of fields anywhere
+    /// in the shard, not only below `dir`: a reader asks `FindIndexed`
+    /// for the files below it. Costs the number of names, not of files.
+    IndexedFields {
+        dir: InodeRef,
+    },
 }
+
+/// Most names an `IndexedFields` returns.
+pub const MAX_INDEXED_FIELDS: u32 = 10_000;
 
 /// Largest page a `FindIndexed` returns.
 pub const MAX_INDEXED_PAGE: u32 = 1000;
@@ -139,5 +150,10 @@ pub enum QueryResult {
         hits: Vec<IndexedHit>,
         next: Option<(IndexKey, InodeId)>,
         unindexed: bool,
+    },
+    /// `IndexedFields`: the names, and whether they are all of them.
+    FieldNames {
+        names: Vec<String>,
+        complete: bool,
     },
 }

@@ -939,6 +939,9 @@ impl TryFrom<pb::QueryRequest> for Read {
                 inode: inode_ref(r.inode, "retired_body.inode")?,
                 generation: holt::Generation(r.generation),
             },
+            PbQuery::IndexedFields(f) => holt::Query::IndexedFields {
+                dir: inode_ref(f.dir, "indexed_fields.dir")?,
+            },
             PbQuery::FindIndexed(f) => holt::Query::FindIndexed {
                 dir: inode_ref(f.dir, "find_indexed.dir")?,
                 field: f.field,
@@ -1019,6 +1022,9 @@ impl From<Read> for pb::QueryRequest {
                     generation: generation.0,
                 })
             }
+            holt::Query::IndexedFields { dir } => PbQuery::IndexedFields(pb::IndexedFieldsQuery {
+                dir: Some(dir.into()),
+            }),
             holt::Query::FindIndexed {
                 dir,
                 field,
@@ -1096,6 +1102,9 @@ pub fn query_response(result: holt::QueryResult, index: holt::LogIndex) -> pb::Q
             next,
             unindexed,
         } => PbQueryResult::Indexed(indexed_page_to_wire(hits, next, unindexed)),
+        holt::QueryResult::FieldNames { names, complete } => {
+            PbQueryResult::FieldNames(pb::FieldNames { names, complete })
+        }
     };
     pb::QueryResponse {
         result: Some(result),
@@ -1164,6 +1173,10 @@ impl TryFrom<pb::QueryResponse> for holt::QueryResult {
                 next: page.next,
             },
             PbQueryResult::Indexed(page) => indexed_page_from_wire(page)?,
+            PbQueryResult::FieldNames(f) => holt::QueryResult::FieldNames {
+                names: f.names,
+                complete: f.complete,
+            },
         })
     }
 }

@@ -21,7 +21,7 @@ use super::Namespace;
 use crate::body::BodySummary;
 use crate::error::FsError;
 use crate::fields::{index_entries, FieldSet, IndexKey, IndexRange};
-use crate::query::{IndexedHit, QueryResult, MAX_INDEXED_PAGE};
+use crate::query::{IndexedHit, QueryResult, MAX_INDEXED_FIELDS, MAX_INDEXED_PAGE};
 use crate::types::InodeId;
 
 /// Index entries one page may step over (matches outside the directory
@@ -241,6 +241,33 @@ impl Namespace {
             next,
             unindexed,
         })
+    }
+
+    /// `Query::IndexedFields`: the distinct field names of the index, found
+    /// by skipping from one name to the next (names hold no NUL, so
+    /// `name\0` sorts right after every entry of `name`).
+    pub(crate) fn indexed_fields(&self) -> QueryResult {
+        let mut names: Vec<String> = Vec::new();
+        let mut complete = true;
+        loop {
+            let start = match names.last() {
+                None => String::new(),
+                Some(last) => format!("{last}\0"),
+            };
+            let Some((name, _, _)) = self
+                .index
+                .range((start, IndexKey::Bool(false), InodeId(0))..)
+                .next()
+            else {
+                break;
+            };
+            if names.len() >= MAX_INDEXED_FIELDS as usize {
+                complete = false;
+                break;
+            }
+            names.push(name.clone());
+        }
+        QueryResult::FieldNames { names, complete }
     }
 
     /// A body's summary with the file's field set.

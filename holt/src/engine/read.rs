@@ -126,6 +126,11 @@ impl Namespace {
                 self.record(id)?;
                 self.find_indexed(id, field, range, after.as_ref(), *limit)
             }
+            Query::IndexedFields { dir } => {
+                let id = self.inode(dir)?;
+                self.record(id)?;
+                Ok(self.indexed_fields())
+            }
             Query::ListUploads
             | Query::ListSnapshots
             | Query::AtSnapshot { .. }

@@ -170,7 +170,8 @@ impl Holt {
             | Query::GetXattr { inode, .. }
             | Query::ListXattr { inode }
             | Query::ReadBody { inode }
-            | Query::FindIndexed { dir: inode, .. } => within(pin, inode)?,
+            | Query::FindIndexed { dir: inode, .. }
+            | Query::IndexedFields { dir: inode } => within(pin, inode)?,
         }
         pin.ns.query(query)
     }

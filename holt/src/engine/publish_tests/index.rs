@@ -206,6 +206,29 @@ fn a_body_without_fields_is_reported_unindexed_below_its_directories_only() {
 }
 
 #[test]
+fn indexed_fields_lists_each_name_once_while_a_file_holds_it() {
+    let mut f = Fixture::new();
+    let names = |f: &Fixture| match f.holt.query(&Query::IndexedFields { dir: ipath("/") }) {
+        Ok(QueryResult::FieldNames { names, complete }) => {
+            assert!(complete);
+            names
+        }
+        other => panic!("indexed fields: {other:?}"),
+    };
+    assert!(names(&f).is_empty());
+    f.publish_fields("/a", fields(&[("b", FieldValue::Int(1)), ("a.x", s("v"))]));
+    f.publish_fields(
+        "/b",
+        fields(&[("b", FieldValue::Int(2)), ("c", FieldValue::Bool(true))]),
+    );
+    assert_eq!(names(&f), ["a.x", "b", "c"]);
+    f.ok(unlink("/b"));
+    assert_eq!(names(&f), ["a.x", "b"]);
+    f.publish_fields("/a", fields(&[("z", FieldValue::Int(1))]));
+    assert_eq!(names(&f), ["z"]);
+}
+
+#[test]
 fn pages_cover_every_hit_once() {
     let mut f = Fixture::new();
     f.ok(mkdir("/d"));
