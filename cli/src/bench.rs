@@ -187,7 +187,7 @@ pub(crate) fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalA
             "max_ms": r.hist.max() as f64 / 1000.0,
         }));
     } else {
-        println!(
+        outln!(
             "{name}: concurrency={} ops={} errors={} time={:.2}s throughput={:.0} ops/s p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
             args.concurrency,
             r.ops,
@@ -200,7 +200,7 @@ pub(crate) fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalA
             r.hist.max() as f64 / 1000.0
         );
         if let Some(e) = &r.first_error {
-            println!("first error: {e}");
+            outln!("first error: {e}");
         }
     }
 }
@@ -371,7 +371,7 @@ fn print_publish(
             ),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "{name}: size={}B concurrency={} ops={} errors={} throughput={:.1} MiB/s ({:.1} ops/s) p50={:.2}ms p99={:.2}ms{meta_text}",
             args.size,
             args.concurrency,
@@ -383,7 +383,7 @@ fn print_publish(
             ms(&r.hist, 0.99),
         );
         if let Some(e) = &r.first_error {
-            println!("first error: {e}");
+            outln!("first error: {e}");
         }
     }
 }
@@ -527,7 +527,7 @@ async fn watch(
             "delivery_max_ms": hist.max() as f64 / 1000.0,
         }));
     } else {
-        println!(
+        outln!(
             "watch: concurrency={} events={} creates/s={:.0} delivery (leader stamp -> event received) p50={:.2}ms p99={:.2}ms max={:.2}ms",
             args.concurrency,
             hist.len(),

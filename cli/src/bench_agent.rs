@@ -132,16 +132,16 @@ pub async fn run(
         "grep": grep,
     });
     if g.json {
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!(
+        outln!(
             "agent: published {files} artifacts with fields in {publish_secs:.1}s ({:.0}/s), \
              without fields in {plain_secs:.1}s ({:.0}/s)",
             files as f64 / publish_secs.max(1e-9),
             files as f64 / plain_secs.max(1e-9)
         );
         for r in report["queries"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "  {} [{}: {}]: p50={:.1}ms p99={:.1}ms matches={} scanned={} ({} runs)",
                 r["query"].as_str().unwrap_or_default(),
                 r["gateway"].as_str().unwrap_or_default(),
@@ -154,7 +154,7 @@ pub async fn run(
             );
         }
         if let Some(gr) = &report["grep"].as_object() {
-            println!(
+            outln!(
                 "  grep: {} MiB in {} files, {} hits, {:.2}s ({:.0} MiB/s, {} pages)",
                 gr["mib"],
                 gr["files"],

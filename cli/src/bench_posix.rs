@@ -61,7 +61,7 @@ pub fn run(args: &BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             "read_mib_per_sec": rate(read),
         }));
     } else {
-        println!(
+        outln!(
             "posix sequential: {mib:.0} MiB written in {:.2}s ({:.0} MiB/s, close included), read in {:.2}s ({:.0} MiB/s)",
             write.as_secs_f64(),
             rate(write),
@@ -150,7 +150,7 @@ fn run_processes(args: &BenchArgs, g: &GlobalArgs, root: &Path) -> anyhow::Resul
                 "median_worker_p50_ms": p50,
             }));
         } else {
-            println!(
+            outln!(
                 "posix {name}: processes={n} ops={ops} errors={errors} time={secs:.2}s \
                  throughput={:.0} ops/s median worker p50={p50:.2}ms",
                 ops as f64 / secs

@@ -214,9 +214,11 @@ pub async fn put(args: PutArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     if g.json {
         print_json(&crate::output::attr_json(Some(&args.path), &attr));
     } else {
-        println!(
+        outln!(
             "published {} generation {} ({} bytes)",
-            args.path, attr.generation.0, attr.size
+            args.path,
+            attr.generation.0,
+            attr.size
         );
     }
     Ok(())
@@ -431,7 +433,7 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
             .collect();
         print_json(&json!({"path": args.path, "files": list}));
     } else {
-        println!(
+        outln!(
             "published {} files into {} in one commit",
             attrs.len(),
             args.path
@@ -487,10 +489,10 @@ pub async fn gc(args: GcArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         };
         if per_shard.len() > 1 {
             for (shard, r) in &per_shard {
-                println!("shard {}: {}", shard.0, line(r));
+                outln!("shard {}: {}", shard.0, line(r));
             }
         }
-        println!("gc: {}", line(&total));
+        outln!("gc: {}", line(&total));
     }
     Ok(())
 }
@@ -520,7 +522,7 @@ pub async fn fsck(args: FsckArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             &json!({"shards": ids, "live_blocks": live_blocks, "objects_scanned": objects_scanned, "problems": problems}),
         );
     } else {
-        println!(
+        outln!(
             "fsck: {} live blocks checked, {} objects scanned, {} problems ({} shard{})",
             live_blocks,
             objects_scanned,
@@ -529,9 +531,14 @@ pub async fn fsck(args: FsckArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             if shards.len() == 1 { "" } else { "s" }
         );
         for (shard, p) in &problems {
-            println!(
+            outln!(
                 "shard {}: {} {} (inode {}, expected {} bytes, found {})",
-                shard.0, p.kind, p.key, p.inode, p.expected_size, p.actual_size
+                shard.0,
+                p.kind,
+                p.key,
+                p.inode,
+                p.expected_size,
+                p.actual_size
             );
         }
     }
@@ -558,7 +565,7 @@ pub async fn uploads(g: &GlobalArgs) -> anyhow::Result<()> {
         print_json(&json!({"uploads": v}));
     } else {
         for u in &list {
-            println!(
+            outln!(
                 "{} {} gen {} prefix {} lease until {}",
                 u.id,
                 u.name,

@@ -92,14 +92,16 @@ pub async fn init(members: Vec<Member>, wait: Duration, g: &GlobalArgs) -> anyho
             "leader_addr": leader.1,
         }));
     } else if already {
-        println!(
+        outln!(
             "cluster was already initialized; leader is node {} at {}",
-            leader.0, leader.1
+            leader.0,
+            leader.1
         );
     } else {
-        println!(
+        outln!(
             "cluster initialized; leader is node {} at {}",
-            leader.0, leader.1
+            leader.0,
+            leader.1
         );
     }
     Ok(())
@@ -243,13 +245,20 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
             .collect();
         print_json(&json!({"healthy": healthy_leader, "nodes": nodes, "shards": replicas}));
     } else {
-        println!(
+        outln!(
             "{:<22} {:>4} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9}",
-            "ENDPOINT", "NODE", "ROLE", "TERM", "LEADER", "LAST_LOG", "APPLIED", "SNAPSHOT"
+            "ENDPOINT",
+            "NODE",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "LAST_LOG",
+            "APPLIED",
+            "SNAPSHOT"
         );
         for (addr, r) in &rows {
             match r {
-                Ok(s) => println!(
+                Ok(s) => outln!(
                     "{:<22} {:>4} {:<9} {:>5} {:>6} {:>9} {:>9} {:>9}",
                     addr,
                     s.node_id,
@@ -260,21 +269,28 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
                     opt(s.applied_index),
                     opt(s.snapshot_index)
                 ),
-                Err(e) => println!("{addr:<22} unreachable: {e}"),
+                Err(e) => outln!("{addr:<22} unreachable: {e}"),
             }
         }
         if !healthy_leader {
-            println!("no leader: the cluster is not serving writes");
+            outln!("no leader: the cluster is not serving writes");
         }
         if shards.keys().any(|(shard, _)| *shard != 0) {
-            println!();
-            println!(
+            outln!();
+            outln!(
                 "{:>5} {:>4} {:<9} {:>5} {:>5} {:>6} {:<12} {:>9}",
-                "SHARD", "NODE", "ROLE", "TERM", "EPOCH", "LEADER", "VOTERS", "APPLIED"
+                "SHARD",
+                "NODE",
+                "ROLE",
+                "TERM",
+                "EPOCH",
+                "LEADER",
+                "VOTERS",
+                "APPLIED"
             );
             for s in shards.values() {
                 let voters: Vec<String> = s.voters.iter().map(|m| m.id.to_string()).collect();
-                println!(
+                outln!(
                     "{:>5} {:>4} {:<9} {:>5} {:>5} {:>6} {:<12} {:>9}",
                     s.shard,
                     s.node_id,
@@ -296,11 +312,12 @@ pub async fn status(g: &GlobalArgs) -> anyhow::Result<()> {
             } else {
                 s.blob_location.as_str()
             };
-            println!(
+            outln!(
                 "object store: {store}; staged uploads: {}; GC tasks pending: {}",
-                s.staged_uploads, s.gc_pending
+                s.staged_uploads,
+                s.gc_pending
             );
-            println!(
+            outln!(
                 "watch: resumable from cursor {}, newest {} (keeps {} events / {}); snapshot pins: {}",
                 s.oldest_cursor,
                 s.newest_cursor,
@@ -335,7 +352,7 @@ pub async fn health(g: &GlobalArgs) -> anyhow::Result<()> {
             "leader_id": s.leader_id,
         }));
     } else {
-        println!(
+        outln!(
             "{endpoint}: {} (node {}, {}, leader {})",
             if healthy { "healthy" } else { "unhealthy" },
             s.node_id,

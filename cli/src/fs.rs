@@ -153,9 +153,9 @@ pub async fn ls(a: LsArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 &json!({"path": a.path, "entries": [output::entry_json(&entry)], "next": null}),
             );
         } else if a.long {
-            println!("{}", output::entry_long(&entry));
+            outln!("{}", output::entry_long(&entry));
         } else {
-            println!("{}", entry.name);
+            outln!("{}", entry.name);
         }
         return Ok(());
     }
@@ -186,11 +186,11 @@ pub async fn ls(a: LsArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     }
     for e in &entries {
         if a.long {
-            println!("{}", output::entry_long(e));
+            outln!("{}", output::entry_long(e));
         } else if e.attr.file_type == FileType::Directory {
-            println!("{}/", e.name);
+            outln!("{}/", e.name);
         } else {
-            println!("{}", e.name);
+            outln!("{}", e.name);
         }
     }
     if let Some(n) = next {
@@ -221,9 +221,9 @@ pub async fn stat(a: StatArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         }
         print_json(&v);
     } else {
-        println!("{}", output::attr_text(&a.path, &attr));
+        outln!("{}", output::attr_text(&a.path, &attr));
         if let Some(b) = &body {
-            println!("{}", output::body_text(b));
+            outln!("{}", output::body_text(b));
         }
     }
     Ok(())
@@ -344,7 +344,7 @@ pub async fn readlink(a: PathArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     if g.json {
         print_json(&json!({"path": a.path, "target": target}));
     } else {
-        println!("{target}");
+        outln!("{target}");
     }
     Ok(())
 }
@@ -361,7 +361,7 @@ pub async fn xattr(c: XattrCommand, g: &GlobalArgs) -> anyhow::Result<()> {
             if g.json {
                 print_json(&json!({"path": path, "name": name, "value": text}));
             } else {
-                println!("{text}");
+                outln!("{text}");
             }
         }
         XattrCommand::Set {
@@ -391,7 +391,7 @@ pub async fn xattr(c: XattrCommand, g: &GlobalArgs) -> anyhow::Result<()> {
                 print_json(&json!({"path": path, "names": names}));
             } else {
                 for n in names {
-                    println!("{n}");
+                    outln!("{n}");
                 }
             }
         }

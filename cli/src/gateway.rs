@@ -156,7 +156,7 @@ pub async fn agent(args: AgentArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             } else {
                 serde_json::to_string_pretty(&out)?
             };
-            println!("{text}");
+            outln!("{text}");
             Ok(())
         }
         Err(e) => Err(anyhow::anyhow!("{}: {e}", e.code())),

@@ -11,6 +11,17 @@
 //!
 //! This binary may depend on every library crate; no library depends on it.
 
+/// `println!` for command output: a closed stdout (`nokv watch | head`)
+/// ends the process quietly instead of panicking (see `output::line`).
+macro_rules! outln {
+    () => {
+        $crate::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod bench_agent;
 mod bench_posix;
@@ -270,6 +281,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`nokv cat … | head`): not an
+        // error of ours, and nothing is left to say.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nokv: {e:#}");
             ExitCode::FAILURE

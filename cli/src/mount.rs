@@ -193,7 +193,7 @@ async fn background(args: &MountArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
+    outln!(
         "mounted on {} (process {}, log {}); `nokv umount {}` unmounts",
         args.mountpoint.display(),
         child.id(),

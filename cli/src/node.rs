@@ -121,12 +121,17 @@ async fn ls(g: &GlobalArgs) -> anyhow::Result<()> {
         print_json(&json!({ "cluster": map.cluster.as_str(), "nodes": nodes }));
         return Ok(());
     }
-    println!(
+    outln!(
         "{:>4} {:<22} {:<9} {:<8} {:>6} {:>5}",
-        "NODE", "ADDR", "STATE", "ANSWERS", "PLACED", "LEADS"
+        "NODE",
+        "ADDR",
+        "STATE",
+        "ANSWERS",
+        "PLACED",
+        "LEADS"
     );
     for (n, answers, placed, _, leads) in rows {
-        println!(
+        outln!(
             "{:>4} {:<22} {:<9} {:<8} {:>6} {:>5}",
             n.id.0,
             n.addr,

@@ -1,7 +1,43 @@
 //! Text and JSON rendering of namespace objects.
 
+use std::io::Write;
+
 use nokv_client::{Attr, Body, DirEntry, FileType};
 use serde_json::{json, Value};
+
+/// Writes one line of command output. When stdout is a pipe whose reader
+/// has gone (`nokv watch … | head`), the process ends at once, quietly and
+/// successfully, as `cat` would; any other write error ends it with a
+/// message and a failure status.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("nokv: cannot write to standard output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Whether `e` (or what caused it) is a write to a pipe nobody reads.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind);
+        let sdk = match cause.downcast_ref::<nokv_client::ClientError>() {
+            Some(nokv_client::ClientError::Output { kind, .. }) => Some(*kind),
+            _ => None,
+        };
+        io.or(sdk) == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 pub fn kind(t: FileType) -> &'static str {
     match t {
@@ -128,7 +164,7 @@ pub fn entry_long(e: &DirEntry) -> String {
 }
 
 pub fn print_json(v: &Value) {
-    println!("{v}");
+    outln!("{v}");
 }
 
 #[cfg(test)]

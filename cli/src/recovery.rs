@@ -61,7 +61,7 @@ pub async fn backup(args: BackupArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("backup of shard {}", shard.0))?;
         if !g.json {
-            println!(
+            outln!(
                 "shard {}: backup complete: recovery point is log index {} (snapshot {} at index {})",
                 shard.0, r.archived_index, r.snapshot_key, r.snapshot_index
             );
@@ -133,27 +133,28 @@ pub async fn restore(args: RestoreArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             "members": members,
         }));
     } else {
-        println!(
+        outln!(
             "restored node {} of shard {} into {}",
             r.node_id,
             r.shard.0,
             r.data_dir.display()
         );
         match (&r.snapshot_key, r.snapshot_index) {
-            (Some(key), Some(index)) => println!("  snapshot: {key} (index {index})"),
-            _ => println!("  snapshot: none (the log starts at index 0)"),
+            (Some(key), Some(index)) => outln!("  snapshot: {key} (index {index})"),
+            _ => outln!("  snapshot: none (the log starts at index 0)"),
         }
-        println!(
+        outln!(
             "  log: {} entries from {} segments",
             r.entries,
             r.segments.len()
         );
-        println!(
+        outln!(
             "recovery point: log index {} (term {})",
-            r.last_index, r.last_term
+            r.last_index,
+            r.last_term
         );
-        println!("members: {}", members.join(","));
-        println!("start the replica with the same --node-id and the address listed for it");
+        outln!("members: {}", members.join(","));
+        outln!("start the replica with the same --node-id and the address listed for it");
     }
     Ok(())
 }

@@ -385,18 +385,18 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             "data_dir": args.data_dir,
         }));
     } else {
-        println!(
+        outln!(
             "NoKV dev cluster is ready: {} replicas, data in {}",
             args.replicas,
             args.data_dir.display()
         );
-        println!("leader: node {leader} at {leader_addr}");
-        println!("object store: {blob_store}");
-        println!("endpoints: {endpoints}");
-        println!();
-        println!("  export NOKV_ENDPOINTS={endpoints}");
-        println!();
-        println!("Press Ctrl-C to stop; the data stays for the next start.");
+        outln!("leader: node {leader} at {leader_addr}");
+        outln!("object store: {blob_store}");
+        outln!("endpoints: {endpoints}");
+        outln!();
+        outln!("  export NOKV_ENDPOINTS={endpoints}");
+        outln!();
+        outln!("Press Ctrl-C to stop; the data stays for the next start.");
     }
     let mut first_error = None;
     for node in nodes {
@@ -416,7 +416,7 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         Some(e) => Err(e),
         None => {
             if !g.json {
-                println!("stopped");
+                outln!("stopped");
             }
             Ok(())
         }

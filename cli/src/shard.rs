@@ -137,10 +137,10 @@ pub async fn membership(g: &GlobalArgs, action: Action) -> anyhow::Result<()> {
         }));
     } else {
         for line in &response.changes {
-            println!("{line}");
+            outln!("{line}");
         }
         if response.changes.is_empty() {
-            println!("nothing to change");
+            outln!("nothing to change");
         }
     }
     Ok(())
@@ -211,7 +211,7 @@ async fn create(
         }));
     } else {
         let members: Vec<String> = members.iter().map(u64::to_string).collect();
-        println!(
+        outln!(
             "shard {shard} serves {path} (members {}; map revision {revision})",
             members.join(",")
         );
@@ -230,7 +230,7 @@ async fn rm(g: &GlobalArgs, path: &str) -> anyhow::Result<()> {
     if g.json {
         print_json(&json!({ "removed": path }));
     } else {
-        println!("removed the shard grafted at {path}");
+        outln!("removed the shard grafted at {path}");
     }
     Ok(())
 }
@@ -412,14 +412,19 @@ async fn ls(g: &GlobalArgs) -> anyhow::Result<()> {
         }));
         return Ok(());
     }
-    println!("cluster {} at revision {}", map.cluster, map.revision);
-    println!(
+    outln!("cluster {} at revision {}", map.cluster, map.revision);
+    outln!(
         "{:>5} {:<24} {:>6} {:<12} {:>9} {:<9}",
-        "SHARD", "GRAFT", "PARENT", "MEMBERS", "MAP_EPOCH", "STATE"
+        "SHARD",
+        "GRAFT",
+        "PARENT",
+        "MEMBERS",
+        "MAP_EPOCH",
+        "STATE"
     );
     for s in map.shards.values() {
         let members: Vec<String> = s.members.iter().map(|n| n.0.to_string()).collect();
-        println!(
+        outln!(
             "{:>5} {:<24} {:>6} {:<12} {:>9} {:<9}",
             s.id.0,
             s.graft,

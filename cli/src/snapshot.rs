@@ -63,7 +63,7 @@ fn print_one(s: &SnapshotInfo, g: &GlobalArgs) {
     if g.json {
         print_json(&info_json(s));
     } else {
-        println!("{}", info_text(s));
+        outln!("{}", info_text(s));
     }
 }
 
@@ -86,7 +86,7 @@ pub async fn run(command: SnapshotCommand, g: &GlobalArgs) -> anyhow::Result<()>
                 print_json(&json!({"snapshots": list.iter().map(info_json).collect::<Vec<_>>()}));
             } else {
                 for s in &list {
-                    println!("{}", info_text(s));
+                    outln!("{}", info_text(s));
                 }
             }
         }

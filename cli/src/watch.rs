@@ -70,9 +70,12 @@ pub async fn retention(a: RetentionArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             "newest_cursor": status.newest_cursor,
         }));
     } else {
-        println!(
+        outln!(
             "keep {} events, none older than {age}; cursors {}..{} (on {})",
-            status.watch_max_events, status.oldest_cursor, status.newest_cursor, status.addr
+            status.watch_max_events,
+            status.oldest_cursor,
+            status.newest_cursor,
+            status.addr
         );
     }
     Ok(())
@@ -167,7 +170,7 @@ pub async fn run(a: WatchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                     if g.json {
                         print_json(&event_json(&e));
                     } else {
-                        println!("{}", event_text(&e));
+                        outln!("{}", event_text(&e));
                     }
                 }
                 Some(Err(e)) => return Err(e).with_context(|| format!("watch {}", a.path)),

@@ -925,14 +925,17 @@ impl Client {
             writer
                 .write_all(&bytes)
                 .await
-                .map_err(|e| ClientError::InvalidArgument(format!("writing output: {e}")))?;
+                .map_err(|e| ClientError::Output {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })?;
             written += bytes.len() as u64;
             progress(bytes.len() as u64);
         }
-        writer
-            .flush()
-            .await
-            .map_err(|e| ClientError::InvalidArgument(format!("writing output: {e}")))?;
+        writer.flush().await.map_err(|e| ClientError::Output {
+            kind: e.kind(),
+            message: e.to_string(),
+        })?;
         let digest = hex(&hasher.finalize());
         if digest != body.sha256 {
             return Err(ClientError::Integrity(format!(

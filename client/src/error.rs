@@ -77,6 +77,13 @@ pub enum ClientError {
     /// Bytes read back do not match the body's description (size or sha256).
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// The caller's writer failed while a body was being written to it
+    /// (`kind` says how: `BrokenPipe` when its reader went away).
+    #[error("writing output: {message}")]
+    Output {
+        kind: std::io::ErrorKind,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -98,6 +105,7 @@ impl ClientError {
             ClientError::WrongShard { .. } => "WRONG_SHARD",
             ClientError::StaleMap { .. } => "STALE_MAP",
             ClientError::ControlPlane { code, .. } => code,
+            ClientError::Output { .. } => "OUTPUT",
         }
     }
 

@@ -146,7 +146,8 @@ impl From<ClientError> for GatewayError {
             | ClientError::ControlPlane { .. }) => GatewayError::Unavailable(other.to_string()),
             other @ (ClientError::Protocol(_)
             | ClientError::Server(_)
-            | ClientError::AlreadyInitialized(_)) => GatewayError::Internal(other.to_string()),
+            | ClientError::AlreadyInitialized(_)
+            | ClientError::Output { .. }) => GatewayError::Internal(other.to_string()),
         }
     }
 }

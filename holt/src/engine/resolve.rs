@@ -205,23 +205,39 @@ impl Namespace {
         // without recursion.
         let mut pending: Vec<&str> = components.iter().rev().copied().collect();
         let mut dir = start;
+        // The directories walked so far as a path, while that is simply the
+        // path's own prefix (from the root, no `..`, no symlink): an error
+        // then names the first missing directory.
+        let mut walked = (start == self.root()).then(String::new);
         while let Some(component) = pending.pop() {
             match component {
                 "" | "." => continue,
                 ".." => {
                     dir = self.parent_of(dir);
+                    walked = None;
                     continue;
                 }
                 _ => {}
             }
-            let child = self
-                .child(dir, component)
-                .ok_or_else(|| FsError::NotFound(path.to_string()))?;
+            let Some(child) = self.child(dir, component) else {
+                let missing = match &walked {
+                    Some(prefix) => format!("{prefix}/{component}"),
+                    None => preview(component),
+                };
+                return Err(FsError::NotFound(format!(
+                    "{path} (directory {missing} does not exist)"
+                )));
+            };
+            if let Some(prefix) = walked.as_mut() {
+                prefix.push('/');
+                prefix.push_str(component);
+            }
             let record = self.record(child)?;
             match record.attr.file_type {
                 FileType::Directory => dir = child,
                 FileType::File => return Err(FsError::NotADirectory(path.to_string())),
                 FileType::Symlink => {
+                    walked = None;
                     *hops += 1;
                     if *hops > MAX_SYMLINK_HOPS {
                         return Err(FsError::Loop(path.to_string()));

@@ -1335,3 +1335,28 @@ fn nonsense_ids_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_missing_parent_is_named_in_the_error() {
+    let mut f = Fixture::new();
+    f.ok(mkdir("/a"));
+    let message = |f: &mut Fixture, op: Op| match f.run(op) {
+        Err(e) => (e.code(), e.to_string()),
+        Ok(applied) => panic!("unexpectedly succeeded: {applied:?}"),
+    };
+    let (code, text) = message(&mut f, create("/a/b/c"));
+    assert_eq!(code, "ENOENT");
+    assert!(
+        text.contains("/a/b/c (directory /a/b does not exist)"),
+        "{text}"
+    );
+    let (_, text) = message(&mut f, mkdir("/x/y/z"));
+    assert!(text.contains("(directory /x does not exist)"), "{text}");
+    // Through a symlink the path is no longer a prefix: the name is given.
+    f.ok(symlink("/a/l", "/a"));
+    let (_, text) = message(&mut f, create("/a/l/q/r"));
+    assert!(text.contains("(directory \"q\" does not exist)"), "{text}");
+    // The final component missing is the plain error.
+    let (code, _) = message(&mut f, unlink("/a/nope"));
+    assert_eq!(code, "ENOENT");
+}

@@ -71,7 +71,8 @@ pub fn write_failure<O>(e: &ClientError) -> Outcome<O> {
         | ClientError::Protocol(_)
         | ClientError::Server(_)
         | ClientError::Store(_)
-        | ClientError::Integrity(_) => Outcome::Unknown,
+        | ClientError::Integrity(_)
+        | ClientError::Output { .. } => Outcome::Unknown,
     }
 }
 
