@@ -438,8 +438,12 @@ impl ImageBody {
                 .last()
                 .is_some_and(|e| e.seq.checked_add(1) != Some(self.next_event))
             || self.next_event == 0
+            || self.events.first().is_some_and(|e| e.seq == 0)
         {
-            return Err("the event history is not gapless up to the event counter".into());
+            return Err(
+                "the event history is not gapless up to the event counter (cursors start at 1)"
+                    .into(),
+            );
         }
         Ok(Holt {
             ns,

@@ -317,8 +317,8 @@ impl Holt {
     /// still in the history.
     pub fn oldest_cursor(&self) -> u64 {
         match self.events.front() {
-            Some(first) => first.seq - 1,
-            None => self.next_event - 1,
+            Some(first) => first.seq.saturating_sub(1),
+            None => self.next_event.saturating_sub(1),
         }
     }
 
@@ -329,7 +329,7 @@ impl Holt {
 
     /// The cursor of the newest event (0 before the first).
     pub fn newest_cursor(&self) -> u64 {
-        self.next_event - 1
+        self.next_event.saturating_sub(1)
     }
 
     /// Up to `limit` events after cursor `after` that a watch of `dir`

@@ -462,6 +462,18 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         decode_err(&encode(&dedupe)),
         ImageError::Corrupt(_)
     ));
+
+    // Cursors start at 1: an event numbered 0 (whose predecessor cursor
+    // would underflow) is refused.
+    let mut zero = holt.events.front().expect("the sample has events").clone();
+    zero.seq = 0;
+    let mut cursor = base();
+    cursor.events = vec![&zero];
+    cursor.next_event = 1;
+    assert!(matches!(
+        decode_err(&encode(&cursor)),
+        ImageError::Corrupt(_)
+    ));
 }
 
 /// Inconsistent body, upload and GC states, each of which could make the GC
