@@ -819,15 +819,7 @@ impl Client {
             ClientError::StaleMap { current } => (*current).max(newer_than_ours),
             _ => newer_than_ours,
         };
-        // A WRONG_SHARD naming a shard this map does not know proves a
-        // newer map exists (the engine applied the graft); the nodes learn
-        // it from the control plane moments later. Wait for it, within the
-        // call's deadline: right after `shard create`, a write to the new
-        // shard must not fail because the nodes' maps lag the control plane.
-        // (A refusal naming a shard the map knows, such as a lookup of a
-        // graft point by its parent, is final: no newer map changes it.)
-        let behind = matches!(refusal, ClientError::WrongShard { shard, .. }
-            if !map.shards.contains_key(&nokv_router::ShardId(*shard)));
+        let behind = routing::proves_newer_map(map, refusal);
         let deadline = Instant::now() + self.inner.config.deadline;
         let mut pause = self.inner.config.backoff_min;
         loop {

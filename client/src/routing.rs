@@ -389,6 +389,21 @@ fn place_query(p: &mut Placer<'_>, query: Query) -> Result<Query, ClientError> {
     })
 }
 
+/// Whether `refusal` proves that a newer map than `map` exists, worth
+/// waiting for: a WRONG_SHARD naming a shard `map` does not know, or knows
+/// only as still being created (not routed to yet). The engine applied the
+/// graft; the nodes learn the map from the control plane moments later, and
+/// right after `shard create` a write to the new shard must not fail because
+/// of that lag. A refusal naming a serving shard (a lookup of a graft point
+/// by its parent, say) is final: no newer map changes it.
+pub(crate) fn proves_newer_map(map: &ShardMap, refusal: &ClientError) -> bool {
+    matches!(refusal, ClientError::WrongShard { shard, .. }
+        if map
+            .shards
+            .get(&nokv_router::ShardId(*shard))
+            .is_none_or(|s| s.state == nokv_router::ShardState::Creating))
+}
+
 /// Whether `query` asks every shard (and its answers are merged).
 pub(crate) fn fans_out(query: &Query) -> bool {
     matches!(query, Query::ListUploads | Query::ListSnapshots)
@@ -506,6 +521,24 @@ mod tests {
         }
         map.validate().expect("valid");
         map
+    }
+
+    #[test]
+    fn a_refusal_naming_a_shard_still_being_created_waits_for_a_newer_map() {
+        let refusal = |shard: u16| ClientError::WrongShard {
+            shard,
+            graft_path: "/data".into(),
+            message: "wrong shard".into(),
+        };
+        let mut m = map();
+        assert!(!proves_newer_map(&m, &refusal(1)), "shard 1 serves: final");
+        assert!(proves_newer_map(&m, &refusal(9)), "an unknown shard");
+        if let Some(s) = m.shards.get_mut(&nokv_router::ShardId(1)) {
+            // Right after `shard create`: known, not routed to yet.
+            s.state = ShardState::Creating;
+        }
+        assert!(proves_newer_map(&m, &refusal(1)));
+        assert!(!proves_newer_map(&m, &ClientError::Unavailable("x".into())));
     }
 
     fn mkdir(path: &str) -> Op {
