@@ -33,7 +33,45 @@ pub struct IndexedFields {
     pub complete: bool,
 }
 
+/// One shard to ask: a handle on it, the directory as it names it, and
+/// that directory's global path.
+struct Target {
+    handle: Client,
+    dir: String,
+    shown: String,
+}
+
 impl Client {
+    /// The shards an indexed read of `path` asks: the owner (through this
+    /// handle, which routes the path) and every shard grafted below it.
+    /// `None` at a snapshot with shards grafted below: a pin covers one
+    /// shard, so the indexes cannot answer for the subtree.
+    async fn index_targets(&self, path: &str) -> Result<Option<Vec<Target>>, ClientError> {
+        let mut targets = vec![Target {
+            handle: self.clone(),
+            dir: path.to_string(),
+            shown: path.to_string(),
+        }];
+        let map = match self.is_routed() {
+            true => self.shard_map().await?,
+            false => None,
+        };
+        let Some(map) = map else {
+            return Ok(Some(targets));
+        };
+        let normal = routing::normalized(path).unwrap_or_else(|| path.to_string());
+        let below = routing::grafted_below(&map, &normal);
+        if !below.is_empty() && self.snapshot().is_some() {
+            return Ok(None);
+        }
+        targets.extend(below.into_iter().map(|shard| Target {
+            handle: self.routed_to(shard, map.revision),
+            dir: "/".to_string(),
+            shown: routing::global_path(&map, shard, "/"),
+        }));
+        Ok(Some(targets))
+    }
+
     /// The names in the field indexes of the shard owning `path` and of
     /// every shard grafted below it: a superset of the fields of the files
     /// below `path`, at the cost of the number of names.
@@ -46,31 +84,21 @@ impl Client {
             names: Default::default(),
             complete: true,
         };
-        let ask = |handle: Client, dir: String| async move {
-            let query = Query::IndexedFields {
-                dir: InodeRef::Path(dir),
-            };
-            match handle.query(query, consistency).await? {
-                QueryResult::FieldNames { names, complete } => Ok((names, complete)),
-                _ => Err(ClientError::Protocol("expected field names".into())),
-            }
-        };
-        let (names, complete) = ask(self.clone(), path.to_string()).await?;
-        found.names.extend(names);
-        found.complete &= complete;
-        let Some(map) = self.is_routed().then_some(()).and(self.shard_map().await?) else {
-            return Ok(found);
-        };
-        let normal = routing::normalized(path).unwrap_or_else(|| path.to_string());
-        let below = routing::grafted_below(&map, &normal);
-        if !below.is_empty() && self.snapshot().is_some() {
+        let Some(targets) = self.index_targets(path).await? else {
             found.complete = false;
             return Ok(found);
-        }
-        for shard in below {
-            let (names, complete) = ask(self.routed_to(shard, map.revision), "/".into()).await?;
-            found.names.extend(names);
-            found.complete &= complete;
+        };
+        for t in targets {
+            let query = Query::IndexedFields {
+                dir: InodeRef::Path(t.dir),
+            };
+            match t.handle.query(query, consistency).await? {
+                QueryResult::FieldNames { names, complete } => {
+                    found.names.extend(names);
+                    found.complete &= complete;
+                }
+                _ => return Err(ClientError::Protocol("expected field names".into())),
+            }
         }
         Ok(found)
     }
@@ -92,44 +120,15 @@ impl Client {
             hits: Vec::new(),
             complete: true,
         };
-        // The owner first: a routed handle sends the path to it.
-        let owner_done = pages(
-            self,
-            path,
-            path,
-            field,
-            range,
-            max_hits,
-            consistency,
-            &mut found,
-        )
-        .await?;
-        if !owner_done {
+        let Some(targets) = self.index_targets(path).await? else {
             found.complete = false;
-            return Ok(found);
-        }
-        if !self.is_routed() {
-            return Ok(found);
-        }
-        let Some(map) = self.shard_map().await? else {
             return Ok(found);
         };
-        let normal = routing::normalized(path).unwrap_or_else(|| path.to_string());
-        let below = routing::grafted_below(&map, &normal);
-        if below.is_empty() {
-            return Ok(found);
-        }
-        if self.snapshot().is_some() {
-            found.complete = false;
-            return Ok(found);
-        }
-        for shard in below {
-            let handle = self.routed_to(shard, map.revision);
-            let root = routing::global_path(&map, shard, "/");
+        for t in targets {
             let done = pages(
-                &handle,
-                "/",
-                &root,
+                &t.handle,
+                &t.dir,
+                &t.shown,
                 field,
                 range,
                 max_hits,

@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(IndexKey::num(-0.0), IndexKey::num(0.0));
         assert_eq!(
             FieldValue::Int(3).key(),
-            FieldValue::float(3.0).unwrap().key()
+            FieldValue::float(3.0).expect("finite").key()
         );
         assert!(IndexKey::Bool(true) < IndexKey::num_min());
         assert!(IndexKey::num_max() < IndexKey::Str(String::new()));

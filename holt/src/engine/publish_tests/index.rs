@@ -110,7 +110,10 @@ fn publish_replace_rename_link_and_unlink_keep_the_index_exact() {
     f.ok(mkdir("/other"));
     f.publish_fields(
         "/runs/a/m.json",
-        fields(&[("loss", FieldValue::float(0.5).unwrap()), ("tag", s("x"))]),
+        fields(&[
+            ("loss", FieldValue::float(0.5).expect("finite")),
+            ("tag", s("x")),
+        ]),
     );
     f.publish_fields("/runs/b.json", fields(&[("loss", FieldValue::Int(2))]));
     f.publish_fields("/other/c.json", fields(&[("loss", FieldValue::Int(1))]));
@@ -130,7 +133,7 @@ fn publish_replace_rename_link_and_unlink_keep_the_index_exact() {
         ["other/c.json", "runs/a/m.json"]
     );
     assert_eq!(
-        found(&f, "/", eq(FieldValue::float(2.0).unwrap())),
+        found(&f, "/", eq(FieldValue::float(2.0).expect("finite"))),
         ["runs/b.json"]
     );
     assert_eq!(
