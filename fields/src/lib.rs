@@ -1,7 +1,8 @@
 //! The searchable fields of a published file, computed the same way at
 //! publish time (the SDK, which sends them with the publish for the
-//! engine's field index) and at query time (the agent gateway, for bodies
-//! published without them).
+//! engine's field index; the leader, for a commit that came without them)
+//! and at query time (the agent gateway, for bodies published without
+//! them).
 //!
 //! Owns: typed field values ([`Value`], [`Row`]), small structured bodies
 //! (format detection, parsing, content fields, line addressing and grep:
