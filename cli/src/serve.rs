@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Most client commands group-committed in one Raft entry.
     #[arg(long, env = "NOKV_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Most watch streams this node serves at once (all shards); one more
+    /// is refused as unavailable, and the client watches through another
+    /// replica.
+    #[arg(long, env = "NOKV_MAX_WATCH_STREAMS")]
+    pub max_watch_streams: Option<usize>,
     /// Most Raft entries proposed but not yet committed.
     #[arg(long, env = "NOKV_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
@@ -111,6 +116,7 @@ pub struct ServeFile {
     pub keep_logs: Option<u64>,
     pub max_batch: Option<usize>,
     pub max_inflight: Option<usize>,
+    pub max_watch_streams: Option<usize>,
     pub blob_store: Option<String>,
     #[serde(default, with = "opt_duration")]
     pub gc_interval: Option<Duration>,
@@ -192,6 +198,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.keep_logs.or(file.keep_logs) {
             node.keep_logs_behind_snapshot = v;
+        }
+        if let Some(v) = self.max_watch_streams.or(file.max_watch_streams) {
+            node.max_watch_streams = v;
         }
         if let Some(v) = self.max_batch.or(file.max_batch) {
             node.max_batch = v;

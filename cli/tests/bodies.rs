@@ -54,6 +54,10 @@
 //!   same all-or-nothing promise when staging a later file fails (its
 //!   target is a directory). Fails today: `nokv publish-dir` does not abort
 //!   the uploads it staged before a staging error.
+//! - `a_burst_of_the_largest_commands_commits_and_replicates` (file store,
+//!   heavy): 24 indexed commits of just under 4 MiB each, sent at once,
+//!   all commit and every replica indexes all of them (log entries are
+//!   capped by bytes).
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping. Set
 //! `NOKV_TEST_KEEP_DIRS=1` to keep every node's data and log,
@@ -75,7 +79,8 @@ use common::{nokv_command, Cluster, WAIT};
 use nokv_blob::BlobStore;
 use nokv_client::{
     Attr, BlockRef, Body, BodySpec, Client, ClientConfig, ClientError, Consistency, FileType,
-    FsckResponse, Generation, PublishMode, PutOptions, Query, QueryResult, StagedUpload, UploadId,
+    FsckResponse, Generation, IndexKey, IndexRange, PublishMode, PutOptions, Query, QueryResult,
+    StagedUpload, UploadId,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -1904,4 +1909,111 @@ async fn a_paused_old_leader_changes_nothing(kind: StoreKind) {
         on_old.is_ok(),
         "the resumed node has the new history: {on_old:?}"
     );
+}
+
+/// A field set of the most bytes a set may hold (`MAX_SET_BYTES`, 512 KiB):
+/// 8 fields of 64 strings of 1,000 bytes, and one `burst` number.
+fn heaviest_field_set(n: i64) -> nokv_client::FieldSet {
+    let mut fields = nokv_client::FieldSet::new();
+    for f in 0..8 {
+        let values = (0..64)
+            .map(|v| nokv_client::FieldValue::Str(format!("{f}{v:02}{n:04}{}", "v".repeat(993))))
+            .collect();
+        fields.insert(format!("field{f}"), values);
+    }
+    fields.insert("burst".into(), vec![nokv_client::FieldValue::Int(n)]);
+    fields
+}
+
+/// No client load makes a log entry that cannot be replicated: a burst of
+/// the largest commands a client may send (indexed commits of 7 bodies with
+/// the heaviest field sets, just under the 4 MiB request limit), sent at
+/// once, all commit and every replica applies and indexes them. Before
+/// entries were capped by bytes (meta-node/src/proposer.rs
+/// `MAX_BATCH_BYTES`), the leader grouped such a burst into entries of up
+/// to 256 commands: an entry over the 64 MiB Raft message limit could never
+/// be sent, and the writes in it timed out with their outcome unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_the_largest_commands_commits_and_replicates() {
+    let _load = common::heavy_test().await;
+    let Some(bc) = BodyCluster::start(StoreKind::File, &[]).await else {
+        return;
+    };
+    const WRITERS: usize = 24;
+    const PER_COMMAND: usize = 7;
+    let opts = PutOptions::default();
+    let mut commands = Vec::new();
+    for w in 0..WRITERS {
+        let mut commits = Vec::new();
+        for b in 0..PER_COMMAND {
+            let path = format!("/burst-{w}-{b}");
+            let upload = bc
+                .cluster
+                .must(bc.client.stage(&path, &opts).await, "stage an upload");
+            let body = bc.cluster.must(
+                bc.client
+                    .upload_blocks(&upload, &b"x"[..], &opts, &|_| {})
+                    .await,
+                "upload a one-byte body",
+            );
+            commits.push(nokv_holt::IndexedCommit {
+                upload: upload.id,
+                body,
+                fields: heaviest_field_set(w as i64),
+            });
+        }
+        commands.push(nokv_client::Op::CommitPublishIndexed { commits });
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let sent: Vec<_> = commands
+        .into_iter()
+        .map(|op| {
+            let client = bc.client.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                client.mutate(op).await
+            })
+        })
+        .collect();
+    for (w, commit) in sent.into_iter().enumerate() {
+        match commit.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bc.fail(format!("commit of writer {w} failed: {e}")),
+            Err(e) => bc.fail(format!("commit task of writer {w}: {e}")),
+        }
+    }
+    let leader = bc.cluster.must_agreed_leader(&[1, 2, 3]).await;
+    for id in bc.cluster.ids() {
+        bc.cluster.must_catch_up(id, leader).await;
+        let node = bc.cluster.client_for(&[id]);
+        for w in [0, WRITERS / 2, WRITERS - 1] {
+            let key = IndexKey::num(w as f64);
+            let only = IndexRange::Between {
+                lo: Some(key.clone()),
+                hi: Some(key),
+            };
+            let found = bc.cluster.must(
+                node.find_indexed("/", "burst", &only, 1_000, Consistency::Stale)
+                    .await,
+                &format!("find on node {id}"),
+            );
+            let paths: BTreeSet<String> = found.hits.into_iter().map(|(path, _, _)| path).collect();
+            let want: BTreeSet<String> = (0..PER_COMMAND)
+                .map(|b| format!("/burst-{w}-{b}"))
+                .collect();
+            if paths != want {
+                bc.fail(format!("node {id} indexes {paths:?} for writer {w}"));
+            }
+        }
+        for w in 0..WRITERS {
+            for b in 0..PER_COMMAND {
+                let path = format!("/burst-{w}-{b}");
+                bc.cluster.must(
+                    node.stat(&path, Consistency::Stale).await,
+                    &format!("stat {path} on node {id}"),
+                );
+            }
+        }
+    }
 }

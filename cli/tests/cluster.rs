@@ -37,6 +37,9 @@
 //! - `a_leader_without_quorum_releases_writes_in_flight`: with both followers
 //!   frozen (SIGSTOP), a write in flight on the leader is answered
 //!   UNKNOWN_OUTCOME once the quorum lease runs out, not after 10 s.
+//! - `a_fatal_storage_error_ends_the_process_with_an_error`: a replica
+//!   that cannot write a snapshot (openraft stops its Raft) exits non-zero
+//!   instead of serving with a dead Raft; the two others go on.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping. Set
 //! `NOKV_TEST_KEEP_DIRS=1` to keep every node's data and full log, and
@@ -1760,4 +1763,39 @@ async fn a_leader_without_quorum_releases_writes_in_flight() {
         client.stat("/before", Consistency::Linearizable).await,
         "the cluster serves again",
     );
+}
+
+/// A replica whose Raft dies (here: it cannot write its next state-machine
+/// snapshot) does not linger with a dead Raft: the node stops serving and
+/// the process exits non-zero, so that a supervisor restarts it, and the
+/// two others go on serving. Before, openraft's fatal error left a process
+/// that accepted every RPC and failed them one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_storage_error_ends_the_process_with_an_error() {
+    let _load = light_test().await;
+    let mut cluster = Cluster::start(&["--snapshot-every", "20"]).await;
+    // Node 3 writes a snapshot to snapshot/current.tmp, then renames it:
+    // a directory in that place makes the write fail.
+    let blocker = cluster.data_dir(3).join("snapshot").join("current.tmp");
+    std::fs::create_dir_all(&blocker).expect("create the blocking directory");
+    let client = cluster.client();
+    for i in 0..60 {
+        cluster.must(client.mkdir(&format!("/fatal-{i}"), false).await, "mkdir");
+    }
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = cluster.exit_status(3) {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            cluster.fail("node 3 still runs with a Raft that cannot snapshot");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "node 3 exited with {status}");
+    let log_path = cluster.data_dir(3).with_file_name("node3.log");
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    assert!(log.contains("fatal"), "node 3's log says why:\n{log}");
+    // A quorum is left: writes go on.
+    cluster.must(client.mkdir("/after", false).await, "mkdir after");
 }

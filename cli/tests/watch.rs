@@ -10,6 +10,13 @@
 //!   whose outcome was unknown, and nothing that was never attempted.
 //! - Bad input (in the same test): a malformed path and a relative path
 //!   are refused with one-line errors.
+//! - `retention_is_configurable_and_an_expired_cursor_names_the_oldest`:
+//!   retention set by `nokv watch-retention` applies on every replica, an
+//!   expired cursor names the oldest usable one, and retentions past the
+//!   bounds (10^6 events, 30 days) are refused and change nothing.
+//! - `watch_streams_per_node_are_bounded`: a node limited to two watch
+//!   streams refuses a third as unavailable, and a closed stream frees its
+//!   place.
 //!
 //! Synchronisation is by polling under deadlines, never by sleeping.
 
@@ -299,4 +306,62 @@ async fn retention_is_configurable_and_an_expired_cursor_names_the_oldest() {
         .must_nokv_fail(&["watch-retention", "--events", "0"])
         .await;
     assert!(zero.contains("retention"), "{zero}");
+    // Retention is bounded: the history lives in every replica's memory.
+    let huge = cluster
+        .must_nokv_fail(&["watch-retention", "--events", "1000001"])
+        .await;
+    assert!(huge.contains("above the limit"), "{huge}");
+    let old = cluster
+        .must_nokv_fail(&["watch-retention", "--age", "31days"])
+        .await;
+    assert!(old.contains("above the limit"), "{old}");
+    let kept = cluster.status(1).await.expect("status");
+    assert_eq!(
+        kept.watch_max_events, 3,
+        "a refused retention changes nothing"
+    );
+}
+
+/// A node serves at most `--max-watch-streams` watch streams at once; one
+/// more is refused as unavailable with a message that says why, and a
+/// stream that ends gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_per_node_are_bounded() {
+    use nokv_proto::pb::meta_service_client::MetaServiceClient;
+    let _load = common::light_test().await;
+    let cluster = Cluster::start(&["--max-watch-streams", "2"]).await;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(1)))
+        .expect("a valid endpoint URI");
+    let channel = cluster.must(endpoint.connect().await, "connect to node 1");
+    let mut rpc = MetaServiceClient::new(channel);
+    let request = || nokv_proto::pb::WatchRequest {
+        path: "/".into(),
+        recursive: true,
+        after_cursor: 0,
+        shard: 0,
+        map_revision: 0,
+    };
+    let first = cluster.must(rpc.watch(request()).await, "first watch");
+    let _second = cluster.must(rpc.watch(request()).await, "second watch");
+    match rpc.watch(request()).await {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(status.message().contains("watch streams"), "{status:?}");
+        }
+        Ok(_) => panic!("a third watch stream on a node limited to two was opened"),
+    }
+    // Another replica still has room.
+    let elsewhere = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(2)))
+        .expect("a valid endpoint URI");
+    let mut rpc2 = MetaServiceClient::new(cluster.must(elsewhere.connect().await, "connect"));
+    cluster.must(rpc2.watch(request()).await, "watch on node 2");
+    // Closing a stream gives its place back (once the node notices).
+    drop(first);
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "a closed stream's place is free again",
+            async || rpc.watch(request()).await.is_ok(),
+        )
+        .await;
 }

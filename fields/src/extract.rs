@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nokv_holt::fields::{
-    MAX_FIELDS, MAX_FIELD_NAME, MAX_FIELD_STRING, MAX_FIELD_VALUES, MAX_SET_VALUES,
+    MAX_FIELDS, MAX_FIELD_NAME, MAX_FIELD_STRING, MAX_FIELD_VALUES, MAX_SET_BYTES, MAX_SET_VALUES,
 };
 
 use crate::structured::{self, Format};
@@ -54,7 +54,8 @@ pub fn wants_content(name: &str, content_type: &str, size: u64) -> bool {
 /// values past the first `MAX_FIELD_VALUES` of a field, and fields left
 /// without values. Attributes are admitted first, then content fields, each
 /// in key order; admission stops at `MAX_FIELDS` fields or at the first
-/// field that would take the total past `MAX_SET_VALUES` values.
+/// field that would take the total past `MAX_SET_VALUES` values or
+/// `MAX_SET_BYTES` bytes.
 pub fn extract(
     name: &str,
     content_type: &str,
@@ -116,6 +117,8 @@ fn renamed(prefix: &str, key: &str) -> String {
 struct Bounded {
     fields: BTreeMap<String, Vec<Value>>,
     values: usize,
+    /// The set's weight as `nokv_holt::fields::field_set_bytes` counts it.
+    bytes: usize,
 }
 
 impl Bounded {
@@ -143,9 +146,22 @@ impl Bounded {
         if self.values + values.len() > MAX_SET_VALUES {
             return false;
         }
+        let bytes = name.len() + values.iter().map(value_bytes).sum::<usize>();
+        if self.bytes + bytes > MAX_SET_BYTES {
+            return false;
+        }
         self.values += values.len();
+        self.bytes += bytes;
         self.fields.insert(name, values);
         true
+    }
+}
+
+/// What `value` weighs in the set (as `nokv_holt::fields::value_bytes`).
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Str(s) => s.len(),
+        Value::Float(_) | Value::Int(_) | Value::Bool(_) => 8,
     }
 }
 
@@ -288,6 +304,21 @@ mod tests {
         let total: usize = got.values().map(Vec::len).sum();
         assert!(total <= MAX_SET_VALUES);
         assert!(nokv_holt::validate_field_set(&to_field_set(&got)).is_ok());
+    }
+
+    #[test]
+    fn total_bytes_stop_admission() {
+        let mut bounded = Bounded::default();
+        let long = Value::Str("b".repeat(1000));
+        let mut admitted = 0;
+        while bounded.admit(format!("f{admitted:02}"), vec![long.clone(); 64]) {
+            admitted += 1;
+        }
+        // 8 fields of 64,000 bytes fit in 512 KiB, a ninth does not.
+        assert_eq!(admitted, 8);
+        let set = to_field_set(&bounded.fields);
+        assert!(nokv_holt::fields::field_set_bytes(&set) <= MAX_SET_BYTES);
+        assert!(nokv_holt::validate_field_set(&set).is_ok());
     }
 
     #[test]

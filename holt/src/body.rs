@@ -131,6 +131,25 @@ pub struct BodySummary {
     pub fields: Option<crate::fields::FieldSet>,
 }
 
+impl BodySummary {
+    /// Roughly what the summary takes on the wire: its strings and field
+    /// set, and a fixed allowance for the numbers.
+    pub fn approx_bytes(&self) -> usize {
+        64 + self.sha256.len()
+            + self.content_type.len()
+            + self.producer.len()
+            + self
+                .attrs
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + self
+                .fields
+                .as_ref()
+                .map_or(0, crate::fields::field_set_bytes)
+    }
+}
+
 impl From<&Body> for BodySummary {
     fn from(b: &Body) -> BodySummary {
         BodySummary {

@@ -454,6 +454,19 @@ impl Holt {
                         "watch retention needs at least one event and a positive age".into(),
                     ));
                 }
+                if *max_events > crate::watch::MAX_WATCH_EVENTS {
+                    return Err(FsError::InvalidArgument(format!(
+                        "watch retention of {max_events} events is above the limit of {}",
+                        crate::watch::MAX_WATCH_EVENTS
+                    )));
+                }
+                if *max_age_ns > crate::watch::MAX_WATCH_AGE_NS {
+                    return Err(FsError::InvalidArgument(format!(
+                        "watch retention of {} s is above the limit of {} s (30 days)",
+                        max_age_ns / 1_000_000_000,
+                        crate::watch::MAX_WATCH_AGE_NS / 1_000_000_000
+                    )));
+                }
                 Ok(())
             }
             Op::CreateGraft { at, .. } | Op::RemoveGraft { at, .. } => validate_entry(at),

@@ -39,6 +39,29 @@ pub const MAX_FIELD_VALUES: usize = 64;
 pub const MAX_FIELD_STRING: usize = 1024;
 /// Most values in one set, over all its fields.
 pub const MAX_SET_VALUES: usize = 4096;
+/// Most bytes in one set ([`field_set_bytes`]): names and values. Every
+/// listing or search hit carries its file's whole set, and a reply must
+/// fit in one client message (4 MiB) whatever the set holds; it is also
+/// what each file costs in the index.
+pub const MAX_SET_BYTES: usize = 512 * 1024;
+
+/// What a value weighs in [`MAX_SET_BYTES`]: a string its length, any
+/// other value 8 bytes.
+pub fn value_bytes(value: &FieldValue) -> usize {
+    match value {
+        FieldValue::Str(s) => s.len(),
+        FieldValue::Bool(_) | FieldValue::Int(_) | FieldValue::Float(_) => 8,
+    }
+}
+
+/// A field set's weight in [`MAX_SET_BYTES`]: each field's name once, plus
+/// its values.
+pub fn field_set_bytes(fields: &FieldSet) -> usize {
+    fields
+        .iter()
+        .map(|(name, values)| name.len() + values.iter().map(value_bytes).sum::<usize>())
+        .sum()
+}
 
 /// One typed value of a field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +214,12 @@ pub fn validate_field_set(fields: &FieldSet) -> Result<(), FsError> {
     if total > MAX_SET_VALUES {
         return Err(FsError::InvalidArgument(format!(
             "{total} field values, at most {MAX_SET_VALUES} allowed"
+        )));
+    }
+    let bytes = field_set_bytes(fields);
+    if bytes > MAX_SET_BYTES {
+        return Err(FsError::InvalidArgument(format!(
+            "a field set of {bytes} bytes, at most {MAX_SET_BYTES} allowed"
         )));
     }
     Ok(())

@@ -44,8 +44,12 @@ pub use graft::{placeholder_attr, GraftInfo};
 pub use query::{
     IndexedHit, Query, QueryResult, MAX_INDEXED_FIELDS, MAX_INDEXED_PAGE, MAX_READDIR_PAGE,
 };
-pub use snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSHOT_LEASE_NS};
+pub use snapshot::{
+    validate_snapshot_lease, SnapshotId, SnapshotInfo, MAX_SNAPSHOTS, MAX_SNAPSHOT_LEASE_NS,
+};
 pub use types::{
     Attr, DirEntry, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId,
 };
-pub use watch::{Event, EventKind, WatchRetention};
+pub use watch::{
+    Event, EventKind, WatchRetention, MAX_WATCH_AGE_NS, MAX_WATCH_EVENTS, MAX_WATCH_SCAN,
+};

@@ -12,6 +12,13 @@ use crate::types::{Attr, DirEntry, Generation, InodeId};
 /// Largest page a `ReadDir` returns, whatever `limit` asks for.
 pub const MAX_READDIR_PAGE: u32 = 1000;
 
+/// A page of bodies (`ReadDirBodies`, `FindIndexed`) ends once its entries
+/// weigh this much (`BodySummary::approx_bytes` plus names), whatever its
+/// count: each may carry a field set of up to `MAX_SET_BYTES`, and a reply
+/// must fit in one client message (4 MiB). A page always holds at least
+/// one entry.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
     /// `name` in directory `parent`.

@@ -16,6 +16,12 @@ use crate::types::{InodeId, LogIndex};
 /// Longest lease a snapshot may have: 30 days.
 pub const MAX_SNAPSHOT_LEASE_NS: u64 = 30 * 24 * 3600 * 1_000_000_000;
 
+/// Most live pins in one shard. A pin costs little when it is made (the
+/// namespace is persistent, its clone O(1)) but holds on to every version
+/// of what changes after it, and every read of it walks its own tree: a
+/// client may not make them without bound.
+pub const MAX_SNAPSHOTS: usize = 1024;
+
 /// Identifies a snapshot within its shard; never reused.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

@@ -22,6 +22,19 @@ use crate::types::{FileType, Generation, InodeId, LogIndex};
 pub const DEFAULT_MAX_EVENTS: u64 = 100_000;
 pub const DEFAULT_MAX_EVENT_AGE_NS: u64 = 24 * 3600 * 1_000_000_000;
 
+/// Most events a retention may keep. The history is replicated state held
+/// in memory on every replica (a few hundred bytes per event) and written
+/// into every snapshot image.
+pub const MAX_WATCH_EVENTS: u64 = 1_000_000;
+/// Longest age a retention may keep events for: 30 days.
+pub const MAX_WATCH_AGE_NS: u64 = 30 * 24 * 3600 * 1_000_000_000;
+
+/// Most events one read of the history examines. A narrow watch (one
+/// directory) may match none of them: it then gets no event and a cursor
+/// past what was examined, and reads on from there, instead of scanning
+/// the whole retained history under the state lock in one call.
+pub const MAX_WATCH_SCAN: usize = 10_000;
+
 /// How much history is kept. Replicated state (every replica trims the
 /// same way), changed by `Op::SetWatchRetention`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

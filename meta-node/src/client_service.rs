@@ -265,9 +265,15 @@ impl ClientService {
     pub async fn watch(
         &self,
         request: Request<pb::WatchRequest>,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Response<crate::watch::WatchStream>, Status> {
-        crate::watch::open(self.state.clone(), self.raft.clone(), request.into_inner())
-            .map(Response::new)
+        crate::watch::open(
+            self.state.clone(),
+            self.raft.clone(),
+            request.into_inner(),
+            permit,
+        )
+        .map(Response::new)
     }
 
     pub async fn mutate(
@@ -585,6 +591,10 @@ impl ClientService {
             Ok(Err(ProposeError::Stopped)) => Err(status_from_detail(
                 ErrorCode::Unavailable,
                 "node is shutting down".into(),
+            )),
+            Ok(Err(e @ ProposeError::TooLarge { .. })) => Err(status_from_detail(
+                ErrorCode::InvalidArgument,
+                e.to_string(),
             )),
             Ok(Err(ProposeError::Unknown { reason, leader })) => Err(unknown_outcome(
                 &reason,

@@ -142,6 +142,8 @@ pub struct NodeService {
     pub maps: Option<crate::control::MapView>,
     /// Shard creation and removal, when the node follows a control plane.
     pub admin: Option<Arc<dyn crate::control::ShardAdmin>>,
+    /// One permit per watch stream this node may serve (all shards).
+    pub watch_streams: Arc<tokio::sync::Semaphore>,
 }
 
 fn admin_status(e: crate::control::AdminError) -> Status {
@@ -211,6 +213,12 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    fn watch_streams_limit(&self) -> usize {
+        self.host.ctx.config.max_watch_streams
+    }
+}
+
 #[tonic::async_trait]
 impl MetaService for NodeService {
     type WatchStream = crate::watch::WatchStream;
@@ -221,7 +229,21 @@ impl MetaService for NodeService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
-        r.client.watch(request).await
+        let permit = self
+            .watch_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                nokv_proto::status_from_detail(
+                    nokv_proto::ErrorCode::Unavailable,
+                    format!(
+                        "this node serves {} watch streams, its limit (--max-watch-streams): \
+                     watch through another replica or later",
+                        self.watch_streams_limit()
+                    ),
+                )
+            })?;
+        r.client.watch(request, permit).await
     }
 
     async fn mutate(

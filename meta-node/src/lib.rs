@@ -19,6 +19,7 @@ pub mod archive;
 pub mod client_service;
 pub mod control;
 pub mod election;
+pub mod fatal;
 pub mod host;
 pub mod idle;
 pub mod maintenance;

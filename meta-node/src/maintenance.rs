@@ -9,10 +9,15 @@
 //! idempotent, so a leader that dies half-way leaves work the next leader
 //! redoes, and nothing live is deleted: only keys the queue names, after the
 //! reader grace period.
+//!
+//! The grace period is measured by this node's monotonic clock, never by
+//! comparing wall clocks of two nodes (see [`GcMarks`]): a leader whose
+//! clock runs ahead of the one that queued a task cannot delete its blocks
+//! early.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use nokv_blob::{BlobError, BlobStore};
@@ -71,6 +76,58 @@ pub struct FsckReport {
     pub problems: Vec<FsckProblem>,
 }
 
+/// What this node has seen of its shard's GC queue, by its own monotonic
+/// clock: marks `(t, s)` saying "every task with a seq below `s` was
+/// applied here, so committed, by instant `t`".
+///
+/// A task may be deleted once a mark older than the grace period covers
+/// it: at least the grace period has then passed in real time since it was
+/// queued, whatever any node's wall clock says. (Comparing the queuing
+/// leader's stamped wall time with this node's wall clock, as before, let
+/// a leader whose clock ran ahead delete blocks a reader still used.)
+/// Marks are taken on every replica, leader or not, so a new leader can
+/// collect at once what its predecessor queued long enough ago; a node
+/// that just started waits one grace period before deleting anything.
+#[derive(Debug, Default)]
+pub struct GcMarks {
+    /// Oldest first; `s` strictly grows along the queue.
+    marks: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl GcMarks {
+    /// Records that tasks below `next_seq` have been applied by `now`.
+    pub fn observe(&self, now: Instant, next_seq: u64) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if marks.back().is_none_or(|&(_, s)| next_seq > s) {
+            marks.push_back((now, next_seq));
+        }
+    }
+
+    /// Tasks with a seq below the returned one have been applied here for
+    /// at least `grace` by `now`. Forgets marks that a newer one covering
+    /// at least as much makes useless.
+    pub fn cleared_below(&self, now: Instant, grace: Duration) -> u64 {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let old_enough = |t: Instant| now.saturating_duration_since(t) >= grace;
+        while marks.len() >= 2 && old_enough(marks[1].0) {
+            marks.pop_front();
+        }
+        match marks.front() {
+            Some(&(t, s)) if old_enough(t) => s,
+            _ => 0,
+        }
+    }
+
+    /// How many marks are held (for tests: the memory stays bounded).
+    pub fn len(&self) -> usize {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Leader-side object-store work of one replica.
 #[derive(Clone)]
 pub struct Maintenance {
@@ -86,6 +143,8 @@ pub struct Maintenance {
     pub(crate) archive_floor: Arc<PurgeGate>,
     /// Blocks already seen in the store (commits skip their HEAD).
     pub(crate) verified: Arc<VerifiedBlocks>,
+    /// The GC queue as this node saw it over time (the grace period's clock).
+    pub(crate) gc_marks: Arc<GcMarks>,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -191,12 +250,24 @@ impl Maintenance {
         m.current_leader == Some(m.id)
     }
 
+    /// Notes how far this replica's GC queue has been applied (see
+    /// [`GcMarks`]).
+    fn observe_gc_queue(&self) -> Result<(), MaintenanceError> {
+        let next = {
+            let s = self.state.read().map_err(|_| MaintenanceError::State)?;
+            s.holt.next_gc_seq()
+        };
+        self.gc_marks.observe(Instant::now(), next);
+        Ok(())
+    }
+
     /// One pass: expire uploads whose lease ended, then delete what the GC
     /// queue holds (past the grace period unless `ignore_grace`).
     pub async fn gc_pass(&self, ignore_grace: bool) -> Result<GcReport, MaintenanceError> {
         let store = self.store()?.clone();
         let mut report = GcReport::default();
         let now = now_ns();
+        self.observe_gc_queue()?;
         let (expired, tasks) = {
             let s = self.state.read().map_err(|_| MaintenanceError::State)?;
             (s.holt.expired_uploads(now), s.holt.gc_tasks(GC_BATCH))
@@ -206,10 +277,10 @@ impl Maintenance {
                 .await?;
             report.uploads_expired = expired.len() as u64;
         }
-        let grace = self.grace.as_nanos() as u64;
+        let cleared = self.gc_marks.cleared_below(Instant::now(), self.grace);
         let mut done = Vec::new();
         for task in tasks {
-            if !ignore_grace && task.enqueued_ns.saturating_add(grace) > now {
+            if !ignore_grace && task.seq >= cleared {
                 report.tasks_waiting += 1;
                 continue;
             }
@@ -265,6 +336,11 @@ impl Maintenance {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
+            }
+            // Every replica keeps the grace period's clock, so that a new
+            // leader need not start it over.
+            if let Err(e) = self.observe_gc_queue() {
+                tracing::warn!(error = %e, "reading the GC queue failed");
             }
             if !self.is_leader() {
                 continue;
@@ -386,4 +462,50 @@ async fn delete_target(store: &dyn BlobStore, target: &GcTarget) -> Result<u64, 
         result?;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::GcMarks;
+
+    #[test]
+    fn the_grace_period_runs_on_this_nodes_clock_from_when_it_saw_a_task() {
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let marks = GcMarks::default();
+        // Nothing seen yet: nothing may go.
+        assert_eq!(marks.cleared_below(at(100), grace), 0);
+        // Tasks 1..5 are in the queue at t0, 5..9 from t=4 on.
+        marks.observe(at(0), 5);
+        marks.observe(at(2), 5); // no news: the older mark stays the one
+        marks.observe(at(4), 9);
+        assert_eq!(marks.cleared_below(at(9), grace), 0, "inside the grace");
+        assert_eq!(marks.cleared_below(at(10), grace), 5, "1..5 are old enough");
+        assert_eq!(marks.cleared_below(at(13), grace), 5);
+        assert_eq!(marks.cleared_below(at(14), grace), 9, "and then 5..9");
+        assert_eq!(marks.len(), 1, "a covered mark is dropped");
+        // A task queued later is covered only once a later mark is old.
+        marks.observe(at(20), 12);
+        assert_eq!(marks.cleared_below(at(29), grace), 9);
+        assert_eq!(marks.cleared_below(at(30), grace), 12);
+    }
+
+    #[test]
+    fn marks_stay_few_however_long_the_node_runs() {
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let marks = GcMarks::default();
+        for second in 0..10_000u64 {
+            let now = t0 + Duration::from_secs(second);
+            marks.observe(now, second + 1);
+            assert_eq!(
+                marks.cleared_below(now, grace),
+                (second + 1).saturating_sub(10)
+            );
+        }
+        assert!(marks.len() <= 11, "{} marks held", marks.len());
+    }
 }

@@ -49,6 +49,10 @@ pub struct NodeConfig {
     pub max_batch: usize,
     /// Most Raft entries proposed and not yet committed.
     pub max_inflight: usize,
+    /// Most watch streams this node serves at once, over all its shards;
+    /// one more is refused as unavailable (the client tries another
+    /// replica). Each stream holds a task and a buffer of events.
+    pub max_watch_streams: usize,
     pub timeouts: ClientTimeouts,
     pub dedupe_capacity: usize,
     /// Where file bodies live (`s3://BUCKET/PREFIX`, `file:///DIR`); `None`:
@@ -93,6 +97,7 @@ impl NodeConfig {
             keep_logs_behind_snapshot: 1_000,
             max_batch: 256,
             max_inflight: 4,
+            max_watch_streams: 1024,
             timeouts: ClientTimeouts::default(),
             dedupe_capacity: 100_000,
             blob_store: None,
@@ -120,6 +125,9 @@ impl NodeConfig {
         }
         if self.snapshot_every == 0 || self.max_batch == 0 || self.max_inflight == 0 {
             return bad("snapshot interval, batch size and in-flight limit must be positive");
+        }
+        if self.max_watch_streams == 0 {
+            return bad("the watch stream limit must be positive");
         }
         if self.archive_interval.is_zero() || self.segment_entries == 0 {
             return bad("archive interval and segment size must be positive");
@@ -168,6 +176,10 @@ pub enum NodeError {
     StateMachine(#[from] crate::state_machine::SnapshotFileError),
     #[error("raft: {0}")]
     Raft(String),
+    /// A replica's Raft stopped on a storage error or a broken invariant;
+    /// the node stopped serving (see `crate::fatal`).
+    #[error("fatal error in the replica of {0}; the node stopped (restart it)")]
+    Fatal(String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("object store: {0}")]
@@ -242,11 +254,13 @@ pub async fn run_node(
         }
         None => None,
     };
+    let fatal = crate::fatal::FatalSignal::default();
     let host = Arc::new(ShardHost::new(NodeContext {
         config: config.clone(),
         log_db,
         blob,
         peers: Arc::default(),
+        fatal: fatal.clone(),
     }));
     host.host(config.shard).await?;
     for shard in hosted_shards(&config.data_dir)? {
@@ -272,6 +286,7 @@ pub async fn run_node(
                 host: host.clone(),
                 maps,
                 admin,
+                watch_streams: Arc::new(tokio::sync::Semaphore::new(config.max_watch_streams)),
             })
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
@@ -281,7 +296,12 @@ pub async fn run_node(
                 .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming(listener), async {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = fatal.raised() => {}
+            }
+        })
         .await;
 
     tracing::info!(node = config.node_id, "stopping");
@@ -289,5 +309,8 @@ pub async fn run_node(
     // Each replica's archiver makes a last (bounded) pass before its Raft stops.
     host.stop_all().await;
     served?;
-    Ok(())
+    match fatal.reason() {
+        Some(reason) => Err(NodeError::Fatal(reason)),
+        None => Ok(()),
+    }
 }

@@ -5,6 +5,11 @@
 //! At most `max_inflight` batches are in Raft at once. While they are, new
 //! commands queue up, so batches grow with load and stay at one command when
 //! idle (no added latency for a lone client).
+//!
+//! A batch is also capped by bytes ([`MAX_BATCH_BYTES`]), and one command by
+//! [`MAX_COMMAND_BYTES`]: every entry this node proposes fits in one Raft
+//! message and crosses to a follower within an AppendEntries deadline, so
+//! no load can produce an entry that no follower ever accepts.
 
 use std::sync::Arc;
 
@@ -16,6 +21,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::typ::{NodeId, Raft};
+
+/// Largest command (in its log encoding) the proposer accepts. A client
+/// request is at most `nokv_proto::MAX_CLIENT_MESSAGE` (4 MiB) of protobuf;
+/// its log encoding (fixed-width integers) can be somewhat larger, never
+/// this large for a request that passed validation. Far below
+/// `nokv_proto::MAX_RAFT_MESSAGE` (64 MiB), so an entry of one such command
+/// always fits in an AppendEntries.
+pub const MAX_COMMAND_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A batch takes no further command once it holds this many bytes (a
+/// larger command goes alone). Before this cap, a burst of 4 MiB commands
+/// made entries of hundreds of MiB (up to 256 commands each) that no
+/// follower could be sent: the Raft message limit refused them, and under
+/// it they could not cross within openraft's AppendEntries deadline (one
+/// heartbeat interval).
+pub const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
 /// Why a proposal has no outcome.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -31,10 +52,16 @@ pub enum ProposeError {
     /// The proposer has stopped; the command was never proposed.
     #[error("node is shutting down")]
     Stopped,
+    /// The command is larger than one log entry may be; it was never
+    /// proposed.
+    #[error("the command takes {bytes} bytes in the log, more than the {MAX_COMMAND_BYTES} one entry may hold")]
+    TooLarge { bytes: u64 },
 }
 
 struct Pending {
     command: Command,
+    /// The command's size in its log encoding.
+    bytes: u64,
     reply: oneshot::Sender<Result<(Outcome, LogIndex), ProposeError>>,
 }
 
@@ -67,9 +94,19 @@ impl Proposer {
 
     /// Proposes `command` and waits for its outcome.
     pub async fn propose(&self, command: Command) -> Result<(Outcome, LogIndex), ProposeError> {
+        // A command that cannot be sized cannot be encoded into the log
+        // either: refuse it here rather than fail the whole batch.
+        let bytes = crate::raft_wire::encoded_len(&command).unwrap_or(u64::MAX);
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(ProposeError::TooLarge { bytes });
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { command, reply })
+            .send(Pending {
+                command,
+                bytes,
+                reply,
+            })
             .await
             .map_err(|_| ProposeError::Stopped)?;
         rx.await.map_err(|_| ProposeError::Unknown {
@@ -88,6 +125,8 @@ async fn batch_loop(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(max_inflight));
+    // A command that did not fit in the last batch opens the next one.
+    let mut carried: Option<Pending> = None;
     loop {
         // Take a slot first: while every slot is busy, commands accumulate
         // in the channel and the next batch is larger.
@@ -98,20 +137,18 @@ async fn batch_loop(
                 Err(_) => return,
             },
         };
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = rx.recv() => match p {
-                Some(p) => p,
-                None => return,
+        let first = match carried.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
             },
         };
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let (batch, rest) = gather(first, &mut rx, max_batch);
+        carried = rest;
         metrics.batch_size.observe(batch.len() as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -119,6 +156,29 @@ async fn batch_loop(
             commit_batch(raft, batch).await;
         });
     }
+}
+
+/// One batch: `first`, then commands already queued, at most `max_batch`
+/// of them and none once [`MAX_BATCH_BYTES`] is reached. Returns the batch
+/// and the queued command that did not fit (it opens the next batch).
+fn gather(
+    first: Pending,
+    rx: &mut mpsc::Receiver<Pending>,
+    max_batch: usize,
+) -> (Vec<Pending>, Option<Pending>) {
+    let mut bytes = first.bytes;
+    let mut batch = vec![first];
+    while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(p) if bytes.saturating_add(p.bytes) > MAX_BATCH_BYTES => return (batch, Some(p)),
+            Ok(p) => {
+                bytes = bytes.saturating_add(p.bytes);
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, None)
 }
 
 /// Proposes one batch and answers its commands.
@@ -203,5 +263,72 @@ fn fail_all(
 ) {
     for reply in replies {
         let _ = reply.send(Err(err.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nokv_holt::{Command, EntryRef, Op, RequestId};
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{gather, Pending, MAX_BATCH_BYTES};
+
+    fn pending(n: u128, bytes: u64) -> Pending {
+        let (reply, _) = oneshot::channel();
+        Pending {
+            command: Command {
+                request_id: RequestId(n),
+                epoch: None,
+                time_ns: 0,
+                op: Op::Unlink {
+                    at: EntryRef::Path(format!("/f{n}")),
+                },
+            },
+            bytes,
+            reply,
+        }
+    }
+
+    fn ids(batch: &[Pending]) -> Vec<u128> {
+        batch.iter().map(|p| p.command.request_id.0).collect()
+    }
+
+    #[test]
+    fn batches_are_capped_by_count_and_by_bytes() {
+        let (tx, mut rx) = mpsc::channel(64);
+        // Small commands: the count cap applies.
+        for n in 1..=5 {
+            tx.try_send(pending(n, 100)).expect("queue");
+        }
+        let (batch, rest) = gather(pending(0, 100), &mut rx, 4);
+        assert_eq!(ids(&batch), vec![0, 1, 2, 3]);
+        assert!(rest.is_none());
+        let (batch, rest) = gather(pending(10, 100), &mut rx, 4);
+        assert_eq!(ids(&batch), vec![10, 4, 5], "what was queued");
+        assert!(rest.is_none());
+
+        // Large commands: a batch stops before the byte cap, and the
+        // command that did not fit opens the next batch.
+        let big = MAX_BATCH_BYTES / 3;
+        for n in 21..=24 {
+            tx.try_send(pending(n, big)).expect("queue");
+        }
+        let (batch, rest) = gather(pending(20, big), &mut rx, 256);
+        assert_eq!(ids(&batch), vec![20, 21, 22]);
+        let rest = rest.expect("the fourth did not fit");
+        assert_eq!(rest.command.request_id.0, 23);
+        let (batch, rest) = gather(rest, &mut rx, 256);
+        assert_eq!(ids(&batch), vec![23, 24]);
+        assert!(rest.is_none());
+
+        // A command larger than the cap goes alone, and nothing joins it.
+        tx.try_send(pending(31, 10)).expect("queue");
+        let (batch, rest) = gather(pending(30, MAX_BATCH_BYTES * 4), &mut rx, 256);
+        assert_eq!(ids(&batch), vec![30]);
+        assert!(rest.is_none(), "31 stays queued");
+        let (batch, _) = gather(pending(32, MAX_BATCH_BYTES * 2), &mut rx, 256);
+        assert_eq!(ids(&batch), vec![32], "a huge first takes nothing after it");
+        let (batch, _) = gather(pending(33, 10), &mut rx, 256);
+        assert_eq!(ids(&batch), vec![33, 31]);
     }
 }

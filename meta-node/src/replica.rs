@@ -47,6 +47,8 @@ pub struct NodeContext {
     pub log_db: SledLogDb,
     pub blob: Option<Arc<dyn BlobStore>>,
     pub peers: Arc<PeerPool>,
+    /// Raised when a replica's Raft dies: the node then stops.
+    pub fatal: crate::fatal::FatalSignal,
 }
 
 /// Where the state machine of `shard` keeps its snapshot. Shard 0 keeps the
@@ -139,6 +141,12 @@ impl ShardReplica {
         }
 
         let tasks = CancellationToken::new();
+        tokio::spawn(crate::fatal::watch(
+            raft.clone(),
+            shard,
+            ctx.fatal.clone(),
+            tasks.clone(),
+        ));
         tokio::spawn(metrics::track_raft(
             raft.clone(),
             metrics.clone(),
@@ -191,6 +199,7 @@ impl ShardReplica {
             grace: config.gc_grace,
             archive_floor: gate,
             verified: Arc::default(),
+            gc_marks: Arc::default(),
         };
         tokio::spawn(maintenance.clone().run(config.gc_interval, tasks.clone()));
         let client = ClientService {

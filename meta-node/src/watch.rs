@@ -45,16 +45,19 @@ fn read(
         .map_err(|e| fs_error_status(&e))
 }
 
-/// Opens a watch. Errors that the request alone decides (a malformed path,
+/// Opens a watch, which holds `permit` (its place among the node's streams)
+/// until it ends. Errors that the request alone decides (a malformed path,
 /// an expired cursor) are returned here, before any event is sent.
 pub(crate) fn open(
     state: SharedState,
     raft: Raft,
     req: pb::WatchRequest,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<WatchStream, Status> {
     read(&state, req.after_cursor, &req.path, req.recursive)?;
     let (tx, rx) = tokio::sync::mpsc::channel(BUFFER);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut applied = raft.metrics();
         let mut cursor = req.after_cursor;
         loop {

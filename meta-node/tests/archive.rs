@@ -666,6 +666,7 @@ async fn stopping_a_replica_does_not_wait_for_a_stuck_archive_pass() {
         log_db: nokv_raft_log::SledLogDb::open(&dir.path().join("raft-log")).expect("log db"),
         blob: Some(faulty.clone()),
         peers: Arc::default(),
+        fatal: Default::default(),
     };
     let replica = ShardReplica::start(&ctx, ShardId(0))
         .await

@@ -418,6 +418,19 @@ impl Cluster {
         self.node(id).child.as_ref().map(|c| c.id())
     }
 
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.clone()
+    }
+
+    /// How node `id`'s process ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.node_mut(id)
+            .child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// True while node `id`'s process has not exited.
     pub fn is_running(&mut self, id: u64) -> bool {
         match self.node_mut(id).child.as_mut() {

@@ -14,7 +14,7 @@ use crate::error::FsError;
 use crate::path::split_path;
 use crate::query::MAX_READDIR_PAGE;
 use crate::types::{FileType, InodeId};
-use crate::watch::{Event, EventKind};
+use crate::watch::{Event, EventKind, MAX_WATCH_SCAN};
 
 /// Where a command points, resolved before it runs.
 pub(crate) enum Targets {
@@ -360,7 +360,8 @@ impl Holt {
         let start = usize::try_from(after - oldest).unwrap_or(usize::MAX);
         let mut events = Vec::new();
         let mut cursor = after;
-        for event in self.events.iter().skip(start) {
+        let newer = self.events.range(start.min(self.events.len())..);
+        for event in newer.take(MAX_WATCH_SCAN) {
             if events.len() == limit {
                 break;
             }

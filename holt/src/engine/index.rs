@@ -21,7 +21,7 @@ use super::Namespace;
 use crate::body::BodySummary;
 use crate::error::FsError;
 use crate::fields::{index_entries, FieldSet, IndexKey, IndexRange};
-use crate::query::{IndexedHit, QueryResult, MAX_INDEXED_FIELDS, MAX_INDEXED_PAGE};
+use crate::query::{IndexedHit, QueryResult, MAX_INDEXED_FIELDS, MAX_INDEXED_PAGE, MAX_PAGE_BYTES};
 use crate::types::InodeId;
 
 /// Index entries one page may step over (matches outside the directory
@@ -201,13 +201,14 @@ impl Namespace {
             },
         };
         let mut hits = Vec::new();
+        let mut bytes = 0usize;
         let mut next = None;
         let mut last_inode = None;
         for (steps, (name, key, inode)) in self.index.range(start..).enumerate() {
             if name != field || range.past(key) {
                 break;
             }
-            if steps >= MAX_INDEX_STEPS || hits.len() >= limit {
+            if steps >= MAX_INDEX_STEPS || hits.len() >= limit || bytes >= MAX_PAGE_BYTES {
                 next = last_inode;
                 break;
             }
@@ -221,10 +222,12 @@ impl Namespace {
                 continue;
             };
             for path in self.paths_below(*inode, dir, usize::MAX) {
+                let body = record.body.as_ref().map(|b| self.summary(*inode, b));
+                bytes += 128 + path.len() + body.as_ref().map_or(0, |b| b.approx_bytes());
                 hits.push(IndexedHit {
                     path,
                     attr: record.attr.clone(),
-                    body: record.body.as_ref().map(|b| self.summary(*inode, b)),
+                    body,
                 });
             }
         }

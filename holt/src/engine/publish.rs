@@ -607,6 +607,12 @@ impl Holt {
             .collect()
     }
 
+    /// The seq the next GC task will get: every task queued so far has a
+    /// lower one.
+    pub fn next_gc_seq(&self) -> u64 {
+        self.next_gc_seq
+    }
+
     /// The oldest `limit` GC tasks that no snapshot pin holds, lowest seq
     /// first.
     pub fn gc_tasks(&self, limit: usize) -> Vec<GcTask> {

@@ -10,7 +10,7 @@ use crate::error::FsError;
 use crate::fields::MAX_FIELD_NAME;
 use crate::graft::placeholder_attr;
 use crate::path::{validate_name, validate_xattr_name};
-use crate::query::{Query, QueryResult, MAX_READDIR_PAGE};
+use crate::query::{Query, QueryResult, MAX_PAGE_BYTES, MAX_READDIR_PAGE};
 use crate::types::{DirEntry, FileType, Generation, InodeId};
 
 impl Holt {
@@ -77,20 +77,31 @@ impl Namespace {
                 Ok(QueryResult::Dir { entries, next })
             }
             Query::ReadDirBodies { dir, after, limit } => {
-                let (entries, next) = self.dir_page(dir, after.as_deref(), *limit)?;
-                let entries = entries
-                    .into_iter()
-                    .map(|entry| {
-                        let id = entry.attr.inode;
-                        let body = self
-                            .inodes
-                            .get(&id)
-                            .and_then(|record| record.body.as_ref())
-                            .map(|body| self.summary(id, body));
-                        (entry, body)
-                    })
-                    .collect();
-                Ok(QueryResult::DirBodies { entries, next })
+                let (entries, mut next) = self.dir_page(dir, after.as_deref(), *limit)?;
+                let listed = entries.len();
+                let mut bytes = 0usize;
+                let mut page = Vec::with_capacity(listed);
+                for entry in entries {
+                    if bytes >= MAX_PAGE_BYTES {
+                        break;
+                    }
+                    let id = entry.attr.inode;
+                    let body = self
+                        .inodes
+                        .get(&id)
+                        .and_then(|record| record.body.as_ref())
+                        .map(|body| self.summary(id, body));
+                    bytes += 128 + entry.name.len() + body.as_ref().map_or(0, |b| b.approx_bytes());
+                    page.push((entry, body));
+                }
+                // Cut short by weight: resume after the last entry sent.
+                if page.len() < listed {
+                    next = page.last().map(|(entry, _)| entry.name.clone());
+                }
+                Ok(QueryResult::DirBodies {
+                    entries: page,
+                    next,
+                })
             }
             Query::ReadLink { inode } => self.read_link(inode),
             Query::GetXattr { inode, name } => {

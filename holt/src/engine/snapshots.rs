@@ -10,7 +10,7 @@ use crate::command::InodeRef;
 use crate::error::FsError;
 use crate::path::split_path;
 use crate::query::{Query, QueryResult};
-use crate::snapshot::{SnapshotId, SnapshotInfo};
+use crate::snapshot::{SnapshotId, SnapshotInfo, MAX_SNAPSHOTS};
 use crate::types::FileType;
 
 /// One live pin: what it is, and the namespace as it was.
@@ -47,6 +47,18 @@ impl Holt {
             return Err(FsError::CrossDevice(format!(
                 "a snapshot of {path} would span {shard} at {}; snapshots are per shard",
                 graft.path
+            )));
+        }
+        let live = self
+            .snapshots
+            .values()
+            .filter(|pin| pin.info.lease_expires_ns > stamp.time_ns)
+            .count();
+        if live >= MAX_SNAPSHOTS {
+            return Err(FsError::NoSpace(format!(
+                "shard {} holds {live} live snapshots, the most it may: remove one \
+                 (`nokv snapshot rm`) or wait for a lease to end",
+                self.shard
             )));
         }
         let id = SnapshotId(self.next_snapshot);
@@ -102,15 +114,33 @@ impl Holt {
         Applied::Done
     }
 
-    /// Drops a pin. GC tasks it held start their grace period again now.
+    /// Drops a pin. GC tasks it held start their grace period again now:
+    /// they move to the end of the queue with new seqs (the GC worker
+    /// measures the grace period from when it first saw a seq, by its own
+    /// clock), and count as queued by this command, so the archive must
+    /// hold the release before they may go (a cluster restored to a point
+    /// before the release still has the pin, and needs its blocks).
     fn release_pin(&mut self, stamp: Stamp, id: SnapshotId) {
         let Some(pin) = self.snapshots.remove(&id) else {
             return;
         };
-        for task in self.gc.values_mut() {
-            if holds(&pin, task) {
-                task.enqueued_ns = task.enqueued_ns.max(stamp.time_ns);
-            }
+        let held: Vec<u64> = self
+            .gc
+            .values()
+            .filter(|task| holds(&pin, task))
+            .map(|task| task.seq)
+            .collect();
+        for seq in held {
+            let Some(mut task) = self.gc.remove(&seq) else {
+                continue;
+            };
+            let requeued = self.next_gc_seq;
+            // 2^64 tasks cannot be reached; saturating keeps `apply` panic-free.
+            self.next_gc_seq = requeued.saturating_add(1);
+            task.seq = requeued;
+            task.enqueued_ns = task.enqueued_ns.max(stamp.time_ns);
+            task.enqueued_index = task.enqueued_index.max(stamp.index);
+            self.gc.insert(requeued, task);
         }
     }
 

@@ -255,6 +255,21 @@ fn retention_trims_by_count_and_age_and_old_cursors_expire() {
         },
         "EINVAL",
     );
+    // So are retentions past the bounds.
+    f.err_unchanged(
+        Op::SetWatchRetention {
+            max_events: crate::MAX_WATCH_EVENTS + 1,
+            max_age_ns: 1,
+        },
+        "EINVAL",
+    );
+    f.err_unchanged(
+        Op::SetWatchRetention {
+            max_events: 1,
+            max_age_ns: crate::MAX_WATCH_AGE_NS + 1,
+        },
+        "EINVAL",
+    );
     assert_eq!(
         f.holt.events(6, "relative", true, 0).map_err(|e| e.code()),
         Err("EINVAL")
@@ -282,4 +297,34 @@ fn a_page_limit_returns_a_resumable_cursor() {
         cursor = next;
     }
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_narrow_watch_reads_a_bounded_part_of_the_history_per_call() {
+    let mut f = Fixture::new();
+    f.ok(mkdir("/quiet"));
+    let busy = crate::MAX_WATCH_SCAN * 2 + 10;
+    for i in 0..busy {
+        f.ok(create(&format!("/f{i}")));
+    }
+    f.ok(create("/quiet/x"));
+    // A watch of /quiet matches one event at the very end: each call
+    // examines at most MAX_WATCH_SCAN events and says where it stopped.
+    let mut cursor = 1; // after the mkdir
+    let mut calls = 0;
+    let mut seen = Vec::new();
+    while cursor < f.holt.newest_cursor() {
+        let (events, next) = f.holt.events(cursor, "/quiet", false, 0).expect("read");
+        assert!(
+            next > cursor,
+            "a call that examined events moves the cursor"
+        );
+        assert!(next - cursor <= crate::MAX_WATCH_SCAN as u64);
+        seen.extend(events);
+        cursor = next;
+        calls += 1;
+    }
+    assert_eq!(calls, 3, "{busy} quiet events and one match in three reads");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path.as_deref(), Some("/quiet/x"));
 }

@@ -249,6 +249,73 @@ fn pages_cover_every_hit_once() {
     assert_eq!(two, ["d/f02", "d/f06", "d/f10", "d/f14", "d/f18", "d/f22"]);
 }
 
+/// A set of about 400 KB: 6 fields of 64 strings of 1,000 bytes.
+fn heavy_set(n: i64) -> FieldSet {
+    let mut set = FieldSet::new();
+    for f in 0..6 {
+        set.insert(
+            format!("heavy{f}"),
+            (0..64)
+                .map(|v| s(&format!("{v:02}{}", "h".repeat(998))))
+                .collect(),
+        );
+    }
+    set.insert("n".into(), vec![FieldValue::Int(n)]);
+    set
+}
+
+#[test]
+fn pages_of_heavy_sets_are_cut_by_weight_and_resume() {
+    let mut f = Fixture::new();
+    f.ok(mkdir("/d"));
+    for i in 0..10 {
+        f.publish_fields(&format!("/d/f{i}"), heavy_set(i));
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("d/f{i}")).collect();
+    // A search: every page stays within the weight (three sets of 400 KB
+    // reach 1 MiB), and the pages together find every file once.
+    let q = Query::FindIndexed {
+        dir: ipath("/"),
+        field: "n".into(),
+        range: all(),
+        after: None,
+        limit: 0,
+    };
+    match f.holt.query(&q) {
+        Ok(QueryResult::Indexed { hits, next, .. }) => {
+            assert_eq!(hits.len(), 3, "cut by weight, not by count");
+            assert!(next.is_some());
+        }
+        other => panic!("find: {other:?}"),
+    }
+    assert_eq!(f.find("/", "n", all(), 0).0, expected);
+    // A listing with bodies: the same.
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        match f.holt.query(&Query::ReadDirBodies {
+            dir: ipath("/d"),
+            after: after.clone(),
+            limit: 0,
+        }) {
+            Ok(QueryResult::DirBodies { entries, next }) => {
+                assert!(
+                    (1..=3).contains(&entries.len()),
+                    "{} entries",
+                    entries.len()
+                );
+                listed.extend(entries.into_iter().map(|(e, _)| format!("d/{}", e.name)));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            other => panic!("list: {other:?}"),
+        }
+    }
+    assert_eq!(listed, expected);
+}
+
 #[test]
 fn bad_field_sets_and_queries_change_nothing() {
     let mut f = Fixture::new();
@@ -257,6 +324,11 @@ fn bad_field_sets_and_queries_change_nothing() {
     f.err_unchanged(indexed(&upload, spec(&upload, &[1]), bad), "EINVAL");
     let long = fields(&[("n", FieldValue::Str("y".repeat(5000)))]);
     f.err_unchanged(indexed(&upload, spec(&upload, &[1]), long), "EINVAL");
+    // Within every count limit, but over MAX_SET_BYTES.
+    let mut heavy = heavy_set(0);
+    heavy.extend(heavy_set(1).into_iter().map(|(k, v)| (format!("{k}b"), v)));
+    let refused = f.err_unchanged(indexed(&upload, spec(&upload, &[1]), heavy), "EINVAL");
+    assert!(refused.to_string().contains("bytes"), "{refused}");
     let q = Query::FindIndexed {
         dir: ipath("/"),
         field: String::new(),

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::snapshot::{SnapshotId, SnapshotInfo, MAX_SNAPSHOT_LEASE_NS};
+use crate::snapshot::{SnapshotId, SnapshotInfo, MAX_SNAPSHOTS, MAX_SNAPSHOT_LEASE_NS};
 
 const PIN_LEASE: u64 = 1_000_000_000;
 
@@ -499,12 +499,55 @@ fn an_append_keeps_its_predecessors_blocks_and_pins_hold_them() {
     );
     assert!(third.generation > second.generation);
     f.holt.check_invariants().expect("invariants");
+    let next_seq = f.holt.next_gc_seq();
     f.ok(Op::RemoveSnapshot { id: pin.id });
-    assert!(
-        f.holt
-            .gc_tasks(usize::MAX)
-            .iter()
-            .any(|t| t.seq == b0_task.seq),
-        "released with the pin"
+    // Released with the pin, at the end of the queue: its grace period
+    // starts again (the GC worker times it from when it saw the seq).
+    let released = f
+        .holt
+        .gc_tasks(usize::MAX)
+        .into_iter()
+        .find(|t| t.target == b0_task.target)
+        .expect("released with the pin");
+    assert!(released.seq >= next_seq, "re-queued with a new seq");
+    assert!(released.enqueued_index > b0_task.enqueued_index);
+    assert!(f.holt.next_gc_seq() > released.seq);
+    f.holt.check_invariants().expect("invariants");
+}
+
+#[test]
+fn live_pins_are_bounded_per_shard() {
+    let mut f = Fixture::new();
+    f.ok(mkdir("/d"));
+    let pins: Vec<SnapshotInfo> = (0..MAX_SNAPSHOTS).map(|_| f.snapshot("/d")).collect();
+    let refused = f.err_unchanged(
+        Op::CreateSnapshot {
+            path: "/d".into(),
+            lease_ns: PIN_LEASE,
+        },
+        "ENOSPC",
     );
+    assert!(refused.to_string().contains("live snapshots"), "{refused}");
+    // Removing one makes room for one.
+    f.ok(Op::RemoveSnapshot { id: pins[0].id });
+    f.snapshot("/d");
+    f.err_unchanged(
+        Op::CreateSnapshot {
+            path: "/d".into(),
+            lease_ns: PIN_LEASE,
+        },
+        "ENOSPC",
+    );
+    // A pin whose lease ended does not count, even before it is released.
+    let later = f.time + 2 * PIN_LEASE;
+    match f.run_at(
+        later,
+        Op::CreateSnapshot {
+            path: "/d".into(),
+            lease_ns: PIN_LEASE,
+        },
+    ) {
+        Ok(Applied::Snapshot(_)) => {}
+        other => panic!("expected a pin once the others expired, got {other:?}"),
+    }
 }
