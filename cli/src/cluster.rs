@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use nokv_client::{Client, ClientConfig, ClientError, Member, Role, StatusResponse};
+use nokv_client::{Client, ClientError, Member, Role, StatusResponse};
 use serde_json::json;
 
 use crate::output::print_json;
@@ -69,7 +69,7 @@ pub async fn init(members: Vec<Member>, wait: Duration, g: &GlobalArgs) -> anyho
     }
     let first = members.first().context("no members given")?.addr.clone();
     let addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
-    let client = Client::new(ClientConfig::new(addrs.clone()))?;
+    let client = Client::new(g.client_config(addrs.clone())?)?;
     // The members may still be starting: retry while the first one is
     // unreachable, until `wait` runs out.
     let deadline = tokio::time::Instant::now() + wait;

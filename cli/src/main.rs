@@ -26,6 +26,7 @@ mod bench;
 mod bench_agent;
 mod bench_posix;
 mod body;
+mod certs;
 mod cluster;
 mod control;
 mod fs;
@@ -106,6 +107,19 @@ pub struct GlobalArgs {
     /// one etcd).
     #[arg(long, global = true, env = "NOKV_CLUSTER", default_value = "nokv")]
     pub cluster: String,
+    /// TLS: the cluster CA's certificate (PEM). Clients verify the nodes
+    /// with it; `serve` also asks peers for a certificate it signed. Make
+    /// one with `nokv certs ca`.
+    #[arg(long, global = true, env = "NOKV_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// TLS: this process's certificate (PEM), signed by the cluster CA:
+    /// required by `serve` (with --tls-key and --tls-ca), optional for
+    /// clients. Make one with `nokv certs issue`.
+    #[arg(long, global = true, env = "NOKV_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "NOKV_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// `ADVERTISED=REACHABLE`.
@@ -121,15 +135,40 @@ fn parse_mapping(s: &str) -> Result<(String, String), String> {
 }
 
 impl GlobalArgs {
+    /// The client side of TLS from --tls-ca (and --tls-cert/--tls-key when
+    /// this client presents a certificate); `None` without --tls-ca.
+    pub fn client_tls(&self) -> anyhow::Result<Option<nokv_client::ClientTls>> {
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        match &self.tls_ca {
+            Some(ca) => Ok(Some(nokv_client::ClientTls::load(ca, identity)?)),
+            None if identity.is_some() => {
+                anyhow::bail!("--tls-cert needs --tls-ca (the CA that signed the nodes)")
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Client settings for `endpoints` with this invocation's TLS and
+    /// address map (timeouts at their defaults).
+    pub fn client_config(&self, endpoints: Vec<String>) -> anyhow::Result<ClientConfig> {
+        let mut config = ClientConfig::new(endpoints);
+        config.address_map = self.address_map.iter().cloned().collect();
+        config.tls = self.client_tls()?;
+        Ok(config)
+    }
+
     /// A client for `--endpoints`, or a clear error when none are given.
     pub fn client(&self) -> anyhow::Result<Client> {
         if self.endpoints.is_empty() {
             anyhow::bail!("no endpoints: pass --endpoints HOST:PORT,... or set NOKV_ENDPOINTS");
         }
-        let mut config = ClientConfig::new(self.endpoints.clone());
+        let mut config = self.client_config(self.endpoints.clone())?;
         config.deadline = self.timeout;
         config.attempt_timeout = self.timeout.min(Duration::from_secs(5));
-        config.address_map = self.address_map.iter().cloned().collect();
         Ok(Client::new(config)?)
     }
 
@@ -160,6 +199,9 @@ enum Command {
     /// Form or inspect the Raft group.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// TLS material: a cluster CA (`ca`) and node certificates (`issue`).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Shards of the cluster (the control plane's shard map): create, ls,
     /// rm, add-replica, remove-replica, transfer-leader, rebalance.
     #[command(subcommand)]
@@ -298,7 +340,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // commands use etcd itself).
     let client_command = !matches!(
         cli.command,
-        Command::Serve(_) | Command::Dev(_) | Command::Cluster(_) | Command::Restore(_)
+        Command::Serve(_)
+            | Command::Dev(_)
+            | Command::Cluster(_)
+            | Command::Restore(_)
+            | Command::Certs(_)
     );
     if client_command && g.endpoints.is_empty() && !g.etcd.is_empty() {
         g.endpoints = control::node_addresses(&g).await?;
@@ -307,6 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::serve(args, &g).await,
         Command::Dev(args) => serve::dev(args, &g).await,
         Command::Cluster(c) => cluster::run(c, &g).await,
+        Command::Certs(c) => certs::run(c, &g).await,
         Command::Shard(c) => shard::run(c, &g).await,
         Command::Node(c) => node::run(c, &g).await,
         Command::Status => cluster::status(&g).await,

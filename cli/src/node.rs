@@ -81,8 +81,7 @@ async fn ls(g: &GlobalArgs) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(_) => {
             let addrs: Vec<String> = map.nodes.values().map(|n| n.addr.clone()).collect();
-            let mut config = nokv_client::ClientConfig::new(addrs);
-            config.address_map = g.address_map.iter().cloned().collect();
+            let config = g.client_config(addrs)?;
             nokv_client::Client::new(config).context("a client for the nodes")?
         }
     };

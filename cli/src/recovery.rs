@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use nokv_client::{Client, ClientConfig};
+use nokv_client::Client;
 use nokv_holt::ShardId;
 use serde_json::json;
 
@@ -49,7 +49,7 @@ pub async fn backup(args: BackupArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         anyhow::bail!("no endpoints: pass --endpoints HOST:PORT,... or set NOKV_ENDPOINTS");
     }
     // One attempt may take as long as the snapshot and uploads do.
-    let mut config = ClientConfig::new(g.endpoints.clone());
+    let mut config = g.client_config(g.endpoints.clone())?;
     config.deadline = args.wait;
     config.attempt_timeout = args.wait;
     let client = Client::new(config)?;

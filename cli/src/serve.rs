@@ -258,8 +258,24 @@ pub(crate) fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// The node's TLS from the global --tls-* flags: all three, or none.
+fn node_tls(g: &GlobalArgs) -> anyhow::Result<Option<nokv_meta_node::NodeTls>> {
+    match (&g.tls_cert, &g.tls_key, &g.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Ok(Some(nokv_meta_node::NodeTls::load(cert, key, ca)?))
+        }
+        (None, None, None) => Ok(None),
+        _ => bail!(
+            "serving TLS needs all of --tls-cert, --tls-key and --tls-ca (make them with \
+             `nokv certs ca` and `nokv certs issue`)"
+        ),
+    }
+}
+
 pub async fn serve(args: ServeArgs, g: &GlobalArgs) -> anyhow::Result<()> {
-    let resolved = args.resolve()?;
+    let mut resolved = args.resolve()?;
+    resolved.node.cluster = g.cluster.clone();
+    resolved.node.tls = node_tls(g)?;
     let control = crate::control::from_args(g).await?;
     let listener = TcpListener::bind(&resolved.addr)
         .await
@@ -274,8 +290,12 @@ pub async fn serve(args: ServeArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    // The node's own client (shard admin, reconciler) connects to itself:
+    // with TLS it presents the node's certificate.
+    let mut own = g.client_config(vec![resolved.node.advertise.clone()])?;
+    own.address_map.clear();
     let control = control
-        .map(|plane| node_control(plane, &resolved.node.advertise, shutdown.clone()))
+        .map(|plane| node_control(plane, own, shutdown.clone()))
         .transpose()?;
     run_node(resolved.node, listener, metrics, control, shutdown).await?;
     Ok(())
@@ -285,16 +305,12 @@ pub async fn serve(args: ServeArgs, g: &GlobalArgs) -> anyhow::Result<()> {
 /// removal and reconciliation run through the SDK against the node itself.
 fn node_control(
     plane: Arc<dyn ControlPlane>,
-    advertise: &str,
+    own: ClientConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Control> {
-    let client = Client::new(ClientConfig::new(vec![advertise.to_string()]))?;
-    crate::shard::spawn_reconciler(
-        client.clone(),
-        plane.clone(),
-        advertise.to_string(),
-        shutdown,
-    );
+    let advertise = own.endpoints.first().cloned().unwrap_or_default();
+    let client = Client::new(own)?;
+    crate::shard::spawn_reconciler(client.clone(), plane.clone(), advertise, shutdown);
     Ok(Control {
         plane: plane.clone(),
         admin: Some(Arc::new(crate::shard::NodeAdmin { client, plane })),
@@ -323,6 +339,9 @@ pub struct DevArgs {
 pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     if args.replicas == 0 || args.replicas > 7 {
         bail!("--replicas must be between 1 and 7");
+    }
+    if g.tls_ca.is_some() || g.tls_cert.is_some() || g.tls_key.is_some() {
+        bail!("`nokv dev` serves plain HTTP/2 on loopback; run `nokv serve` with --tls-* for TLS");
     }
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
@@ -363,7 +382,11 @@ pub async fn dev(args: DevArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::new(id, addr.clone(), args.data_dir.join(format!("node{id}")));
         config.blob_store = Some(blob_store.clone());
         let token = shutdown.clone();
-        let node_control = node_control(control.clone(), &addr, shutdown.clone())?;
+        let node_control = node_control(
+            control.clone(),
+            ClientConfig::new(vec![addr.clone()]),
+            shutdown.clone(),
+        )?;
         nodes.push(tokio::spawn(async move {
             run_node(config, listener, None, Some(node_control), token).await
         }));

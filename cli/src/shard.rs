@@ -157,9 +157,7 @@ pub async fn admin_client(g: &GlobalArgs, cp: &dyn ControlPlane) -> anyhow::Resu
         .await?
         .with_context(|| format!("no cluster {:?} in the control plane", g.cluster))?;
     let addrs: Vec<String> = map.nodes.values().map(|n| n.addr.clone()).collect();
-    let mut config = nokv_client::ClientConfig::new(addrs);
-    config.address_map = g.address_map.iter().cloned().collect();
-    Ok(Client::new(config)?)
+    Ok(Client::new(g.client_config(addrs)?)?)
 }
 
 async fn create(

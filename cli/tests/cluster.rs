@@ -1318,6 +1318,7 @@ async fn bad_input_changes_nothing_and_never_panics() {
             let message = || pb::RaftMessage {
                 data: data.clone(),
                 shard: 0,
+                cluster: "nokv".into(),
             };
             let results = [
                 ("AppendEntries", raft.append_entries(message()).await.err()),

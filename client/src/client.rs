@@ -35,6 +35,54 @@ pub enum Consistency {
     Stale,
 }
 
+/// TLS toward the cluster's nodes: the CA that signed their certificates
+/// and, optionally, a certificate and key this client presents (PEM).
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    // Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA file and, when both are given, a certificate and key.
+    pub fn load(
+        ca: &std::path::Path,
+        cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<ClientTls, ClientError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                ClientError::InvalidArgument(format!("reading {}: {e}", path.display()))
+            })
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            identity: match cert_and_key {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => config.identity(tonic::transport::Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
+}
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -69,6 +117,9 @@ pub struct ClientConfig {
     /// Object-store endpoint for block transfers; wins over
     /// `AWS_ENDPOINT_URL` and over the endpoint the cluster advertises.
     pub store_endpoint: Option<String>,
+    /// TLS toward the nodes (they must serve TLS too); `None`: plain
+    /// HTTP/2.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -85,6 +136,7 @@ impl ClientConfig {
             epoch: None,
             address_map: HashMap::new(),
             store_endpoint: None,
+            tls: None,
         }
     }
 }
@@ -305,10 +357,20 @@ impl Client {
             return Ok(c.clone());
         }
         let config = &self.inner.config;
-        let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| ClientError::InvalidArgument(format!("bad endpoint {addr:?}: {e}")))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &config.tls {
+            endpoint = endpoint
+                .tls_config(tls.config())
+                .map_err(|e| ClientError::InvalidArgument(format!("TLS for {addr}: {e}")))?;
+        }
         if let Some(interval) = config.keepalive_interval {
             endpoint = endpoint
                 .http2_keep_alive_interval(interval)

@@ -77,6 +77,14 @@ pub enum ClientError {
     /// Bytes read back do not match the body's description (size or sha256).
     #[error("integrity check failed: {0}")]
     Integrity(String),
+    /// The request carried no credentials, or ones the cluster does not
+    /// accept (an unknown or revoked token); nothing changed.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (a read-only token writing, an admin
+    /// request without an admin token); nothing changed.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The caller's writer failed while a body was being written to it
     /// (`kind` says how: `BrokenPipe` when its reader went away).
     #[error("writing output: {message}")]
@@ -106,6 +114,8 @@ impl ClientError {
             ClientError::StaleMap { .. } => "STALE_MAP",
             ClientError::ControlPlane { code, .. } => code,
             ClientError::Output { .. } => "OUTPUT",
+            ClientError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ClientError::PermissionDenied(_) => "PERMISSION_DENIED",
         }
     }
 
@@ -162,6 +172,8 @@ impl ClientError {
             },
             "INTERNAL" => ClientError::Server(detail.message),
             "UNKNOWN_SHARD" => ClientError::UnknownShard(detail.message),
+            "UNAUTHENTICATED" => ClientError::Unauthenticated(detail.message),
+            "PERMISSION_DENIED" => ClientError::PermissionDenied(detail.message),
             "STALE_MAP" => ClientError::StaleMap {
                 current: detail.map_revision,
             },

@@ -23,7 +23,7 @@ pub use bodies::{
     content_type_for, verify_block, FileOwner, PublishTimings, PutOptions, Uploaded,
     DEFAULT_BLOCK_SIZE,
 };
-pub use client::{Client, ClientConfig, Consistency};
+pub use client::{Client, ClientConfig, ClientTls, Consistency};
 pub use error::ClientError;
 pub use indexed::{IndexedFields, IndexedFind};
 pub use nokv_holt::{

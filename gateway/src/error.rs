@@ -57,6 +57,10 @@ pub enum GatewayError {
     /// A write whose outcome is unknown (it may or may not have applied).
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// The cluster refused the gateway's credentials (its token is missing,
+    /// unknown, revoked, or lacks the role the call needs).
+    #[error("{0}")]
+    Forbidden(String),
     /// A namespace error from the cluster (EEXIST, ENOTEMPTY, ...).
     #[error("{message}")]
     Fs { code: String, message: String },
@@ -85,6 +89,7 @@ impl GatewayError {
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::OutcomeUnknown(_) => "outcome_unknown",
             GatewayError::DeadlineExceeded(_) => "deadline_exceeded",
+            GatewayError::Forbidden(_) => "forbidden",
             GatewayError::Fs { code, .. } => code,
             GatewayError::Internal(_) => "internal",
         }
@@ -99,7 +104,7 @@ impl GatewayError {
             | GatewayError::BadCursor(_)
             | GatewayError::BadUri(_)
             | GatewayError::WrongKind(_) => 400,
-            GatewayError::WritesDisabled(_) => 403,
+            GatewayError::WritesDisabled(_) | GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound(_) | GatewayError::UnknownVerb(_) => 404,
             GatewayError::Fs { .. } => 409,
             GatewayError::Gone(_) => 410,
@@ -135,6 +140,9 @@ impl From<ClientError> for GatewayError {
                 GatewayError::Unavailable(format!("cluster unavailable: {m}"))
             }
             ClientError::Store(m) => GatewayError::Unavailable(format!("object store: {m}")),
+            other @ (ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_)) => {
+                GatewayError::Forbidden(other.to_string())
+            }
             ClientError::Integrity(m) => {
                 GatewayError::Internal(format!("integrity check failed: {m}"))
             }

@@ -85,6 +85,8 @@ pub struct ClientService {
     /// True while a leadership transfer holds new writes (see
     /// `crate::membership`): they wait, then go to the new leader.
     pub(crate) handover: tokio::sync::watch::Sender<bool>,
+    /// This node's TLS identity, for calls to peers (`Campaign`).
+    pub(crate) tls: Option<crate::tls::NodeTls>,
 }
 
 /// Holds new writes on this replica until dropped.

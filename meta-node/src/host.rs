@@ -142,6 +142,8 @@ pub struct NodeService {
     pub maps: Option<crate::control::MapView>,
     /// Shard creation and removal, when the node follows a control plane.
     pub admin: Option<Arc<dyn crate::control::ShardAdmin>>,
+    /// This node's cluster name.
+    pub cluster: String,
     /// One permit per watch stream this node may serve (all shards).
     pub watch_streams: Arc<tokio::sync::Semaphore>,
 }
@@ -447,6 +449,37 @@ impl MetaService for NodeService {
 #[derive(Clone)]
 pub struct NodeRaftService {
     pub host: Arc<ShardHost>,
+    /// This node's cluster: a message naming another is refused.
+    pub cluster: String,
+    /// With TLS on, only a peer that presented a certificate of the
+    /// cluster CA (verified in the handshake) may send Raft messages.
+    pub tls: bool,
+}
+
+impl NodeRaftService {
+    /// Who may send Raft messages: a member of this cluster. Checked before
+    /// the message is decoded, so nothing of a stranger's reaches Raft.
+    fn admit(&self, request: &Request<RaftMessage>) -> Result<Arc<ShardReplica>, Status> {
+        if self.tls && request.peer_certs().is_none_or(|certs| certs.is_empty()) {
+            return Err(nokv_proto::status_from_detail(
+                nokv_proto::ErrorCode::Unauthenticated,
+                "Raft messages are accepted only from members of this cluster: connect with a \
+                 certificate signed by the cluster CA"
+                    .into(),
+            ));
+        }
+        let named = &request.get_ref().cluster;
+        if *named != self.cluster {
+            return Err(nokv_proto::status_from_detail(
+                nokv_proto::ErrorCode::PermissionDenied,
+                format!(
+                    "a Raft message of cluster {named:?} reached a node of cluster {:?}",
+                    self.cluster
+                ),
+            ));
+        }
+        self.host.replica(request.get_ref().shard)
+    }
 }
 
 #[tonic::async_trait]
@@ -455,20 +488,23 @@ impl RaftService for NodeRaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let r = self.host.replica(request.get_ref().shard)?;
-        r.raft_server.append_entries(request).await
+        self.admit(&request)?
+            .raft_server
+            .append_entries(request)
+            .await
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let r = self.host.replica(request.get_ref().shard)?;
-        r.raft_server.vote(request).await
+        self.admit(&request)?.raft_server.vote(request).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let r = self.host.replica(request.get_ref().shard)?;
-        r.raft_server.install_snapshot(request).await
+        self.admit(&request)?
+            .raft_server
+            .install_snapshot(request)
+            .await
     }
 }

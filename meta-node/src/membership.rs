@@ -256,7 +256,7 @@ impl ClientService {
 
     /// Asks the replica at `addr` to stand for election.
     async fn campaign_on(&self, addr: &str, to: NodeId) -> Result<(), String> {
-        let leads = campaign_call(addr, u32::from(self.shard.0), to).await?;
+        let leads = campaign_call(addr, u32::from(self.shard.0), to, self.tls.as_ref()).await?;
         tracing::info!(shard = %self.shard, to, leads, "campaign answered");
         Ok(())
     }
@@ -301,9 +301,14 @@ impl ClientService {
 /// the shard's writes meanwhile, and a TCP connect to a partitioned peer
 /// otherwise waits out the kernel's SYN retries (about two minutes on
 /// Linux), so every write of the shard timed out for that long.
-async fn campaign_call(addr: &str, shard: u32, to: NodeId) -> Result<bool, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("node {to} has a bad address {addr:?}: {e}"))?
+async fn campaign_call(
+    addr: &str,
+    shard: u32,
+    to: NodeId,
+    tls: Option<&crate::tls::NodeTls>,
+) -> Result<bool, String> {
+    let endpoint = crate::tls::peer_endpoint(addr, tls)
+        .map_err(|e| format!("node {to}: {e}"))?
         .connect_timeout(CAMPAIGN);
     let call = async move {
         let channel = endpoint
@@ -353,7 +358,7 @@ mod tests {
             }
         }
         let started = Instant::now();
-        let result = campaign_call(&addr.to_string(), 0, 2).await;
+        let result = campaign_call(&addr.to_string(), 0, 2, None).await;
         let took = started.elapsed();
         assert!(result.is_err(), "{result:?}");
         assert!(

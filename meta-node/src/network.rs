@@ -25,7 +25,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::election::Elections;
 use crate::raft_wire;
@@ -38,6 +38,10 @@ use crate::typ::{NodeId, TypeConfig};
 #[derive(Default)]
 pub struct PeerPool {
     channels: Mutex<HashMap<String, PooledChannel>>,
+    /// Named in every message (see `RaftMessage.cluster`).
+    cluster: String,
+    /// This node's TLS identity and the cluster CA, when TLS is on.
+    tls: Option<crate::tls::NodeTls>,
 }
 
 #[derive(Clone)]
@@ -48,6 +52,14 @@ struct PooledChannel {
 }
 
 impl PeerPool {
+    pub fn new(cluster: String, tls: Option<crate::tls::NodeTls>) -> PeerPool {
+        PeerPool {
+            channels: Mutex::default(),
+            cluster,
+            tls,
+        }
+    }
+
     /// The current connection to `addr` (opened lazily), or `None` for an
     /// address that is not a valid URI authority.
     fn get(&self, addr: &str) -> Option<PooledChannel> {
@@ -57,7 +69,7 @@ impl PeerPool {
         }
         let pooled = PooledChannel {
             generation: 0,
-            client: connect_lazy(addr)?,
+            client: connect_lazy(addr, self.tls.as_ref())?,
         };
         channels.insert(addr.to_string(), pooled.clone());
         Some(pooled)
@@ -73,7 +85,7 @@ impl PeerPool {
         }
         let pooled = PooledChannel {
             generation: generation + 1,
-            client: connect_lazy(addr)?,
+            client: connect_lazy(addr, self.tls.as_ref())?,
         };
         channels.insert(addr.to_string(), pooled.clone());
         Some(pooled)
@@ -146,8 +158,12 @@ pub struct PeerClient {
     elections: Option<Arc<Elections>>,
 }
 
-fn connect_lazy(addr: &str) -> Option<RaftServiceClient<Channel>> {
-    Endpoint::from_shared(format!("http://{addr}"))
+fn connect_lazy(
+    addr: &str,
+    tls: Option<&crate::tls::NodeTls>,
+) -> Option<RaftServiceClient<Channel>> {
+    crate::tls::peer_endpoint(addr, tls)
+        .map_err(|e| tracing::warn!(error = %e, "cannot connect to a peer"))
         .ok()
         .map(|e| {
             e.connect_timeout(Duration::from_millis(500))
@@ -220,6 +236,7 @@ impl PeerClient {
         let mut request = tonic::Request::new(RaftMessage {
             data,
             shard: u32::from(self.shard),
+            cluster: self.pool.cluster.clone(),
         });
         request.set_timeout(option.hard_ttl());
         let response = call(client, request).await;

@@ -27,6 +27,11 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     /// Address peers and clients use to reach this node (`HOST:PORT`).
     pub advertise: String,
+    /// The cluster's name: every Raft message carries it, and a message
+    /// naming another cluster is refused.
+    pub cluster: String,
+    /// TLS for clients and peers; `None`: plain HTTP/2 (see `crate::tls`).
+    pub tls: Option<crate::tls::NodeTls>,
     pub data_dir: PathBuf,
     /// The shard this node always hosts (0, the root shard); others are
     /// added by `HostShard` and kept in the data directory.
@@ -82,6 +87,8 @@ impl NodeConfig {
         NodeConfig {
             node_id,
             advertise,
+            cluster: "nokv".into(),
+            tls: None,
             data_dir,
             shard: ShardId(0),
             // A follower starts an election after the leader lease
@@ -259,7 +266,10 @@ pub async fn run_node(
         config: config.clone(),
         log_db,
         blob,
-        peers: Arc::default(),
+        peers: Arc::new(crate::network::PeerPool::new(
+            config.cluster.clone(),
+            config.tls.clone(),
+        )),
         fatal: fatal.clone(),
     }));
     host.host(config.shard).await?;
@@ -279,22 +289,36 @@ pub async fn run_node(
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(node = config.node_id, addr = ?local, advertise = %config.advertise, "serving");
 
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => server = server.tls_config(tls.server_config())?,
+        None if local.is_some_and(|a| !a.ip().is_loopback()) => tracing::warn!(
+            "serving without TLS on a non-loopback address: anyone who reaches it can read and \
+             write everything and take part in Raft (pass --tls-cert, --tls-key, --tls-ca)"
+        ),
+        None => {}
+    }
+    let served = server
         .tcp_nodelay(true)
         .add_service(
             MetaServiceServer::new(NodeService {
                 host: host.clone(),
                 maps,
                 admin,
+                cluster: config.cluster.clone(),
                 watch_streams: Arc::new(tokio::sync::Semaphore::new(config.max_watch_streams)),
             })
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),
         )
         .add_service(
-            RaftServiceServer::new(NodeRaftService { host: host.clone() })
-                .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
+            RaftServiceServer::new(NodeRaftService {
+                host: host.clone(),
+                cluster: config.cluster.clone(),
+                tls: config.tls.is_some(),
+            })
+            .max_decoding_message_size(nokv_proto::MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(nokv_proto::MAX_RAFT_MESSAGE),
         )
         .serve_with_incoming_shutdown(incoming(listener), async {
             tokio::select! {

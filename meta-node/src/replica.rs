@@ -218,6 +218,7 @@ impl ShardReplica {
             archive,
             shard,
             handover: tokio::sync::watch::channel(false).0,
+            tls: config.tls.clone(),
         };
         tracing::info!(node = config.node_id, %shard, "replica started");
         Ok(ShardReplica {

@@ -31,6 +31,12 @@ pub enum ErrorCode {
     /// The request was routed by a shard map older than the last change to
     /// the shard's routing; the detail carries the node's map revision.
     StaleMap,
+    /// The caller did not prove who it is (no token, or no certificate
+    /// where one is required); nothing changed.
+    Unauthenticated,
+    /// The caller is known but may not do this (a read-only token writing,
+    /// a peer of another cluster); nothing changed.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -45,6 +51,8 @@ impl ErrorCode {
             ErrorCode::UnknownShard => "UNKNOWN_SHARD",
             ErrorCode::WrongShard => "WRONG_SHARD",
             ErrorCode::StaleMap => "STALE_MAP",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 
@@ -59,6 +67,8 @@ impl ErrorCode {
             ErrorCode::UnknownShard => Code::FailedPrecondition,
             ErrorCode::WrongShard => Code::FailedPrecondition,
             ErrorCode::StaleMap => Code::FailedPrecondition,
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
+            ErrorCode::PermissionDenied => Code::PermissionDenied,
         }
     }
 }

@@ -145,6 +145,10 @@ pub struct Cluster {
     /// Client used for per-node status probes (short timeouts).
     probe: Client,
     logs_shown: Cell<bool>,
+    /// When the replicas serve TLS (`--tls-ca` among the serve arguments):
+    /// what clients need to reach them, and the same as CLI arguments.
+    client_tls: Option<nokv_client::ClientTls>,
+    cli_tls_args: Vec<String>,
 }
 
 impl Cluster {
@@ -174,7 +178,23 @@ impl Cluster {
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+        // A cluster serving TLS is reached with its CA (and no client
+        // certificate: clients do not need one).
+        let tls_ca = extra_args
+            .iter()
+            .position(|a| *a == "--tls-ca")
+            .and_then(|i| extra_args.get(i + 1))
+            .map(|ca| ca.to_string());
+        let client_tls = tls_ca.as_ref().map(|ca| {
+            nokv_client::ClientTls::load(std::path::Path::new(ca), None)
+                .expect("read the test cluster's CA")
+        });
+        let cli_tls_args = match tls_ca {
+            Some(ca) => vec!["--tls-ca".to_string(), ca],
+            None => Vec::new(),
+        };
         let mut probe_config = ClientConfig::new(addrs);
+        probe_config.tls = client_tls.clone();
         probe_config.attempt_timeout = Duration::from_secs(2);
         probe_config.connect_timeout = Duration::from_millis(500);
         // Benchmarks may ask for the production timing (`nokv serve`'s
@@ -196,6 +216,8 @@ impl Cluster {
                 .collect(),
             probe: Client::new(probe_config).expect("status probe client"),
             logs_shown: Cell::new(false),
+            client_tls,
+            cli_tls_args,
         };
         for id in cluster.ids() {
             cluster.spawn_node(id);
@@ -308,6 +330,7 @@ impl Cluster {
         let endpoints = ids.iter().map(|id| self.addr(*id)).collect();
         let mut config = ClientConfig::new(endpoints);
         config.deadline = WAIT;
+        config.tls = self.client_tls.clone();
         Client::new(config).expect("client for the test cluster")
     }
 
@@ -625,7 +648,8 @@ impl Cluster {
     /// Runs `nokv --endpoints <all> ARGS`.
     pub async fn nokv(&self, args: &[&str]) -> Output {
         let endpoints = self.endpoints().join(",");
-        let mut full = vec!["--endpoints", endpoints.as_str()];
+        let mut full: Vec<&str> = self.cli_tls_args.iter().map(String::as_str).collect();
+        full.extend_from_slice(&["--endpoints", endpoints.as_str()]);
         full.extend_from_slice(args);
         run_nokv(&full).await
     }
@@ -684,7 +708,9 @@ impl Cluster {
     /// Forms the group with `nokv cluster init --members ...`.
     pub async fn must_init(&self) {
         let members = self.members_arg();
-        let out = run_nokv(&["cluster", "init", "--members", &members]).await;
+        let mut args: Vec<&str> = self.cli_tls_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(&["cluster", "init", "--members", &members]);
+        let out = run_nokv(&args).await;
         if !out.status.success() {
             self.fail(format!(
                 "`nokv cluster init` failed: {}",

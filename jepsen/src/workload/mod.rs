@@ -66,7 +66,9 @@ pub fn write_failure<O>(e: &ClientError) -> Outcome<O> {
         | ClientError::UnknownShard(_)
         | ClientError::WrongShard { .. }
         | ClientError::StaleMap { .. }
-        | ClientError::ControlPlane { .. } => Outcome::Fail,
+        | ClientError::ControlPlane { .. }
+        | ClientError::Unauthenticated(_)
+        | ClientError::PermissionDenied(_) => Outcome::Fail,
         ClientError::Unknown(_)
         | ClientError::Protocol(_)
         | ClientError::Server(_)

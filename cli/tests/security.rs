@@ -1,0 +1,272 @@
+//! Multi-process tests of the cluster's security (docs/security.md):
+//!
+//! - `a_tls_cluster_serves_clients_with_its_ca_and_raft_to_members_only`:
+//!   `nokv certs` makes a CA and a node certificate; three replicas serve
+//!   TLS with them (peers authenticate each other with it) and clients
+//!   that trust the CA use the cluster through the CLI and the SDK. A
+//!   plain-text client, a client that trusts another CA, a process without
+//!   a certificate sending Raft messages (votes of a far higher term,
+//!   AppendEntries), and a process with another CA's certificate are all
+//!   refused, and the cluster's term and leader do not move.
+//! - `raft_messages_of_another_cluster_are_refused`: a Raft message that
+//!   names another cluster is refused before it is decoded, and changes
+//!   nothing.
+//!
+//! Synchronisation is by polling under deadlines, never by sleeping.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{run_nokv, Cluster};
+use nokv_proto::pb::raft_service_client::RaftServiceClient;
+use nokv_proto::pb::RaftMessage;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::Vote;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Runs `nokv ARGS`, which must succeed.
+async fn must_run(args: &[&str]) -> String {
+    let out = run_nokv(args).await;
+    assert!(
+        out.status.success(),
+        "nokv {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `nokv ARGS`, which must fail; returns stderr.
+async fn must_fail(args: &[&str]) -> String {
+    let out = run_nokv(args).await;
+    assert!(!out.status.success(), "nokv {} succeeded", args.join(" "));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A CA in `dir` and a certificate `node` for 127.0.0.1 signed by it.
+async fn make_certs(dir: &Path) {
+    let d = dir.to_str().expect("a UTF-8 path");
+    must_run(&["certs", "ca", "--dir", d]).await;
+    let out = must_run(&[
+        "certs",
+        "issue",
+        "--dir",
+        d,
+        "--name",
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "localhost",
+    ])
+    .await;
+    assert!(out.contains("node-key.pem"), "{out}");
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).to_str().expect("a UTF-8 path").to_string()
+}
+
+/// A Raft client of node `addr` over TLS trusting `ca`, presenting
+/// `identity` (certificate and key files) if given.
+async fn raft_client(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> Result<RaftServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let ca = std::fs::read(ca).expect("read the CA");
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).expect("read the certificate"),
+            std::fs::read(key).expect("read the key"),
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("a valid URI")
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    Ok(RaftServiceClient::new(channel))
+}
+
+/// A vote for node 9 in a term far above the cluster's: if a replica took
+/// it, the cluster's term would jump and its leader step down.
+fn disruptive_vote(term: u64) -> Vec<u8> {
+    let vote: VoteRequest<u64> = VoteRequest::new(Vote::new(term + 100, 9), None);
+    nokv_meta_node::raft_wire::encode(&vote).expect("encode a vote")
+}
+
+fn heartbeat(term: u64) -> Vec<u8> {
+    let append: AppendEntriesRequest<nokv_meta_node::TypeConfig> = AppendEntriesRequest {
+        vote: Vote::new_committed(term + 100, 9),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    nokv_meta_node::raft_wire::encode(&append).expect("encode an append")
+}
+
+fn message(data: Vec<u8>, cluster: &str) -> RaftMessage {
+    RaftMessage {
+        data,
+        shard: 0,
+        cluster: cluster.into(),
+    }
+}
+
+/// The leader and term every replica agrees on.
+async fn term_and_leader(cluster: &Cluster) -> (u64, u64) {
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let status = cluster.status(leader).await.expect("leader status");
+    (status.term, leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_clients_with_its_ca_and_raft_to_members_only() {
+    let _load = common::light_test().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ours = dir.path().join("ours");
+    let theirs = dir.path().join("theirs");
+    make_certs(&ours).await;
+    make_certs(&theirs).await;
+    // Misuse of `nokv certs` gets clear errors.
+    let again = must_fail(&["certs", "ca", "--dir", &path(&ours, "")]).await;
+    assert!(
+        again.contains("exists") && again.contains("--force"),
+        "{again}"
+    );
+    let no_ca = must_fail(&[
+        "certs",
+        "issue",
+        "--dir",
+        &path(dir.path(), "empty"),
+        "--name",
+        "n",
+        "--host",
+        "h",
+    ])
+    .await;
+    assert!(no_ca.contains("nokv certs ca"), "{no_ca}");
+
+    let (ca, cert, key) = (
+        path(&ours, "ca.pem"),
+        path(&ours, "node.pem"),
+        path(&ours, "node-key.pem"),
+    );
+    let half = must_fail(&[
+        "serve",
+        "--tls-cert",
+        &cert,
+        "--node-id",
+        "1",
+        "--addr",
+        "127.0.0.1:1",
+        "--data-dir",
+        &path(dir.path(), "half"),
+    ])
+    .await;
+    assert!(half.contains("--tls-key"), "{half}");
+    let mut cluster =
+        Cluster::start(&["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key]).await;
+
+    // Clients that trust the CA use the cluster.
+    cluster.must_nokv(&["mkdir", "/secure"]).await;
+    assert!(cluster.must_nokv(&["ls", "/"]).await.contains("secure"));
+    let client = cluster.client();
+    cluster.must(client.create("/secure/f").await, "create over TLS");
+    let (term, leader) = term_and_leader(&cluster).await;
+
+    // A client without TLS, and one that trusts another CA, are refused.
+    let addr = cluster.addr(leader);
+    must_fail(&["--endpoints", &addr, "--timeout", "3s", "ls", "/"]).await;
+    must_fail(&[
+        "--tls-ca",
+        &path(&theirs, "ca.pem"),
+        "--endpoints",
+        &addr,
+        "--timeout",
+        "3s",
+        "ls",
+        "/",
+    ])
+    .await;
+
+    // A process without a certificate of the cluster sends Raft messages:
+    // refused before they are decoded.
+    for id in cluster.ids() {
+        let mut raft = cluster.must(
+            raft_client(&cluster.addr(id), &ours.join("ca.pem"), None).await,
+            "connect with the CA only",
+        );
+        for (rpc, result) in [
+            (
+                "Vote",
+                raft.vote(message(disruptive_vote(term), "nokv")).await,
+            ),
+            (
+                "AppendEntries",
+                raft.append_entries(message(heartbeat(term), "nokv")).await,
+            ),
+        ] {
+            match result {
+                Err(status) => {
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::Unauthenticated,
+                        "{rpc}: {status:?}"
+                    );
+                    assert!(status.message().contains("certificate"), "{status:?}");
+                }
+                Ok(_) => cluster.fail(format!(
+                    "{rpc} without a certificate was accepted by node {id}"
+                )),
+            }
+        }
+    }
+    // With another CA's certificate the handshake itself fails.
+    let stranger = Some((theirs.join("node.pem"), theirs.join("node-key.pem")));
+    match raft_client(&addr, &ours.join("ca.pem"), stranger).await {
+        Err(_) => {}
+        Ok(mut raft) => {
+            let result = raft.vote(message(disruptive_vote(term), "nokv")).await;
+            assert!(result.is_err(), "a stranger's certificate was accepted");
+        }
+    }
+    // Nothing moved: same term, same leader, and writes go on.
+    assert_eq!(term_and_leader(&cluster).await, (term, leader));
+    cluster.must(
+        client.create("/secure/g").await,
+        "create after the attempts",
+    );
+    cluster.must_all_run();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_of_another_cluster_are_refused() {
+    let _load = common::light_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let (term, leader) = term_and_leader(&cluster).await;
+    let channel = cluster.must(
+        Endpoint::from_shared(format!("http://{}", cluster.addr(leader)))
+            .expect("a valid URI")
+            .connect()
+            .await,
+        "connect",
+    );
+    let mut raft = RaftServiceClient::new(channel);
+    for named in ["other", ""] {
+        match raft.vote(message(disruptive_vote(term), named)).await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+                assert!(status.message().contains("cluster"), "{status:?}");
+            }
+            Ok(_) => cluster.fail(format!("a vote of cluster {named:?} was accepted")),
+        }
+    }
+    assert_eq!(term_and_leader(&cluster).await, (term, leader));
+    cluster.must(cluster.client().create("/after").await, "create");
+}
