@@ -9,7 +9,8 @@
 # nokv-s3s-fs:dev, built locally from this checkout (no registry access), and
 # etcd (Debian's etcd-server) for the control-plane tests, and fuse3, rsync,
 # git and pjdfstest (built from crates.io; for the FUSE mount tests), and
-# the official Python MCP client in a virtualenv (from PyPI).
+# the official Python MCP client in a virtualenv (from PyPI), and
+# cargo-fuzz (from crates.io) for a short run of every fuzz target.
 # protoc comes from a vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,9 @@ NOKV_BIN=target/debug/nokv bash docker/build.sh
 
 step "cargo test"
 cargo test --workspace -- --test-threads "${NOKV_TEST_THREADS:-2}"
+
+step "fuzzing: every target for 15 s from its seeds (long runs: docs/security.md)"
+bash scripts/fuzz.sh smoke 15
 
 step "docker compose smoke (up, use, restart, data survives, down)"
 NOKV_SMOKE_SKIP_BUILD=1 bash docker/smoke.sh

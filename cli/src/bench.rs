@@ -33,6 +33,11 @@ pub enum Workload {
     /// aggregate grouped by an attribute, each --count times; with --size
     /// above 0 also one recursive grep over that many bytes of logs.
     Agent,
+    /// A long run at a steady rate (--rate, or 80 % of a measured peak) of
+    /// create + stat + remove steps over a namespace of --files entries,
+    /// reporting each minute's throughput, latency and the resident memory
+    /// of the processes given by --pid (for --minutes).
+    Soak,
     /// mdtest-style file operations with plain file system calls in the
     /// local directory --dir (e.g. a `nokv mount`): create, stat, remove,
     /// 4 KiB create+write+close, then a sequential write and read of --size.
@@ -73,6 +78,17 @@ pub struct BenchArgs {
     /// run in this run directory.
     #[arg(long, hide = true, num_args = 3, value_names = ["PHASE", "WORKER", "RUN_DIR"])]
     pub posix_worker: Option<Vec<String>>,
+    /// For `soak`: steps per second offered (default: 80 % of the peak a
+    /// 20-second closed loop reaches first).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// For `soak`: how long, in minutes.
+    #[arg(long, default_value_t = 30)]
+    pub minutes: u64,
+    /// For `soak`: a node process whose resident memory is reported each
+    /// minute (repeat for each; e.g. the `nokv dev` process).
+    #[arg(long)]
+    pub pid: Vec<u32>,
 }
 
 /// Parses `4096`, `4KiB`, `1MiB`, `2GiB`.
@@ -410,6 +426,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         Workload::Agent => crate::bench_agent::run(&args, g, &client, &dir).await?,
         Workload::Posix => anyhow::bail!("posix runs in a local directory, before this"),
         Workload::Watch => watch(&args, g, &client, &dir).await?,
+        Workload::Soak => crate::bench_soak::run(&args, g, &client, &dir).await?,
         Workload::Create => {
             let c = client.clone();
             let report = drive(args.concurrency, args.count, move |i| {

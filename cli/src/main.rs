@@ -25,6 +25,7 @@ macro_rules! outln {
 mod bench;
 mod bench_agent;
 mod bench_posix;
+mod bench_soak;
 mod body;
 mod certs;
 mod cluster;

@@ -66,6 +66,13 @@ pub const IMAGE_VERSION_V4: u32 = 4;
 /// Magic, version, body length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
+/// Largest value a decoded allocation counter (GC tasks, snapshots, events,
+/// uploads, generations) may have. No history allocates 2^62 of anything,
+/// so an image claiming more is corrupt; refusing it keeps the engine's
+/// saturating counters from ever reaching `u64::MAX`, where they would
+/// hand out one id twice. Found by the `state_image` fuzz target.
+pub const MAX_IMAGE_COUNTER: u64 = 1 << 62;
+
 /// The image format version this build writes.
 pub fn image_version() -> u32 {
     IMAGE_VERSION
@@ -370,6 +377,19 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 
 impl ImageBody {
     fn into_holt(self, grafts: GraftsImage, fields: FieldsImage) -> Result<Holt, String> {
+        for (what, counter) in [
+            ("GC task", self.next_gc_seq),
+            ("snapshot", self.next_snapshot),
+            ("event", self.next_event),
+            ("upload", self.next_upload),
+            ("generation", self.next_generation),
+        ] {
+            if counter > MAX_IMAGE_COUNTER {
+                return Err(format!(
+                    "the {what} counter {counter} is beyond any history (limit {MAX_IMAGE_COUNTER})"
+                ));
+            }
+        }
         let dedupe_capacity = usize::try_from(self.dedupe_capacity)
             .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
         let mut dedupe_order = VecDeque::with_capacity(self.dedupe.len());

@@ -14,9 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use super::{Holt, InodeRecord};
-use crate::body::{validate_body_parts, Body, GcTarget, PublishMode, MAX_STAGED_UPLOADS};
+use crate::body::{
+    shard_block_prefix, validate_body_parts, Body, GcTarget, PublishMode, MAX_STAGED_UPLOADS,
+};
 use crate::path::{
-    validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
+    preview, validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
 };
 use crate::types::{FileType, Generation, InodeId};
 
@@ -37,9 +39,18 @@ impl Holt {
         self.check_pins()
     }
 
+    /// The invariant checker for the fuzz targets in `fuzz/`: the
+    /// whole state, including every pin's derived maps (as in this
+    /// crate's tests).
+    #[cfg(feature = "fuzzing")]
+    pub fn fuzz_check_invariants(&self) -> Result<(), String> {
+        self.check_invariants()
+    }
+
     /// Field sets belong to files with bodies and pass the static checks;
     /// the derived maps (index, unindexed set, reverse links) are exactly
-    /// a rebuild. Pins are rebuilt in full only in this crate's tests.
+    /// a rebuild. Pins are rebuilt in full only in this crate's tests
+    /// (and under the `fuzzing` feature).
     fn check_fields(&self) -> Result<(), String> {
         for (id, fields) in &self.fields {
             let has_body = self
@@ -54,7 +65,7 @@ impl Holt {
         if self.ns.derived() != self.ns.derive() {
             return Err("the field index or reverse links disagree with the state".into());
         }
-        if cfg!(test) {
+        if cfg!(any(test, feature = "fuzzing")) {
             for (id, pin) in &self.snapshots {
                 if pin.ns.derived() != pin.ns.derive() {
                     return Err(format!("{id}: its derived maps disagree with its state"));
@@ -346,6 +357,11 @@ impl Holt {
             }
         }
 
+        let staged_prefixes: Vec<String> = self
+            .staged
+            .values()
+            .map(|staged| staged.upload.key_prefix())
+            .collect();
         for (seq, task) in &self.gc {
             if task.seq != *seq || *seq == 0 || *seq >= self.next_gc_seq {
                 return Err(format!(
@@ -359,8 +375,55 @@ impl Holt {
             if live {
                 return Err(format!("GC task {seq} would delete a live block"));
             }
+            self.check_gc_target(&task.target, &staged_prefixes)
+                .map_err(|e| format!("GC task {seq}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// A GC target must lie where this shard allocated blocks and will
+    /// never allocate again: under `blocks/{shard}/{inode}/{generation}/`
+    /// of this shard with an allocated generation (the form and the range
+    /// a live body's keys have), and not under a staged upload's prefix
+    /// (whose blocks may still become live). A prefix target must end
+    /// right after the generation, or it would also cover later
+    /// generations (`…/1` covers `…/10/`). Otherwise a later upload's (or
+    /// another shard's) blocks could be deleted. Found by the
+    /// `state_image` fuzz target.
+    fn check_gc_target(&self, target: &GcTarget, staged: &[String]) -> Result<(), String> {
+        let place = |key: &str, is_prefix: bool| -> Result<(), String> {
+            let outside = || format!("{} is outside this shard's allocated blocks", preview(key));
+            let rest = key
+                .strip_prefix(shard_block_prefix(self.shard).as_str())
+                .ok_or_else(outside)?;
+            // `{inode}/{generation}/{rest}`; the inode part is not checked:
+            // it only names the upload's file, the generation is what is
+            // never reused.
+            let mut parts = rest.splitn(3, '/');
+            let generation = parts.nth(1).and_then(|g| g.parse::<u64>().ok());
+            let tail = parts.next();
+            match generation {
+                Some(g) if g >= 1 && g < self.next_generation => {}
+                _ => return Err(outside()),
+            }
+            if is_prefix && tail != Some("") {
+                return Err(format!("{} is not an upload's prefix", preview(key)));
+            }
+            let overlaps = |prefix: &String| {
+                key.starts_with(prefix.as_str()) || (is_prefix && prefix.starts_with(key))
+            };
+            if staged.iter().any(overlaps) {
+                return Err(format!(
+                    "{} overlaps a staged upload's prefix",
+                    preview(key)
+                ));
+            }
+            Ok(())
+        };
+        match target {
+            GcTarget::Keys(keys) => keys.iter().try_for_each(|key| place(key, false)),
+            GcTarget::Prefix(prefix) => place(prefix, true),
+        }
     }
 
     fn check_body(

@@ -376,10 +376,22 @@ impl Holt {
             }
             PublishMode::CreateOnly => None,
         };
-        let current = file
+        let body = file
             .and_then(|id| self.inodes.get(&id))
-            .and_then(|record| record.body.as_ref())
-            .map_or(&[][..], |body| &body.blocks[..]);
+            .and_then(|record| record.body.as_ref());
+        // An upload may only append to a body older than itself: a body
+        // of generation n holds keys of generations <= n (what the image
+        // checks), so keeping blocks of a later generation, published
+        // after this upload began, would make a state whose own snapshot
+        // no longer decodes (found by the `apply` fuzz target).
+        if let Some(newer) = body.filter(|b| !kept.is_empty() && b.generation > upload.generation) {
+            return Err(FsError::InvalidArgument(format!(
+                "{}: the body it appends to (generation {}) was published after the upload \
+                 began (generation {}); begin a new upload",
+                upload.id, newer.generation.0, upload.generation.0
+            )));
+        }
+        let current = body.map_or(&[][..], |body| &body.blocks[..]);
         match kept.iter().zip(current).position(|(a, b)| a != b) {
             None if kept.len() <= current.len() => Ok(()),
             at => {

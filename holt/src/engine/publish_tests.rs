@@ -1344,3 +1344,30 @@ fn a_by_inode_publish_follows_the_file_wherever_it_is_linked() {
     );
     f.holt.check_invariants().expect("invariants");
 }
+
+/// Regression (found by the `apply` fuzz target, docs/security.md): an
+/// upsert begun before another upload of the same file may not keep the
+/// blocks that the other one published after it began. It was accepted,
+/// and the body (generation 2) then held a key of generation 3: the
+/// shard's own snapshot image no longer decoded.
+#[test]
+fn an_append_to_a_body_newer_than_the_upload_is_refused() {
+    let mut f = Fixture::new();
+    let first = f.begin("/f", PublishMode::Upsert);
+    f.ok_attr(commit(&first, spec(&first, &[4])));
+    let late = f.begin("/f", PublishMode::Upsert);
+    let newer = f.begin("/f", replace(first.generation.0));
+    f.ok_attr(commit(&newer, spec(&newer, &[3])));
+    let published = f.read_body("/f").1.expect("a body");
+    let mut body = spec(&late, &[2]);
+    body.blocks.insert(0, published.blocks[0].clone());
+    body.size += published.blocks[0].size;
+    let refused = f.err_unchanged(commit(&late, body), "EINVAL");
+    assert!(
+        refused.to_string().contains("after the upload"),
+        "{refused}"
+    );
+    // The state still round-trips through its image.
+    let image = f.holt.encode_image();
+    assert_eq!(Holt::decode_image(&image).expect("decode"), f.holt);
+}

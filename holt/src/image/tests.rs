@@ -709,3 +709,155 @@ fn version_mismatches_between_body_and_header_are_corrupt() {
         ImageError::Corrupt(_)
     ));
 }
+
+// ---- found by fuzzing (fuzz/, docs/security.md) -----------------------------
+
+/// Found by the `state_image` fuzz target (2026-12-06): an image whose GC
+/// queue names blocks the shard has not allocated yet passed every check,
+/// and the decoded engine then published a block that GC would delete.
+/// This is the smallest such image: a fresh shard 0 (next inode 2, next
+/// generation 1) whose one GC task deletes `blocks/0/2/1/`, exactly the
+/// prefix the next upload gets. (The fuzzer's own 5 KB input also queued
+/// a key of another shard, `blocks/1/7/1/b1`.)
+const GC_PREFIX_NOT_YET_ALLOCATED: [&str; 8] = [
+    "4e4f4b56484f4c54050000004b01000000000000e98678500000a0860100000000000100000000000000000000000000",
+    "0000020000000000000001000000000000000100000000000000010000000000000001000000ed010000000000000000",
+    "000002000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000101000000000000000000000000000000000000000000000000010000000000000001000000000000",
+    "0002000000000000000000000000000000010000000000000001000000000000000100000000000000010000000d0000",
+    "0000000000626c6f636b732f302f322f312f050000000000000000000000000000000001000000000000000000000000",
+    "0000000100000000000000a08601000000000000004f91944e0000000000000000000000000000000000000000000000",
+    "00000000000000000000000000000000000000",
+];
+
+fn from_hex(lines: &[&str]) -> Vec<u8> {
+    let hex: String = lines.concat();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn fuzz_regression_a_gc_task_in_unallocated_space_is_corrupt() {
+    let image = from_hex(&GC_PREFIX_NOT_YET_ALLOCATED);
+    match Holt::decode_image(&image) {
+        Err(ImageError::Corrupt(why)) => assert!(why.contains("GC task 1"), "{why}"),
+        other => panic!("decoded: {:?}", other.map(|h| h.stats())),
+    }
+}
+
+/// A GC target must lie in this shard's allocated block space
+/// (`blocks/{shard}/{inode}/{generation}/` with an allocated generation),
+/// not under a staged upload's prefix, and a prefix target must end right
+/// after the generation: otherwise a later upload's (or another shard's)
+/// blocks could be deleted.
+#[test]
+fn gc_targets_outside_the_allocated_blocks_are_corrupt() {
+    let valid = sample();
+    let shard = valid.shard.0;
+    let next_generation = valid.next_generation;
+    let staged = valid.staged_uploads().remove(0).key_prefix();
+    let retired = valid
+        .gc
+        .values()
+        .find_map(|task| match &task.target {
+            GcTarget::Keys(keys) => keys.first().cloned(),
+            GcTarget::Prefix(_) => None,
+        })
+        .expect("the sample has a retired body");
+    // The retired key's directory: an allocated, unstaged generation.
+    let retired_dir = &retired[..=retired.rfind('/').expect("a key with a '/'")];
+    let with = |target: GcTarget| {
+        let mut holt = valid.clone();
+        holt.gc.insert(
+            9,
+            crate::body::GcTask {
+                seq: 9,
+                target,
+                enqueued_ns: 0,
+                enqueued_index: LogIndex(1),
+                body_of: None,
+            },
+        );
+        holt.next_gc_seq = 10;
+        holt
+    };
+    let keys = |key: String| GcTarget::Keys(vec![key]);
+    let refused = [
+        keys(format!("blocks/{}/2/1/x", shard + 1)),
+        keys(format!("blocks/{shard}/2/{next_generation}/x")),
+        keys(format!("blocks/{shard}/2/0/x")),
+        keys(format!("{staged}x")),
+        keys("elsewhere/x".into()),
+        GcTarget::Prefix(format!("blocks/{shard}/")),
+        // Would cover generations 10, 11, … too.
+        GcTarget::Prefix(retired_dir.trim_end_matches('/').to_string()),
+        GcTarget::Prefix(format!("{retired_dir}x")),
+        GcTarget::Prefix(staged.clone()),
+    ];
+    for target in refused {
+        let image = with(target.clone()).encode_image();
+        assert!(
+            matches!(decode_err(&image), ImageError::Corrupt(why) if why.contains("GC task 9")),
+            "{target:?} was accepted"
+        );
+    }
+    // Inside an allocated, retired generation: accepted.
+    for target in [
+        keys(format!("{retired_dir}other")),
+        GcTarget::Prefix(retired_dir.to_string()),
+    ] {
+        let holt = with(target.clone());
+        let decoded = Holt::decode_image(&holt.encode_image());
+        assert!(decoded.is_ok(), "{target:?}: {:?}", decoded.err());
+    }
+}
+
+/// Found by the `state_image` fuzz target (2026-12-06): an image whose GC
+/// task counter was `u64::MAX` decoded, and the next retired body got
+/// seq `u64::MAX` while the saturated counter stayed there (a task "never
+/// allocated"; the one after would have reused the seq). Smallest such
+/// image: a fresh shard 0 with `next_gc_seq = u64::MAX`.
+const GC_COUNTER_AT_THE_END: [&str; 7] = [
+    "4e4f4b56484f4c54050000001101000000000000e6c54a1f0000a0860100000000000100000000000000000000000000",
+    "0000020000000000000001000000000000000100000000000000010000000000000001000000ed010000000000000000",
+    "000002000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000101000000000000000000000000000000000000000000000000010000000000000001000000000000",
+    "00ffffffffffffffff000000000000000000000000000000000100000000000000000000000000000001000000000000",
+    "00a08601000000000000004f91944e000000000000000000000000000000000000000000000000000000000000000000",
+    "000000000000000000",
+];
+
+#[test]
+fn fuzz_regression_a_counter_at_its_end_is_corrupt() {
+    let image = from_hex(&GC_COUNTER_AT_THE_END);
+    match Holt::decode_image(&image) {
+        Err(ImageError::Corrupt(why)) => assert!(why.contains("GC task counter"), "{why}"),
+        other => panic!("decoded: {:?}", other.map(|h| h.stats())),
+    }
+}
+
+/// Every allocation counter is bounded by [`MAX_IMAGE_COUNTER`] on decode.
+#[test]
+fn allocation_counters_beyond_any_history_are_corrupt() {
+    let edits: [fn(&mut Holt, u64); 5] = [
+        |h, v| h.next_gc_seq = v,
+        |h, v| h.next_snapshot = v,
+        |h, v| h.next_event = v,
+        |h, v| h.next_upload = v,
+        |h, v| h.next_generation = v,
+    ];
+    for edit in edits {
+        let mut at_limit = Holt::new(HoltConfig::default());
+        edit(&mut at_limit, MAX_IMAGE_COUNTER);
+        let decoded = Holt::decode_image(&at_limit.encode_image()).expect("at the limit");
+        assert_eq!(decoded, at_limit);
+        let mut beyond = Holt::new(HoltConfig::default());
+        edit(&mut beyond, MAX_IMAGE_COUNTER + 1);
+        assert!(matches!(
+            decode_err(&beyond.encode_image()),
+            ImageError::Corrupt(why) if why.contains("beyond any history")
+        ));
+    }
+}
