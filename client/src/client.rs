@@ -886,7 +886,15 @@ impl Client {
         let mut pause = self.inner.config.backoff_min;
         loop {
             if let Some(newer) = self.refresh_map_from_nodes(at_least).await? {
-                if newer.revision > map.revision {
+                // While the refusal names a shard still being created, a
+                // newer map that says the same (a revision that only moved
+                // leader hints, say) routes the same way: waiting for the
+                // one that serves the shard keeps the request from using
+                // up its reroutes on maps that cannot help (seen in
+                // `gc_fsck_backup_and_snapshots_across_shards`).
+                if newer.revision > map.revision
+                    && !(behind && routing::proves_newer_map(&newer, refusal))
+                {
                     return Ok(newer);
                 }
             }
