@@ -919,7 +919,14 @@ async fn gc_fsck_backup_and_snapshots_across_shards() {
     let client = cluster.client();
     let opts = nokv_client::PutOptions::default();
     cluster.must(client.put_bytes("/a", b"root", &opts).await, "put /a");
-    cluster.must(client.put_bytes("/s1/b", b"one", &opts).await, "put /s1/b");
+    // Right after `shard create` the SDK may still route by a map that
+    // lists the shard as creating and hear WRONG_SHARD (an open SDK race,
+    // see the issue 14 note); a refused put changed nothing, so retry.
+    cluster
+        .wait_for(WAIT, "put /s1/b on the new shard", async || {
+            client.put_bytes("/s1/b", b"one", &opts).await.ok()
+        })
+        .await;
     // Superseded: its block becomes garbage of shard s1.
     cluster.must(
         client.put_bytes("/s1/b", b"two", &opts).await,
