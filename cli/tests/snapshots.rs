@@ -44,8 +44,20 @@ async fn snapshot_reads_survive_writes_gc_failover_and_restart() {
     let url = store.url();
     let env = store.serve_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut cluster =
-        Cluster::start_with_env(&["--blob-store", url.as_str(), "--gc-interval", "1h"], &env).await;
+    // No timed archive passes: `gc --now` must itself get the archive to
+    // hold the release of the pin (a GC task waits for that).
+    let mut cluster = Cluster::start_with_env(
+        &[
+            "--blob-store",
+            url.as_str(),
+            "--gc-interval",
+            "1h",
+            "--archive-interval",
+            "1h",
+        ],
+        &env,
+    )
+    .await;
     let c = cluster.client();
     let opts = PutOptions::default();
     cluster.must(c.mkdir("/ck", true).await, "mkdir /ck");

@@ -642,6 +642,32 @@ impl ArchiveHandle {
         self.progress.borrow().clone()
     }
 
+    /// Asks for a pass now and waits until the store holds the log up to
+    /// `index` (at most `timeout`); says whether it got there. `gc --now`
+    /// uses it: a GC task waits until the archive holds the entry that queued it.
+    pub async fn wait_archived(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut progress = self.progress.clone();
+        loop {
+            self.wake.notify_one();
+            if progress
+                .borrow_and_update()
+                .archived_index
+                .is_some_and(|a| a >= index)
+            {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = deadline.min(now + BACKUP_RECHECK);
+            if let Ok(Err(_)) = tokio::time::timeout_at(wait, progress.changed()).await {
+                return false;
+            }
+        }
+    }
+
     /// Makes a recovery point now (leader only): builds a snapshot covering
     /// everything applied when called, waits until it is uploaded, and until
     /// segments hold the log up to what is applied once the snapshot exists

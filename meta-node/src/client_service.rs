@@ -101,6 +101,9 @@ impl Drop for WriteHold<'_> {
 /// How long a `Backup` may take on the leader (snapshot build and uploads).
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long `gc --now` waits for the archive to hold the entries that queued its tasks.
+const GC_ARCHIVE_WAIT: Duration = Duration::from_secs(10);
+
 impl ClientService {
     /// The leader's id and address as this node knows them.
     pub(crate) fn leader_hint(&self) -> Option<(NodeId, String)> {
@@ -427,9 +430,26 @@ impl ClientService {
         request: Request<pb::RunGcRequest>,
     ) -> Result<Response<pb::RunGcResponse>, Status> {
         self.must_lead().await?;
+        let ignore_grace = request.into_inner().ignore_grace;
+        // `gc --now` means now: rather than report tasks that wait for the
+        // archive to hold the entry that queued them, ask for that pass.
+        if let (true, Some(archive)) = (ignore_grace, &self.archive) {
+            if let Some(index) = self
+                .maintenance
+                .gc_waits_for_archive()
+                .map_err(maintenance_status)?
+            {
+                if !archive.wait_archived(index, GC_ARCHIVE_WAIT).await {
+                    tracing::info!(
+                        index,
+                        "gc --now: the archive did not reach the queued tasks in time"
+                    );
+                }
+            }
+        }
         let r = self
             .maintenance
-            .gc_pass(request.into_inner().ignore_grace)
+            .gc_pass(ignore_grace)
             .await
             .map_err(maintenance_status)?;
         Ok(Response::new(pb::RunGcResponse {

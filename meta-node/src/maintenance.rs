@@ -261,6 +261,22 @@ impl Maintenance {
         Ok(())
     }
 
+    /// The newest log index that queued a collectable GC task the archive
+    /// does not hold yet (None when no task waits for the archive).
+    pub fn gc_waits_for_archive(&self) -> Result<Option<u64>, MaintenanceError> {
+        if !self.archive_floor.is_enabled() {
+            return Ok(None);
+        }
+        let archived = self.archive_floor.archived_index();
+        let s = self.state.read().map_err(|_| MaintenanceError::State)?;
+        Ok(s.holt
+            .gc_tasks(GC_BATCH)
+            .iter()
+            .map(|t| t.enqueued_index.0)
+            .filter(|i| archived.is_none_or(|a| *i > a))
+            .max())
+    }
+
     /// One pass: expire uploads whose lease ended, then delete what the GC
     /// queue holds (past the grace period unless `ignore_grace`).
     pub async fn gc_pass(&self, ignore_grace: bool) -> Result<GcReport, MaintenanceError> {
