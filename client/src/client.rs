@@ -18,8 +18,10 @@ use crate::error::ClientError;
 use crate::routing;
 use nokv_router::ShardMap;
 
-/// How many times one request follows a newer shard map before giving up.
-const MAX_REROUTES: u32 = 3;
+/// How many times one request may be sent again by a newer map. Each
+/// reroute needs a strictly newer map, so this only bounds a map that keeps
+/// changing; creating a shard alone makes several revisions in a row.
+const MAX_REROUTES: u32 = 16;
 
 /// How many `STALE_EPOCH` refusals one write follows (each names a newer epoch;
 /// more in a row means leadership is changing faster than the write can land).
@@ -858,6 +860,13 @@ impl Client {
                 Ok(applied) => return Ok(routing::globalize_applied(&map, shard, applied)),
                 Err(e) if e.is_misrouted() && rerouted < MAX_REROUTES => {
                     rerouted += 1;
+                    tracing::debug!(
+                        revision = map.revision.0,
+                        shard = shard.0,
+                        rerouted,
+                        refusal = %e,
+                        "write refused as misrouted; reading the map again"
+                    );
                     map = self.reroute(&map, &e).await?;
                 }
                 Err(e) => return Err(e),
