@@ -163,7 +163,12 @@ fn issue(a: &IssueArgs) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Writes `bytes` to a file that must not exist yet (unless `force`); a
 /// secret is readable by its owner only.
-fn write_new(path: &Path, bytes: &[u8], secret: bool, force: bool) -> anyhow::Result<()> {
+pub(crate) fn write_new(
+    path: &Path,
+    bytes: &[u8],
+    secret: bool,
+    force: bool,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);

@@ -22,6 +22,7 @@ macro_rules! outln {
     };
 }
 
+mod auth;
 mod bench;
 mod bench_agent;
 mod bench_posix;
@@ -121,6 +122,16 @@ pub struct GlobalArgs {
     /// TLS: the private key of --tls-cert (PEM).
     #[arg(long, global = true, env = "NOKV_TLS_KEY", value_name = "PEM")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Access token (nokv_...) for a cluster started with --require-auth.
+    /// Prefer NOKV_TOKEN: a flag shows in the process list. Make one with
+    /// `nokv auth token create`.
+    #[arg(long, global = true, env = "NOKV_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub token: Option<nokv_client::Token>,
+}
+
+/// A token's text (never echoed back in the error).
+fn parse_token(s: &str) -> Result<nokv_client::Token, String> {
+    nokv_client::Token::parse(s).map_err(|e| e.to_string())
 }
 
 /// `ADVERTISED=REACHABLE`.
@@ -159,6 +170,7 @@ impl GlobalArgs {
         let mut config = ClientConfig::new(endpoints);
         config.address_map = self.address_map.iter().cloned().collect();
         config.tls = self.client_tls()?;
+        config.token = self.token.clone();
         Ok(config)
     }
 
@@ -200,6 +212,10 @@ enum Command {
     /// Form or inspect the Raft group.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Access tokens (`nokv auth token create|revoke|ls|generate`) for
+    /// clusters started with `nokv serve --require-auth`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// TLS material: a cluster CA (`ca`) and node certificates (`issue`).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -355,6 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => serve::dev(args, &g).await,
         Command::Cluster(c) => cluster::run(c, &g).await,
         Command::Certs(c) => certs::run(c, &g).await,
+        Command::Auth(c) => auth::run(c, &g).await,
         Command::Shard(c) => shard::run(c, &g).await,
         Command::Node(c) => node::run(c, &g).await,
         Command::Status => cluster::status(&g).await,

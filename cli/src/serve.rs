@@ -93,6 +93,17 @@ pub struct ServeArgs {
     /// pending entries are uploaded without waiting for the interval.
     #[arg(long, env = "NOKV_SEGMENT_ENTRIES")]
     pub segment_entries: Option<u64>,
+    /// Refuse every client call without a valid token (`authorization:
+    /// Bearer nokv_...`; clients pass --token or NOKV_TOKEN), each role to
+    /// its calls (see docs/security.md). Needs --admin-token-file.
+    #[arg(long, env = "NOKV_REQUIRE_AUTH")]
+    pub require_auth: Option<bool>,
+    /// With --require-auth: a file holding the bootstrap admin token (make
+    /// it with `nokv auth token generate --out FILE`; give every node the
+    /// same one). The node accepts it as admin and uses it for its own
+    /// calls to other nodes; create the other tokens with it.
+    #[arg(long, env = "NOKV_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The config file: the same keys as the flags.
@@ -125,6 +136,8 @@ pub struct ServeFile {
     #[serde(default, with = "opt_duration")]
     pub archive_interval: Option<Duration>,
     pub segment_entries: Option<u64>,
+    pub require_auth: Option<bool>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 mod opt_duration {
@@ -221,6 +234,20 @@ impl ServeArgs {
         if let Some(v) = self.segment_entries.or(file.segment_entries) {
             node.segment_entries = v;
         }
+        let admin_token_file = self.admin_token_file.or(file.admin_token_file);
+        match (self.require_auth.or(file.require_auth), admin_token_file) {
+            (Some(true), Some(path)) => {
+                node.auth = Some(nokv_meta_node::auth::AuthConfig {
+                    admin_token: read_admin_token(&path)?,
+                });
+            }
+            (Some(true), None) => bail!(
+                "--require-auth needs --admin-token-file (make one with \
+                 `nokv auth token generate --out admin.token`)"
+            ),
+            (_, Some(_)) => bail!("--admin-token-file is used with --require-auth only"),
+            (_, None) => {}
+        }
         node.validate()?;
         Ok(Resolved {
             node,
@@ -228,6 +255,18 @@ impl ServeArgs {
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
         })
     }
+}
+
+/// The bootstrap admin token from its file (the error never quotes it).
+fn read_admin_token(path: &std::path::Path) -> anyhow::Result<nokv_client::Token> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token file {}", path.display()))?;
+    nokv_client::Token::parse(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "the admin token file {} does not hold a token: {e}",
+            path.display()
+        )
+    })
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.
@@ -294,6 +333,10 @@ pub async fn serve(args: ServeArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     // with TLS it presents the node's certificate.
     let mut own = g.client_config(vec![resolved.node.advertise.clone()])?;
     own.address_map.clear();
+    // With auth on, it calls other nodes as the bootstrap admin.
+    if let Some(auth) = &resolved.node.auth {
+        own.token = Some(auth.admin_token.clone());
+    }
     let control = control
         .map(|plane| node_control(plane, own, shutdown.clone()))
         .transpose()?;

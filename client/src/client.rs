@@ -8,10 +8,14 @@ use nokv_holt::{
     Applied, Attr, BodySummary, DirEntry, EntryRef, InodeRef, Op, Query, QueryResult, RenameMode,
     RequestId, SetAttr, ShardId, SnapshotId, XattrFlag,
 };
+use nokv_proto::auth::Token;
 use nokv_proto::pb::meta_service_client::MetaServiceClient;
 use nokv_proto::pb::{self, ErrorDetail};
 use nokv_proto::{detail_of, Mutation, Read, ReadConsistency};
 use tokio::time::Instant;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
@@ -122,6 +126,9 @@ pub struct ClientConfig {
     /// TLS toward the nodes (they must serve TLS too); `None`: plain
     /// HTTP/2.
     pub tls: Option<ClientTls>,
+    /// The access token every request carries (clusters started with
+    /// `--require-auth`); `None`: no `authorization` header.
+    pub token: Option<Token>,
 }
 
 impl ClientConfig {
@@ -139,7 +146,30 @@ impl ClientConfig {
             address_map: HashMap::new(),
             store_endpoint: None,
             tls: None,
+            token: None,
         }
+    }
+}
+
+/// The gRPC stub the SDK calls through: every request carries the
+/// configured token.
+pub(crate) type Stub = MetaServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// Adds `authorization: Bearer <token>` to each request, when configured.
+#[derive(Clone)]
+pub(crate) struct Credentials(Option<AsciiMetadataValue>);
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(nokv_proto::auth::AUTHORIZATION, value.clone());
+        }
+        Ok(request)
     }
 }
 
@@ -173,7 +203,7 @@ struct MapCache {
 struct Inner {
     config: ClientConfig,
     endpoints: Vec<String>,
-    channels: Mutex<HashMap<String, MetaServiceClient<Channel>>>,
+    channels: Mutex<HashMap<String, Stub>>,
     /// Address of the replica believed to lead each shard, if known.
     leader: Mutex<HashMap<ShardId, String>>,
     /// Round-robin cursor over `endpoints` when no leader is known.
@@ -349,7 +379,7 @@ impl Client {
         }
     }
 
-    pub(crate) fn stub(&self, addr: &str) -> Result<MetaServiceClient<Channel>, ClientError> {
+    pub(crate) fn stub(&self, addr: &str) -> Result<Stub, ClientError> {
         let mut channels = self
             .inner
             .channels
@@ -379,7 +409,8 @@ impl Client {
                 .keep_alive_timeout(config.keepalive_timeout)
                 .keep_alive_while_idle(true);
         }
-        let stub = MetaServiceClient::new(endpoint.connect_lazy())
+        let credentials = Credentials(config.token.as_ref().map(Token::header_value));
+        let stub = MetaServiceClient::with_interceptor(endpoint.connect_lazy(), credentials)
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE);
         channels.insert(addr.to_string(), stub.clone());
@@ -617,7 +648,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        F: FnMut(Stub) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut maybe_applied = false;
@@ -639,7 +670,7 @@ impl Client {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        F: FnMut(Stub) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let config = &self.inner.config;
@@ -1168,7 +1199,7 @@ impl Client {
     /// node that cannot be reached, or follows no control plane, passes).
     async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        F: FnMut(Stub) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         const ADMIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -1611,9 +1642,7 @@ mod tests {
     /// attempt: `None` never answers (the attempt times out).
     fn scripted(
         steps: Vec<Option<Result<u32, tonic::Status>>>,
-    ) -> impl FnMut(
-        MetaServiceClient<Channel>,
-    ) -> futures::future::BoxFuture<'static, Result<u32, tonic::Status>> {
+    ) -> impl FnMut(Stub) -> futures::future::BoxFuture<'static, Result<u32, tonic::Status>> {
         let steps = Arc::new(Mutex::new(std::collections::VecDeque::from(steps)));
         move |_stub| {
             let step = steps.lock().expect("script").pop_front();

@@ -17,6 +17,7 @@ mod indexed;
 pub mod membership;
 mod routing;
 mod snapshots;
+mod tokens;
 mod watch;
 
 pub use bodies::{
@@ -32,8 +33,10 @@ pub use nokv_holt::{
     InodeRef, Op, PublishMode, Query, QueryResult, RenameMode, RequestId, SetAttr, ShardId,
     SnapshotId, SnapshotInfo, StagedUpload, UploadId, XattrFlag,
 };
+pub use nokv_proto::auth::Token;
 pub use nokv_proto::pb::{
     FsckResponse, Member, NodeStatusResponse, Role, RunGcResponse, StatusResponse,
 };
 pub use nokv_router::ShardMap;
+pub use tokens::{generate_token, parse_token_id, TokenInfo, TokenRole};
 pub use watch::{CursorParseError, WatchCursor, WatchedEvent, WATCH_MAP_POLL};

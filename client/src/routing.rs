@@ -310,7 +310,9 @@ pub(crate) fn route_op(
         op @ (Op::ExpireUploads { .. }
         | Op::GcDone { .. }
         | Op::ExpireSnapshots { .. }
-        | Op::SetWatchRetention { .. }) => op,
+        | Op::SetWatchRetention { .. }
+        | Op::CreateToken { .. }
+        | Op::RevokeToken { .. }) => op,
     };
     Ok((p.shard(default), op))
 }

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Role;
 use crate::body::{BodySpec, PublishMode, UploadId};
 use crate::fields::FieldSet;
 use crate::snapshot::SnapshotId;
@@ -214,6 +215,21 @@ pub enum Op {
     /// log entries keep their variant numbers.)
     CommitPublishIndexed {
         commits: Vec<IndexedCommit>,
+    },
+    // ---- access tokens, shard 0 only (see `crate::auth`; appended last) ----
+    /// Add token `id` with the hash of its secret. `AlreadyExists` if the
+    /// id is taken, `NoSpace` past [`crate::auth::MAX_TOKENS`],
+    /// `InvalidArgument` on another shard than 0. Returns `Applied::Done`.
+    /// Proposed by a node for an admin (no wire form in `Mutate`).
+    CreateToken {
+        id: u64,
+        secret_sha256: [u8; 32],
+        role: Role,
+        label: String,
+    },
+    /// Remove token `id` (`NotFound` if there is none). Returns `Applied::Done`.
+    RevokeToken {
+        id: u64,
     },
 }
 

@@ -53,6 +53,7 @@ mod resolve;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 pub(crate) use publish::Staged;
 pub(crate) use snapshots::Pin;
@@ -203,6 +204,8 @@ pub struct Holt {
     /// Sequence number (cursor) of the next event (starts at 1).
     pub(crate) next_event: u64,
     pub(crate) retention: WatchRetention,
+    /// Access tokens by id (shard 0 only; see [`crate::auth`]).
+    pub(crate) tokens: BTreeMap<u64, crate::auth::TokenRecord>,
 }
 
 /// When a mutation happens: its log index (the new `version` of every inode
@@ -277,6 +280,7 @@ impl Holt {
             events: VecDeque::new(),
             next_event: 1,
             retention: WatchRetention::default(),
+            tokens: BTreeMap::new(),
         }
     }
 
@@ -470,7 +474,9 @@ impl Holt {
                 Ok(())
             }
             Op::CreateGraft { at, .. } | Op::RemoveGraft { at, .. } => validate_entry(at),
-            Op::AbortPublish { .. }
+            Op::CreateToken { label, .. } => crate::auth::validate_token_label(label),
+            Op::RevokeToken { .. }
+            | Op::AbortPublish { .. }
             | Op::ExpireUploads { .. }
             | Op::GcDone { .. }
             | Op::RemoveSnapshot { .. }
@@ -571,6 +577,13 @@ impl Holt {
             }
             Op::CreateGraft { at, shard } => self.create_graft(stamp, at, *shard),
             Op::RemoveGraft { at, shard } => self.remove_graft(stamp, at, *shard),
+            Op::CreateToken {
+                id,
+                secret_sha256,
+                role,
+                label,
+            } => self.create_token(stamp, *id, *secret_sha256, *role, label),
+            Op::RevokeToken { id } => self.revoke_token(*id),
         }
     }
 

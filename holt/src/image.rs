@@ -25,9 +25,12 @@
 //! corrupt. 5 appends the field sets of indexed bodies (the current
 //! namespace's, then each pin's as a difference, like the pins' inodes);
 //! the field index and the reverse links are derived and rebuilt when an
-//! image is read. Versions 1 and 2 were never deployed, so they are
+//! image is read. 6 appends the access tokens (shard 0's; see
+//! [`crate::auth`]): id, role, hash of the secret, label, creation time,
+//! in id order. Versions 1 and 2 were never deployed, so they are
 //! rejected as unsupported rather than migrated; versions 3 (no grafts)
-//! and 4 (no field sets: every body reads as unindexed) are still read.
+//! and 4 (no field sets: every body reads as unindexed) and 5 (no
+//! tokens) are still read.
 //!
 //! A pin is written as its difference from the current namespace (the
 //! keys whose value differs, with the pinned value or "absent"), found by
@@ -46,6 +49,7 @@ use imbl::ordmap::DiffItem;
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::TokenRecord;
 use crate::body::{GcTask, UploadId};
 use crate::engine::{Holt, InodeRecord, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
@@ -58,11 +62,13 @@ use crate::watch::{Event, WatchRetention};
 /// First bytes of every image.
 pub const IMAGE_MAGIC: [u8; 8] = *b"NOKVHOLT";
 /// The image format this build writes.
-pub const IMAGE_VERSION: u32 = 5;
+pub const IMAGE_VERSION: u32 = 6;
 /// Older formats this build still reads: version 3, without grafts, and
 /// version 4, without field sets.
 pub const IMAGE_VERSION_V3: u32 = 3;
 pub const IMAGE_VERSION_V4: u32 = 4;
+/// Version 5, without tokens.
+pub const IMAGE_VERSION_V5: u32 = 5;
 /// Magic, version, body length, checksum.
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
@@ -132,6 +138,12 @@ struct FieldsImage {
     current: Vec<(InodeId, FieldSet)>,
     pins: Vec<Vec<(InodeId, Option<FieldSet>)>>,
 }
+
+/// The version-6 tail: the access tokens in id order.
+type TokensImageRef<'a> = Vec<(&'a u64, &'a TokenRecord)>;
+
+/// [`TokensImageRef`] as read; empty for older images.
+type TokensImage = Vec<(u64, TokenRecord)>;
 
 /// One pin: its description and how its namespace differs from the
 /// current one (for each differing key, in key order, the pinned value or
@@ -227,7 +239,12 @@ impl Holt {
         // limit, no I/O, and every sequence has a known length. A tuple is
         // its fields in order, so the version-3 body is a prefix.
         let body = body_options()
-            .serialize(&(self.image_body(), self.image_grafts(), self.image_fields()))
+            .serialize(&(
+                self.image_body(),
+                self.image_grafts(),
+                self.image_fields(),
+                self.tokens.iter().collect::<TokensImageRef<'_>>(),
+            ))
             .expect("serializing the state into memory is infallible");
         let mut image = Vec::with_capacity(HEADER_LEN + body.len());
         image.extend_from_slice(&IMAGE_MAGIC);
@@ -247,26 +264,32 @@ impl Holt {
             current: Vec::new(),
             pins: (0..pins).map(|_| Vec::new()).collect(),
         };
-        let (decoded, grafts, fields): (ImageBody, GraftsImage, FieldsImage) = match version {
-            IMAGE_VERSION_V3 => {
-                let decoded: ImageBody = options.deserialize(body).map_err(corrupt)?;
-                let grafts = GraftsImage {
-                    current: Vec::new(),
-                    pins: decoded.pins.iter().map(|_| Vec::new()).collect(),
-                };
-                let fields = no_fields(decoded.pins.len());
-                (decoded, grafts, fields)
-            }
-            IMAGE_VERSION_V4 => {
-                let (decoded, grafts): (ImageBody, GraftsImage) =
-                    options.deserialize(body).map_err(corrupt)?;
-                let fields = no_fields(decoded.pins.len());
-                (decoded, grafts, fields)
-            }
-            _ => options.deserialize(body).map_err(corrupt)?,
-        };
+        let (decoded, grafts, fields, tokens): (ImageBody, GraftsImage, FieldsImage, TokensImage) =
+            match version {
+                IMAGE_VERSION_V3 => {
+                    let decoded: ImageBody = options.deserialize(body).map_err(corrupt)?;
+                    let grafts = GraftsImage {
+                        current: Vec::new(),
+                        pins: decoded.pins.iter().map(|_| Vec::new()).collect(),
+                    };
+                    let fields = no_fields(decoded.pins.len());
+                    (decoded, grafts, fields, Vec::new())
+                }
+                IMAGE_VERSION_V4 => {
+                    let (decoded, grafts): (ImageBody, GraftsImage) =
+                        options.deserialize(body).map_err(corrupt)?;
+                    let fields = no_fields(decoded.pins.len());
+                    (decoded, grafts, fields, Vec::new())
+                }
+                IMAGE_VERSION_V5 => {
+                    let (decoded, grafts, fields): (ImageBody, GraftsImage, FieldsImage) =
+                        options.deserialize(body).map_err(corrupt)?;
+                    (decoded, grafts, fields, Vec::new())
+                }
+                _ => options.deserialize(body).map_err(corrupt)?,
+            };
         let holt = decoded
-            .into_holt(grafts, fields)
+            .into_holt(grafts, fields, tokens)
             .map_err(ImageError::Corrupt)?;
         holt.check_invariants().map_err(ImageError::Corrupt)?;
         Ok(holt)
@@ -342,7 +365,14 @@ fn split_header(bytes: &[u8]) -> Result<(u32, &[u8]), ImageError> {
         return Err(ImageError::BadMagic);
     }
     let version = read_u32(bytes, 8).ok_or(ImageError::Truncated)?;
-    if ![IMAGE_VERSION, IMAGE_VERSION_V4, IMAGE_VERSION_V3].contains(&version) {
+    if ![
+        IMAGE_VERSION,
+        IMAGE_VERSION_V5,
+        IMAGE_VERSION_V4,
+        IMAGE_VERSION_V3,
+    ]
+    .contains(&version)
+    {
         return Err(ImageError::UnsupportedVersion(version));
     }
     let body_len = read_u64(bytes, 12).ok_or(ImageError::Truncated)?;
@@ -376,7 +406,12 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 impl ImageBody {
-    fn into_holt(self, grafts: GraftsImage, fields: FieldsImage) -> Result<Holt, String> {
+    fn into_holt(
+        self,
+        grafts: GraftsImage,
+        fields: FieldsImage,
+        tokens: TokensImage,
+    ) -> Result<Holt, String> {
         for (what, counter) in [
             ("GC task", self.next_gc_seq),
             ("snapshot", self.next_snapshot),
@@ -485,6 +520,7 @@ impl ImageBody {
             next_generation: self.next_generation,
             gc: sorted_map(self.gc, "GC tasks")?,
             next_gc_seq: self.next_gc_seq,
+            tokens: sorted_map(tokens, "tokens")?,
         })
     }
 }

@@ -5,7 +5,8 @@
 //! file bodies (published bodies, staged uploads and the GC queue of
 //! objects to delete; see [`body`]), subtree snapshot pins (see
 //! [`snapshot`]), the graft points joining other shards' trees below it
-//! (see [`graft`]), and changes it only through
+//! (see [`graft`]), the access tokens of the cluster (shard 0; see
+//! [`auth`]), and changes it only through
 //! [`Holt::apply`], a deterministic function of (state, command, log index):
 //! no clocks, randomness, I/O or hash-map iteration order. Replicas that
 //! apply the same log reach byte-identical state, and [`Holt::encode_image`]
@@ -17,6 +18,7 @@
 //! Main types: [`Holt`], [`Command`]/[`Op`] (mutations), [`Query`] (reads),
 //! [`FsError`] (POSIX-style errors).
 
+pub mod auth;
 pub mod body;
 pub mod command;
 pub mod engine;
@@ -30,6 +32,7 @@ pub mod snapshot;
 pub mod types;
 pub mod watch;
 
+pub use auth::{same_hash, Role, TokenInfo, TokenRecord, MAX_TOKENS, MAX_TOKEN_LABEL};
 pub use body::{
     block_prefix, shard_block_prefix, validate_body_spec, validate_lease, BlockRef, Body, BodySpec,
     BodySummary, GcTarget, GcTask, PublishMode, StagedUpload, UploadId,

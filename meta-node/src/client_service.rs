@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nokv_holt::{
-    Applied, BodySpec, Command, FsError, Holt, IndexedCommit, Op, StagedUpload, UploadId,
+    Applied, BodySpec, Command, FsError, Holt, IndexedCommit, Op, RequestId, StagedUpload, UploadId,
 };
 use nokv_proto::convert::{mutate_response, query_response};
 use nokv_proto::error::status_with_detail;
@@ -87,6 +87,8 @@ pub struct ClientService {
     pub(crate) handover: tokio::sync::watch::Sender<bool>,
     /// This node's TLS identity, for calls to peers (`Campaign`).
     pub(crate) tls: Option<crate::tls::NodeTls>,
+    /// The token this node presents to peers (`--require-auth`).
+    pub(crate) auth_token: Option<nokv_proto::auth::Token>,
 }
 
 /// Holds new writes on this replica until dropped.
@@ -594,6 +596,17 @@ impl ClientService {
         self.check_bodies(&command).await?;
         let single_commit = matches!(command.op, Op::CommitPublish { .. });
         self.index_plain_commits(&mut command).await?;
+        self.commit(command, single_commit).await
+    }
+
+    /// Proposes `command` and waits for its outcome (bounded: a timeout is
+    /// an unknown outcome, never a refusal). With `single_commit`, a plain
+    /// commit proposed as an indexed batch of one is answered as asked.
+    async fn commit(
+        &self,
+        command: Command,
+        single_commit: bool,
+    ) -> Result<pb::MutateResponse, Status> {
         let proposed = tokio::time::timeout(self.timeouts.write, self.proposer.propose(command));
         let proposed = tokio::select! {
             proposed = proposed => proposed,
@@ -639,6 +652,39 @@ impl ClientService {
                 Err(fs_error_status_from_leader(&fs_err, self.leader_hint()))
             }
         }
+    }
+
+    /// Creates or revokes an access token (shard 0; the node checked the
+    /// caller is an admin): `op` is `CreateToken` or `RevokeToken`.
+    pub async fn change_tokens(&self, request_id: RequestId, op: Op) -> Result<(), Status> {
+        let command = Command {
+            request_id,
+            epoch: None,
+            time_ns: now_ns(),
+            op,
+        };
+        Holt::validate_command(&command).map_err(|e| fs_error_status(&e))?;
+        self.wait_for_handover().await;
+        self.check_leading()?;
+        self.commit(command, false).await.map(drop)
+    }
+
+    /// Every token (linearizable: the leader confirms it leads first).
+    pub async fn list_tokens(&self) -> Result<Vec<nokv_holt::TokenInfo>, Status> {
+        self.must_lead().await?;
+        let s = self.state.read().map_err(|_| Self::state_error())?;
+        Ok(s.holt.tokens())
+    }
+
+    /// The role of a token as this replica last applied the table (a
+    /// revocation takes effect on each node as it applies it).
+    pub(crate) fn token_role(
+        &self,
+        id: u64,
+        secret_sha256: &[u8; 32],
+    ) -> Result<Option<nokv_holt::Role>, Status> {
+        let s = self.state.read().map_err(|_| Self::state_error())?;
+        Ok(s.holt.token_role(id, secret_sha256))
     }
 
     /// Publishing needs an object store, and a commit may only name blocks

@@ -22,6 +22,7 @@ use nokv_proto::pb::{self, RaftMessage};
 use nokv_proto::{status_from_detail, ErrorCode};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{required_role, Call};
 use crate::node::NodeError;
 use crate::replica::{NodeContext, ShardReplica};
 
@@ -118,6 +119,12 @@ impl ShardHost {
     }
 }
 
+/// A request id of 16 bytes, as the client chose it.
+fn request_id(bytes: &[u8]) -> Result<nokv_holt::RequestId, Status> {
+    nokv_proto::convert::request_id_from_bytes(bytes)
+        .map_err(|e| status_from_detail(ErrorCode::InvalidArgument, e.to_string()))
+}
+
 fn no_control_plane() -> Status {
     status_from_detail(
         ErrorCode::Unavailable,
@@ -146,6 +153,8 @@ pub struct NodeService {
     pub cluster: String,
     /// One permit per watch stream this node may serve (all shards).
     pub watch_streams: Arc<tokio::sync::Semaphore>,
+    /// Token checks (`--require-auth`); `None`: every caller is trusted.
+    pub(crate) auth: Option<Arc<crate::auth::Auth>>,
 }
 
 fn admin_status(e: crate::control::AdminError) -> Status {
@@ -216,6 +225,14 @@ impl NodeService {
 }
 
 impl NodeService {
+    /// Refuses the call unless its token covers it (with auth on).
+    fn authorize<T>(&self, request: &Request<T>, call: Call<'_>) -> Result<(), Status> {
+        match &self.auth {
+            Some(auth) => auth.check(request.metadata(), required_role(call)),
+            None => Ok(()),
+        }
+    }
+
     fn watch_streams_limit(&self) -> usize {
         self.host.ctx.config.max_watch_streams
     }
@@ -229,6 +246,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.authorize(&request, Call::Read)?;
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         let permit = self
@@ -252,6 +270,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
+        self.authorize(&request, Call::Mutate(request.get_ref().op.as_ref()))?;
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         // A shard being removed takes no more writes (the remover's barrier,
@@ -273,6 +292,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
+        self.authorize(&request, Call::Read)?;
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         r.client.query(request).await
@@ -282,6 +302,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize(&request, Call::Read)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.status(request).await
     }
@@ -290,6 +311,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::InitClusterRequest>,
     ) -> Result<Response<pb::InitClusterResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.init_cluster(request).await
     }
@@ -298,6 +320,12 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::RunGcRequest>,
     ) -> Result<Response<pb::RunGcResponse>, Status> {
+        self.authorize(
+            &request,
+            Call::Gc {
+                ignore_grace: request.get_ref().ignore_grace,
+            },
+        )?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.run_gc(request).await
     }
@@ -306,6 +334,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::FsckRequest>,
     ) -> Result<Response<pb::FsckResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.fsck(request).await
     }
@@ -314,6 +343,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.backup(request).await
     }
@@ -322,6 +352,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CheckBlocksRequest>,
     ) -> Result<Response<pb::CheckBlocksResponse>, Status> {
+        self.authorize(&request, Call::Write)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.check_blocks(request).await
     }
@@ -330,6 +361,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::HostShardRequest>,
     ) -> Result<Response<pb::HostShardResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let shard = request.into_inner().shard;
         let id =
             u16::try_from(shard).map_err(|_| unknown_shard(shard, "shard ids are below 65536"))?;
@@ -346,6 +378,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CreateShardRequest>,
     ) -> Result<Response<pb::CreateShardResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
         let r = request.into_inner();
         admin
@@ -359,6 +392,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::RemoveShardRequest>,
     ) -> Result<Response<pb::RemoveShardResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
         admin
             .remove_shard(request.into_inner().path)
@@ -371,6 +405,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::ChangeVotersRequest>,
     ) -> Result<Response<pb::ChangeVotersResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client
             .change_voters(request.into_inner())
@@ -382,6 +417,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client
             .transfer_leader(request.into_inner())
@@ -393,6 +429,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.campaign().await.map(Response::new)
     }
@@ -401,6 +438,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::MembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
         let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
         admin
             .membership(request.into_inner())
@@ -411,8 +449,9 @@ impl MetaService for NodeService {
 
     async fn get_shard_map(
         &self,
-        _request: Request<pb::GetShardMapRequest>,
+        request: Request<pb::GetShardMapRequest>,
     ) -> Result<Response<pb::GetShardMapResponse>, Status> {
+        self.authorize(&request, Call::Read)?;
         let seen = self.maps.as_ref().and_then(|m| m.borrow().clone());
         Ok(Response::new(match seen {
             Some(seen) => pb::GetShardMapResponse {
@@ -423,10 +462,81 @@ impl MetaService for NodeService {
         }))
     }
 
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
+        let r = request.into_inner();
+        let root = self.host.replica(0)?;
+        let secret_sha256: [u8; 32] = r.secret_sha256.as_slice().try_into().map_err(|_| {
+            status_from_detail(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "secret_sha256 has {} bytes, a SHA-256 has 32",
+                    r.secret_sha256.len()
+                ),
+            )
+        })?;
+        let role: nokv_holt::Role = r
+            .role
+            .parse()
+            .map_err(|e: String| status_from_detail(ErrorCode::InvalidArgument, e))?;
+        let op = nokv_holt::Op::CreateToken {
+            id: r.id,
+            secret_sha256,
+            role,
+            label: r.label,
+        };
+        root.client
+            .change_tokens(request_id(&r.request_id)?, op)
+            .await?;
+        tracing::info!(id = %format!("{:016x}", r.id), %role, "token created");
+        Ok(Response::new(pb::CreateTokenResponse {}))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
+        let r = request.into_inner();
+        let root = self.host.replica(0)?;
+        root.client
+            .change_tokens(
+                request_id(&r.request_id)?,
+                nokv_holt::Op::RevokeToken { id: r.id },
+            )
+            .await?;
+        tracing::info!(id = %format!("{:016x}", r.id), "token revoked");
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.authorize(&request, Call::Admin)?;
+        let root = self.host.replica(0)?;
+        let tokens = root.client.list_tokens().await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens
+                .into_iter()
+                .map(|t| pb::TokenInfo {
+                    id: t.id,
+                    role: t.role.to_string(),
+                    label: t.label,
+                    created_ns: t.created_ns,
+                })
+                .collect(),
+        }))
+    }
+
     async fn node_status(
         &self,
-        _request: Request<pb::NodeStatusRequest>,
+        request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        self.authorize(&request, Call::Read)?;
         let mut shards = Vec::new();
         for r in self.host.all() {
             let status = r

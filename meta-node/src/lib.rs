@@ -16,6 +16,7 @@
 //! peers talk to each other only over gRPC.
 
 pub mod archive;
+pub mod auth;
 pub mod client_service;
 pub mod control;
 pub mod election;

@@ -256,7 +256,14 @@ impl ClientService {
 
     /// Asks the replica at `addr` to stand for election.
     async fn campaign_on(&self, addr: &str, to: NodeId) -> Result<(), String> {
-        let leads = campaign_call(addr, u32::from(self.shard.0), to, self.tls.as_ref()).await?;
+        let leads = campaign_call(
+            addr,
+            u32::from(self.shard.0),
+            to,
+            self.tls.as_ref(),
+            self.auth_token.as_ref(),
+        )
+        .await?;
         tracing::info!(shard = %self.shard, to, leads, "campaign answered");
         Ok(())
     }
@@ -306,6 +313,7 @@ async fn campaign_call(
     shard: u32,
     to: NodeId,
     tls: Option<&crate::tls::NodeTls>,
+    token: Option<&nokv_proto::auth::Token>,
 ) -> Result<bool, String> {
     let endpoint = crate::tls::peer_endpoint(addr, tls)
         .map_err(|e| format!("node {to}: {e}"))?
@@ -315,8 +323,14 @@ async fn campaign_call(
             .connect()
             .await
             .map_err(|e| format!("cannot reach node {to} at {addr}: {e}"))?;
+        let mut request = tonic::Request::new(pb::CampaignRequest { shard });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert(nokv_proto::auth::AUTHORIZATION, token.header_value());
+        }
         pb::meta_service_client::MetaServiceClient::new(channel)
-            .campaign(pb::CampaignRequest { shard })
+            .campaign(request)
             .await
             .map_err(|s| s.message().to_string())
     };
@@ -358,7 +372,7 @@ mod tests {
             }
         }
         let started = Instant::now();
-        let result = campaign_call(&addr.to_string(), 0, 2, None).await;
+        let result = campaign_call(&addr.to_string(), 0, 2, None, None).await;
         let took = started.elapsed();
         assert!(result.is_err(), "{result:?}");
         assert!(

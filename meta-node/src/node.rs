@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub cluster: String,
     /// TLS for clients and peers; `None`: plain HTTP/2 (see `crate::tls`).
     pub tls: Option<crate::tls::NodeTls>,
+    /// Token checks on every client call (`--require-auth`); `None`: every
+    /// caller is trusted (see `crate::auth`).
+    pub auth: Option<crate::auth::AuthConfig>,
     pub data_dir: PathBuf,
     /// The shard this node always hosts (0, the root shard); others are
     /// added by `HostShard` and kept in the data directory.
@@ -89,6 +92,7 @@ impl NodeConfig {
             advertise,
             cluster: "nokv".into(),
             tls: None,
+            auth: None,
             data_dir,
             shard: ShardId(0),
             // A follower starts an election after the leader lease
@@ -292,6 +296,13 @@ pub async fn run_node(
     let mut server = tonic::transport::Server::builder();
     match &config.tls {
         Some(tls) => server = server.tls_config(tls.server_config())?,
+        None if local.is_some_and(|a| !a.ip().is_loopback()) && config.auth.is_some() => {
+            tracing::warn!(
+                "serving without TLS on a non-loopback address: tokens cross the network in \
+                 the clear, and anyone who reaches it can take part in Raft (pass --tls-cert, \
+                 --tls-key, --tls-ca)"
+            )
+        }
         None if local.is_some_and(|a| !a.ip().is_loopback()) => tracing::warn!(
             "serving without TLS on a non-loopback address: anyone who reaches it can read and \
              write everything and take part in Raft (pass --tls-cert, --tls-key, --tls-ca)"
@@ -307,6 +318,10 @@ pub async fn run_node(
                 admin,
                 cluster: config.cluster.clone(),
                 watch_streams: Arc::new(tokio::sync::Semaphore::new(config.max_watch_streams)),
+                auth: config
+                    .auth
+                    .as_ref()
+                    .map(|a| Arc::new(crate::auth::Auth::new(a, host.clone()))),
             })
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),

@@ -219,6 +219,7 @@ impl ShardReplica {
             shard,
             handover: tokio::sync::watch::channel(false).0,
             tls: config.tls.clone(),
+            auth_token: config.auth.as_ref().map(|a| a.admin_token.clone()),
         };
         tracing::info!(node = config.node_id, %shard, "replica started");
         Ok(ShardReplica {

@@ -833,6 +833,13 @@ fn op_to_wire(op: holt::Op) -> Result<PbOp, WireError> {
                 reason: "housekeeping commands are proposed by the leader only".into(),
             })
         }
+        // Tokens have their own RPCs (admin only), never `Mutate`.
+        holt::Op::CreateToken { .. } | holt::Op::RevokeToken { .. } => {
+            return Err(WireError::Invalid {
+                field: "op",
+                reason: "tokens are created and revoked through CreateToken and RevokeToken".into(),
+            })
+        }
     })
 }
 

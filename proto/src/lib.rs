@@ -9,6 +9,7 @@
 //! Must not depend on: meta-node, client, openraft, sled, or any server
 //! crate. Depends on `holt` only for its plain domain types.
 
+pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod error;

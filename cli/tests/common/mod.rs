@@ -148,7 +148,10 @@ pub struct Cluster {
     /// When the replicas serve TLS (`--tls-ca` among the serve arguments):
     /// what clients need to reach them, and the same as CLI arguments.
     client_tls: Option<nokv_client::ClientTls>,
-    cli_tls_args: Vec<String>,
+    /// With `--admin-token-file` among the serve arguments: the bootstrap
+    /// admin token, which the harness's clients and CLI runs carry.
+    client_token: Option<nokv_client::Token>,
+    cli_credentials: Vec<String>,
 }
 
 impl Cluster {
@@ -189,12 +192,24 @@ impl Cluster {
             nokv_client::ClientTls::load(std::path::Path::new(ca), None)
                 .expect("read the test cluster's CA")
         });
-        let cli_tls_args = match tls_ca {
+        let mut cli_credentials = match tls_ca {
             Some(ca) => vec!["--tls-ca".to_string(), ca],
             None => Vec::new(),
         };
+        let client_token = extra_args
+            .iter()
+            .position(|a| *a == "--admin-token-file")
+            .and_then(|i| extra_args.get(i + 1))
+            .map(|file| {
+                let text = std::fs::read_to_string(file).expect("read the admin token file");
+                nokv_client::Token::parse(&text).expect("an admin token")
+            });
+        if let Some(token) = &client_token {
+            cli_credentials.extend(["--token".to_string(), token.reveal()]);
+        }
         let mut probe_config = ClientConfig::new(addrs);
         probe_config.tls = client_tls.clone();
+        probe_config.token = client_token.clone();
         probe_config.attempt_timeout = Duration::from_secs(2);
         probe_config.connect_timeout = Duration::from_millis(500);
         // Benchmarks may ask for the production timing (`nokv serve`'s
@@ -217,7 +232,8 @@ impl Cluster {
             probe: Client::new(probe_config).expect("status probe client"),
             logs_shown: Cell::new(false),
             client_tls,
-            cli_tls_args,
+            client_token,
+            cli_credentials,
         };
         for id in cluster.ids() {
             cluster.spawn_node(id);
@@ -331,6 +347,7 @@ impl Cluster {
         let mut config = ClientConfig::new(endpoints);
         config.deadline = WAIT;
         config.tls = self.client_tls.clone();
+        config.token = self.client_token.clone();
         Client::new(config).expect("client for the test cluster")
     }
 
@@ -472,6 +489,11 @@ impl Cluster {
     }
 
     // ----- diagnostics -------------------------------------------------------
+
+    /// Everything node `id` logged so far.
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default()
+    }
 
     /// The last lines of every node's log.
     pub fn logs(&self) -> String {
@@ -648,7 +670,7 @@ impl Cluster {
     /// Runs `nokv --endpoints <all> ARGS`.
     pub async fn nokv(&self, args: &[&str]) -> Output {
         let endpoints = self.endpoints().join(",");
-        let mut full: Vec<&str> = self.cli_tls_args.iter().map(String::as_str).collect();
+        let mut full: Vec<&str> = self.cli_credentials.iter().map(String::as_str).collect();
         full.extend_from_slice(&["--endpoints", endpoints.as_str()]);
         full.extend_from_slice(args);
         run_nokv(&full).await
@@ -708,7 +730,7 @@ impl Cluster {
     /// Forms the group with `nokv cluster init --members ...`.
     pub async fn must_init(&self) {
         let members = self.members_arg();
-        let mut args: Vec<&str> = self.cli_tls_args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = self.cli_credentials.iter().map(String::as_str).collect();
         args.extend_from_slice(&["cluster", "init", "--members", &members]);
         let out = run_nokv(&args).await;
         if !out.status.success() {

@@ -170,7 +170,9 @@ impl Holt {
             | Op::ExpireUploads { .. }
             | Op::GcDone { .. }
             | Op::RenewSnapshot { .. }
-            | Op::SetWatchRetention { .. } => Targets::None,
+            | Op::SetWatchRetention { .. }
+            | Op::CreateToken { .. }
+            | Op::RevokeToken { .. } => Targets::None,
         }
     }
 

@@ -36,6 +36,7 @@ impl Holt {
         self.check_publish_state()?;
         self.check_grafts()?;
         self.check_fields()?;
+        self.check_tokens()?;
         self.check_pins()
     }
 

@@ -183,9 +183,9 @@ fn encoding_is_deterministic() {
 fn header_layout() {
     let image = sample().encode_image();
     assert_eq!(&image[..8], b"NOKVHOLT");
-    assert_eq!(image[8..12], 5u32.to_le_bytes());
-    assert_eq!(image_version(), 5);
-    assert_eq!(Holt::image_version(), 5);
+    assert_eq!(image[8..12], 6u32.to_le_bytes());
+    assert_eq!(image_version(), 6);
+    assert_eq!(Holt::image_version(), 6);
     let body_len = u64::from_le_bytes(image[12..20].try_into().expect("8 bytes"));
     assert_eq!(body_len as usize, image.len() - HEADER_LEN);
     let crc = u32::from_le_bytes(image[20..24].try_into().expect("4 bytes"));
@@ -234,10 +234,10 @@ fn bad_magic_and_version() {
     assert!(matches!(decode_err(&bad), ImageError::BadMagic));
     assert!(matches!(decode_err(b"NOPE"), ImageError::BadMagic));
     let mut future = image.clone();
-    future[8..12].copy_from_slice(&6u32.to_le_bytes());
+    future[8..12].copy_from_slice(&7u32.to_le_bytes());
     assert!(matches!(
         decode_err(&future),
-        ImageError::UnsupportedVersion(6)
+        ImageError::UnsupportedVersion(7)
     ));
     // Versions 1 (no bodies) and 2 (no pins) were never deployed and are
     // not migrated.
@@ -401,7 +401,12 @@ fn duplicate_keys_in_a_body_are_corrupt() {
     let encode = |body: &ImageBodyRef| {
         with_header(
             &body_options()
-                .serialize(&(body, no_grafts(), no_fields()))
+                .serialize(&(
+                    body,
+                    no_grafts(),
+                    no_fields(),
+                    Vec::<(u64, TokenRecord)>::new(),
+                ))
                 .expect("serialize"),
         )
     };
@@ -631,7 +636,7 @@ fn encode_v3(holt: &Holt) -> Vec<u8> {
 }
 
 #[test]
-fn a_version_3_image_still_decodes_and_is_rewritten_as_version_5() {
+fn a_version_3_image_still_decodes_and_is_rewritten_as_version_6() {
     let mut holt = sample();
     let pinned = holt.apply(
         LogIndex(holt.last_applied().0 + 1),
@@ -649,7 +654,7 @@ fn a_version_3_image_still_decodes_and_is_rewritten_as_version_5() {
     let decoded = Holt::decode_image(&old).expect("a version-3 image");
     assert_eq!(decoded, holt);
     assert_eq!(decoded.encode_image(), holt.encode_image());
-    assert_eq!(decoded.encode_image()[8..12], 5u32.to_le_bytes());
+    assert_eq!(decoded.encode_image()[8..12], 6u32.to_le_bytes());
     // Grafting works on the upgraded state.
     let mut decoded = decoded;
     let grafted = decoded.apply(
@@ -860,4 +865,42 @@ fn allocation_counters_beyond_any_history_are_corrupt() {
             ImageError::Corrupt(why) if why.contains("beyond any history")
         ));
     }
+}
+
+// ---- version 5 (before tokens) ----------------------------------------------
+
+#[test]
+fn a_version_5_image_decodes_without_tokens_and_a_token_table_round_trips() {
+    let holt = sample();
+    let body = body_options()
+        .serialize(&(holt.image_body(), holt.image_grafts(), holt.image_fields()))
+        .expect("serialize");
+    let old = with_header_version(IMAGE_VERSION_V5, &body);
+    let decoded = Holt::decode_image(&old).expect("a version-5 image");
+    assert_eq!(decoded, holt);
+    assert!(decoded.tokens().is_empty());
+    // Tokens live in shard 0 (the sample is another shard's).
+    let mut holt = Holt::new(HoltConfig::default());
+    let created = holt.apply(
+        LogIndex(holt.last_applied().0 + 1),
+        &op_command(
+            902,
+            Op::CreateToken {
+                id: 42,
+                secret_sha256: [3; 32],
+                role: crate::Role::Write,
+                label: "ci".into(),
+            },
+        ),
+    );
+    assert!(created.is_ok(), "{created:?}");
+    let round = Holt::decode_image(&holt.encode_image()).expect("version 6");
+    assert_eq!(round, holt);
+    assert_eq!(round.token_role(42, &[3; 32]), Some(crate::Role::Write));
+    // A version-5 header on a body with the token tail: trailing bytes.
+    let mut mislabeled = holt.encode_image();
+    mislabeled[8..12].copy_from_slice(&IMAGE_VERSION_V5.to_le_bytes());
+    let crc = crc32fast::hash(&mislabeled[HEADER_LEN..]);
+    mislabeled[20..24].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(decode_err(&mislabeled), ImageError::Corrupt(_)));
 }
