@@ -15,7 +15,8 @@
 //! - `tokens_with_roles_guard_every_call`: a cluster started with
 //!   `--require-auth` and a bootstrap admin token refuses a client without
 //!   a token, with a malformed one, a read-only token writing, a read-write
-//!   token calling admin RPCs, and a revoked token, each with a clear
+//!   token calling admin RPCs, a revoked token (and a watch stream whose
+//!   token is revoked while it runs), each with a clear
 //!   error and no change; tokens survive a restart of every node; no
 //!   secret appears in a log or an error message.
 //!
@@ -437,6 +438,38 @@ async fn tokens_with_roles_guard_every_call() {
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["w"], "only the read-write token's mkdir happened");
 
+    // A watch whose token is revoked while it runs ends, on whichever
+    // replica serves it.
+    let watcher = cluster
+        .must_nokv(&["auth", "token", "create", "--role", "read", "--label", "w"])
+        .await
+        .trim()
+        .to_string();
+    let mut config = nokv_client::ClientConfig::new(cluster.endpoints());
+    config.token = Some(nokv_client::Token::parse(&watcher).expect("a token"));
+    let watching = nokv_client::Client::new(config).expect("client");
+    let mut watch = Box::pin(watching.watch("/data", true, 0));
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+        Ok(Some(Ok(_))) => {}
+        other => cluster.fail(format!("the watcher's first event: {other:?}")),
+    }
+    cluster
+        .must_nokv(&["auth", "token", "revoke", &watcher[5..21]])
+        .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    match ended {
+        Ok(Some(Err(ClientError::Unauthenticated(m)))) => errors.push(m),
+        other => cluster.fail(format!("a watch after its token was revoked: {other:?}")),
+    }
+
     // Revoked: refused at once by the leader, and by every node as it applies it.
     let writer_id = &writer[5..21];
     cluster
@@ -474,7 +507,7 @@ async fn tokens_with_roles_guard_every_call() {
     );
 
     // No secret in any error message or log line.
-    for token in [&admin, &reader, &writer, &stranger] {
+    for token in [&admin, &reader, &writer, &watcher, &stranger] {
         let secret = secret_of(token);
         for e in &errors {
             assert!(!e.contains(secret), "an error shows a secret: {e}");

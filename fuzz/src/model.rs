@@ -16,7 +16,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use nokv_holt::{
     BlockRef, BodySpec, Command, EntryRef, Epoch, FieldSet, FieldValue, FsError, Generation, Holt,
     HoltConfig, IndexKey, IndexRange, IndexedCommit, InodeId, InodeRef, LogIndex, Op, PublishMode,
-    Query, QueryResult, RenameMode, RequestId, SetAttr, ShardId, SnapshotId, StagedUpload,
+    Query, QueryResult, RenameMode, RequestId, Role, SetAttr, ShardId, SnapshotId, StagedUpload,
     UploadId, XattrFlag,
 };
 
@@ -55,6 +55,9 @@ const XATTRS: [&str; 4] = ["user.a", "user.b", "trusted.c", ""];
 const SHARDS: [u16; 4] = [0, 1, 7, 9];
 /// Field names of indexed bodies.
 const FIELDS: [&str; 3] = ["kind", "n", ""];
+/// Token roles and labels (one label invalid).
+const ROLES: [Role; 3] = [Role::Read, Role::Write, Role::Admin];
+const LABELS: [&str; 3] = ["", "ci", "bad\nlabel"];
 
 fn pick<T: Copy>(list: &[T], i: u8) -> T {
     list[usize::from(i) % list.len()]
@@ -261,6 +264,13 @@ pub enum Step {
         at: Entry,
         shard: u8,
     },
+    /// An access token (kept by shard 0 only; ours may be another).
+    CreateToken {
+        id: u8,
+        role: u8,
+        label: u8,
+    },
+    RevokeToken(u8),
     /// Re-send an earlier command with its request id.
     Retry(u8),
     /// A new leader: the epoch advances.
@@ -717,6 +727,15 @@ impl Run {
             Step::RemoveGraft { at, shard } => Op::RemoveGraft {
                 at: self.entry(*at),
                 shard: ShardId(pick(&SHARDS, *shard)),
+            },
+            Step::CreateToken { id, role, label } => Op::CreateToken {
+                id: u64::from(*id % 4),
+                secret_sha256: [*id; 32],
+                role: pick(&ROLES, *role),
+                label: pick(&LABELS, *label).to_string(),
+            },
+            Step::RevokeToken(id) => Op::RevokeToken {
+                id: u64::from(*id % 4),
             },
             Step::Retry(_)
             | Step::AdvanceEpoch

@@ -273,12 +273,14 @@ impl ClientService {
         &self,
         request: Request<pb::WatchRequest>,
         permit: tokio::sync::OwnedSemaphorePermit,
+        allowed: Option<crate::watch::StillAllowed>,
     ) -> Result<Response<crate::watch::WatchStream>, Status> {
         crate::watch::open(
             self.state.clone(),
             self.raft.clone(),
             request.into_inner(),
             permit,
+            allowed,
         )
         .map(Response::new)
     }

@@ -263,7 +263,13 @@ impl MetaService for NodeService {
                     ),
                 )
             })?;
-        r.client.watch(request, permit).await
+        // A token revoked while the stream runs ends it.
+        let allowed = self.auth.clone().map(|auth| {
+            let metadata = request.metadata().clone();
+            let need = required_role(Call::Read);
+            Box::new(move || auth.check(&metadata, need)) as crate::watch::StillAllowed
+        });
+        r.client.watch(request, permit, allowed).await
     }
 
     async fn mutate(

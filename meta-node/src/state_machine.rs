@@ -232,10 +232,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // Copy the state under the read lock, encode and write outside it so
         // that reads and applies are blocked only for the copy.
+        let started = std::time::Instant::now();
         let (holt, last_applied, membership) = {
             let s = self.state.read().map_err(|_| poisoned())?;
             (s.holt.clone(), s.last_applied, s.membership.clone())
         };
+        let copied = started.elapsed();
         let dir = self.snapshot_dir.clone();
         let current = self.current.clone();
         let snap = tokio::task::spawn_blocking(move || -> std::io::Result<StoredSnapshot> {
@@ -258,7 +260,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(snapshot_write_err)?
         .map_err(snapshot_write_err)?;
-        tracing::info!(snapshot = %snap.meta.snapshot_id, bytes = snap.image.len(), "built snapshot");
+        tracing::info!(
+            snapshot = %snap.meta.snapshot_id,
+            bytes = snap.image.len(),
+            copy_ms = copied.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
         let out = Snapshot {
             meta: snap.meta.clone(),
             snapshot: Box::new(Cursor::new(snap.image.clone())),

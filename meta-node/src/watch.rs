@@ -45,14 +45,21 @@ fn read(
         .map_err(|e| fs_error_status(&e))
 }
 
+/// Whether the caller may still read (its token was not revoked since the
+/// stream opened); checked before each page and each wait.
+pub(crate) type StillAllowed = Box<dyn Fn() -> Result<(), Status> + Send>;
+
 /// Opens a watch, which holds `permit` (its place among the node's streams)
 /// until it ends. Errors that the request alone decides (a malformed path,
-/// an expired cursor) are returned here, before any event is sent.
+/// an expired cursor) are returned here, before any event is sent. With
+/// `allowed`, the stream ends with its error once the caller's access ends
+/// (within a page of events, or a second when idle).
 pub(crate) fn open(
     state: SharedState,
     raft: Raft,
     req: pb::WatchRequest,
     permit: tokio::sync::OwnedSemaphorePermit,
+    allowed: Option<StillAllowed>,
 ) -> Result<WatchStream, Status> {
     read(&state, req.after_cursor, &req.path, req.recursive)?;
     let (tx, rx) = tokio::sync::mpsc::channel(BUFFER);
@@ -64,6 +71,10 @@ pub(crate) fn open(
             // Mark the current metrics as seen before reading, so an apply
             // that lands after the read still wakes the wait below.
             applied.borrow_and_update();
+            if let Some(Err(status)) = allowed.as_ref().map(|check| check()) {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             let (events, next) = match read(&state, cursor, &req.path, req.recursive) {
                 Ok(page) => page,
                 Err(status) => {
