@@ -17,6 +17,7 @@
 
 pub mod archive;
 pub mod client_service;
+mod clock;
 pub mod control;
 pub mod election;
 pub mod fatal;
