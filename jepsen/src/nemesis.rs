@@ -507,9 +507,12 @@ async fn skew_clocks(
                         mtime >= before + ms - slack && mtime <= after + ms + slack
                     });
                     if let Some((node, ms)) = matched {
+                        let whose = match ms {
+                            0 => "no offset".to_string(),
+                            ms => format!("node {node}'s offset {ms} ms"),
+                        };
                         seen.push(format!(
-                            "shard {shard}: mtime {skew_ms} ms off the harness clock \
-                             (node {node}'s offset {ms} ms)"
+                            "shard {shard}: mtime {skew_ms} ms off the harness clock ({whose})"
                         ));
                         break;
                     }
@@ -665,5 +668,44 @@ mod tests {
             );
         }
         assert!("etcd-pause".parse::<NemesisSpec>().is_err());
+    }
+
+    #[test]
+    fn clock_offsets_skew_the_leaders_both_ways_within_bounds() {
+        let ids = [1, 2, 3];
+        let in_range = |ms: i64| {
+            let a = ms.unsigned_abs();
+            (1_000..=8_000).contains(&a) || (60_000..=180_000).contains(&a)
+        };
+        let mut minutes = 0;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            // Two shards on two leaders, then one node leading both.
+            for leaders in [
+                BTreeMap::from([(0, 3), (1, 1)]),
+                BTreeMap::from([(0, 2), (1, 2)]),
+            ] {
+                let offsets = clock_offsets(&ids, &leaders, leaders.get(&0).copied(), &mut rng);
+                assert_eq!(offsets.keys().copied().collect::<Vec<_>>(), ids);
+                assert!(offsets.values().all(|&ms| in_range(ms)), "{offsets:?}");
+                assert!(offsets.values().any(|&ms| ms > 0), "{offsets:?}");
+                assert!(offsets.values().any(|&ms| ms < 0), "{offsets:?}");
+                let first = offsets[&leaders[&0]];
+                let other = match leaders[&1] {
+                    l if l != leaders[&0] => offsets[&l],
+                    _ => 0,
+                };
+                if other != 0 {
+                    assert!(first.signum() != other.signum(), "{offsets:?}");
+                }
+                minutes += offsets.values().filter(|ms| ms.abs() >= 60_000).count();
+            }
+        }
+        assert!(minutes > 0, "never a skew of minutes");
+        // Seeded: the same seed gives the same offsets.
+        let leaders = BTreeMap::from([(0, 1), (1, 2)]);
+        let a = clock_offsets(&ids, &leaders, Some(1), &mut StdRng::seed_from_u64(7));
+        let b = clock_offsets(&ids, &leaders, Some(1), &mut StdRng::seed_from_u64(7));
+        assert_eq!(a, b);
     }
 }
