@@ -26,6 +26,10 @@
 #                               nokv-s3s-fs:dev, nokv-etcd:dev), the same variables
 #                               docker-compose.yml reads
 #   NOKV_BIN=PATH               use this nokv binary instead of `cargo build --release`
+#   NOKV_FEATURES=clock-skew    cargo features of that release build; `clock-skew` is for
+#                               test images only (the partition tests' clock-skew fault:
+#                               an offset on each replica's clock, read from a file);
+#                               never for images users run
 #   S3S_FS_BIN=PATH             use this s3s-fs binary instead of ~/.cargo/bin/s3s-fs
 #   NOKV_STRIP=0                keep the release profile's debug line tables in the image
 #                               (default 1: `strip --strip-debug`, symbols stay, so panic
@@ -104,8 +108,10 @@ image() {
 if [[ -z "$only" || "$only" == "nokv" ]]; then
   nokv_bin="${NOKV_BIN:-}"
   if [[ -z "$nokv_bin" ]]; then
-    log "cargo build --release -p nokv-cli --bin nokv (no-op when up to date)"
-    cargo build --release -p nokv-cli --bin nokv
+    features=()
+    [[ -z "${NOKV_FEATURES:-}" ]] || features=(--features "$NOKV_FEATURES")
+    log "cargo build --release -p nokv-cli --bin nokv ${features[*]} (no-op when up to date)"
+    cargo build --release -p nokv-cli --bin nokv ${features[@]+"${features[@]}"}
     nokv_bin="$root/target/release/nokv"
   fi
   stage "$nokv_bin" nokv "$stage_root/nokv"

@@ -48,10 +48,13 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "docker images for the Jepsen smoke runs (from the debug build)"
+step "docker images for the Jepsen smoke runs (from the debug build, with the test-only clock offset)"
 command -v docker >/dev/null 2>&1 || { echo "test.sh: Docker is required (the Jepsen smoke runs start containers)" >&2; exit 1; }
-cargo build -p nokv-cli --bin nokv
+cargo build -p nokv-cli --bin nokv --features clock-skew
 NOKV_BIN=target/debug/nokv bash docker/build.sh
+
+step "the test clock offset's parsing (feature clock-skew; not in the workspace build)"
+cargo test -p nokv-meta-node --features clock-skew --lib clock::
 
 step "cargo test"
 cargo test --workspace -- --test-threads "${NOKV_TEST_THREADS:-2}"

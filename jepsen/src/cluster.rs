@@ -24,6 +24,15 @@
 //!
 //! Every container, network and volume carries the run's label and is
 //! removed when the [`DockerCluster`] is dropped, also after a panic or error.
+//!
+//! Replicas run with a short GC grace and frequent GC passes
+//! ([`ClusterOptions::gc_grace`], [`ClusterOptions::gc_interval`]), so
+//! blocks of overwritten bodies are deleted while the faults go on, and
+//! [`DockerCluster::fsck`] checks at the end that no live block went
+//! missing. Each replica reads a clock offset from [`CLOCK_OFFSET_FILE`]
+//! (images built with the `clock-skew` feature; see
+//! `meta-node/src/clock.rs`), which [`DockerCluster::set_clock_offset`]
+//! replaces.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,6 +53,9 @@ const ETCD_PORT: u16 = 2379;
 pub const GRAFT: &str = "/s1";
 /// The shards of a run, by name: the root shard (`/`) and the graft.
 pub const SHARDS: [&str; 2] = ["/", GRAFT];
+/// Where each replica reads its test clock offset (signed milliseconds and
+/// a newline; missing: 0), named to it by `NOKV_TEST_CLOCK_OFFSET_FILE`.
+pub const CLOCK_OFFSET_FILE: &str = "/tmp/nokv-clock-offset";
 /// Credentials of the run's S3 server.
 pub const S3_ACCESS_KEY: &str = "nokv";
 pub const S3_SECRET_KEY: &str = "nokv-secret";
@@ -87,6 +99,10 @@ pub struct ClusterOptions {
     pub node_env: Vec<(String, String)>,
     /// How long to wait for the cluster to form.
     pub ready_timeout: Duration,
+    /// `nokv serve --gc-grace`: how long superseded blocks stay readable.
+    pub gc_grace: Duration,
+    /// `nokv serve --gc-interval`: how often the leader collects garbage.
+    pub gc_interval: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -99,6 +115,8 @@ impl Default for ClusterOptions {
             rust_log: "info".into(),
             node_env: Vec::new(),
             ready_timeout: Duration::from_secs(60),
+            gc_grace: Duration::from_secs(2),
+            gc_interval: Duration::from_millis(500),
         }
     }
 }
@@ -182,6 +200,28 @@ pub fn agreed_leader(statuses: &[ReplicaStatus]) -> Option<u64> {
         .iter()
         .any(|s| s.node == leader && s.role.as_deref() == Some("leader"));
     (all_agree && it_leads).then_some(leader)
+}
+
+/// What `nokv fsck --json` reported for every shard.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FsckReport {
+    pub shards: Vec<u16>,
+    pub live_blocks: u64,
+    pub objects_scanned: u64,
+    /// `MISSING_BLOCK` (a live block is gone: GC deleted it), `SIZE_MISMATCH`,
+    /// `ORPHAN_OBJECT` (an object nothing references or queues).
+    pub problems: Vec<FsckProblem>,
+}
+
+/// One problem `nokv fsck` found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FsckProblem {
+    pub shard: u16,
+    pub kind: String,
+    pub key: String,
+    pub inode: u64,
+    pub expected_size: u64,
+    pub actual_size: u64,
 }
 
 /// Removes everything labelled with the run when dropped.
@@ -329,6 +369,8 @@ impl DockerCluster {
             let port = free_port()?;
             let (name, tag) = split_image(&options.nokv_image);
             let advertise = format!("{alias}:{NODE_PORT}");
+            let gc_grace = humantime::format_duration(options.gc_grace).to_string();
+            let gc_interval = humantime::format_duration(options.gc_interval).to_string();
             let mut image = GenericImage::new(name, tag)
                 .with_cmd([
                     "serve",
@@ -344,6 +386,10 @@ impl DockerCluster {
                     "s3://nokv/jepsen",
                     "--etcd",
                     &etcd_url,
+                    "--gc-grace",
+                    &gc_grace,
+                    "--gc-interval",
+                    &gc_interval,
                 ])
                 .with_container_name(&container)
                 .with_network(&client_net)
@@ -355,6 +401,7 @@ impl DockerCluster {
                 .with_env_var("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
                 .with_env_var("AWS_REGION", "us-east-1")
                 .with_env_var("AWS_EC2_METADATA_DISABLED", "true")
+                .with_env_var("NOKV_TEST_CLOCK_OFFSET_FILE", CLOCK_OFFSET_FILE)
                 .with_env_var("RUST_LOG", &options.rust_log)
                 .with_env_var("NO_COLOR", "1");
             for (key, value) in &options.node_env {
@@ -804,6 +851,52 @@ impl DockerCluster {
 
     pub async fn unpause(&self, id: u64) -> Result<(), ClusterError> {
         Ok(self.docker.unpause(&self.node(id)?.container).await?)
+    }
+
+    /// Sets the test clock offset of replica `id` (running or not): writes
+    /// `offset_ms` to its [`CLOCK_OFFSET_FILE`] with `docker cp`. The
+    /// replica picks it up within 100 ms; an image built without the
+    /// `clock-skew` feature ignores it (the nemesis checks the effect).
+    pub async fn set_clock_offset(&self, id: u64, offset_ms: i64) -> Result<(), ClusterError> {
+        let container = &self.node(id)?.container;
+        let local = std::env::temp_dir().join(format!("nokv-jepsen-{}-clock-n{id}", self.run));
+        std::fs::write(&local, format!("{offset_ms}\n"))
+            .map_err(|e| ClusterError::Harness(format!("write {}: {e}", local.display())))?;
+        let copied = self
+            .docker
+            .copy_into(&local, container, CLOCK_OFFSET_FILE)
+            .await;
+        let _ = std::fs::remove_file(&local);
+        Ok(copied?)
+    }
+
+    /// `nokv fsck --json` over every shard, run with the `nokv` binary
+    /// inside replica `via`, as an operator would.
+    pub async fn fsck(&self, via: u64) -> Result<FsckReport, ClusterError> {
+        let container = &self.node(via)?.container;
+        let endpoints: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}:{NODE_PORT}", n.alias))
+            .collect();
+        let endpoints = endpoints.join(",");
+        let argv = [
+            "nokv",
+            "--endpoints",
+            &endpoints,
+            "--timeout",
+            "30s",
+            "--json",
+            "fsck",
+        ];
+        let (_, stdout, stderr) = self.docker.exec_status(container, &argv).await?;
+        // With problems it prints them and exits 1; without JSON it failed.
+        serde_json::from_str(&stdout).map_err(|e| {
+            ClusterError::Harness(format!(
+                "`{}` in {container} gave no report ({e}): {stdout} {stderr}",
+                argv.join(" ")
+            ))
+        })
     }
 
     /// A replica's whole log, written to `path`.

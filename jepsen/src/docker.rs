@@ -139,6 +139,51 @@ impl Docker {
         self.run(&args).await
     }
 
+    /// Runs `argv` inside a running container whatever its exit status:
+    /// whether it succeeded, its stdout and its stderr (for commands that
+    /// report on stdout and also fail, as `nokv fsck --json` does when it
+    /// finds problems).
+    pub async fn exec_status(
+        &self,
+        container: &str,
+        argv: &[&str],
+    ) -> Result<(bool, String, String), DockerError> {
+        let mut args = vec!["exec", container];
+        args.extend_from_slice(argv);
+        let child = Command::new("docker")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(self.timeout, child).await {
+            Ok(Ok(out)) => Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )),
+            Ok(Err(e)) => Err(DockerError::Spawn(e)),
+            Err(_) => Err(DockerError::TimedOut {
+                args: args.join(" "),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Copies the host file `src` to `dest` inside `container` (`docker
+    /// cp`: works on an image without a shell, running or stopped).
+    pub async fn copy_into(
+        &self,
+        src: &std::path::Path,
+        container: &str,
+        dest: &str,
+    ) -> Result<(), DockerError> {
+        let src = src.to_string_lossy();
+        let dest = format!("{container}:{dest}");
+        self.run(&["cp", &src, &dest]).await.map(|_| ())
+    }
+
     /// `kill -9` of the container's process (the container stays, stopped).
     pub async fn kill(&self, container: &str) -> Result<(), DockerError> {
         self.run(&["kill", "--signal", "KILL", container])

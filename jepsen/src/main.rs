@@ -58,7 +58,8 @@ struct RunArgs {
     time_limit: Duration,
     /// Faults to inject (comma-separated): none, all, partition, etcd, or
     /// single faults: isolate-leader, isolate-node, bridge, kill, pause,
-    /// kill-multi-leader, etcd-kill, etcd-partition, membership.
+    /// kill-multi-leader, etcd-kill, etcd-partition, membership, clock-skew
+    /// (needs an image built with `--features clock-skew`).
     #[arg(long, default_value = "all")]
     nemesis: NemesisSpec,
     /// Workloads to run concurrently: register, set, namespace, all.
@@ -129,6 +130,14 @@ struct RunArgs {
     /// log, their statuses and the summary.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+    /// `nokv serve --gc-grace` of the replicas: short, so that GC deletes
+    /// overwritten bodies' blocks while the faults go on (`fsck` at the end
+    /// must find no live block missing).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    gc_grace: Duration,
+    /// `nokv serve --gc-interval` of the replicas.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    gc_interval: Duration,
     /// RUST_LOG of the replicas.
     #[arg(long, default_value = "info")]
     node_log: String,
@@ -276,6 +285,21 @@ fn render_report(report: &Report, out: &std::path::Path) -> String {
             t.cycle
         );
     }
+    if let Some(f) = &report.fsck {
+        outln!(
+            text,
+            "      fsck: {} ({} live blocks, {} objects, {} problems; GC grace {:.0} ms every {:.0} ms)",
+            if f.valid { "clean" } else { "PROBLEMS" },
+            f.report.live_blocks,
+            f.report.objects_scanned,
+            f.report.problems.len(),
+            f.gc_grace_ms,
+            f.gc_interval_ms
+        );
+        for p in f.report.problems.iter().take(5) {
+            outln!(text, "    shard {}: {} {}", p.shard, p.kind, p.key);
+        }
+    }
     let fmt = |f: &nokv_jepsen::run::Failover| match (f.p50_ms, f.max_ms) {
         (Some(p50), Some(max)) => format!(
             "p50 {p50:.0} ms, max {max:.0} ms over {} faults",
@@ -372,6 +396,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             rust_log: args.node_log.clone(),
             node_env: args.node_env.clone(),
             ready_timeout: args.ready_timeout,
+            gc_grace: args.gc_grace,
+            gc_interval: args.gc_interval,
             ..ClusterOptions::default()
         },
         recovery_timeout: args.recovery_timeout,

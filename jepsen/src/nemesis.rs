@@ -18,9 +18,23 @@
 //! | `membership`       | `remove-replica` of a shard's replica on one node (the    |
 //! |                    | leader half the time) through the `Membership` RPC; at    |
 //! |                    | heal `add-replica` of the same node                       |
+//! | `clock-skew`       | every replica's wall clock moved by its own offset (1–8 s,|
+//! |                    | a quarter of the time 1–3 min; shard leaders skewed both  |
+//! |                    | ways); reset to 0 at heal                                 |
 //!
 //! `--nemesis partition` enables the three partitions, `etcd` both etcd
-//! faults, `kill` and `pause` their fault, `all` everything. A membership
+//! faults, `kill` and `pause` their fault, `all` everything.
+//!
+//! The clock skew needs images built with the `clock-skew` feature
+//! (`scripts/test.sh` builds them so): containers share the kernel's clock,
+//! so each replica adds an offset it reads from a file
+//! (`meta-node/src/clock.rs`), which the nemesis replaces with `docker cp`.
+//! It then creates a probe file in each shard until its mtime, which the
+//! shard's leader stamps, shows one of the offsets (and, at heal, none):
+//! a build that ignores the offset fails the injection instead of passing
+//! a fault that never happened. The skew leaves safety to monotonic
+//! clocks (read-index, leases, the GC grace period); the run's GC checks
+//! (short grace, `fsck` at the end) look for what a wall clock would break. A membership
 //! step that fails is recorded (`error`, with the reason) and retried at
 //! heal; it does not fail the run by itself, since refusing a change is
 //! allowed (the run's safety and liveness checks still apply). Each cycle waits a healthy period, takes
@@ -56,10 +70,11 @@ pub enum FaultKind {
     EtcdKill,
     EtcdPartition,
     Membership,
+    ClockSkew,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::IsolateLeader,
         FaultKind::IsolateNode,
         FaultKind::Bridge,
@@ -69,6 +84,7 @@ impl FaultKind {
         FaultKind::EtcdKill,
         FaultKind::EtcdPartition,
         FaultKind::Membership,
+        FaultKind::ClockSkew,
     ];
 
     /// The name `--nemesis` and the report use.
@@ -83,6 +99,7 @@ impl FaultKind {
             FaultKind::EtcdKill => "etcd-kill",
             FaultKind::EtcdPartition => "etcd-partition",
             FaultKind::Membership => "membership",
+            FaultKind::ClockSkew => "clock-skew",
         }
     }
 }
@@ -158,6 +175,11 @@ pub enum Fault {
         node: u64,
         was_leader: bool,
     },
+    /// Each node's wall clock was moved by its offset in milliseconds
+    /// (reset to 0 at heal).
+    ClockSkew {
+        offsets_ms: BTreeMap<u64, i64>,
+    },
 }
 
 impl Fault {
@@ -170,6 +192,7 @@ impl Fault {
             Fault::EtcdKill => FaultKind::EtcdKill,
             Fault::EtcdPartition => FaultKind::EtcdPartition,
             Fault::Membership { .. } => FaultKind::Membership,
+            Fault::ClockSkew { .. } => FaultKind::ClockSkew,
         }
     }
 }
@@ -195,7 +218,8 @@ pub struct NemesisEvent {
     #[serde(default)]
     pub leaders_before: BTreeMap<u32, u64>,
     pub message: Option<String>,
-    /// What a membership step reported it changed.
+    /// What a membership step reported it changed; for a clock skew, the
+    /// skew each shard's leader was seen to stamp.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<String>,
 }
@@ -390,7 +414,124 @@ pub fn choose(
                 was_leader: shard_leader == Some(node),
             }
         }
+        FaultKind::ClockSkew => Fault::ClockSkew {
+            offsets_ms: clock_offsets(&ids, leaders, leader, rng),
+        },
     }
+}
+
+/// An offset for each node: the leaders first (shard order, then shard 0's
+/// as the nemesis saw it), the first forward or backward at random and the
+/// next the other way (another node when one node leads every shard), the
+/// rest at random; 1–8 s each, a quarter of them 1–3 min (below the 10 min
+/// upload lease, so writes keep working while the leader changes).
+fn clock_offsets(
+    ids: &[u64],
+    leaders: &BTreeMap<u32, u64>,
+    leader: Option<u64>,
+    rng: &mut StdRng,
+) -> BTreeMap<u64, i64> {
+    let mut order: Vec<u64> = Vec::new();
+    let mut rest: Vec<u64> = ids.to_vec();
+    rest.shuffle(rng);
+    for node in leaders.values().copied().chain(leader).chain(rest) {
+        if ids.contains(&node) && !order.contains(&node) {
+            order.push(node);
+        }
+    }
+    let first_forward = rng.random_bool(0.5);
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, &node)| {
+            let forward = match i {
+                0 => first_forward,
+                1 => !first_forward,
+                _ => rng.random_bool(0.5),
+            };
+            let ms: i64 = if rng.random_bool(0.25) {
+                rng.random_range(60_000..=180_000)
+            } else {
+                rng.random_range(1_000..=8_000)
+            };
+            (node, if forward { ms } else { -ms })
+        })
+        .collect()
+}
+
+/// Where the clock probes of each shard go (by position in
+/// [`DockerCluster::shard_ids`]): outside every workload's directory.
+const CLOCK_PROBE_DIRS: [&str; 2] = ["/jepsen/clock", "/s1/clock"];
+/// How long the replicas may take to show a new offset (they re-read it
+/// every 100 ms; a probe is one write).
+const CLOCK_SETTLE: Duration = Duration::from_secs(10);
+/// Slack around the probe's call when matching an mtime to an offset.
+const CLOCK_SLACK_MS: i64 = 100;
+
+/// Sets every node's clock offset, then waits until a file created in each
+/// shard carries an mtime its leader stamped with one of `offsets_ms`
+/// (within the probe's call, plus [`CLOCK_SLACK_MS`]). Returns what each
+/// shard's probe showed.
+async fn skew_clocks(
+    cluster: &DockerCluster,
+    offsets_ms: &BTreeMap<u64, i64>,
+) -> Result<Vec<String>, ClusterError> {
+    for (&node, &ms) in offsets_ms {
+        cluster.set_clock_offset(node, ms).await?;
+    }
+    let client = cluster.client(Duration::from_secs(5))?;
+    let wall_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128)
+    };
+    let deadline = tokio::time::Instant::now() + CLOCK_SETTLE;
+    let mut seen = Vec::new();
+    for (&shard, dir) in cluster.shard_ids().iter().zip(CLOCK_PROBE_DIRS) {
+        loop {
+            let probe = format!("{dir}/p{}", rand::random::<u64>());
+            let made = match client.mkdir(dir, true).await {
+                Ok(_) => {
+                    let before = wall_ns();
+                    client.create(&probe).await.map(|a| (before, a, wall_ns()))
+                }
+                Err(e) => Err(e),
+            };
+            let last = match made {
+                Ok((before, attr, after)) => {
+                    let mtime = i128::from(attr.mtime_ns);
+                    let slack = i128::from(CLOCK_SLACK_MS) * 1_000_000;
+                    let skew_ms = (mtime - (before + after) / 2) / 1_000_000;
+                    let matched = offsets_ms.iter().find(|(_, &ms)| {
+                        let ms = i128::from(ms) * 1_000_000;
+                        mtime >= before + ms - slack && mtime <= after + ms + slack
+                    });
+                    if let Some((node, ms)) = matched {
+                        let whose = match ms {
+                            0 => "no offset".to_string(),
+                            ms => format!("node {node}'s offset {ms} ms"),
+                        };
+                        seen.push(format!(
+                            "shard {shard}: mtime {skew_ms} ms off the harness clock ({whose})"
+                        ));
+                        break;
+                    }
+                    format!("mtime {skew_ms} ms off the harness clock")
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Harness(format!(
+                    "shard {shard} did not show any of the clock offsets {offsets_ms:?} \
+                     within {CLOCK_SETTLE:?} ({last}); is the image built with \
+                     `--features clock-skew`?"
+                )));
+            }
+            // A poll interval: the condition is the probe's mtime.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(seen)
 }
 
 /// How long one membership step may take (adding waits for the new
@@ -451,6 +592,7 @@ pub async fn inject(
             };
             return cluster.membership(request, MEMBERSHIP_STEP).await;
         }
+        Fault::ClockSkew { offsets_ms } => return skew_clocks(cluster, offsets_ms).await,
     }
     Ok(Vec::new())
 }
@@ -468,6 +610,10 @@ pub async fn heal(cluster: &DockerCluster, fault: &Fault) -> Result<Vec<String>,
         Fault::Pause { node, .. } => cluster.unpause(*node).await?,
         Fault::EtcdKill => cluster.restart_etcd().await?,
         Fault::EtcdPartition => cluster.heal_etcd().await?,
+        Fault::ClockSkew { offsets_ms } => {
+            let zero = offsets_ms.keys().map(|&node| (node, 0)).collect();
+            return skew_clocks(cluster, &zero).await;
+        }
         Fault::Membership { shard, node, .. } => {
             // The replica must come back whatever the removal did (adding
             // is idempotent): retry a refused step until a deadline.
@@ -522,5 +668,44 @@ mod tests {
             );
         }
         assert!("etcd-pause".parse::<NemesisSpec>().is_err());
+    }
+
+    #[test]
+    fn clock_offsets_skew_the_leaders_both_ways_within_bounds() {
+        let ids = [1, 2, 3];
+        let in_range = |ms: i64| {
+            let a = ms.unsigned_abs();
+            (1_000..=8_000).contains(&a) || (60_000..=180_000).contains(&a)
+        };
+        let mut minutes = 0;
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            // Two shards on two leaders, then one node leading both.
+            for leaders in [
+                BTreeMap::from([(0, 3), (1, 1)]),
+                BTreeMap::from([(0, 2), (1, 2)]),
+            ] {
+                let offsets = clock_offsets(&ids, &leaders, leaders.get(&0).copied(), &mut rng);
+                assert_eq!(offsets.keys().copied().collect::<Vec<_>>(), ids);
+                assert!(offsets.values().all(|&ms| in_range(ms)), "{offsets:?}");
+                assert!(offsets.values().any(|&ms| ms > 0), "{offsets:?}");
+                assert!(offsets.values().any(|&ms| ms < 0), "{offsets:?}");
+                let first = offsets[&leaders[&0]];
+                let other = match leaders[&1] {
+                    l if l != leaders[&0] => offsets[&l],
+                    _ => 0,
+                };
+                if other != 0 {
+                    assert!(first.signum() != other.signum(), "{offsets:?}");
+                }
+                minutes += offsets.values().filter(|ms| ms.abs() >= 60_000).count();
+            }
+        }
+        assert!(minutes > 0, "never a skew of minutes");
+        // Seeded: the same seed gives the same offsets.
+        let leaders = BTreeMap::from([(0, 1), (1, 2)]);
+        let a = clock_offsets(&ids, &leaders, Some(1), &mut StdRng::seed_from_u64(7));
+        let b = clock_offsets(&ids, &leaders, Some(1), &mut StdRng::seed_from_u64(7));
+        assert_eq!(a, b);
     }
 }

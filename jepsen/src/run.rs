@@ -36,7 +36,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cluster::{
-    agreed_leader, ClusterError, ClusterOptions, DockerCluster, ReplicaStatus, GRAFT, SHARDS,
+    agreed_leader, ClusterError, ClusterOptions, DockerCluster, FsckReport, ReplicaStatus, GRAFT,
+    SHARDS,
 };
 use crate::nemesis::{self, Fault, FaultKind, NemesisEvent, Schedule};
 use crate::record::{RunDir, StatusSnapshot};
@@ -171,6 +172,11 @@ pub struct Report {
     #[serde(default)]
     pub etcd_fault_acks: Vec<EtcdFaultAcks>,
     pub namespace: Option<TreeSummary>,
+    /// `nokv fsck --json` after the final heal (every shard): with a short
+    /// GC grace and frequent GC under the faults, no live block may be
+    /// missing, and nothing may be left that is neither live nor queued.
+    #[serde(default)]
+    pub fsck: Option<FsckCheck>,
     /// Leader loss (kill of the leader) to the first acknowledged write.
     pub failover_kill: Failover,
     /// Same, for every fault that took the leader away (kill, pause or
@@ -211,6 +217,7 @@ impl Report {
             register_keys_by_shard: BTreeMap::new(),
             etcd_fault_acks: Vec::new(),
             namespace: None,
+            fsck: None,
             failover_kill: Failover::default(),
             failover_any: Failover::default(),
             liveness: None,
@@ -224,6 +231,16 @@ impl Report {
         self.valid = false;
         self.aborted.get_or_insert(why);
     }
+}
+
+/// The end-of-run `fsck`, and the GC settings it ran under.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FsckCheck {
+    pub gc_grace_ms: f64,
+    pub gc_interval_ms: f64,
+    pub report: FsckReport,
+    /// No problem of any kind.
+    pub valid: bool,
 }
 
 /// Writes acknowledged in each shard while etcd was down or cut off.
@@ -392,14 +409,18 @@ fn leader_lost(fault: &Fault) -> bool {
         Fault::Kill { was_leader, .. } | Fault::Pause { was_leader, .. } => *was_leader,
         Fault::Partition { kind, .. } => *kind == FaultKind::IsolateLeader,
         Fault::KillLeaders { shards, .. } => shards.contains(&0),
-        Fault::EtcdKill | Fault::EtcdPartition | Fault::Membership { .. } => false,
+        Fault::EtcdKill
+        | Fault::EtcdPartition
+        | Fault::Membership { .. }
+        | Fault::ClockSkew { .. } => false,
     }
 }
 
 /// The replicas a fault takes away: killed, paused, or cut off from every
 /// other replica. Etcd faults take none (the data path does not need it);
 /// a membership change takes none either (leadership is handed over, not
-/// lost, and the shard keeps a quorum of its voters).
+/// lost, and the shard keeps a quorum of its voters), and a clock skew
+/// none (every replica keeps serving).
 fn nodes_lost(fault: &Fault, nodes: &[u64]) -> Vec<u64> {
     match fault {
         Fault::Kill { node, .. } | Fault::Pause { node, .. } | Fault::KillLeaders { node, .. } => {
@@ -415,7 +436,10 @@ fn nodes_lost(fault: &Fault, nodes: &[u64]) -> Vec<u64> {
                     .all(|&m| cut.contains(&crate::cluster::link(n, m)))
             })
             .collect(),
-        Fault::EtcdKill | Fault::EtcdPartition | Fault::Membership { .. } => Vec::new(),
+        Fault::EtcdKill
+        | Fault::EtcdPartition
+        | Fault::Membership { .. }
+        | Fault::ClockSkew { .. } => Vec::new(),
     }
 }
 
@@ -551,9 +575,13 @@ fn topology(log: &[NemesisEvent]) -> Vec<TopologyEvent> {
                     });
                 }
             }
-            // Etcd is not a replica, and a membership change leaves the
-            // shard a quorum of its voters (one fault at a time).
-            Fault::EtcdKill | Fault::EtcdPartition | Fault::Membership { .. } => {}
+            // Etcd is not a replica, a membership change leaves the shard
+            // a quorum of its voters (one fault at a time), and a skewed
+            // clock stops nobody.
+            Fault::EtcdKill
+            | Fault::EtcdPartition
+            | Fault::Membership { .. }
+            | Fault::ClockSkew { .. } => {}
         }
         if injecting {
             active.push(fault);
@@ -1078,7 +1106,39 @@ async fn carry_out(
         .graft_checks
         .extend(graft::check(&admin, "end", config.recovery_timeout).await?);
     report.valid &= report.graft_checks.iter().all(|c| c.ok);
+    let fsck = final_fsck(cluster, config.recovery_timeout).await?;
+    let fsck = FsckCheck {
+        gc_grace_ms: config.cluster.gc_grace.as_secs_f64() * 1e3,
+        gc_interval_ms: config.cluster.gc_interval.as_secs_f64() * 1e3,
+        valid: fsck.problems.is_empty(),
+        report: fsck,
+    };
+    if !fsck.valid {
+        tracing::error!(problems = ?fsck.report.problems, "fsck found problems");
+    }
+    report.valid &= fsck.valid;
+    report.fsck = Some(fsck);
     Ok(())
+}
+
+/// `nokv fsck --json` through replica 1, retried until it reports (a
+/// shard may still be moving its leader) or `timeout` passes.
+async fn final_fsck(
+    cluster: &DockerCluster,
+    timeout: Duration,
+) -> Result<FsckReport, ClusterError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cluster.fsck(1).await {
+            Ok(report) => return Ok(report),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "fsck did not report; retrying");
+                // A poll interval: the condition is a report.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

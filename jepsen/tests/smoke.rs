@@ -67,7 +67,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         dir.path(),
         &[
             "--time-limit",
-            "100s",
+            "110s",
             "--nemesis",
             "all",
             "--workload",
@@ -92,6 +92,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         "register_verdict": r["register"]["verdict"],
         "register_anomalies": r["register"]["anomalies"].as_array().map(|a| a.len()),
         "nemesis_errors": r["nemesis_errors"],
+        "fsck": r["fsck"],
         "liveness": r["liveness"], "aborted": r["aborted"],
     }))
     .unwrap_or_default();
@@ -108,6 +109,7 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         "etcd-kill",
         "etcd-partition",
         "membership",
+        "clock-skew",
     ] {
         assert!(
             r["faults"][kind].as_u64().unwrap_or(0) >= 1,
@@ -203,6 +205,25 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
             assert!(fault["acks"][shard].as_u64().unwrap_or(0) > 0, "{summary}");
         }
     }
+    // GC ran with a short grace under the faults (and the clock skew), and
+    // fsck after the final heal found no live block missing, no size
+    // mismatch and no orphan.
+    assert_eq!(r["fsck"]["valid"], Value::Bool(true), "{summary}");
+    assert_eq!(r["fsck"]["gc_grace_ms"], 2_000.0, "{summary}");
+    assert!(
+        r["fsck"]["report"]["live_blocks"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    eprintln!("fsck: {}", r["fsck"]);
+    // The clock skew took effect: each injection's probes saw a leader
+    // stamp one of the offsets (else the injection is a nemesis error).
+    let nemesis = std::fs::read_to_string(dir.path().join("nemesis.jsonl")).unwrap_or_default();
+    let skews: Vec<&str> = nemesis
+        .lines()
+        .filter(|l| l.contains("\"clock-skew\"") && l.contains("\"phase\":\"start\""))
+        .collect();
+    assert!(!skews.is_empty(), "no clock skew in nemesis.jsonl");
+    eprintln!("clock skews: {}", skews.join("\n"));
     // A refused membership step is recorded, not a failure; show them.
     eprintln!("membership errors: {}", r["membership_errors"]);
     // The run wrote its histories.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nokv_holt::{
     Applied, BodySpec, Command, FsError, Holt, IndexedCommit, Op, RequestId, StagedUpload, UploadId,
@@ -25,6 +25,7 @@ use openraft::{BasicNode, ServerState};
 use tonic::{Request, Response, Status};
 
 use crate::archive::{ArchiveError, ArchiveHandle};
+use crate::clock::now_ns;
 use crate::maintenance::{Maintenance, MaintenanceError};
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
@@ -188,13 +189,6 @@ impl ClientService {
     pub(crate) fn state_error() -> Status {
         status_from_detail(ErrorCode::Internal, "replica state is unavailable".into())
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn invalid(e: impl std::fmt::Display) -> Status {

@@ -18,6 +18,7 @@
 pub mod archive;
 pub mod auth;
 pub mod client_service;
+mod clock;
 pub mod control;
 pub mod election;
 pub mod fatal;

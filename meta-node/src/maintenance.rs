@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nokv_blob::{BlobError, BlobStore};
@@ -25,6 +25,7 @@ use nokv_holt::{BlockRef, BodySpec, Command, FsError, GcTarget, Op, RequestId};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::PurgeGate;
+pub(crate) use crate::clock::now_ns;
 use crate::proposer::Proposer;
 use crate::state_machine::SharedState;
 use crate::typ::Raft;
@@ -145,13 +146,6 @@ pub struct Maintenance {
     pub(crate) verified: Arc<VerifiedBlocks>,
     /// The GC queue as this node saw it over time (the grace period's clock).
     pub(crate) gc_marks: Arc<GcMarks>,
-}
-
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 impl Maintenance {
