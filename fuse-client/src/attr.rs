@@ -97,6 +97,9 @@ pub fn errno(err: &ClientError) -> Errno {
         ClientError::Fs { errno, .. } if *errno > 0 => Errno::from_i32(*errno),
         ClientError::InvalidArgument(_) => Errno::EINVAL,
         ClientError::WrongShard { .. } => Errno::EXDEV,
+        // The mount's token is missing, revoked, or of a role below the
+        // operation's (a read-only token writing): refused, nothing done.
+        ClientError::Unauthenticated(_) | ClientError::PermissionDenied(_) => Errno::EACCES,
         _ => Errno::EIO,
     }
 }
@@ -106,6 +109,16 @@ mod tests {
     use super::*;
     use nokv_client::{Generation, ShardId};
     use nokv_holt::LogIndex;
+
+    #[test]
+    fn refusals_of_the_token_are_eacces() {
+        for e in [
+            ClientError::Unauthenticated("no token".into()),
+            ClientError::PermissionDenied("read role".into()),
+        ] {
+            assert_eq!(errno(&e), Errno::EACCES);
+        }
+    }
 
     #[test]
     fn the_root_and_inode_one_swap_and_everything_else_stays() {
