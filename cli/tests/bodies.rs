@@ -1933,10 +1933,25 @@ fn heaviest_field_set(n: i64) -> nokv_client::FieldSet {
 /// `MAX_BATCH_BYTES`), the leader grouped such a burst into entries of up
 /// to 256 commands: an entry over the 64 MiB Raft message limit could never
 /// be sent, and the writes in it timed out with their outcome unknown.
+///
+/// openraft 0.9 gives an AppendEntries one heartbeat interval, and an entry
+/// of one such command (3.6 MiB) travels alone: a debug build on a loaded
+/// 2-core machine needed more than the tests' usual 100 ms to encode, send
+/// and fsync it (seen in CI while partition tests ran beside it), so this
+/// cluster models that machine with a 300 ms heartbeat (docs/security.md,
+/// "Liveness": the largest entry must cross within one heartbeat).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_the_largest_commands_commits_and_replicates() {
     let _load = common::heavy_test().await;
-    let Some(bc) = BodyCluster::start(StoreKind::File, &[]).await else {
+    let timing = [
+        "--heartbeat",
+        "300ms",
+        "--election-timeout-min",
+        "1s",
+        "--election-timeout-max",
+        "2s",
+    ];
+    let Some(bc) = BodyCluster::start(StoreKind::File, &timing).await else {
         return;
     };
     const WRITERS: usize = 24;

@@ -214,7 +214,10 @@ impl Cluster {
         probe_config.connect_timeout = Duration::from_millis(500);
         // Benchmarks may ask for the production timing (`nokv serve`'s
         // defaults) with NOKV_TEST_DEFAULT_TIMING=1.
-        let timing: &[&str] = if std::env::var_os("NOKV_TEST_DEFAULT_TIMING").is_some() {
+        // A test that sets its own heartbeat sets the election timeouts too.
+        let timing: &[&str] = if std::env::var_os("NOKV_TEST_DEFAULT_TIMING").is_some()
+            || extra_args.contains(&"--heartbeat")
+        {
             &[]
         } else {
             &RAFT_TIMING
