@@ -38,6 +38,10 @@ pub enum Workload {
     /// reporting each minute's throughput, latency and the resident memory
     /// of the processes given by --pid (for --minutes).
     Soak,
+    /// In process, no cluster: what a state-machine snapshot costs one
+    /// replica with --files live files and a full dedupe table and watch
+    /// history (the copy under the state lock, encode, decode).
+    Snapshot,
     /// mdtest-style file operations with plain file system calls in the
     /// local directory --dir (e.g. a `nokv mount`): create, stat, remove,
     /// 4 KiB create+write+close, then a sequential write and read of --size.
@@ -409,6 +413,9 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         // Plain file system calls: blocking, on their own threads.
         return tokio::task::block_in_place(|| crate::bench_posix::run(&args, g));
     }
+    if let Workload::Snapshot = args.workload {
+        return tokio::task::block_in_place(|| crate::bench_snapshot::run(&args, g));
+    }
     let client = g.client()?;
     let run = rand_u64();
     let mut dirs = Vec::new();
@@ -425,6 +432,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         Workload::Publish => publish(&args, g, &client, &dir).await?,
         Workload::Agent => crate::bench_agent::run(&args, g, &client, &dir).await?,
         Workload::Posix => anyhow::bail!("posix runs in a local directory, before this"),
+        Workload::Snapshot => anyhow::bail!("snapshot runs in process, before this"),
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Soak => crate::bench_soak::run(&args, g, &client, &dir).await?,
         Workload::Create => {

@@ -42,7 +42,7 @@
 //! Decoding never panics: every malformed input maps to an [`ImageError`],
 //! and a well-formed body must also pass the engine's structural checks.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bincode::Options;
 use imbl::ordmap::DiffItem;
@@ -427,10 +427,7 @@ impl ImageBody {
         }
         let dedupe_capacity = usize::try_from(self.dedupe_capacity)
             .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
-        let mut dedupe_order = VecDeque::with_capacity(self.dedupe.len());
-        for (id, _) in &self.dedupe {
-            dedupe_order.push_back(*id);
-        }
+        let dedupe_order: imbl::Vector<RequestId> = self.dedupe.iter().map(|(id, _)| *id).collect();
         let mut ns = Namespace {
             shard: self.shard,
             inodes: sorted_map(self.inodes, "inodes")?.into_iter().collect(),
@@ -504,7 +501,7 @@ impl ImageBody {
             ns,
             snapshots,
             next_snapshot: self.next_snapshot,
-            events: self.events.into(),
+            events: self.events.into_iter().collect(),
             next_event: self.next_event,
             retention: self.retention,
             dedupe_capacity,
@@ -513,7 +510,7 @@ impl ImageBody {
             last_applied: self.last_applied,
             // Insertion order, not key order: checked for duplicates by
             // length, since the map would silently merge them.
-            dedupe: collect_unique(self.dedupe)?,
+            dedupe: collect_unique(self.dedupe)?.into_iter().collect(),
             dedupe_order,
             staged: sorted_map(self.staged, "staged uploads")?,
             next_upload: self.next_upload,

@@ -362,8 +362,9 @@ impl Holt {
         let start = usize::try_from(after - oldest).unwrap_or(usize::MAX);
         let mut events = Vec::new();
         let mut cursor = after;
-        let newer = self.events.range(start.min(self.events.len())..);
-        for event in newer.take(MAX_WATCH_SCAN) {
+        // An O(log n) view of the history from `start` (persistent vector).
+        let newer = self.events.skip(start.min(self.events.len()));
+        for event in newer.iter().take(MAX_WATCH_SCAN) {
             if events.len() == limit {
                 break;
             }
