@@ -7,6 +7,7 @@
 
 use nokv_holt::{RequestId, ShardId};
 use nokv_proto::auth::Token;
+use nokv_proto::convert::request_id_to_bytes;
 use nokv_proto::pb;
 use rand::Rng;
 
@@ -50,7 +51,7 @@ impl Client {
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let token = generate_token();
         let request = pb::CreateTokenRequest {
-            request_id: RequestId(rand::random::<u128>()).0.to_be_bytes().to_vec(),
+            request_id: request_id_to_bytes(RequestId(rand::random::<u128>())),
             id: token.id(),
             secret_sha256: token.secret_sha256().to_vec(),
             role: role.to_string(),
@@ -68,7 +69,7 @@ impl Client {
     /// Revokes token `id`: calls carrying it are refused from then on.
     pub async fn revoke_token(&self, id: u64) -> Result<(), ClientError> {
         let request = pb::RevokeTokenRequest {
-            request_id: RequestId(rand::random::<u128>()).0.to_be_bytes().to_vec(),
+            request_id: request_id_to_bytes(RequestId(rand::random::<u128>())),
             id,
         };
         self.for_shard(ShardId(0))
