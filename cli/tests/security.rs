@@ -20,6 +20,12 @@
 //!   error and no change; tokens survive a restart of every node; no
 //!   secret appears in a log or an error message.
 //!
+//! - `a_node_without_shard_0_asks_it_about_tokens`: a fourth node that
+//!   hosts shard 1 only checks tokens with a replica of shard 0 (roles,
+//!   unknown tokens, a revocation within its 2 s memory), says
+//!   `UNAVAILABLE` when no replica of shard 0 answers, and still takes the
+//!   bootstrap token.
+//!
 //! Synchronisation is by polling under deadlines, never by sleeping.
 
 mod common;
@@ -518,5 +524,139 @@ async fn tokens_with_roles_guard_every_call() {
                 "node {id}'s log shows a secret"
             );
         }
+    }
+}
+
+/// A raw request to node `id` carrying `token`.
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let token = nokv_client::Token::parse(token).expect("a token");
+    request
+        .metadata_mut()
+        .insert("authorization", token.header_value());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_shard_0_asks_it_about_tokens() {
+    use nokv_proto::pb::{MutateRequest, StatusRequest};
+
+    let _load = common::heavy_test().await;
+    let etcd = common::etcd::Etcd::must_start().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let admin_file = path(dir.path(), "admin.token");
+    must_run(&["auth", "token", "generate", "--out", &admin_file]).await;
+    let mut cluster = Cluster::start_on_etcd(
+        &etcd,
+        "auth4",
+        &["--require-auth", "true", "--admin-token-file", &admin_file],
+    )
+    .await;
+    // Node 4 joins and hosts shard 1 only: tokens live in shard 0, on 1-3.
+    let four = cluster.add_node().await;
+    cluster
+        .must_nokv(&["node", "add", &format!("{four}={}", cluster.addr(four))])
+        .await;
+    cluster
+        .must_nokv(&["shard", "create", "/s1", "--members", "2,3,4"])
+        .await;
+    let token = |role: &'static str| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .must_nokv(&["auth", "token", "create", "--role", role])
+                .await
+                .trim()
+                .to_string()
+        }
+    };
+    let reader = token("read-only").await;
+    let writer = token("read-write").await;
+    let mut four = cluster.raw(four).await;
+    match four
+        .status(with_token(StatusRequest { shard: 0 }, &reader))
+        .await
+    {
+        Err(s) => assert!(s.message().contains("unknown shard 0"), "{s:?}"),
+        Ok(_) => cluster.fail("node 4 hosts shard 0: the test means nothing"),
+    }
+
+    // Node 4 learns each token's role from a replica of shard 0.
+    let status = four
+        .status(with_token(StatusRequest { shard: 1 }, &reader))
+        .await;
+    let status = cluster.must(status, "a read-only token reads on node 4");
+    assert_eq!(status.into_inner().shard, 1);
+    let empty = || MutateRequest {
+        shard: 1,
+        ..Default::default()
+    };
+    match four.mutate(with_token(empty(), &reader)).await {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            assert!(s.message().contains("needs write"), "{s:?}");
+        }
+        Ok(_) => cluster.fail("a read-only token wrote on node 4"),
+    }
+    // The writer passes the check; the empty request then fails on its own.
+    match four.mutate(with_token(empty(), &writer)).await {
+        Err(s) => assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}"),
+        Ok(_) => cluster.fail("an empty mutation was accepted"),
+    }
+    let stranger = nokv_client::generate_token().reveal();
+    match four
+        .status(with_token(StatusRequest { shard: 1 }, &stranger))
+        .await
+    {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+            assert!(s.message().contains("unknown or revoked"), "{s:?}");
+        }
+        Ok(_) => cluster.fail("an unknown token was accepted by node 4"),
+    }
+
+    // A revocation reaches node 4 within the time it trusts an answer.
+    cluster
+        .must_nokv(&["auth", "token", "revoke", &writer[5..21]])
+        .await;
+    cluster
+        .wait_until(
+            Duration::from_secs(20),
+            "node 4 refuses the revoked token",
+            async || {
+                let mut four = four.clone();
+                matches!(
+                    four.mutate(with_token(empty(), &writer)).await,
+                    Err(s) if s.code() == tonic::Code::Unauthenticated
+                )
+            },
+        )
+        .await;
+
+    // With every replica of shard 0 down, node 4 says so, and still takes
+    // the bootstrap token.
+    for id in [1, 2, 3] {
+        cluster.kill(id);
+    }
+    match four
+        .status(with_token(StatusRequest { shard: 1 }, &stranger))
+        .await
+    {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+            assert!(s.message().contains("none answered"), "{s:?}");
+        }
+        Ok(_) => cluster.fail("node 4 accepted a token nobody could check"),
+    }
+    let admin = std::fs::read_to_string(&admin_file).expect("the admin token file");
+    let status = four
+        .status(with_token(StatusRequest { shard: 1 }, admin.trim()))
+        .await;
+    cluster.must(status, "the bootstrap token on node 4");
+    for secret in [&reader, &writer, &stranger].map(|t| secret_of(t)) {
+        assert!(
+            !cluster.log_text(4).contains(secret),
+            "node 4's log shows a secret"
+        );
     }
 }

@@ -44,7 +44,7 @@ async fn must_form_shard(cluster: &Cluster, shard: ShardId, first: u64) {
     let client = cluster.client().for_shard(shard);
     for id in cluster.ids() {
         cluster.must(
-            client.host_shard(&cluster.addr(id), shard).await,
+            client.host_shard(&cluster.addr(id), shard, 0).await,
             "host a shard replica",
         );
     }

@@ -266,13 +266,18 @@ async fn finish_creating(
         .collect();
     for m in &members {
         client
-            .host_shard(&client.reachable(&m.addr), local(id))
+            .host_shard(&client.reachable(&m.addr), local(id), map.revision.0)
             .await?;
     }
     let first = members
         .first()
         .ok_or_else(|| ClientError::Protocol(format!("shard {id} has no members")))?;
-    let group = client.for_shard(local(id));
+    // The group's members are its endpoints: this client's may host no
+    // replica of the new shard (members chosen with --members), and a node
+    // without one answers UNKNOWN_SHARD, not a redirect.
+    let group = client
+        .with_endpoints(members.iter().map(|m| m.addr.clone()).collect())?
+        .for_shard(local(id));
     match group
         .init_cluster(&client.reachable(&first.addr), members.clone())
         .await

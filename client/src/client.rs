@@ -293,6 +293,14 @@ impl Client {
         }
     }
 
+    /// A new client with this one's settings (TLS, token, timeouts, address
+    /// map) that starts from `endpoints` instead.
+    pub(crate) fn with_endpoints(&self, endpoints: Vec<String>) -> Result<Client, ClientError> {
+        let mut config = self.inner.config.clone();
+        config.endpoints = endpoints;
+        Client::new(config)
+    }
+
     /// The shard this handle talks to.
     pub fn shard(&self) -> ShardId {
         self.shard
@@ -1081,13 +1089,20 @@ impl Client {
         }
     }
 
-    /// Makes the node at `endpoint` host a replica of `shard` (idempotent;
+    /// Makes the node at `endpoint` host a replica of `shard`, which the
+    /// shard map places there since revision `map_revision` (idempotent;
     /// true if it started one now).
-    pub async fn host_shard(&self, endpoint: &str, shard: ShardId) -> Result<bool, ClientError> {
+    pub async fn host_shard(
+        &self,
+        endpoint: &str,
+        shard: ShardId,
+        map_revision: u64,
+    ) -> Result<bool, ClientError> {
         let addr = normalize(endpoint);
         let mut stub = self.stub(&addr)?;
         let call = stub.host_shard(pb::HostShardRequest {
             shard: u32::from(shard.0),
+            map_revision,
         });
         match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner().created),

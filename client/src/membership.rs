@@ -147,7 +147,7 @@ pub async fn add_replica(
         )));
     }
     // Step 1: the record names the new replica (as a learner).
-    update(cp, DEFAULT_UPDATE_ATTEMPTS, |m| {
+    let named = update(cp, DEFAULT_UPDATE_ATTEMPTS, |m| {
         let s = m
             .shards
             .get_mut(&shard)
@@ -161,7 +161,7 @@ pub async fn add_replica(
     .await
     .map_err(plane)?;
     client
-        .host_shard(&client.reachable(&addr), local(shard))
+        .host_shard(&client.reachable(&addr), local(shard), named.revision.0)
         .await?;
 
     // Step 2: the Raft group takes it as a voter once it caught up.

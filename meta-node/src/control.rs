@@ -253,6 +253,9 @@ async fn apply(host: &ShardHost, node: NodeId, map: &ShardMap) {
     let known = map.nodes.contains_key(&me);
     for replica in host.all() {
         let id = replica.shard;
+        if host.placed_after(id, map.revision.0) {
+            continue;
+        }
         let why = match map.shards.get(&nokv_router::ShardId(id.0)) {
             None if id != ShardId(0) => "the shard was removed",
             // Moved away (`remove-replica`, `node remove|replace`): the group

@@ -32,6 +32,9 @@ pub struct ShardHost {
     replicas: RwLock<BTreeMap<ShardId, Arc<ShardReplica>>>,
     /// Serialises starts and stops, so two requests cannot start one shard twice.
     changing: tokio::sync::Mutex<()>,
+    /// For replicas started by `HostShard`: the newest shard map revision
+    /// that placed them here (see [`ShardHost::placed_after`]).
+    placed: std::sync::Mutex<BTreeMap<ShardId, u64>>,
 }
 
 impl ShardHost {
@@ -40,6 +43,7 @@ impl ShardHost {
             ctx,
             replicas: RwLock::default(),
             changing: tokio::sync::Mutex::new(()),
+            placed: std::sync::Mutex::default(),
         }
     }
 
@@ -76,10 +80,38 @@ impl ShardHost {
         Ok(true)
     }
 
+    /// Records that the shard map places a replica of `shard` here since
+    /// `revision` (0: unknown, nothing recorded).
+    pub fn note_placed(&self, shard: ShardId, revision: u64) {
+        if revision > 0 {
+            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            let at = placed.entry(shard).or_default();
+            *at = (*at).max(revision);
+        }
+    }
+
+    /// Whether a map of `revision` predates the placement of this node's
+    /// replica of `shard`: such a map cannot tell that the replica should
+    /// stop. The control loop can read an older map after `HostShard` (its
+    /// watch lags the creation that placed the replica); stopping then made
+    /// the replica vanish for a moment and a shard creation fail with
+    /// UNKNOWN_SHARD.
+    pub fn placed_after(&self, shard: ShardId, revision: u64) -> bool {
+        self.placed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .is_some_and(|at| *at > revision)
+    }
+
     /// Stops the replica of `shard`, if one runs; its data stays on disk.
     /// True if it stopped one.
     pub async fn unhost(&self, shard: ShardId) -> bool {
         let _changing = self.changing.lock().await;
+        self.placed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard);
         let removed = self
             .replicas
             .write()
@@ -117,6 +149,16 @@ impl ShardHost {
         self.get(ShardId(id))
             .ok_or_else(|| unknown_shard(shard, "this node hosts no replica of it"))
     }
+}
+
+/// The SHA-256 of a token's secret, as a request carries it.
+fn sha256_field(bytes: &[u8]) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| {
+        status_from_detail(
+            ErrorCode::InvalidArgument,
+            format!("secret_sha256 has {} bytes, a SHA-256 has 32", bytes.len()),
+        )
+    })
 }
 
 /// A request id of 16 bytes, as the client chose it.
@@ -226,9 +268,9 @@ impl NodeService {
 
 impl NodeService {
     /// Refuses the call unless its token covers it (with auth on).
-    fn authorize<T>(&self, request: &Request<T>, call: Call<'_>) -> Result<(), Status> {
+    async fn authorize<T>(&self, request: &Request<T>, call: Call<'_>) -> Result<(), Status> {
         match &self.auth {
-            Some(auth) => auth.check(request.metadata(), required_role(call)),
+            Some(auth) => auth.check(request.metadata(), required_role(call)).await,
             None => Ok(()),
         }
     }
@@ -246,7 +288,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.authorize(&request, Call::Read)?;
+        self.authorize(&request, Call::Read).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         let permit = self
@@ -267,7 +309,11 @@ impl MetaService for NodeService {
         let allowed = self.auth.clone().map(|auth| {
             let metadata = request.metadata().clone();
             let need = required_role(Call::Read);
-            Box::new(move || auth.check(&metadata, need)) as crate::watch::StillAllowed
+            Box::new(move || {
+                let (auth, metadata) = (auth.clone(), metadata.clone());
+                Box::pin(async move { auth.check(&metadata, need).await })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+            }) as crate::watch::StillAllowed
         });
         r.client.watch(request, permit, allowed).await
     }
@@ -276,7 +322,8 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
-        self.authorize(&request, Call::Mutate(request.get_ref().op.as_ref()))?;
+        self.authorize(&request, Call::Mutate(request.get_ref().op.as_ref()))
+            .await?;
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         // A shard being removed takes no more writes (the remover's barrier,
@@ -298,7 +345,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        self.authorize(&request, Call::Read)?;
+        self.authorize(&request, Call::Read).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         r.client.query(request).await
@@ -308,7 +355,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.authorize(&request, Call::Read)?;
+        self.authorize(&request, Call::Read).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.status(request).await
     }
@@ -317,7 +364,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::InitClusterRequest>,
     ) -> Result<Response<pb::InitClusterResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.init_cluster(request).await
     }
@@ -331,7 +378,8 @@ impl MetaService for NodeService {
             Call::Gc {
                 ignore_grace: request.get_ref().ignore_grace,
             },
-        )?;
+        )
+        .await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.run_gc(request).await
     }
@@ -340,7 +388,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::FsckRequest>,
     ) -> Result<Response<pb::FsckResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.fsck(request).await
     }
@@ -349,7 +397,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<pb::BackupResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.backup(request).await
     }
@@ -358,7 +406,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CheckBlocksRequest>,
     ) -> Result<Response<pb::CheckBlocksResponse>, Status> {
-        self.authorize(&request, Call::Write)?;
+        self.authorize(&request, Call::Write).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.check_blocks(request).await
     }
@@ -367,10 +415,12 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::HostShardRequest>,
     ) -> Result<Response<pb::HostShardResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
-        let shard = request.into_inner().shard;
+        self.authorize(&request, Call::Admin).await?;
+        let r = request.into_inner();
+        let shard = r.shard;
         let id =
             u16::try_from(shard).map_err(|_| unknown_shard(shard, "shard ids are below 65536"))?;
+        self.host.note_placed(ShardId(id), r.map_revision);
         match self.host.host(ShardId(id)).await {
             Ok(created) => Ok(Response::new(pb::HostShardResponse { created })),
             Err(e) => {
@@ -384,7 +434,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CreateShardRequest>,
     ) -> Result<Response<pb::CreateShardResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
         let r = request.into_inner();
         admin
@@ -398,7 +448,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::RemoveShardRequest>,
     ) -> Result<Response<pb::RemoveShardResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
         admin
             .remove_shard(request.into_inner().path)
@@ -411,7 +461,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::ChangeVotersRequest>,
     ) -> Result<Response<pb::ChangeVotersResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client
             .change_voters(request.into_inner())
@@ -423,7 +473,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client
             .transfer_leader(request.into_inner())
@@ -435,7 +485,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = self.host.replica(request.get_ref().shard)?;
         r.client.campaign().await.map(Response::new)
     }
@@ -444,7 +494,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::MembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let admin = self.admin.as_ref().ok_or_else(no_control_plane)?;
         admin
             .membership(request.into_inner())
@@ -457,7 +507,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::GetShardMapRequest>,
     ) -> Result<Response<pb::GetShardMapResponse>, Status> {
-        self.authorize(&request, Call::Read)?;
+        self.authorize(&request, Call::Read).await?;
         let seen = self.maps.as_ref().and_then(|m| m.borrow().clone());
         Ok(Response::new(match seen {
             Some(seen) => pb::GetShardMapResponse {
@@ -472,18 +522,10 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = request.into_inner();
         let root = self.host.replica(0)?;
-        let secret_sha256: [u8; 32] = r.secret_sha256.as_slice().try_into().map_err(|_| {
-            status_from_detail(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "secret_sha256 has {} bytes, a SHA-256 has 32",
-                    r.secret_sha256.len()
-                ),
-            )
-        })?;
+        let secret_sha256 = sha256_field(&r.secret_sha256)?;
         let role: nokv_holt::Role = r
             .role
             .parse()
@@ -505,7 +547,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let r = request.into_inner();
         let root = self.host.replica(0)?;
         root.client
@@ -522,7 +564,7 @@ impl MetaService for NodeService {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        self.authorize(&request, Call::Admin)?;
+        self.authorize(&request, Call::Admin).await?;
         let root = self.host.replica(0)?;
         let tokens = root.client.list_tokens().await?;
         Ok(Response::new(pb::ListTokensResponse {
@@ -538,11 +580,28 @@ impl MetaService for NodeService {
         }))
     }
 
+    async fn lookup_token(
+        &self,
+        request: Request<pb::LookupTokenRequest>,
+    ) -> Result<Response<pb::LookupTokenResponse>, Status> {
+        self.authorize(&request, Call::Admin).await?;
+        let r = request.into_inner();
+        let secret_sha256 = sha256_field(&r.secret_sha256)?;
+        let role = self
+            .host
+            .replica(0)?
+            .client
+            .token_role(r.id, &secret_sha256)?;
+        Ok(Response::new(pb::LookupTokenResponse {
+            role: role.map(|r| r.to_string()).unwrap_or_default(),
+        }))
+    }
+
     async fn node_status(
         &self,
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        self.authorize(&request, Call::Read)?;
+        self.authorize(&request, Call::Read).await?;
         let mut shards = Vec::new();
         for r in self.host.all() {
             let status = r

@@ -293,6 +293,15 @@ pub async fn run_node(
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(node = config.node_id, addr = ?local, advertise = %config.advertise, "serving");
 
+    let auth = config.auth.as_ref().map(|a| {
+        Arc::new(crate::auth::Auth::new(
+            a,
+            config.node_id,
+            host.clone(),
+            maps.clone(),
+            config.tls.clone(),
+        ))
+    });
     let mut server = tonic::transport::Server::builder();
     match &config.tls {
         Some(tls) => server = server.tls_config(tls.server_config())?,
@@ -318,10 +327,7 @@ pub async fn run_node(
                 admin,
                 cluster: config.cluster.clone(),
                 watch_streams: Arc::new(tokio::sync::Semaphore::new(config.max_watch_streams)),
-                auth: config
-                    .auth
-                    .as_ref()
-                    .map(|a| Arc::new(crate::auth::Auth::new(a, host.clone()))),
+                auth,
             })
             .max_decoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE)
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE),

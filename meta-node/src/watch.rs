@@ -47,7 +47,10 @@ fn read(
 
 /// Whether the caller may still read (its token was not revoked since the
 /// stream opened); checked before each page and each wait.
-pub(crate) type StillAllowed = Box<dyn Fn() -> Result<(), Status> + Send>;
+pub(crate) type StillAllowed = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send>>
+        + Send,
+>;
 
 /// Opens a watch, which holds `permit` (its place among the node's streams)
 /// until it ends. Errors that the request alone decides (a malformed path,
@@ -71,9 +74,11 @@ pub(crate) fn open(
             // Mark the current metrics as seen before reading, so an apply
             // that lands after the read still wakes the wait below.
             applied.borrow_and_update();
-            if let Some(Err(status)) = allowed.as_ref().map(|check| check()) {
-                let _ = tx.send(Err(status)).await;
-                return;
+            if let Some(check) = allowed.as_ref() {
+                if let Err(status) = check().await {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
             }
             let (events, next) = match read(&state, cursor, &req.path, req.recursive) {
                 Ok(page) => page,

@@ -273,7 +273,8 @@ impl Cluster {
         args.extend_from_slice(extra_args);
         let cluster = Cluster::spawn_with_env(&args, env).await;
         let members = cluster.members_arg();
-        let out = run_nokv(&[
+        let mut init: Vec<&str> = cluster.cli_credentials.iter().map(String::as_str).collect();
+        init.extend([
             "--etcd",
             &url,
             "--cluster",
@@ -282,8 +283,8 @@ impl Cluster {
             "init",
             "--members",
             &members,
-        ])
-        .await;
+        ]);
+        let out = run_nokv(&init).await;
         if !out.status.success() {
             cluster.fail(format!(
                 "cluster init --etcd: {}",
