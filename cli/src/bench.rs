@@ -83,7 +83,8 @@ pub struct BenchArgs {
     #[arg(long, hide = true, num_args = 3, value_names = ["PHASE", "WORKER", "RUN_DIR"])]
     pub posix_worker: Option<Vec<String>>,
     /// For `soak`: steps per second offered (default: 80 % of the peak a
-    /// 20-second closed loop reaches first).
+    /// closed loop sustains first, measured for 60 s once the namespace
+    /// holds --files entries).
     #[arg(long)]
     pub rate: Option<f64>,
     /// For `soak`: how long, in minutes.

@@ -3,7 +3,9 @@
 //! One lazily connected channel per peer node, shared by every Raft group
 //! (shard) of this node that replicates to it ([`PeerPool`]); each message
 //! names its group. Connection failures are reported
-//! as `Unreachable` so openraft backs off; a remote Raft error travels back
+//! as `Unreachable` so openraft backs off; a request that timed out is a
+//! plain network error, retried at once (see [`transport_error`]); a
+//! remote Raft error travels back
 //! inside the response and is returned as such. A channel whose requests
 //! keep timing out is replaced by a fresh connection (see
 //! [`RECONNECT_AFTER_TIMEOUTS`]).
@@ -250,20 +252,28 @@ impl PeerClient {
         if answered {
             self.unanswered = 0;
         }
-        let response = response.map_err(|status| {
-            if matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ) {
-                RPCError::Unreachable(Unreachable::new(&status))
-            } else {
-                RPCError::Network(NetworkError::new(&status))
-            }
-        })?;
+        let response = response.map_err(transport_error)?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             raft_wire::decode(&response.into_inner().data)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// What openraft makes of a failed call. Only a peer that cannot be
+/// reached (`UNAVAILABLE`: refused, reset, no route) is `Unreachable`, on
+/// which openraft pauses replication to it for [`RaftNetwork::backoff`].
+/// A call that timed out (`DEADLINE_EXCEEDED`, or `CANCELLED` by the
+/// channel's own timeout) is a plain network error, which openraft retries
+/// at once: a peer that answers late (a busy CPU, a slow fsync) is alive,
+/// and pausing replication to it for 200 ms added that pause to every write
+/// of the shard (in the soak's logs, such timeouts came at every
+/// state-machine snapshot). A peer cut off by a partition is still paced,
+/// by the timeout of each attempt.
+fn transport_error<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
 
@@ -456,6 +466,20 @@ mod tests {
         assert!(peer.vote(vote(), option.clone()).await.is_err());
         assert_eq!(peer.reconnects, 1);
         wait_for_accepts(&accepted, 2).await;
+    }
+
+    #[test]
+    fn only_an_unreachable_peer_pauses_replication() {
+        use openraft::error::{Infallible, RPCError};
+        let error = |code| super::transport_error::<Infallible>(tonic::Status::new(code, "x"));
+        assert!(matches!(
+            error(tonic::Code::Unavailable),
+            RPCError::Unreachable(_)
+        ));
+        // A late answer is retried at once, not after a backoff.
+        for late in [tonic::Code::DeadlineExceeded, tonic::Code::Cancelled] {
+            assert!(matches!(error(late), RPCError::Network(_)), "{late:?}");
+        }
     }
 
     #[test]

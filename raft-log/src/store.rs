@@ -21,6 +21,10 @@ use crate::schema::{
     KEY_COMMITTED, KEY_FORMAT_VERSION, KEY_LAST_PURGED, KEY_VOTE,
 };
 
+/// Most entries a purge deletes under one hold of the gate (see
+/// [`SledLogStore::purge_through`]).
+const PURGE_BATCH: usize = 1024;
+
 /// Serialises writes against flushes on one sled database.
 ///
 /// sled 0.34 deadlocks when a batch write (which takes its internal lock exclusively)
@@ -309,6 +313,39 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             self.logs.apply_batch(batch)?;
         }
         Ok(removed)
+    }
+
+    /// Removes every entry at or below `index`, oldest first, in batches of at most
+    /// [`PURGE_BATCH`] keys, on tokio's blocking pool; returns how many.
+    ///
+    /// A purge after a snapshot removes as many entries as the snapshot interval
+    /// (10,000 by default). Done in one batch on the async thread that called it, it held
+    /// that worker for the scan and, under the exclusive gate, for the deletion and for any
+    /// flush in progress (the rule of [`Self::write_meta_blocking`]), while every append of
+    /// the node waited for the gate. In batches, appends take the gate in between. Stopping
+    /// part way (a crash) leaves entries below the durable purge marker, which is what
+    /// [`Self::finish_interrupted_purge`] handles.
+    async fn purge_through(&self, index: u64) -> Result<usize, LogStoreError> {
+        let (logs, gate) = (self.logs.clone(), self.gate.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            loop {
+                let mut batch = sled::Batch::default();
+                let mut count = 0;
+                for key in logs.range(..=log_key(index)).keys().take(PURGE_BATCH) {
+                    batch.remove(key?);
+                    count += 1;
+                }
+                if count == 0 {
+                    return Ok(removed);
+                }
+                let _exclusive = write_gate(&gate);
+                logs.apply_batch(batch)?;
+                removed += count;
+            }
+        })
+        .await
+        .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("purge task: {e}"))))?
     }
 
     /// Reads and decodes a value of the meta tree.
@@ -608,7 +645,8 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
             self.flush().await.map_err(delete_error)?;
         }
         let removed = self
-            .remove_range(..=log_key(log_id.index))
+            .purge_through(log_id.index)
+            .await
             .map_err(delete_error)?;
         self.flush().await.map_err(delete_error)?;
         tracing::debug!(%log_id, removed, "purged log");
