@@ -2,9 +2,8 @@
 //!
 //! One lazily connected channel per peer node, shared by every Raft group
 //! (shard) of this node that replicates to it ([`PeerPool`]); each message
-//! names its group. Connection failures are reported
-//! as `Unreachable` so openraft backs off; a request that timed out is a
-//! plain network error, retried at once (see [`transport_error`]); a
+//! names its group. Connection failures and timeouts are reported
+//! as `Unreachable` so openraft backs off (see [`transport_error`]); a
 //! remote Raft error travels back
 //! inside the response and is returned as such. A channel whose requests
 //! keep timing out is replaced by a fresh connection (see
@@ -260,19 +259,21 @@ impl PeerClient {
     }
 }
 
-/// What openraft makes of a failed call. Only a peer that cannot be
-/// reached (`UNAVAILABLE`: refused, reset, no route) is `Unreachable`, on
-/// which openraft pauses replication to it for [`RaftNetwork::backoff`].
-/// A call that timed out (`DEADLINE_EXCEEDED`, or `CANCELLED` by the
-/// channel's own timeout) is a plain network error, which openraft retries
-/// at once: a peer that answers late (a busy CPU, a slow fsync) is alive,
-/// and pausing replication to it for 200 ms added that pause to every write
-/// of the shard (in the soak's logs, such timeouts came at every
-/// state-machine snapshot). A peer cut off by a partition is still paced,
-/// by the timeout of each attempt.
+/// What openraft makes of a failed call: a peer that cannot be reached or
+/// did not answer in time (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, or
+/// `CANCELLED` by the channel's own timeout) is `Unreachable`, on which
+/// openraft pauses replication to it for [`RaftNetwork::backoff`].
+///
+/// Tried and undone (2026-12-06): treating a timeout as a plain network
+/// error, retried at once, so that a merely slow peer is not paused for
+/// 200 ms. On a slow link that piled retries behind the snapshot chunks
+/// and cost elections (`cluster.rs`,
+/// `a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election`).
 fn transport_error<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
     match status.code() {
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
         _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
@@ -469,17 +470,20 @@ mod tests {
     }
 
     #[test]
-    fn only_an_unreachable_peer_pauses_replication() {
+    fn unanswered_calls_pause_replication_other_failures_do_not() {
         use openraft::error::{Infallible, RPCError};
         let error = |code| super::transport_error::<Infallible>(tonic::Status::new(code, "x"));
-        assert!(matches!(
-            error(tonic::Code::Unavailable),
-            RPCError::Unreachable(_)
-        ));
-        // A late answer is retried at once, not after a backoff.
-        for late in [tonic::Code::DeadlineExceeded, tonic::Code::Cancelled] {
-            assert!(matches!(error(late), RPCError::Network(_)), "{late:?}");
+        for unanswered in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Cancelled,
+        ] {
+            assert!(
+                matches!(error(unanswered), RPCError::Unreachable(_)),
+                "{unanswered:?}"
+            );
         }
+        assert!(matches!(error(tonic::Code::Internal), RPCError::Network(_)));
     }
 
     #[test]
