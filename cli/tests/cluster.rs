@@ -487,11 +487,38 @@ async fn follower_catches_up_by_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_again() {
     let _load = heavy_test().await;
-    let cluster = Cluster::start(&["--snapshot-every", "50", "--keep-logs", "5"]).await;
+    // The leader takes writes only while a quorum answered it within the
+    // lease (the maximum election timeout). Step 1 must land four batches
+    // inside that window after freezing both followers, so the lease here
+    // is 2 s and an idle leader keeps heartbeating every 100 ms (with idle
+    // heartbeats it would send one every 400 ms, and under CI's load the
+    // window left after the last ack was too short: the leader refused the
+    // writes instead of appending them).
+    let cluster = Cluster::start(&[
+        "--snapshot-every",
+        "50",
+        "--keep-logs",
+        "5",
+        "--heartbeat",
+        "100ms",
+        "--election-timeout-min",
+        "1s",
+        "--election-timeout-max",
+        "2s",
+        "--idle-heartbeats",
+        "false",
+    ])
+    .await;
     let client = cluster.client();
     cluster.must(client.mkdir("/o", false).await, "mkdir /o");
     let old = cluster.must_agreed_leader(&[1, 2, 3]).await;
     let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
+    let stuck = cluster.client_for(&[old]);
+    // Connected before the followers freeze.
+    cluster.must(
+        stuck.stat("/o", Consistency::Stale).await,
+        "stat /o through the leader",
+    );
     let committed = cluster
         .status(old)
         .await
@@ -499,30 +526,34 @@ async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_agai
         .unwrap_or_else(|| cluster.fail("the leader reports no last log index"));
 
     // 1. Both followers frozen: the leader's next batches cannot commit.
+    //    One write at a time until each of the leader's four in-flight
+    //    slots holds a batch (concurrent writes could share one batch),
+    //    then more that queue behind them.
     for id in &others {
         cluster.signal(*id, "-STOP");
     }
-    let stuck = cluster.client_for(&[old]);
-    let writers: Vec<_> = numbered("/o", "lost", 16)
-        .into_iter()
-        .map(|path| {
-            let stuck = stuck.clone();
-            tokio::spawn(async move { stuck.create(&path).await })
-        })
-        .collect();
-    cluster
-        .wait_until(
-            WAIT,
-            &format!("leader {old} appends batches it cannot commit"),
-            async || {
-                cluster
-                    .status(old)
-                    .await
-                    .and_then(|s| s.last_log_index)
-                    .is_some_and(|last| last >= committed + 4)
-            },
-        )
-        .await;
+    let mut writers = Vec::new();
+    for (i, path) in numbered("/o", "lost", 16).into_iter().enumerate() {
+        let stuck = stuck.clone();
+        writers.push(tokio::spawn(async move { stuck.create(&path).await }));
+        if i >= 4 {
+            continue;
+        }
+        let want = committed + i as u64 + 1;
+        cluster
+            .wait_until(
+                WAIT,
+                &format!("leader {old} appends batch {want}, which it cannot commit"),
+                async || {
+                    cluster
+                        .status(old)
+                        .await
+                        .and_then(|s| s.last_log_index)
+                        .is_some_and(|last| last >= want)
+                },
+            )
+            .await;
+    }
 
     // 2. Old leader frozen, followers back: a new leader moves on, past a
     //    snapshot that purges everything the old leader holds.

@@ -192,6 +192,7 @@ impl ClientService {
         };
         let _hold = self.hold_writes();
         let deadline = tokio::time::Instant::now() + TRANSFER;
+        self.wait_out_own_lease(deadline).await;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -252,6 +253,28 @@ impl ClientService {
             .unwrap_or_default();
         tracing::info!(shard = %self.shard, from = self.node_id, to, leader, "leadership handed over");
         Ok(pb::TransferLeaderResponse { leader })
+    }
+
+    /// Returns once this leader's own vote is older than the leader lease
+    /// (or at `deadline`). openraft grants a vote only to a node whose vote
+    /// lease has run out, and a leader's vote dates from its election: asked
+    /// sooner, it refuses the target, the target's higher term deposes it
+    /// all the same, and the election that follows may well elect this node
+    /// again (seen in `cluster.rs` with a 2 s lease: a transfer right after
+    /// an election ended with the old leader leading). The lease is a fixed
+    /// time, so waiting for it is waiting on the condition itself.
+    async fn wait_out_own_lease(&self, deadline: tokio::time::Instant) {
+        let voted_at = self
+            .raft
+            .with_raft_state(|st| st.vote_last_modified())
+            .await
+            .ok()
+            .flatten();
+        if let Some(voted_at) = voted_at {
+            // `handle_vote_req` refuses while `now <= voted_at + lease`.
+            let expired = voted_at + self.timeouts.quorum_lease + Duration::from_millis(1);
+            tokio::time::sleep_until(expired.min(deadline)).await;
+        }
     }
 
     /// Asks the replica at `addr` to stand for election.
