@@ -94,6 +94,12 @@ pub struct BenchArgs {
     /// minute (repeat for each; e.g. the `nokv dev` process).
     #[arg(long)]
     pub pid: Vec<u32>,
+    /// For `create` and `stat`: also print where the time went, stage by
+    /// stage (validation, proposal queue, log append and fsync, replication,
+    /// apply, read index, ...), from the stage histograms of every
+    /// endpoint, read before and after the run.
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 /// Parses `4096`, `4KiB`, `1MiB`, `2GiB`.
@@ -409,6 +415,31 @@ fn print_publish(
     }
 }
 
+/// With `--breakdown`, the stage histograms before the timed run.
+async fn breakdown_before(
+    args: &BenchArgs,
+    client: &nokv_client::Client,
+) -> anyhow::Result<Option<crate::bench_breakdown::Snapshot>> {
+    if !args.breakdown {
+        return Ok(None);
+    }
+    crate::bench_breakdown::must_take(client).await.map(Some)
+}
+
+/// With `--breakdown`, reads the histograms again and prints the run's.
+async fn breakdown_after(
+    before: Option<crate::bench_breakdown::Snapshot>,
+    client: &nokv_client::Client,
+    report: &Report,
+    g: &GlobalArgs,
+) -> anyhow::Result<()> {
+    let Some(before) = before else {
+        return Ok(());
+    };
+    let after = crate::bench_breakdown::take(client).await;
+    crate::bench_breakdown::print(&before, &after, &report.hist, g)
+}
+
 pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     if let Workload::Posix = args.workload {
         // Plain file system calls: blocking, on their own threads.
@@ -437,6 +468,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Soak => crate::bench_soak::run(&args, g, &client, &dir).await?,
         Workload::Create => {
+            let before = breakdown_before(&args, &client).await?;
             let c = client.clone();
             let report = drive(args.concurrency, args.count, move |i| {
                 let c = c.clone();
@@ -445,6 +477,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             })
             .await?;
             print_report("create", &args, &report, g);
+            breakdown_after(before, &client, &report, g).await?;
         }
         Workload::Stat => {
             let files = args.files.max(1);
@@ -459,6 +492,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
             if setup.errors > 0 {
                 anyhow::bail!("setup failed: {}", setup.first_error.unwrap_or_default());
             }
+            let before = breakdown_before(&args, &client).await?;
             let c = client.clone();
             let d = dir.clone();
             let consistency = g.consistency();
@@ -478,6 +512,7 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 &report,
                 g,
             );
+            breakdown_after(before, &client, &report, g).await?;
         }
     }
     Ok(())

@@ -25,6 +25,7 @@ macro_rules! outln {
 mod auth;
 mod bench;
 mod bench_agent;
+mod bench_breakdown;
 mod bench_posix;
 mod bench_snapshot;
 mod bench_soak;

@@ -1831,3 +1831,78 @@ async fn a_fatal_storage_error_ends_the_process_with_an_error() {
     // A quorum is left: writes go on.
     cluster.must(client.mkdir("/after", false).await, "mkdir after");
 }
+
+/// `nokv bench … --breakdown` reports each stage of the write and read
+/// paths from every replica, counted for the run alone: the leader's
+/// handler, queue, Raft and log stages; each follower's append and apply;
+/// the leader's read index for linearizable stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_breakdown_reports_the_stages_of_every_replica() {
+    let _load = light_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let endpoints = cluster.endpoints().join(",");
+    let run = |workload: &'static str| {
+        let endpoints = endpoints.clone();
+        async move {
+            let out = common::nokv_command()
+                .args(["bench", workload, "-c", "4", "-n", "40", "--files", "8"])
+                .args(["--breakdown", "--json", "--endpoints", &endpoints])
+                .output()
+                .await
+                .expect("run nokv bench");
+            assert!(
+                out.status.success(),
+                "nokv bench {workload} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+                .into_iter::<Value>()
+                .collect::<Result<_, _>>()
+                .expect("bench prints JSON documents");
+            docs.into_iter()
+                .find_map(|d| d.get("breakdown").cloned())
+                .unwrap_or_else(|| panic!("no breakdown in {workload}'s output"))
+        }
+    };
+    // The count of `stage` on node `id`, or 0 when it is not listed.
+    let count = |b: &Value, id: u64, stage: &str| -> u64 {
+        b["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .filter(|s| s["node_id"] == id && s["stage"] == stage)
+            .filter_map(|s| s["count"].as_u64())
+            .sum()
+    };
+
+    let create = run("create").await;
+    assert_eq!(create["client"]["count"], 40, "{create}");
+    // Exactly the run's 40 creates (the bench's mkdir came before).
+    assert_eq!(count(&create, leader, "write_total"), 40, "{create}");
+    for stage in ["write_validate", "write_queue", "log_append", "apply"] {
+        assert!(
+            count(&create, leader, stage) > 0,
+            "leader {stage}: {create}"
+        );
+    }
+    assert!(count(&create, leader, "replicate") > 0, "{create}");
+    for id in cluster.ids().into_iter().filter(|id| *id != leader) {
+        for stage in ["follower_append", "log_append", "apply"] {
+            assert!(count(&create, id, stage) > 0, "node {id} {stage}: {create}");
+        }
+        assert_eq!(count(&create, id, "write_total"), 0, "{create}");
+    }
+    for s in create["stages"].as_array().expect("stages") {
+        let (mean, p99) = (s["mean_ms"].as_f64(), s["p99_ms"].as_f64());
+        assert!(
+            mean.is_some_and(|m| m > 0.0) && p99.is_some_and(|p| p > 0.0),
+            "{s}"
+        );
+    }
+
+    let stat = run("stat").await;
+    assert_eq!(count(&stat, leader, "read_total"), 40, "{stat}");
+    assert_eq!(count(&stat, leader, "read_index"), 40, "{stat}");
+    assert_eq!(count(&stat, leader, "write_total"), 0, "{stat}");
+}

@@ -368,7 +368,10 @@ async fn tokens_with_roles_guard_every_call() {
     let stranger = nokv_client::generate_token().reveal();
     errors.push(must_refuse(with(Some(&stranger), &["ls", "/"]), "unknown or revoked").await);
     let mut raw = cluster.raw(1).await;
-    let mut bad = tonic::Request::new(nokv_proto::pb::StatusRequest { shard: 0 });
+    let mut bad = tonic::Request::new(nokv_proto::pb::StatusRequest {
+        shard: 0,
+        ..Default::default()
+    });
     bad.metadata_mut().insert(
         "authorization",
         tonic::metadata::AsciiMetadataValue::from_static("Bearer nokv_zz"),
@@ -574,7 +577,13 @@ async fn a_node_without_shard_0_asks_it_about_tokens() {
     let writer = token("read-write").await;
     let mut four = cluster.raw(four).await;
     match four
-        .status(with_token(StatusRequest { shard: 0 }, &reader))
+        .status(with_token(
+            StatusRequest {
+                shard: 0,
+                ..Default::default()
+            },
+            &reader,
+        ))
         .await
     {
         Err(s) => assert!(s.message().contains("unknown shard 0"), "{s:?}"),
@@ -583,7 +592,13 @@ async fn a_node_without_shard_0_asks_it_about_tokens() {
 
     // Node 4 learns each token's role from a replica of shard 0.
     let status = four
-        .status(with_token(StatusRequest { shard: 1 }, &reader))
+        .status(with_token(
+            StatusRequest {
+                shard: 1,
+                ..Default::default()
+            },
+            &reader,
+        ))
         .await;
     let status = cluster.must(status, "a read-only token reads on node 4");
     assert_eq!(status.into_inner().shard, 1);
@@ -605,7 +620,13 @@ async fn a_node_without_shard_0_asks_it_about_tokens() {
     }
     let stranger = nokv_client::generate_token().reveal();
     match four
-        .status(with_token(StatusRequest { shard: 1 }, &stranger))
+        .status(with_token(
+            StatusRequest {
+                shard: 1,
+                ..Default::default()
+            },
+            &stranger,
+        ))
         .await
     {
         Err(s) => {
@@ -639,7 +660,13 @@ async fn a_node_without_shard_0_asks_it_about_tokens() {
         cluster.kill(id);
     }
     match four
-        .status(with_token(StatusRequest { shard: 1 }, &stranger))
+        .status(with_token(
+            StatusRequest {
+                shard: 1,
+                ..Default::default()
+            },
+            &stranger,
+        ))
         .await
     {
         Err(s) => {
@@ -650,7 +677,13 @@ async fn a_node_without_shard_0_asks_it_about_tokens() {
     }
     let admin = std::fs::read_to_string(&admin_file).expect("the admin token file");
     let status = four
-        .status(with_token(StatusRequest { shard: 1 }, admin.trim()))
+        .status(with_token(
+            StatusRequest {
+                shard: 1,
+                ..Default::default()
+            },
+            admin.trim(),
+        ))
         .await;
     cluster.must(status, "the bootstrap token on node 4");
     for secret in [&reader, &writer, &stranger].map(|t| secret_of(t)) {

@@ -300,7 +300,10 @@ async fn unknown_shards_are_refused() {
     let detail = nokv_proto::detail_of(&refused).expect("a structured error");
     assert_eq!(detail.code, "UNKNOWN_SHARD", "{detail:?}");
     let refused = raw
-        .status(nokv_proto::pb::StatusRequest { shard: u32::MAX })
+        .status(nokv_proto::pb::StatusRequest {
+            shard: u32::MAX,
+            ..Default::default()
+        })
         .await
         .expect_err("shard 2^32-1");
     assert_eq!(

@@ -845,9 +845,12 @@ impl Client {
         let shard = self.wire_shard();
         let status = self
             .with_retries(false, false, |mut stub| async move {
-                stub.status(pb::StatusRequest { shard })
-                    .await
-                    .map(|r| r.into_inner())
+                stub.status(pb::StatusRequest {
+                    shard,
+                    stages: false,
+                })
+                .await
+                .map(|r| r.into_inner())
             })
             .await?;
         self.learn_epoch(status.epoch, false);
@@ -1078,6 +1081,7 @@ impl Client {
         let mut stub = self.stub(&addr)?;
         let call = stub.status(pb::StatusRequest {
             shard: self.wire_shard(),
+            stages: false,
         });
         match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -1241,9 +1245,24 @@ impl Client {
 
     /// Every shard replica the node at `endpoint` hosts, with its status.
     pub async fn node_status(&self, endpoint: &str) -> Result<pb::NodeStatusResponse, ClientError> {
+        self.node_status_with(endpoint, false).await
+    }
+
+    /// Like [`Client::node_status`], each replica's answer also carrying
+    /// its stage histograms (`StatusResponse.stages`), for a breakdown of
+    /// where requests spend their time.
+    pub async fn node_stages(&self, endpoint: &str) -> Result<pb::NodeStatusResponse, ClientError> {
+        self.node_status_with(endpoint, true).await
+    }
+
+    async fn node_status_with(
+        &self,
+        endpoint: &str,
+        stages: bool,
+    ) -> Result<pb::NodeStatusResponse, ClientError> {
         let addr = normalize(endpoint);
         let mut stub = self.stub(&addr)?;
-        let call = stub.node_status(pb::NodeStatusRequest {});
+        let call = stub.node_status(pb::NodeStatusRequest { stages });
         match tokio::time::timeout(self.inner.config.attempt_timeout, call).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => Err(error_of(&addr, &status)),

@@ -493,11 +493,21 @@ impl PurgeGate {
 pub struct ArchiveGatedLogStore {
     inner: SledLogStore<TypeConfig>,
     gate: Arc<PurgeGate>,
+    /// Time of each durable append (encode, write, fsync).
+    append_seconds: prometheus::Histogram,
 }
 
 impl ArchiveGatedLogStore {
-    pub fn new(inner: SledLogStore<TypeConfig>, gate: Arc<PurgeGate>) -> Self {
-        ArchiveGatedLogStore { inner, gate }
+    pub fn new(
+        inner: SledLogStore<TypeConfig>,
+        gate: Arc<PurgeGate>,
+        append_seconds: prometheus::Histogram,
+    ) -> Self {
+        ArchiveGatedLogStore {
+            inner,
+            gate,
+            append_seconds,
+        }
     }
 
     pub fn gate(&self) -> &Arc<PurgeGate> {
@@ -550,6 +560,7 @@ impl RaftLogStorage<TypeConfig> for ArchiveGatedLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let _timer = self.append_seconds.start_timer();
         self.inner.append(entries, callback).await
     }
 

@@ -293,9 +293,9 @@ impl ClientService {
             .mutations_total
             .with_label_values(&[&code])
             .inc();
-        self.metrics
-            .mutate_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.mutate_seconds.observe(elapsed);
+        self.metrics.stages.write_total.observe(elapsed);
         result.map(Response::new)
     }
 
@@ -308,6 +308,8 @@ impl ClientService {
             ReadConsistency::Linearizable => "linearizable",
             ReadConsistency::Stale => "stale",
         };
+        let _timer = (read.consistency == ReadConsistency::Linearizable)
+            .then(|| self.metrics.stages.read_total.start_timer());
         let result = self.query_inner(read).await;
         let code = match &result {
             Ok(_) => "ok".to_string(),
@@ -322,8 +324,9 @@ impl ClientService {
 
     pub async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let with_stages = request.get_ref().stages;
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let member = |id: NodeId| pb::Member {
@@ -380,7 +383,26 @@ impl ClientService {
             snapshots: stats.snapshots,
             watch_max_events: retention.max_events,
             watch_max_age_ms: retention.max_age_ns / 1_000_000,
+            stages: if with_stages {
+                self.stage_latencies()
+            } else {
+                Vec::new()
+            },
         }))
+    }
+
+    fn stage_latencies(&self) -> Vec<pb::StageLatency> {
+        self.metrics
+            .stage_snapshots()
+            .into_iter()
+            .map(|s| pb::StageLatency {
+                stage: s.stage,
+                count: s.count,
+                sum_seconds: s.sum_seconds,
+                upper_bounds: s.upper_bounds,
+                cumulative_counts: s.cumulative_counts,
+            })
+            .collect()
     }
 
     pub async fn init_cluster(
@@ -579,6 +601,7 @@ impl ClientService {
     }
 
     async fn mutate_inner(&self, req: pb::MutateRequest) -> Result<pb::MutateResponse, Status> {
+        let started = Instant::now();
         let mutation = Mutation::try_from(req).map_err(invalid)?;
         let mut command = Command {
             request_id: mutation.request_id,
@@ -592,6 +615,10 @@ impl ClientService {
         self.check_bodies(&command).await?;
         let single_commit = matches!(command.op, Op::CommitPublish { .. });
         self.index_plain_commits(&mut command).await?;
+        self.metrics
+            .stages
+            .write_validate
+            .observe(started.elapsed().as_secs_f64());
         self.commit(command, single_commit).await
     }
 
@@ -811,6 +838,7 @@ impl ClientService {
     async fn query_inner(&self, read: Read) -> Result<pb::QueryResponse, Status> {
         if read.consistency == ReadConsistency::Linearizable {
             self.check_leading()?;
+            let _timer = self.metrics.stages.read_index.start_timer();
             let confirmed =
                 tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm());
             match confirmed.await {
@@ -829,6 +857,8 @@ impl ClientService {
                 }
             }
         }
+        let _timer = (read.consistency == ReadConsistency::Linearizable)
+            .then(|| self.metrics.stages.read_execute.start_timer());
         let s = self.state.read().map_err(|_| Self::state_error())?;
         let index = s.holt.last_applied();
         // The clock only refuses snapshot pins whose lease has run out

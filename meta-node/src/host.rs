@@ -602,12 +602,14 @@ impl MetaService for NodeService {
         request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         self.authorize(&request, Call::Read).await?;
+        let stages = request.get_ref().stages;
         let mut shards = Vec::new();
         for r in self.host.all() {
             let status = r
                 .client
                 .status(Request::new(pb::StatusRequest {
                     shard: u32::from(r.shard.0),
+                    stages,
                 }))
                 .await?;
             shards.push(status.into_inner());

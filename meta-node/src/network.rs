@@ -101,14 +101,22 @@ pub struct GrpcNetworkFactory {
     pool: Arc<PeerPool>,
     /// Told of every vote answer (see [`Elections`]); none in tests.
     elections: Option<Arc<Elections>>,
+    /// Round trips of AppendEntries that carry entries.
+    replicate_seconds: Option<prometheus::Histogram>,
 }
 
 impl GrpcNetworkFactory {
-    pub fn new(shard: u16, pool: Arc<PeerPool>, elections: Arc<Elections>) -> GrpcNetworkFactory {
+    pub fn new(
+        shard: u16,
+        pool: Arc<PeerPool>,
+        elections: Arc<Elections>,
+        replicate_seconds: prometheus::Histogram,
+    ) -> GrpcNetworkFactory {
         GrpcNetworkFactory {
             shard,
             pool,
             elections: Some(elections),
+            replicate_seconds: Some(replicate_seconds),
         }
     }
 }
@@ -119,6 +127,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let mut client = PeerClient::new(target, &node.addr, self.shard, self.pool.clone());
         client.elections = self.elections.clone();
+        client.replicate_seconds = self.replicate_seconds.clone();
         client
     }
 }
@@ -157,6 +166,7 @@ pub struct PeerClient {
     /// [`MIN_APPEND_BYTES`]).
     append_budget: u64,
     elections: Option<Arc<Elections>>,
+    replicate_seconds: Option<prometheus::Histogram>,
 }
 
 fn connect_lazy(
@@ -193,6 +203,7 @@ impl PeerClient {
             reconnects: 0,
             append_budget: MAX_APPEND_BYTES,
             elections: None,
+            replicate_seconds: None,
         }
     }
 
@@ -346,6 +357,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         } else {
             None
         };
+        let started = std::time::Instant::now();
         let response = self
             .rpc(&rpc, &option, |mut c, r| async move {
                 c.append_entries(r).await
@@ -353,6 +365,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .await?;
         if carries_entries {
             self.append_budget = next_append_budget(self.append_budget, false);
+            if let Some(h) = &self.replicate_seconds {
+                h.observe(started.elapsed().as_secs_f64());
+            }
         }
         // The follower took everything we sent: tell openraft how far that
         // is, and it sends the rest next.

@@ -63,6 +63,8 @@ struct Pending {
     /// The command's size in its log encoding.
     bytes: u64,
     reply: oneshot::Sender<Result<(Outcome, LogIndex), ProposeError>>,
+    /// When `propose` was called (for the `write_queue` stage).
+    queued: std::time::Instant,
 }
 
 /// Handle to the group-commit task of one node.
@@ -106,6 +108,7 @@ impl Proposer {
                 command,
                 bytes,
                 reply,
+                queued: std::time::Instant::now(),
             })
             .await
             .map_err(|_| ProposeError::Stopped)?;
@@ -150,9 +153,17 @@ async fn batch_loop(
         let (batch, rest) = gather(first, &mut rx, max_batch);
         carried = rest;
         metrics.batch_size.observe(batch.len() as f64);
+        for p in &batch {
+            metrics
+                .stages
+                .write_queue
+                .observe(p.queued.elapsed().as_secs_f64());
+        }
         let raft = raft.clone();
+        let raft_seconds = metrics.stages.write_raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _timer = raft_seconds.start_timer();
             commit_batch(raft, batch).await;
         });
     }
@@ -286,6 +297,7 @@ mod tests {
             },
             bytes,
             reply,
+            queued: std::time::Instant::now(),
         }
     }
 

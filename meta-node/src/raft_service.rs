@@ -19,11 +19,21 @@ use crate::typ::{NodeId, Raft, TypeConfig};
 pub struct RaftServer {
     raft: Raft,
     elections: Arc<Elections>,
+    /// Handling of AppendEntries that carry entries (the flush included).
+    append_seconds: prometheus::Histogram,
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft, elections: Arc<Elections>) -> RaftServer {
-        RaftServer { raft, elections }
+    pub fn new(
+        raft: Raft,
+        elections: Arc<Elections>,
+        append_seconds: prometheus::Histogram,
+    ) -> RaftServer {
+        RaftServer {
+            raft,
+            elections,
+            append_seconds,
+        }
     }
 }
 
@@ -49,7 +59,8 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode_request(request)?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        let _timer = (!rpc.entries.is_empty()).then(|| self.append_seconds.start_timer());
         let response = self.raft.append_entries(rpc).await;
         if matches!(
             response,

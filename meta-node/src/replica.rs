@@ -114,15 +114,20 @@ impl ShardReplica {
         } else {
             PurgeGate::disabled()
         });
-        let log_store = ArchiveGatedLogStore::new(sled_log.clone(), gate.clone());
+        let metrics = Arc::new(Metrics::for_shard(shard.0)?);
+        let log_store = ArchiveGatedLogStore::new(
+            sled_log.clone(),
+            gate.clone(),
+            metrics.stages.log_append.clone(),
+        );
         let holt_config = HoltConfig {
             shard,
             dedupe_capacity: config.dedupe_capacity,
         };
-        let state_machine = HoltStateMachine::open(&dir.join("snapshot"), holt_config)?;
+        let state_machine = HoltStateMachine::open(&dir.join("snapshot"), holt_config)?
+            .with_apply_timer(metrics.stages.apply.clone());
         let state = state_machine.shared();
         let snapshots = state_machine.snapshot_handle();
-        let metrics = Arc::new(Metrics::for_shard(shard.0)?);
         let elections = Arc::new(Elections::new(
             config.election_timeout_max,
             Some(metrics.early_elections_total.clone()),
@@ -130,7 +135,12 @@ impl ShardReplica {
         let raft: Raft = openraft::Raft::new(
             config.node_id,
             Arc::new(config.raft_config(shard)?),
-            GrpcNetworkFactory::new(shard.0, ctx.peers.clone(), elections.clone()),
+            GrpcNetworkFactory::new(
+                shard.0,
+                ctx.peers.clone(),
+                elections.clone(),
+                metrics.stages.replicate.clone(),
+            ),
             log_store,
             state_machine,
         )
@@ -224,7 +234,11 @@ impl ShardReplica {
         tracing::info!(node = config.node_id, %shard, "replica started");
         Ok(ShardReplica {
             shard,
-            raft_server: RaftServer::new(raft.clone(), elections),
+            raft_server: RaftServer::new(
+                raft.clone(),
+                elections,
+                metrics.stages.follower_append.clone(),
+            ),
             raft,
             client,
             metrics,

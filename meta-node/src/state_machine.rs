@@ -62,6 +62,8 @@ pub struct HoltStateMachine {
     snapshot_dir: PathBuf,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     holt_config: HoltConfig,
+    /// Time of each `apply` call (the state lock included).
+    apply_seconds: Option<prometheus::Histogram>,
 }
 
 impl HoltStateMachine {
@@ -87,7 +89,14 @@ impl HoltStateMachine {
             snapshot_dir: snapshot_dir.to_path_buf(),
             current: Arc::new(Mutex::new(current)),
             holt_config,
+            apply_seconds: None,
         })
+    }
+
+    /// Records the time of every `apply` call in `histogram`.
+    pub fn with_apply_timer(mut self, histogram: prometheus::Histogram) -> Self {
+        self.apply_seconds = Some(histogram);
+        self
     }
 
     /// The state shared with the read path.
@@ -330,6 +339,7 @@ impl RaftStateMachine<TypeConfig> for HoltStateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let _timer = self.apply_seconds.as_ref().map(|h| h.start_timer());
         let mut s = self.state.write().map_err(|_| poisoned())?;
         let mut results = Vec::new();
         for entry in entries {

@@ -12,6 +12,7 @@ use nokv_holt::{
     Command, EntryRef, HoltConfig, InodeRef, LogPayload, Op, Query, RequestId, ShardId,
 };
 use nokv_meta_node::archive::{self, decode_segment, encode_segment, Entry};
+use nokv_meta_node::metrics::Stages;
 use nokv_meta_node::{
     restore, run_node, ArchiveError, ArchiveGatedLogStore, HoltStateMachine, NodeConfig, NodeError,
     PurgeGate, TypeConfig,
@@ -176,7 +177,7 @@ fn garbage_segments_never_panic() {
 
 async fn gated_log(dir: &Path, gate: Arc<PurgeGate>) -> ArchiveGatedLogStore {
     let sled = SledLogStore::<TypeConfig>::open(&dir.join("raft-log")).expect("open sled log");
-    let mut store = ArchiveGatedLogStore::new(sled, gate);
+    let mut store = ArchiveGatedLogStore::new(sled, gate, Stages::detached().log_append);
     store
         .blocking_append(entries(1, 1, 100))
         .await
@@ -236,7 +237,11 @@ async fn the_purge_gate_never_purges_past_the_archived_index() {
     // The marker survives a reopen, and the entries after it are intact.
     drop(store);
     let sled = SledLogStore::<TypeConfig>::open(&dir.path().join("raft-log")).expect("reopen");
-    let mut reopened = ArchiveGatedLogStore::new(sled, Arc::new(PurgeGate::enabled()));
+    let mut reopened = ArchiveGatedLogStore::new(
+        sled,
+        Arc::new(PurgeGate::enabled()),
+        Stages::detached().log_append,
+    );
     let state = reopened.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 90)));
     assert_eq!(state.last_log_id, Some(log_id(1, 100)));
@@ -267,7 +272,7 @@ async fn a_purge_past_the_log_end_goes_through_so_the_log_stays_contiguous() {
         .expect("append after the snapshot");
     drop(store);
     let sled = SledLogStore::<TypeConfig>::open(&dir.path().join("raft-log")).expect("reopen");
-    let mut reopened = ArchiveGatedLogStore::new(sled, gate);
+    let mut reopened = ArchiveGatedLogStore::new(sled, gate, Stages::detached().log_append);
     let state = reopened.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id, Some(log_id(2, 150)));
     assert_eq!(state.last_log_id, Some(log_id(2, 160)));
@@ -297,7 +302,11 @@ impl StoreBuilder<TypeConfig, ArchiveGatedLogStore, HoltStateMachine, TempDir>
         gate.set_archived_index(Some(u64::MAX));
         let sm = HoltStateMachine::open(&dir.path().join("snapshot"), HoltConfig::default())
             .map_err(|e| StorageIOError::write(&e))?;
-        Ok((dir, ArchiveGatedLogStore::new(sled, gate), sm))
+        Ok((
+            dir,
+            ArchiveGatedLogStore::new(sled, gate, Stages::detached().log_append),
+            sm,
+        ))
     }
 }
 
