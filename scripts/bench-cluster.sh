@@ -2,9 +2,12 @@
 # Starts a three-replica cluster of separate `nokv serve` processes on
 # loopback (release build), runs the benchmarks of docs/benchmarks.md
 # against it, and stops it. Usage: bash scripts/bench-cluster.sh [COUNT]
+# With BREAKDOWN=1 the create and stat runs also print where their time
+# went, stage by stage (`nokv bench --breakdown`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT="${1:-20000}"
+BD="${BREAKDOWN:+--breakdown}"
 cargo build --release -p nokv-cli --bin nokv >/dev/null
 NOKV="$PWD/target/release/nokv"
 DATA="$(mktemp -d)"
@@ -31,9 +34,9 @@ export NOKV_ENDPOINTS="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1
 "$NOKV" status
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
-"$NOKV" bench create --concurrency 1 --count "$((COUNT / 10))"
-"$NOKV" bench create --concurrency 64 --count "$COUNT"
-"$NOKV" bench stat --concurrency 16 --count "$COUNT"
+"$NOKV" bench create --concurrency 1 --count "$((COUNT / 10))" $BD
+"$NOKV" bench create --concurrency 64 --count "$COUNT" $BD
+"$NOKV" bench stat --concurrency 16 --count "$COUNT" $BD
 "$NOKV" --stale bench stat --concurrency 16 --count "$COUNT"
 # Watch delivery (leader stamp -> event at a recursive watcher), then
 # durable creates again with 10 live snapshot pins of the whole namespace.

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// its leader runs no election tick [default: true].
     #[arg(long, env = "NOKV_IDLE_HEARTBEATS")]
     pub idle_heartbeats: Option<bool>,
+    /// Serve linearizable reads on the leader by its lease while a quorum
+    /// acknowledged it within 80 % of the lease (no quorum round per read).
+    /// Assumes the replicas' monotonic clocks run at rates within about
+    /// 10 % of each other; `false` confirms every read batch with a quorum
+    /// (read index) and assumes nothing of clocks [default: true].
+    #[arg(long, env = "NOKV_READ_LEASE")]
+    pub read_lease: Option<bool>,
     /// Build a state-machine snapshot after this many log entries.
     #[arg(long, env = "NOKV_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -123,6 +130,7 @@ pub struct ServeFile {
     pub election_timeout_max: Option<Duration>,
     pub early_elections: Option<bool>,
     pub idle_heartbeats: Option<bool>,
+    pub read_lease: Option<bool>,
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
     pub max_batch: Option<usize>,
@@ -205,6 +213,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.idle_heartbeats.or(file.idle_heartbeats) {
             node.idle_heartbeats = v;
+        }
+        if let Some(v) = self.read_lease.or(file.read_lease) {
+            node.read_lease = v;
         }
         if let Some(v) = self.snapshot_every.or(file.snapshot_every) {
             node.snapshot_every = v;

@@ -24,6 +24,7 @@ pub mod election;
 pub mod fatal;
 pub mod host;
 pub mod idle;
+pub mod lease;
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;

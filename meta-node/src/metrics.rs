@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Elections this node started before its timer, by reason
     /// (`crate::election`).
     pub early_elections_total: IntCounterVec,
+    /// Read confirmations by how they were made: `lease` (no quorum
+    /// round, `crate::lease`) or `quorum` (a read-index round).
+    pub read_confirmations_total: IntCounterVec,
     /// Where a write's and a linearizable read's time goes, stage by stage
     /// (`nokv_meta_stage_seconds{stage}`; `nokv bench … --breakdown`).
     pub stages: Stages,
@@ -238,6 +241,14 @@ impl Metrics {
             &["why"],
         )?;
         registry.register(Box::new(early_elections_total.clone()))?;
+        let read_confirmations_total = IntCounterVec::new(
+            Opts::new(
+                "nokv_meta_read_confirmations_total",
+                "Confirmations of linearizable read batches, by the leader lease or a quorum round",
+            ),
+            &["by"],
+        )?;
+        registry.register(Box::new(read_confirmations_total.clone()))?;
         registry.register(Box::new(archive_errors_total.clone()))?;
         registry.register(Box::new(stale_leader_refusals.clone()))?;
         registry.register(Box::new(mutations_total.clone()))?;
@@ -270,6 +281,7 @@ impl Metrics {
             archive_errors_total,
             stale_leader_refusals,
             early_elections_total,
+            read_confirmations_total,
             stages,
             stage_seconds,
         })

@@ -29,6 +29,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::election::Elections;
+use crate::lease::LeaseClock;
 use crate::raft_wire;
 use crate::typ::{NodeId, TypeConfig};
 
@@ -103,6 +104,8 @@ pub struct GrpcNetworkFactory {
     elections: Option<Arc<Elections>>,
     /// Round trips of AppendEntries that carry entries.
     replicate_seconds: Option<prometheus::Histogram>,
+    /// Told when a follower accepts an AppendEntries (see `crate::lease`).
+    lease: Option<Arc<LeaseClock>>,
 }
 
 impl GrpcNetworkFactory {
@@ -111,12 +114,14 @@ impl GrpcNetworkFactory {
         pool: Arc<PeerPool>,
         elections: Arc<Elections>,
         replicate_seconds: prometheus::Histogram,
+        lease: Arc<LeaseClock>,
     ) -> GrpcNetworkFactory {
         GrpcNetworkFactory {
             shard,
             pool,
             elections: Some(elections),
             replicate_seconds: Some(replicate_seconds),
+            lease: Some(lease),
         }
     }
 }
@@ -128,6 +133,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetworkFactory {
         let mut client = PeerClient::new(target, &node.addr, self.shard, self.pool.clone());
         client.elections = self.elections.clone();
         client.replicate_seconds = self.replicate_seconds.clone();
+        client.lease = self.lease.clone();
         client
     }
 }
@@ -167,6 +173,7 @@ pub struct PeerClient {
     append_budget: u64,
     elections: Option<Arc<Elections>>,
     replicate_seconds: Option<prometheus::Histogram>,
+    lease: Option<Arc<LeaseClock>>,
 }
 
 fn connect_lazy(
@@ -204,6 +211,7 @@ impl PeerClient {
             append_budget: MAX_APPEND_BYTES,
             elections: None,
             replicate_seconds: None,
+            lease: None,
         }
     }
 
@@ -357,12 +365,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         } else {
             None
         };
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
+        let term = rpc.vote.leader_id().get_term();
         let response = self
             .rpc(&rpc, &option, |mut c, r| async move {
                 c.append_entries(r).await
             })
             .await?;
+        // Any answer but HigherVote means the follower accepted our vote
+        // and restarted its vote lease when the message arrived, after
+        // `started`.
+        if let (Some(lease), false) = (
+            &self.lease,
+            matches!(response, AppendEntriesResponse::HigherVote(_)),
+        ) {
+            lease.acked(self.target, term, started);
+        }
         if carries_entries {
             self.append_budget = next_append_budget(self.append_budget, false);
             if let Some(h) = &self.replicate_seconds {

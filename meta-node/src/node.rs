@@ -49,6 +49,11 @@ pub struct NodeConfig {
     /// leader lease, a follower that hears its leader runs no tick (see
     /// [`crate::idle`]).
     pub idle_heartbeats: bool,
+    /// Linearizable reads on the leader by its lease, without a quorum
+    /// round while a quorum acknowledged it recently (see
+    /// [`crate::lease`], which states the clock assumption); `false`:
+    /// every read batch confirms leadership with a quorum (read index).
+    pub read_lease: bool,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for slow followers).
@@ -104,6 +109,7 @@ impl NodeConfig {
             election_timeout_max: Duration::from_millis(400),
             early_elections: true,
             idle_heartbeats: true,
+            read_lease: true,
             snapshot_every: 10_000,
             keep_logs_behind_snapshot: 1_000,
             max_batch: 256,

@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use crate::typ::Raft;
+use std::sync::Arc;
+
+use crate::lease::{LeaseCheck, LeaseClock};
+use crate::typ::{NodeId, Raft};
 
 /// Longest wait for a restored leader to apply its own log before a read.
 const TENURE_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,10 +55,26 @@ pub struct ReadIndex {
     tx: mpsc::Sender<Waiter>,
 }
 
+/// Lease reads (see `crate::lease`): the clock the network feeds, this
+/// node's id, and the part of the lease a read may use.
+#[derive(Clone)]
+pub struct LeaseReads {
+    pub clock: Arc<LeaseClock>,
+    pub node_id: NodeId,
+    pub usable: Duration,
+}
+
 impl ReadIndex {
-    pub fn start(raft: Raft, shutdown: CancellationToken) -> ReadIndex {
+    /// Starts the task that confirms reads: by the leader lease when
+    /// `lease` is given and it holds, by a quorum round otherwise.
+    pub fn start(
+        raft: Raft,
+        shutdown: CancellationToken,
+        lease: Option<LeaseReads>,
+        confirmations: prometheus::IntCounterVec,
+    ) -> ReadIndex {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(rounds(raft, rx, shutdown));
+        tokio::spawn(rounds(raft, rx, shutdown, lease, confirmations));
         ReadIndex { tx }
     }
 
@@ -72,7 +91,15 @@ impl ReadIndex {
     }
 }
 
-async fn rounds(raft: Raft, mut rx: mpsc::Receiver<Waiter>, shutdown: CancellationToken) {
+async fn rounds(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Waiter>,
+    shutdown: CancellationToken,
+    lease: Option<LeaseReads>,
+    confirmations: prometheus::IntCounterVec,
+) {
+    let by_lease = confirmations.with_label_values(&["lease"]);
+    let by_quorum = confirmations.with_label_values(&["quorum"]);
     let mut tenure: Option<Tenure> = None;
     loop {
         let first = tokio::select! {
@@ -86,40 +113,72 @@ async fn rounds(raft: Raft, mut rx: mpsc::Receiver<Waiter>, shutdown: Cancellati
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = confirm_round(&raft, &mut tenure).await;
+        let by_lease_now = match &lease {
+            Some(lease) => confirm_by_lease(&raft, &mut tenure, lease).await,
+            None => None,
+        };
+        let result = match by_lease_now {
+            Some(result) => {
+                by_lease.inc();
+                result
+            }
+            None => {
+                by_quorum.inc();
+                confirm_round(&raft, &mut tenure).await
+            }
+        };
         for w in waiters {
             let _ = w.send(result.clone());
         }
     }
 }
 
-/// One read-index round: confirm leadership with a quorum, then wait until
-/// both openraft's read index and this tenure's start index are applied.
-async fn confirm_round(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<(), ReadIndexError> {
-    let floor = {
-        let m = raft.metrics().borrow().clone();
-        if m.current_leader != Some(m.id) {
-            return Err(ReadIndexError::NotLeader);
-        }
-        match *tenure {
-            Some(t) if t.term == m.current_term => t.start_index,
-            _ => {
-                let t = Tenure {
-                    term: m.current_term,
-                    start_index: m.last_log_index.unwrap_or(0),
-                };
-                *tenure = Some(t);
-                t.start_index
-            }
-        }
-    };
-    match raft.ensure_linearizable().await {
-        Ok(_) => {}
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-            return Err(ReadIndexError::NotLeader)
-        }
-        Err(e) => return Err(ReadIndexError::Unavailable(e.to_string())),
+/// The tenure's start index (the floor every read of this term waits
+/// for), or `NotLeader`.
+fn tenure_floor(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<u64, ReadIndexError> {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(m.id) {
+        return Err(ReadIndexError::NotLeader);
     }
+    Ok(match *tenure {
+        Some(t) if t.term == m.current_term => t.start_index,
+        _ => {
+            let t = Tenure {
+                term: m.current_term,
+                start_index: m.last_log_index.unwrap_or(0),
+            };
+            *tenure = Some(t);
+            t.start_index
+        }
+    })
+}
+
+/// Confirms by the leader lease, checked inside the Raft core; then waits
+/// until what was committed at that moment (and the tenure start) is
+/// applied. `None`: the lease cannot vouch now, do a quorum round.
+async fn confirm_by_lease(
+    raft: &Raft,
+    tenure: &mut Option<Tenure>,
+    lease: &LeaseReads,
+) -> Option<Result<(), ReadIndexError>> {
+    let floor = match tenure_floor(raft, tenure) {
+        Ok(floor) => floor,
+        Err(e) => return Some(Err(e)),
+    };
+    let (clock, me, usable) = (lease.clock.clone(), lease.node_id, lease.usable);
+    let checked = raft
+        .with_raft_state(move |st| crate::lease::check(st, me, &clock, usable))
+        .await;
+    let committed = match checked {
+        Ok(LeaseCheck::Valid { committed }) => committed,
+        Ok(LeaseCheck::NotLeader) => return Some(Err(ReadIndexError::NotLeader)),
+        Ok(LeaseCheck::Unsure) => return None,
+        Err(e) => return Some(Err(ReadIndexError::Unavailable(e.to_string()))),
+    };
+    Some(wait_applied(raft, floor.max(committed)).await)
+}
+
+async fn wait_applied(raft: &Raft, floor: u64) -> Result<(), ReadIndexError> {
     raft.wait(Some(TENURE_APPLY_TIMEOUT))
         .applied_index_at_least(Some(floor), "leader applied its tenure start")
         .await
@@ -127,4 +186,18 @@ async fn confirm_round(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<(), R
         .map_err(|e| {
             ReadIndexError::Unavailable(format!("leader has not applied its log yet: {e}"))
         })
+}
+
+/// One read-index round: confirm leadership with a quorum, then wait until
+/// both openraft's read index and this tenure's start index are applied.
+async fn confirm_round(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<(), ReadIndexError> {
+    let floor = tenure_floor(raft, tenure)?;
+    match raft.ensure_linearizable().await {
+        Ok(_) => {}
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+            return Err(ReadIndexError::NotLeader)
+        }
+        Err(e) => return Err(ReadIndexError::Unavailable(e.to_string())),
+    }
+    wait_applied(raft, floor).await
 }

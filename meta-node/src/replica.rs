@@ -36,7 +36,7 @@ use crate::network::{GrpcNetworkFactory, PeerPool};
 use crate::node::{NodeConfig, NodeError, INSTALL_SNAPSHOT_TIMEOUT};
 use crate::proposer::Proposer;
 use crate::raft_service::RaftServer;
-use crate::read_index::ReadIndex;
+use crate::read_index::{LeaseReads, ReadIndex};
 use crate::state_machine::HoltStateMachine;
 use crate::typ::{Raft, TypeConfig};
 
@@ -132,6 +132,7 @@ impl ShardReplica {
             config.election_timeout_max,
             Some(metrics.early_elections_total.clone()),
         ));
+        let lease_clock = Arc::new(crate::lease::LeaseClock::default());
         let raft: Raft = openraft::Raft::new(
             config.node_id,
             Arc::new(config.raft_config(shard)?),
@@ -140,6 +141,7 @@ impl ShardReplica {
                 ctx.peers.clone(),
                 elections.clone(),
                 metrics.stages.replicate.clone(),
+                lease_clock.clone(),
             ),
             log_store,
             state_machine,
@@ -181,7 +183,17 @@ impl ShardReplica {
             metrics.clone(),
             tasks.clone(),
         );
-        let read_index = ReadIndex::start(raft.clone(), tasks.clone());
+        let lease_reads = config.read_lease.then(|| LeaseReads {
+            clock: lease_clock,
+            node_id: config.node_id,
+            usable: crate::lease::usable(config.election_timeout_max),
+        });
+        let read_index = ReadIndex::start(
+            raft.clone(),
+            tasks.clone(),
+            lease_reads,
+            metrics.read_confirmations_total.clone(),
+        );
         let (archive, archiver) = match ctx.blob.as_ref().map(|store| {
             Archiver {
                 raft: raft.clone(),

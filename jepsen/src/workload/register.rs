@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use nokv_checker::{Keyed, Operation, Outcome, RegisterInput, RegisterOutput, Value};
 use nokv_client::{Client, ClientError, Consistency, PublishMode, PutOptions};
@@ -69,8 +70,12 @@ impl Default for RegisterConfig {
 struct Process {
     id: u64,
     client: Client,
-    /// Where reads go: `client`, or in unsafe mode a stale-read client
-    /// bound to one replica.
+    /// Where reads go: a client that starts at one replica (process `i`
+    /// at replica `i mod 3`), as Jepsen binds each client to a node. A
+    /// linearizable read there goes to that replica first: one that still
+    /// believes it leads (cut off, paused and resumed) answers it itself,
+    /// so a stale answer from a deposed leader (a lease read past its
+    /// lease, say) reaches the checker. In unsafe mode the reads are stale.
     reader: Client,
     consistency: Consistency,
     seq: u64,
@@ -106,13 +111,16 @@ pub async fn run(
     for i in 0..config.processes {
         let id = first_process + i as u64;
         let client = cluster.client(ctx.op_timeout)?;
-        let (reader, consistency) = if config.stale_reads {
-            let home = &nodes[i % nodes.len()];
-            let mut c = cluster.client_config(vec![home.host_addr.clone()]);
-            c.deadline = ctx.op_timeout;
-            (Client::new(c)?, Consistency::Stale)
+        let home = &nodes[i % nodes.len()];
+        let mut reader = cluster.client_config(vec![home.host_addr.clone()]);
+        reader.deadline = ctx.op_timeout;
+        reader.attempt_timeout = ctx.op_timeout.min(Duration::from_secs(2));
+        reader.connect_timeout = Duration::from_millis(500);
+        let reader = Client::new(reader)?;
+        let consistency = if config.stale_reads {
+            Consistency::Stale
         } else {
-            (client.clone(), Consistency::Linearizable)
+            Consistency::Linearizable
         };
         let process = Process {
             id,
