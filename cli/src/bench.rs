@@ -46,6 +46,13 @@ pub enum Workload {
     /// local directory --dir (e.g. a `nokv mount`): create, stat, remove,
     /// 4 KiB create+write+close, then a sequential write and read of --size.
     Posix,
+    /// For comparison, no NoKV involved: JuiceFS-style create transactions
+    /// (two gets, one conditional transaction of three puts) against the
+    /// etcd cluster at --etcd-endpoints.
+    EtcdCreate,
+    /// For comparison: linearizable gets of --files attributes written
+    /// first, against the etcd cluster at --etcd-endpoints.
+    EtcdGet,
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +107,10 @@ pub struct BenchArgs {
     /// endpoint, read before and after the run.
     #[arg(long)]
     pub breakdown: bool,
+    /// For `etcd-create` and `etcd-get`: the etcd cluster to measure,
+    /// comma separated.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
 }
 
 /// Parses `4096`, `4KiB`, `1MiB`, `2GiB`.
@@ -448,6 +459,9 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     if let Workload::Snapshot = args.workload {
         return tokio::task::block_in_place(|| crate::bench_snapshot::run(&args, g));
     }
+    if let Workload::EtcdCreate | Workload::EtcdGet = args.workload {
+        return crate::bench_etcd::run(&args, g).await;
+    }
     let client = g.client()?;
     let run = rand_u64();
     let mut dirs = Vec::new();
@@ -465,6 +479,9 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         Workload::Agent => crate::bench_agent::run(&args, g, &client, &dir).await?,
         Workload::Posix => anyhow::bail!("posix runs in a local directory, before this"),
         Workload::Snapshot => anyhow::bail!("snapshot runs in process, before this"),
+        Workload::EtcdCreate | Workload::EtcdGet => {
+            anyhow::bail!("etcd workloads run against etcd, before this")
+        }
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Soak => crate::bench_soak::run(&args, g, &client, &dir).await?,
         Workload::Create => {

@@ -26,6 +26,7 @@ mod auth;
 mod bench;
 mod bench_agent;
 mod bench_breakdown;
+mod bench_etcd;
 mod bench_posix;
 mod bench_snapshot;
 mod bench_soak;

@@ -1906,3 +1906,29 @@ async fn bench_breakdown_reports_the_stages_of_every_replica() {
     assert_eq!(count(&stat, leader, "read_index"), 40, "{stat}");
     assert_eq!(count(&stat, leader, "write_total"), 0, "{stat}");
 }
+
+/// `nokv bench etcd-create|etcd-get`, the comparison loads of
+/// `scripts/bench-vs-etcd.sh`, run against a real etcd: every create
+/// transaction commits (none lost to conflicts) and every get finds the
+/// attributes the setup wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_comparison_loads_run_against_a_real_etcd() {
+    let _load = light_test().await;
+    let etcd = common::etcd::Etcd::must_start().await;
+    for workload in ["etcd-create", "etcd-get"] {
+        let out = common::nokv_command()
+            .args(["--json", "bench", workload, "-c", "8", "-n", "64"])
+            .args(["--files", "16", "--etcd-endpoints", &etcd.url()])
+            .output()
+            .await
+            .expect("run nokv bench");
+        assert!(
+            out.status.success(),
+            "nokv bench {workload} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+        assert_eq!(report["ops"], 64, "{workload}: {report}");
+        assert_eq!(report["errors"], 0, "{workload}: {report}");
+    }
+}
