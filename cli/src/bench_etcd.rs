@@ -101,6 +101,28 @@ async fn create(
     )))
 }
 
+/// `count` creates named `f<i>` over `concurrency` workers, each in parent
+/// `1 + i mod parents`, taking inode numbers from `next_inode`.
+async fn create_files(
+    client: &etcd_client::Client,
+    run: u64,
+    parents: u64,
+    next_inode: Arc<AtomicU64>,
+    concurrency: usize,
+    count: usize,
+) -> anyhow::Result<crate::bench::Report> {
+    let client = client.clone();
+    drive(concurrency, count, move |i| {
+        let mut kv = client.kv_client();
+        let inode = next_inode.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let parent = 1 + i as u64 % parents;
+            create(&mut kv, run, parent, &format!("f{i}"), inode).await
+        }
+    })
+    .await
+}
+
 pub async fn run(args: &BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = args
         .etcd_endpoints
@@ -123,29 +145,27 @@ pub async fn run(args: &BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     let next_inode = Arc::new(AtomicU64::new(parents + 1));
     match args.workload {
         Workload::EtcdCreate => {
-            let report = drive(args.concurrency, args.count, move |i| {
-                let mut kv = client.kv_client();
-                let inode = next_inode.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let parent = 1 + i as u64 % parents;
-                    create(&mut kv, run, parent, &format!("f{i}"), inode).await
-                }
-            })
+            let report = create_files(
+                &client,
+                run,
+                parents,
+                next_inode,
+                args.concurrency,
+                args.count,
+            )
             .await?;
             print_report("etcd-create", args, &report, g);
         }
         Workload::EtcdGet => {
             let files = args.files.max(1);
-            let c = client.clone();
-            let inodes = next_inode.clone();
-            let setup = drive(args.concurrency.max(16), files, move |i| {
-                let mut kv = c.kv_client();
-                let inode = inodes.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let parent = 1 + i as u64 % parents;
-                    create(&mut kv, run, parent, &format!("f{i}"), inode).await
-                }
-            })
+            let setup = create_files(
+                &client,
+                run,
+                parents,
+                next_inode,
+                args.concurrency.max(16),
+                files,
+            )
             .await?;
             if setup.errors > 0 {
                 anyhow::bail!("setup failed: {}", setup.first_error.unwrap_or_default());

@@ -1845,22 +1845,10 @@ async fn bench_breakdown_reports_the_stages_of_every_replica() {
     let run = |workload: &'static str| {
         let endpoints = endpoints.clone();
         async move {
-            let out = common::nokv_command()
-                .args(["bench", workload, "-c", "4", "-n", "40", "--files", "8"])
-                .args(["--breakdown", "--json", "--endpoints", &endpoints])
-                .output()
+            let args = ["-c", "4", "-n", "40", "--files", "8", "--breakdown"];
+            must_bench_json(workload, &args, &["--endpoints", &endpoints])
                 .await
-                .expect("run nokv bench");
-            assert!(
-                out.status.success(),
-                "nokv bench {workload} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
-                .into_iter::<Value>()
-                .collect::<Result<_, _>>()
-                .expect("bench prints JSON documents");
-            docs.into_iter()
+                .into_iter()
                 .find_map(|d| d.get("breakdown").cloned())
                 .unwrap_or_else(|| panic!("no breakdown in {workload}'s output"))
         }
@@ -1916,19 +1904,33 @@ async fn the_etcd_comparison_loads_run_against_a_real_etcd() {
     let _load = light_test().await;
     let etcd = common::etcd::Etcd::must_start().await;
     for workload in ["etcd-create", "etcd-get"] {
-        let out = common::nokv_command()
-            .args(["--json", "bench", workload, "-c", "8", "-n", "64"])
-            .args(["--files", "16", "--etcd-endpoints", &etcd.url()])
-            .output()
-            .await
-            .expect("run nokv bench");
-        assert!(
-            out.status.success(),
-            "nokv bench {workload} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+        let args = ["-c", "8", "-n", "64", "--files", "16"];
+        let docs = must_bench_json(workload, &args, &["--etcd-endpoints", &etcd.url()]).await;
+        let [report] = docs.as_slice() else {
+            panic!("{workload}: not one JSON report: {docs:?}");
+        };
         assert_eq!(report["ops"], 64, "{workload}: {report}");
         assert_eq!(report["errors"], 0, "{workload}: {report}");
     }
+}
+
+/// Runs `nokv --json bench WORKLOAD ARGS... TARGET...`, which must succeed,
+/// and returns the JSON documents it printed.
+async fn must_bench_json(workload: &str, args: &[&str], target: &[&str]) -> Vec<Value> {
+    let out = common::nokv_command()
+        .args(["--json", "bench", workload])
+        .args(args)
+        .args(target)
+        .output()
+        .await
+        .expect("run nokv bench");
+    assert!(
+        out.status.success(),
+        "nokv bench {workload} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("bench prints JSON documents")
 }
