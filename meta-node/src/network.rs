@@ -405,10 +405,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc(&rpc, &option, |mut c, r| async move {
-            c.install_snapshot(r).await
+        let vote = rpc.vote;
+        let mut answer = None;
+        for piece in snapshot_pieces(rpc) {
+            let response: InstallSnapshotResponse<NodeId> = self
+                .rpc(&piece, &option, |mut c, r| async move {
+                    c.install_snapshot(r).await
+                })
+                .await?;
+            // A refusal (the answer carries another vote) ends the chunk.
+            let refused = response.vote != vote;
+            answer = Some(response);
+            if refused {
+                break;
+            }
+        }
+        answer.ok_or_else(|| {
+            let err = std::io::Error::other("a snapshot chunk with no piece to send");
+            RPCError::Network(NetworkError::new(&err))
         })
-        .await
     }
 
     async fn vote(
@@ -433,6 +448,37 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // node rejoins quickly, long enough not to spin.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
     }
+}
+
+/// The first piece of a snapshot a follower is sent, in bytes.
+///
+/// A follower holds its election timer while snapshot chunks arrive
+/// (`crate::idle`), but only from the first chunk it accepts; until then
+/// its heartbeats queue behind that chunk on a slow link. A 1 MiB first
+/// chunk took longer than a restarted follower's first election timeout on
+/// a 1 MiB/s link under load (`cluster.rs
+/// a_follower_on_a_slow_link_catches_up_by_snapshot_without_an_election`
+/// failed 2 runs in 4 with both cores busy): it stood for election, and
+/// the leader, refusing its short log, stood too (terms 1 to 5). So the
+/// first chunk goes as a small piece, then the rest.
+pub const FIRST_SNAPSHOT_PIECE: usize = 64 * 1024;
+
+/// The RPCs that carry one `InstallSnapshot` chunk: the chunk itself, or,
+/// for a snapshot's first chunk larger than [`FIRST_SNAPSHOT_PIECE`], that
+/// many bytes (not `done`) and then the rest.
+fn snapshot_pieces(
+    rpc: InstallSnapshotRequest<TypeConfig>,
+) -> Vec<InstallSnapshotRequest<TypeConfig>> {
+    if rpc.offset != 0 || rpc.data.len() <= FIRST_SNAPSHOT_PIECE {
+        return vec![rpc];
+    }
+    let mut first = rpc.clone();
+    first.data.truncate(FIRST_SNAPSHOT_PIECE);
+    first.done = false;
+    let mut rest = rpc;
+    rest.data.drain(..FIRST_SNAPSHOT_PIECE);
+    rest.offset = FIRST_SNAPSHOT_PIECE as u64;
+    vec![first, rest]
 }
 
 #[cfg(test)]
@@ -500,6 +546,38 @@ mod tests {
         assert!(peer.vote(vote(), option.clone()).await.is_err());
         assert_eq!(peer.reconnects, 1);
         wait_for_accepts(&accepted, 2).await;
+    }
+
+    #[test]
+    fn a_snapshot_starts_with_a_small_piece() {
+        use openraft::raft::InstallSnapshotRequest;
+        use openraft::SnapshotMeta;
+        let chunk = |offset: u64, len: usize, done: bool| InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            meta: SnapshotMeta::default(),
+            offset,
+            data: (0..len).map(|i| i as u8).collect(),
+            done,
+        };
+        let whole = chunk(0, 1024 * 1024, true);
+        let pieces = super::snapshot_pieces(whole.clone());
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].offset, 0);
+        assert_eq!(pieces[0].data.len(), super::FIRST_SNAPSHOT_PIECE);
+        assert!(!pieces[0].done);
+        assert_eq!(pieces[1].offset, super::FIRST_SNAPSHOT_PIECE as u64);
+        assert!(pieces[1].done);
+        let joined: Vec<u8> = pieces.iter().flat_map(|p| p.data.clone()).collect();
+        assert_eq!(
+            joined, whole.data,
+            "the pieces carry the chunk's bytes in order"
+        );
+        // Later chunks, and small first ones, go whole.
+        assert_eq!(
+            super::snapshot_pieces(chunk(1 << 20, 1 << 20, false)).len(),
+            1
+        );
+        assert_eq!(super::snapshot_pieces(chunk(0, 1000, true)).len(), 1);
     }
 
     #[test]
