@@ -107,6 +107,11 @@ pub struct BenchArgs {
     /// endpoint, read before and after the run.
     #[arg(long)]
     pub breakdown: bool,
+    /// For `create`: each operation is one bulk create of this many files
+    /// (`Client::create_many`); ops/s then counts files, and the latencies
+    /// are those of whole bulk calls. 0: one create per operation.
+    #[arg(long, default_value_t = 0)]
+    pub bulk: usize,
     /// For `etcd-create` and `etcd-get`: the etcd cluster to measure,
     /// comma separated.
     #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
@@ -138,6 +143,9 @@ pub(crate) struct Report {
     pub(crate) first_error: Option<String>,
     pub(crate) elapsed: Duration,
     pub(crate) hist: Histogram<u64>,
+    /// Calls the client's coalescers made during the run (writes, reads):
+    /// set by the workloads that report it.
+    pub(crate) coalescing: Option<(nokv_client::CoalescingStats, nokv_client::CoalescingStats)>,
 }
 
 impl Report {
@@ -149,6 +157,7 @@ impl Report {
             first_error: None,
             elapsed: Duration::ZERO,
             hist: new_hist()?,
+            coalescing: None,
         })
     }
 }
@@ -223,6 +232,10 @@ pub(crate) fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalA
             "p99_ms": ms(0.99),
             "p999_ms": ms(0.999),
             "max_ms": r.hist.max() as f64 / 1000.0,
+            "coalescing": r.coalescing.map(|(w, q)| json!({
+                "writes": coalescing_json(w),
+                "reads": coalescing_json(q),
+            })),
         }));
     } else {
         outln!(
@@ -237,10 +250,46 @@ pub(crate) fn print_report(name: &str, args: &BenchArgs, r: &Report, g: &GlobalA
             ms(0.999),
             r.hist.max() as f64 / 1000.0
         );
+        if let Some((w, q)) = r.coalescing {
+            for (kind, c) in [("writes", w), ("reads", q)] {
+                if c.lone_calls + c.batched_calls > 0 {
+                    outln!(
+                        "  {kind}: {} calls of one request, {} batched calls of {:.1} requests on average",
+                        c.lone_calls,
+                        c.batched_calls,
+                        c.batched_requests as f64 / c.batched_calls.max(1) as f64
+                    );
+                }
+            }
+        }
         if let Some(e) = &r.first_error {
             outln!("first error: {e}");
         }
     }
+}
+
+fn coalescing_json(c: nokv_client::CoalescingStats) -> serde_json::Value {
+    json!({
+        "lone_calls": c.lone_calls,
+        "batched_calls": c.batched_calls,
+        "batched_requests": c.batched_requests,
+    })
+}
+
+/// What `client`'s coalescers sent since `before`.
+fn coalescing_since(
+    client: &nokv_client::Client,
+    before: (nokv_client::CoalescingStats, nokv_client::CoalescingStats),
+) -> (nokv_client::CoalescingStats, nokv_client::CoalescingStats) {
+    let (w, q) = client.coalescing();
+    let minus = |a: nokv_client::CoalescingStats, b: nokv_client::CoalescingStats| {
+        nokv_client::CoalescingStats {
+            lone_calls: a.lone_calls - b.lone_calls,
+            batched_calls: a.batched_calls - b.batched_calls,
+            batched_requests: a.batched_requests - b.batched_requests,
+        }
+    };
+    (minus(w, before.0), minus(q, before.1))
 }
 
 /// Raw PUTs of `size` bytes straight to the object store, then publishes of
@@ -484,15 +533,42 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
         }
         Workload::Watch => watch(&args, g, &client, &dir).await?,
         Workload::Soak => crate::bench_soak::run(&args, g, &client, &dir).await?,
+        Workload::Create if args.bulk > 0 => {
+            let bulk = args.bulk;
+            let before = breakdown_before(&args, &client).await?;
+            let sent = client.coalescing();
+            let c = client.clone();
+            let calls = args.count.div_ceil(bulk);
+            let mut report = drive(args.concurrency, calls, move |i| {
+                let c = c.clone();
+                let paths: Vec<String> = (i * bulk..(i + 1) * bulk)
+                    .map(|f| format!("{}/f{f}", dirs[f % dirs.len()]))
+                    .collect();
+                async move {
+                    for created in c.create_many(&paths).await {
+                        created?;
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            // Each successful operation made `bulk` files.
+            report.ops *= bulk as u64;
+            report.coalescing = Some(coalescing_since(&client, sent));
+            print_report(&format!("create(bulk {bulk})"), &args, &report, g);
+            breakdown_after(before, &client, &report, g).await?;
+        }
         Workload::Create => {
             let before = breakdown_before(&args, &client).await?;
+            let sent = client.coalescing();
             let c = client.clone();
-            let report = drive(args.concurrency, args.count, move |i| {
+            let mut report = drive(args.concurrency, args.count, move |i| {
                 let c = c.clone();
                 let path = format!("{}/f{i}", dirs[i % dirs.len()]);
                 async move { c.create(&path).await.map(|_| ()) }
             })
             .await?;
+            report.coalescing = Some(coalescing_since(&client, sent));
             print_report("create", &args, &report, g);
             breakdown_after(before, &client, &report, g).await?;
         }
@@ -510,15 +586,17 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
                 anyhow::bail!("setup failed: {}", setup.first_error.unwrap_or_default());
             }
             let before = breakdown_before(&args, &client).await?;
+            let sent = client.coalescing();
             let c = client.clone();
             let d = dir.clone();
             let consistency = g.consistency();
-            let report = drive(args.concurrency, args.count, move |i| {
+            let mut report = drive(args.concurrency, args.count, move |i| {
                 let c = c.clone();
                 let path = format!("{d}/f{}", (i.wrapping_mul(7919)) % files);
                 async move { c.stat(&path, consistency).await.map(|_| ()) }
             })
             .await?;
+            report.coalescing = Some(coalescing_since(&client, sent));
             print_report(
                 if g.stale {
                     "stat(stale)"

@@ -130,6 +130,11 @@ pub struct GlobalArgs {
     /// `nokv auth token create`.
     #[arg(long, global = true, env = "NOKV_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub token: Option<nokv_client::Token>,
+    /// Concurrent requests to one node travel in batched calls, with at
+    /// most this many calls in flight per node (writes and reads each);
+    /// 0 sends every request in a call of its own.
+    #[arg(long, global = true, env = "NOKV_COALESCE", default_value_t = nokv_client::DEFAULT_COALESCE)]
+    pub coalesce: usize,
 }
 
 /// A token's text (never echoed back in the error).
@@ -174,6 +179,7 @@ impl GlobalArgs {
         config.address_map = self.address_map.iter().cloned().collect();
         config.tls = self.client_tls()?;
         config.token = self.token.clone();
+        config.coalesce = self.coalesce;
         Ok(config)
     }
 

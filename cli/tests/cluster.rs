@@ -31,6 +31,11 @@
 //! - `stale_and_linearizable_reads`: linearizable reads see acknowledged
 //!   writes through any endpoint; a follower serves stale reads from its own
 //!   state, even without a quorum, and redirects linearizable ones.
+//! - `batched_calls_answer_each_request_as_a_lone_call_would`: the SDK's
+//!   bulk create and concurrent stats travel in batched calls; each request
+//!   of a `MutateBatch`/`QueryBatch` gets the answer a lone call would
+//!   (refusals, routing hints, exactly-once within one batch), and batches
+//!   that cannot be looked at are refused whole and change nothing.
 //! - `linearizable_read_after_leader_restart_sees_acknowledged_write`: a
 //!   read right after a leader restart sees a write that was acknowledged
 //!   before the SIGKILL (regression test; see `meta-node/src/read_index.rs`).
@@ -1375,6 +1380,8 @@ async fn bad_input_changes_nothing_and_never_panics() {
         for (method, body) in [
             ("/nokv.v1.MetaService/Mutate", vec![0xff, 0xff, 0xff, 0xff]),
             ("/nokv.v1.MetaService/Query", vec![0x0a, 0x7f, 0x01]),
+            ("/nokv.v1.MetaService/MutateBatch", vec![0x0a, 0x7f, 0x01]),
+            ("/nokv.v1.MetaService/QueryBatch", vec![0xff, 0xff, 0xff, 0xff]),
             ("/nokv.v1.MetaService/InitCluster", vec![0x0a, 0x05, 0x08]),
             (
                 "/nokv.v1.RaftService/Vote",
@@ -1598,6 +1605,288 @@ async fn stale_and_linearizable_reads() {
     );
     if !cluster.is_running(follower) {
         cluster.fail(format!("follower {follower} exited"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+fn mutate_request_of(n: usize, op: Option<mutate_request::Op>) -> pb::MutateRequest {
+    pb::MutateRequest {
+        request_id: request_id(n),
+        epoch: 0,
+        shard: 0,
+        map_revision: 0,
+        op,
+    }
+}
+
+fn get_attr_request(p: &str, consistency: pb::Consistency) -> pb::QueryRequest {
+    pb::QueryRequest {
+        map_revision: 0,
+        shard: 0,
+        consistency: consistency as i32,
+        snapshot: 0,
+        query: Some(query_request::Query::GetAttr(pb::GetAttrQuery {
+            inode: inode_path(p),
+        })),
+    }
+}
+
+/// The detail code of each outcome of a batched call ("ok" for an answer).
+fn outcome_codes(outcomes: Vec<Option<Result<(), pb::CallError>>>) -> Vec<String> {
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Some(Ok(())) => "ok".to_string(),
+            Some(Err(e)) => e.detail.map_or_else(|| "no detail".into(), |d| d.code),
+            None => "empty".to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_calls_answer_each_request_as_a_lone_call_would() {
+    let _load = light_test().await;
+    let cluster = Cluster::start(&[]).await;
+    let client = cluster.client();
+    cluster.must(client.mkdir("/bulk", false).await, "mkdir /bulk");
+
+    // The SDK's bulk create: every file made once, each answered.
+    let paths = numbered("/bulk", "f", 3000);
+    let (writes_before, _) = client.coalescing();
+    let created = client.create_many(&paths).await;
+    let failed: Vec<_> = created.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "bulk create failed: {:?}",
+        &failed[..failed.len().min(3)]
+    );
+    let inodes: BTreeSet<InodeId> = created.iter().flatten().map(|a| a.inode).collect();
+    assert_eq!(inodes.len(), paths.len(), "one new inode per file");
+    assert_eq!(
+        must_list(&cluster, &client, "/bulk", Consistency::Linearizable).await,
+        basenames(&paths)
+    );
+    // They travelled in batches: far fewer calls than files.
+    let (writes, _) = client.coalescing();
+    let calls = (writes.lone_calls + writes.batched_calls)
+        - (writes_before.lone_calls + writes_before.batched_calls);
+    assert!(
+        writes.batched_calls > writes_before.batched_calls && calls * 4 < paths.len() as u64,
+        "3000 creates in {calls} calls: {writes:?}"
+    );
+    // Each keeps its own answer: those that exist are refused, one by one.
+    let mut again = paths[..10].to_vec();
+    again.push("/bulk/new".into());
+    let answers = client.create_many(&again).await;
+    for (path, answer) in again.iter().zip(&answers) {
+        match (path.as_str(), answer) {
+            ("/bulk/new", Ok(_)) => {}
+            (_, Err(ClientError::Fs { code, .. })) if code == "EEXIST" => {}
+            (path, answer) => cluster.fail(format!("create {path} again: {answer:?}")),
+        }
+    }
+    // Concurrent stats ride in batched reads, each linearizable.
+    let (_, reads_before) = client.coalescing();
+    let stats = futures::future::join_all(
+        paths
+            .iter()
+            .take(512)
+            .map(|p| client.stat(p, Consistency::Linearizable)),
+    )
+    .await;
+    for (path, (stat, made)) in paths.iter().zip(stats.iter().zip(&created)) {
+        let made = made.as_ref().map(|a| a.inode).ok();
+        assert_eq!(stat.as_ref().ok().map(|a| a.inode), made, "stat {path}");
+    }
+    let (_, reads) = client.coalescing();
+    assert!(
+        reads.batched_calls > reads_before.batched_calls,
+        "512 concurrent stats made no batched call: {reads:?}"
+    );
+
+    // The wire: a batch to the leader, each request answered on its own.
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let mut stub = MetaServiceClient::new(channel_to(&cluster, leader).await);
+    let mut unknown_shard = mutate_request_of(4, create_at(path("/bulk/elsewhere")));
+    unknown_shard.shard = 9;
+    let batch = vec![
+        mutate_request_of(1, create_at(path("/bulk/w1"))),
+        mutate_request_of(2, create_at(path("/bulk/f0000"))),
+        mutate_request_of(3, None),
+        unknown_shard,
+        // The same request id twice in one batch applies once: both copies
+        // get the first result.
+        mutate_request_of(5, create_at(path("/bulk/w5"))),
+        mutate_request_of(5, create_at(path("/bulk/w5"))),
+        mutate_request_of(6, create_at(path("no/leading/slash"))),
+    ];
+    let response = cluster
+        .must(
+            stub.mutate_batch(pb::MutateBatchRequest { requests: batch })
+                .await,
+            "MutateBatch to the leader",
+        )
+        .into_inner();
+    let outcomes: Vec<_> = response
+        .outcomes
+        .iter()
+        .map(|o| match &o.outcome {
+            Some(pb::mutate_outcome::Outcome::Ok(_)) => Some(Ok(())),
+            Some(pb::mutate_outcome::Outcome::Error(e)) => Some(Err(e.clone())),
+            None => None,
+        })
+        .collect();
+    assert_eq!(
+        outcome_codes(outcomes),
+        [
+            "ok",
+            "EEXIST",
+            "INVALID_ARGUMENT",
+            "UNKNOWN_SHARD",
+            "ok",
+            "ok",
+            "EINVAL"
+        ],
+        "{response:?}"
+    );
+    let inode_of = |i: usize| match &response.outcomes[i].outcome {
+        Some(pb::mutate_outcome::Outcome::Ok(r)) => match &r.result {
+            Some(pb::mutate_response::Result::Attr(a)) => a.inode,
+            other => cluster.fail(format!("outcome {i}: {other:?}")),
+        },
+        other => cluster.fail(format!("outcome {i}: {other:?}")),
+    };
+    assert_eq!(inode_of(4), inode_of(5), "one request id, one create");
+    assert_eq!(
+        cluster
+            .must(
+                client
+                    .read_dir_all("/bulk", Consistency::Linearizable)
+                    .await,
+                "list /bulk"
+            )
+            .len(),
+        paths.len() + 3,
+        "the batch added w1 and w5, and the SDK's second bulk call /bulk/new"
+    );
+
+    // Batches that cannot be looked at are refused whole and change nothing.
+    let refused = stub
+        .mutate_batch(pb::MutateBatchRequest { requests: vec![] })
+        .await
+        .expect_err("an empty batch");
+    assert_refused(
+        "empty batch",
+        &refused,
+        tonic::Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let too_many: Vec<_> = (0..=nokv_proto::MAX_BATCH_CALLS)
+        .map(|i| mutate_request_of(1000 + i, create_at(path(&format!("/bulk/x{i}")))))
+        .collect();
+    let refused = stub
+        .mutate_batch(pb::MutateBatchRequest { requests: too_many })
+        .await
+        .expect_err("a batch over the limit");
+    assert_refused(
+        "1025 requests",
+        &refused,
+        tonic::Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let refused = stub
+        .query_batch(pb::QueryBatchRequest { requests: vec![] })
+        .await
+        .expect_err("an empty query batch");
+    assert_refused(
+        "empty query batch",
+        &refused,
+        tonic::Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let seen = cluster.must(
+        client
+            .stat("/bulk/x0", Consistency::Linearizable)
+            .await
+            .err()
+            .ok_or("x0 exists"),
+        "stat /bulk/x0",
+    );
+    assert!(
+        matches!(seen, ClientError::Fs { ref code, .. } if code == "ENOENT"),
+        "{seen:?}"
+    );
+
+    // Reads: answered in order; a follower answers the stale ones and
+    // sends the linearizable ones to the leader.
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap_or(1);
+    let reads = || pb::QueryBatchRequest {
+        requests: vec![
+            get_attr_request("/bulk/f0001", pb::Consistency::Linearizable),
+            get_attr_request("/bulk/missing", pb::Consistency::Linearizable),
+            get_attr_request("/bulk/f0002", pb::Consistency::Stale),
+        ],
+    };
+    let codes = |response: pb::QueryBatchResponse| {
+        outcome_codes(
+            response
+                .outcomes
+                .into_iter()
+                .map(|o| match o.outcome {
+                    Some(pb::query_outcome::Outcome::Ok(_)) => Some(Ok(())),
+                    Some(pb::query_outcome::Outcome::Error(e)) => Some(Err(e)),
+                    None => None,
+                })
+                .collect(),
+        )
+    };
+    let on_leader = cluster.must(stub.query_batch(reads()).await, "QueryBatch to the leader");
+    assert_eq!(codes(on_leader.into_inner()), ["ok", "ENOENT", "ok"]);
+    cluster
+        .wait_until(WAIT, "the follower applies the bulk creates", async || {
+            let mut stub = MetaServiceClient::new(channel_to(&cluster, follower).await);
+            stub.query(get_attr_request("/bulk/f0002", pb::Consistency::Stale))
+                .await
+                .is_ok()
+        })
+        .await;
+    let mut on_follower = MetaServiceClient::new(channel_to(&cluster, follower).await);
+    let answered = cluster.must(
+        on_follower.query_batch(reads()).await,
+        "QueryBatch to a follower",
+    );
+    assert_eq!(
+        codes(answered.into_inner()),
+        ["NOT_LEADER", "NOT_LEADER", "ok"]
+    );
+    // A write batch to a follower: each request names the leader.
+    let response = cluster
+        .must(
+            on_follower
+                .mutate_batch(pb::MutateBatchRequest {
+                    requests: vec![mutate_request_of(7, create_at(path("/bulk/w7")))],
+                })
+                .await,
+            "MutateBatch to a follower",
+        )
+        .into_inner();
+    match &response.outcomes[..] {
+        [pb::MutateOutcome {
+            outcome: Some(pb::mutate_outcome::Outcome::Error(e)),
+        }] => {
+            let detail = e.detail.clone().unwrap_or_default();
+            assert_eq!(
+                (detail.code.as_str(), detail.leader_id),
+                ("NOT_LEADER", Some(leader)),
+                "{e:?}"
+            );
+        }
+        other => cluster.fail(format!("a follower took a batched write: {other:?}")),
     }
 }
 

@@ -424,6 +424,14 @@ async fn tokens_with_roles_guard_every_call() {
         Err(ClientError::PermissionDenied(m)) => errors.push(m),
         other => cluster.fail(format!("a read-only SDK mkdir: {other:?}")),
     }
+    // Its bulk create travels in batched calls, refused whole.
+    let bulk: Vec<String> = (0..64).map(|i| format!("/data/bulk{i}")).collect();
+    for answer in read_only.create_many(&bulk).await {
+        match answer {
+            Err(ClientError::PermissionDenied(m)) => errors.push(m),
+            other => cluster.fail(format!("a read-only SDK bulk create: {other:?}")),
+        }
+    }
     let first = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
     match first {
         Ok(Some(Ok(event))) => assert_eq!(event.path.as_deref(), Some("/data"), "{event:?}"),

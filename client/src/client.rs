@@ -18,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::coalesce::{Calls, Coalescer, CoalescingStats};
 use crate::error::ClientError;
 use crate::routing;
 use nokv_router::ShardMap;
@@ -30,6 +31,12 @@ const MAX_REROUTES: u32 = 16;
 /// How many `STALE_EPOCH` refusals one write follows (each names a newer epoch;
 /// more in a row means leadership is changing faster than the write can land).
 const MAX_EPOCH_REFUSALS: u32 = 5;
+
+/// How many requests of one [`Client::mutate_many`] are in flight at once.
+pub const BULK_IN_FLIGHT: usize = 1024;
+
+/// Default of [`ClientConfig::coalesce`].
+pub const DEFAULT_COALESCE: usize = 4;
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,6 +136,10 @@ pub struct ClientConfig {
     /// The access token every request carries (clusters started with
     /// `--require-auth`); `None`: no `authorization` header.
     pub token: Option<Token>,
+    /// Batched calls in flight per node and kind (writes, reads) when
+    /// concurrent requests are coalesced (see [`crate::coalesce`]); 0 sends
+    /// every request in a call of its own.
+    pub coalesce: usize,
 }
 
 impl ClientConfig {
@@ -147,6 +158,7 @@ impl ClientConfig {
             store_endpoint: None,
             tls: None,
             token: None,
+            coalesce: DEFAULT_COALESCE,
         }
     }
 }
@@ -204,6 +216,9 @@ struct Inner {
     config: ClientConfig,
     endpoints: Vec<String>,
     channels: Mutex<HashMap<String, Stub>>,
+    /// Per node, the coalescers of its writes and reads (with
+    /// `config.coalesce` above 0).
+    coalescers: Mutex<HashMap<String, Arc<NodeCoalescers>>>,
     /// Address of the replica believed to lead each shard, if known.
     leader: Mutex<HashMap<ShardId, String>>,
     /// Round-robin cursor over `endpoints` when no leader is known.
@@ -216,6 +231,62 @@ struct Inner {
     /// Each shard's epoch as last learned (writes carry it).
     epochs: Mutex<HashMap<ShardId, u64>>,
 }
+
+/// The coalescing senders of one node.
+struct NodeCoalescers {
+    writes: Coalescer<pb::MutateRequest, pb::MutateResponse>,
+    reads: Coalescer<pb::QueryRequest, pb::QueryResponse>,
+}
+
+const WRITES: Calls<pb::MutateRequest, pb::MutateResponse> = Calls {
+    one: |mut stub, request| {
+        Box::pin(async move { stub.mutate(request).await.map(|r| r.into_inner()) })
+    },
+    many: |mut stub, requests| {
+        Box::pin(async move {
+            let response = stub
+                .mutate_batch(pb::MutateBatchRequest { requests })
+                .await?
+                .into_inner();
+            Ok(response
+                .outcomes
+                .into_iter()
+                .map(|o| match o.outcome {
+                    Some(pb::mutate_outcome::Outcome::Ok(r)) => Ok(r),
+                    Some(pb::mutate_outcome::Outcome::Error(e)) => {
+                        Err(nokv_proto::status_of_call_error(e))
+                    }
+                    None => Err(tonic::Status::unknown("an empty outcome")),
+                })
+                .collect())
+        })
+    },
+};
+
+const READS: Calls<pb::QueryRequest, pb::QueryResponse> = Calls {
+    one: |mut stub, request| {
+        Box::pin(async move { stub.query(request).await.map(|r| r.into_inner()) })
+    },
+    many: |mut stub, requests| {
+        Box::pin(async move {
+            let response = stub
+                .query_batch(pb::QueryBatchRequest { requests })
+                .await?
+                .into_inner();
+            Ok(response
+                .outcomes
+                .into_iter()
+                .map(|o| match o.outcome {
+                    Some(pb::query_outcome::Outcome::Ok(r)) => Ok(r),
+                    Some(pb::query_outcome::Outcome::Error(e)) => {
+                        Err(nokv_proto::status_of_call_error(e))
+                    }
+                    None => Err(tonic::Status::unavailable("an empty outcome")),
+                })
+                .collect())
+        })
+    },
+};
 
 /// What one failed attempt tells the retry loop.
 enum Attempt {
@@ -256,6 +327,7 @@ impl Client {
                 config,
                 endpoints,
                 channels: Mutex::new(HashMap::new()),
+                coalescers: Mutex::new(HashMap::new()),
                 leader: Mutex::new(HashMap::new()),
                 next: Mutex::new(0),
                 store: Mutex::new(None),
@@ -423,6 +495,49 @@ impl Client {
             .max_encoding_message_size(nokv_proto::MAX_CLIENT_MESSAGE);
         channels.insert(addr.to_string(), stub.clone());
         Ok(stub)
+    }
+
+    /// The coalescers of the node at `addr` (reached through `stub`);
+    /// `None` with coalescing off.
+    fn coalescers(&self, addr: &str, stub: &Stub) -> Option<Arc<NodeCoalescers>> {
+        let config = &self.inner.config;
+        if config.coalesce == 0 {
+            return None;
+        }
+        let mut all = self.inner.coalescers.lock().ok()?;
+        let node = all.entry(addr.to_string()).or_insert_with(|| {
+            Arc::new(NodeCoalescers {
+                writes: Coalescer::new(
+                    stub.clone(),
+                    WRITES,
+                    config.coalesce,
+                    config.attempt_timeout,
+                ),
+                reads: Coalescer::new(stub.clone(), READS, config.coalesce, config.attempt_timeout),
+            })
+        });
+        Some(node.clone())
+    }
+
+    /// What request coalescing sent so far, writes and reads: how many
+    /// calls carried one request and how many carried several (and how
+    /// many requests those held), over every node and every handle of this
+    /// client.
+    pub fn coalescing(&self) -> (CoalescingStats, CoalescingStats) {
+        let mut writes = CoalescingStats::default();
+        let mut reads = CoalescingStats::default();
+        let add = |sum: &mut CoalescingStats, s: CoalescingStats| {
+            sum.lone_calls += s.lone_calls;
+            sum.batched_calls += s.batched_calls;
+            sum.batched_requests += s.batched_requests;
+        };
+        if let Ok(all) = self.inner.coalescers.lock() {
+            for node in all.values() {
+                add(&mut writes, node.writes.stats());
+                add(&mut reads, node.reads.stats());
+            }
+        }
+        (writes, reads)
     }
 
     /// The replica to try next: the known leader, else round robin.
@@ -681,6 +796,23 @@ impl Client {
         F: FnMut(Stub) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
+        self.attempts_on(is_write, via_leader, maybe_applied, |_, stub| call(stub))
+            .await
+    }
+
+    /// [`Client::attempts`] with a call that is also told which replica it
+    /// goes to.
+    async fn attempts_on<T, F, Fut>(
+        &self,
+        is_write: bool,
+        via_leader: bool,
+        maybe_applied: &mut bool,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(&str, Stub) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.deadline;
         let mut backoff = config.backoff_min;
@@ -689,7 +821,8 @@ impl Client {
             let target = self.pick();
             let stub = self.stub(&target)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = tokio::time::timeout(remaining.min(config.attempt_timeout), call(stub));
+            let attempt =
+                tokio::time::timeout(remaining.min(config.attempt_timeout), call(&target, stub));
             let outcome = match attempt.await {
                 Ok(Ok(value)) => {
                     if let Ok(mut counts) = self.inner.unknown_shard.lock() {
@@ -802,9 +935,15 @@ impl Client {
             };
             let sent = request.clone();
             let response = self
-                .attempts(true, true, &mut maybe_applied, |mut stub| {
+                .attempts_on(true, true, &mut maybe_applied, |target, stub| {
                     let request = sent.clone();
-                    async move { stub.mutate(request).await.map(|r| r.into_inner()) }
+                    let coalescers = self.coalescers(target, &stub);
+                    async move {
+                        match coalescers {
+                            Some(c) => c.writes.call(request).await,
+                            None => (WRITES.one)(stub, request).await,
+                        }
+                    }
                 })
                 .await;
             match response {
@@ -1048,13 +1187,21 @@ impl Client {
         });
         request.shard = self.wire_shard();
         request.map_revision = self.map_revision;
+        let mut maybe_applied = false;
         let response = self
-            .with_retries(
+            .attempts_on(
                 false,
                 consistency == Consistency::Linearizable,
-                |mut stub| {
+                &mut maybe_applied,
+                |target, stub| {
                     let request = request.clone();
-                    async move { stub.query(request).await.map(|r| r.into_inner()) }
+                    let coalescers = self.coalescers(target, &stub);
+                    async move {
+                        match coalescers {
+                            Some(c) => c.reads.call(request).await,
+                            None => (READS.one)(stub, request).await,
+                        }
+                    }
                 },
             )
             .await?;
@@ -1381,6 +1528,44 @@ impl Client {
             gid: 0,
         };
         Self::attr_of(self.mutate(op).await?)
+    }
+
+    /// Creates many empty files: each as [`Client::create`] would, with its
+    /// own answer, in order. Up to [`BULK_IN_FLIGHT`] go at once; with
+    /// coalescing on ([`ClientConfig::coalesce`]) those to one shard travel
+    /// in a few batched calls, and the leader commits each call's creates
+    /// in one log entry (one fsync on a quorum for all of them).
+    pub async fn create_many<S: AsRef<str>>(&self, paths: &[S]) -> Vec<Result<Attr, ClientError>> {
+        let ops: Vec<Op> = paths
+            .iter()
+            .map(|p| Op::Create {
+                at: EntryRef::Path(p.as_ref().into()),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            })
+            .collect();
+        self.mutate_many(ops)
+            .await
+            .into_iter()
+            .map(|r| r.and_then(Self::attr_of))
+            .collect()
+    }
+
+    /// Applies many mutations, each with a fresh request id, each as
+    /// [`Client::mutate`] would (its own retries and answer), in order of
+    /// `ops`; up to [`BULK_IN_FLIGHT`] at once. No order among them is
+    /// promised: give dependent writes (a directory, then files in it) in
+    /// separate calls.
+    pub async fn mutate_many(
+        &self,
+        ops: impl IntoIterator<Item = Op>,
+    ) -> Vec<Result<Applied, ClientError>> {
+        use futures::StreamExt;
+        futures::stream::iter(ops.into_iter().map(|op| self.mutate(op)))
+            .buffered(BULK_IN_FLIGHT)
+            .collect()
+            .await
     }
 
     pub async fn symlink(&self, target: &str, path: &str) -> Result<Attr, ClientError> {

@@ -12,6 +12,7 @@
 pub mod admin;
 mod bodies;
 mod client;
+mod coalesce;
 mod error;
 mod indexed;
 pub mod membership;
@@ -24,7 +25,8 @@ pub use bodies::{
     content_type_for, verify_block, FileOwner, PublishTimings, PutOptions, Uploaded,
     DEFAULT_BLOCK_SIZE,
 };
-pub use client::{Client, ClientConfig, ClientTls, Consistency};
+pub use client::{Client, ClientConfig, ClientTls, Consistency, DEFAULT_COALESCE};
+pub use coalesce::CoalescingStats;
 pub use error::ClientError;
 pub use indexed::{IndexedFields, IndexedFind};
 pub use nokv_holt::{

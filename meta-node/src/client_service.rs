@@ -279,12 +279,10 @@ impl ClientService {
         .map(Response::new)
     }
 
-    pub async fn mutate(
-        &self,
-        request: Request<pb::MutateRequest>,
-    ) -> Result<Response<pb::MutateResponse>, Status> {
+    /// One write (a `Mutate` call, or one request of a `MutateBatch`).
+    pub async fn mutate(&self, request: pb::MutateRequest) -> Result<pb::MutateResponse, Status> {
         let started = Instant::now();
-        let result = self.mutate_inner(request.into_inner()).await;
+        let result = self.mutate_inner(request).await;
         let code = match &result {
             Ok(_) => "ok".to_string(),
             Err(s) => nokv_proto::detail_of(s).map_or_else(|| "internal".into(), |d| d.code),
@@ -296,30 +294,78 @@ impl ClientService {
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics.mutate_seconds.observe(elapsed);
         self.metrics.stages.write_total.observe(elapsed);
-        result.map(Response::new)
+        result
     }
 
     pub async fn query(
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        let read = Read::try_from(request.into_inner()).map_err(invalid)?;
-        let consistency = match read.consistency {
-            ReadConsistency::Linearizable => "linearizable",
-            ReadConsistency::Stale => "stale",
+        let mut answers = self.query_many(vec![request.into_inner()]).await;
+        match answers.pop() {
+            Some(answer) => answer.map(Response::new),
+            None => Err(Self::state_error()),
+        }
+    }
+
+    /// Reads of this shard (a `Query` call, or those of a `QueryBatch`),
+    /// answered in order. The linearizable ones share one confirmation that
+    /// this replica leads, made after every one of them arrived: each sees
+    /// every write acknowledged before it was sent.
+    pub async fn query_many(
+        &self,
+        requests: Vec<pb::QueryRequest>,
+    ) -> Vec<Result<pb::QueryResponse, Status>> {
+        let started = Instant::now();
+        let reads: Vec<Result<Read, Status>> = requests
+            .into_iter()
+            .map(|r| Read::try_from(r).map_err(invalid))
+            .collect();
+        let linearizable = |r: &Result<Read, Status>| {
+            r.as_ref()
+                .is_ok_and(|r| r.consistency == ReadConsistency::Linearizable)
         };
-        let _timer = (read.consistency == ReadConsistency::Linearizable)
-            .then(|| self.metrics.stages.read_total.start_timer());
-        let result = self.query_inner(read).await;
-        let code = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(s) => nokv_proto::detail_of(s).map_or_else(|| "internal".into(), |d| d.code),
+        let confirmed = if reads.iter().any(linearizable) {
+            self.confirm_read().await
+        } else {
+            Ok(())
         };
-        self.metrics
-            .queries_total
-            .with_label_values(&[consistency, &code])
-            .inc();
-        result.map(Response::new)
+        let answers: Vec<Result<pb::QueryResponse, Status>> = reads
+            .into_iter()
+            .map(|read| {
+                let read = read?;
+                let linearizable = read.consistency == ReadConsistency::Linearizable;
+                let answer = match (&confirmed, linearizable) {
+                    (Err(refused), true) => Err(refused.clone()),
+                    _ => {
+                        let _timer =
+                            linearizable.then(|| self.metrics.stages.read_execute.start_timer());
+                        self.execute(&read)
+                    }
+                };
+                let consistency = if linearizable {
+                    self.metrics
+                        .stages
+                        .read_total
+                        .observe(started.elapsed().as_secs_f64());
+                    "linearizable"
+                } else {
+                    "stale"
+                };
+                let code = match &answer {
+                    Ok(_) => "ok".to_string(),
+                    Err(s) => {
+                        nokv_proto::detail_of(s).map_or_else(|| "internal".into(), |d| d.code)
+                    }
+                };
+                self.metrics
+                    .queries_total
+                    .with_label_values(&[consistency, &code])
+                    .inc();
+                answer
+            })
+            .collect();
+        answers
     }
 
     pub async fn status(
@@ -835,30 +881,25 @@ impl ClientService {
         }
     }
 
-    async fn query_inner(&self, read: Read) -> Result<pb::QueryResponse, Status> {
-        if read.consistency == ReadConsistency::Linearizable {
-            self.check_leading()?;
-            let _timer = self.metrics.stages.read_index.start_timer();
-            let confirmed =
-                tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm());
-            match confirmed.await {
-                Ok(Ok(())) => {}
-                Ok(Err(ReadIndexError::NotLeader)) => {
-                    return Err(not_leader_status(self.leader_hint()))
-                }
-                Ok(Err(e)) => {
-                    return Err(status_from_detail(ErrorCode::Unavailable, e.to_string()))
-                }
-                Err(_) => {
-                    return Err(status_from_detail(
-                        ErrorCode::Unavailable,
-                        "timed out confirming leadership for a linearizable read".into(),
-                    ))
-                }
-            }
+    /// Confirms, for the linearizable reads that arrived so far, that this
+    /// replica still leads (a lease, else a quorum round).
+    async fn confirm_read(&self) -> Result<(), Status> {
+        self.check_leading()?;
+        let _timer = self.metrics.stages.read_index.start_timer();
+        let confirmed = tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm());
+        match confirmed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(ReadIndexError::NotLeader)) => Err(not_leader_status(self.leader_hint())),
+            Ok(Err(e)) => Err(status_from_detail(ErrorCode::Unavailable, e.to_string())),
+            Err(_) => Err(status_from_detail(
+                ErrorCode::Unavailable,
+                "timed out confirming leadership for a linearizable read".into(),
+            )),
         }
-        let _timer = (read.consistency == ReadConsistency::Linearizable)
-            .then(|| self.metrics.stages.read_execute.start_timer());
+    }
+
+    /// Answers `read` from this replica's applied state.
+    fn execute(&self, read: &Read) -> Result<pb::QueryResponse, Status> {
         let s = self.state.read().map_err(|_| Self::state_error())?;
         let index = s.holt.last_applied();
         // The clock only refuses snapshot pins whose lease has run out

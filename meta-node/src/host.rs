@@ -176,6 +176,21 @@ fn no_control_plane() -> Status {
     )
 }
 
+/// A batched call carries at least one request and at most
+/// [`nokv_proto::MAX_BATCH_CALLS`].
+fn check_batch_len(count: usize) -> Result<(), Status> {
+    if count == 0 || count > nokv_proto::MAX_BATCH_CALLS {
+        return Err(status_from_detail(
+            ErrorCode::InvalidArgument,
+            format!(
+                "a batch carries 1 to {} requests, not {count}",
+                nokv_proto::MAX_BATCH_CALLS
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn unknown_shard(shard: u32, why: &str) -> Status {
     status_from_detail(
         ErrorCode::UnknownShard,
@@ -275,6 +290,36 @@ impl NodeService {
         }
     }
 
+    /// Refuses the call unless its token holds at least `role` (with auth
+    /// on).
+    async fn authorize_role<T>(
+        &self,
+        request: &Request<T>,
+        role: nokv_holt::Role,
+    ) -> Result<(), Status> {
+        match &self.auth {
+            Some(auth) => auth.check(request.metadata(), role).await,
+            None => Ok(()),
+        }
+    }
+
+    /// One write, authorized already: the body of `Mutate`, and of each
+    /// request of a `MutateBatch`.
+    async fn mutate_one(&self, request: pb::MutateRequest) -> Result<pb::MutateResponse, Status> {
+        let r = self.host.replica(request.shard)?;
+        self.check_routed(request.shard, request.map_revision)?;
+        // A shard being removed takes no more writes (the remover's barrier,
+        // an abort of a staged upload, still passes): see `nokv_client::admin`.
+        let aborting = matches!(request.op, Some(pb::mutate_request::Op::AbortPublish(_)));
+        if !aborting && self.removing(request.shard) {
+            return Err(unknown_shard(
+                request.shard,
+                "it is being removed and takes no more writes",
+            ));
+        }
+        r.client.mutate(request).await
+    }
+
     fn watch_streams_limit(&self) -> usize {
         self.host.ctx.config.max_watch_streams
     }
@@ -324,21 +369,9 @@ impl MetaService for NodeService {
     ) -> Result<Response<pb::MutateResponse>, Status> {
         self.authorize(&request, Call::Mutate(request.get_ref().op.as_ref()))
             .await?;
-        let r = self.host.replica(request.get_ref().shard)?;
-        self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
-        // A shard being removed takes no more writes (the remover's barrier,
-        // an abort of a staged upload, still passes): see `nokv_client::admin`.
-        let aborting = matches!(
-            request.get_ref().op,
-            Some(pb::mutate_request::Op::AbortPublish(_))
-        );
-        if !aborting && self.removing(request.get_ref().shard) {
-            return Err(unknown_shard(
-                request.get_ref().shard,
-                "it is being removed and takes no more writes",
-            ));
-        }
-        r.client.mutate(request).await
+        self.mutate_one(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn query(
@@ -349,6 +382,91 @@ impl MetaService for NodeService {
         let r = self.host.replica(request.get_ref().shard)?;
         self.check_routed(request.get_ref().shard, request.get_ref().map_revision)?;
         r.client.query(request).await
+    }
+
+    async fn mutate_batch(
+        &self,
+        request: Request<pb::MutateBatchRequest>,
+    ) -> Result<Response<pb::MutateBatchResponse>, Status> {
+        let requests = &request.get_ref().requests;
+        check_batch_len(requests.len())?;
+        // The token must cover the most demanding write of the batch.
+        let need = requests
+            .iter()
+            .map(|r| required_role(Call::Mutate(r.op.as_ref())))
+            .max()
+            .unwrap_or(nokv_holt::Role::Write);
+        self.authorize_role(&request, need).await?;
+        let requests = request.into_inner().requests;
+        // All at once: the proposer gathers those that reach it together
+        // into one log entry.
+        let outcomes = futures::future::join_all(requests.into_iter().map(|r| self.mutate_one(r)))
+            .await
+            .into_iter()
+            .map(|result| pb::MutateOutcome {
+                outcome: Some(match result {
+                    Ok(response) => pb::mutate_outcome::Outcome::Ok(response),
+                    Err(status) => {
+                        pb::mutate_outcome::Outcome::Error(nokv_proto::call_error(&status))
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::MutateBatchResponse { outcomes }))
+    }
+
+    async fn query_batch(
+        &self,
+        request: Request<pb::QueryBatchRequest>,
+    ) -> Result<Response<pb::QueryBatchResponse>, Status> {
+        check_batch_len(request.get_ref().requests.len())?;
+        self.authorize(&request, Call::Read).await?;
+        let requests = request.into_inner().requests;
+        let count = requests.len();
+        let mut results: Vec<Option<Result<pb::QueryResponse, Status>>> = vec![None; count];
+        // Each shard's reads go to its replica together (one leadership
+        // confirmation for its linearizable ones).
+        let mut by_shard: BTreeMap<u32, (Arc<ShardReplica>, Vec<(usize, pb::QueryRequest)>)> =
+            BTreeMap::new();
+        for (i, r) in requests.into_iter().enumerate() {
+            let routed = self
+                .host
+                .replica(r.shard)
+                .and_then(|replica| self.check_routed(r.shard, r.map_revision).map(|()| replica));
+            match routed {
+                Ok(replica) => by_shard
+                    .entry(r.shard)
+                    .or_insert_with(|| (replica, Vec::new()))
+                    .1
+                    .push((i, r)),
+                Err(status) => results[i] = Some(Err(status)),
+            }
+        }
+        let answered =
+            futures::future::join_all(by_shard.into_values().map(|(replica, items)| async move {
+                let (at, requests): (Vec<usize>, Vec<_>) = items.into_iter().unzip();
+                let answers = replica.client.query_many(requests).await;
+                at.into_iter().zip(answers).collect::<Vec<_>>()
+            }))
+            .await;
+        for (i, answer) in answered.into_iter().flatten() {
+            results[i] = Some(answer);
+        }
+        let outcomes = results
+            .into_iter()
+            .map(|result| pb::QueryOutcome {
+                outcome: Some(match result {
+                    Some(Ok(response)) => pb::query_outcome::Outcome::Ok(response),
+                    Some(Err(status)) => {
+                        pb::query_outcome::Outcome::Error(nokv_proto::call_error(&status))
+                    }
+                    None => pb::query_outcome::Outcome::Error(nokv_proto::call_error(
+                        &status_from_detail(ErrorCode::Internal, "no answer was made".into()),
+                    )),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::QueryBatchResponse { outcomes }))
     }
 
     async fn status(

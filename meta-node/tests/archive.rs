@@ -705,7 +705,7 @@ async fn stopping_a_replica_does_not_wait_for_a_stuck_archive_pass() {
         .expect("encode");
         replica
             .client
-            .mutate(tonic::Request::new(request))
+            .mutate(request)
             .await
             .expect("write");
     }

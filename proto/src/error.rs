@@ -213,10 +213,52 @@ pub fn cross_shard_of(detail: &ErrorDetail) -> Option<nokv_holt::FsError> {
     })
 }
 
+/// A refusal as one outcome of a batched call (`MutateBatch`,
+/// `QueryBatch`): the status a lone call would have ended with.
+pub fn call_error(status: &Status) -> crate::pb::CallError {
+    crate::pb::CallError {
+        grpc_code: status.code() as i32,
+        message: status.message().to_string(),
+        detail: detail_of(status),
+    }
+}
+
+/// The status an outcome of a batched call stands for: the same one a lone
+/// call would have returned, so the client treats both alike.
+pub fn status_of_call_error(e: crate::pb::CallError) -> Status {
+    let code = Code::from_i32(e.grpc_code);
+    match e.detail {
+        Some(detail) => Status::with_details(code, e.message, detail.encode_to_vec().into()),
+        None => Status::new(code, e.message),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nokv_holt::{FsError, ShardId};
+
+    #[test]
+    fn a_batched_refusal_stands_for_the_status_of_a_lone_call() {
+        let lone = not_leader_status(Some((2, "10.0.0.2:7001".into())));
+        let back = status_of_call_error(call_error(&lone));
+        assert_eq!(back.code(), lone.code());
+        assert_eq!(back.message(), lone.message());
+        assert_eq!(detail_of(&back), detail_of(&lone));
+        assert_eq!(detail_of(&back).and_then(|d| d.leader_id), Some(2));
+
+        // A status without a detail stays one; an unknown code is Unknown.
+        let plain = Status::internal("boom");
+        let back = status_of_call_error(call_error(&plain));
+        assert_eq!((back.code(), back.message()), (Code::Internal, "boom"));
+        assert!(detail_of(&back).is_none());
+        let odd = status_of_call_error(crate::pb::CallError {
+            grpc_code: 999,
+            message: "?".into(),
+            detail: None,
+        });
+        assert_eq!(odd.code(), Code::Unknown);
+    }
 
     #[test]
     fn graft_errors_carry_stable_codes_and_routing_fields() {

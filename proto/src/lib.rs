@@ -22,11 +22,13 @@ pub mod pb {
 
 pub use convert::{Mutation, Read, ReadConsistency, WireError};
 pub use error::{
-    cross_shard_of, detail_of, fs_error_status, fs_error_status_from_leader, not_leader_status,
-    status_from_detail, status_with_detail, ErrorCode,
+    call_error, cross_shard_of, detail_of, fs_error_status, fs_error_status_from_leader,
+    not_leader_status, status_from_detail, status_of_call_error, status_with_detail, ErrorCode,
 };
 
 /// Largest client request or response a node accepts (bytes).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024 * 1024;
+/// Most requests one `MutateBatch` or `QueryBatch` call may carry.
+pub const MAX_BATCH_CALLS: usize = 1024;
 /// Largest Raft message between nodes (bytes); snapshot chunks stay below it.
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
