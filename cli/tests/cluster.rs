@@ -2180,7 +2180,9 @@ async fn bench_breakdown_reports_the_stages_of_every_replica() {
 
     let stat = run("stat").await;
     assert_eq!(count(&stat, leader, "read_total"), 40, "{stat}");
-    assert_eq!(count(&stat, leader, "read_index"), 40, "{stat}");
+    // One confirmation per call: the reads of a batched call share one.
+    let confirmations = count(&stat, leader, "read_index");
+    assert!((1..=40).contains(&confirmations), "{stat}");
     assert_eq!(count(&stat, leader, "write_total"), 0, "{stat}");
 }
 

@@ -61,9 +61,10 @@ pub struct Metrics {
 /// trip of an AppendEntries that carries entries (network, the follower's
 /// flush, the answer); on a follower, `follower_append` is the handling of
 /// one such message (its flush included). A linearizable read:
-/// `read_total` (the whole Query handler), and in it `read_index`
-/// (confirming leadership with a quorum) and `read_execute` (the read
-/// itself, the state lock included).
+/// `read_total` (from the call's arrival to the read's answer, per read),
+/// and in it `read_index` (confirming leadership, by lease or quorum: one
+/// per call, shared by the linearizable reads of a `QueryBatch`) and
+/// `read_execute` (the read itself, the state lock included).
 #[derive(Clone)]
 pub struct Stages {
     pub write_total: Histogram,
