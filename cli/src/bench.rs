@@ -108,8 +108,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub breakdown: bool,
     /// For `create`: each operation is one bulk create of this many files
-    /// (`Client::create_many`); ops/s then counts files, and the latencies
-    /// are those of whole bulk calls. 0: one create per operation.
+    /// (`Client::create_many`); for `publish`: one `Client::put_many` of
+    /// this many bodies of --size (all visible in one commit). ops/s then
+    /// counts files, and the latencies are those of whole bulk calls. 0:
+    /// one file per operation.
     #[arg(long, default_value_t = 0)]
     pub bulk: usize,
     /// For `etcd-create` and `etcd-get`: the etcd cluster to measure,
@@ -524,6 +526,36 @@ pub async fn run(args: BenchArgs, g: &GlobalArgs) -> anyhow::Result<()> {
     }
     let dir = dirs.first().cloned().context("--dir names no directory")?;
     match args.workload {
+        Workload::Publish if args.bulk > 0 => {
+            // Bodies of --size in `Client::put_many` calls of --bulk files.
+            let bulk = args.bulk;
+            let size = usize::try_from(args.size).context("--size")?;
+            let body = bytes::Bytes::from(vec![0x5a_u8; size]);
+            let sent = client.coalescing();
+            let c = client.clone();
+            let d = dir.clone();
+            let calls = args.count.div_ceil(bulk);
+            let mut report = drive(args.concurrency, calls, move |i| {
+                let c = c.clone();
+                let files: Vec<(String, bytes::Bytes)> = (i * bulk..(i + 1) * bulk)
+                    .map(|f| (format!("{d}/p{f}.bin"), body.clone()))
+                    .collect();
+                async move {
+                    c.put_many(files, &nokv_client::PutOptions::default())
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await?;
+            report.ops *= bulk as u64;
+            report.coalescing = Some(coalescing_since(&client, sent));
+            print_report(
+                &format!("publish(bulk {bulk}, {size} B)"),
+                &args,
+                &report,
+                g,
+            );
+        }
         Workload::Publish => publish(&args, g, &client, &dir).await?,
         Workload::Agent => crate::bench_agent::run(&args, g, &client, &dir).await?,
         Workload::Posix => anyhow::bail!("posix runs in a local directory, before this"),

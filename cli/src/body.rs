@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use nokv_client::{Client, ClientError, Generation, PublishMode, PutOptions};
 use serde_json::json;
@@ -393,25 +394,38 @@ pub async fn publish_dir(args: PublishDirArgs, g: &GlobalArgs) -> anyhow::Result
         attrs: parse_attrs(&args.attrs)?,
         ..Default::default()
     };
-    let mut staged: Vec<(nokv_client::UploadId, nokv_client::Uploaded)> = Vec::new();
-    for (rel, local) in &files {
+    // Many files at once: their stage commands share batched calls, their
+    // blocks upload side by side.
+    let results: Vec<_> = futures::stream::iter(files.iter().map(|(rel, local)| {
         let target = format!("{root}/{rel}");
         let opts = PutOptions {
             content_type: nokv_client::content_type_for(&target).to_string(),
             ..opts.clone()
         };
-        let result = stage_and_upload(&client, &target, local, &opts).await;
+        let client = &client;
+        async move { stage_and_upload(client, &target, local, &opts).await }
+    }))
+    .buffered(nokv_client::PUT_MANY_IN_FLIGHT)
+    .collect()
+    .await;
+    let mut staged: Vec<(nokv_client::UploadId, nokv_client::Uploaded)> = Vec::new();
+    let mut failed = None;
+    let mut stray = Vec::new();
+    for result in results {
         match result {
             Ok(done) => staged.push(done),
             Err((upload, e)) => {
-                // Nothing may stay staged: abort every upload of this batch.
-                let ids = staged.iter().map(|(id, _)| *id).chain(upload);
-                for id in ids {
-                    let _ = client.abort(id).await;
-                }
-                return Err(e);
+                stray.extend(upload);
+                failed.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = failed {
+        // Nothing may stay staged: abort every upload of this batch.
+        for id in staged.iter().map(|(id, _)| *id).chain(stray) {
+            let _ = client.abort(id).await;
+        }
+        return Err(e);
     }
     let ids: Vec<_> = staged.iter().map(|(id, _)| *id).collect();
     let attrs = match client.commit_batch_indexed(staged).await {

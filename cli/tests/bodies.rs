@@ -50,6 +50,10 @@
 //!   with the right digests (special files are skipped); when one file's
 //!   upload fails mid-way nothing but directories appears and every upload
 //!   is aborted and reclaimed.
+//! - `put_many_publishes_every_body_in_one_commit_or_none` (file store):
+//!   the SDK's bulk publish makes 150 small bodies visible in one commit,
+//!   and a call with one body that cannot be staged makes none visible and
+//!   leaves nothing staged.
 //! - `publish_dir_staging_failure_aborts_earlier_uploads` (file store): the
 //!   same all-or-nothing promise when staging a later file fails (its
 //!   target is a directory). Fails today: `nokv publish-dir` does not abort
@@ -1726,8 +1730,9 @@ async fn publish_dir(kind: StoreKind) {
     write_tree(&tree, &files);
     bc.cluster
         .must(c.mkdir("/models/run2/b", true).await, "mkdir -p");
-    // Files stage in path order with consecutive inode numbers and
-    // generations, so z.bin's block prefix is predictable.
+    // The three files stage with consecutive inode numbers and generations
+    // (in no set order: they stage at once), so the block prefix of the
+    // one staged last is predictable, whichever file it is.
     let (inode, generation) = next_upload_ids(&bc, "/models/run2/probe").await;
     let prefix = |k: u64| format!("blocks/0/{}/{}/", inode + k, generation + k);
     let obstacle = prefix(2).trim_end_matches('/').to_string();
@@ -1740,14 +1745,19 @@ async fn publish_dir(kind: StoreKind) {
         .cluster
         .must_nokv_fail(&["publish-dir", tree.to_str().expect("utf-8"), "/models/run2"])
         .await;
-    assert!(line.contains("z.bin"), "{line}");
+    assert!(
+        ["a.bin", "b/c.bin", "z.bin"]
+            .iter()
+            .any(|name| line.contains(name)),
+        "{line}"
+    );
     assert_eq!(bc.files_below("/models/run2").await, BTreeSet::new());
     assert!(bc.uploads().await.is_empty(), "uploads left staged");
     for k in 0..2 {
         assert_eq!(
             bc.keys(&prefix(k)).await.len(),
             1,
-            "file {k} was uploaded before the failure (prediction of {})",
+            "the file staged {k}th was uploaded (prediction of {})",
             prefix(k)
         );
     }
@@ -1810,6 +1820,56 @@ async fn publish_dir_staging_failure_aborts_earlier_uploads() {
     bc.must_archive().await;
     bc.cluster.must(bc.client.run_gc(true).await, "gc --now");
     assert_eq!(bc.keys("blocks/").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_publishes_every_body_in_one_commit_or_none() {
+    let _load = common::light_test().await;
+    let Some(bc) = BodyCluster::start(StoreKind::File, &[]).await else {
+        return;
+    };
+    let c = &bc.client;
+    bc.cluster.must(c.mkdir("/many", true).await, "mkdir /many");
+    let files: Vec<(String, bytes::Bytes)> = (0..150u64)
+        .map(|i| {
+            let body = pattern(200 + i, 100 + i as usize * 7);
+            (format!("/many/f{i:03}.bin"), bytes::Bytes::from(body))
+        })
+        .collect();
+    let attrs = bc.cluster.must(
+        c.put_many(files.clone(), &PutOptions::default()).await,
+        "put_many of 150 bodies",
+    );
+    assert_eq!(attrs.len(), files.len());
+    // One commit made them all visible: they share its log index.
+    let versions: BTreeSet<u64> = attrs.iter().map(|a| a.version.0).collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    for ((path, body), attr) in files.iter().zip(&attrs) {
+        assert_eq!(attr.size, body.len() as u64, "{path}");
+        assert_eq!(bc.must_get(path).await, body.to_vec(), "{path}");
+    }
+
+    // One file that cannot be staged (no such directory): nothing of the
+    // call becomes visible, and nothing stays staged.
+    let mut bad: Vec<(String, bytes::Bytes)> = (0..20u64)
+        .map(|i| {
+            (
+                format!("/many/g{i:02}.bin"),
+                bytes::Bytes::from(pattern(i, 500)),
+            )
+        })
+        .collect();
+    bad.push(("/nowhere/x.bin".into(), bytes::Bytes::from_static(b"x")));
+    let e = must_err(
+        c.put_many(bad.clone(), &PutOptions::default()).await,
+        "put_many with a bad path",
+    );
+    assert!(e.is_not_found(), "{e:?}");
+    for (path, _) in &bad {
+        bc.must_be_absent(path).await;
+    }
+    let left = bc.uploads().await;
+    assert!(left.is_empty(), "put_many left uploads staged: {left:?}");
 }
 
 /// A leader frozen (SIGSTOP) with a write on its way to it, deposed while

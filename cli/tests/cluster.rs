@@ -1381,7 +1381,10 @@ async fn bad_input_changes_nothing_and_never_panics() {
             ("/nokv.v1.MetaService/Mutate", vec![0xff, 0xff, 0xff, 0xff]),
             ("/nokv.v1.MetaService/Query", vec![0x0a, 0x7f, 0x01]),
             ("/nokv.v1.MetaService/MutateBatch", vec![0x0a, 0x7f, 0x01]),
-            ("/nokv.v1.MetaService/QueryBatch", vec![0xff, 0xff, 0xff, 0xff]),
+            (
+                "/nokv.v1.MetaService/QueryBatch",
+                vec![0xff, 0xff, 0xff, 0xff],
+            ),
             ("/nokv.v1.MetaService/InitCluster", vec![0x0a, 0x05, 0x08]),
             (
                 "/nokv.v1.RaftService/Vote",

@@ -26,6 +26,14 @@ use crate::error::ClientError;
 /// Default block size: 4 MiB.
 pub const DEFAULT_BLOCK_SIZE: usize = 4 * 1024 * 1024;
 
+/// How many files of one [`Client::put_many`] are staged and uploaded at
+/// once.
+pub const PUT_MANY_IN_FLIGHT: usize = 64;
+
+/// One file of a [`Client::put_many`]: staged and uploaded, or the error
+/// and the upload it leaves staged (if it got that far).
+type StagedOrFailed = Result<(UploadId, Uploaded), (Option<UploadId>, ClientError)>;
+
 /// How to publish a body.
 #[derive(Clone, Debug)]
 pub struct PutOptions {
@@ -419,8 +427,12 @@ impl Client {
         // so the commit only checks the last ones (see `precheck`).
         let (finished, finished_rx) = tokio::sync::mpsc::unbounded_channel();
         let prechecked = Arc::new(AtomicUsize::new(0));
-        let mut checker = tokio::task::JoinSet::new();
-        checker.spawn(precheck(
+        // Left to finish its request in flight when the body is done: a
+        // cancelled call resets its HTTP/2 stream, and a node's connection
+        // takes only so many resets (many small concurrent publishes, each
+        // cancelling a check, had the node close the connection with
+        // ENHANCE_YOUR_CALM and failed them).
+        tokio::spawn(precheck(
             self.clone(),
             staged.id,
             finished_rx,
@@ -468,7 +480,10 @@ impl Client {
             } else if let Some(kept) = small.as_mut() {
                 kept.push(body.clone());
             }
-            let finished = finished.clone();
+            // A short block is the last one: the commit checks it anyway,
+            // so it is not checked early (a body of one block makes no
+            // check at all).
+            let finished = (filled == block_size).then(|| finished.clone());
             // Hashing the block (for its key) happens in the task, beside
             // the other uploads, not on the reading loop.
             uploads.spawn(async move {
@@ -480,7 +495,9 @@ impl Client {
                 };
                 store.put_new(&key, body).await?;
                 // The checker may be gone (it stops on its first error).
-                let _ = finished.send(block.clone());
+                if let Some(finished) = finished {
+                    let _ = finished.send(block.clone());
+                }
                 Ok((at, block))
             });
             if filled < block_size {
@@ -496,9 +513,9 @@ impl Client {
             .into_iter()
             .collect::<Option<Vec<BlockRef>>>()
             .ok_or_else(|| ClientError::Store("a block upload did not report".into()))?;
-        // Checks still running are dropped: the commit checks what they
-        // did not confirm.
-        checker.abort_all();
+        // The checker ends once its request in flight is answered; the
+        // commit checks what it did not confirm by now.
+        drop(finished);
         let spec = BodySpec {
             size: total,
             blocks,
@@ -625,6 +642,74 @@ impl Client {
             _ => Err(ClientError::Protocol(
                 "expected a list of attributes".into(),
             )),
+        }
+    }
+
+    /// Publishes many small bodies, all visible at once or none: each file
+    /// is staged and its blocks uploaded (up to [`PUT_MANY_IN_FLIGHT`] files
+    /// at once; their stage commands travel in batched calls), then one
+    /// commit makes every body visible together, in one log entry. The
+    /// content type of each follows its name when `opts` leaves the
+    /// default. On failure every staged upload is aborted, except after a
+    /// commit whose outcome is unknown (then it may have applied).
+    pub async fn put_many(
+        &self,
+        files: Vec<(String, Bytes)>,
+        opts: &PutOptions,
+    ) -> Result<Vec<Attr>, ClientError> {
+        let default_type = PutOptions::default().content_type;
+        let staged: Vec<StagedOrFailed> =
+            futures::stream::iter(files.into_iter().map(|(path, body)| {
+                let opts = if opts.content_type == default_type {
+                    PutOptions {
+                        content_type: content_type_for(&path).to_string(),
+                        ..opts.clone()
+                    }
+                } else {
+                    opts.clone()
+                };
+                async move {
+                    let upload = self.stage(&path, &opts).await.map_err(|e| (None, e))?;
+                    let uploaded = self
+                        .upload_indexed(&upload, &body[..], &opts, &|_| {})
+                        .await
+                        .map_err(|e| (Some(upload.id), e))?;
+                    Ok((upload.id, uploaded))
+                }
+            }))
+            .buffered(PUT_MANY_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut commits = Vec::with_capacity(staged.len());
+        let mut failed: Option<ClientError> = None;
+        let mut to_abort = Vec::new();
+        for result in staged {
+            match result {
+                Ok((id, uploaded)) => {
+                    to_abort.push(id);
+                    commits.push((id, uploaded));
+                }
+                Err((id, e)) => {
+                    to_abort.extend(id);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        let committed = match failed {
+            Some(e) => Err(e),
+            None => self.commit_batch_indexed(commits).await,
+        };
+        match committed {
+            Ok(attrs) => Ok(attrs),
+            Err(e) => {
+                if !matches!(e, ClientError::Unknown(_)) {
+                    futures::stream::iter(to_abort.into_iter().map(|id| self.abort(id)))
+                        .buffer_unordered(PUT_MANY_IN_FLIGHT)
+                        .for_each(|_| async {})
+                        .await;
+                }
+                Err(e)
+            }
         }
     }
 

@@ -238,27 +238,39 @@ struct NodeCoalescers {
     reads: Coalescer<pb::QueryRequest, pb::QueryResponse>,
 }
 
+/// Each outcome of a batched call as the answer its request would have had
+/// alone; `split` takes an outcome apart (`None`: it was empty).
+fn answers<O, R>(
+    outcomes: Vec<O>,
+    split: fn(O) -> Option<Result<R, tonic::Status>>,
+) -> Vec<Result<R, tonic::Status>> {
+    outcomes
+        .into_iter()
+        .map(|o| match split(o) {
+            Some(answer) => answer,
+            None => Err(tonic::Status::unknown(
+                "the node sent an empty outcome (a write may have applied)",
+            )),
+        })
+        .collect()
+}
+
 const WRITES: Calls<pb::MutateRequest, pb::MutateResponse> = Calls {
     one: |mut stub, request| {
         Box::pin(async move { stub.mutate(request).await.map(|r| r.into_inner()) })
     },
     many: |mut stub, requests| {
         Box::pin(async move {
-            let response = stub
-                .mutate_batch(pb::MutateBatchRequest { requests })
-                .await?
-                .into_inner();
-            Ok(response
-                .outcomes
-                .into_iter()
-                .map(|o| match o.outcome {
-                    Some(pb::mutate_outcome::Outcome::Ok(r)) => Ok(r),
-                    Some(pb::mutate_outcome::Outcome::Error(e)) => {
+            let batch = pb::MutateBatchRequest { requests };
+            let outcomes = stub.mutate_batch(batch).await?.into_inner().outcomes;
+            Ok(answers(outcomes, |o| {
+                o.outcome.map(|o| match o {
+                    pb::mutate_outcome::Outcome::Ok(r) => Ok(r),
+                    pb::mutate_outcome::Outcome::Error(e) => {
                         Err(nokv_proto::status_of_call_error(e))
                     }
-                    None => Err(tonic::Status::unknown("an empty outcome")),
                 })
-                .collect())
+            }))
         })
     },
 };
@@ -269,21 +281,16 @@ const READS: Calls<pb::QueryRequest, pb::QueryResponse> = Calls {
     },
     many: |mut stub, requests| {
         Box::pin(async move {
-            let response = stub
-                .query_batch(pb::QueryBatchRequest { requests })
-                .await?
-                .into_inner();
-            Ok(response
-                .outcomes
-                .into_iter()
-                .map(|o| match o.outcome {
-                    Some(pb::query_outcome::Outcome::Ok(r)) => Ok(r),
-                    Some(pb::query_outcome::Outcome::Error(e)) => {
+            let batch = pb::QueryBatchRequest { requests };
+            let outcomes = stub.query_batch(batch).await?.into_inner().outcomes;
+            Ok(answers(outcomes, |o| {
+                o.outcome.map(|o| match o {
+                    pb::query_outcome::Outcome::Ok(r) => Ok(r),
+                    pb::query_outcome::Outcome::Error(e) => {
                         Err(nokv_proto::status_of_call_error(e))
                     }
-                    None => Err(tonic::Status::unavailable("an empty outcome")),
                 })
-                .collect())
+            }))
         })
     },
 };

@@ -222,10 +222,7 @@ async fn send_loop<Q, R>(
 
 /// `first` and the requests queued behind it, up to [`MAX_ITEMS`] and
 /// [`MAX_BYTES`]; the queued request that did not fit opens the next batch.
-fn gather<Q, R>(
-    first: Item<Q, R>,
-    rx: &mut mpsc::UnboundedReceiver<Item<Q, R>>,
-) -> Gathered<Q, R> {
+fn gather<Q, R>(first: Item<Q, R>, rx: &mut mpsc::UnboundedReceiver<Item<Q, R>>) -> Gathered<Q, R> {
     let mut bytes = first.bytes;
     let mut batch = vec![first];
     while batch.len() < MAX_ITEMS && bytes < MAX_BYTES {

@@ -23,7 +23,7 @@ mod watch;
 
 pub use bodies::{
     content_type_for, verify_block, FileOwner, PublishTimings, PutOptions, Uploaded,
-    DEFAULT_BLOCK_SIZE,
+    DEFAULT_BLOCK_SIZE, PUT_MANY_IN_FLIGHT,
 };
 pub use client::{Client, ClientConfig, ClientTls, Consistency, DEFAULT_COALESCE};
 pub use coalesce::CoalescingStats;

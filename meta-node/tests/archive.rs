@@ -703,11 +703,7 @@ async fn stopping_a_replica_does_not_wait_for_a_stuck_archive_pass() {
             },
         })
         .expect("encode");
-        replica
-            .client
-            .mutate(request)
-            .await
-            .expect("write");
+        replica.client.mutate(request).await.expect("write");
     }
     let deadline = Instant::now() + WAIT;
     while faulty.hanging(BlobOp::PutNew) == 0 {
