@@ -135,6 +135,10 @@ pub struct GlobalArgs {
     /// 0 sends every request in a call of its own.
     #[arg(long, global = true, env = "NOKV_COALESCE", default_value_t = nokv_client::DEFAULT_COALESCE)]
     pub coalesce: usize,
+    /// Send linearizable reads to every replica in turn instead of to the
+    /// leader (the nodes must serve them: `serve --follower-reads true`).
+    #[arg(long, global = true, env = "NOKV_READ_FROM_FOLLOWERS")]
+    pub read_from_followers: bool,
 }
 
 /// A token's text (never echoed back in the error).
@@ -180,6 +184,7 @@ impl GlobalArgs {
         config.tls = self.client_tls()?;
         config.token = self.token.clone();
         config.coalesce = self.coalesce;
+        config.read_from_followers = self.read_from_followers;
         Ok(config)
     }
 

@@ -65,6 +65,13 @@ pub struct ServeArgs {
     /// (read index) and assumes nothing of clocks [default: true].
     #[arg(long, env = "NOKV_READ_LEASE")]
     pub read_lease: Option<bool>,
+    /// Followers serve linearizable reads too: each asks the leader for a
+    /// read index (the leader confirms it leads, by lease or quorum) and
+    /// reads once it has applied that far, spreading reads over the
+    /// replicas (clients opt in with --read-from-followers). Off: a
+    /// follower answers NOT_LEADER [default: false].
+    #[arg(long, env = "NOKV_FOLLOWER_READS")]
+    pub follower_reads: Option<bool>,
     /// Build a state-machine snapshot after this many log entries.
     #[arg(long, env = "NOKV_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -131,6 +138,7 @@ pub struct ServeFile {
     pub early_elections: Option<bool>,
     pub idle_heartbeats: Option<bool>,
     pub read_lease: Option<bool>,
+    pub follower_reads: Option<bool>,
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
     pub max_batch: Option<usize>,
@@ -216,6 +224,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.read_lease.or(file.read_lease) {
             node.read_lease = v;
+        }
+        if let Some(v) = self.follower_reads.or(file.follower_reads) {
+            node.follower_reads = v;
         }
         if let Some(v) = self.snapshot_every.or(file.snapshot_every) {
             node.snapshot_every = v;

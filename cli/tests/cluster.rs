@@ -36,6 +36,11 @@
 //!   of a `MutateBatch`/`QueryBatch` gets the answer a lone call would
 //!   (refusals, routing hints, exactly-once within one batch), and batches
 //!   that cannot be looked at are refused whole and change nothing.
+//! - `followers_serve_linearizable_reads_through_a_read_index`: with
+//!   `--follower-reads`, a follower answers a linearizable read right after
+//!   an acknowledged write and sees it; a client spreading its reads is
+//!   answered by every replica; with the leader frozen a follower refuses
+//!   rather than answer from its own state.
 //! - `linearizable_read_after_leader_restart_sees_acknowledged_write`: a
 //!   read right after a leader restart sees a write that was acknowledged
 //!   before the SIGKILL (regression test; see `meta-node/src/read_index.rs`).
@@ -1891,6 +1896,98 @@ async fn batched_calls_answer_each_request_as_a_lone_call_would() {
         }
         other => cluster.fail(format!("a follower took a batched write: {other:?}")),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_serve_linearizable_reads_through_a_read_index() {
+    let _load = light_test().await;
+    let mut cluster = Cluster::start(&["--follower-reads", "true"]).await;
+    let writer = cluster.client();
+    cluster.must(writer.mkdir("/fr", false).await, "mkdir /fr");
+    let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let mut stubs = Vec::new();
+    for id in &followers {
+        stubs.push(MetaServiceClient::new(channel_to(&cluster, *id).await));
+    }
+
+    // Right after each acknowledged create, a follower answers a
+    // linearizable read itself (no NOT_LEADER) and sees the create: it
+    // waits until it has applied what the leader confirmed.
+    for i in 0..30usize {
+        let path = format!("/fr/k{i:02}");
+        let created = cluster.must(writer.create(&path).await, &format!("create {path}"));
+        let which = i % stubs.len();
+        let stub = &mut stubs[which];
+        let response = cluster
+            .must(
+                stub.query(get_attr_request(&path, pb::Consistency::Linearizable))
+                    .await,
+                &format!(
+                    "linearizable read of {path} on follower {}",
+                    followers[i % 2]
+                ),
+            )
+            .into_inner();
+        assert!(
+            response.applied_index >= created.version.0,
+            "{path}: the follower answered at index {} before the create at {}",
+            response.applied_index,
+            created.version.0
+        );
+        match response.result {
+            Some(pb::query_response::Result::Attr(attr)) => {
+                assert_eq!(InodeId(attr.inode), created.inode, "{path}")
+            }
+            other => cluster.fail(format!("{path} on a follower: {other:?}")),
+        }
+    }
+
+    // A client that spreads its linearizable reads: every replica answers
+    // some, each read sees the writes acknowledged before it.
+    let mut config = nokv_client::ClientConfig::new(cluster.endpoints());
+    config.deadline = WAIT;
+    config.read_from_followers = true;
+    let spread = Client::new(config).expect("client");
+    let paths = numbered("/fr", "s", 200);
+    must_create_all(&cluster, &writer, &paths, 16).await;
+    let stats = futures::future::join_all(
+        paths
+            .iter()
+            .map(|p| spread.stat(p, Consistency::Linearizable)),
+    )
+    .await;
+    for (path, stat) in paths.iter().zip(&stats) {
+        assert!(stat.is_ok(), "stat {path} through any replica: {stat:?}");
+    }
+
+    // With the leader frozen, a follower cannot confirm anything and does
+    // not answer from its own state: the read fails, or (once the other
+    // two elected a new leader) it sees every acknowledged write.
+    let last = cluster.must(writer.create("/fr/last").await, "create /fr/last");
+    cluster.signal(leader, "-STOP");
+    let answer = stubs[0]
+        .query(get_attr_request("/fr/last", pb::Consistency::Linearizable))
+        .await;
+    cluster.signal(leader, "-CONT");
+    match answer {
+        Err(status) => assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+            ),
+            "{status:?}"
+        ),
+        Ok(response) => {
+            let response = response.into_inner();
+            assert!(response.applied_index >= last.version.0, "{response:?}");
+        }
+    }
+    cluster.must_all_run();
 }
 
 // ---------------------------------------------------------------------------

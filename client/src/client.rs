@@ -136,6 +136,11 @@ pub struct ClientConfig {
     /// The access token every request carries (clusters started with
     /// `--require-auth`); `None`: no `authorization` header.
     pub token: Option<Token>,
+    /// Linearizable reads go to the replicas in turn instead of to the
+    /// leader, spreading them (the nodes must run with follower reads on,
+    /// `nokv serve --follower-reads true`; a follower without answers
+    /// NOT_LEADER and the read follows it to the leader). Default false.
+    pub read_from_followers: bool,
     /// Batched calls in flight per node and kind (writes, reads) when
     /// concurrent requests are coalesced (see [`crate::coalesce`]); 0 sends
     /// every request in a call of its own.
@@ -159,6 +164,7 @@ impl ClientConfig {
             tls: None,
             token: None,
             coalesce: DEFAULT_COALESCE,
+            read_from_followers: false,
         }
     }
 }
@@ -554,6 +560,11 @@ impl Client {
                 return l.clone();
             }
         }
+        self.next_replica()
+    }
+
+    /// The next replica of this shard in turn.
+    fn next_replica(&self) -> String {
         let candidates = self.replica_candidates();
         let mut next = match self.inner.next.lock() {
             Ok(n) => n,
@@ -803,16 +814,21 @@ impl Client {
         F: FnMut(Stub) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        self.attempts_on(is_write, via_leader, maybe_applied, |_, stub| call(stub))
-            .await
+        self.attempts_on(is_write, via_leader, false, maybe_applied, |_, stub| {
+            call(stub)
+        })
+        .await
     }
 
     /// [`Client::attempts`] with a call that is also told which replica it
-    /// goes to.
+    /// goes to. With `spread`, each call starts at the next replica in turn
+    /// (a read any replica may answer) and follows only the hints of its
+    /// own refusals.
     async fn attempts_on<T, F, Fut>(
         &self,
         is_write: bool,
         via_leader: bool,
+        spread: bool,
         maybe_applied: &mut bool,
         mut call: F,
     ) -> Result<T, ClientError>
@@ -824,8 +840,13 @@ impl Client {
         let deadline = Instant::now() + config.deadline;
         let mut backoff = config.backoff_min;
         let mut last_reason;
+        let mut hinted: Option<String> = None;
         loop {
-            let target = self.pick();
+            let target = match (spread, hinted.take()) {
+                (true, Some(hint)) => hint,
+                (true, None) => self.next_replica(),
+                (false, _) => self.pick(),
+            };
             let stub = self.stub(&target)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt =
@@ -858,6 +879,9 @@ impl Client {
                     tracing::debug!(%reason, ?leader, "retrying");
                     // Follow a hint to another node at once; otherwise back off.
                     let follow = leader.as_ref().is_some_and(|l| *l != target);
+                    if spread {
+                        hinted = leader.clone().filter(|_| follow);
+                    }
                     self.set_leader(leader);
                     last_reason = reason;
                     if !follow {
@@ -942,7 +966,7 @@ impl Client {
             };
             let sent = request.clone();
             let response = self
-                .attempts_on(true, true, &mut maybe_applied, |target, stub| {
+                .attempts_on(true, true, false, &mut maybe_applied, |target, stub| {
                     let request = sent.clone();
                     let coalescers = self.coalescers(target, &stub);
                     async move {
@@ -1195,10 +1219,15 @@ impl Client {
         request.shard = self.wire_shard();
         request.map_revision = self.map_revision;
         let mut maybe_applied = false;
+        // Linearizable reads go to the leader, unless followers may answer
+        // them too (`ClientConfig::read_from_followers`).
+        let spread =
+            consistency == Consistency::Linearizable && self.inner.config.read_from_followers;
         let response = self
             .attempts_on(
                 false,
-                consistency == Consistency::Linearizable,
+                consistency == Consistency::Linearizable && !spread,
+                spread,
                 &mut maybe_applied,
                 |target, stub| {
                     let request = request.clone();

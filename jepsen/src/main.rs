@@ -93,6 +93,10 @@ struct RunArgs {
     /// reads (no read-index) from each process's home replica.
     #[arg(long)]
     unsafe_stale_reads: bool,
+    /// Register reads go to every replica in turn, and the nodes serve
+    /// linearizable reads on followers (`NOKV_FOLLOWER_READS=true`).
+    #[arg(long)]
+    follower_reads: bool,
     /// NoKV image.
     #[arg(long, env = "NOKV_IMAGE", default_value = "nokv:dev")]
     nokv_image: String,
@@ -385,6 +389,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         register: RegisterConfig {
             processes: args.register_processes,
             stale_reads: args.unsafe_stale_reads,
+            follower_reads: args.follower_reads,
             ..RegisterConfig::default()
         },
         set_processes: args.set_processes,
@@ -394,7 +399,13 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             s3_image: args.s3_image.clone(),
             etcd_image: args.etcd_image.clone(),
             rust_log: args.node_log.clone(),
-            node_env: args.node_env.clone(),
+            node_env: {
+                let mut env = args.node_env.clone();
+                if args.follower_reads {
+                    env.push(("NOKV_FOLLOWER_READS".into(), "true".into()));
+                }
+                env
+            },
             ready_timeout: args.ready_timeout,
             gc_grace: args.gc_grace,
             gc_interval: args.gc_interval,

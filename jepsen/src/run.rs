@@ -136,6 +136,9 @@ pub struct Report {
     pub nemesis: Vec<FaultKind>,
     pub workloads: Workloads,
     pub unsafe_stale_reads: bool,
+    /// Register reads spread over the replicas, followers answering them.
+    #[serde(default)]
+    pub follower_reads: bool,
     /// Operations by outcome, per workload.
     pub counts: BTreeMap<String, OutcomeCounts>,
     /// Faults injected, by kind.
@@ -203,6 +206,7 @@ impl Report {
             nemesis: config.schedule.faults.0.clone(),
             workloads: config.workloads.clone(),
             unsafe_stale_reads: config.register.stale_reads,
+            follower_reads: config.register.follower_reads,
             counts: BTreeMap::new(),
             faults: BTreeMap::new(),
             nemesis_errors: Vec::new(),

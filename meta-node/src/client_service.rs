@@ -29,7 +29,7 @@ use crate::clock::now_ns;
 use crate::maintenance::{Maintenance, MaintenanceError};
 use crate::metrics::Metrics;
 use crate::proposer::{ProposeError, Proposer};
-use crate::read_index::{ReadIndex, ReadIndexError};
+use crate::read_index::{ReadIndex, ReadIndexAnswer, ReadIndexError};
 use crate::state_machine::SharedState;
 use crate::typ::{NodeId, Raft};
 
@@ -76,6 +76,9 @@ pub struct ClientService {
     pub(crate) state: SharedState,
     pub(crate) proposer: Proposer,
     pub(crate) read_index: ReadIndex,
+    /// With follower reads on: the connections to peers, through which a
+    /// follower asks the leader for read indexes.
+    pub(crate) follower_reads: Option<Arc<crate::network::PeerPool>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) timeouts: ClientTimeouts,
     pub(crate) maintenance: Maintenance,
@@ -110,15 +113,7 @@ const GC_ARCHIVE_WAIT: Duration = Duration::from_secs(10);
 impl ClientService {
     /// The leader's id and address as this node knows them.
     pub(crate) fn leader_hint(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
-        Some((leader, addr))
+        crate::read_index::leader_hint(&self.raft)
     }
 
     pub(crate) fn is_leader(&self) -> bool {
@@ -884,6 +879,11 @@ impl ClientService {
     /// Confirms, for the linearizable reads that arrived so far, that this
     /// replica still leads (a lease, else a quorum round).
     async fn confirm_read(&self) -> Result<(), Status> {
+        if let Some(peers) = self.follower_reads.as_ref() {
+            if !self.is_leader() {
+                return self.confirm_through_leader(peers).await;
+            }
+        }
         self.check_leading()?;
         let _timer = self.metrics.stages.read_index.start_timer();
         let confirmed = tokio::time::timeout(self.timeouts.read_index, self.read_index.confirm());
@@ -896,6 +896,46 @@ impl ClientService {
                 "timed out confirming leadership for a linearizable read".into(),
             )),
         }
+    }
+
+    /// A follower's confirmation: the leader confirms that it leads (by a
+    /// confirmation that starts after the reads arrived here) and names the
+    /// read index; this replica's state is linearizable for them once it
+    /// has applied that far.
+    async fn confirm_through_leader(&self, peers: &crate::network::PeerPool) -> Result<(), Status> {
+        let _timer = self.metrics.stages.read_index.start_timer();
+        let Some((leader, addr)) = self.leader_hint().filter(|(_, addr)| !addr.is_empty()) else {
+            return Err(status_from_detail(
+                ErrorCode::Unavailable,
+                "this follower knows no leader to ask for a read index".into(),
+            ));
+        };
+        let answer = peers
+            .read_index(&addr, self.shard.0, self.timeouts.read_index)
+            .await
+            .map_err(|why| {
+                status_from_detail(
+                    ErrorCode::Unavailable,
+                    format!("asking leader {leader} for a read index: {why}"),
+                )
+            })?;
+        let index = match answer {
+            ReadIndexAnswer::Index(index) => index,
+            ReadIndexAnswer::NotLeader(hint) => {
+                return Err(not_leader_status(hint.or_else(|| self.leader_hint())))
+            }
+            ReadIndexAnswer::Unavailable(why) => {
+                return Err(status_from_detail(ErrorCode::Unavailable, why))
+            }
+        };
+        crate::read_index::wait_applied(&self.raft, index)
+            .await
+            .map_err(|e| status_from_detail(ErrorCode::Unavailable, e.to_string()))?;
+        self.metrics
+            .read_confirmations_total
+            .with_label_values(&["leader"])
+            .inc();
+        Ok(())
     }
 
     /// Answers `read` from this replica's applied state.

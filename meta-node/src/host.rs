@@ -802,4 +802,11 @@ impl RaftService for NodeRaftService {
             .install_snapshot(request)
             .await
     }
+
+    async fn read_index(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.admit(&request)?.raft_server.read_index(request).await
+    }
 }

@@ -245,7 +245,7 @@ impl Metrics {
         let read_confirmations_total = IntCounterVec::new(
             Opts::new(
                 "nokv_meta_read_confirmations_total",
-                "Confirmations of linearizable read batches, by the leader lease or a quorum round",
+                "Confirmations of linearizable read batches: on the leader by its lease or a quorum round, on a follower by a read index from the leader",
             ),
             &["by"],
         )?;

@@ -77,6 +77,30 @@ impl PeerPool {
         Some(pooled)
     }
 
+    /// Asks the node at `addr` for a read index of group `shard` (see
+    /// `crate::read_index`), within `timeout`.
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        shard: u16,
+        timeout: Duration,
+    ) -> Result<crate::read_index::ReadIndexAnswer, String> {
+        let Some(mut peer) = self.get(addr).map(|c| c.client) else {
+            return Err(format!("bad peer address {addr:?}"));
+        };
+        let mut request = tonic::Request::new(RaftMessage {
+            data: Default::default(),
+            shard: u32::from(shard),
+            cluster: self.cluster.clone(),
+        });
+        request.set_timeout(timeout);
+        let response = tokio::time::timeout(timeout, peer.read_index(request))
+            .await
+            .map_err(|_| format!("{addr} did not answer within {timeout:?}"))?
+            .map_err(|status| format!("{addr}: {}", status.message()))?;
+        raft_wire::decode(&response.into_inner().data).map_err(|e| format!("{addr}: {e}"))
+    }
+
     /// Replaces the connection to `addr` if it is still `generation`;
     /// returns the connection to use from now on.
     fn replace(&self, addr: &str, generation: u64) -> Option<PooledChannel> {

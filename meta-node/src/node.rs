@@ -54,6 +54,11 @@ pub struct NodeConfig {
     /// [`crate::lease`], which states the clock assumption); `false`:
     /// every read batch confirms leadership with a quorum (read index).
     pub read_lease: bool,
+    /// Followers answer linearizable reads themselves: they ask the leader
+    /// for a read index (`RaftService.ReadIndex`) and read once they have
+    /// applied that far; `false`: they answer NOT_LEADER and the client
+    /// goes to the leader.
+    pub follower_reads: bool,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for slow followers).
@@ -110,6 +115,7 @@ impl NodeConfig {
             early_elections: true,
             idle_heartbeats: true,
             read_lease: true,
+            follower_reads: false,
             snapshot_every: 10_000,
             keep_logs_behind_snapshot: 1_000,
             max_batch: 256,

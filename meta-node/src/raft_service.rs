@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::election::Elections;
 use crate::raft_wire;
+use crate::read_index::ReadIndex;
 use crate::typ::{NodeId, Raft, TypeConfig};
 
 /// Serves `RaftService` for one local Raft instance.
@@ -21,6 +22,8 @@ pub struct RaftServer {
     elections: Arc<Elections>,
     /// Handling of AppendEntries that carry entries (the flush included).
     append_seconds: prometheus::Histogram,
+    /// Confirms leadership for followers' linearizable reads.
+    read_index: ReadIndex,
 }
 
 impl RaftServer {
@@ -28,11 +31,13 @@ impl RaftServer {
         raft: Raft,
         elections: Arc<Elections>,
         append_seconds: prometheus::Histogram,
+        read_index: ReadIndex,
     ) -> RaftServer {
         RaftServer {
             raft,
             elections,
             append_seconds,
+            read_index,
         }
     }
 }
@@ -80,6 +85,13 @@ impl RaftService for RaftServer {
             self.elections.after_refusing(&rpc, answer);
         }
         encode_response(&response)
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        encode_response(&self.read_index.answer().await)
     }
 
     async fn install_snapshot(

@@ -6,6 +6,13 @@
 //! reader saw acknowledged). One task runs rounds back to back; every waiter
 //! queued when a round starts is answered by that round.
 //!
+//! A confirmation yields a *read index*: what was committed when it was
+//! made (and at least the tenure start, below). The leader reads once it
+//! has applied that far ([`ReadIndex::confirm`]); a follower serving a
+//! linearizable read asks the leader for one over the Raft transport
+//! ([`ReadIndex::confirm_index`], [`ReadIndexAnswer`]) and reads once its
+//! own state has applied that far.
+//!
 //! Restored leaders: openraft 0.9 brings a node that led before a restart
 //! back as leader of the same term without a new no-op entry, and its read
 //! index is then `max(first entry of the term, saved commit index)`, where the
@@ -27,7 +34,8 @@ use std::sync::Arc;
 use crate::lease::{LeaseCheck, LeaseClock};
 use crate::typ::{NodeId, Raft};
 
-/// Longest wait for a restored leader to apply its own log before a read.
+/// Longest wait for a replica to apply up to a read index (a restored
+/// leader its own log, a follower what the leader confirmed).
 const TENURE_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The leader term this node is serving reads in, and its last log index
@@ -47,12 +55,38 @@ pub enum ReadIndexError {
     Unavailable(String),
 }
 
-type Waiter = oneshot::Sender<Result<(), ReadIndexError>>;
+type Waiter = oneshot::Sender<Result<u64, ReadIndexError>>;
 
 /// Handle to the read-index task of one node.
 #[derive(Clone)]
 pub struct ReadIndex {
     tx: mpsc::Sender<Waiter>,
+    raft: Raft,
+}
+
+/// The leader's answer to a follower's `RaftService.ReadIndex` (encoded
+/// with the Raft wire format).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ReadIndexAnswer {
+    /// Read once this log index is applied.
+    Index(u64),
+    /// The asked node does not lead; who does, when it knows.
+    NotLeader(Option<(NodeId, String)>),
+    /// It leads but could not confirm it (no quorum, stopping).
+    Unavailable(String),
+}
+
+/// The leader's id and address as `raft` knows them.
+pub(crate) fn leader_hint(raft: &Raft) -> Option<(NodeId, String)> {
+    let m = raft.metrics().borrow().clone();
+    let leader = m.current_leader?;
+    let addr = m
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
+        .unwrap_or_default();
+    Some((leader, addr))
 }
 
 /// Lease reads (see `crate::lease`): the clock the network feeds, this
@@ -74,13 +108,21 @@ impl ReadIndex {
         confirmations: prometheus::IntCounterVec,
     ) -> ReadIndex {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(rounds(raft, rx, shutdown, lease, confirmations));
-        ReadIndex { tx }
+        tokio::spawn(rounds(raft.clone(), rx, shutdown, lease, confirmations));
+        ReadIndex { tx, raft }
     }
 
     /// Returns once this node has confirmed it leads and has applied every
     /// entry committed before the call: local state is then linearizable.
     pub async fn confirm(&self) -> Result<(), ReadIndexError> {
+        let index = self.confirm_index().await?;
+        wait_applied(&self.raft, index).await
+    }
+
+    /// Confirms that this node leads, by a confirmation that starts after
+    /// the call, and returns the read index: a state that has applied it
+    /// has every write acknowledged before the call.
+    pub async fn confirm_index(&self) -> Result<u64, ReadIndexError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(tx)
@@ -88,6 +130,15 @@ impl ReadIndex {
             .map_err(|_| ReadIndexError::Unavailable("node is shutting down".into()))?;
         rx.await
             .map_err(|_| ReadIndexError::Unavailable("node is shutting down".into()))?
+    }
+
+    /// [`ReadIndex::confirm_index`] as the answer to a follower.
+    pub async fn answer(&self) -> ReadIndexAnswer {
+        match self.confirm_index().await {
+            Ok(index) => ReadIndexAnswer::Index(index),
+            Err(ReadIndexError::NotLeader) => ReadIndexAnswer::NotLeader(leader_hint(&self.raft)),
+            Err(ReadIndexError::Unavailable(why)) => ReadIndexAnswer::Unavailable(why),
+        }
     }
 }
 
@@ -153,14 +204,14 @@ fn tenure_floor(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<u64, ReadInd
     })
 }
 
-/// Confirms by the leader lease, checked inside the Raft core; then waits
-/// until what was committed at that moment (and the tenure start) is
-/// applied. `None`: the lease cannot vouch now, do a quorum round.
+/// Confirms by the leader lease, checked inside the Raft core; the read
+/// index is what was committed at that moment (at least the tenure
+/// start). `None`: the lease cannot vouch now, do a quorum round.
 async fn confirm_by_lease(
     raft: &Raft,
     tenure: &mut Option<Tenure>,
     lease: &LeaseReads,
-) -> Option<Result<(), ReadIndexError>> {
+) -> Option<Result<u64, ReadIndexError>> {
     let floor = match tenure_floor(raft, tenure) {
         Ok(floor) => floor,
         Err(e) => return Some(Err(e)),
@@ -175,29 +226,32 @@ async fn confirm_by_lease(
         Ok(LeaseCheck::Unsure) => return None,
         Err(e) => return Some(Err(ReadIndexError::Unavailable(e.to_string()))),
     };
-    Some(wait_applied(raft, floor.max(committed)).await)
+    Some(Ok(floor.max(committed)))
 }
 
-async fn wait_applied(raft: &Raft, floor: u64) -> Result<(), ReadIndexError> {
+/// Waits (bounded) until `raft`'s state machine has applied `floor`.
+pub(crate) async fn wait_applied(raft: &Raft, floor: u64) -> Result<(), ReadIndexError> {
     raft.wait(Some(TENURE_APPLY_TIMEOUT))
-        .applied_index_at_least(Some(floor), "leader applied its tenure start")
+        .applied_index_at_least(Some(floor), "applied up to the read index")
         .await
         .map(|_| ())
         .map_err(|e| {
-            ReadIndexError::Unavailable(format!("leader has not applied its log yet: {e}"))
+            ReadIndexError::Unavailable(format!(
+                "this replica has not applied up to the read index {floor} yet: {e}"
+            ))
         })
 }
 
-/// One read-index round: confirm leadership with a quorum, then wait until
-/// both openraft's read index and this tenure's start index are applied.
-async fn confirm_round(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<(), ReadIndexError> {
+/// One read-index round: confirm leadership with a quorum; the read index
+/// is openraft's (its commit index then) or this tenure's start index,
+/// whichever is later.
+async fn confirm_round(raft: &Raft, tenure: &mut Option<Tenure>) -> Result<u64, ReadIndexError> {
     let floor = tenure_floor(raft, tenure)?;
-    match raft.ensure_linearizable().await {
-        Ok(_) => {}
+    match raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(floor.max(read.map_or(0, |id| id.index))),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-            return Err(ReadIndexError::NotLeader)
+            Err(ReadIndexError::NotLeader)
         }
-        Err(e) => return Err(ReadIndexError::Unavailable(e.to_string())),
+        Err(e) => Err(ReadIndexError::Unavailable(e.to_string())),
     }
-    wait_applied(raft, floor).await
 }

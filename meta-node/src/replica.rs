@@ -231,6 +231,7 @@ impl ShardReplica {
             state,
             proposer,
             read_index,
+            follower_reads: config.follower_reads.then(|| ctx.peers.clone()),
             metrics: metrics.clone(),
             timeouts: ClientTimeouts {
                 quorum_lease: config.election_timeout_max,
@@ -250,6 +251,7 @@ impl ShardReplica {
                 raft.clone(),
                 elections,
                 metrics.stages.follower_append.clone(),
+                client.read_index.clone(),
             ),
             raft,
             client,

@@ -20,6 +20,10 @@
 //! `ops_per_key` operations, so each key's history stays small enough for
 //! the linearizability search.
 //!
+//! With `follower_reads`, linearizable reads go to the replicas in turn and
+//! followers answer them (a read index from the leader, then their own
+//! state): the checker holds them to the same standard.
+//!
 //! Unsafe mode (`stale_reads`): reads go to the process's home replica with
 //! stale consistency (no read-index). Under a partition that replica serves
 //! old values, and the checker must report it.
@@ -54,6 +58,10 @@ pub struct RegisterConfig {
     pub ops_per_key: u64,
     /// Unsafe: reads are stale reads from the process's home replica.
     pub stale_reads: bool,
+    /// Linearizable reads go to every replica in turn and followers answer
+    /// them through a read index from the leader (the nodes run with
+    /// `NOKV_FOLLOWER_READS=true`).
+    pub follower_reads: bool,
 }
 
 impl Default for RegisterConfig {
@@ -63,6 +71,7 @@ impl Default for RegisterConfig {
             keys: 3,
             ops_per_key: 100,
             stale_reads: false,
+            follower_reads: false,
         }
     }
 }
@@ -116,6 +125,7 @@ pub async fn run(
         reader.deadline = ctx.op_timeout;
         reader.attempt_timeout = ctx.op_timeout.min(Duration::from_secs(2));
         reader.connect_timeout = Duration::from_millis(500);
+        reader.read_from_followers = config.follower_reads;
         let reader = Client::new(reader)?;
         let consistency = if config.stale_reads {
             Consistency::Stale
