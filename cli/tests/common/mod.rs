@@ -292,6 +292,24 @@ impl Cluster {
             ));
         }
         cluster.must_agreed_leader(&[1, 2, 3]).await;
+        // Each node learns the map from etcd on its own; a client that asks
+        // one before it has must not see "no map" in a cluster on etcd.
+        let client = cluster.client();
+        for id in cluster.ids() {
+            let addr = cluster.addr(id);
+            cluster
+                .wait_until(
+                    WAIT,
+                    &format!("node {id} serves the shard map from etcd"),
+                    async || {
+                        client
+                            .shard_map_of(&addr)
+                            .await
+                            .is_ok_and(|r| r.revision > 0)
+                    },
+                )
+                .await;
+        }
         cluster
     }
 
