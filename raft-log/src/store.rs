@@ -5,7 +5,8 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
@@ -21,9 +22,9 @@ use crate::schema::{
     KEY_COMMITTED, KEY_FORMAT_VERSION, KEY_LAST_PURGED, KEY_VOTE,
 };
 
-/// Most entries a purge deletes under one hold of the gate (see
-/// [`SledLogStore::purge_through`]).
-const PURGE_BATCH: usize = 1024;
+/// Most purged entries one append deletes along with its own writes (see
+/// [`SledLogStore::purge`](RaftLogStorage::purge)).
+const PURGE_PER_APPEND: usize = 64;
 
 /// Serialises writes against flushes on one sled database.
 ///
@@ -145,10 +146,18 @@ impl SledLogDb {
 ///   trust it alone (meta-node's `read_index` waits for the leader's own log instead).
 /// - [`truncate`](RaftLogStorage::truncate) deletes entries with index `>= log_id.index` in
 ///   one batch, then flushes.
-/// - [`purge`](RaftLogStorage::purge) first records and flushes `last_purged_log_id`, then
-///   deletes entries with index `<= log_id.index` and flushes again. The marker is thus never
-///   behind the log: a crash in between leaves stale entries below the marker (removed on
-///   the next open) but never a hole above it.
+/// - [`purge`](RaftLogStorage::purge) records and flushes `last_purged_log_id` and returns;
+///   the entries with index `<= log_id.index` are then deleted a few hundred at a time in
+///   the batches of later appends (durable with their flush), and whatever is left at the
+///   next open is deleted then. Reads never return an entry at or below the marker, so
+///   the log is the same to openraft as if the deletion were done. The marker is thus
+///   never behind the log: a crash leaves stale entries below the marker but never a hole
+///   above it.
+///
+///   Why not delete at once: openraft's core awaits `purge`, and deleting the 10,000
+///   entries behind each snapshot and flushing them took long enough (hundreds of ms,
+///   every replica at about the same index) that the leader's AppendEntries timed out and
+///   its replication paused: the soak's p99 of 0.1-0.9 s (docs/benchmarks.md, "Soak").
 ///
 /// Methods take `&mut self` and complete their I/O before returning, so write I/O is
 /// serialized as openraft requires.
@@ -167,6 +176,11 @@ pub struct SledLogStore<C: RaftTypeConfig> {
     logs: sled::Tree,
     /// [`META_TREE`](crate::schema::META_TREE): vote, committed, last purged, format version.
     meta: sled::Tree,
+    /// The first index a read may return: one past the durable purge marker (0 without
+    /// one). Entries below it may still be on disk (see the durability rules).
+    readable_from: Arc<AtomicU64>,
+    /// Entries up to this index are purged but still on disk: later appends delete them.
+    purge_pending: Arc<Mutex<Option<u64>>>,
     /// `fn() -> C` keeps the store `Send + Sync` independently of `C`.
     _config: PhantomData<fn() -> C>,
 }
@@ -179,6 +193,8 @@ impl<C: RaftTypeConfig> Clone for SledLogStore<C> {
             gate: self.gate.clone(),
             logs: self.logs.clone(),
             meta: self.meta.clone(),
+            readable_from: self.readable_from.clone(),
+            purge_pending: self.purge_pending.clone(),
             _config: PhantomData,
         }
     }
@@ -238,10 +254,17 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             gate,
             logs,
             meta,
+            readable_from: Arc::new(AtomicU64::new(0)),
+            purge_pending: Arc::new(Mutex::new(None)),
             _config: PhantomData,
         };
         store.check_format_version()?;
         store.finish_interrupted_purge()?;
+        if let Some(purged) = store.read_last_purged()? {
+            store
+                .readable_from
+                .store(purged.index.saturating_add(1), Ordering::Release);
+        }
         let summary = store.log_state_summary()?;
         tracing::info!(?summary, "opened sled raft log store");
         Ok(store)
@@ -249,8 +272,9 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
 
     /// Indexes of the first, last and last purged entries.
     pub fn log_state_summary(&self) -> Result<LogStateSummary, LogStoreError> {
-        let first_index = match self.logs.first()? {
-            Some((key, _)) => Some(parse_index(&key)?),
+        let readable = self.logs.range(log_key(self.readable_from())..);
+        let first_index = match readable.keys().next() {
+            Some(key) => Some(parse_index(&key?)?),
             None => None,
         };
         let last_index = match self.logs.last()? {
@@ -285,15 +309,15 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         }
     }
 
-    /// Deletes entries at or below `last_purged_log_id` left behind by a crash between the
-    /// two steps of [`RaftLogStorage::purge`].
+    /// Deletes entries at or below `last_purged_log_id` that later appends had not deleted
+    /// yet when the store was last closed (see [`RaftLogStorage::purge`]).
     fn finish_interrupted_purge(&self) -> Result<(), LogStoreError> {
         let Some(last_purged) = self.read_last_purged()? else {
             return Ok(());
         };
         let removed = self.remove_range(..=log_key(last_purged.index))?;
         if removed > 0 {
-            tracing::warn!(removed, %last_purged, "completed an interrupted log purge");
+            tracing::info!(removed, %last_purged, "deleted purged log entries left on disk");
             let _shared = read_gate(&self.gate);
             self.db.flush()?;
         }
@@ -315,37 +339,9 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         Ok(removed)
     }
 
-    /// Removes every entry at or below `index`, oldest first, in batches of at most
-    /// [`PURGE_BATCH`] keys, on tokio's blocking pool; returns how many.
-    ///
-    /// A purge after a snapshot removes as many entries as the snapshot interval
-    /// (10,000 by default). Done in one batch on the async thread that called it, it held
-    /// that worker for the scan and, under the exclusive gate, for the deletion and for any
-    /// flush in progress (the rule of [`Self::write_meta_blocking`]), while every append of
-    /// the node waited for the gate. In batches, appends take the gate in between. Stopping
-    /// part way (a crash) leaves entries below the durable purge marker, which is what
-    /// [`Self::finish_interrupted_purge`] handles.
-    async fn purge_through(&self, index: u64) -> Result<usize, LogStoreError> {
-        let (logs, gate) = (self.logs.clone(), self.gate.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut removed = 0;
-            loop {
-                let mut batch = sled::Batch::default();
-                let mut count = 0;
-                for key in logs.range(..=log_key(index)).keys().take(PURGE_BATCH) {
-                    batch.remove(key?);
-                    count += 1;
-                }
-                if count == 0 {
-                    return Ok(removed);
-                }
-                let _exclusive = write_gate(&gate);
-                logs.apply_batch(batch)?;
-                removed += count;
-            }
-        })
-        .await
-        .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("purge task: {e}"))))?
+    /// The first index a read may return (see `readable_from`).
+    fn readable_from(&self) -> u64 {
+        self.readable_from.load(Ordering::Acquire)
     }
 
     /// Reads and decodes a value of the meta tree.
@@ -432,8 +428,13 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         }
     }
 
-    /// Entries with index in `[start, end)` (`end == None`: no upper bound).
+    /// Entries with index in `[start, end)` (`end == None`: no upper bound), never one
+    /// at or below the purge marker.
     fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<C::Entry>, LogStoreError> {
+        let start = start.max(self.readable_from());
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
         let iter = match end {
             Some(end) => self.logs.range(log_key(start)..log_key(end)),
             None => self.logs.range(log_key(start)..),
@@ -463,10 +464,17 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             count += 1;
             last_index = Some(index);
         }
-        let (logs, gate) = (self.logs.clone(), self.gate.clone());
-        tokio::task::spawn_blocking(move || {
+        let (logs, gate, pending) = (
+            self.logs.clone(),
+            self.gate.clone(),
+            self.purge_pending.clone(),
+        );
+        let purged = tokio::task::spawn_blocking(move || {
             let _exclusive = write_gate(&gate);
-            logs.apply_batch(batch)
+            let purge = purge_some(&logs, &pending, &mut batch)?;
+            logs.apply_batch(batch)?;
+            purge.done(&pending);
+            Ok::<_, sled::Error>(purge.deleted)
         })
         .await
         .map_err(|e| {
@@ -477,6 +485,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         tracing::debug!(
             count,
             ?last_index,
+            purged,
             flushed_bytes,
             "appended log entries durably"
         );
@@ -487,6 +496,56 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         gated_flush(&self.db, &self.gate).await?;
         Ok(())
     }
+}
+
+/// What one append deletes of a pending purge (see [`purge_some`]).
+struct PurgeStep {
+    deleted: usize,
+    /// Whether this step deletes the last of the pending entries.
+    finishes: Option<u64>,
+}
+
+impl PurgeStep {
+    /// Records, once the batch is written, that nothing is left to delete (unless a newer
+    /// purge came meanwhile, which cannot happen while the caller holds the gate, but
+    /// costs nothing to check).
+    fn done(&self, pending: &Mutex<Option<u64>>) {
+        if let Some(through) = self.finishes {
+            let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+            if *pending == Some(through) {
+                *pending = None;
+            }
+        }
+    }
+}
+
+/// Adds to `batch` the deletion of up to [`PURGE_PER_APPEND`] purged entries still on
+/// disk, oldest first.
+fn purge_some(
+    logs: &sled::Tree,
+    pending: &Mutex<Option<u64>>,
+    batch: &mut sled::Batch,
+) -> Result<PurgeStep, sled::Error> {
+    let through = *pending.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(through) = through else {
+        return Ok(PurgeStep {
+            deleted: 0,
+            finishes: None,
+        });
+    };
+    let mut deleted = 0;
+    for key in logs
+        .range(..=log_key(through))
+        .keys()
+        .take(PURGE_PER_APPEND)
+    {
+        batch.remove(key?);
+        deleted += 1;
+    }
+    Ok(PurgeStep {
+        deleted,
+        finishes: (deleted < PURGE_PER_APPEND).then_some(through),
+    })
 }
 
 /// Parses a logs-tree key, reporting a malformed key as corruption.
@@ -545,11 +604,11 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
         let read_error = |e: LogStoreError| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e);
         let last_purged_log_id = self.read_last_purged().map_err(read_error)?;
-        // Entries left at or below the purge marker are removed at open, so the last entry,
-        // when present, is always after `last_purged_log_id`.
+        // Entries at or below the purge marker may still be on disk (deleted by later
+        // appends): the last entry counts only above the marker.
         let last_log_id = match self.last_entry_log_id().map_err(read_error)? {
-            Some(last) => Some(last),
-            None => last_purged_log_id.clone(),
+            Some(last) if self.readable_from() <= last.index => Some(last),
+            _ => last_purged_log_id.clone(),
         };
         Ok(LogState {
             last_purged_log_id,
@@ -637,19 +696,21 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for SledLogStore<C> {
             |e: LogStoreError| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, &e);
         let previous = self.read_last_purged().map_err(delete_error)?;
         // The marker only moves forward; a purge at or below it has nothing left to do.
-        if previous.as_ref().is_none_or(|previous| *previous < log_id) {
-            self.write_meta_blocking(KEY_LAST_PURGED, &log_id, "last purged log id")
-                .await
-                .map_err(delete_error)?;
-            // Marker durable before any deletion: see the type's durability rules.
-            self.flush().await.map_err(delete_error)?;
+        if previous
+            .as_ref()
+            .is_some_and(|previous| *previous >= log_id)
+        {
+            return Ok(());
         }
-        let removed = self
-            .purge_through(log_id.index)
+        self.write_meta_blocking(KEY_LAST_PURGED, &log_id, "last purged log id")
             .await
             .map_err(delete_error)?;
+        // Marker durable before any deletion: see the type's durability rules.
         self.flush().await.map_err(delete_error)?;
-        tracing::debug!(%log_id, removed, "purged log");
+        self.readable_from
+            .store(log_id.index.saturating_add(1), Ordering::Release);
+        *self.purge_pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(log_id.index);
+        tracing::debug!(%log_id, "purged log (entries deleted with later appends)");
         Ok(())
     }
 }

@@ -211,6 +211,74 @@ async fn reopen_keeps_truncate_and_purge() {
     assert_eq!(all_entries(&mut store).await, entries(2, 15..=15));
 }
 
+/// A purge returns once its marker is durable: the entries at or below it vanish from
+/// reads and from the log state at once, and from the disk with the appends that follow
+/// (a few hundred per append), so that openraft's core never waits for the deletion.
+#[tokio::test]
+async fn purged_entries_are_deleted_by_later_appends() {
+    let dir = tempdir();
+    {
+        let mut store = open(dir.path());
+        store
+            .blocking_append(entries(1, 1..=2000))
+            .await
+            .expect("append");
+        store.purge(log_id(1, 1500)).await.expect("purge");
+        assert_eq!(all_entries(&mut store).await, entries(1, 1501..=2000));
+        let some = store.try_get_log_entries(0..1600).await.expect("read");
+        assert_eq!(some, entries(1, 1501..=1599));
+        let below = store.try_get_log_entries(10..=1500).await.expect("read");
+        assert!(below.is_empty(), "read {} purged entries", below.len());
+        assert_eq!(
+            store.get_log_state().await.expect("log state"),
+            LogState {
+                last_purged_log_id: Some(log_id(1, 1500)),
+                last_log_id: Some(log_id(1, 2000)),
+            }
+        );
+        assert_eq!(
+            store.log_state_summary().expect("summary").first_index,
+            Some(1501)
+        );
+        // 1,500 purged entries, at most 512 deleted per append.
+        for index in 2001..=2004 {
+            store
+                .blocking_append(entries(1, index..=index))
+                .await
+                .expect("append");
+        }
+        // Purging everything: the last log id is the marker even while entries remain.
+        store.purge(log_id(1, 2004)).await.expect("purge all");
+        assert!(all_entries(&mut store).await.is_empty());
+        assert_eq!(
+            store.get_log_state().await.expect("log state"),
+            LogState {
+                last_purged_log_id: Some(log_id(1, 2004)),
+                last_log_id: Some(log_id(1, 2004)),
+            }
+        );
+    }
+    // On disk, without the store's open-time cleanup: the first purge is gone, the second
+    // (no append since) is not yet.
+    let db = must_reopen("raw open", || sled::open(dir.path()));
+    let logs = db.open_tree(schema::LOGS_TREE).expect("logs tree");
+    assert_eq!(logs.range(..=log_key(1500)).count(), 0);
+    assert_eq!(logs.range(log_key(1501)..).count(), 504);
+    drop(logs);
+    drop(db);
+    // Reopening deletes what is left.
+    let mut store = open(dir.path());
+    assert!(all_entries(&mut store).await.is_empty());
+    assert_eq!(
+        store.log_state_summary().expect("summary"),
+        LogStateSummary {
+            first_index: None,
+            last_index: None,
+            last_purged_index: Some(2004),
+        }
+    );
+}
+
 #[tokio::test]
 async fn interrupted_purge_is_completed_on_open() {
     let dir = tempdir();
