@@ -277,8 +277,9 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             Some(key) => Some(parse_index(&key?)?),
             None => None,
         };
+        // Purged entries still on disk are not part of the log.
         let last_index = match self.logs.last()? {
-            Some((key, _)) => Some(parse_index(&key)?),
+            Some((key, _)) => Some(parse_index(&key)?).filter(|i| *i >= self.readable_from()),
             None => None,
         };
         let last_purged_index = self.read_last_purged()?.map(|log_id| log_id.index);

@@ -240,30 +240,32 @@ async fn purged_entries_are_deleted_by_later_appends() {
             store.log_state_summary().expect("summary").first_index,
             Some(1501)
         );
-        // 1,500 purged entries, at most 512 deleted per append.
-        for index in 2001..=2004 {
+        // 1,500 purged entries, at most 64 deleted per append.
+        for index in 2001..=2030 {
             store
                 .blocking_append(entries(1, index..=index))
                 .await
                 .expect("append");
         }
         // Purging everything: the last log id is the marker even while entries remain.
-        store.purge(log_id(1, 2004)).await.expect("purge all");
+        store.purge(log_id(1, 2030)).await.expect("purge all");
         assert!(all_entries(&mut store).await.is_empty());
         assert_eq!(
             store.get_log_state().await.expect("log state"),
             LogState {
-                last_purged_log_id: Some(log_id(1, 2004)),
-                last_log_id: Some(log_id(1, 2004)),
+                last_purged_log_id: Some(log_id(1, 2030)),
+                last_log_id: Some(log_id(1, 2030)),
             }
         );
+        let summary = store.log_state_summary().expect("summary");
+        assert_eq!((summary.first_index, summary.last_index), (None, None));
     }
     // On disk, without the store's open-time cleanup: the first purge is gone, the second
     // (no append since) is not yet.
     let db = must_reopen("raw open", || sled::open(dir.path()));
     let logs = db.open_tree(schema::LOGS_TREE).expect("logs tree");
     assert_eq!(logs.range(..=log_key(1500)).count(), 0);
-    assert_eq!(logs.range(log_key(1501)..).count(), 504);
+    assert_eq!(logs.range(log_key(1501)..).count(), 530);
     drop(logs);
     drop(db);
     // Reopening deletes what is left.
@@ -274,7 +276,7 @@ async fn purged_entries_are_deleted_by_later_appends() {
         LogStateSummary {
             first_index: None,
             last_index: None,
-            last_purged_index: Some(2004),
+            last_purged_index: Some(2030),
         }
     );
 }
