@@ -1894,12 +1894,7 @@ async fn a_paused_old_leader_changes_nothing(kind: StoreKind) {
         .await
         .map(|s| s.epoch)
         .unwrap_or_else(|| bc.fail("the leader does not answer"));
-    let others: Vec<u64> = bc
-        .cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != old)
-        .collect();
+    let others = bc.cluster.ids_except(old);
 
     bc.cluster.signal(old, "-STOP");
     // A write on its way to the frozen leader (it waits in its socket).

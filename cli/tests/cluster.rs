@@ -401,11 +401,7 @@ async fn thousand_creates_then_leader_sigkill() {
             .expect("three nodes")
     };
     cluster.kill(victim);
-    let survivors: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != victim)
-        .collect();
+    let survivors = cluster.ids_except(victim);
     let third_leader = cluster.must_agreed_leader(&survivors).await;
     println!(
         "leaders: {first_leader} -> {second_leader} -> (node {victim} killed) -> {third_leader}"
@@ -460,11 +456,7 @@ async fn follower_catches_up_by_snapshot() {
         started.elapsed()
     );
 
-    let live: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != follower)
-        .collect();
+    let live = cluster.ids_except(follower);
     let leader = cluster.must_agreed_leader(&live).await;
     let purged = cluster.must_purge_past(leader, follower_last_log).await;
     println!("follower {follower} stopped at log index {follower_last_log}; leader {leader} purged up to {purged}");
@@ -522,7 +514,7 @@ async fn a_leader_whose_uncommitted_writes_a_snapshot_replaced_takes_writes_agai
     let client = cluster.client();
     cluster.must(client.mkdir("/o", false).await, "mkdir /o");
     let old = cluster.must_agreed_leader(&[1, 2, 3]).await;
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != old).collect();
+    let others = cluster.ids_except(old);
     let stuck = cluster.client_for(&[old]);
     // Connected before the followers freeze.
     cluster.must(
@@ -1537,11 +1529,7 @@ async fn stale_and_linearizable_reads() {
     let (last_path, last_attr) = last.expect("at least one write");
 
     let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
-    let followers: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.ids_except(leader);
     let follower = followers[0];
 
     // A follower answers stale reads from its own applied state.
@@ -1905,11 +1893,7 @@ async fn followers_serve_linearizable_reads_through_a_read_index() {
     let writer = cluster.client();
     cluster.must(writer.mkdir("/fr", false).await, "mkdir /fr");
     let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
-    let followers: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.ids_except(leader);
     let mut stubs = Vec::new();
     for id in &followers {
         stubs.push(MetaServiceClient::new(channel_to(&cluster, *id).await));
@@ -2005,11 +1989,7 @@ async fn linearizable_read_after_leader_restart_sees_acknowledged_write() {
     let client = cluster.client();
     for attempt in 0..5 {
         let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
-        let others: Vec<u64> = cluster
-            .ids()
-            .into_iter()
-            .filter(|id| *id != leader)
-            .collect();
+        let others = cluster.ids_except(leader);
         let path = format!("/acknowledged-{attempt}");
         cluster.must(client.create(&path).await, &format!("create {path}"));
         for id in cluster.ids() {
@@ -2152,11 +2132,7 @@ async fn a_leader_without_quorum_releases_writes_in_flight() {
     let _load = light_test().await;
     let cluster = Cluster::start(&[]).await;
     let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
-    let followers: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers = cluster.ids_except(leader);
     let client = cluster.client_for(&[leader]);
     cluster.must(client.mkdir("/before", false).await, "write with a quorum");
 
@@ -2264,7 +2240,7 @@ async fn bench_breakdown_reports_the_stages_of_every_replica() {
         );
     }
     assert!(count(&create, leader, "replicate") > 0, "{create}");
-    for id in cluster.ids().into_iter().filter(|id| *id != leader) {
+    for id in cluster.ids_except(leader) {
         for stage in ["follower_append", "log_append", "apply"] {
             assert!(count(&create, id, stage) > 0, "node {id} {stage}: {create}");
         }

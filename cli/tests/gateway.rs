@@ -991,11 +991,7 @@ async fn verbs_answer_through_a_leader_failover() {
 
     let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
     cluster.kill(leader);
-    let others: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let others = cluster.ids_except(leader);
     let mut answered = 0;
     let deadline = std::time::Instant::now() + common::WAIT;
     loop {

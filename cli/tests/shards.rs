@@ -203,11 +203,7 @@ async fn nodes_host_many_shards_and_fail_them_over() {
     let (victim, victim_shards) = led[0].clone();
     assert!(!victim_shards.is_empty());
     cluster.kill(victim);
-    let survivors: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != victim)
-        .collect();
+    let survivors = cluster.ids_except(victim);
     let failover_started = std::time::Instant::now();
     for shard in &victim_shards {
         cluster
@@ -433,11 +429,7 @@ async fn the_control_plane_places_replicas_and_is_not_on_the_data_path() {
     let leader = cluster.must_agreed_leader(&[1, 2, 3]).await;
     let epoch_before = cluster.status(leader).await.map(|s| s.epoch);
     cluster.kill(leader);
-    let survivors: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let survivors = cluster.ids_except(leader);
     let after = cluster.client_for(&survivors);
     cluster.must(
         after.create("/root-dir/after").await,

@@ -508,8 +508,8 @@ struct PurgeStep {
 
 impl PurgeStep {
     /// Records, once the batch is written, that nothing is left to delete (unless a newer
-    /// purge came meanwhile, which cannot happen while the caller holds the gate, but
-    /// costs nothing to check).
+    /// purge came meanwhile: openraft calls `purge` and `append` through `&mut self`, so
+    /// one cannot run during the other, but the check costs nothing).
     fn done(&self, pending: &Mutex<Option<u64>>) {
         if let Some(through) = self.finishes {
             let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -325,6 +325,11 @@ impl Cluster {
         self.nodes.iter().map(|n| n.id).collect()
     }
 
+    /// Every node's id but `id` (e.g. the followers of a leader).
+    pub fn ids_except(&self, id: u64) -> Vec<u64> {
+        self.ids().into_iter().filter(|n| *n != id).collect()
+    }
+
     fn node(&self, id: u64) -> &Node {
         self.nodes
             .iter()
