@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
@@ -142,7 +143,12 @@ pub(crate) struct InodeRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub(crate) shard: ShardId,
-    pub(crate) inodes: OrdMap<InodeId, InodeRecord>,
+    /// Each record behind its own `Arc`: the B-tree's leaves hold a slot
+    /// for 16 entries and, filled in id order, stay about half full, so an
+    /// inline record (~280 bytes) cost about twice its size in slots; a
+    /// pointer costs 8. A write replaces or copies (`Arc::make_mut`) the
+    /// one record it changes; a clone of the map still shares them all.
+    pub(crate) inodes: OrdMap<InodeId, Arc<InodeRecord>>,
     /// `(directory, name) -> child`. Keyed by directory first so a listing is
     /// a range scan.
     pub(crate) dentries: OrdMap<(InodeId, String), InodeId>,
@@ -259,7 +265,7 @@ impl Holt {
         Holt {
             ns: Namespace {
                 shard: config.shard,
-                inodes: OrdMap::unit(root, root_record),
+                inodes: OrdMap::unit(root, Arc::new(root_record)),
                 dentries: OrdMap::new(),
                 grafts: OrdMap::new(),
                 fields: OrdMap::new(),

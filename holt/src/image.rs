@@ -43,6 +43,7 @@
 //! and a well-formed body must also pass the engine's structural checks.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bincode::Options;
 use imbl::ordmap::DiffItem;
@@ -305,7 +306,11 @@ impl Holt {
             epoch: self.epoch,
             last_applied: self.last_applied,
             next_local: self.next_local,
-            inodes: self.inodes.iter().collect(),
+            inodes: self
+                .inodes
+                .iter()
+                .map(|(id, record)| (id, &**record))
+                .collect(),
             dentries: self.dentries.iter().collect(),
             dedupe: self
                 .dedupe_order
@@ -323,7 +328,10 @@ impl Holt {
                 .values()
                 .map(|pin| PinImage {
                     info: pin.info.clone(),
-                    inodes: diff_to(&self.inodes, &pin.ns.inodes),
+                    inodes: diff_to(&self.inodes, &pin.ns.inodes)
+                        .into_iter()
+                        .map(|(id, record)| (id, record.map(Arc::unwrap_or_clone)))
+                        .collect(),
                     dentries: diff_to(&self.dentries, &pin.ns.dentries),
                 })
                 .collect(),
@@ -430,7 +438,10 @@ impl ImageBody {
         let dedupe_order: imbl::Vector<RequestId> = self.dedupe.iter().map(|(id, _)| *id).collect();
         let mut ns = Namespace {
             shard: self.shard,
-            inodes: sorted_map(self.inodes, "inodes")?.into_iter().collect(),
+            inodes: sorted_map(self.inodes, "inodes")?
+                .into_iter()
+                .map(|(id, record)| (id, Arc::new(record)))
+                .collect(),
             dentries: sorted_map(self.dentries, "dentries")?.into_iter().collect(),
             grafts: sorted_map(grafts.current, "grafts")?.into_iter().collect(),
             fields: sorted_map(fields.current, "field sets")?
@@ -459,7 +470,14 @@ impl ImageBody {
                 pin.dentries.iter().map(|(key, _)| key.clone()).collect();
             let mut pinned = Namespace {
                 shard: ns.shard,
-                inodes: apply_diff(&ns.inodes, pin.inodes, "pinned inodes")?,
+                inodes: apply_diff(
+                    &ns.inodes,
+                    pin.inodes
+                        .into_iter()
+                        .map(|(id, record)| (id, record.map(Arc::new)))
+                        .collect(),
+                    "pinned inodes",
+                )?,
                 dentries: apply_diff(&ns.dentries, pin.dentries, "pinned dentries")?,
                 grafts: sorted_map(pin_grafts.next().unwrap_or_default(), "pinned grafts")?
                     .into_iter()

@@ -7,6 +7,7 @@
 //! return an error in the middle of a mutation.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::resolve::{describe_entry, describe_inode, Place};
 use super::{Applied, Holt, InodeRecord, Outcome, Owner, Stamp};
@@ -317,7 +318,7 @@ impl Holt {
                 attr.nlink = attr.nlink.saturating_sub(1)
             });
             self.update_attr(to_parent, |attr| attr.nlink = attr.nlink.saturating_add(1));
-            if let Some(record) = self.inodes.get_mut(&source) {
+            if let Some(record) = self.record_mut(source) {
                 record.parent = Some(to_parent);
             }
         }
@@ -432,7 +433,7 @@ impl Holt {
             _ => {}
         }
 
-        if let Some(record) = self.inodes.get_mut(&id) {
+        if let Some(record) = self.record_mut(id) {
             record.xattrs.insert(name.to_string(), value.to_vec());
             touch_change(&mut record.attr, stamp);
         }
@@ -449,7 +450,7 @@ impl Holt {
             )));
         }
 
-        if let Some(record) = self.inodes.get_mut(&id) {
+        if let Some(record) = self.record_mut(id) {
             record.xattrs.remove(name);
             touch_change(&mut record.attr, stamp);
         }
@@ -546,7 +547,7 @@ impl Holt {
             parent: is_dir.then_some(parent),
             body: None,
         };
-        self.inodes.insert(id, record);
+        self.inodes.insert(id, Arc::new(record));
         self.put_entry(parent, name.to_string(), id);
         if is_dir {
             // The new directory's `..` is one more link to the parent.
@@ -561,22 +562,22 @@ impl Holt {
     /// for GC in the same command, so no block is ever unreferenced and
     /// unqueued. While another hard link remains the body is still live.
     fn drop_link(&mut self, id: InodeId, stamp: Stamp) {
-        let Some(record) = self.inodes.get_mut(&id) else {
+        let Some(nlink) = self.inodes.get(&id).map(|record| record.attr.nlink) else {
             return;
         };
-        record.attr.nlink = record.attr.nlink.saturating_sub(1);
-        if record.attr.nlink == 0 {
+        if nlink <= 1 {
             if let Some(record) = self.inodes.remove(&id) {
                 self.drop_fields(id);
-                self.retire_body(id, record.body, stamp);
+                self.retire_body(id, Arc::unwrap_or_clone(record).body, stamp);
             }
-        } else {
+        } else if let Some(record) = self.record_mut(id) {
+            record.attr.nlink = nlink - 1;
             touch_change(&mut record.attr, stamp);
         }
     }
 
     pub(super) fn update_attr(&mut self, id: InodeId, change: impl FnOnce(&mut Attr)) {
-        if let Some(record) = self.inodes.get_mut(&id) {
+        if let Some(record) = self.record_mut(id) {
             change(&mut record.attr);
         }
     }

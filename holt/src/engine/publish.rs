@@ -17,6 +17,7 @@
 //! commit builds a [`Plan`]) and only then writes.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -450,7 +451,7 @@ impl Holt {
                     plan.body.blocks.iter().map(|b| b.key.clone()).collect();
                 let mut old = None;
                 let mut found = false;
-                if let Some(record) = self.inodes.get_mut(&id) {
+                if let Some(record) = self.record_mut(id) {
                     let attr = &mut record.attr;
                     attr.size = plan.body.size;
                     attr.generation = plan.body.generation;
@@ -495,7 +496,7 @@ impl Holt {
             parent: None,
             body: Some(plan.body),
         };
-        self.inodes.insert(id, record);
+        self.inodes.insert(id, Arc::new(record));
         self.put_entry(plan.parent, plan.name, id);
         self.set_fields(id, plan.fields);
         self.touch_dir(plan.parent, stamp);

@@ -300,7 +300,7 @@ fn structurally_inconsistent_states_are_corrupt() {
     broken.push(dangling);
 
     let mut wrong_nlink = valid.clone();
-    if let Some(record) = wrong_nlink.inodes.get_mut(&InodeId::root(ShardId(2))) {
+    if let Some(record) = wrong_nlink.record_mut(InodeId::root(ShardId(2))) {
         record.attr.nlink += 1;
     }
     broken.push(wrong_nlink);
@@ -335,15 +335,15 @@ fn structurally_inconsistent_states_are_corrupt() {
     let y = InodeId::compose(ShardId(2), 21);
     cycle.next_local = 22;
     let dir = |id: InodeId, parent: InodeId| {
-        let mut record = cycle.inodes[&InodeId::root(ShardId(2))].clone();
+        let mut record = (*cycle.inodes[&InodeId::root(ShardId(2))]).clone();
         record.attr.inode = id;
         record.attr.nlink = 3;
         record.parent = Some(parent);
         record
     };
     let (rx, ry) = (dir(x, y), dir(y, x));
-    cycle.inodes.insert(x, rx);
-    cycle.inodes.insert(y, ry);
+    cycle.inodes.insert(x, rx.into());
+    cycle.inodes.insert(y, ry.into());
     cycle.dentries.insert((x, "y".into()), y);
     cycle.dentries.insert((y, "x".into()), x);
     broken.push(cycle);
@@ -416,7 +416,7 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         epoch: holt.epoch,
         last_applied: holt.last_applied,
         next_local: holt.next_local,
-        inodes: holt.inodes.iter().collect(),
+        inodes: holt.inodes.iter().map(|(id, r)| (id, &**r)).collect(),
         dentries: holt.dentries.iter().collect(),
         dedupe: holt
             .dedupe_order
@@ -491,8 +491,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
         .map(|(id, _)| *id)
         .expect("sample has a published file");
     let body = |holt: &mut Holt| {
-        holt.inodes
-            .get_mut(&published)
+        holt.record_mut(published)
             .and_then(|record| record.body.as_mut())
             .expect("body")
             .clone()
@@ -500,8 +499,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
     let edit_body = |change: &dyn Fn(&mut crate::body::Body)| {
         let mut holt = valid.clone();
         if let Some(body) = holt
-            .inodes
-            .get_mut(&published)
+            .record_mut(published)
             .and_then(|record| record.body.as_mut())
         {
             change(body);
@@ -554,12 +552,12 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
 
     // A body without a generation / a generation without a body.
     let mut no_generation = valid.clone();
-    if let Some(record) = no_generation.inodes.get_mut(&published) {
+    if let Some(record) = no_generation.record_mut(published) {
         record.attr.generation = Generation(0);
     }
     cases.push(no_generation);
     let mut lost_body = valid.clone();
-    if let Some(record) = lost_body.inodes.get_mut(&published) {
+    if let Some(record) = lost_body.record_mut(published) {
         record.body = None;
     }
     cases.push(lost_body);
