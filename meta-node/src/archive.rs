@@ -1055,7 +1055,7 @@ impl Archiver {
         c: &mut Cursor,
         progress: &watch::Sender<ArchiveProgress>,
     ) -> Result<(), ArchiveError> {
-        // Cheap check first: encoding copies the whole image.
+        // Cheap check first: the bytes are read from the snapshot file.
         let Some(newest) = self.snapshots.last_log_id() else {
             return Ok(());
         };

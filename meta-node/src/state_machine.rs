@@ -7,6 +7,11 @@
 //! `DATA_DIR/snapshot/current` so that a restarted node recovers its state
 //! from snapshot + log, and the log can be compacted behind it.
 //!
+//! Only the newest snapshot's metadata stays in memory: its image is read
+//! back from the file when openraft sends it to a follower or the archiver
+//! ships it (rare), instead of being kept beside the live state (about 120
+//! bytes per inode, docs/benchmarks.md "Memory per inode").
+//!
 //! Invariants: the state after `apply` depends only on the log; a snapshot
 //! file is either the old one or the new one (write temp, fsync, rename,
 //! fsync dir); a corrupt snapshot file fails startup loudly, never silently.
@@ -38,7 +43,8 @@ pub struct ShardState {
 /// Shared handle to a replica's state; readers take the read lock briefly.
 pub type SharedState = Arc<RwLock<ShardState>>;
 
-/// A snapshot held in memory: openraft metadata plus the Holt image bytes.
+/// A snapshot: openraft metadata plus the Holt image bytes (what a
+/// snapshot file holds).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StoredSnapshot {
     pub(crate) meta: SnapshotMeta,
@@ -60,7 +66,8 @@ pub enum SnapshotFileError {
 pub struct HoltStateMachine {
     state: SharedState,
     snapshot_dir: PathBuf,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    /// The metadata of the snapshot `snapshot_dir/current` holds.
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
     holt_config: HoltConfig,
     /// Time of each `apply` call (the state lock included).
     apply_seconds: Option<prometheus::Histogram>,
@@ -71,18 +78,23 @@ impl HoltStateMachine {
     /// `snapshot_dir` if there is one.
     pub fn open(snapshot_dir: &Path, holt_config: HoltConfig) -> Result<Self, SnapshotFileError> {
         fs::create_dir_all(snapshot_dir)?;
-        let current = read_snapshot_file(&snapshot_dir.join("current"))?;
-        let state = match &current {
-            Some(snap) => ShardState {
-                holt: Holt::decode_image(&snap.image)?,
-                last_applied: snap.meta.last_log_id,
-                membership: snap.meta.last_membership.clone(),
-            },
-            None => ShardState {
-                holt: Holt::new(holt_config.clone()),
-                last_applied: None,
-                membership: StoredMembership::default(),
-            },
+        let (state, current) = match read_snapshot_file(&snapshot_dir.join("current"))? {
+            Some(snap) => (
+                ShardState {
+                    holt: Holt::decode_image(&snap.image)?,
+                    last_applied: snap.meta.last_log_id,
+                    membership: snap.meta.last_membership.clone(),
+                },
+                Some(snap.meta),
+            ),
+            None => (
+                ShardState {
+                    holt: Holt::new(holt_config.clone()),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                },
+                None,
+            ),
         };
         Ok(HoltStateMachine {
             state: Arc::new(RwLock::new(state)),
@@ -107,7 +119,10 @@ impl HoltStateMachine {
     /// Read access to the newest snapshot (built or installed), for the
     /// archiver that ships it to the object store.
     pub fn snapshot_handle(&self) -> SnapshotHandle {
-        SnapshotHandle(self.current.clone())
+        SnapshotHandle {
+            meta: self.current.clone(),
+            dir: self.snapshot_dir.clone(),
+        }
     }
 
     fn builder(&self) -> SnapshotBuilder {
@@ -121,33 +136,32 @@ impl HoltStateMachine {
 
 /// Shared read access to a replica's newest snapshot.
 #[derive(Clone)]
-pub struct SnapshotHandle(Arc<Mutex<Option<StoredSnapshot>>>);
+pub struct SnapshotHandle {
+    meta: Arc<Mutex<Option<SnapshotMeta>>>,
+    dir: PathBuf,
+}
 
 impl SnapshotHandle {
-    /// The newest snapshot's last log id, without copying it.
+    /// The newest snapshot's last log id.
     pub(crate) fn last_log_id(&self) -> Option<LogId> {
-        match self.0.lock() {
-            Ok(current) => current.as_ref().and_then(|s| s.meta.last_log_id),
+        match self.meta.lock() {
+            Ok(current) => current.as_ref().and_then(|meta| meta.last_log_id),
             Err(_) => None,
         }
     }
 
     /// The newest snapshot's last log id and its bytes in the snapshot-file
-    /// format (what `DATA_DIR/snapshot/current` holds). `None` while there
-    /// is no snapshot, or the snapshot covers no log entry.
+    /// format: the file `DATA_DIR/snapshot/current`, read and checked. `None`
+    /// while there is no snapshot, or the snapshot covers no log entry.
+    /// (Blocking: call it from a blocking thread.)
     pub(crate) fn current_file(&self) -> Result<Option<(LogId, Vec<u8>)>, SnapshotFileError> {
-        // Clone under the lock, encode outside it.
-        let snap = match self.0.lock() {
-            Ok(current) => current.clone(),
-            Err(_) => return Err(SnapshotFileError::Corrupt("snapshot lock poisoned".into())),
+        let bytes = match fs::read(self.dir.join("current")) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
         };
-        let Some(snap) = snap else { return Ok(None) };
-        let Some(last) = snap.meta.last_log_id else {
-            return Ok(None);
-        };
-        let bytes =
-            encode_snapshot_file(&snap).map_err(|e| SnapshotFileError::Corrupt(e.to_string()))?;
-        Ok(Some((last, bytes)))
+        let meta = decode_snapshot_meta(&bytes)?;
+        Ok(meta.last_log_id.map(|last| (last, bytes)))
     }
 }
 
@@ -174,6 +188,12 @@ pub(crate) fn encode_snapshot_file(snap: &StoredSnapshot) -> Result<Vec<u8>, bin
 
 /// Decodes (and checks) a snapshot file; corrupt input is an error, never a panic.
 pub(crate) fn decode_snapshot_file(bytes: &[u8]) -> Result<StoredSnapshot, SnapshotFileError> {
+    let body = checked_body(bytes)?;
+    bincode::deserialize(body).map_err(|e| SnapshotFileError::Corrupt(e.to_string()))
+}
+
+/// The body of a snapshot file, once its header, length and checksum hold.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], SnapshotFileError> {
     let corrupt = |m: &str| SnapshotFileError::Corrupt(m.to_string());
     if bytes.len() < SNAPSHOT_HEADER_LEN {
         return Err(corrupt("shorter than its header"));
@@ -200,7 +220,23 @@ pub(crate) fn decode_snapshot_file(bytes: &[u8]) -> Result<StoredSnapshot, Snaps
     if crc32fast::hash(body) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    bincode::deserialize(body).map_err(|e| SnapshotFileError::Corrupt(e.to_string()))
+    Ok(body)
+}
+
+/// The metadata of a snapshot file, after the same checks as
+/// [`decode_snapshot_file`] but without copying the image.
+fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMeta, SnapshotFileError> {
+    let body = checked_body(bytes)?;
+    // The image follows the metadata; bincode (1.x) reads a prefix.
+    bincode::deserialize::<MetaOnly>(body)
+        .map(|m| m.meta)
+        .map_err(|e| SnapshotFileError::Corrupt(e.to_string()))
+}
+
+/// The leading field of [`StoredSnapshot`], for reading the metadata alone.
+#[derive(Deserialize)]
+struct MetaOnly {
+    meta: SnapshotMeta,
 }
 
 fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, SnapshotFileError> {
@@ -234,7 +270,7 @@ pub(crate) fn write_snapshot_bytes(dir: &Path, bytes: &[u8]) -> std::io::Result<
 pub struct SnapshotBuilder {
     state: SharedState,
     snapshot_dir: PathBuf,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
+    current: Arc<Mutex<Option<SnapshotMeta>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -276,12 +312,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             total_ms = started.elapsed().as_millis() as u64,
             "built snapshot"
         );
-        let out = Snapshot {
-            meta: snap.meta.clone(),
-            snapshot: Box::new(Cursor::new(snap.image.clone())),
-        };
-        *current.lock().map_err(|_| poisoned())? = Some(snap);
-        Ok(out)
+        *current.lock().map_err(|_| poisoned())? = Some(snap.meta.clone());
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.image)),
+        })
     }
 }
 
@@ -392,8 +427,7 @@ impl RaftStateMachine<TypeConfig> for HoltStateMachine {
             image,
         };
         let dir = self.snapshot_dir.clone();
-        let to_write = snap.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &to_write))
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &snap))
             .await
             .map_err(snapshot_write_err)?
             .map_err(snapshot_write_err)?;
@@ -404,15 +438,22 @@ impl RaftStateMachine<TypeConfig> for HoltStateMachine {
             s.membership = meta.last_membership.clone();
         }
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from leader");
-        *self.current.lock().map_err(|_| poisoned())? = Some(snap);
+        *self.current.lock().map_err(|_| poisoned())? = Some(meta.clone());
         Ok(())
     }
 
+    /// Read back from the file (a follower that needs a snapshot is rare;
+    /// keeping the image in memory for it cost as much as a third of the
+    /// live state).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self.current.lock().map_err(|_| poisoned())?;
-        Ok(current.as_ref().map(|snap| Snapshot {
-            meta: snap.meta.clone(),
-            snapshot: Box::new(Cursor::new(snap.image.clone())),
+        let path = self.snapshot_dir.join("current");
+        let snap = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+            .await
+            .map_err(sm_read_err)?
+            .map_err(sm_read_err)?;
+        Ok(snap.map(|snap| Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.image)),
         }))
     }
 }
@@ -446,6 +487,40 @@ mod tests {
         let back = decode_snapshot_file(&bytes).expect("decode");
         assert_eq!(back.image, snap.image);
         assert_eq!(back.meta.snapshot_id, "s1");
+        let meta = decode_snapshot_meta(&bytes).expect("meta alone");
+        assert_eq!(meta.snapshot_id, "s1");
+        assert!(decode_snapshot_meta(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// The image is not kept in memory: what a follower or the archiver
+    /// gets is read back from the file, and it is the snapshot just built.
+    #[tokio::test]
+    async fn a_built_snapshot_is_served_from_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = HoltStateMachine::open(dir.path(), HoltConfig::default()).expect("open");
+        assert!(sm.get_current_snapshot().await.expect("read").is_none());
+        let handle = sm.snapshot_handle();
+        assert!(handle.current_file().expect("no file yet").is_none());
+        let built = sm.builder().build_snapshot().await.expect("build");
+        let image = built.snapshot.into_inner();
+        let served = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(served.meta.snapshot_id, built.meta.snapshot_id);
+        assert_eq!(served.snapshot.into_inner(), image);
+        // It covers no log entry: nothing for the archiver.
+        assert!(handle.current_file().expect("read").is_none());
+        assert_eq!(handle.last_log_id(), None);
+        // A damaged file is an error, not a wrong snapshot.
+        let path = dir.path().join("current");
+        let mut bytes = fs::read(&path).expect("file");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes).expect("write");
+        assert!(sm.get_current_snapshot().await.is_err());
+        assert!(handle.current_file().is_err());
     }
 
     #[test]
@@ -470,7 +545,7 @@ mod tests {
         let sm = HoltStateMachine::open(dir.path(), HoltConfig::default()).expect("open");
         let current = sm.current.lock().expect("lock");
         assert_eq!(
-            current.as_ref().map(|s| s.meta.snapshot_id.clone()),
+            current.as_ref().map(|meta| meta.snapshot_id.clone()),
             Some("s1".into())
         );
     }
