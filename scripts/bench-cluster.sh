@@ -9,29 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT="${1:-20000}"
 BD="${BREAKDOWN:+--breakdown}"
-cargo build --release -p nokv-cli --bin nokv >/dev/null
-NOKV="$PWD/target/release/nokv"
-DATA="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-BASE=17400
-MEMBERS=""
-for id in 1 2 3; do
-  port=$((BASE + id))
-  "$NOKV" serve --node-id "$id" --addr "127.0.0.1:$port" --data-dir "$DATA/n$id" \
-    >"$DATA/n$id.log" 2>&1 &
-  PIDS+=("$!")
-  MEMBERS="${MEMBERS:+$MEMBERS,}$id=127.0.0.1:$port"
-done
-export NOKV_ENDPOINTS="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
-# `cluster init` retries until the first member answers, then waits for a leader.
-"$NOKV" cluster init --members "$MEMBERS" --wait 30s
+# shellcheck source=lib/three-nodes.sh
+source scripts/lib/three-nodes.sh
 "$NOKV" status
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"

@@ -104,7 +104,8 @@ pub struct BenchArgs {
     /// For `create` and `stat`: also print where the time went, stage by
     /// stage (validation, proposal queue, log append and fsync, replication,
     /// apply, read index, ...), from the stage histograms of every
-    /// endpoint, read before and after the run.
+    /// endpoint, read before and after the run. For `soak`: each minute,
+    /// the worst p99 of every stage across the nodes.
     #[arg(long)]
     pub breakdown: bool,
     /// For `create`: each operation is one bulk create of this many files

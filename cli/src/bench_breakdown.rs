@@ -159,14 +159,9 @@ struct Row {
     hist: StageHist,
 }
 
-/// Prints what happened between `before` and `after`, beside the client's
-/// own latency histogram (microseconds) of the run.
-pub fn print(
-    before: &Snapshot,
-    after: &Snapshot,
-    client_hist: &Histogram<u64>,
-    g: &GlobalArgs,
-) -> anyhow::Result<()> {
+/// Every (node, shard, stage) with samples taken between `before` and
+/// `after`, as the difference of the two histograms.
+fn rows_between(before: &Snapshot, after: &Snapshot) -> Vec<Row> {
     let mut rows = Vec::new();
     for (endpoint, node) in &after.nodes {
         let old = before.nodes.get(endpoint);
@@ -192,6 +187,18 @@ pub fn print(
             }
         }
     }
+    rows
+}
+
+/// Prints what happened between `before` and `after`, beside the client's
+/// own latency histogram (microseconds) of the run.
+pub fn print(
+    before: &Snapshot,
+    after: &Snapshot,
+    client_hist: &Histogram<u64>,
+    g: &GlobalArgs,
+) -> anyhow::Result<()> {
+    let rows = rows_between(before, after);
     let client_ms = |q: f64| client_hist.value_at_quantile(q) as f64 / 1000.0;
     if g.json {
         let stages: Vec<_> = rows
@@ -272,6 +279,22 @@ pub fn print(
     Ok(())
 }
 
+/// Per stage, the highest p99 (ms) any node recorded between `before` and
+/// `after`, in the order the stages appear on the nodes; stages with no
+/// sample are left out. One number per stage is what a long run can print
+/// each minute: the slowest replica is the one a stall waits on.
+pub fn worst_p99s(before: &Snapshot, after: &Snapshot) -> Vec<(String, f64)> {
+    let mut worst: Vec<(String, f64)> = Vec::new();
+    for row in rows_between(before, after) {
+        let p99 = row.hist.quantile_ms(0.99);
+        match worst.iter_mut().find(|(name, _)| *name == row.stage) {
+            Some((_, w)) => *w = w.max(p99),
+            None => worst.push((row.stage, p99)),
+        }
+    }
+    worst
+}
+
 /// Reads the histograms, with the reason when none answered.
 pub async fn must_take(client: &nokv_client::Client) -> anyhow::Result<Snapshot> {
     let s = take(client).await;
@@ -315,6 +338,33 @@ mod tests {
         assert!(h.quantile_ms(0.5) <= 1.0);
         assert!(h.quantile_ms(0.99) > 4.0 && h.quantile_ms(0.99) <= 8.0);
         assert_eq!(hist(&[0, 0, 0, 0]).quantile_ms(0.5), 0.0);
+    }
+
+    #[test]
+    fn the_worst_p99_of_a_stage_is_the_slowest_node_in_between() {
+        use super::{NodeStages, Snapshot};
+        use nokv_proto::pb::Role;
+        let node = |id: u64, h: StageHist| NodeStages {
+            node_id: id,
+            shards: [(0, (Role::Leader, vec![("log_append".to_string(), h)]))].into(),
+        };
+        let snap = |a: StageHist, b: StageHist| Snapshot {
+            nodes: [
+                ("n1".to_string(), node(1, a)),
+                ("n2".to_string(), node(2, b)),
+            ]
+            .into(),
+        };
+        let before = snap(hist(&[10, 0, 0, 0]), hist(&[0, 0, 0, 0]));
+        // n1 had 100 more in (4, 8] ms; n2 100 in (1, 2] ms; n1's old
+        // samples in the first bucket do not count.
+        let after = snap(hist(&[10, 0, 0, 100]), hist(&[0, 100, 0, 0]));
+        let worst = super::worst_p99s(&before, &after);
+        assert_eq!(worst.len(), 1);
+        assert_eq!(worst[0].0, "log_append");
+        assert!(worst[0].1 > 4.0 && worst[0].1 <= 8.0, "{worst:?}");
+        // Nothing in between: nothing to report.
+        assert!(super::worst_p99s(&after, &after).is_empty());
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! it. Latency is
 //! measured from each operation's scheduled start, so a stall shows as
 //! latency rather than as a slower schedule.
+//!
+//! Each minute also shows how the machine's CPU time was spent (busy, idle,
+//! and stolen by the hypervisor for other guests) and, with `--breakdown`,
+//! the worst p99 of every server stage across the nodes: together they tell
+//! a slow minute spent in the cluster from one spent waiting for a free
+//! slot (`--concurrency`) on a machine that lost its CPU or disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +37,53 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The machine's CPU time counters (Linux `/proc/stat`, first line): busy,
+/// idle (with iowait) and stolen (taken by the hypervisor for other
+/// guests), in clock ticks since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct CpuTicks {
+    busy: u64,
+    idle: u64,
+    steal: u64,
+}
+
+impl CpuTicks {
+    fn read() -> Option<CpuTicks> {
+        CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<CpuTicks> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]
+        // (guest time is already counted in user and nice).
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        Some(CpuTicks {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        })
+    }
+
+    /// Percentages (busy, idle, steal) of the time between `before` and
+    /// `self`.
+    fn percent_since(&self, before: &CpuTicks) -> (f64, f64, f64) {
+        let busy = self.busy.saturating_sub(before.busy) as f64;
+        let idle = self.idle.saturating_sub(before.idle) as f64;
+        let steal = self.steal.saturating_sub(before.steal) as f64;
+        let total = (busy + idle + steal).max(1.0);
+        (
+            100.0 * busy / total,
+            100.0 * idle / total,
+            100.0 * steal / total,
+        )
+    }
 }
 
 /// One step `i`: create f{i}, stat f{i}, remove f{i - window}.
@@ -143,8 +196,14 @@ pub async fn run(
                 None => String::new(),
             }
         );
-        outln!("minute  steps/s  errors  p50_ms  p99_ms  p999_ms  max_ms  rss_mib(per pid)");
+        outln!("minute  steps/s  errors  p50_ms  p99_ms  p999_ms  max_ms  cpu%busy/idle/steal  rss_mib(per pid)");
     }
+    let mut stages_before = if args.breakdown {
+        Some(crate::bench_breakdown::must_take(client).await?)
+    } else {
+        None
+    };
+    let mut cpu_before = CpuTicks::read();
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let period = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
@@ -201,6 +260,22 @@ pub async fn run(
         let secs = 60.0_f64;
         let rss: Vec<Option<u64>> = args.pid.iter().map(|p| rss_bytes(*p)).collect();
         let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
+        // The whole machine's CPU over the minute: a slow minute with much
+        // "steal" lost its CPU to other guests of the hypervisor.
+        let cpu_now = CpuTicks::read();
+        let cpu = match (cpu_now, cpu_before) {
+            (Some(now), Some(before)) => Some(now.percent_since(&before)),
+            _ => None,
+        };
+        cpu_before = cpu_now;
+        // With --breakdown: the minute's worst p99 per server stage, to
+        // tell which stage a slow minute waited in.
+        let mut stages = Vec::new();
+        if let Some(before) = stages_before.take() {
+            let after = crate::bench_breakdown::take(client).await;
+            stages = crate::bench_breakdown::worst_p99s(&before, &after);
+            stages_before = Some(after);
+        }
         if g.json {
             print_json(&json!({
                 "minute": minute,
@@ -211,14 +286,24 @@ pub async fn run(
                 "p999_ms": ms(0.999),
                 "max_ms": h.max() as f64 / 1000.0,
                 "rss_bytes": rss,
+                "cpu_busy_pct": cpu.map(|c| c.0),
+                "cpu_idle_pct": cpu.map(|c| c.1),
+                "cpu_steal_pct": cpu.map(|c| c.2),
+                "stage_p99_ms": stages
+                    .iter()
+                    .map(|(name, p99)| (name.clone(), json!(p99)))
+                    .collect::<serde_json::Map<_, _>>(),
             }));
         } else {
             let rss: Vec<String> = rss
                 .iter()
                 .map(|r| r.map_or("?".into(), |b| format!("{:.0}", b as f64 / 1048576.0)))
                 .collect();
+            let cpu = cpu.map_or("?".into(), |(busy, idle, steal)| {
+                format!("{busy:.0}/{idle:.0}/{steal:.0}")
+            });
             outln!(
-                "{minute:>6}  {:>7.0}  {errors:>6}  {:>6.2}  {:>6.2}  {:>7.2}  {:>6.2}  {}",
+                "{minute:>6}  {:>7.0}  {errors:>6}  {:>6.2}  {:>6.2}  {:>7.2}  {:>6.2}  {cpu:>19}  {}",
                 h.len() as f64 / secs,
                 ms(0.5),
                 ms(0.99),
@@ -226,10 +311,44 @@ pub async fn run(
                 h.max() as f64 / 1000.0,
                 rss.join(" ")
             );
+            if !stages.is_empty() {
+                let parts: Vec<String> = stages
+                    .iter()
+                    .map(|(name, p99)| format!("{name} {p99:.1}"))
+                    .collect();
+                outln!("        stage p99 ms (worst node): {}", parts.join(", "));
+            }
         }
         if let Some(e) = first_error.lock().ok().and_then(|f| f.clone()) {
             tracing::warn!(minute, error = %e, "first error of the minute");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuTicks;
+
+    #[test]
+    fn cpu_shares_come_from_the_first_line_of_proc_stat() {
+        let before =
+            CpuTicks::parse("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").expect("parse");
+        assert_eq!(
+            before,
+            CpuTicks {
+                busy: 150,
+                idle: 850,
+                steal: 0
+            }
+        );
+        // Next minute: 300 busy, 500 idle, 200 stolen.
+        let after = CpuTicks::parse("cpu  350 0 100 1300 50 0 0 200 0 0\n").expect("parse");
+        let (busy, idle, steal) = after.percent_since(&before);
+        assert!((busy - 30.0).abs() < 1e-9, "{busy}");
+        assert!((idle - 50.0).abs() < 1e-9, "{idle}");
+        assert!((steal - 20.0).abs() < 1e-9, "{steal}");
+        assert!(CpuTicks::parse("intr 1 2 3\n").is_none());
+        assert!(CpuTicks::parse("cpu  1 x 3\n").is_none());
+    }
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Resident memory per inode (docs/benchmarks.md, "Memory per inode"):
+# starts three `nokv serve` processes on loopback (release build), creates
+# 10^5 and then 9 x 10^5 more empty files (`nokv bench create`, 64 at a
+# time) and prints each process's VmRSS after each step and the slope in
+# bytes per inode. Usage: bash scripts/bench-memory.sh [FIRST] [MORE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FIRST="${1:-100000}"
+MORE="${2:-900000}"
+# shellcheck source=lib/three-nodes.sh
+source scripts/lib/three-nodes.sh
+
+# VmRSS of every node process in KiB, space separated.
+rss() {
+  for pid in "${PIDS[@]}"; do awk '/^VmRSS:/{printf "%d ", $2}' "/proc/$pid/status"; done
+}
+mib() { for k in $1; do printf "%d " $((k / 1024)); done; }
+sum() { local t=0; for k in $1; do t=$((t + k)); done; echo "$t"; }
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+echo "resident MiB per process, empty: $(mib "$(rss)")"
+"$NOKV" bench create --concurrency 64 --count "$FIRST" | head -1
+AT_FIRST="$(rss)"
+echo "resident MiB per process at $FIRST inodes: $(mib "$AT_FIRST")"
+"$NOKV" bench create --concurrency 64 --count "$MORE" | head -1
+AT_ALL="$(rss)"
+echo "resident MiB per process at $((FIRST + MORE)) inodes: $(mib "$AT_ALL")"
+GROWTH_KIB=$(( ($(sum "$AT_ALL") - $(sum "$AT_FIRST")) / ${#PIDS[@]} ))
+echo "per inode per replica: $((GROWTH_KIB * 1024 / MORE)) bytes (mean slope of the three)"
+du -sh "$DATA"/n1/snapshot "$DATA"/n1/raft-log | sed 's/^/node 1 on disk: /'
