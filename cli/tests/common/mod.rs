@@ -58,12 +58,57 @@ const RAFT_TIMING: [&str; 6] = [
     "800ms",
 ];
 
-/// `N` distinct free loopback ports. All listeners are held until every
-/// port is chosen, so the ports differ from each other.
+/// `N` distinct loopback ports, each free when chosen.
+///
+/// Test servers start as separate processes that bind the port they are
+/// given, so a port can be taken between the choice and that bind. Two
+/// things used to take it: another test of this binary choosing the same
+/// port (the kernel hands a released ephemeral port out again), and an
+/// outgoing connection whose local port the kernel picked from the
+/// ephemeral range. So ports come from a counter shared by every test of
+/// this process, below the kernel's ephemeral range; the counter starts at
+/// an offset from the process id, so two test binaries run side by side
+/// rarely meet, and each port is still checked with a bind.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
-        .collect();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static RANGE: OnceLock<Option<(u32, u32)>> = OnceLock::new();
+    let range = *RANGE.get_or_init(|| {
+        const LOWEST: u32 = 10_000;
+        let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32_768);
+        let span = ephemeral_start
+            .checked_sub(LOWEST)
+            .filter(|&s| s >= 1_000)?;
+        NEXT.store(
+            std::process::id().wrapping_mul(7_919) % span,
+            Ordering::Relaxed,
+        );
+        Some((LOWEST, span))
+    });
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(N);
+    let mut attempts = 0;
+    while listeners.len() < N {
+        attempts += 1;
+        assert!(
+            attempts < 10_000,
+            "no free loopback port below the ephemeral range"
+        );
+        let port = match range {
+            Some((lowest, span)) => lowest + NEXT.fetch_add(1, Ordering::Relaxed) % span,
+            // The ephemeral range starts too low to stay below it.
+            None => 0,
+        };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
     std::array::from_fn(|i| {
         listeners[i]
             .local_addr()

@@ -11,7 +11,7 @@
 //! variants of the tests on a machine without `s3s-fs`.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
@@ -156,12 +156,12 @@ impl S3sServer {
         let root = dir.join("s3-root");
         std::fs::create_dir_all(root.join(BUCKET)).expect("create the bucket directory");
         let mut last_failure = String::new();
-        // A port chosen by binding port 0 may be taken before s3s-fs binds it.
+        // A port free when chosen may still be taken before s3s-fs binds it.
         for _attempt in 0..5 {
             let mut server = S3sServer {
                 binary: binary.clone(),
                 child: None,
-                port: free_port(),
+                port: super::free_ports::<1>()[0],
                 root: root.clone(),
                 log_path: dir.join("s3s-fs.log"),
             };
@@ -269,12 +269,4 @@ fn find_binary() -> Option<PathBuf> {
         .chain(cargo_home.map(|home| home.join("bin")))
         .map(|dir| dir.join("s3s-fs"))
         .find(|candidate| candidate.is_file())
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
 }
