@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenRecord;
 use crate::body::{GcTask, UploadId};
-use crate::engine::{Holt, InodeRecord, Namespace, Outcome, Pin, Staged};
+use crate::engine::{Holt, InodeRecord, Name, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
 use crate::fields::FieldSet;
 use crate::graft::GraftPoint;
@@ -95,7 +95,7 @@ struct ImageBodyRef<'a> {
     last_applied: LogIndex,
     next_local: u64,
     inodes: Vec<(&'a InodeId, &'a InodeRecord)>,
-    dentries: Vec<(&'a (InodeId, String), &'a InodeId)>,
+    dentries: Vec<(&'a (InodeId, Name), &'a InodeId)>,
     /// Oldest first, so decoding restores the eviction order.
     dedupe: Vec<(&'a RequestId, &'a Outcome)>,
     next_upload: u64,
@@ -153,7 +153,7 @@ type TokensImage = Vec<(u64, TokenRecord)>;
 struct PinImage {
     info: SnapshotInfo,
     inodes: Vec<(InodeId, Option<InodeRecord>)>,
-    dentries: Vec<((InodeId, String), Option<InodeId>)>,
+    dentries: Vec<((InodeId, Name), Option<InodeId>)>,
 }
 
 /// `pinned` described as changes to `current`.
@@ -207,7 +207,7 @@ struct ImageBody {
     last_applied: LogIndex,
     next_local: u64,
     inodes: Vec<(InodeId, InodeRecord)>,
-    dentries: Vec<((InodeId, String), InodeId)>,
+    dentries: Vec<((InodeId, Name), InodeId)>,
     dedupe: Vec<(RequestId, Outcome)>,
     next_upload: u64,
     next_generation: u64,
@@ -466,7 +466,7 @@ impl ImageBody {
                 .map(|(id, _)| *id)
                 .chain(changed_fields.iter().map(|(id, _)| *id))
                 .collect();
-            let changed_entries: Vec<(InodeId, String)> =
+            let changed_entries: Vec<(InodeId, Name)> =
                 pin.dentries.iter().map(|(key, _)| key.clone()).collect();
             let mut pinned = Namespace {
                 shard: ns.shard,

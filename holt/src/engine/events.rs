@@ -5,10 +5,8 @@
 //! afterwards), then, only if the command succeeded, turns those targets
 //! and the result into events with [`Holt::emit_events`].
 
-use std::ops::Bound;
-
 use super::resolve::Place;
-use super::{Applied, Holt, Namespace, Stamp};
+use super::{Applied, Holt, Name, Namespace, Stamp};
 use crate::command::{EntryRef, InodeRef, Op};
 use crate::error::FsError;
 use crate::path::split_path;
@@ -48,9 +46,9 @@ fn normalized(path: &str) -> Option<String> {
 }
 
 impl Namespace {
-    /// The path of a directory, found through parent pointers and a search
-    /// of each parent's entries for its name. Only for commands that name
-    /// their target by id or (directory, name).
+    /// The path of a directory, climbed through the reverse links (a
+    /// directory has exactly one name), O(depth * log n). Only for commands
+    /// that name their target by id or (directory, name).
     pub(crate) fn dir_path(&self, dir: InodeId) -> Option<String> {
         let root = self.root();
         let mut names = Vec::new();
@@ -60,16 +58,13 @@ impl Namespace {
                 names.reverse();
                 return Some(format!("/{}", names.join("/")));
             }
-            let parent = self.parent_of(current);
-            let start = Bound::Included((parent, String::new()));
-            let name = self
-                .dentries
-                .range((start, Bound::Unbounded))
-                .take_while(|((p, _), _)| *p == parent)
-                .find(|(_, child)| **child == current)
-                .map(|((_, name), _)| name.clone())?;
-            names.push(name);
-            current = parent;
+            let (_, parent, name) = self
+                .links
+                .range((current, InodeId(0), Name::empty())..)
+                .next()
+                .filter(|(child, _, _)| *child == current)?;
+            names.push(name.to_string());
+            current = *parent;
         }
         None
     }

@@ -121,7 +121,7 @@ impl Namespace {
                 .ok_or_else(|| format!("graft point {name:?} in {parent} is unreachable"))?;
             let point = GraftPoint {
                 parent: *parent,
-                name: name.clone(),
+                name: name.to_string(),
                 path,
             };
             if found.insert(shard, point).is_some() {

@@ -17,7 +17,7 @@
 
 use imbl::OrdSet;
 
-use super::Namespace;
+use super::{Name, Namespace};
 use crate::body::BodySummary;
 use crate::error::FsError;
 use crate::fields::{index_entries, FieldSet, IndexKey, IndexRange};
@@ -38,12 +38,13 @@ const MAX_UNINDEXED_CHECKS: usize = 1024;
 pub(crate) struct Derived {
     pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
     pub(crate) unindexed: OrdSet<InodeId>,
-    pub(crate) links: OrdSet<(InodeId, InodeId, String)>,
+    pub(crate) links: OrdSet<(InodeId, InodeId, Name)>,
 }
 
 impl Namespace {
     /// Adds the entry `name` in `parent`.
-    pub(crate) fn put_entry(&mut self, parent: InodeId, name: String, child: InodeId) {
+    pub(crate) fn put_entry(&mut self, parent: InodeId, name: impl Into<Name>, child: InodeId) {
+        let name = name.into();
         if child.shard() == self.shard {
             self.links.insert((child, parent, name.clone()));
         }
@@ -52,8 +53,9 @@ impl Namespace {
 
     /// Removes the entry `name` in `parent`, if any.
     pub(crate) fn remove_entry(&mut self, parent: InodeId, name: &str) {
-        if let Some(child) = self.dentries.remove(&(parent, name.to_string())) {
-            self.links.remove(&(child, parent, name.to_string()));
+        let key = (parent, Name::from(name));
+        if let Some(child) = self.dentries.remove(&key) {
+            self.links.remove(&(child, parent, key.1));
         }
     }
 
@@ -128,9 +130,9 @@ impl Namespace {
         let mut found = Vec::new();
         let mut names: Vec<(InodeId, String)> = self
             .links
-            .range((inode, InodeId(0), String::new())..)
+            .range((inode, InodeId(0), Name::empty())..)
             .take_while(|(child, _, _)| *child == inode)
-            .map(|(_, parent, name)| (*parent, name.clone()))
+            .map(|(_, parent, name)| (*parent, name.to_string()))
             .collect();
         if inode == dir {
             found.push(String::new());
@@ -166,7 +168,7 @@ impl Namespace {
             }
             let (_, parent, name) = self
                 .links
-                .range((d, InodeId(0), String::new())..)
+                .range((d, InodeId(0), Name::empty())..)
                 .next()
                 .filter(|(child, _, _)| *child == d)?;
             parts.push(name.as_str());
@@ -289,7 +291,7 @@ impl Namespace {
     pub(crate) fn patch_derived(
         &mut self,
         base: &Namespace,
-        changed_entries: &[(InodeId, String)],
+        changed_entries: &[(InodeId, Name)],
         mut changed_inodes: Vec<InodeId>,
     ) {
         for key in changed_entries {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
-use super::{Holt, InodeRecord};
+use super::{Holt, InodeRecord, Name};
 use crate::body::{
     shard_block_prefix, validate_body_parts, Body, GcTarget, PublishMode, MAX_STAGED_UPLOADS,
 };
@@ -92,7 +92,10 @@ impl Holt {
         }
         for (id, pin) in &self.snapshots {
             for (shard, graft) in &pin.ns.grafts {
-                let child = pin.ns.dentries.get(&(graft.parent, graft.name.clone()));
+                let child = pin
+                    .ns
+                    .dentries
+                    .get(&(graft.parent, Name::from(graft.name.as_str())));
                 if *shard == self.shard || child != Some(&InodeId::root(*shard)) {
                     return Err(format!("{id}: its graft registry names a missing graft"));
                 }
@@ -163,7 +166,7 @@ impl Holt {
             }
             _ => {}
         }
-        for (name, value) in &record.xattrs {
+        for (name, value) in record.xattrs.iter() {
             validate_xattr_name(name)
                 .and_then(|()| validate_xattr_value(value))
                 .map_err(|e| format!("inode {id}: {e}"))?;
@@ -232,7 +235,7 @@ impl Holt {
         while let Some(dir) = queue.pop() {
             let children = self
                 .dentries
-                .range((Bound::Included((dir, String::new())), Bound::Unbounded))
+                .range((Bound::Included((dir, Name::empty())), Bound::Unbounded))
                 .take_while(|((parent, _), _)| *parent == dir);
             for (_, child) in children.filter(|(_, child)| !self.is_foreign(**child)) {
                 if seen.insert(*child) && self.directory(*child).is_ok() {

@@ -6,7 +6,6 @@
 //! after the checks skip silently if it is (impossibly) absent rather than
 //! return an error in the middle of a mutation.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::resolve::{describe_entry, describe_inode, Place};
@@ -542,8 +541,8 @@ impl Holt {
         };
         let record = InodeRecord {
             attr: attr.clone(),
-            symlink_target: new.symlink_target,
-            xattrs: BTreeMap::new(),
+            symlink_target: new.symlink_target.map(String::into_boxed_str),
+            xattrs: Default::default(),
             parent: is_dir.then_some(parent),
             body: None,
         };
@@ -568,7 +567,7 @@ impl Holt {
         if nlink <= 1 {
             if let Some(record) = self.inodes.remove(&id) {
                 self.drop_fields(id);
-                self.retire_body(id, Arc::unwrap_or_clone(record).body, stamp);
+                self.retire_body(id, Arc::unwrap_or_clone(record).body.map(|b| *b), stamp);
             }
         } else if let Some(record) = self.record_mut(id) {
             record.attr.nlink = nlink - 1;

@@ -457,7 +457,7 @@ impl Holt {
                     attr.generation = plan.body.generation;
                     attr.mtime_ns = stamp.time_ns;
                     touch_change(attr, stamp);
-                    old = record.body.replace(plan.body);
+                    old = record.body.replace(Box::new(plan.body)).map(|b| *b);
                     found = true;
                 }
                 if found {
@@ -494,7 +494,7 @@ impl Holt {
             symlink_target: None,
             xattrs: Default::default(),
             parent: None,
-            body: Some(plan.body),
+            body: Some(Box::new(plan.body)),
         };
         self.inodes.insert(id, Arc::new(record));
         self.put_entry(plan.parent, plan.name, id);

@@ -3,7 +3,7 @@
 use std::ops::Bound;
 
 use super::resolve::describe_inode;
-use super::{Holt, Namespace};
+use super::{Holt, Name, Namespace};
 use crate::body::GcTarget;
 use crate::command::InodeRef;
 use crate::error::FsError;
@@ -159,7 +159,7 @@ impl Namespace {
         match record.attr.file_type {
             FileType::File => Ok(QueryResult::Body {
                 attr: record.attr.clone(),
-                body: record.body.clone(),
+                body: record.body.as_deref().cloned(),
             }),
             FileType::Directory => Err(FsError::IsADirectory(describe_inode(inode))),
             FileType::Symlink => Err(FsError::InvalidArgument(format!(
@@ -199,8 +199,8 @@ impl Namespace {
             limit
         } as usize;
         let start = match after {
-            Some(name) => Bound::Excluded((id, name.to_string())),
-            None => Bound::Included((id, String::new())),
+            Some(name) => Bound::Excluded((id, Name::from(name))),
+            None => Bound::Included((id, Name::empty())),
         };
         let mut entries = Vec::new();
         let mut more = false;
@@ -220,7 +220,7 @@ impl Namespace {
                 self.record(*child)?.attr.clone()
             };
             entries.push(DirEntry {
-                name: name.clone(),
+                name: name.to_string(),
                 attr,
             });
         }
@@ -236,7 +236,7 @@ impl Namespace {
         let id = self.inode(inode)?;
         let record = self.record(id)?;
         match (&record.attr.file_type, &record.symlink_target) {
-            (FileType::Symlink, Some(target)) => Ok(QueryResult::Target(target.clone())),
+            (FileType::Symlink, Some(target)) => Ok(QueryResult::Target(target.to_string())),
             _ => Err(FsError::InvalidArgument(format!(
                 "{} is not a symlink",
                 describe_inode(inode)

@@ -13,7 +13,7 @@
 
 use std::ops::Bound;
 
-use super::{InodeRecord, Namespace};
+use super::{InodeRecord, Name, Namespace};
 use crate::command::{EntryRef, InodeRef};
 use crate::error::FsError;
 use crate::graft::GraftPoint;
@@ -105,12 +105,12 @@ impl Namespace {
     }
 
     pub(crate) fn child(&self, parent: InodeId, name: &str) -> Option<InodeId> {
-        self.dentries.get(&(parent, name.to_string())).copied()
+        self.dentries.get(&(parent, Name::from(name))).copied()
     }
 
     pub(crate) fn has_children(&self, dir: InodeId) -> bool {
         self.dentries
-            .range((Bound::Included((dir, String::new())), Bound::Unbounded))
+            .range((Bound::Included((dir, Name::empty())), Bound::Unbounded))
             .next()
             .is_some_and(|((parent, _), _)| *parent == dir)
     }

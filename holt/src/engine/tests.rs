@@ -829,6 +829,24 @@ fn remove_xattr_flags() {
     assert_eq!(list, Ok(QueryResult::XattrNames(vec![])));
 }
 
+/// Removing the last attribute leaves the same record as never having one
+/// (replicas compare equal whether they applied the log or decoded an
+/// image), and a record stays the size its docs promise.
+#[test]
+fn records_stay_small_and_canonical() {
+    assert_eq!(std::mem::size_of::<InodeRecord>(), 120);
+    let mut f = Fixture::new();
+    f.ok(mkdir("/d"));
+    let id = f.attr("/d").inode;
+    f.ok(set_xattr("/d", "k", b"v", XattrFlag::Upsert));
+    assert!(f.holt.record(id).expect("a record").xattrs != Xattrs::default());
+    f.ok(remove_xattr("/d", "k"));
+    assert_eq!(
+        f.holt.record(id).expect("a record").xattrs,
+        Xattrs::default()
+    );
+}
+
 #[test]
 fn xattr_validation() {
     let mut f = Fixture::new();
