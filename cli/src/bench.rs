@@ -97,6 +97,12 @@ pub struct BenchArgs {
     /// For `soak`: how long, in minutes.
     #[arg(long, default_value_t = 30)]
     pub minutes: u64,
+    /// For `soak`: steps in flight at most (default: 4 x --concurrency).
+    /// The schedule is open loop, so this is only a safety valve: a limit
+    /// the offered rate reaches turns server latency into queueing in the
+    /// bench (latency counts from each step's scheduled start).
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
     /// For `soak`: a node process whose resident memory is reported each
     /// minute (repeat for each; e.g. the `nokv dev` process).
     #[arg(long)]

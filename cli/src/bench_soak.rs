@@ -7,18 +7,23 @@
 //! The load is a mix that keeps the namespace at a steady size: each step
 //! creates one file, stats a recent one (linearizable unless --stale) and
 //! removes the one created `--files` steps before, so the namespace holds
-//! about `--files` entries. Steps start on a fixed schedule (open loop, at
-//! most `--concurrency` in flight); without `--rate`, a closed loop first
-//! measures the sustained peak (see [`peak`]) and the soak offers 80 % of
-//! it. Latency is
-//! measured from each operation's scheduled start, so a stall shows as
-//! latency rather than as a slower schedule.
+//! about `--files` entries. Steps start on a fixed schedule (open loop);
+//! without `--rate`, `--concurrency` clients first measure the sustained
+//! peak in a closed loop (see [`peak`]) and the soak offers 80 % of it.
+//! Latency is measured from each step's scheduled start, so a stall shows
+//! as latency rather than as a slower schedule. `--max-in-flight` (4 x
+//! `--concurrency` by default) bounds the steps in flight; it is a safety
+//! valve, not a load shape: at the concurrency of the peak, 80 % of the
+//! peak keeps nearly as many steps in flight as the peak did (a step costs
+//! three group-commit cycles at any load), so that limit would turn a slow
+//! second into a backlog the schedule never recovers from. Minutes are
+//! reported as their steps finish, while the next minute runs on time.
 //!
 //! Each minute also shows how the machine's CPU time was spent (busy, idle,
 //! and stolen by the hypervisor for other guests) and, with `--breakdown`,
 //! the worst p99 of every server stage across the nodes: together they tell
 //! a slow minute spent in the cluster from one spent waiting for a free
-//! slot (`--concurrency`) on a machine that lost its CPU or disk.
+//! slot (`--max-in-flight`) on a machine that lost its CPU or disk.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,12 +192,18 @@ pub async fn run(
         .mkdir(&soak_dir, true)
         .await
         .with_context(|| format!("mkdir {soak_dir}"))?;
+    let max_in_flight = args
+        .max_in_flight
+        .unwrap_or(args.concurrency.max(1) * 4)
+        .max(1);
     if !g.json {
         outln!(
-            "soak: {rate:.0} steps/s (create + stat + remove) for {minutes} min, at most {} in flight{}",
-            args.concurrency,
+            "soak: {rate:.0} steps/s (create + stat + remove) for {minutes} min, at most {max_in_flight} in flight{}",
             match peak_rate {
-                Some(p) => format!(", 80 % of a measured peak of {p:.0}/s"),
+                Some(p) => format!(
+                    ", 80 % of the peak of {p:.0}/s that {} clients sustain in a closed loop",
+                    args.concurrency
+                ),
                 None => String::new(),
             }
         );
@@ -204,62 +215,32 @@ pub async fn run(
         None
     };
     let mut cpu_before = CpuTicks::read();
-    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now();
-    let window = args.files as u64;
-    let mut i: u64 = 0;
-    for minute in 1..=minutes {
-        let hist = Arc::new(std::sync::Mutex::new(
-            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?,
-        ));
-        let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-        let minute_end = start + Duration::from_secs(60 * minute);
-        let mut inflight = tokio::task::JoinSet::new();
-        loop {
-            let due = start + period.mul_f64(i as f64);
-            if due >= minute_end {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-            let permit = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .context("the in-flight limit closed")?;
-            let (client, dir) = (client.clone(), soak_dir.clone());
-            let (hist, errors, first_error) = (hist.clone(), errors.clone(), first_error.clone());
-            inflight.spawn(async move {
-                let _permit = permit;
-                let result = step(&client, &dir, i, window, consistency).await;
-                let micros = due.elapsed().as_micros() as u64;
-                match result {
-                    Ok(()) => {
-                        if let Ok(mut h) = hist.lock() {
-                            h.saturating_record(micros.max(1));
-                        }
-                    }
-                    Err(e) => {
-                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if let Ok(mut f) = first_error.lock() {
-                            f.get_or_insert_with(|| e.to_string());
-                        }
-                    }
-                }
-            });
-            i += 1;
-        }
-        // The minute's steps finish before it is reported.
-        while inflight.join_next().await.is_some() {}
-        let h = hist
+    // The schedule runs in its own task and never waits for a report: each
+    // minute's steps go to the reporter below, which waits for them to
+    // finish while the next minute's steps already start on time.
+    let (minutes_tx, mut minutes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let launcher = tokio::spawn(schedule(Schedule {
+        client: client.clone(),
+        dir: soak_dir,
+        rate,
+        minutes,
+        window: args.files as u64,
+        max_in_flight,
+        consistency,
+        minutes_tx,
+    }));
+    while let Some(mut run) = minutes_rx.recv().await {
+        while run.steps.join_next().await.is_some() {}
+        let minute = run.minute;
+        let h = run
+            .hist
             .lock()
             .map(|h| h.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         let secs = 60.0_f64;
         let rss: Vec<Option<u64>> = args.pid.iter().map(|p| rss_bytes(*p)).collect();
-        let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
+        let errors = run.errors.load(std::sync::atomic::Ordering::Relaxed);
         // The whole machine's CPU over the minute: a slow minute with much
         // "steal" lost its CPU to other guests of the hypervisor.
         let cpu_now = CpuTicks::read();
@@ -319,8 +300,92 @@ pub async fn run(
                 outln!("        stage p99 ms (worst node): {}", parts.join(", "));
             }
         }
-        if let Some(e) = first_error.lock().ok().and_then(|f| f.clone()) {
+        if let Some(e) = run.first_error.lock().ok().and_then(|f| f.clone()) {
             tracing::warn!(minute, error = %e, "first error of the minute");
+        }
+    }
+    launcher.await.context("the soak schedule failed")?
+}
+
+/// What the schedule of a soak needs.
+struct Schedule {
+    client: nokv_client::Client,
+    dir: String,
+    rate: f64,
+    minutes: u64,
+    window: u64,
+    max_in_flight: usize,
+    consistency: nokv_client::Consistency,
+    minutes_tx: tokio::sync::mpsc::UnboundedSender<MinuteRun>,
+}
+
+/// The steps scheduled in one minute, and what they recorded.
+struct MinuteRun {
+    minute: u64,
+    steps: tokio::task::JoinSet<()>,
+    hist: Arc<std::sync::Mutex<Histogram<u64>>>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Starts step `i` at `start + i / rate` (open loop), handing each
+/// minute's steps to the reporter as the minute ends.
+async fn schedule(s: Schedule) -> anyhow::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(s.max_in_flight));
+    let period = Duration::from_secs_f64(1.0 / s.rate);
+    let start = Instant::now();
+    let mut i: u64 = 0;
+    for minute in 1..=s.minutes {
+        let mut run = MinuteRun {
+            minute,
+            steps: tokio::task::JoinSet::new(),
+            hist: Arc::new(std::sync::Mutex::new(
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram bounds")?,
+            )),
+            errors: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            first_error: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let minute_end = start + Duration::from_secs(60 * minute);
+        loop {
+            let due = start + period.mul_f64(i as f64);
+            if due >= minute_end {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .context("the in-flight limit closed")?;
+            let (client, dir) = (s.client.clone(), s.dir.clone());
+            let (hist, errors, first_error) = (
+                run.hist.clone(),
+                run.errors.clone(),
+                run.first_error.clone(),
+            );
+            let (window, consistency) = (s.window, s.consistency);
+            run.steps.spawn(async move {
+                let _permit = permit;
+                let result = step(&client, &dir, i, window, consistency).await;
+                let micros = due.elapsed().as_micros() as u64;
+                match result {
+                    Ok(()) => {
+                        if let Ok(mut h) = hist.lock() {
+                            h.saturating_record(micros.max(1));
+                        }
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Ok(mut f) = first_error.lock() {
+                            f.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+            });
+            i += 1;
+        }
+        if s.minutes_tx.send(run).is_err() {
+            break; // The reporter is gone.
         }
     }
     Ok(())
