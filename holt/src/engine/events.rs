@@ -6,7 +6,7 @@
 //! and the result into events with [`Holt::emit_events`].
 
 use super::resolve::Place;
-use super::{Applied, Holt, Name, Namespace, Stamp};
+use super::{Applied, Holt, Namespace, Stamp};
 use crate::command::{EntryRef, InodeRef, Op};
 use crate::error::FsError;
 use crate::path::split_path;
@@ -50,23 +50,8 @@ impl Namespace {
     /// directory has exactly one name), O(depth * log n). Only for commands
     /// that name their target by id or (directory, name).
     pub(crate) fn dir_path(&self, dir: InodeId) -> Option<String> {
-        let root = self.root();
-        let mut names = Vec::new();
-        let mut current = dir;
-        for _ in 0..=self.inodes.len() {
-            if current == root {
-                names.reverse();
-                return Some(format!("/{}", names.join("/")));
-            }
-            let (_, parent, name) = self
-                .links
-                .range((current, InodeId(0), Name::empty())..)
-                .next()
-                .filter(|(child, _, _)| *child == current)?;
-            names.push(name.to_string());
-            current = *parent;
-        }
-        None
+        self.dir_path_below(dir, self.root())
+            .map(|path| format!("/{path}"))
     }
 
     fn entry_path(&self, at: &EntryRef) -> Option<String> {

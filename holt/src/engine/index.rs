@@ -155,7 +155,7 @@ impl Namespace {
     /// The path of directory `d` relative to `dir`, if `d` is `dir` or
     /// below it. Directories have one name; the climb is bounded by the
     /// namespace's depth (and by its size, should a corrupt state loop).
-    fn dir_path_below(&self, mut d: InodeId, dir: InodeId) -> Option<String> {
+    pub(super) fn dir_path_below(&self, mut d: InodeId, dir: InodeId) -> Option<String> {
         let mut parts: Vec<&str> = Vec::new();
         let root = InodeId::root(self.shard);
         for _ in 0..=self.inodes.len() {
