@@ -19,6 +19,16 @@ pub enum LogStoreError {
         source: sled::Error,
     },
 
+    /// The fsync that follows sled's flush (see the `sync` module) failed on `path`.
+    #[error("failed to sync {} to disk: {source}", path.display())]
+    Sync {
+        /// The file or directory being synced.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A sled operation (read, write, flush, tree open) failed.
     #[error("sled error: {0}")]
     Sled(#[from] sled::Error),

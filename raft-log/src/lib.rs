@@ -21,6 +21,8 @@ pub mod schema;
 
 mod error;
 mod store;
+mod sync;
 
 pub use error::LogStoreError;
 pub use store::{LogStateSummary, SledLogDb, SledLogStore};
+pub use sync::SyncCounts;

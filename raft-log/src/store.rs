@@ -21,6 +21,7 @@ use crate::schema::{
     decode_value, encode_value, log_key, logs_tree, meta_tree, parse_log_key, FORMAT_VERSION,
     KEY_COMMITTED, KEY_FORMAT_VERSION, KEY_LAST_PURGED, KEY_VOTE,
 };
+use crate::sync::{DataFiles, SyncCounts};
 
 /// Most purged entries one append deletes along with its own writes (see
 /// [`SledLogStore::purge`](RaftLogStorage::purge)).
@@ -45,16 +46,28 @@ fn write_gate(gate: &Gate) -> std::sync::RwLockWriteGuard<'_, ()> {
     gate.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A blocking flush of `db` on tokio's blocking pool, under the gate's shared side.
-async fn gated_flush(db: &sled::Db, gate: &Gate) -> Result<usize, LogStoreError> {
-    let (db, gate) = (db.clone(), gate.clone());
-    tokio::task::spawn_blocking(move || {
-        let _shared = read_gate(&gate);
-        db.flush()
-    })
-    .await
-    .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))?
-    .map_err(LogStoreError::from)
+/// A durable flush, blocking: sled's flush under the gate's shared side, then the fsync
+/// it leaves out ([`DataFiles::sync`]) outside the gate, so that the next writes need not
+/// wait for the disk. Returns the bytes sled flushed.
+fn flush_now(db: &sled::Db, gate: &Gate, files: &DataFiles) -> Result<usize, LogStoreError> {
+    let flushed = {
+        let _shared = read_gate(gate);
+        db.flush()?
+    };
+    files.sync()?;
+    Ok(flushed)
+}
+
+/// [`flush_now`] on tokio's blocking pool (the async workers carry heartbeats).
+async fn gated_flush(
+    db: &sled::Db,
+    gate: &Gate,
+    files: &Arc<DataFiles>,
+) -> Result<usize, LogStoreError> {
+    let (db, gate, files) = (db.clone(), gate.clone(), files.clone());
+    tokio::task::spawn_blocking(move || flush_now(&db, &gate, &files))
+        .await
+        .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("flush task: {e}"))))?
 }
 
 /// One node's sled database, shared by the logs of every Raft group the node hosts
@@ -66,6 +79,7 @@ async fn gated_flush(db: &sled::Db, gate: &Gate) -> Result<usize, LogStoreError>
 pub struct SledLogDb {
     db: sled::Db,
     gate: Gate,
+    files: Arc<DataFiles>,
 }
 
 impl fmt::Debug for SledLogDb {
@@ -90,12 +104,23 @@ impl SledLogDb {
         Ok(SledLogDb {
             db,
             gate: Gate::default(),
+            files: Arc::new(DataFiles::open(dir)?),
         })
     }
 
     /// The log store of Raft group `group` (see [`SledLogStore::for_group`]).
     pub fn group<C: RaftTypeConfig>(&self, group: u16) -> Result<SledLogStore<C>, LogStoreError> {
-        SledLogStore::gated(self.db.clone(), group, self.gate.clone())
+        SledLogStore::gated(
+            self.db.clone(),
+            group,
+            self.gate.clone(),
+            self.files.clone(),
+        )
+    }
+
+    /// How many syncs this database has done (see [`SyncCounts`]).
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.files.counts()
     }
 
     /// Whether group `group` has ever been opened in this database.
@@ -111,11 +136,12 @@ impl SledLogDb {
     /// Deletes every tree of group `group` and flushes. The caller must have stopped the
     /// group's Raft instance first.
     pub fn drop_group(&self, group: u16) -> Result<(), LogStoreError> {
-        let _exclusive = write_gate(&self.gate);
-        self.db.drop_tree(logs_tree(group))?;
-        self.db.drop_tree(meta_tree(group))?;
-        self.db.flush()?;
-        Ok(())
+        {
+            let _exclusive = write_gate(&self.gate);
+            self.db.drop_tree(logs_tree(group))?;
+            self.db.drop_tree(meta_tree(group))?;
+        }
+        flush_now(&self.db, &self.gate, &self.files).map(|_| ())
     }
 }
 
@@ -128,8 +154,10 @@ impl SledLogDb {
 ///
 /// sled buffers writes in memory; they reach the disk only when the database is flushed,
 /// explicitly or by the next explicit flush (the background flusher is off; see [`Gate`]). A
-/// flush persists *every* write made before it, across all trees. The store relies on that
-/// as follows:
+/// flush here is sled's flush followed by an `fdatasync` of sled's log file and an `fsync`
+/// of any new blob file, because sled's own flush stops at `sync_file_range` (see the
+/// `sync` module); "flush" below means both. A flush persists *every* write made before
+/// it, across all trees. The store relies on that as follows:
 ///
 /// - [`append`](RaftLogStorage::append) writes all entries in one atomic sled batch, then
 ///   awaits a flush (the blocking fsync runs on tokio's blocking pool, not on the async
@@ -172,6 +200,8 @@ pub struct SledLogStore<C: RaftTypeConfig> {
     db: sled::Db,
     /// Shared with every other group of the database (see [`Gate`]).
     gate: Gate,
+    /// The files every durable flush syncs; shared like the gate.
+    files: Arc<DataFiles>,
     /// [`LOGS_TREE`](crate::schema::LOGS_TREE): index -> entry.
     logs: sled::Tree,
     /// [`META_TREE`](crate::schema::META_TREE): vote, committed, last purged, format version.
@@ -191,6 +221,7 @@ impl<C: RaftTypeConfig> Clone for SledLogStore<C> {
         Self {
             db: self.db.clone(),
             gate: self.gate.clone(),
+            files: self.files.clone(),
             logs: self.logs.clone(),
             meta: self.meta.clone(),
             readable_from: self.readable_from.clone(),
@@ -230,11 +261,12 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
     }
 
     /// Builds the log store on an already opened sled database (e.g. one opened with a custom
-    /// `sled::Config`). The store uses the trees [`LOGS_TREE`](crate::schema::LOGS_TREE) and [`META_TREE`](crate::schema::META_TREE).
+    /// `sled::Config`) whose directory is `dir` (the store syncs sled's files itself; see
+    /// the durability rules). The store uses the trees [`LOGS_TREE`](crate::schema::LOGS_TREE) and [`META_TREE`](crate::schema::META_TREE).
     ///
     /// Checks the persisted-format version and completes a purge that a crash interrupted.
-    pub fn from_db(db: sled::Db) -> Result<Self, LogStoreError> {
-        Self::for_group(db, 0)
+    pub fn from_db(db: sled::Db, dir: &Path) -> Result<Self, LogStoreError> {
+        Self::for_group(db, dir, 0)
     }
 
     /// The log of Raft group `group` in a database shared by several groups (see
@@ -242,16 +274,23 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
     /// trees `logs-g` and `meta-g`). A flush by any group persists every group's writes.
     ///
     /// Checks the persisted-format version and completes a purge that a crash interrupted.
-    pub fn for_group(db: sled::Db, group: u16) -> Result<Self, LogStoreError> {
-        Self::gated(db, group, Gate::default())
+    pub fn for_group(db: sled::Db, dir: &Path, group: u16) -> Result<Self, LogStoreError> {
+        let files = Arc::new(DataFiles::open(dir)?);
+        Self::gated(db, group, Gate::default(), files)
     }
 
-    fn gated(db: sled::Db, group: u16, gate: Gate) -> Result<Self, LogStoreError> {
+    fn gated(
+        db: sled::Db,
+        group: u16,
+        gate: Gate,
+        files: Arc<DataFiles>,
+    ) -> Result<Self, LogStoreError> {
         let logs = db.open_tree(logs_tree(group))?;
         let meta = db.open_tree(meta_tree(group))?;
         let store = Self {
             db,
             gate,
+            files,
             logs,
             meta,
             readable_from: Arc::new(AtomicU64::new(0)),
@@ -290,6 +329,11 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         })
     }
 
+    /// How many syncs the database of this store has done (see [`SyncCounts`]).
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.files.counts()
+    }
+
     /// Bytes used by the sled database on disk (all trees), e.g. for metrics.
     pub fn size_on_disk(&self) -> Result<u64, LogStoreError> {
         Ok(self.db.size_on_disk()?)
@@ -319,8 +363,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         let removed = self.remove_range(..=log_key(last_purged.index))?;
         if removed > 0 {
             tracing::info!(removed, %last_purged, "deleted purged log entries left on disk");
-            let _shared = read_gate(&self.gate);
-            self.db.flush()?;
+            flush_now(&self.db, &self.gate, &self.files)?;
         }
         Ok(())
     }
@@ -465,24 +508,29 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             count += 1;
             last_index = Some(index);
         }
-        let (logs, gate, pending) = (
+        let (db, logs, gate, files, pending) = (
+            self.db.clone(),
             self.logs.clone(),
             self.gate.clone(),
+            self.files.clone(),
             self.purge_pending.clone(),
         );
-        let purged = tokio::task::spawn_blocking(move || {
-            let _exclusive = write_gate(&gate);
-            let purge = purge_some(&logs, &pending, &mut batch)?;
-            logs.apply_batch(batch)?;
-            purge.done(&pending);
-            Ok::<_, sled::Error>(purge.deleted)
+        // Write and flush in one trip to tokio's blocking pool (one task hop per append).
+        let (purged, flushed_bytes) = tokio::task::spawn_blocking(move || {
+            let purged = {
+                let _exclusive = write_gate(&gate);
+                let purge = purge_some(&logs, &pending, &mut batch)?;
+                logs.apply_batch(batch)?;
+                purge.done(&pending);
+                purge.deleted
+            };
+            let flushed = flush_now(&db, &gate, &files)?;
+            Ok::<_, LogStoreError>((purged, flushed))
         })
         .await
         .map_err(|e| {
             LogStoreError::Sled(sled::Error::ReportableBug(format!("write task: {e}")))
         })??;
-        // The blocking fsync runs on tokio's blocking pool; we only await it.
-        let flushed_bytes = gated_flush(&self.db, &self.gate).await?;
         tracing::debug!(
             count,
             ?last_index,
@@ -494,7 +542,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
     }
 
     async fn flush(&self) -> Result<(), LogStoreError> {
-        gated_flush(&self.db, &self.gate).await?;
+        gated_flush(&self.db, &self.gate, &self.files).await?;
         Ok(())
     }
 }

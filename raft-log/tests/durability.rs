@@ -318,7 +318,7 @@ async fn interrupted_purge_is_completed_on_open() {
 async fn corrupt_data_is_an_error_not_a_panic() {
     let dir = tempdir();
     let db = must_reopen("raw open", || sled::open(dir.path()));
-    let mut store = Store::from_db(db.clone()).expect("store");
+    let mut store = Store::from_db(db.clone(), dir.path()).expect("store");
     store
         .blocking_append(entries(1, 1..=4))
         .await
@@ -383,7 +383,7 @@ async fn corrupt_data_is_an_error_not_a_panic() {
 
     // Reopening a corrupt database fails cleanly too.
     assert!(matches!(
-        Store::from_db(db.clone()),
+        Store::from_db(db.clone(), dir.path()),
         Err(LogStoreError::Decode { .. })
     ));
     meta.remove(schema::KEY_LAST_PURGED).expect("remove");
@@ -393,7 +393,7 @@ async fn corrupt_data_is_an_error_not_a_panic() {
     )
     .expect("future format");
     assert!(matches!(
-        Store::from_db(db),
+        Store::from_db(db, dir.path()),
         Err(LogStoreError::UnsupportedFormat {
             found: 99,
             expected: schema::FORMAT_VERSION,
@@ -409,6 +409,74 @@ async fn second_open_of_the_same_dir_fails() {
         Store::open(dir.path()),
         Err(LogStoreError::Open { .. })
     ));
+}
+
+/// sled's flush stops at `sync_file_range` (no device cache flush, no metadata) and never
+/// syncs a large value's blob file: every durable write must be followed by the store's own
+/// `fdatasync` of the log file and an `fsync` of each new blob file.
+#[tokio::test]
+async fn durable_writes_sync_the_log_file_and_new_blob_files() {
+    let dir = tempdir();
+    let mut store = open(dir.path());
+    let before = store.sync_counts();
+
+    store
+        .blocking_append(entries(1, 1..=3))
+        .await
+        .expect("append");
+    let after_append = store.sync_counts();
+    assert!(
+        after_append.log_file > before.log_file,
+        "an append must fdatasync the log file: {before:?} -> {after_append:?}"
+    );
+    assert_eq!(
+        after_append.blob_files, before.blob_files,
+        "small entries have no blob"
+    );
+
+    store.save_vote(&Vote::new(2, 1)).await.expect("vote");
+    let after_vote = store.sync_counts();
+    assert!(
+        after_vote.log_file > after_append.log_file,
+        "a vote must be synced"
+    );
+
+    // A value above a quarter of sled's 512 KiB segment goes to a file of its own.
+    let big = Entry {
+        log_id: log_id(2, 4),
+        payload: EntryPayload::Normal(Request {
+            key: "big".to_owned(),
+            value: "x".repeat(300 * 1024),
+        }),
+    };
+    store
+        .blocking_append(vec![big.clone()])
+        .await
+        .expect("append a large entry");
+    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+        .expect("sled wrote the large entry as a blob")
+        .count();
+    assert!(blobs >= 1, "expected a blob file for a 300 KiB entry");
+    let after_big = store.sync_counts();
+    assert!(
+        after_big.blob_files > after_vote.blob_files,
+        "the new blob file must be fsynced: {after_vote:?} -> {after_big:?}"
+    );
+    assert!(after_big.log_file > after_vote.log_file);
+
+    // The next durable write does not sync that blob again.
+    store
+        .blocking_append(entries(2, 5..=5))
+        .await
+        .expect("append");
+    assert_eq!(store.sync_counts().blob_files, after_big.blob_files);
+    assert_eq!(
+        store
+            .try_get_log_entries(4..=4)
+            .await
+            .expect("read the large entry"),
+        vec![big]
+    );
 }
 
 /// The crash itself: run only as the child process of
@@ -429,7 +497,7 @@ fn crash_child_append_then_exit() {
             .flush_every_ms(None)
             .open()
             .expect("open db");
-        let mut store = Store::from_db(db.clone()).expect("store");
+        let mut store = Store::from_db(db.clone(), Path::new(&dir)).expect("store");
         // Returns only once the LogFlushed callback has fired.
         store
             .blocking_append(entries(1, 1..=3))
