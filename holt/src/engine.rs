@@ -45,6 +45,7 @@ mod graft;
 mod graft_tests;
 mod index;
 mod invariants;
+mod memory;
 mod name;
 mod ops;
 mod publish;
