@@ -85,13 +85,16 @@ impl Engine {
         }) else {
             panic!("BeginPublish did not stage an upload");
         };
+        // The key as the SDK names a block: its index and its sha256
+        // (for a one-block body, the body's).
+        let sha256 = format!("{i:064x}");
         let body = BodySpec {
             size: 4096,
             blocks: vec![BlockRef {
-                key: format!("{}b0", upload.key_prefix()),
+                key: format!("{}{:08}.{sha256}", upload.key_prefix(), 0),
                 size: 4096,
             }],
-            sha256: format!("{i:064x}"),
+            sha256,
             content_type: "application/octet-stream".into(),
             producer: String::new(),
             attrs: Default::default(),

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 
-use crate::body::{validate_body_spec, validate_lease, Body, GcTask, UploadId, MAX_PUBLISH_BATCH};
+use crate::body::{validate_body_spec, validate_lease, GcTask, UploadId, MAX_PUBLISH_BATCH};
 use crate::command::{Command, EntryRef, InodeRef, Op};
 use crate::error::FsError;
 use crate::fields::{validate_field_set, FieldSet, IndexKey};
@@ -54,6 +54,7 @@ mod publish_tests;
 mod read;
 mod resolve;
 mod snapshots;
+mod stored_body;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -61,6 +62,7 @@ mod tokens;
 pub(crate) use name::Name;
 pub(crate) use publish::Staged;
 pub(crate) use snapshots::Pin;
+pub(crate) use stored_body::{LabelPool, StoredBody};
 
 /// Static configuration of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +140,8 @@ pub(crate) struct InodeRecord {
     pub(crate) parent: Option<InodeId>,
     /// The published body, for regular files only; `None` until the first
     /// publish (such a file has generation 0 and its size is metadata only).
-    pub(crate) body: Option<Box<Body>>,
+    /// Compacted (see `stored_body`); encoded as a [`crate::Body`].
+    pub(crate) body: Option<Box<StoredBody>>,
 }
 
 /// An inode's extended attributes. Most inodes have none, so the map sits
@@ -280,6 +283,8 @@ pub struct Holt {
     pub(crate) retention: WatchRetention,
     /// Access tokens by id (shard 0 only; see [`crate::auth`]).
     pub(crate) tokens: BTreeMap<u64, crate::auth::TokenRecord>,
+    /// The label pairs bodies share: an allocation cache, not state.
+    pub(crate) labels: LabelPool,
 }
 
 /// When a mutation happens: its log index (the new `version` of every inode
@@ -355,6 +360,7 @@ impl Holt {
             next_event: 1,
             retention: WatchRetention::default(),
             tokens: BTreeMap::new(),
+            labels: LabelPool::default(),
         }
     }
 

@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenRecord;
 use crate::body::{GcTask, UploadId};
-use crate::engine::{Holt, InodeRecord, Name, Namespace, Outcome, Pin, Staged};
+use crate::engine::{Holt, InodeRecord, LabelPool, Name, Namespace, Outcome, Pin, Staged};
 use crate::error::ImageError;
 use crate::fields::FieldSet;
 use crate::graft::GraftPoint;
@@ -436,11 +436,12 @@ impl ImageBody {
         let dedupe_capacity = usize::try_from(self.dedupe_capacity)
             .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
         let dedupe_order: imbl::Vector<RequestId> = self.dedupe.iter().map(|(id, _)| *id).collect();
+        let mut labels = LabelPool::default();
         let mut ns = Namespace {
             shard: self.shard,
             inodes: sorted_map(self.inodes, "inodes")?
                 .into_iter()
-                .map(|(id, record)| (id, Arc::new(record)))
+                .map(|(id, record)| (id, shared(record, &mut labels)))
                 .collect(),
             dentries: sorted_map(self.dentries, "dentries")?.into_iter().collect(),
             grafts: sorted_map(grafts.current, "grafts")?.into_iter().collect(),
@@ -474,7 +475,7 @@ impl ImageBody {
                     &ns.inodes,
                     pin.inodes
                         .into_iter()
-                        .map(|(id, record)| (id, record.map(Arc::new)))
+                        .map(|(id, record)| (id, record.map(|r| shared(r, &mut labels))))
                         .collect(),
                     "pinned inodes",
                 )?,
@@ -536,8 +537,17 @@ impl ImageBody {
             gc: sorted_map(self.gc, "GC tasks")?,
             next_gc_seq: self.next_gc_seq,
             tokens: sorted_map(tokens, "tokens")?,
+            labels,
         })
     }
+}
+
+/// A decoded record, its body's labels shared through `labels`.
+fn shared(mut record: InodeRecord, labels: &mut LabelPool) -> Arc<InodeRecord> {
+    if let Some(body) = &mut record.body {
+        body.share_labels(labels);
+    }
+    Arc::new(record)
 }
 
 /// Builds a map from entries that must be in strictly increasing key order,

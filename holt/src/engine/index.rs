@@ -276,8 +276,8 @@ impl Namespace {
     }
 
     /// A body's summary with the file's field set.
-    pub(crate) fn summary(&self, inode: InodeId, body: &crate::body::Body) -> BodySummary {
-        let mut s = BodySummary::from(body);
+    pub(crate) fn summary(&self, inode: InodeId, body: &super::StoredBody) -> BodySummary {
+        let mut s = body.summary();
         s.fields = self.fields.get(&inode).cloned();
         s
     }

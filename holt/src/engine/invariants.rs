@@ -284,7 +284,7 @@ impl Holt {
             return Err("a publish counter is 0".into());
         }
         let mut generations = BTreeSet::new();
-        let mut live_keys: BTreeSet<&str> = BTreeSet::new();
+        let mut live_keys: BTreeSet<String> = BTreeSet::new();
         for (id, record) in &self.inodes {
             let attr = &record.attr;
             let Some(body) = &record.body else {
@@ -296,20 +296,25 @@ impl Holt {
             if attr.file_type != FileType::File {
                 return Err(format!("inode {id}: only files have bodies"));
             }
-            self.check_body(*id, body, &mut generations)?;
+            let body = body.to_body();
+            self.check_body(*id, &body, &mut generations)?;
             if body.generation != attr.generation || body.size != attr.size {
                 return Err(format!("inode {id}: body and attributes disagree"));
             }
-            for block in &body.blocks {
-                if !live_keys.insert(&block.key) {
+            for block in body.blocks {
+                if live_keys.contains(&block.key) {
                     return Err(format!("block key {:?} is live twice", block.key));
                 }
+                live_keys.insert(block.key);
             }
         }
         // Is any live key under `prefix`? A range scan of the sorted keys.
         let covers_live = |prefix: &str| {
             live_keys
-                .range(prefix..)
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
                 .next()
                 .is_some_and(|key| key.starts_with(prefix))
         };

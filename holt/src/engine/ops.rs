@@ -567,7 +567,7 @@ impl Holt {
         if nlink <= 1 {
             if let Some(record) = self.inodes.remove(&id) {
                 self.drop_fields(id);
-                self.retire_body(id, Arc::unwrap_or_clone(record).body.map(|b| *b), stamp);
+                self.retire_blocks(id, record.body.as_deref(), &Default::default(), stamp);
             }
         } else if let Some(record) = self.record_mut(id) {
             record.attr.nlink = nlink - 1;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ops::{touch_change, MODE_MASK};
 use super::resolve::{describe_entry, Place};
-use super::{Applied, Holt, InodeRecord, Outcome, Owner, Stamp};
+use super::{Applied, Holt, InodeRecord, Outcome, Owner, Stamp, StoredBody};
 use crate::body::{
     BlockRef, Body, BodySpec, GcTarget, GcTask, PublishMode, StagedUpload, UploadId,
     MAX_STAGED_UPLOADS,
@@ -392,8 +392,8 @@ impl Holt {
                 upload.id, newer.generation.0, upload.generation.0
             )));
         }
-        let current = body.map_or(&[][..], |body| &body.blocks[..]);
-        match kept.iter().zip(current).position(|(a, b)| a != b) {
+        let current: Vec<BlockRef> = body.map_or_else(Vec::new, |body| body.blocks().collect());
+        match kept.iter().zip(&current).position(|(a, b)| a != b) {
             None if kept.len() <= current.len() => Ok(()),
             at => {
                 let at = at.unwrap_or(current.len());
@@ -449,24 +449,22 @@ impl Holt {
                 // Blocks the new body keeps from the old one stay live.
                 let kept: BTreeSet<String> =
                     plan.body.blocks.iter().map(|b| b.key.clone()).collect();
+                let body = StoredBody::new(plan.body, &mut self.labels);
                 let mut old = None;
                 let mut found = false;
                 if let Some(record) = self.record_mut(id) {
                     let attr = &mut record.attr;
-                    attr.size = plan.body.size;
-                    attr.generation = plan.body.generation;
+                    attr.size = body.size;
+                    attr.generation = body.generation;
                     attr.mtime_ns = stamp.time_ns;
                     touch_change(attr, stamp);
-                    old = record.body.replace(Box::new(plan.body)).map(|b| *b);
+                    old = record.body.replace(Box::new(body));
                     found = true;
                 }
                 if found {
                     self.set_fields(id, plan.fields);
                 }
-                if let Some(old) = old.as_mut() {
-                    old.blocks.retain(|block| !kept.contains(&block.key));
-                }
-                self.retire_body(id, old, stamp);
+                self.retire_blocks(id, old.as_deref(), &kept, stamp);
                 return id;
             }
             Target::Create(id) => id,
@@ -494,7 +492,7 @@ impl Holt {
             symlink_target: None,
             xattrs: Default::default(),
             parent: None,
-            body: Some(Box::new(plan.body)),
+            body: Some(Box::new(StoredBody::new(plan.body, &mut self.labels))),
         };
         self.inodes.insert(id, Arc::new(record));
         self.put_entry(plan.parent, plan.name, id);
@@ -574,16 +572,27 @@ impl Holt {
         }
     }
 
-    /// A body left the namespace: queue its blocks (if it has any).
-    pub(super) fn retire_body(&mut self, inode: InodeId, body: Option<Body>, stamp: Stamp) {
+    /// A body left the namespace: queue its blocks (if it has any), but
+    /// those in `kept` (its successor's).
+    pub(super) fn retire_blocks(
+        &mut self,
+        inode: InodeId,
+        body: Option<&StoredBody>,
+        kept: &BTreeSet<String>,
+        stamp: Stamp,
+    ) {
         let Some(body) = body else {
             return;
         };
-        if body.blocks.is_empty() {
+        let keys: Vec<String> = body
+            .blocks()
+            .map(|block| block.key)
+            .filter(|key| !kept.contains(key))
+            .collect();
+        if keys.is_empty() {
             return;
         }
         let body_of = Some((inode, body.generation));
-        let keys = body.blocks.into_iter().map(|block| block.key).collect();
         self.enqueue_gc(GcTarget::Keys(keys), stamp, body_of);
     }
 
@@ -668,11 +677,7 @@ impl Holt {
         self.inodes
             .iter()
             .filter_map(|(id, record)| record.body.as_ref().map(|body| (*id, body)))
-            .flat_map(|(id, body)| {
-                body.blocks
-                    .iter()
-                    .map(move |block| (id, body.generation, block.clone()))
-            })
+            .flat_map(|(id, body)| body.blocks().map(move |block| (id, body.generation, block)))
             .collect()
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::body::{
-    BlockRef, BodySpec, GcTarget, PublishMode, StagedUpload, MAX_BLOCKS, MAX_BODY_ATTRS,
+    BlockRef, Body, BodySpec, GcTarget, PublishMode, StagedUpload, MAX_BLOCKS, MAX_BODY_ATTRS,
     MAX_BODY_ATTR_KEY, MAX_BODY_ATTR_VALUE, MAX_BODY_LABEL, MAX_PUBLISH_BATCH, MAX_STAGED_UPLOADS,
     MAX_UPLOAD_LEASE_NS,
 };

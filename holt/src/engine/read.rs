@@ -159,7 +159,7 @@ impl Namespace {
         match record.attr.file_type {
             FileType::File => Ok(QueryResult::Body {
                 attr: record.attr.clone(),
-                body: record.body.as_deref().cloned(),
+                body: record.body.as_deref().map(super::StoredBody::to_body),
             }),
             FileType::Directory => Err(FsError::IsADirectory(describe_inode(inode))),
             FileType::Symlink => Err(FsError::InvalidArgument(format!(

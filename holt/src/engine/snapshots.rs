@@ -228,9 +228,8 @@ fn holds(pin: &Pin, task: &GcTask) -> bool {
     let GcTarget::Keys(keys) = &task.target else {
         return false;
     };
-    let pinned: std::collections::HashSet<&str> =
-        body.blocks.iter().map(|block| block.key.as_str()).collect();
-    keys.iter().any(|key| pinned.contains(key.as_str()))
+    let pinned: std::collections::HashSet<String> = body.blocks().map(|block| block.key).collect();
+    keys.iter().any(|key| pinned.contains(key))
 }
 
 /// A reference must stay inside the pinned subtree: a path must start with

@@ -3,7 +3,7 @@
 use super::*;
 use crate::body::{BlockRef, BodySpec, GcTarget, PublishMode};
 use crate::command::{Command, EntryRef, InodeRef, Op, XattrFlag};
-use crate::engine::{Applied, HoltConfig};
+use crate::engine::{Applied, HoltConfig, StoredBody};
 use crate::error::ImageError;
 use crate::types::Generation;
 
@@ -496,27 +496,30 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
             .expect("body")
             .clone()
     };
+    // (A sha256 that is not hex cannot even be held in memory: decoding
+    // refuses it, see `stored_body`'s tests.)
     let edit_body = |change: &dyn Fn(&mut crate::body::Body)| {
         let mut holt = valid.clone();
-        if let Some(body) = holt
+        if let Some(stored) = holt
             .record_mut(published)
             .and_then(|record| record.body.as_mut())
         {
-            change(body);
+            let mut body = stored.to_body();
+            change(&mut body);
+            **stored = StoredBody::new(body, &mut LabelPool::default());
         }
         holt
     };
     let mut cases = vec![
         edit_body(&|b| b.size += 1),
         edit_body(&|b| b.blocks[0].size += 1),
-        edit_body(&|b| b.sha256 = "XYZ".into()),
         edit_body(&|b| b.generation = Generation(1)),
         edit_body(&|b| b.blocks[0].key = "blocks/2/9/99/x".into()),
     ];
 
     // A live key also queued for deletion.
     let mut queued_live = valid.clone();
-    let live_key = body(&mut queued_live).blocks[0].key.clone();
+    let live_key = body(&mut queued_live).blocks().next().expect("a block").key;
     queued_live.gc.insert(
         9,
         crate::body::GcTask {

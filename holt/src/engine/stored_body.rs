@@ -1,0 +1,441 @@
+//! [`StoredBody`]: a published body as an inode record holds it, in about
+//! a third of the memory of the [`Body`] the API speaks.
+//!
+//! A body's parts are mostly predictable, and the compact form keeps only
+//! what is not:
+//! - the sha256 as its 32 bytes, not 64 hex characters;
+//! - the content type and producer shared: every body with the same pair
+//!   points at one allocation ([`LabelPool`]);
+//! - a block key of the shape the SDK writes,
+//!   `blocks/{shard}/{inode}/{generation}/{index:08}.{sha256 hex}`, as those
+//!   four numbers and the digest ([`StoredKey::Sdk`]); any other key as its
+//!   text. A key is compacted only if it prints back exactly as it came;
+//! - a body's one block inline (most small files have one), several
+//!   behind one pointer;
+//! - no attributes as a null pointer.
+//!
+//! It encodes exactly as [`Body`] does, field for field, so the image
+//! format does not depend on this layout (checked by a test).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::body::{BlockRef, Body, BodySummary};
+use crate::types::{Generation, InodeId, ShardId};
+
+/// A published body, compacted. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredBody {
+    pub(crate) generation: Generation,
+    pub(crate) size: u64,
+    pub(crate) published_ns: u64,
+    sha256: [u8; 32],
+    labels: Arc<Labels>,
+    // The box is the point: null when there are none (8 bytes, not 24).
+    #[allow(clippy::box_collection)]
+    attrs: Option<Box<BTreeMap<String, String>>>,
+    blocks: Blocks,
+}
+
+/// Content type and producer, shared between bodies through [`LabelPool`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Labels {
+    content_type: Box<str>,
+    producer: Box<str>,
+}
+
+/// A body's blocks: none or one inline, more behind a pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Blocks {
+    One(StoredBlock),
+    Many(Box<[StoredBlock]>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredBlock {
+    size: u64,
+    key: StoredKey,
+}
+
+/// A block key, compacted when it has the SDK's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StoredKey {
+    /// `blocks/{shard}/{inode local}/{generation}/{index:08}.{digest hex}`.
+    Sdk {
+        inode: InodeId,
+        generation: Generation,
+        index: u32,
+        digest: [u8; 32],
+    },
+    /// Any other key, as it came.
+    Text(Box<str>),
+}
+
+impl StoredKey {
+    fn new(key: &str) -> StoredKey {
+        match StoredKey::parse_sdk(key) {
+            Some(sdk) if sdk.to_string() == key => sdk,
+            _ => StoredKey::Text(key.into()),
+        }
+    }
+
+    /// The SDK shape's parts, if `key` has them (not yet checked to print
+    /// back identically: leading zeros, say, would not).
+    fn parse_sdk(key: &str) -> Option<StoredKey> {
+        let mut parts = key.strip_prefix("blocks/")?.split('/');
+        let shard: u16 = parts.next()?.parse().ok()?;
+        let local: u64 = parts.next()?.parse().ok()?;
+        let generation: u64 = parts.next()?.parse().ok()?;
+        let (index, digest) = parts.next()?.split_once('.')?;
+        if parts.next().is_some() || local > InodeId::MAX_LOCAL {
+            return None;
+        }
+        Some(StoredKey::Sdk {
+            inode: InodeId::compose(ShardId(shard), local),
+            generation: Generation(generation),
+            index: index.parse().ok()?,
+            digest: parse_sha256(digest)?,
+        })
+    }
+}
+
+impl std::fmt::Display for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredKey::Sdk {
+                inode,
+                generation,
+                index,
+                digest,
+            } => {
+                write!(
+                    f,
+                    "blocks/{}/{}/{}/{index:08}.",
+                    inode.shard().0,
+                    inode.local(),
+                    generation.0
+                )?;
+                write_hex(f, digest)
+            }
+            StoredKey::Text(key) => f.write_str(key),
+        }
+    }
+}
+
+impl StoredBlock {
+    fn new(block: &BlockRef) -> StoredBlock {
+        StoredBlock {
+            size: block.size,
+            key: StoredKey::new(&block.key),
+        }
+    }
+
+    fn to_ref(&self) -> BlockRef {
+        BlockRef {
+            key: self.key.to_string(),
+            size: self.size,
+        }
+    }
+}
+
+/// The 32 bytes of a 64-digit lowercase hex sha256 (what validation
+/// admits), or `None` for anything else.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn write_hex(out: &mut impl std::fmt::Write, bytes: &[u8]) -> std::fmt::Result {
+    bytes.iter().try_for_each(|b| write!(out, "{b:02x}"))
+}
+
+fn hex_string(bytes: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(64);
+    // Writing to a String cannot fail.
+    let _ = write_hex(&mut s, bytes);
+    s
+}
+
+impl StoredBody {
+    /// Compacts `body`, sharing its labels through `pool`. The body has
+    /// passed validation, so its sha256 is 64 lowercase hex digits; were
+    /// it not, it is kept as zeros and the image check would refuse the
+    /// state (`check_body` validates the expanded body).
+    pub(crate) fn new(body: Body, pool: &mut LabelPool) -> StoredBody {
+        let mut stored = StoredBody::unpooled(body);
+        stored.labels = pool.share(stored.labels);
+        stored
+    }
+
+    fn unpooled(body: Body) -> StoredBody {
+        let blocks = match &body.blocks[..] {
+            [one] => Blocks::One(StoredBlock::new(one)),
+            many => Blocks::Many(many.iter().map(StoredBlock::new).collect()),
+        };
+        StoredBody {
+            generation: body.generation,
+            size: body.size,
+            published_ns: body.published_ns,
+            sha256: parse_sha256(&body.sha256).unwrap_or_default(),
+            labels: Arc::new(Labels {
+                content_type: body.content_type.into(),
+                producer: body.producer.into(),
+            }),
+            attrs: (!body.attrs.is_empty()).then(|| Box::new(body.attrs)),
+            blocks,
+        }
+    }
+
+    /// Shares this body's labels through `pool` (after decoding an image).
+    pub(crate) fn share_labels(&mut self, pool: &mut LabelPool) {
+        self.labels = pool.share(self.labels.clone());
+    }
+
+    fn stored_blocks(&self) -> &[StoredBlock] {
+        match &self.blocks {
+            Blocks::One(block) => std::slice::from_ref(block),
+            Blocks::Many(blocks) => blocks,
+        }
+    }
+
+    pub(crate) fn block_count(&self) -> usize {
+        self.stored_blocks().len()
+    }
+
+    /// The blocks, with their keys spelled out.
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = BlockRef> + '_ {
+        self.stored_blocks().iter().map(StoredBlock::to_ref)
+    }
+
+    pub(crate) fn sha256(&self) -> String {
+        hex_string(&self.sha256)
+    }
+
+    pub(crate) fn to_body(&self) -> Body {
+        Body {
+            generation: self.generation,
+            size: self.size,
+            blocks: self.blocks().collect(),
+            sha256: self.sha256(),
+            content_type: self.labels.content_type.to_string(),
+            producer: self.labels.producer.to_string(),
+            attrs: self.attrs.as_deref().cloned().unwrap_or_default(),
+            published_ns: self.published_ns,
+        }
+    }
+
+    pub(crate) fn summary(&self) -> BodySummary {
+        BodySummary {
+            generation: self.generation,
+            size: self.size,
+            blocks: u32::try_from(self.block_count()).unwrap_or(u32::MAX),
+            sha256: self.sha256(),
+            content_type: self.labels.content_type.to_string(),
+            producer: self.labels.producer.to_string(),
+            attrs: self.attrs.as_deref().cloned().unwrap_or_default(),
+            published_ns: self.published_ns,
+            fields: None,
+        }
+    }
+}
+
+/// Encodes as [`Body`]: the same fields in the same order, the key and
+/// the sha256 spelled out.
+impl Serialize for StoredBody {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct BlocksOut<'a>(&'a [StoredBlock]);
+        impl Serialize for BlocksOut<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+                for block in self.0 {
+                    seq.serialize_element(&block.to_ref())?;
+                }
+                seq.end()
+            }
+        }
+        let no_attrs = BTreeMap::new();
+        let mut s = serializer.serialize_struct("Body", 8)?;
+        s.serialize_field("generation", &self.generation)?;
+        s.serialize_field("size", &self.size)?;
+        s.serialize_field("blocks", &BlocksOut(self.stored_blocks()))?;
+        s.serialize_field("sha256", &self.sha256())?;
+        s.serialize_field("content_type", &*self.labels.content_type)?;
+        s.serialize_field("producer", &*self.labels.producer)?;
+        s.serialize_field("attrs", self.attrs.as_deref().unwrap_or(&no_attrs))?;
+        s.serialize_field("published_ns", &self.published_ns)?;
+        s.end()
+    }
+}
+
+/// Decodes what [`Body`] encodes, refusing a sha256 that is not 64
+/// lowercase hex digits (the compact form cannot hold one). Labels are not
+/// shared yet: the image decoder shares them ([`StoredBody::share_labels`]).
+impl<'de> Deserialize<'de> for StoredBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let body = Body::deserialize(deserializer)?;
+        if parse_sha256(&body.sha256).is_none() {
+            return Err(serde::de::Error::custom(format!(
+                "body sha256 {} is not 64 lowercase hex digits",
+                crate::path::preview(&body.sha256)
+            )));
+        }
+        Ok(StoredBody::unpooled(body))
+    }
+}
+
+/// The distinct label pairs of the bodies in the namespace, so that bodies
+/// with the same content type and producer share one allocation.
+///
+/// Only an allocation cache, not state: no query sees it, it is not
+/// encoded, and two engines compare equal whatever their pools hold. Pairs
+/// no body uses any more are dropped whenever the pool has doubled since
+/// the last sweep, so it stays within twice the pairs in use.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LabelPool {
+    pairs: BTreeSet<Arc<Labels>>,
+    sweep_at: usize,
+}
+
+impl PartialEq for LabelPool {
+    fn eq(&self, _: &LabelPool) -> bool {
+        true
+    }
+}
+
+impl Eq for LabelPool {}
+
+impl LabelPool {
+    /// Minimum pool size before a sweep.
+    const MIN_SWEEP: usize = 64;
+
+    fn share(&mut self, labels: Arc<Labels>) -> Arc<Labels> {
+        if let Some(shared) = self.pairs.get(&labels) {
+            return shared.clone();
+        }
+        if self.pairs.len() >= self.sweep_at.max(Self::MIN_SWEEP) {
+            self.pairs.retain(|pair| Arc::strong_count(pair) > 1);
+            self.sweep_at = 2 * self.pairs.len();
+        }
+        self.pairs.insert(labels.clone());
+        labels
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.pairs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(keys: &[&str], content_type: &str) -> Body {
+        Body {
+            generation: Generation(7),
+            size: keys.len() as u64 * 10,
+            blocks: keys
+                .iter()
+                .map(|key| BlockRef {
+                    key: (*key).into(),
+                    size: 10,
+                })
+                .collect(),
+            sha256: format!("{:064x}", 0xfeed_u64),
+            content_type: content_type.into(),
+            producer: "trainer".into(),
+            attrs: BTreeMap::new(),
+            published_ns: 42,
+        }
+    }
+
+    const SHA: &str = "00000000000000000000000000000000000000000000000000000000000abcde";
+
+    #[test]
+    fn sdk_keys_are_compacted_and_every_key_prints_back_as_it_came() {
+        let sdk = format!("blocks/3/17/9/00000002.{SHA}");
+        assert!(matches!(StoredKey::new(&sdk), StoredKey::Sdk { .. }));
+        for key in [
+            sdk.as_str(),
+            "blocks/3/17/9/b0",
+            "blocks/3/017/9/00000002.00",
+            &format!("blocks/3/017/9/00000002.{SHA}"),
+            &format!("blocks/3/17/9/2.{SHA}"),
+            &format!("blocks/3/17/9/00000002.{}", SHA.to_uppercase()),
+            &format!("blocks/70000/17/9/00000002.{SHA}"),
+            &format!("blocks/3/17/9/00000002.{SHA}/x"),
+            &format!("blocks/3/17/9/4294967296.{SHA}"),
+            "other/prefix",
+        ] {
+            assert_eq!(StoredKey::new(key).to_string(), key);
+        }
+        assert!(matches!(
+            StoredKey::new(&format!("blocks/3/017/9/00000002.{SHA}")),
+            StoredKey::Text(_)
+        ));
+    }
+
+    #[test]
+    fn a_stored_body_encodes_and_decodes_as_the_body_it_holds() {
+        let mut pool = LabelPool::default();
+        let sdk = format!("blocks/0/5/7/00000000.{SHA}");
+        let sdk2 = format!("blocks/0/5/6/00000001.{SHA}");
+        let mut with_attrs = body(&[&sdk, "blocks/0/5/7/tail"], "text/plain");
+        with_attrs.attrs.insert("k".into(), "v".into());
+        for original in [
+            body(&[], "application/octet-stream"),
+            body(&[&sdk], "application/octet-stream"),
+            body(&[&sdk2, &sdk, "x/y"], ""),
+            with_attrs,
+        ] {
+            let stored = StoredBody::new(original.clone(), &mut pool);
+            assert_eq!(stored.to_body(), original);
+            let bytes = bincode::serialize(&stored).expect("encode");
+            assert_eq!(bytes, bincode::serialize(&original).expect("encode"));
+            let decoded: StoredBody = bincode::deserialize(&bytes).expect("decode");
+            assert_eq!(decoded, stored);
+            let mut summary = BodySummary::from(&original);
+            summary.fields = None;
+            assert_eq!(stored.summary(), summary);
+        }
+    }
+
+    #[test]
+    fn a_body_whose_sha256_is_not_hex_does_not_decode() {
+        let mut bad = body(&[], "t");
+        for sha in ["XYZ", &"A".repeat(64), ""] {
+            bad.sha256 = sha.into();
+            let bytes = bincode::serialize(&bad).expect("encode");
+            assert!(bincode::deserialize::<StoredBody>(&bytes).is_err(), "{sha}");
+        }
+    }
+
+    #[test]
+    fn bodies_with_the_same_labels_share_them_and_unused_pairs_are_swept() {
+        let mut pool = LabelPool::default();
+        let a = StoredBody::new(body(&[], "a"), &mut pool);
+        let b = StoredBody::new(body(&[], "a"), &mut pool);
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        for i in 0..1000 {
+            drop(StoredBody::new(body(&[], &format!("t{i}")), &mut pool));
+        }
+        assert!(pool.len() <= 2 * LabelPool::MIN_SWEEP, "{}", pool.len());
+        let c = StoredBody::new(body(&[], "a"), &mut pool);
+        assert!(Arc::ptr_eq(&a.labels, &c.labels), "a pair in use stays");
+    }
+}
