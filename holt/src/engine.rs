@@ -124,24 +124,67 @@ pub struct Stats {
 /// One inode and everything attached to it.
 ///
 /// Kept small because there is one per inode: what most inodes lack sits
-/// behind a pointer (the body, the extended attributes), so a directory or
-/// an empty file costs its attributes and a few words (120 bytes, checked
-/// by a test). Each part encodes as its plain value, so the image format
-/// does not depend on this layout.
+/// behind a pointer (the body, the extended attributes, a symlink's
+/// target), so a directory or an empty file costs its attributes and four
+/// words (104 bytes, checked by a test). Each part encodes as its plain
+/// value, so the image format does not depend on this layout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct InodeRecord {
     pub(crate) attr: Attr,
-    /// The target, for symlinks only.
-    pub(crate) symlink_target: Option<Box<str>>,
+    /// The target, for symlinks only. (A boxed `String` is one word, a
+    /// `Box<str>` two; symlinks are rare enough for the second allocation.)
+    #[allow(clippy::box_collection)]
+    pub(crate) symlink_target: Option<Box<String>>,
     pub(crate) xattrs: Xattrs,
     /// The containing directory, for directories only (a directory has
     /// exactly one name). Needed to resolve `..` in symlink targets and to
     /// refuse moving a directory into its own subtree. The root points to itself.
-    pub(crate) parent: Option<InodeId>,
+    parent: MaybeInode,
     /// The published body, for regular files only; `None` until the first
     /// publish (such a file has generation 0 and its size is metadata only).
     /// Compacted (see `stored_body`); encoded as a [`crate::Body`].
     pub(crate) body: Option<Box<StoredBody>>,
+}
+
+impl InodeRecord {
+    pub(crate) fn parent(&self) -> Option<InodeId> {
+        self.parent.get()
+    }
+
+    pub(crate) fn set_parent(&mut self, parent: Option<InodeId>) {
+        self.parent = MaybeInode::new(parent);
+    }
+}
+
+/// An `Option<InodeId>` in one word: no inode has the number 0 (a shard's
+/// local numbers start at its root's, 1), so 0 stands for none. Encoded as
+/// the `Option`; a decoded `Some(0)` is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MaybeInode(u64);
+
+impl MaybeInode {
+    fn new(inode: Option<InodeId>) -> MaybeInode {
+        MaybeInode(inode.map_or(0, |id| id.0))
+    }
+
+    fn get(self) -> Option<InodeId> {
+        (self.0 != 0).then_some(InodeId(self.0))
+    }
+}
+
+impl Serialize for MaybeInode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaybeInode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Option::<InodeId>::deserialize(deserializer)? {
+            Some(InodeId(0)) => Err(serde::de::Error::custom("inode 0 does not exist")),
+            inode => Ok(MaybeInode::new(inode)),
+        }
+    }
 }
 
 /// An inode's extended attributes. Most inodes have none, so the map sits
@@ -329,7 +372,7 @@ impl Holt {
             },
             symlink_target: None,
             xattrs: Xattrs::default(),
-            parent: Some(root),
+            parent: MaybeInode::new(Some(root)),
             body: None,
         };
         Holt {

@@ -130,7 +130,7 @@ impl Holt {
     fn check_root(&self) -> Result<(), String> {
         let root = self.root();
         let record = self.inodes.get(&root).ok_or("the root inode is missing")?;
-        if record.attr.file_type != FileType::Directory || record.parent != Some(root) {
+        if record.attr.file_type != FileType::Directory || record.parent() != Some(root) {
             return Err("the root is not a self-parented directory".into());
         }
         if self.next_local <= InodeId::ROOT_LOCAL || self.next_local > InodeId::MAX_LOCAL + 1 {
@@ -154,7 +154,7 @@ impl Holt {
             return Err(format!("inode {id} has type bits in its mode"));
         }
         let is_dir = attr.file_type == FileType::Directory;
-        if record.parent.is_some() != is_dir {
+        if record.parent().is_some() != is_dir {
             return Err(format!("inode {id}: only directories have a parent"));
         }
         match (attr.file_type, &record.symlink_target) {
@@ -191,7 +191,7 @@ impl Holt {
             if *child == self.root() {
                 return Err(format!("entry {name:?} in {dir} points to the root"));
             }
-            if record.attr.file_type == FileType::Directory && record.parent != Some(*dir) {
+            if record.attr.file_type == FileType::Directory && record.parent() != Some(*dir) {
                 return Err(format!("directory {child} has the wrong parent"));
             }
         }

@@ -318,7 +318,7 @@ impl Holt {
             });
             self.update_attr(to_parent, |attr| attr.nlink = attr.nlink.saturating_add(1));
             if let Some(record) = self.record_mut(source) {
-                record.parent = Some(to_parent);
+                record.set_parent(Some(to_parent));
             }
         }
         self.update_attr(source, |attr| touch_change(attr, stamp));
@@ -541,9 +541,9 @@ impl Holt {
         };
         let record = InodeRecord {
             attr: attr.clone(),
-            symlink_target: new.symlink_target.map(String::into_boxed_str),
+            symlink_target: new.symlink_target.map(Box::new),
             xattrs: Default::default(),
-            parent: is_dir.then_some(parent),
+            parent: super::MaybeInode::new(is_dir.then_some(parent)),
             body: None,
         };
         self.inodes.insert(id, Arc::new(record));

@@ -491,7 +491,7 @@ impl Holt {
             attr,
             symlink_target: None,
             xattrs: Default::default(),
-            parent: None,
+            parent: super::MaybeInode::new(None),
             body: Some(Box::new(StoredBody::new(plan.body, &mut self.labels))),
         };
         self.inodes.insert(id, Arc::new(record));

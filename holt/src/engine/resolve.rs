@@ -120,7 +120,7 @@ impl Namespace {
     pub(crate) fn parent_of(&self, dir: InodeId) -> InodeId {
         self.inodes
             .get(&dir)
-            .and_then(|record| record.parent)
+            .and_then(|record| record.parent())
             .unwrap_or_else(|| self.root())
     }
 
@@ -249,7 +249,7 @@ impl Namespace {
                     if *hops > MAX_SYMLINK_HOPS {
                         return Err(FsError::Loop(path.to_string()));
                     }
-                    let target = record.symlink_target.as_deref().unwrap_or_default();
+                    let target = record.symlink_target.as_deref().map_or("", String::as_str);
                     if target.starts_with('/') {
                         dir = self.root();
                     }

@@ -834,7 +834,7 @@ fn remove_xattr_flags() {
 /// image), and a record stays the size its docs promise.
 #[test]
 fn records_stay_small_and_canonical() {
-    assert_eq!(std::mem::size_of::<InodeRecord>(), 120);
+    assert_eq!(std::mem::size_of::<InodeRecord>(), 104);
     let mut f = Fixture::new();
     f.ok(mkdir("/d"));
     let id = f.attr("/d").inode;
@@ -845,6 +845,16 @@ fn records_stay_small_and_canonical() {
         f.holt.record(id).expect("a record").xattrs,
         Xattrs::default()
     );
+    // The parent encodes as the `Option` it stands for, and a parent
+    // numbered 0 (no inode) does not decode.
+    for parent in [None, Some(InodeId(0x2_0000_0000_0007))] {
+        let bytes = bincode::serialize(&MaybeInode::new(parent)).expect("encode");
+        assert_eq!(bytes, bincode::serialize(&parent).expect("encode"));
+        let decoded: MaybeInode = bincode::deserialize(&bytes).expect("decode");
+        assert_eq!(decoded.get(), parent);
+    }
+    let zero = bincode::serialize(&Some(InodeId(0))).expect("encode");
+    assert!(bincode::deserialize::<MaybeInode>(&zero).is_err());
 }
 
 #[test]

@@ -338,7 +338,7 @@ fn structurally_inconsistent_states_are_corrupt() {
         let mut record = (*cycle.inodes[&InodeId::root(ShardId(2))]).clone();
         record.attr.inode = id;
         record.attr.nlink = 3;
-        record.parent = Some(parent);
+        record.set_parent(Some(parent));
         record
     };
     let (rx, ry) = (dir(x, y), dir(y, x));
