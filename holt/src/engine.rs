@@ -125,9 +125,9 @@ pub struct Stats {
 ///
 /// Kept small because there is one per inode: what most inodes lack sits
 /// behind a pointer (the body, the extended attributes, a symlink's
-/// target), so a directory or an empty file costs its attributes and four
-/// words (104 bytes, checked by a test). Each part encodes as its plain
-/// value, so the image format does not depend on this layout.
+/// target), so a directory or an empty file costs its attributes, four
+/// words and its entry (128 bytes, checked by a test). Each part encodes
+/// as its plain value, so the image format does not depend on this layout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct InodeRecord {
     pub(crate) attr: Attr,
@@ -144,6 +144,10 @@ pub(crate) struct InodeRecord {
     /// publish (such a file has generation 0 and its size is metadata only).
     /// Compacted (see `stored_body`); encoded as a [`crate::Body`].
     pub(crate) body: Option<Box<StoredBody>>,
+    /// The inode's local entry `(directory, name)` if it has exactly one
+    /// (see `index`): derived, not encoded.
+    #[serde(skip)]
+    pub(crate) link: Option<(InodeId, Name)>,
 }
 
 impl InodeRecord {
@@ -276,7 +280,9 @@ pub struct Namespace {
     pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
     /// Derived: files whose body came without a field set.
     pub(crate) unindexed: OrdSet<InodeId>,
-    /// Derived from `dentries`: `(child, directory, name)` of every local entry.
+    /// Derived from `dentries`: `(child, directory, name)` of every local
+    /// entry of an inode with several (or without a record); an inode
+    /// with one keeps it in its record (`InodeRecord::link`, see `index`).
     pub(crate) links: OrdSet<(InodeId, InodeId, Name)>,
 }
 
@@ -374,6 +380,7 @@ impl Holt {
             xattrs: Xattrs::default(),
             parent: MaybeInode::new(Some(root)),
             body: None,
+            link: None,
         };
         Holt {
             ns: Namespace {

@@ -5,8 +5,12 @@
 //!   part of the image);
 //! - `index`: `(field, key, inode)` for every value of every field set;
 //! - `unindexed`: files whose body came without a field set;
-//! - `links`: `(child, directory, name)` for every local entry: the way
-//!   from a matching inode back to its paths (a file may have several).
+//! - the reverse links, the way from an inode back to its paths: an inode
+//!   with exactly one local entry (every directory, nearly every file)
+//!   keeps it in its record (`InodeRecord::link`, a word or three in an
+//!   allocation it has anyway); the entries of inodes with several (hard
+//!   links) are in `links`, `(child, directory, name)`. Which is which is
+//!   canonical, so replicas and decoded images agree on it.
 //!
 //! The last three are derived: rebuilt from the first one, `inodes` and
 //! `dentries` when an image is decoded, and checked against a rebuild by
@@ -14,6 +18,8 @@
 //! [`Namespace::put_entry`] / [`Namespace::remove_entry`], and every body
 //! write through [`Namespace::set_fields`] / [`Namespace::drop_fields`], so
 //! no operation can forget one of them.
+
+use std::collections::BTreeMap;
 
 use imbl::OrdSet;
 
@@ -39,14 +45,18 @@ pub(crate) struct Derived {
     pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
     pub(crate) unindexed: OrdSet<InodeId>,
     pub(crate) links: OrdSet<(InodeId, InodeId, Name)>,
+    /// The records' own links, by inode.
+    pub(crate) single_links: BTreeMap<InodeId, (InodeId, Name)>,
 }
 
 impl Namespace {
     /// Adds the entry `name` in `parent`.
     pub(crate) fn put_entry(&mut self, parent: InodeId, name: impl Into<Name>, child: InodeId) {
         let name = name.into();
-        if child.shard() == self.shard {
-            self.links.insert((child, parent, name.clone()));
+        if !self.is_foreign(child) {
+            let mut entries = self.local_entries(child);
+            entries.push((parent, name.clone()));
+            self.set_links(child, entries);
         }
         self.dentries.insert((parent, name), child);
     }
@@ -55,7 +65,62 @@ impl Namespace {
     pub(crate) fn remove_entry(&mut self, parent: InodeId, name: &str) {
         let key = (parent, Name::from(name));
         if let Some(child) = self.dentries.remove(&key) {
-            self.links.remove(&(child, parent, key.1));
+            if !self.is_foreign(child) {
+                let mut entries = self.local_entries(child);
+                entries.retain(|entry| *entry != key);
+                self.set_links(child, entries);
+            }
+        }
+    }
+
+    /// Every local entry of `inode`, as its reverse links record them.
+    fn local_entries(&self, inode: InodeId) -> Vec<(InodeId, Name)> {
+        match self
+            .inodes
+            .get(&inode)
+            .and_then(|record| record.link.clone())
+        {
+            Some(only) => vec![only],
+            None => self
+                .links
+                .range((inode, InodeId(0), Name::empty())..)
+                .take_while(|(child, _, _)| *child == inode)
+                .map(|(_, parent, name)| (*parent, name.clone()))
+                .collect(),
+        }
+    }
+
+    /// Records that `inode`'s local entries are now `entries`, in canonical
+    /// form: one entry in the record, several (or any without a record) in
+    /// `links`.
+    fn set_links(&mut self, inode: InodeId, entries: Vec<(InodeId, Name)>) {
+        let in_links: Vec<(InodeId, Name)> = self
+            .links
+            .range((inode, InodeId(0), Name::empty())..)
+            .take_while(|(child, _, _)| *child == inode)
+            .map(|(_, parent, name)| (*parent, name.clone()))
+            .collect();
+        for (parent, name) in in_links {
+            self.links.remove(&(inode, parent, name));
+        }
+        let has_record = self.inodes.contains_key(&inode);
+        let single = match &entries[..] {
+            [only] if has_record => Some(only.clone()),
+            _ => None,
+        };
+        if single.is_none() {
+            for (parent, name) in entries {
+                self.links.insert((inode, parent, name));
+            }
+        }
+        let changed = self
+            .inodes
+            .get(&inode)
+            .is_some_and(|record| record.link != single);
+        if changed {
+            if let Some(record) = self.record_mut(inode) {
+                record.link = single;
+            }
         }
     }
 
@@ -99,9 +164,19 @@ impl Namespace {
                 d.unindexed.insert(*id);
             }
         }
-        for ((parent, name), child) in &self.dentries {
-            if child.shard() == self.shard {
-                d.links.insert((*child, *parent, name.clone()));
+        let mut all: Vec<(InodeId, InodeId, Name)> = self
+            .dentries
+            .iter()
+            .filter(|(_, child)| !self.is_foreign(**child))
+            .map(|((parent, name), child)| (*child, *parent, name.clone()))
+            .collect();
+        all.sort();
+        for run in all.chunk_by(|a, b| a.0 == b.0) {
+            match run {
+                [(child, parent, name)] if self.inodes.contains_key(child) => {
+                    d.single_links.insert(*child, (*parent, name.clone()));
+                }
+                _ => d.links.extend(run.iter().cloned()),
             }
         }
         d
@@ -109,10 +184,22 @@ impl Namespace {
 
     /// Replaces the derived maps by a rebuild (after decoding).
     pub(crate) fn rebuild_derived(&mut self) {
-        let d = self.derive();
+        let mut d = self.derive();
         self.index = d.index;
         self.unindexed = d.unindexed;
         self.links = d.links;
+        let stale: Vec<InodeId> = self
+            .inodes
+            .iter()
+            .filter(|(id, record)| record.link.as_ref() != d.single_links.get(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            let link = d.single_links.remove(&id);
+            if let Some(record) = self.record_mut(id) {
+                record.link = link;
+            }
+        }
     }
 
     /// The derived maps as they are.
@@ -121,6 +208,11 @@ impl Namespace {
             index: self.index.clone(),
             unindexed: self.unindexed.clone(),
             links: self.links.clone(),
+            single_links: self
+                .inodes
+                .iter()
+                .filter_map(|(id, record)| record.link.clone().map(|link| (*id, link)))
+                .collect(),
         }
     }
 
@@ -128,22 +220,16 @@ impl Namespace {
     /// itself), found by climbing the reverse links; at most `max`.
     fn paths_below(&self, inode: InodeId, dir: InodeId, max: usize) -> Vec<String> {
         let mut found = Vec::new();
-        let mut names: Vec<(InodeId, String)> = self
-            .links
-            .range((inode, InodeId(0), Name::empty())..)
-            .take_while(|(child, _, _)| *child == inode)
-            .map(|(_, parent, name)| (*parent, name.to_string()))
-            .collect();
         if inode == dir {
             found.push(String::new());
         }
-        for (parent, name) in names.drain(..) {
+        for (parent, name) in self.local_entries(inode) {
             if found.len() >= max {
                 break;
             }
             if let Some(prefix) = self.dir_path_below(parent, dir) {
                 found.push(if prefix.is_empty() {
-                    name
+                    name.to_string()
                 } else {
                     format!("{prefix}/{name}")
                 });
@@ -166,11 +252,7 @@ impl Namespace {
             if d == root {
                 return None;
             }
-            let (_, parent, name) = self
-                .links
-                .range((d, InodeId(0), Name::empty())..)
-                .next()
-                .filter(|(child, _, _)| *child == d)?;
+            let (parent, name) = self.inodes.get(&d)?.link.as_ref()?;
             parts.push(name.as_str());
             d = *parent;
         }
@@ -294,14 +376,35 @@ impl Namespace {
         changed_entries: &[(InodeId, Name)],
         mut changed_inodes: Vec<InodeId>,
     ) {
+        // Reverse links: every inode whose entries or record changed gets
+        // its entries here, which are its entries in `base` less the changed
+        // ones it had there, plus the changed ones it has here.
+        let mut entries: BTreeMap<InodeId, Vec<(InodeId, Name)>> = BTreeMap::new();
+        let entries_of = |entries: &mut BTreeMap<InodeId, Vec<(InodeId, Name)>>, id: InodeId| {
+            entries.entry(id).or_insert_with(|| base.local_entries(id));
+        };
+        for id in &changed_inodes {
+            entries_of(&mut entries, *id);
+        }
         for key in changed_entries {
             if let Some(child) = base.dentries.get(key) {
-                self.links.remove(&(*child, key.0, key.1.clone()));
-            }
-            if let Some(child) = self.dentries.get(key) {
-                if child.shard() == self.shard {
-                    self.links.insert((*child, key.0, key.1.clone()));
+                entries_of(&mut entries, *child);
+                if let Some(list) = entries.get_mut(child) {
+                    list.retain(|entry| entry != key);
                 }
+            }
+        }
+        for key in changed_entries {
+            if let Some(child) = self.dentries.get(key) {
+                entries_of(&mut entries, *child);
+                if let Some(list) = entries.get_mut(child) {
+                    list.push(key.clone());
+                }
+            }
+        }
+        for (id, entries) in entries {
+            if !self.is_foreign(id) {
+                self.set_links(id, entries);
             }
         }
         changed_inodes.sort();

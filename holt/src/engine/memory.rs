@@ -13,7 +13,8 @@ impl Holt {
     ///
     /// Parts that share allocations are dropped so that the shared ones
     /// count once, with the last holder: pins first (they share the whole
-    /// namespace), `links` before `dentries` (both hold each entry's name),
+    /// namespace), the reverse links (the `links` set and the records' own)
+    /// before `dentries` (both hold each entry's name),
     /// bodies before the records that point to them.
     pub fn drop_in_parts(self, mut dropped: impl FnMut(&'static str)) {
         let Holt {
@@ -48,6 +49,16 @@ impl Holt {
         drop((fields, index, unindexed, grafts));
         dropped("fields and their indexes");
         drop(links);
+        let linked: Vec<InodeId> = inodes
+            .iter()
+            .filter(|(_, record)| record.link.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in linked {
+            if let Some(record) = inodes.get_mut(&id) {
+                Arc::make_mut(record).link = None;
+            }
+        }
         dropped("links (child -> entry)");
         drop(dentries);
         dropped("dentries and names");

@@ -545,6 +545,7 @@ impl Holt {
             xattrs: Default::default(),
             parent: super::MaybeInode::new(is_dir.then_some(parent)),
             body: None,
+            link: None,
         };
         self.inodes.insert(id, Arc::new(record));
         self.put_entry(parent, name.to_string(), id);

@@ -493,6 +493,7 @@ impl Holt {
             xattrs: Default::default(),
             parent: super::MaybeInode::new(None),
             body: Some(Box::new(StoredBody::new(plan.body, &mut self.labels))),
+            link: None,
         };
         self.inodes.insert(id, Arc::new(record));
         self.put_entry(plan.parent, plan.name, id);
