@@ -10,8 +10,9 @@
 //!   `blocks/{shard}/{inode}/{generation}/{index:08}.{sha256 hex}`, as those
 //!   four numbers and the digest ([`StoredKey::Sdk`]); any other key as its
 //!   text. A key is compacted only if it prints back exactly as it came;
-//! - a body's one block inline (most small files have one), several
-//!   behind one pointer;
+//! - a body that is one such block (most small files) as just the block's
+//!   inode and generation ([`Blocks::Whole`]): its index is 0, its digest
+//!   the body's sha256 and its size the body's;
 //! - no attributes as a null pointer.
 //!
 //! It encodes exactly as [`Body`] does, field for field, so the image
@@ -47,11 +48,17 @@ pub(crate) struct Labels {
     producer: Box<str>,
 }
 
-/// A body's blocks: none or one inline, more behind a pointer.
+/// A body's blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Blocks {
-    One(StoredBlock),
-    Many(Box<[StoredBlock]>),
+    /// One block that is the whole body, named as the SDK names it:
+    /// `blocks/{shard}/{inode local}/{generation}/00000000.{body sha256}`.
+    Whole {
+        inode: InodeId,
+        generation: Generation,
+    },
+    /// Any other plan: none, several, or one named otherwise.
+    Listed(Box<[StoredBlock]>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,15 +190,29 @@ impl StoredBody {
     }
 
     fn unpooled(body: Body) -> StoredBody {
-        let blocks = match &body.blocks[..] {
-            [one] => Blocks::One(StoredBlock::new(one)),
-            many => Blocks::Many(many.iter().map(StoredBlock::new).collect()),
+        let sha256 = parse_sha256(&body.sha256).unwrap_or_default();
+        let listed: Box<[StoredBlock]> = body.blocks.iter().map(StoredBlock::new).collect();
+        let blocks = match &listed[..] {
+            [StoredBlock {
+                size,
+                key:
+                    StoredKey::Sdk {
+                        inode,
+                        generation,
+                        index: 0,
+                        digest,
+                    },
+            }] if *size == body.size && *digest == sha256 => Blocks::Whole {
+                inode: *inode,
+                generation: *generation,
+            },
+            _ => Blocks::Listed(listed),
         };
         StoredBody {
             generation: body.generation,
             size: body.size,
             published_ns: body.published_ns,
-            sha256: parse_sha256(&body.sha256).unwrap_or_default(),
+            sha256,
             labels: Arc::new(Labels {
                 content_type: body.content_type.into(),
                 producer: body.producer.into(),
@@ -206,20 +227,33 @@ impl StoredBody {
         self.labels = pool.share(self.labels.clone());
     }
 
-    fn stored_blocks(&self) -> &[StoredBlock] {
-        match &self.blocks {
-            Blocks::One(block) => std::slice::from_ref(block),
-            Blocks::Many(blocks) => blocks,
-        }
-    }
-
     pub(crate) fn block_count(&self) -> usize {
-        self.stored_blocks().len()
+        match &self.blocks {
+            Blocks::Whole { .. } => 1,
+            Blocks::Listed(blocks) => blocks.len(),
+        }
     }
 
     /// The blocks, with their keys spelled out.
     pub(crate) fn blocks(&self) -> impl Iterator<Item = BlockRef> + '_ {
-        self.stored_blocks().iter().map(StoredBlock::to_ref)
+        let (whole, listed) = match &self.blocks {
+            Blocks::Whole { inode, generation } => {
+                let block = StoredBlock {
+                    size: self.size,
+                    key: StoredKey::Sdk {
+                        inode: *inode,
+                        generation: *generation,
+                        index: 0,
+                        digest: self.sha256,
+                    },
+                };
+                (Some(block.to_ref()), &[][..])
+            }
+            Blocks::Listed(blocks) => (None, &blocks[..]),
+        };
+        whole
+            .into_iter()
+            .chain(listed.iter().map(StoredBlock::to_ref))
     }
 
     pub(crate) fn sha256(&self) -> String {
@@ -258,12 +292,12 @@ impl StoredBody {
 /// the sha256 spelled out.
 impl Serialize for StoredBody {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct BlocksOut<'a>(&'a [StoredBlock]);
+        struct BlocksOut<'a>(&'a StoredBody);
         impl Serialize for BlocksOut<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-                for block in self.0 {
-                    seq.serialize_element(&block.to_ref())?;
+                let mut seq = serializer.serialize_seq(Some(self.0.block_count()))?;
+                for block in self.0.blocks() {
+                    seq.serialize_element(&block)?;
                 }
                 seq.end()
             }
@@ -272,7 +306,7 @@ impl Serialize for StoredBody {
         let mut s = serializer.serialize_struct("Body", 8)?;
         s.serialize_field("generation", &self.generation)?;
         s.serialize_field("size", &self.size)?;
-        s.serialize_field("blocks", &BlocksOut(self.stored_blocks()))?;
+        s.serialize_field("blocks", &BlocksOut(self))?;
         s.serialize_field("sha256", &self.sha256())?;
         s.serialize_field("content_type", &*self.labels.content_type)?;
         s.serialize_field("producer", &*self.labels.producer)?;
@@ -397,9 +431,25 @@ mod tests {
         let sdk2 = format!("blocks/0/5/6/00000001.{SHA}");
         let mut with_attrs = body(&[&sdk, "blocks/0/5/7/tail"], "text/plain");
         with_attrs.attrs.insert("k".into(), "v".into());
+        // One SDK block that is the whole body: its digest is the body's.
+        let mut whole = body(&[&sdk], "application/octet-stream");
+        whole.sha256 = SHA.into();
+        let stored = StoredBody::new(whole.clone(), &mut pool);
+        assert!(matches!(stored.blocks, Blocks::Whole { .. }));
+        let mut second_block = whole.clone();
+        second_block.blocks[0].key = format!("blocks/0/5/7/00000001.{SHA}");
+        let mut short_block = whole.clone();
+        short_block.size += 1;
+        for listed in [&second_block, &short_block] {
+            let stored = StoredBody::new(listed.clone(), &mut pool);
+            assert!(matches!(stored.blocks, Blocks::Listed(_)));
+        }
         for original in [
             body(&[], "application/octet-stream"),
             body(&[&sdk], "application/octet-stream"),
+            whole,
+            second_block,
+            short_block,
             body(&[&sdk2, &sdk, "x/y"], ""),
             with_attrs,
         ] {
