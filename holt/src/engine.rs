@@ -44,6 +44,7 @@ mod graft;
 #[cfg(test)]
 mod graft_tests;
 mod index;
+mod inode_set;
 mod invariants;
 mod memory;
 mod name;
@@ -59,6 +60,7 @@ mod stored_body;
 mod tests;
 mod tokens;
 
+pub(crate) use inode_set::InodeSet;
 pub(crate) use name::Name;
 pub(crate) use publish::Staged;
 pub(crate) use snapshots::Pin;
@@ -279,7 +281,7 @@ pub struct Namespace {
     /// Derived from `fields` (see `index`): `(field, key, file)`.
     pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
     /// Derived: files whose body came without a field set.
-    pub(crate) unindexed: OrdSet<InodeId>,
+    pub(crate) unindexed: InodeSet,
     /// Derived from `dentries`: `(child, directory, name)` of every local
     /// entry of an inode with several (or without a record); an inode
     /// with one keeps it in its record (`InodeRecord::link`, see `index`).
@@ -390,7 +392,7 @@ impl Holt {
                 grafts: OrdMap::new(),
                 fields: OrdMap::new(),
                 index: OrdSet::new(),
-                unindexed: OrdSet::new(),
+                unindexed: InodeSet::default(),
                 links: OrdSet::new(),
             },
             dedupe_capacity: config.dedupe_capacity,

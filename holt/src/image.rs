@@ -449,7 +449,7 @@ impl ImageBody {
                 .into_iter()
                 .collect(),
             index: OrdSet::new(),
-            unindexed: OrdSet::new(),
+            unindexed: Default::default(),
             links: OrdSet::new(),
         };
         ns.rebuild_derived();

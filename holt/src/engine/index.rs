@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use imbl::OrdSet;
 
-use super::{Name, Namespace};
+use super::{InodeSet, Name, Namespace};
 use crate::body::BodySummary;
 use crate::error::FsError;
 use crate::fields::{index_entries, FieldSet, IndexKey, IndexRange};
@@ -43,7 +43,7 @@ const MAX_UNINDEXED_CHECKS: usize = 1024;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Derived {
     pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
-    pub(crate) unindexed: OrdSet<InodeId>,
+    pub(crate) unindexed: InodeSet,
     pub(crate) links: OrdSet<(InodeId, InodeId, Name)>,
     /// The records' own links, by inode.
     pub(crate) single_links: BTreeMap<InodeId, (InodeId, Name)>,
@@ -143,7 +143,7 @@ impl Namespace {
 
     /// The file `inode` is gone (or lost its body): forget its fields.
     pub(crate) fn drop_fields(&mut self, inode: InodeId) {
-        self.unindexed.remove(&inode);
+        self.unindexed.remove(inode);
         if let Some(old) = self.fields.remove(&inode) {
             for (name, key) in index_entries(&old) {
                 self.index.remove(&(name, key, inode));
@@ -322,7 +322,7 @@ impl Namespace {
                 || self
                     .unindexed
                     .iter()
-                    .any(|id| !self.paths_below(*id, dir, 1).is_empty()));
+                    .any(|id| !self.paths_below(id, dir, 1).is_empty()));
         Ok(QueryResult::Indexed {
             hits,
             next,
@@ -428,7 +428,7 @@ impl Namespace {
             if unindexed {
                 self.unindexed.insert(id);
             } else {
-                self.unindexed.remove(&id);
+                self.unindexed.remove(id);
             }
         }
     }
