@@ -44,6 +44,7 @@ mod graft;
 #[cfg(test)]
 mod graft_tests;
 mod index;
+mod inode_map;
 mod inode_set;
 mod invariants;
 mod memory;
@@ -60,6 +61,7 @@ mod stored_body;
 mod tests;
 mod tokens;
 
+pub(crate) use inode_map::InodeMap;
 pub(crate) use inode_set::InodeSet;
 pub(crate) use name::Name;
 pub(crate) use publish::Staged;
@@ -265,7 +267,7 @@ pub struct Namespace {
     /// inline record (~280 bytes) cost about twice its size in slots; a
     /// pointer costs 8. A write replaces or copies (`Arc::make_mut`) the
     /// one record it changes; a clone of the map still shares them all.
-    pub(crate) inodes: OrdMap<InodeId, Arc<InodeRecord>>,
+    pub(crate) inodes: InodeMap<Arc<InodeRecord>>,
     /// `(directory, name) -> child`. Keyed by directory first so a listing is
     /// a range scan.
     pub(crate) dentries: OrdMap<(InodeId, Name), InodeId>,
@@ -387,7 +389,7 @@ impl Holt {
         Holt {
             ns: Namespace {
                 shard: config.shard,
-                inodes: OrdMap::unit(root, Arc::new(root_record)),
+                inodes: InodeMap::unit(root, Arc::new(root_record)),
                 dentries: OrdMap::new(),
                 grafts: OrdMap::new(),
                 fields: OrdMap::new(),

@@ -52,7 +52,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenRecord;
 use crate::body::{GcTask, UploadId};
-use crate::engine::{Holt, InodeRecord, LabelPool, Name, Namespace, Outcome, Pin, Staged};
+use crate::engine::{
+    Holt, InodeMap, InodeRecord, LabelPool, Name, Namespace, Outcome, Pin, Staged,
+};
 use crate::error::ImageError;
 use crate::fields::FieldSet;
 use crate::graft::GraftPoint;
@@ -94,7 +96,7 @@ struct ImageBodyRef<'a> {
     epoch: Epoch,
     last_applied: LogIndex,
     next_local: u64,
-    inodes: Vec<(&'a InodeId, &'a InodeRecord)>,
+    inodes: Vec<(InodeId, &'a InodeRecord)>,
     dentries: Vec<(&'a (InodeId, Name), &'a InodeId)>,
     /// Oldest first, so decoding restores the eviction order.
     dedupe: Vec<(&'a RequestId, &'a Outcome)>,
@@ -171,12 +173,38 @@ fn diff_to<K: Ord + Clone, V: Clone + PartialEq>(
         .collect()
 }
 
+/// A persistent map a pin's changes are applied to.
+trait Patch<K, V>: Clone {
+    fn put(&mut self, key: K, value: V);
+    fn take(&mut self, key: &K);
+}
+
+impl<K: Ord + Clone, V: Clone> Patch<K, V> for OrdMap<K, V> {
+    fn put(&mut self, key: K, value: V) {
+        self.insert(key, value);
+    }
+
+    fn take(&mut self, key: &K) {
+        self.remove(key);
+    }
+}
+
+impl<V: Clone> Patch<InodeId, V> for InodeMap<V> {
+    fn put(&mut self, key: InodeId, value: V) {
+        self.insert(key, value);
+    }
+
+    fn take(&mut self, key: &InodeId) {
+        self.remove(key);
+    }
+}
+
 /// `current` with `changes` (strictly increasing keys) applied.
-fn apply_diff<K: Ord + Clone, V: Clone>(
-    current: &OrdMap<K, V>,
+fn apply_diff<K: Ord, V, M: Patch<K, V>>(
+    current: &M,
     changes: Vec<(K, Option<V>)>,
     what: &str,
-) -> Result<OrdMap<K, V>, String> {
+) -> Result<M, String> {
     if changes
         .windows(2)
         .any(|pair| matches!(pair, [a, b] if a.0 >= b.0))
@@ -186,12 +214,8 @@ fn apply_diff<K: Ord + Clone, V: Clone>(
     let mut map = current.clone();
     for (k, v) in changes {
         match v {
-            Some(v) => {
-                map.insert(k, v);
-            }
-            None => {
-                map.remove(&k);
-            }
+            Some(v) => map.put(k, v),
+            None => map.take(&k),
         }
     }
     Ok(map)
@@ -328,7 +352,9 @@ impl Holt {
                 .values()
                 .map(|pin| PinImage {
                     info: pin.info.clone(),
-                    inodes: diff_to(&self.inodes, &pin.ns.inodes)
+                    inodes: self
+                        .inodes
+                        .diff_to(&pin.ns.inodes)
                         .into_iter()
                         .map(|(id, record)| (id, record.map(Arc::unwrap_or_clone)))
                         .collect(),

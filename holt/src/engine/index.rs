@@ -159,9 +159,9 @@ impl Namespace {
                 d.index.insert((name, key, *id));
             }
         }
-        for (id, record) in &self.inodes {
-            if record.body.is_some() && !self.fields.contains_key(id) {
-                d.unindexed.insert(*id);
+        for (id, record) in self.inodes.iter() {
+            if record.body.is_some() && !self.fields.contains_key(&id) {
+                d.unindexed.insert(id);
             }
         }
         let mut all: Vec<(InodeId, InodeId, Name)> = self
@@ -192,7 +192,7 @@ impl Namespace {
             .inodes
             .iter()
             .filter(|(id, record)| record.link.as_ref() != d.single_links.get(id))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in stale {
             let link = d.single_links.remove(&id);
@@ -211,7 +211,7 @@ impl Namespace {
             single_links: self
                 .inodes
                 .iter()
-                .filter_map(|(id, record)| record.link.clone().map(|link| (*id, link)))
+                .filter_map(|(id, record)| record.link.clone().map(|link| (id, link)))
                 .collect(),
         }
     }

@@ -94,7 +94,7 @@ mod tests {
             let mut model = BTreeSet::new();
             for (insert, raw) in ops {
                 // Ids near the top of the range too, where `id / 64` is large.
-                let id = InodeId(if raw % 2 == 0 { raw } else { u64::MAX - raw });
+                let id = InodeId(if raw.is_multiple_of(2) { raw } else { u64::MAX - raw });
                 if insert {
                     prop_assert_eq!(set.insert(id), model.insert(id));
                 } else {

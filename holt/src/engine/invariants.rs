@@ -26,8 +26,8 @@ impl Holt {
     /// Checks the whole state; the error says which invariant failed.
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
         self.check_root()?;
-        for (id, record) in &self.inodes {
-            self.check_inode(*id, record)?;
+        for (id, record) in self.inodes.iter() {
+            self.check_inode(id, record)?;
         }
         self.check_dentries()?;
         self.check_link_counts()?;
@@ -211,12 +211,12 @@ impl Holt {
                 *subdirs.entry(*dir).or_default() += 1;
             }
         }
-        for (id, record) in &self.inodes {
-            let name_count = names.get(id).copied().unwrap_or(0);
+        for (id, record) in self.inodes.iter() {
+            let name_count = names.get(&id).copied().unwrap_or(0);
             let (expected_names, expected_nlink) = match record.attr.file_type {
                 FileType::Directory => {
-                    let own = if *id == self.root() { 0 } else { 1 };
-                    (own, 2 + subdirs.get(id).copied().unwrap_or(0))
+                    let own = if id == self.root() { 0 } else { 1 };
+                    (own, 2 + subdirs.get(&id).copied().unwrap_or(0))
                 }
                 _ => (name_count.max(1), name_count),
             };
@@ -285,7 +285,7 @@ impl Holt {
         }
         let mut generations = BTreeSet::new();
         let mut live_keys: BTreeSet<String> = BTreeSet::new();
-        for (id, record) in &self.inodes {
+        for (id, record) in self.inodes.iter() {
             let attr = &record.attr;
             let Some(body) = &record.body else {
                 if attr.generation != Generation(0) {
@@ -297,7 +297,7 @@ impl Holt {
                 return Err(format!("inode {id}: only files have bodies"));
             }
             let body = body.to_body();
-            self.check_body(*id, &body, &mut generations)?;
+            self.check_body(id, &body, &mut generations)?;
             if body.generation != attr.generation || body.size != attr.size {
                 return Err(format!("inode {id}: body and attributes disagree"));
             }

@@ -52,7 +52,7 @@ impl Holt {
         let linked: Vec<InodeId> = inodes
             .iter()
             .filter(|(_, record)| record.link.is_some())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in linked {
             if let Some(record) = inodes.get_mut(&id) {
@@ -65,7 +65,7 @@ impl Holt {
         let with_body: Vec<InodeId> = inodes
             .iter()
             .filter(|(_, record)| record.body.is_some())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in with_body {
             if let Some(record) = inodes.get_mut(&id) {

@@ -677,7 +677,7 @@ impl Holt {
     pub fn live_blocks(&self) -> Vec<(InodeId, Generation, BlockRef)> {
         self.inodes
             .iter()
-            .filter_map(|(id, record)| record.body.as_ref().map(|body| (*id, body)))
+            .filter_map(|(id, record)| record.body.as_ref().map(|body| (id, body)))
             .flat_map(|(id, body)| body.blocks().map(move |block| (id, body.generation, block)))
             .collect()
     }

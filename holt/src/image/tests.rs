@@ -569,7 +569,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
         .inodes
         .iter()
         .find(|(_, record)| record.body.is_some())
-        .map(|(id, _)| *id)
+        .map(|(id, _)| id)
         .expect("sample has a published file");
     let body = |holt: &mut Holt| {
         holt.record_mut(published)
