@@ -340,6 +340,7 @@ impl Holt {
                 .dedupe_order
                 .iter()
                 .filter_map(|id| self.dedupe.get_key_value(id))
+                .map(|(id, outcome)| (id, &**outcome))
                 .collect(),
             next_upload: self.next_upload,
             next_generation: self.next_generation,

@@ -503,6 +503,7 @@ fn duplicate_keys_in_a_body_are_corrupt() {
             .dedupe_order
             .iter()
             .filter_map(|id| holt.dedupe.get_key_value(id))
+            .map(|(id, outcome)| (id, &**outcome))
             .collect(),
         next_upload: holt.next_upload,
         next_generation: holt.next_generation,
