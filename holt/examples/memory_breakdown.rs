@@ -4,7 +4,8 @@
 //! (`Holt::drop_in_parts`) under a counting allocator. A benchmark, not a
 //! test: it prints, it asserts nothing. What a replica's resident memory
 //! adds on top (allocator slack, the Raft log's cache, sled, the runtime)
-//! is `scripts/bench-memory.sh`'s to measure.
+//! is `scripts/bench-memory.sh`'s to measure. It also times the image
+//! codec on that state (encode, and decode as a restore does it).
 //!
 //! ```text
 //! cargo run --release -p nokv-holt --example memory_breakdown [N]   (default 1000000)
@@ -12,6 +13,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use nokv_holt::{
     Applied, BlockRef, BodySpec, Command, EntryRef, Holt, HoltConfig, LogIndex, Op, PublishMode,
@@ -145,6 +147,18 @@ fn measure(n: usize, bodies: bool) {
     let total = live() - start;
     let what = if bodies { "one-block body" } else { "empty" };
     println!("{n} files ({what}), 1,000 per directory: {total} bytes live");
+    // What a restore pays for the layout: the image codec both ways.
+    let clock = Instant::now();
+    let image = e.holt.encode_image();
+    let encoded = clock.elapsed();
+    let clock = Instant::now();
+    let decoded = Holt::decode_image(&image).map(|holt| holt == e.holt);
+    println!(
+        "  image {} bytes: encode {encoded:.2?}, decode {:.2?} (equal: {decoded:?})",
+        image.len(),
+        clock.elapsed()
+    );
+    drop(image);
     println!("  {:<28} {:>14} {:>12}", "part", "bytes", "per file");
     let mut last = live();
     e.holt.drop_in_parts(|part| {

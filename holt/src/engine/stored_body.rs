@@ -167,8 +167,21 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn write_hex(out: &mut impl std::fmt::Write, bytes: &[u8]) -> std::fmt::Result {
-    bytes.iter().try_for_each(|b| write!(out, "{b:02x}"))
+/// The 64 lowercase hex digits of a sha256.
+fn hex_digits(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    out
+}
+
+fn write_hex(out: &mut impl std::fmt::Write, bytes: &[u8; 32]) -> std::fmt::Result {
+    let digits = hex_digits(bytes);
+    // Hex digits are ASCII, so always UTF-8.
+    out.write_str(std::str::from_utf8(&digits).unwrap_or_default())
 }
 
 fn hex_string(bytes: &[u8; 32]) -> String {
@@ -307,7 +320,8 @@ impl Serialize for StoredBody {
         s.serialize_field("generation", &self.generation)?;
         s.serialize_field("size", &self.size)?;
         s.serialize_field("blocks", &BlocksOut(self))?;
-        s.serialize_field("sha256", &self.sha256())?;
+        let sha256 = hex_digits(&self.sha256);
+        s.serialize_field("sha256", std::str::from_utf8(&sha256).unwrap_or_default())?;
         s.serialize_field("content_type", &*self.labels.content_type)?;
         s.serialize_field("producer", &*self.labels.producer)?;
         s.serialize_field("attrs", self.attrs.as_deref().unwrap_or(&no_attrs))?;
