@@ -292,7 +292,7 @@ pub fn validate_body_spec(spec: &BodySpec) -> Result<(), FsError> {
 }
 
 /// The fields a [`BodySpec`] and a [`Body`] share, so one function checks
-/// both a command and a decoded image.
+/// both a command and a decoded image (the engine's compact form of it).
 pub(crate) struct BodyParts<'a> {
     pub(crate) size: u64,
     pub(crate) blocks: &'a [BlockRef],
@@ -300,19 +300,6 @@ pub(crate) struct BodyParts<'a> {
     pub(crate) content_type: &'a str,
     pub(crate) producer: &'a str,
     pub(crate) attrs: &'a BTreeMap<String, String>,
-}
-
-impl Body {
-    pub(crate) fn parts(&self) -> BodyParts<'_> {
-        BodyParts {
-            size: self.size,
-            blocks: &self.blocks,
-            sha256: &self.sha256,
-            content_type: &self.content_type,
-            producer: &self.producer,
-            attrs: &self.attrs,
-        }
-    }
 }
 
 pub(crate) fn validate_body_parts(body: BodyParts<'_>) -> Result<(), FsError> {

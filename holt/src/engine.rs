@@ -61,6 +61,7 @@ mod stored_body;
 mod tests;
 mod tokens;
 
+pub(crate) use index::reverse_links;
 pub(crate) use inode_map::InodeMap;
 pub(crate) use inode_set::InodeSet;
 pub(crate) use name::Name;

@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::TokenRecord;
 use crate::body::{GcTask, UploadId};
 use crate::engine::{
-    Holt, InodeMap, InodeRecord, LabelPool, Name, Namespace, Outcome, Pin, Staged,
+    reverse_links, Holt, InodeMap, InodeRecord, LabelPool, Name, Namespace, Outcome, Pin, Staged,
 };
 use crate::error::ImageError;
 use crate::fields::FieldSet;
@@ -464,22 +464,33 @@ impl ImageBody {
             .map_err(|_| "dedupe capacity does not fit this platform".to_string())?;
         let dedupe_order: imbl::Vector<RequestId> = self.dedupe.iter().map(|(id, _)| *id).collect();
         let mut labels = LabelPool::default();
+        let inodes = sorted_map(self.inodes, "inodes")?;
+        let dentries = sorted_map(self.dentries, "dentries")?;
+        // The reverse links, derived once: each record gets its own as it
+        // is built (both in inode order), the rest go to `links`.
+        let (singles, links) = reverse_links(self.shard, &dentries, |id| inodes.contains_key(id));
+        let mut singles = singles.into_iter().peekable();
         let mut ns = Namespace {
             shard: self.shard,
-            inodes: sorted_map(self.inodes, "inodes")?
+            inodes: inodes
                 .into_iter()
-                .map(|(id, record)| (id, shared(record, &mut labels)))
+                .map(|(id, mut record)| {
+                    record.link = singles
+                        .next_if(|(child, _)| *child == id)
+                        .map(|(_, link)| link);
+                    (id, shared(record, &mut labels))
+                })
                 .collect(),
-            dentries: sorted_map(self.dentries, "dentries")?.into_iter().collect(),
+            dentries: dentries.into_iter().collect(),
             grafts: sorted_map(grafts.current, "grafts")?.into_iter().collect(),
             fields: sorted_map(fields.current, "field sets")?
                 .into_iter()
                 .collect(),
             index: OrdSet::new(),
             unindexed: Default::default(),
-            links: OrdSet::new(),
+            links,
         };
-        ns.rebuild_derived();
+        ns.rebuild_field_index();
         let mut pin_grafts = grafts.pins.into_iter();
         let mut pin_fields = fields.pins.into_iter();
         if self.pins.len() != pin_grafts.len() || self.pins.len() != pin_fields.len() {

@@ -28,7 +28,7 @@ use crate::body::BodySummary;
 use crate::error::FsError;
 use crate::fields::{index_entries, FieldSet, IndexKey, IndexRange};
 use crate::query::{IndexedHit, QueryResult, MAX_INDEXED_FIELDS, MAX_INDEXED_PAGE, MAX_PAGE_BYTES};
-use crate::types::InodeId;
+use crate::types::{InodeId, ShardId};
 
 /// Index entries one page may step over (matches outside the directory
 /// included), so a page costs a bounded amount of work.
@@ -45,8 +45,41 @@ pub(crate) struct Derived {
     pub(crate) index: OrdSet<(String, IndexKey, InodeId)>,
     pub(crate) unindexed: InodeSet,
     pub(crate) links: OrdSet<(InodeId, InodeId, Name)>,
-    /// The records' own links, by inode.
-    pub(crate) single_links: BTreeMap<InodeId, (InodeId, Name)>,
+    /// The records' own links, in inode order.
+    pub(crate) single_links: SingleLinks,
+}
+
+/// Records' own links, `(inode, (directory, name))`, in inode order.
+pub(crate) type SingleLinks = Vec<(InodeId, (InodeId, Name))>;
+/// The `links` set: `(child, directory, name)`.
+pub(crate) type LinkSet = OrdSet<(InodeId, InodeId, Name)>;
+
+/// The reverse links of `dentries` in canonical form: the one entry of
+/// each local child that has exactly one and a record (`has_record`), in
+/// child order, for the records; every other local entry as
+/// `(child, directory, name)` for `links`.
+pub(crate) fn reverse_links<'a>(
+    shard: ShardId,
+    dentries: impl IntoIterator<Item = (&'a (InodeId, Name), &'a InodeId)>,
+    has_record: impl Fn(&InodeId) -> bool,
+) -> (SingleLinks, LinkSet) {
+    let mut all: Vec<(InodeId, InodeId, Name)> = dentries
+        .into_iter()
+        .filter(|(_, child)| child.shard() == shard)
+        .map(|((parent, name), child)| (*child, *parent, name.clone()))
+        .collect();
+    all.sort();
+    let mut singles = Vec::new();
+    let mut links = OrdSet::new();
+    for run in all.chunk_by(|a, b| a.0 == b.0) {
+        match run {
+            [(child, parent, name)] if has_record(child) => {
+                singles.push((*child, (*parent, name.clone())));
+            }
+            _ => links.extend(run.iter().cloned()),
+        }
+    }
+    (singles, links)
 }
 
 impl Namespace {
@@ -153,53 +186,41 @@ impl Namespace {
 
     /// The derived maps as they should be for this namespace.
     pub(crate) fn derive(&self) -> Derived {
-        let mut d = Derived::default();
-        for (id, fields) in &self.fields {
-            for (name, key) in index_entries(fields) {
-                d.index.insert((name, key, *id));
-            }
+        let (index, unindexed) = self.field_index();
+        let (single_links, links) = reverse_links(self.shard, self.dentries.iter(), |id| {
+            self.inodes.contains_key(id)
+        });
+        Derived {
+            index,
+            unindexed,
+            links,
+            single_links,
         }
-        for (id, record) in self.inodes.iter() {
-            if record.body.is_some() && !self.fields.contains_key(&id) {
-                d.unindexed.insert(id);
-            }
-        }
-        let mut all: Vec<(InodeId, InodeId, Name)> = self
-            .dentries
-            .iter()
-            .filter(|(_, child)| !self.is_foreign(**child))
-            .map(|((parent, name), child)| (*child, *parent, name.clone()))
-            .collect();
-        all.sort();
-        for run in all.chunk_by(|a, b| a.0 == b.0) {
-            match run {
-                [(child, parent, name)] if self.inodes.contains_key(child) => {
-                    d.single_links.insert(*child, (*parent, name.clone()));
-                }
-                _ => d.links.extend(run.iter().cloned()),
-            }
-        }
-        d
     }
 
-    /// Replaces the derived maps by a rebuild (after decoding).
-    pub(crate) fn rebuild_derived(&mut self) {
-        let mut d = self.derive();
-        self.index = d.index;
-        self.unindexed = d.unindexed;
-        self.links = d.links;
-        let stale: Vec<InodeId> = self
-            .inodes
-            .iter()
-            .filter(|(id, record)| record.link.as_ref() != d.single_links.get(id))
-            .map(|(id, _)| id)
-            .collect();
-        for id in stale {
-            let link = d.single_links.remove(&id);
-            if let Some(record) = self.record_mut(id) {
-                record.link = link;
+    /// The field index and the unindexed set, built from the field sets
+    /// and the bodies.
+    fn field_index(&self) -> (OrdSet<(String, IndexKey, InodeId)>, InodeSet) {
+        let mut index = OrdSet::new();
+        for (id, fields) in &self.fields {
+            for (name, key) in index_entries(fields) {
+                index.insert((name, key, *id));
             }
         }
+        let unindexed = self
+            .inodes
+            .iter()
+            .filter(|(id, record)| record.body.is_some() && !self.fields.contains_key(id))
+            .map(|(id, _)| id)
+            .collect();
+        (index, unindexed)
+    }
+
+    /// Rebuilds the field index and the unindexed set (after decoding,
+    /// whose builder attaches the reverse links itself: see
+    /// [`reverse_links`]).
+    pub(crate) fn rebuild_field_index(&mut self) {
+        (self.index, self.unindexed) = self.field_index();
     }
 
     /// The derived maps as they are.

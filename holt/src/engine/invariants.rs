@@ -14,9 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use super::{Holt, InodeRecord, Name};
-use crate::body::{
-    shard_block_prefix, validate_body_parts, Body, GcTarget, PublishMode, MAX_STAGED_UPLOADS,
-};
+use crate::body::{shard_block_prefix, BlockRef, GcTarget, PublishMode, MAX_STAGED_UPLOADS};
 use crate::path::{
     preview, validate_name, validate_symlink_target, validate_xattr_name, validate_xattr_value,
 };
@@ -296,12 +294,12 @@ impl Holt {
             if attr.file_type != FileType::File {
                 return Err(format!("inode {id}: only files have bodies"));
             }
-            let body = body.to_body();
-            self.check_body(id, &body, &mut generations)?;
+            let blocks = body.validate().map_err(|e| format!("inode {id}: {e}"))?;
+            self.check_body(id, body.generation, &blocks, &mut generations)?;
             if body.generation != attr.generation || body.size != attr.size {
                 return Err(format!("inode {id}: body and attributes disagree"));
             }
-            for block in body.blocks {
+            for block in blocks {
                 if live_keys.contains(&block.key) {
                     return Err(format!("block key {:?} is live twice", block.key));
                 }
@@ -435,29 +433,31 @@ impl Holt {
         }
     }
 
+    /// A (validated) body's generation and block keys.
     fn check_body(
         &self,
         id: InodeId,
-        body: &Body,
+        generation: Generation,
+        blocks: &[BlockRef],
         generations: &mut BTreeSet<Generation>,
     ) -> Result<(), String> {
-        validate_body_parts(body.parts()).map_err(|e| format!("inode {id}: {e}"))?;
-        self.check_generation(body.generation, generations)
+        self.check_generation(generation, generations)
             .map_err(|e| format!("inode {id}: {e}"))?;
         // `blocks/{shard}/{inode}/{generation}/…`: the inode part may name
         // another file (an upsert), the shard may not; the generation is
         // this body's, or an earlier one's whose blocks it kept (an append).
+        let shard = self.shard.0.to_string();
         let owned = |key: &str| {
             let mut parts = key.split('/');
             parts.next() == Some("blocks")
-                && parts.next() == Some(self.shard.0.to_string().as_str())
+                && parts.next() == Some(shard.as_str())
                 && parts.next().is_some()
                 && parts
                     .next()
                     .and_then(|g| g.parse::<u64>().ok())
-                    .is_some_and(|g| g >= 1 && g <= body.generation.0)
+                    .is_some_and(|g| g >= 1 && g <= generation.0)
         };
-        if !body.blocks.iter().all(|block| owned(&block.key)) {
+        if !blocks.iter().all(|block| owned(&block.key)) {
             return Err(format!(
                 "inode {id}: a block key is outside its generation's prefix"
             ));

@@ -18,13 +18,14 @@
 //! It encodes exactly as [`Body`] does, field for field, so the image
 //! format does not depend on this layout (checked by a test).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::body::{BlockRef, Body, BodySummary};
+use crate::body::{validate_body_parts, BlockRef, Body, BodyParts, BodySummary};
+use crate::error::FsError;
 use crate::types::{Generation, InodeId, ShardId};
 
 /// A published body, compacted. See the module docs.
@@ -84,9 +85,26 @@ enum StoredKey {
 impl StoredKey {
     fn new(key: &str) -> StoredKey {
         match StoredKey::parse_sdk(key) {
-            Some(sdk) if sdk.to_string() == key => sdk,
+            Some(sdk) if sdk.prints_as(key) => sdk,
             _ => StoredKey::Text(key.into()),
         }
+    }
+
+    /// Whether this key prints exactly as `key` (compared as it prints,
+    /// without building the string).
+    fn prints_as(&self, key: &str) -> bool {
+        /// Consumes `rest` as long as what is written matches it.
+        struct Matcher<'a> {
+            rest: &'a str,
+        }
+        impl std::fmt::Write for Matcher<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.rest = self.rest.strip_prefix(s).ok_or(std::fmt::Error)?;
+                Ok(())
+            }
+        }
+        let mut matcher = Matcher { rest: key };
+        std::fmt::write(&mut matcher, format_args!("{self}")).is_ok() && matcher.rest.is_empty()
     }
 
     /// The SDK shape's parts, if `key` has them (not yet checked to print
@@ -197,39 +215,41 @@ impl StoredBody {
     /// it not, it is kept as zeros and the image check would refuse the
     /// state (`check_body` validates the expanded body).
     pub(crate) fn new(body: Body, pool: &mut LabelPool) -> StoredBody {
-        let mut stored = StoredBody::unpooled(body);
-        stored.labels = pool.share(stored.labels);
-        stored
+        let labels = pool.share(&body.content_type, &body.producer);
+        StoredBody::with_labels(body, labels)
     }
 
-    fn unpooled(body: Body) -> StoredBody {
+    /// With labels of its own (decoding; the decoder shares them after).
+    fn unpooled(mut body: Body) -> StoredBody {
+        let labels = Arc::new(Labels {
+            content_type: std::mem::take(&mut body.content_type).into_boxed_str(),
+            producer: std::mem::take(&mut body.producer).into_boxed_str(),
+        });
+        StoredBody::with_labels(body, labels)
+    }
+
+    fn with_labels(body: Body, labels: Arc<Labels>) -> StoredBody {
         let sha256 = parse_sha256(&body.sha256).unwrap_or_default();
-        let listed: Box<[StoredBlock]> = body.blocks.iter().map(StoredBlock::new).collect();
-        let blocks = match &listed[..] {
-            [StoredBlock {
-                size,
-                key:
-                    StoredKey::Sdk {
-                        inode,
-                        generation,
-                        index: 0,
-                        digest,
-                    },
-            }] if *size == body.size && *digest == sha256 => Blocks::Whole {
-                inode: *inode,
-                generation: *generation,
+        let whole = match &body.blocks[..] {
+            [only] if only.size == body.size => match StoredKey::new(&only.key) {
+                StoredKey::Sdk {
+                    inode,
+                    generation,
+                    index: 0,
+                    digest,
+                } if digest == sha256 => Some(Blocks::Whole { inode, generation }),
+                _ => None,
             },
-            _ => Blocks::Listed(listed),
+            _ => None,
         };
+        let blocks = whole
+            .unwrap_or_else(|| Blocks::Listed(body.blocks.iter().map(StoredBlock::new).collect()));
         StoredBody {
             generation: body.generation,
             size: body.size,
             published_ns: body.published_ns,
             sha256,
-            labels: Arc::new(Labels {
-                content_type: body.content_type.into(),
-                producer: body.producer.into(),
-            }),
+            labels,
             attrs: (!body.attrs.is_empty()).then(|| Box::new(body.attrs)),
             blocks,
         }
@@ -237,7 +257,8 @@ impl StoredBody {
 
     /// Shares this body's labels through `pool` (after decoding an image).
     pub(crate) fn share_labels(&mut self, pool: &mut LabelPool) {
-        self.labels = pool.share(self.labels.clone());
+        let shared = pool.share(&self.labels.content_type, &self.labels.producer);
+        self.labels = shared;
     }
 
     pub(crate) fn block_count(&self) -> usize {
@@ -267,6 +288,23 @@ impl StoredBody {
         whole
             .into_iter()
             .chain(listed.iter().map(StoredBlock::to_ref))
+    }
+
+    /// Checks the body as a command's is checked
+    /// ([`validate_body_parts`]); its blocks, spelled out.
+    pub(crate) fn validate(&self) -> Result<Vec<BlockRef>, FsError> {
+        static NO_ATTRS: BTreeMap<String, String> = BTreeMap::new();
+        let blocks: Vec<BlockRef> = self.blocks().collect();
+        let sha256 = hex_digits(&self.sha256);
+        validate_body_parts(BodyParts {
+            size: self.size,
+            blocks: &blocks,
+            sha256: std::str::from_utf8(&sha256).unwrap_or_default(),
+            content_type: &self.labels.content_type,
+            producer: &self.labels.producer,
+            attrs: self.attrs.as_deref().unwrap_or(&NO_ATTRS),
+        })?;
+        Ok(blocks)
     }
 
     pub(crate) fn sha256(&self) -> String {
@@ -347,7 +385,8 @@ impl<'de> Deserialize<'de> for StoredBody {
 }
 
 /// The distinct label pairs of the bodies in the namespace, so that bodies
-/// with the same content type and producer share one allocation.
+/// with the same content type and producer share one allocation. Looked up
+/// by content type, then producer, so a hit allocates nothing.
 ///
 /// Only an allocation cache, not state: no query sees it, it is not
 /// encoded, and two engines compare equal whatever their pools hold. Pairs
@@ -355,7 +394,8 @@ impl<'de> Deserialize<'de> for StoredBody {
 /// the last sweep, so it stays within twice the pairs in use.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LabelPool {
-    pairs: BTreeSet<Arc<Labels>>,
+    pairs: BTreeMap<Box<str>, BTreeMap<Box<str>, Arc<Labels>>>,
+    len: usize,
     sweep_at: usize,
 }
 
@@ -371,21 +411,39 @@ impl LabelPool {
     /// Minimum pool size before a sweep.
     const MIN_SWEEP: usize = 64;
 
-    fn share(&mut self, labels: Arc<Labels>) -> Arc<Labels> {
-        if let Some(shared) = self.pairs.get(&labels) {
+    /// The shared pair for `content_type` and `producer`, made if new.
+    fn share(&mut self, content_type: &str, producer: &str) -> Arc<Labels> {
+        if let Some(shared) = self
+            .pairs
+            .get(content_type)
+            .and_then(|by_producer| by_producer.get(producer))
+        {
             return shared.clone();
         }
-        if self.pairs.len() >= self.sweep_at.max(Self::MIN_SWEEP) {
-            self.pairs.retain(|pair| Arc::strong_count(pair) > 1);
-            self.sweep_at = 2 * self.pairs.len();
+        if self.len >= self.sweep_at.max(Self::MIN_SWEEP) {
+            self.len = 0;
+            for by_producer in self.pairs.values_mut() {
+                by_producer.retain(|_, pair| Arc::strong_count(pair) > 1);
+                self.len += by_producer.len();
+            }
+            self.pairs.retain(|_, by_producer| !by_producer.is_empty());
+            self.sweep_at = 2 * self.len;
         }
-        self.pairs.insert(labels.clone());
+        let labels = Arc::new(Labels {
+            content_type: content_type.into(),
+            producer: producer.into(),
+        });
+        self.pairs
+            .entry(content_type.into())
+            .or_default()
+            .insert(producer.into(), labels.clone());
+        self.len += 1;
         labels
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.pairs.len()
+        self.len
     }
 }
 
