@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Holt, Namespace};
+use super::{Holt, InodeMap, InodeRecord, Namespace};
 use crate::types::InodeId;
 
 impl Holt {
@@ -49,31 +49,24 @@ impl Holt {
         drop((fields, index, unindexed, grafts));
         dropped("fields and their indexes");
         drop(links);
-        let linked: Vec<InodeId> = inodes
-            .iter()
-            .filter(|(_, record)| record.link.is_some())
-            .map(|(id, _)| id)
-            .collect();
-        for id in linked {
-            if let Some(record) = inodes.get_mut(&id) {
-                Arc::make_mut(record).link = None;
-            }
-        }
+        clear_each(&mut inodes, |record| record.link = None);
         dropped("links (child -> entry)");
         drop(dentries);
         dropped("dentries and names");
-        let with_body: Vec<InodeId> = inodes
-            .iter()
-            .filter(|(_, record)| record.body.is_some())
-            .map(|(id, _)| id)
-            .collect();
-        for id in with_body {
-            if let Some(record) = inodes.get_mut(&id) {
-                Arc::make_mut(record).body = None;
-            }
-        }
+        clear_each(&mut inodes, |record| record.body = None);
         dropped("bodies");
         drop(inodes);
         dropped("inodes and records");
+    }
+}
+
+/// Applies `clear` to every record (each is unique here: the pins are
+/// gone, so nothing is copied).
+fn clear_each(inodes: &mut InodeMap<Arc<InodeRecord>>, clear: impl Fn(&mut InodeRecord)) {
+    let ids: Vec<InodeId> = inodes.iter().map(|(id, _)| id).collect();
+    for id in ids {
+        if let Some(record) = inodes.get_mut(&id) {
+            clear(Arc::make_mut(record));
+        }
     }
 }
