@@ -22,6 +22,7 @@ macro_rules! outln {
     };
 }
 
+mod arenas;
 mod auth;
 mod bench;
 mod bench_agent;
@@ -334,6 +335,10 @@ fn init_tracing(format: &str, default_level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Serve(_) | Command::Dev(_));
+    if server {
+        // Before anything starts: this may replace the process.
+        arenas::limit();
+    }
     init_tracing(
         &cli.global.log_format,
         if server {

@@ -343,6 +343,37 @@ async fn cluster_forms_and_serves() {
 
 // ---------------------------------------------------------------------------
 
+/// The environment of a running process, as its `/proc` entry shows it.
+fn environment_of(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read /proc/PID/environ");
+    String::from_utf8_lossy(&raw).replace('\0', "\n")
+}
+
+/// `nokv serve` runs with two malloc arenas (cli/src/arenas.rs: it
+/// re-executes itself once with `MALLOC_ARENA_MAX=2`, keeping its pid and
+/// arguments) unless the variable is set, whose value it then keeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_with_two_malloc_arenas_unless_told() {
+    let _load = light_test().await;
+    let inherited = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into());
+    for (env, expected) in [
+        (&[][..], inherited.as_str()),
+        (&[("MALLOC_ARENA_MAX", "5")][..], "5"),
+    ] {
+        let cluster = Cluster::spawn_with_env(&[], env).await;
+        for id in cluster.ids() {
+            let pid = cluster.pid(id).expect("the node runs");
+            let environment = environment_of(pid);
+            assert!(
+                environment
+                    .lines()
+                    .any(|line| line == format!("MALLOC_ARENA_MAX={expected}")),
+                "node {id} (pid {pid}) should run with MALLOC_ARENA_MAX={expected}:\n{environment}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_creates_then_leader_sigkill() {
     let _load = heavy_test().await;
