@@ -59,6 +59,59 @@ fn no_leftovers() {
     }
 }
 
+/// The report's checks that failed, each with its details (a register
+/// verdict with its first anomalies, a namespace or set summary, the
+/// liveness summary, fsck problems, graft checks, an abort), or "none".
+fn failed_checks(r: &Value) -> String {
+    let mut failed: Vec<(&str, Value)> = Vec::new();
+    if r["register"]["verdict"] != "linearizable" {
+        let first: Vec<Value> = r["register"]["anomalies"]
+            .as_array()
+            .map(|a| a.iter().take(3).cloned().collect())
+            .unwrap_or_default();
+        failed.push((
+            "register",
+            serde_json::json!({"verdict": r["register"]["verdict"], "first_anomalies": first}),
+        ));
+    }
+    for check in ["namespace", "set", "liveness"] {
+        if r[check]["valid"] != Value::Bool(true) {
+            failed.push((check, r[check].clone()));
+        }
+    }
+    if let Some(shards) = r["set_by_shard"].as_object() {
+        for (shard, s) in shards {
+            if s["valid"] != Value::Bool(true) {
+                failed.push(("set_by_shard", serde_json::json!({ shard: s })));
+            }
+        }
+    }
+    if r["fsck"]["valid"] != Value::Bool(true) {
+        failed.push(("fsck", r["fsck"].clone()));
+    }
+    let graft: Vec<Value> = r["graft_checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["ok"] != Value::Bool(true))
+        .cloned()
+        .collect();
+    if !graft.is_empty() {
+        failed.push(("graft_checks", Value::Array(graft)));
+    }
+    if !r["aborted"].is_null() {
+        failed.push(("aborted", r["aborted"].clone()));
+    }
+    if failed.is_empty() {
+        return "none".into();
+    }
+    failed
+        .iter()
+        .map(|(name, details)| format!("{name}: {details}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn every_nemesis_on_every_workload_passes_the_checkers() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -96,6 +149,9 @@ fn every_nemesis_on_every_workload_passes_the_checkers() {
         "liveness": r["liveness"], "aborted": r["aborted"],
     }))
     .unwrap_or_default();
+    // The failing checks first: CI shows only the head and the tail of a
+    // long failure message.
+    let summary = format!("failed checks: {}\n{summary}", failed_checks(&r));
     assert_eq!(r["valid"], Value::Bool(true), "{summary}");
     assert_eq!(output.status.code(), Some(0), "{summary}");
     // Every fault kind was injected at least once, without errors.
@@ -336,4 +392,26 @@ fn a_cluster_that_never_forms_leaves_logs_statuses_and_a_summary() {
         "{status}"
     );
     no_leftovers();
+}
+
+#[test]
+fn failed_checks_name_what_failed() {
+    let mut r = serde_json::json!({
+        "register": {"verdict": "linearizable", "anomalies": []},
+        "namespace": {"valid": true}, "set": {"valid": true},
+        "liveness": {"valid": true},
+        "set_by_shard": {"/": {"valid": true}, "/s1": {"valid": true}},
+        "fsck": {"valid": true}, "graft_checks": [{"ok": true}], "aborted": null,
+    });
+    assert_eq!(failed_checks(&r), "none");
+    r["register"] = serde_json::json!({"verdict": "not-linearizable", "anomalies": [1, 2, 3, 4]});
+    r["set_by_shard"]["/s1"]["valid"] = Value::Bool(false);
+    r["liveness"] = serde_json::json!({"valid": false, "not_settled": true});
+    let failed = failed_checks(&r);
+    assert_eq!(
+        failed,
+        "register: {\"first_anomalies\":[1,2,3],\"verdict\":\"not-linearizable\"}\n\
+         liveness: {\"not_settled\":true,\"valid\":false}\n\
+         set_by_shard: {\"/s1\":{\"valid\":false}}"
+    );
 }
