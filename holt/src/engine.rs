@@ -263,12 +263,11 @@ impl<'de> Deserialize<'de> for Xattrs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub(crate) shard: ShardId,
-    /// Each record behind its own `Arc`: the B-tree's leaves hold a slot
-    /// for 16 entries and, filled in id order, stay about half full, so an
-    /// inline record (~280 bytes) cost about twice its size in slots; a
-    /// pointer costs 8. A write replaces or copies (`Arc::make_mut`) the
-    /// one record it changes; a clone of the map still shares them all.
-    pub(crate) inodes: InodeMap<Arc<InodeRecord>>,
+    /// The records inline in the map's chunks of sixteen ids (see
+    /// [`InodeMap`]): no allocation of its own per record. A clone of the
+    /// map (a pin, the snapshot builder's copy) shares every chunk; the
+    /// first write to a shared chunk copies its sixteen records.
+    pub(crate) inodes: InodeMap<InodeRecord>,
     /// `(directory, name) -> child`. Keyed by directory first so a listing is
     /// a range scan.
     pub(crate) dentries: OrdMap<(InodeId, Name), InodeId>,
@@ -393,7 +392,7 @@ impl Holt {
         Holt {
             ns: Namespace {
                 shard: config.shard,
-                inodes: InodeMap::unit(root, Arc::new(root_record)),
+                inodes: InodeMap::unit(root, root_record),
                 dentries: OrdMap::new(),
                 grafts: OrdMap::new(),
                 fields: OrdMap::new(),

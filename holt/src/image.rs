@@ -43,7 +43,6 @@
 //! and a well-formed body must also pass the engine's structural checks.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bincode::Options;
 use imbl::ordmap::DiffItem;
@@ -330,11 +329,7 @@ impl Holt {
             epoch: self.epoch,
             last_applied: self.last_applied,
             next_local: self.next_local,
-            inodes: self
-                .inodes
-                .iter()
-                .map(|(id, record)| (id, &**record))
-                .collect(),
+            inodes: self.inodes.iter().collect(),
             dentries: self.dentries.iter().collect(),
             dedupe: self
                 .dedupe_order
@@ -353,12 +348,7 @@ impl Holt {
                 .values()
                 .map(|pin| PinImage {
                     info: pin.info.clone(),
-                    inodes: self
-                        .inodes
-                        .diff_to(&pin.ns.inodes)
-                        .into_iter()
-                        .map(|(id, record)| (id, record.map(Arc::unwrap_or_clone)))
-                        .collect(),
+                    inodes: self.inodes.diff_to(&pin.ns.inodes),
                     dentries: diff_to(&self.dentries, &pin.ns.dentries),
                 })
                 .collect(),
@@ -581,11 +571,11 @@ impl ImageBody {
 }
 
 /// A decoded record, its body's labels shared through `labels`.
-fn shared(mut record: InodeRecord, labels: &mut LabelPool) -> Arc<InodeRecord> {
+fn shared(mut record: InodeRecord, labels: &mut LabelPool) -> InodeRecord {
     if let Some(body) = &mut record.body {
         body.share_labels(labels);
     }
-    Arc::new(record)
+    record
 }
 
 /// Builds a map from entries that must be in strictly increasing key order,

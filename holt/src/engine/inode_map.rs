@@ -17,7 +17,9 @@ type Chunk<V> = [Option<V>; CHUNK as usize];
 /// consecutive ids, the chunks in a persistent map keyed by `id / 16`. A
 /// clone is O(1) and shares every chunk (what a snapshot pin needs); a
 /// write copies the one chunk it changes if a clone shares it
-/// (`Arc::make_mut`: sixteen values, for `Arc` values sixteen pointers).
+/// (`Arc::make_mut`: sixteen values; the namespace's records sit in the
+/// chunks themselves, so a copy clones sixteen records, once per chunk
+/// per clone).
 ///
 /// Why: inode numbers are allocated in order, and imbl's `OrdMap` leaves
 /// (sixteen slots, split in half when full) stay half full when filled

@@ -1,8 +1,6 @@
 //! What each part of the state costs in memory, for
 //! `examples/memory_breakdown.rs` (docs/benchmarks.md, "Memory per inode").
 
-use std::sync::Arc;
-
 use super::{Holt, InodeMap, InodeRecord, Namespace};
 use crate::types::InodeId;
 
@@ -62,11 +60,11 @@ impl Holt {
 
 /// Applies `clear` to every record (each is unique here: the pins are
 /// gone, so nothing is copied).
-fn clear_each(inodes: &mut InodeMap<Arc<InodeRecord>>, clear: impl Fn(&mut InodeRecord)) {
+fn clear_each(inodes: &mut InodeMap<InodeRecord>, clear: impl Fn(&mut InodeRecord)) {
     let ids: Vec<InodeId> = inodes.iter().map(|(id, _)| id).collect();
     for id in ids {
         if let Some(record) = inodes.get_mut(&id) {
-            clear(Arc::make_mut(record));
+            clear(record);
         }
     }
 }

@@ -6,8 +6,6 @@
 //! after the checks skip silently if it is (impossibly) absent rather than
 //! return an error in the middle of a mutation.
 
-use std::sync::Arc;
-
 use super::resolve::{describe_entry, describe_inode, Place};
 use super::{Applied, Holt, InodeRecord, Outcome, Owner, Stamp};
 use crate::command::{EntryRef, InodeRef, RenameMode, SetAttr, XattrFlag};
@@ -547,7 +545,7 @@ impl Holt {
             body: None,
             link: None,
         };
-        self.inodes.insert(id, Arc::new(record));
+        self.inodes.insert(id, record);
         self.put_entry(parent, name.to_string(), id);
         if is_dir {
             // The new directory's `..` is one more link to the parent.

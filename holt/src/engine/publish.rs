@@ -17,7 +17,6 @@
 //! commit builds a [`Plan`]) and only then writes.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -495,7 +494,7 @@ impl Holt {
             body: Some(Box::new(StoredBody::new(plan.body, &mut self.labels))),
             link: None,
         };
-        self.inodes.insert(id, Arc::new(record));
+        self.inodes.insert(id, record);
         self.put_entry(plan.parent, plan.name, id);
         self.set_fields(id, plan.fields);
         self.touch_dir(plan.parent, stamp);

@@ -42,14 +42,13 @@ impl Namespace {
         }
         self.inodes
             .get(&id)
-            .map(|record| &**record)
             .ok_or_else(|| FsError::NotFound(format!("inode {id}")))
     }
 
     /// The record of inode `id` of this shard, to change it (copied first
     /// if a clone of the namespace, e.g. a pin, still shares it).
     pub(crate) fn record_mut(&mut self, id: InodeId) -> Option<&mut InodeRecord> {
-        self.inodes.get_mut(&id).map(std::sync::Arc::make_mut)
+        self.inodes.get_mut(&id)
     }
 
     /// Whether `id` belongs to another shard (for an entry's child: whether

@@ -835,6 +835,8 @@ fn remove_xattr_flags() {
 #[test]
 fn records_stay_small_and_canonical() {
     assert_eq!(std::mem::size_of::<InodeRecord>(), 128);
+    // The inode map's chunks hold `Option<InodeRecord>`: no extra word.
+    assert_eq!(std::mem::size_of::<Option<InodeRecord>>(), 128);
     let mut f = Fixture::new();
     f.ok(mkdir("/d"));
     let id = f.attr("/d").inode;

@@ -416,15 +416,15 @@ fn structurally_inconsistent_states_are_corrupt() {
     let y = InodeId::compose(ShardId(2), 21);
     cycle.next_local = 22;
     let dir = |id: InodeId, parent: InodeId| {
-        let mut record = (*cycle.inodes[&InodeId::root(ShardId(2))]).clone();
+        let mut record = cycle.inodes[&InodeId::root(ShardId(2))].clone();
         record.attr.inode = id;
         record.attr.nlink = 3;
         record.set_parent(Some(parent));
         record
     };
     let (rx, ry) = (dir(x, y), dir(y, x));
-    cycle.inodes.insert(x, rx.into());
-    cycle.inodes.insert(y, ry.into());
+    cycle.inodes.insert(x, rx);
+    cycle.inodes.insert(y, ry);
     cycle.dentries.insert((x, "y".into()), y);
     cycle.dentries.insert((y, "x".into()), x);
     broken.push(cycle);
@@ -497,7 +497,7 @@ fn duplicate_keys_in_a_body_are_corrupt() {
         epoch: holt.epoch,
         last_applied: holt.last_applied,
         next_local: holt.next_local,
-        inodes: holt.inodes.iter().map(|(id, r)| (id, &**r)).collect(),
+        inodes: holt.inodes.iter().collect(),
         dentries: holt.dentries.iter().collect(),
         dedupe: holt
             .dedupe_order
