@@ -907,6 +907,54 @@ impl DockerCluster {
             .await?)
     }
 
+    /// What the host sees of a replica's process, for a run that could not
+    /// finish: the container's state (running, exited, OOM-killed) and,
+    /// for a running one, each thread's scheduler state and kernel wait
+    /// channel from the host's `/proc` (a deadlock shows every thread
+    /// parked in a futex), plus every thread's backtrace if the host has
+    /// `gdb`. Returns a one-line summary and the full text.
+    pub async fn process_report(&self, id: u64) -> Result<(String, String), ClusterError> {
+        let container = &self.node(id)?.container;
+        let state = self
+            .docker
+            .run(&[
+                "inspect",
+                "-f",
+                "{{.State.Status}} oom_killed={{.State.OOMKilled}} exit={{.State.ExitCode}} pid={{.State.Pid}}",
+                container,
+            ])
+            .await?;
+        let pid = state
+            .rsplit("pid=")
+            .next()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|&p| p > 0);
+        let Some(pid) = pid else {
+            return Ok((format!("node {id}: {state}"), state));
+        };
+        let threads = crate::process::threads_of(pid);
+        let mut waits: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &threads {
+            *waits.entry(format!("{} {}", t.state, t.wchan)).or_default() += 1;
+        }
+        let summary = format!(
+            "node {id}: {state}, {} threads: {}",
+            threads.len(),
+            waits
+                .iter()
+                .map(|(w, n)| format!("{n} {w}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut full = format!("{summary}\n\nthread, state, wait channel:\n");
+        for t in &threads {
+            full.push_str(&format!("{} {} {} {}\n", t.tid, t.name, t.state, t.wchan));
+        }
+        full.push('\n');
+        full.push_str(&crate::process::backtraces(pid).await);
+        Ok((summary, full))
+    }
+
     /// The tail of a replica's log, for failure reports.
     pub async fn logs(&self, id: u64, lines: usize) -> Result<String, ClusterError> {
         Ok(self.docker.logs(&self.node(id)?.container, lines).await?)

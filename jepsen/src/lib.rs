@@ -18,6 +18,7 @@
 pub mod cluster;
 pub mod docker;
 pub mod nemesis;
+pub mod process;
 pub mod record;
 pub mod run;
 pub mod workload;

@@ -92,6 +92,27 @@ impl RunDir {
         }
         errors
     }
+
+    /// `node-N.process.txt`: what the host sees of each replica's process
+    /// ([`DockerCluster::process_report`]), for a run that could not
+    /// finish. Best effort: returns each node's one-line summary, or why
+    /// there is none.
+    pub async fn write_processes(&self, cluster: &DockerCluster) -> Vec<String> {
+        let mut summaries = Vec::new();
+        for id in cluster.node_ids() {
+            match cluster.process_report(id).await {
+                Ok((summary, full)) => {
+                    let path = self.path.join(format!("node-{id}.process.txt"));
+                    if let Err(e) = std::fs::write(&path, full) {
+                        tracing::warn!(error = %e, path = %path.display(), "process report");
+                    }
+                    summaries.push(summary);
+                }
+                Err(e) => summaries.push(format!("node {id}: no process report ({e})")),
+            }
+        }
+        summaries
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //! |                     | (or the cluster did not form at all)                   |
 //! | `summary.json`      | the [`Report`], also of a run that was aborted         |
 //! | `node-N.log`        | each replica's whole log                               |
+//! | `node-N.process.txt`| an aborted run's replica processes as the host saw     |
+//! |                     | them: container state, threads, backtraces (`gdb`)     |
 //!
 //! Whatever the outcome (valid, anomaly, the cluster did not form or did
 //! not settle, Ctrl-C, a harness error or panic), every file whose content exists is
@@ -191,6 +193,10 @@ pub struct Report {
     /// Why the run stopped short of its checks (the cluster did not
     /// settle, Ctrl-C, a harness error or panic); `None`: it finished.
     pub aborted: Option<String>,
+    /// For an aborted run: each replica's container state and threads as
+    /// the host saw them (`node-N.process.txt` has the details).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_processes: Vec<String>,
     /// Every check passed (and, for the register, decided), and the run
     /// was not aborted.
     pub valid: bool,
@@ -226,6 +232,7 @@ impl Report {
             failover_any: Failover::default(),
             liveness: None,
             aborted: None,
+            node_processes: Vec::new(),
             valid: true,
         }
     }
@@ -944,6 +951,9 @@ pub async fn run(config: &RunConfig, interrupt: watch::Receiver<bool>) -> Result
                 .unwrap_or("(no message)");
             report.abort(format!("the harness panicked: {what}"));
         }
+    }
+    if report.aborted.is_some() {
+        report.node_processes = dir.write_processes(&cluster).await;
     }
     for error in dir.write_logs(&cluster).await {
         tracing::warn!(%error, "replica log");

@@ -100,7 +100,10 @@ fn failed_checks(r: &Value) -> String {
         failed.push(("graft_checks", Value::Array(graft)));
     }
     if !r["aborted"].is_null() {
-        failed.push(("aborted", r["aborted"].clone()));
+        failed.push((
+            "aborted",
+            serde_json::json!({"why": r["aborted"], "node_processes": r["node_processes"]}),
+        ));
     }
     if failed.is_empty() {
         return "none".into();
