@@ -285,8 +285,15 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         gate: Gate,
         files: Arc<DataFiles>,
     ) -> Result<Self, LogStoreError> {
-        let logs = db.open_tree(logs_tree(group))?;
-        let meta = db.open_tree(meta_tree(group))?;
+        // Opening a tree that does not exist yet writes (sled records it in
+        // its tree of trees), so it takes the gate like every other write.
+        let (logs, meta) = {
+            let _exclusive = write_gate(&gate);
+            (
+                db.open_tree(logs_tree(group))?,
+                db.open_tree(meta_tree(group))?,
+            )
+        };
         let store = Self {
             db,
             gate,
