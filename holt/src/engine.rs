@@ -62,7 +62,7 @@ mod tests;
 mod tokens;
 
 pub(crate) use index::reverse_links;
-pub(crate) use inode_map::InodeMap;
+pub(crate) use inode_map::{diff_sorted, InodeMap};
 pub(crate) use inode_set::InodeSet;
 pub(crate) use name::Name;
 pub(crate) use publish::Staged;

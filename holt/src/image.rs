@@ -45,7 +45,6 @@
 use std::collections::BTreeMap;
 
 use bincode::Options;
-use imbl::ordmap::DiffItem;
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
@@ -162,13 +161,9 @@ fn diff_to<K: Ord + Clone, V: Clone + PartialEq>(
     current: &OrdMap<K, V>,
     pinned: &OrdMap<K, V>,
 ) -> Vec<(K, Option<V>)> {
-    current
-        .diff(pinned)
-        .map(|item| match item {
-            DiffItem::Add(k, v) => (k.clone(), Some(v.clone())),
-            DiffItem::Update { new: (k, v), .. } => (k.clone(), Some(v.clone())),
-            DiffItem::Remove(k, _) => (k.clone(), None),
-        })
+    crate::engine::diff_sorted(current.iter(), pinned.iter(), |a, b| a == b)
+        .into_iter()
+        .map(|(k, _, v)| (k.clone(), v.cloned()))
         .collect()
 }
 
