@@ -254,7 +254,7 @@ impl Holt {
         let ordered: BTreeSet<_> = self.dedupe_order.iter().collect();
         let consistent = ordered.len() == self.dedupe_order.len()
             && ordered.len() == self.dedupe.len()
-            && ordered.iter().all(|id| self.dedupe.contains_key(id));
+            && ordered.iter().all(|id| self.dedupe.contains_key(*id));
         if !consistent {
             return Err("the dedupe table and its eviction order disagree".into());
         }
