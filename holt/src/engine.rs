@@ -39,6 +39,7 @@ use crate::snapshot::{validate_snapshot_lease, SnapshotId, SnapshotInfo};
 use crate::types::{Attr, Epoch, FileType, Generation, InodeId, LogIndex, RequestId, ShardId};
 use crate::watch::{Event, WatchRetention};
 
+mod dentry_map;
 mod events;
 mod graft;
 #[cfg(test)]
@@ -61,6 +62,7 @@ mod stored_body;
 mod tests;
 mod tokens;
 
+pub(crate) use dentry_map::DentryMap;
 pub(crate) use index::reverse_links;
 pub(crate) use inode_map::{diff_sorted, InodeMap};
 pub(crate) use inode_set::InodeSet;
@@ -270,7 +272,7 @@ pub struct Namespace {
     pub(crate) inodes: InodeMap<InodeRecord>,
     /// `(directory, name) -> child`. Keyed by directory first so a listing is
     /// a range scan.
-    pub(crate) dentries: OrdMap<(InodeId, Name), InodeId>,
+    pub(crate) dentries: DentryMap,
     /// The graft points among `dentries`, by child shard (see
     /// [`crate::graft`]): exactly the entries whose child is another
     /// shard's root. Kept here rather than derived so that a path through a
@@ -393,7 +395,7 @@ impl Holt {
             ns: Namespace {
                 shard: config.shard,
                 inodes: InodeMap::unit(root, root_record),
-                dentries: OrdMap::new(),
+                dentries: DentryMap::default(),
                 grafts: OrdMap::new(),
                 fields: OrdMap::new(),
                 index: OrdSet::new(),

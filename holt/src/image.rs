@@ -51,7 +51,8 @@ use serde::{Deserialize, Serialize};
 use crate::auth::TokenRecord;
 use crate::body::{GcTask, UploadId};
 use crate::engine::{
-    reverse_links, Holt, InodeMap, InodeRecord, LabelPool, Name, Namespace, Outcome, Pin, Staged,
+    reverse_links, DentryMap, Holt, InodeMap, InodeRecord, LabelPool, Name, Namespace, Outcome,
+    Pin, Staged,
 };
 use crate::error::ImageError;
 use crate::fields::FieldSet;
@@ -189,6 +190,16 @@ impl<V: Clone> Patch<InodeId, V> for InodeMap<V> {
     }
 
     fn take(&mut self, key: &InodeId) {
+        self.remove(key);
+    }
+}
+
+impl Patch<(InodeId, Name), InodeId> for DentryMap {
+    fn put(&mut self, key: (InodeId, Name), value: InodeId) {
+        self.insert(key, value);
+    }
+
+    fn take(&mut self, key: &(InodeId, Name)) {
         self.remove(key);
     }
 }
@@ -344,7 +355,7 @@ impl Holt {
                 .map(|pin| PinImage {
                     info: pin.info.clone(),
                     inodes: self.inodes.diff_to(&pin.ns.inodes),
-                    dentries: diff_to(&self.dentries, &pin.ns.dentries),
+                    dentries: self.dentries.diff_to(&pin.ns.dentries),
                 })
                 .collect(),
             next_event: self.next_event,

@@ -233,7 +233,7 @@ impl Holt {
         while let Some(dir) = queue.pop() {
             let children = self
                 .dentries
-                .range((Bound::Included((dir, Name::empty())), Bound::Unbounded))
+                .range_from(Bound::Included((dir, Name::empty())))
                 .take_while(|((parent, _), _)| *parent == dir);
             for (_, child) in children.filter(|(_, child)| !self.is_foreign(**child)) {
                 if seen.insert(*child) && self.directory(*child).is_ok() {

@@ -204,7 +204,7 @@ impl Namespace {
         };
         let mut entries = Vec::new();
         let mut more = false;
-        for ((parent, name), child) in self.dentries.range((start, Bound::Unbounded)) {
+        for ((parent, name), child) in self.dentries.range_from(start) {
             if *parent != id {
                 break;
             }

@@ -109,7 +109,7 @@ impl Namespace {
 
     pub(crate) fn has_children(&self, dir: InodeId) -> bool {
         self.dentries
-            .range((Bound::Included((dir, Name::empty())), Bound::Unbounded))
+            .range_from(Bound::Included((dir, Name::empty())))
             .next()
             .is_some_and(|((parent, _), _)| *parent == dir)
     }
