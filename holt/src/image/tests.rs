@@ -127,6 +127,14 @@ fn sample() -> Holt {
     holt
 }
 
+/// Applies `op` as the next log entry (its index the request id too) and
+/// asserts it succeeded.
+fn run(holt: &mut Holt, op: Op) {
+    let index = holt.last_applied().0 + 1;
+    let outcome = holt.apply(LogIndex(index), &op_command(u128::from(index), op.clone()));
+    assert!(outcome.is_ok(), "{op:?}: {outcome:?}");
+}
+
 fn decode_err(bytes: &[u8]) -> ImageError {
     match Holt::decode_image(bytes) {
         Ok(_) => panic!("decoding should fail"),
@@ -150,12 +158,6 @@ fn round_trip_restores_the_exact_state() {
 #[test]
 fn reverse_links_round_trip_with_pins() {
     let mut holt = Holt::new(HoltConfig::default());
-    let mut index = 0;
-    let mut run = |holt: &mut Holt, op: Op| {
-        index += 1;
-        let outcome = holt.apply(LogIndex(index), &op_command(u128::from(index), op.clone()));
-        assert!(outcome.is_ok(), "{op:?}: {outcome:?}");
-    };
     let inode = |p: &str| InodeRef::Path(p.into());
     let link = |from: &str, to: &str| Op::Link {
         inode: inode(from),
@@ -234,12 +236,6 @@ fn reverse_links_round_trip_with_pins() {
 #[test]
 fn pins_restored_from_an_image_match_entry_by_entry() {
     let mut holt = Holt::new(HoltConfig::default());
-    let mut index = 0;
-    let mut run = |holt: &mut Holt, op: Op| {
-        index += 1;
-        let outcome = holt.apply(LogIndex(index), &op_command(u128::from(index), op.clone()));
-        assert!(outcome.is_ok(), "{op:?}: {outcome:?}");
-    };
     let create = |p: String| Op::Create {
         at: EntryRef::Path(p),
         mode: 0o644,
