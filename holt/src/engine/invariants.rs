@@ -155,7 +155,7 @@ impl Holt {
         if record.parent().is_some() != is_dir {
             return Err(format!("inode {id}: only directories have a parent"));
         }
-        match (attr.file_type, &record.symlink_target) {
+        match (attr.file_type, record.extras.symlink_target()) {
             (FileType::Symlink, Some(target)) => {
                 validate_symlink_target(target).map_err(|e| format!("inode {id}: {e}"))?;
             }
@@ -164,7 +164,7 @@ impl Holt {
             }
             _ => {}
         }
-        for (name, value) in record.xattrs.iter() {
+        for (name, value) in record.extras.xattrs() {
             validate_xattr_name(name)
                 .and_then(|()| validate_xattr_value(value))
                 .map_err(|e| format!("inode {id}: {e}"))?;

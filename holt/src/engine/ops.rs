@@ -413,7 +413,7 @@ impl Holt {
     ) -> Outcome {
         self.refuse_graft_named(inode)?;
         let id = self.inode(inode)?;
-        let present = self.record(id)?.xattrs.contains_key(name);
+        let present = self.record(id)?.extras.has_xattr(name);
         match (flag, present) {
             (XattrFlag::Create, true) => {
                 return Err(FsError::AlreadyExists(format!(
@@ -431,7 +431,7 @@ impl Holt {
         }
 
         if let Some(record) = self.record_mut(id) {
-            record.xattrs.insert(name.to_string(), value.to_vec());
+            record.extras.set_xattr(name.to_string(), value.to_vec());
             touch_change(&mut record.attr, stamp);
         }
         Ok(Applied::Done)
@@ -440,7 +440,7 @@ impl Holt {
     pub(super) fn remove_xattr(&mut self, stamp: Stamp, inode: &InodeRef, name: &str) -> Outcome {
         self.refuse_graft_named(inode)?;
         let id = self.inode(inode)?;
-        if !self.record(id)?.xattrs.contains_key(name) {
+        if !self.record(id)?.extras.has_xattr(name) {
             return Err(FsError::NoData(format!(
                 "xattr {name:?} on {}",
                 describe_inode(inode)
@@ -448,7 +448,7 @@ impl Holt {
         }
 
         if let Some(record) = self.record_mut(id) {
-            record.xattrs.remove(name);
+            record.extras.remove_xattr(name);
             touch_change(&mut record.attr, stamp);
         }
         Ok(Applied::Done)
@@ -539,8 +539,7 @@ impl Holt {
         };
         let record = InodeRecord {
             attr: attr.clone(),
-            symlink_target: new.symlink_target.map(Box::new),
-            xattrs: Default::default(),
+            extras: super::Extras::symlink(new.symlink_target),
             parent: super::MaybeInode::new(is_dir.then_some(parent)),
             body: None,
             link: None,

@@ -488,8 +488,7 @@ impl Holt {
         };
         let record = InodeRecord {
             attr,
-            symlink_target: None,
-            xattrs: Default::default(),
+            extras: super::Extras::default(),
             parent: super::MaybeInode::new(None),
             body: Some(Box::new(StoredBody::new(plan.body, &mut self.labels))),
             link: None,

@@ -108,8 +108,8 @@ impl Namespace {
                 validate_xattr_name(name)?;
                 let id = self.inode(inode)?;
                 self.record(id)?
-                    .xattrs
-                    .get(name)
+                    .extras
+                    .xattr(name)
                     .map(|value| QueryResult::Xattr(value.clone()))
                     .ok_or_else(|| {
                         FsError::NoData(format!("xattr {name:?} on {}", describe_inode(inode)))
@@ -117,7 +117,7 @@ impl Namespace {
             }
             Query::ListXattr { inode } => {
                 let id = self.inode(inode)?;
-                let names = self.record(id)?.xattrs.keys().cloned().collect();
+                let names = self.record(id)?.extras.xattr_names().cloned().collect();
                 Ok(QueryResult::XattrNames(names))
             }
             Query::ReadBody { inode } => self.read_body(inode),
@@ -235,7 +235,7 @@ impl Namespace {
     fn read_link(&self, inode: &InodeRef) -> Result<QueryResult, FsError> {
         let id = self.inode(inode)?;
         let record = self.record(id)?;
-        match (&record.attr.file_type, &record.symlink_target) {
+        match (&record.attr.file_type, record.extras.symlink_target()) {
             (FileType::Symlink, Some(target)) => Ok(QueryResult::Target(target.to_string())),
             _ => Err(FsError::InvalidArgument(format!(
                 "{} is not a symlink",

@@ -248,7 +248,7 @@ impl Namespace {
                     if *hops > MAX_SYMLINK_HOPS {
                         return Err(FsError::Loop(path.to_string()));
                     }
-                    let target = record.symlink_target.as_deref().map_or("", String::as_str);
+                    let target = record.extras.symlink_target().unwrap_or("");
                     if target.starts_with('/') {
                         dir = self.root();
                     }
