@@ -69,7 +69,7 @@ pub(crate) use inode_set::InodeSet;
 pub(crate) use name::Name;
 pub(crate) use publish::Staged;
 pub(crate) use snapshots::Pin;
-pub(crate) use stored_body::{LabelPool, StoredBody};
+pub(crate) use stored_body::{BodyRef, LabelPool, StoredBody};
 
 /// Static configuration of one engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +148,8 @@ pub(crate) struct InodeRecord {
     parent: MaybeInode,
     /// The published body, for regular files only; `None` until the first
     /// publish (such a file has generation 0 and its size is metadata only).
-    /// Compacted (see `stored_body`); encoded as a [`crate::Body`].
+    /// Compacted (see `stored_body`): its size and generation are `attr`'s,
+    /// [`InodeRecord::body`] joins them. Encoded as a [`crate::Body`].
     pub(crate) body: Option<Box<StoredBody>>,
     /// The inode's local entry `(directory, name)` if it has exactly one
     /// (see `index`): derived, not encoded.
@@ -164,7 +165,7 @@ struct RecordImage {
     symlink_target: Option<String>,
     xattrs: BTreeMap<String, Vec<u8>>,
     parent: MaybeInode,
-    body: Option<Box<StoredBody>>,
+    body: Option<crate::Body>,
 }
 
 impl Serialize for InodeRecord {
@@ -178,7 +179,7 @@ impl Serialize for InodeRecord {
             None => record.serialize_field("xattrs", &BTreeMap::<String, Vec<u8>>::new())?,
         }
         record.serialize_field("parent", &self.parent)?;
-        record.serialize_field("body", &self.body)?;
+        record.serialize_field("body", &self.body())?;
         record.end()
     }
 }
@@ -186,6 +187,20 @@ impl Serialize for InodeRecord {
 impl<'de> Deserialize<'de> for InodeRecord {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let image = RecordImage::deserialize(deserializer)?;
+        let body = match image.body {
+            None => None,
+            Some(body) => {
+                if (body.size, body.generation) != (image.attr.size, image.attr.generation) {
+                    return Err(serde::de::Error::custom(format!(
+                        "inode {}: body and attributes disagree",
+                        image.attr.inode
+                    )));
+                }
+                Some(Box::new(
+                    StoredBody::decode(body).map_err(serde::de::Error::custom)?,
+                ))
+            }
+        };
         let mut extras = Extras::symlink(image.symlink_target);
         for (name, value) in image.xattrs {
             extras.set_xattr(name, value);
@@ -194,13 +209,19 @@ impl<'de> Deserialize<'de> for InodeRecord {
             attr: image.attr,
             extras,
             parent: image.parent,
-            body: image.body,
+            body,
             link: None,
         })
     }
 }
 
 impl InodeRecord {
+    /// The published body with its size and generation (from `attr`).
+    pub(crate) fn body(&self) -> Option<BodyRef<'_>> {
+        let body = self.body.as_deref()?;
+        Some(body.with(self.attr.size, self.attr.generation))
+    }
+
     pub(crate) fn parent(&self) -> Option<InodeId> {
         self.parent.get()
     }

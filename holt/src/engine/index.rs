@@ -327,7 +327,7 @@ impl Namespace {
                 continue;
             };
             for path in self.paths_below(*inode, dir, usize::MAX) {
-                let body = record.body.as_ref().map(|b| self.summary(*inode, b));
+                let body = record.body().map(|b| self.summary(*inode, b));
                 bytes += 128 + path.len() + body.as_ref().map_or(0, |b| b.approx_bytes());
                 hits.push(IndexedHit {
                     path,
@@ -379,7 +379,7 @@ impl Namespace {
     }
 
     /// A body's summary with the file's field set.
-    pub(crate) fn summary(&self, inode: InodeId, body: &super::StoredBody) -> BodySummary {
+    pub(crate) fn summary(&self, inode: InodeId, body: super::BodyRef<'_>) -> BodySummary {
         let mut s = body.summary();
         s.fields = self.fields.get(&inode).cloned();
         s

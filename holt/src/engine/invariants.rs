@@ -294,11 +294,9 @@ impl Holt {
             if attr.file_type != FileType::File {
                 return Err(format!("inode {id}: only files have bodies"));
             }
+            let body = body.with(attr.size, attr.generation);
             let blocks = body.validate().map_err(|e| format!("inode {id}: {e}"))?;
             self.check_body(id, body.generation, &blocks, &mut generations)?;
-            if body.generation != attr.generation || body.size != attr.size {
-                return Err(format!("inode {id}: body and attributes disagree"));
-            }
             for block in blocks {
                 if live_keys.contains(&block.key) {
                     return Err(format!("block key {:?} is live twice", block.key));

@@ -565,7 +565,7 @@ impl Holt {
         if nlink <= 1 {
             if let Some(record) = self.inodes.remove(&id) {
                 self.drop_fields(id);
-                self.retire_blocks(id, record.body.as_deref(), &Default::default(), stamp);
+                self.retire_blocks(id, record.body(), &Default::default(), stamp);
             }
         } else if let Some(record) = self.record_mut(id) {
             record.attr.nlink = nlink - 1;

@@ -378,7 +378,7 @@ impl Holt {
         };
         let body = file
             .and_then(|id| self.inodes.get(&id))
-            .and_then(|record| record.body.as_ref());
+            .and_then(|record| record.body());
         // An upload may only append to a body older than itself: a body
         // of generation n holds keys of generations <= n (what the image
         // checks), so keeping blocks of a later generation, published
@@ -448,22 +448,28 @@ impl Holt {
                 // Blocks the new body keeps from the old one stay live.
                 let kept: BTreeSet<String> =
                     plan.body.blocks.iter().map(|b| b.key.clone()).collect();
+                let (size, generation) = (plan.body.size, plan.body.generation);
                 let body = StoredBody::new(plan.body, &mut self.labels);
+                // The old body with the size and generation it had.
                 let mut old = None;
                 let mut found = false;
                 if let Some(record) = self.record_mut(id) {
                     let attr = &mut record.attr;
-                    attr.size = body.size;
-                    attr.generation = body.generation;
+                    let was = (attr.size, attr.generation);
+                    attr.size = size;
+                    attr.generation = generation;
                     attr.mtime_ns = stamp.time_ns;
                     touch_change(attr, stamp);
-                    old = record.body.replace(Box::new(body));
+                    old = record.body.replace(Box::new(body)).map(|old| (old, was));
                     found = true;
                 }
                 if found {
                     self.set_fields(id, plan.fields);
                 }
-                self.retire_blocks(id, old.as_deref(), &kept, stamp);
+                let old = old
+                    .as_ref()
+                    .map(|(body, (size, generation))| body.with(*size, *generation));
+                self.retire_blocks(id, old, &kept, stamp);
                 return id;
             }
             Target::Create(id) => id,
@@ -576,7 +582,7 @@ impl Holt {
     pub(super) fn retire_blocks(
         &mut self,
         inode: InodeId,
-        body: Option<&StoredBody>,
+        body: Option<super::BodyRef<'_>>,
         kept: &BTreeSet<String>,
         stamp: Stamp,
     ) {
@@ -675,7 +681,7 @@ impl Holt {
     pub fn live_blocks(&self) -> Vec<(InodeId, Generation, BlockRef)> {
         self.inodes
             .iter()
-            .filter_map(|(id, record)| record.body.as_ref().map(|body| (id, body)))
+            .filter_map(|(id, record)| record.body().map(|body| (id, body)))
             .flat_map(|(id, body)| body.blocks().map(move |block| (id, body.generation, block)))
             .collect()
     }

@@ -1371,3 +1371,46 @@ fn an_append_to_a_body_newer_than_the_upload_is_refused() {
     let image = f.holt.encode_image();
     assert_eq!(Holt::decode_image(&image).expect("decode"), f.holt);
 }
+
+/// A record holds its body's size and generation once (in its attributes),
+/// yet encodes the body whole, as a `Body` with both: so a record whose
+/// encoded body disagrees with its attributes must not decode (it would
+/// otherwise come back with the attributes' numbers, silently).
+#[test]
+fn a_record_whose_encoded_body_disagrees_with_its_attributes_does_not_decode() {
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        attr: &'a Attr,
+        symlink_target: Option<String>,
+        xattrs: BTreeMap<String, Vec<u8>>,
+        parent: Option<InodeId>,
+        body: Option<Body>,
+    }
+    let mut f = Fixture::new();
+    let (_, attr) = f.publish("/f", PublishMode::CreateOnly, &[4, 3]);
+    let body = f.read_body("/f").1.expect("a body");
+    let record = f.holt.record(attr.inode).expect("a record").clone();
+    let encode = |body: &Body| {
+        bincode::serialize(&Record {
+            attr: &attr,
+            symlink_target: None,
+            xattrs: BTreeMap::new(),
+            parent: None,
+            body: Some(body.clone()),
+        })
+        .expect("encode")
+    };
+    let bytes = bincode::serialize(&record).expect("encode");
+    assert_eq!(bytes, encode(&body), "a record encodes its body whole");
+    let decoded: InodeRecord = bincode::deserialize(&bytes).expect("decode");
+    assert_eq!(decoded.body().map(|b| b.to_body()), Some(body.clone()));
+    let mut larger = body.clone();
+    larger.size += 1;
+    let mut later = body.clone();
+    later.generation = Generation(body.generation.0 + 1);
+    for other in [larger, later] {
+        let refused = bincode::deserialize::<InodeRecord>(&encode(&other))
+            .expect_err("a body that disagrees with its record");
+        assert!(refused.to_string().contains("disagree"), "{refused}");
+    }
+}

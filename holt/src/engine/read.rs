@@ -89,7 +89,7 @@ impl Namespace {
                     let body = self
                         .inodes
                         .get(&id)
-                        .and_then(|record| record.body.as_ref())
+                        .and_then(|record| record.body())
                         .map(|body| self.summary(id, body));
                     bytes += 128 + entry.name.len() + body.as_ref().map_or(0, |b| b.approx_bytes());
                     page.push((entry, body));
@@ -159,7 +159,7 @@ impl Namespace {
         match record.attr.file_type {
             FileType::File => Ok(QueryResult::Body {
                 attr: record.attr.clone(),
-                body: record.body.as_deref().map(super::StoredBody::to_body),
+                body: record.body().map(|body| body.to_body()),
             }),
             FileType::Directory => Err(FsError::IsADirectory(describe_inode(inode))),
             FileType::Symlink => Err(FsError::InvalidArgument(format!(

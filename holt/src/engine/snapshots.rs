@@ -214,12 +214,7 @@ fn holds(pin: &Pin, task: &GcTask) -> bool {
     let Some((inode, generation)) = task.body_of else {
         return false;
     };
-    let Some(body) = pin
-        .ns
-        .inodes
-        .get(&inode)
-        .and_then(|record| record.body.as_ref())
-    else {
+    let Some(body) = pin.ns.inodes.get(&inode).and_then(|record| record.body()) else {
         return false;
     };
     if body.generation == generation {

@@ -11,35 +11,47 @@
 //!   four numbers and the digest ([`StoredKey::Sdk`]); any other key as its
 //!   text. A key is compacted only if it prints back exactly as it came;
 //! - a body that is one such block (most small files) as just the block's
-//!   inode and generation ([`Blocks::Whole`]): its index is 0, its digest
-//!   the body's sha256 and its size the body's;
+//!   inode ([`Blocks::Whole`]): its index is 0, its generation, digest and
+//!   size the body's;
+//! - no size or generation: the record's attributes hold both, and
+//!   [`BodyRef`] joins them to the body again;
 //! - no attributes as a null pointer.
 //!
-//! It encodes exactly as [`Body`] does, field for field, so the image
-//! format does not depend on this layout (checked by a test).
+//! A [`BodyRef`] encodes exactly as [`Body`] does, field for field, so the
+//! image format does not depend on this layout (checked by a test).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::ser::{SerializeSeq, SerializeStruct};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use crate::body::{validate_body_parts, BlockRef, Body, BodyParts, BodySummary};
 use crate::error::FsError;
 use crate::types::{Generation, InodeId, ShardId};
 
-/// A published body, compacted. See the module docs.
+/// A published body, compacted. See the module docs. Its size and
+/// generation are not here: the record's attributes hold both (they are
+/// always equal, an invariant check holds it), and [`BodyRef`] pairs them
+/// again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoredBody {
-    pub(crate) generation: Generation,
-    pub(crate) size: u64,
-    pub(crate) published_ns: u64,
+    published_ns: u64,
     sha256: [u8; 32],
     labels: Arc<Labels>,
     // The box is the point: null when there are none (8 bytes, not 24).
     #[allow(clippy::box_collection)]
     attrs: Option<Box<BTreeMap<String, String>>>,
     blocks: Blocks,
+}
+
+/// A [`StoredBody`] with the size and generation its record holds for it:
+/// everything a [`Body`] says.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyRef<'a> {
+    body: &'a StoredBody,
+    pub(crate) size: u64,
+    pub(crate) generation: Generation,
 }
 
 /// Content type and producer, shared between bodies through [`LabelPool`].
@@ -53,11 +65,10 @@ pub(crate) struct Labels {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Blocks {
     /// One block that is the whole body, named as the SDK names it:
-    /// `blocks/{shard}/{inode local}/{generation}/00000000.{body sha256}`.
-    Whole {
-        inode: InodeId,
-        generation: Generation,
-    },
+    /// `blocks/{shard}/{inode local}/{body generation}/00000000.{body sha256}`.
+    /// (The inode is the upload's, not always the file's: a publish that
+    /// replaces a file keeps its inode.)
+    Whole { inode: InodeId },
     /// Any other plan: none, several, or one named otherwise.
     Listed(Box<[StoredBlock]>),
 }
@@ -213,19 +224,28 @@ impl StoredBody {
     /// Compacts `body`, sharing its labels through `pool`. The body has
     /// passed validation, so its sha256 is 64 lowercase hex digits; were
     /// it not, it is kept as zeros and the image check would refuse the
-    /// state (`check_body` validates the expanded body).
+    /// state (`check_body` validates the expanded body). Its size and
+    /// generation are the caller's to keep (in the record's attributes).
     pub(crate) fn new(body: Body, pool: &mut LabelPool) -> StoredBody {
         let labels = pool.share(&body.content_type, &body.producer);
         StoredBody::with_labels(body, labels)
     }
 
-    /// With labels of its own (decoding; the decoder shares them after).
-    fn unpooled(mut body: Body) -> StoredBody {
+    /// Decodes what a [`Body`] encodes (labels of its own: the image
+    /// decoder shares them after), refusing a sha256 that is not 64
+    /// lowercase hex digits, which the compact form cannot hold.
+    pub(crate) fn decode(mut body: Body) -> Result<StoredBody, String> {
+        if parse_sha256(&body.sha256).is_none() {
+            return Err(format!(
+                "body sha256 {} is not 64 lowercase hex digits",
+                crate::path::preview(&body.sha256)
+            ));
+        }
         let labels = Arc::new(Labels {
             content_type: std::mem::take(&mut body.content_type).into_boxed_str(),
             producer: std::mem::take(&mut body.producer).into_boxed_str(),
         });
-        StoredBody::with_labels(body, labels)
+        Ok(StoredBody::with_labels(body, labels))
     }
 
     fn with_labels(body: Body, labels: Arc<Labels>) -> StoredBody {
@@ -237,7 +257,9 @@ impl StoredBody {
                     generation,
                     index: 0,
                     digest,
-                } if digest == sha256 => Some(Blocks::Whole { inode, generation }),
+                } if digest == sha256 && generation == body.generation => {
+                    Some(Blocks::Whole { inode })
+                }
                 _ => None,
             },
             _ => None,
@@ -245,13 +267,20 @@ impl StoredBody {
         let blocks = whole
             .unwrap_or_else(|| Blocks::Listed(body.blocks.iter().map(StoredBlock::new).collect()));
         StoredBody {
-            generation: body.generation,
-            size: body.size,
             published_ns: body.published_ns,
             sha256,
             labels,
             attrs: (!body.attrs.is_empty()).then(|| Box::new(body.attrs)),
             blocks,
+        }
+    }
+
+    /// This body as the record with `size` and `generation` holds it.
+    pub(crate) fn with(&self, size: u64, generation: Generation) -> BodyRef<'_> {
+        BodyRef {
+            body: self,
+            size,
+            generation,
         }
     }
 
@@ -267,18 +296,20 @@ impl StoredBody {
             Blocks::Listed(blocks) => blocks.len(),
         }
     }
+}
 
+impl<'a> BodyRef<'a> {
     /// The blocks, with their keys spelled out.
-    pub(crate) fn blocks(&self) -> impl Iterator<Item = BlockRef> + '_ {
-        let (whole, listed) = match &self.blocks {
-            Blocks::Whole { inode, generation } => {
+    pub(crate) fn blocks(self) -> impl Iterator<Item = BlockRef> + 'a {
+        let (whole, listed) = match &self.body.blocks {
+            Blocks::Whole { inode } => {
                 let block = StoredBlock {
                     size: self.size,
                     key: StoredKey::Sdk {
                         inode: *inode,
-                        generation: *generation,
+                        generation: self.generation,
                         index: 0,
-                        digest: self.sha256,
+                        digest: self.body.sha256,
                     },
                 };
                 (Some(block.to_ref()), &[][..])
@@ -292,48 +323,48 @@ impl StoredBody {
 
     /// Checks the body as a command's is checked
     /// ([`validate_body_parts`]); its blocks, spelled out.
-    pub(crate) fn validate(&self) -> Result<Vec<BlockRef>, FsError> {
+    pub(crate) fn validate(self) -> Result<Vec<BlockRef>, FsError> {
         static NO_ATTRS: BTreeMap<String, String> = BTreeMap::new();
         let blocks: Vec<BlockRef> = self.blocks().collect();
-        let sha256 = hex_digits(&self.sha256);
+        let sha256 = hex_digits(&self.body.sha256);
         validate_body_parts(BodyParts {
             size: self.size,
             blocks: &blocks,
             sha256: std::str::from_utf8(&sha256).unwrap_or_default(),
-            content_type: &self.labels.content_type,
-            producer: &self.labels.producer,
-            attrs: self.attrs.as_deref().unwrap_or(&NO_ATTRS),
+            content_type: &self.body.labels.content_type,
+            producer: &self.body.labels.producer,
+            attrs: self.body.attrs.as_deref().unwrap_or(&NO_ATTRS),
         })?;
         Ok(blocks)
     }
 
-    pub(crate) fn sha256(&self) -> String {
-        hex_string(&self.sha256)
+    pub(crate) fn sha256(self) -> String {
+        hex_string(&self.body.sha256)
     }
 
-    pub(crate) fn to_body(&self) -> Body {
+    pub(crate) fn to_body(self) -> Body {
         Body {
             generation: self.generation,
             size: self.size,
             blocks: self.blocks().collect(),
             sha256: self.sha256(),
-            content_type: self.labels.content_type.to_string(),
-            producer: self.labels.producer.to_string(),
-            attrs: self.attrs.as_deref().cloned().unwrap_or_default(),
-            published_ns: self.published_ns,
+            content_type: self.body.labels.content_type.to_string(),
+            producer: self.body.labels.producer.to_string(),
+            attrs: self.body.attrs.as_deref().cloned().unwrap_or_default(),
+            published_ns: self.body.published_ns,
         }
     }
 
-    pub(crate) fn summary(&self) -> BodySummary {
+    pub(crate) fn summary(self) -> BodySummary {
         BodySummary {
             generation: self.generation,
             size: self.size,
-            blocks: u32::try_from(self.block_count()).unwrap_or(u32::MAX),
+            blocks: u32::try_from(self.body.block_count()).unwrap_or(u32::MAX),
             sha256: self.sha256(),
-            content_type: self.labels.content_type.to_string(),
-            producer: self.labels.producer.to_string(),
-            attrs: self.attrs.as_deref().cloned().unwrap_or_default(),
-            published_ns: self.published_ns,
+            content_type: self.body.labels.content_type.to_string(),
+            producer: self.body.labels.producer.to_string(),
+            attrs: self.body.attrs.as_deref().cloned().unwrap_or_default(),
+            published_ns: self.body.published_ns,
             fields: None,
         }
     }
@@ -341,12 +372,12 @@ impl StoredBody {
 
 /// Encodes as [`Body`]: the same fields in the same order, the key and
 /// the sha256 spelled out.
-impl Serialize for StoredBody {
+impl Serialize for BodyRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct BlocksOut<'a>(&'a StoredBody);
+        struct BlocksOut<'a>(&'a BodyRef<'a>);
         impl Serialize for BlocksOut<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut seq = serializer.serialize_seq(Some(self.0.block_count()))?;
+                let mut seq = serializer.serialize_seq(Some(self.0.body.block_count()))?;
                 for block in self.0.blocks() {
                     seq.serialize_element(&block)?;
                 }
@@ -354,33 +385,18 @@ impl Serialize for StoredBody {
             }
         }
         let no_attrs = BTreeMap::new();
+        let body = self.body;
         let mut s = serializer.serialize_struct("Body", 8)?;
         s.serialize_field("generation", &self.generation)?;
         s.serialize_field("size", &self.size)?;
         s.serialize_field("blocks", &BlocksOut(self))?;
-        let sha256 = hex_digits(&self.sha256);
+        let sha256 = hex_digits(&body.sha256);
         s.serialize_field("sha256", std::str::from_utf8(&sha256).unwrap_or_default())?;
-        s.serialize_field("content_type", &*self.labels.content_type)?;
-        s.serialize_field("producer", &*self.labels.producer)?;
-        s.serialize_field("attrs", self.attrs.as_deref().unwrap_or(&no_attrs))?;
-        s.serialize_field("published_ns", &self.published_ns)?;
+        s.serialize_field("content_type", &*body.labels.content_type)?;
+        s.serialize_field("producer", &*body.labels.producer)?;
+        s.serialize_field("attrs", body.attrs.as_deref().unwrap_or(&no_attrs))?;
+        s.serialize_field("published_ns", &body.published_ns)?;
         s.end()
-    }
-}
-
-/// Decodes what [`Body`] encodes, refusing a sha256 that is not 64
-/// lowercase hex digits (the compact form cannot hold one). Labels are not
-/// shared yet: the image decoder shares them ([`StoredBody::share_labels`]).
-impl<'de> Deserialize<'de> for StoredBody {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let body = Body::deserialize(deserializer)?;
-        if parse_sha256(&body.sha256).is_none() {
-            return Err(serde::de::Error::custom(format!(
-                "body sha256 {} is not 64 lowercase hex digits",
-                crate::path::preview(&body.sha256)
-            )));
-        }
-        Ok(StoredBody::unpooled(body))
     }
 }
 
@@ -497,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_body_encodes_and_decodes_as_the_body_it_holds() {
+    fn a_stored_body_with_its_size_and_generation_encodes_and_decodes_as_the_body_it_holds() {
         let mut pool = LabelPool::default();
         let sdk = format!("blocks/0/5/7/00000000.{SHA}");
         let sdk2 = format!("blocks/0/5/6/00000001.{SHA}");
@@ -512,7 +528,10 @@ mod tests {
         second_block.blocks[0].key = format!("blocks/0/5/7/00000001.{SHA}");
         let mut short_block = whole.clone();
         short_block.size += 1;
-        for listed in [&second_block, &short_block] {
+        // The block's generation is not the body's: the key must say it.
+        let mut other_generation = whole.clone();
+        other_generation.blocks[0].key = format!("blocks/0/5/6/00000000.{SHA}");
+        for listed in [&second_block, &short_block, &other_generation] {
             let stored = StoredBody::new(listed.clone(), &mut pool);
             assert!(matches!(stored.blocks, Blocks::Listed(_)));
         }
@@ -522,28 +541,29 @@ mod tests {
             whole,
             second_block,
             short_block,
+            other_generation,
             body(&[&sdk2, &sdk, "x/y"], ""),
             with_attrs,
         ] {
             let stored = StoredBody::new(original.clone(), &mut pool);
-            assert_eq!(stored.to_body(), original);
-            let bytes = bincode::serialize(&stored).expect("encode");
+            let view = stored.with(original.size, original.generation);
+            assert_eq!(view.to_body(), original);
+            let bytes = bincode::serialize(&view).expect("encode");
             assert_eq!(bytes, bincode::serialize(&original).expect("encode"));
-            let decoded: StoredBody = bincode::deserialize(&bytes).expect("decode");
-            assert_eq!(decoded, stored);
+            let decoded: Body = bincode::deserialize(&bytes).expect("decode");
+            assert_eq!(StoredBody::decode(decoded), Ok(stored.clone()));
             let mut summary = BodySummary::from(&original);
             summary.fields = None;
-            assert_eq!(stored.summary(), summary);
+            assert_eq!(view.summary(), summary);
         }
     }
 
     #[test]
-    fn a_body_whose_sha256_is_not_hex_does_not_decode() {
+    fn a_body_whose_sha256_is_not_hex_is_refused() {
         let mut bad = body(&[], "t");
         for sha in ["XYZ", &"A".repeat(64), ""] {
             bad.sha256 = sha.into();
-            let bytes = bincode::serialize(&bad).expect("encode");
-            assert!(bincode::deserialize::<StoredBody>(&bytes).is_err(), "{sha}");
+            assert!(StoredBody::decode(bad.clone()).is_err(), "{sha}");
         }
     }
 

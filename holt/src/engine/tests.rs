@@ -837,6 +837,9 @@ fn records_stay_small_and_canonical() {
     assert_eq!(std::mem::size_of::<InodeRecord>(), 120);
     // The inode map's chunks hold `Option<InodeRecord>`: no extra word.
     assert_eq!(std::mem::size_of::<Option<InodeRecord>>(), 120);
+    // A body without the size and generation its record holds, and a
+    // whole-body block as one inode beside the list's pointer.
+    assert_eq!(std::mem::size_of::<super::StoredBody>(), 72);
     let mut f = Fixture::new();
     f.ok(mkdir("/d"));
     let id = f.attr("/d").inode;

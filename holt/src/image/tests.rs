@@ -652,23 +652,25 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
         .find(|(_, record)| record.body.is_some())
         .map(|(id, _)| id)
         .expect("sample has a published file");
-    let body = |holt: &mut Holt| {
-        holt.record_mut(published)
-            .and_then(|record| record.body.as_mut())
+    let body = |holt: &Holt| {
+        holt.record(published)
+            .ok()
+            .and_then(|record| record.body())
             .expect("body")
-            .clone()
+            .to_body()
     };
     // (A sha256 that is not hex cannot even be held in memory: decoding
-    // refuses it, see `stored_body`'s tests.)
+    // refuses it, see `stored_body`'s tests; nor can a body whose size or
+    // generation differs from its record's, see `engine`'s.) The record's
+    // size and generation follow the edited body.
     let edit_body = |change: &dyn Fn(&mut crate::body::Body)| {
         let mut holt = valid.clone();
-        if let Some(stored) = holt
-            .record_mut(published)
-            .and_then(|record| record.body.as_mut())
-        {
-            let mut body = stored.to_body();
-            change(&mut body);
-            **stored = StoredBody::new(body, &mut LabelPool::default());
+        let mut edited = body(&holt);
+        change(&mut edited);
+        if let Some(record) = holt.record_mut(published) {
+            record.attr.size = edited.size;
+            record.attr.generation = edited.generation;
+            record.body = Some(Box::new(StoredBody::new(edited, &mut LabelPool::default())));
         }
         holt
     };
@@ -681,7 +683,7 @@ fn broken_publish_states(valid: &Holt) -> Vec<Holt> {
 
     // A live key also queued for deletion.
     let mut queued_live = valid.clone();
-    let live_key = body(&mut queued_live).blocks().next().expect("a block").key;
+    let live_key = body(&queued_live).blocks[0].key.clone();
     queued_live.gc.insert(
         9,
         crate::body::GcTask {
