@@ -62,7 +62,7 @@ mod stored_body;
 mod tests;
 mod tokens;
 
-pub(crate) use dentry_map::DentryMap;
+pub(crate) use dentry_map::{DentryMap, EntryProbe};
 pub(crate) use index::reverse_links;
 pub(crate) use inode_map::{diff_sorted, InodeMap};
 pub(crate) use inode_set::InodeSet;
@@ -201,13 +201,9 @@ impl<'de> Deserialize<'de> for InodeRecord {
                 ))
             }
         };
-        let mut extras = Extras::symlink(image.symlink_target);
-        for (name, value) in image.xattrs {
-            extras.set_xattr(name, value);
-        }
         Ok(InodeRecord {
             attr: image.attr,
-            extras,
+            extras: Extras::new(image.symlink_target, image.xattrs),
             parent: image.parent,
             body,
             link: None,
@@ -277,10 +273,16 @@ struct ExtrasInner {
 impl Extras {
     /// A symlink's (or, with `None`, any other inode's) extras.
     pub(crate) fn symlink(target: Option<String>) -> Extras {
-        Extras(target.map(|target| {
+        Extras::new(target, BTreeMap::new())
+    }
+
+    /// Extras of both kinds: null if there are neither.
+    fn new(symlink_target: Option<String>, xattrs: BTreeMap<String, Vec<u8>>) -> Extras {
+        let any = symlink_target.is_some() || !xattrs.is_empty();
+        Extras(any.then(|| {
             Box::new(ExtrasInner {
-                symlink_target: Some(target),
-                xattrs: BTreeMap::new(),
+                symlink_target,
+                xattrs,
             })
         }))
     }

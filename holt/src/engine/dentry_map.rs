@@ -1,10 +1,12 @@
 //! [`DentryMap`]: the directory entries, `(directory, name) -> child`,
 //! packed up to thirty-two to a chunk.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
+use equivalent::{Comparable, Equivalent};
 use imbl::OrdMap;
 
 use super::diff_sorted;
@@ -47,6 +49,27 @@ pub(crate) struct DentryMap {
     len: usize,
 }
 
+/// Where `key` is in `chunk`, or where it would go.
+fn position<Q: Comparable<DentryKey> + ?Sized>(chunk: &Chunk, key: &Q) -> Result<usize, usize> {
+    chunk.binary_search_by(|(k, _)| key.compare(k).reverse())
+}
+
+/// A borrowed `(directory, name)`, to look an entry up without building a
+/// [`Name`] (an allocation) for it. Compares as the key it stands for.
+pub(crate) struct EntryProbe<'a>(pub(crate) InodeId, pub(crate) &'a str);
+
+impl Equivalent<DentryKey> for EntryProbe<'_> {
+    fn equivalent(&self, key: &DentryKey) -> bool {
+        self.0 == key.0 && self.1 == key.1.as_str()
+    }
+}
+
+impl Comparable<DentryKey> for EntryProbe<'_> {
+    fn compare(&self, key: &DentryKey) -> Ordering {
+        (self.0, self.1).cmp(&(key.0, key.1.as_str()))
+    }
+}
+
 impl DentryMap {
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -54,13 +77,17 @@ impl DentryMap {
 
     /// The chunk that would hold `key`: the last one starting at or before
     /// it.
-    fn chunk_for(&self, key: &DentryKey) -> Option<(&DentryKey, &Arc<Chunk>)> {
+    fn chunk_for<Q: Comparable<DentryKey> + ?Sized>(
+        &self,
+        key: &Q,
+    ) -> Option<(&DentryKey, &Arc<Chunk>)> {
         self.chunks.get_prev(key)
     }
 
-    pub(crate) fn get(&self, key: &DentryKey) -> Option<&InodeId> {
+    /// The child under `key`: a [`DentryKey`] or an [`EntryProbe`].
+    pub(crate) fn get<Q: Comparable<DentryKey> + ?Sized>(&self, key: &Q) -> Option<&InodeId> {
         let (_, chunk) = self.chunk_for(key)?;
-        let at = chunk.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let at = position(chunk, key).ok()?;
         Some(&chunk[at].1)
     }
 
@@ -71,10 +98,7 @@ impl DentryMap {
         let target = self
             .chunk_for(&key)
             .or_else(|| self.chunks.get_min().map(|(first, chunk)| (first, chunk)))
-            .map(|(first, chunk)| {
-                let at = chunk.binary_search_by(|(k, _)| k.cmp(&key));
-                (first.clone(), at, chunk.len())
-            });
+            .map(|(first, chunk)| (first.clone(), position(chunk, &key), chunk.len()));
         let Some((first, at, len)) = target else {
             self.put_chunk(vec![(key, child)]);
             self.len = 1;
@@ -119,16 +143,20 @@ impl DentryMap {
     /// Removes `key`; returns its child.
     pub(crate) fn remove(&mut self, key: &DentryKey) -> Option<InodeId> {
         let (first, chunk) = self.chunk_for(key)?;
-        let at = chunk.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let at = position(chunk, key).ok()?;
         let (first, len) = (first.clone(), chunk.len());
-        self.len -= 1;
         if at > 0 && len > SMALL {
             let chunk = self.chunks.get_mut(&first)?;
-            return Some(Arc::make_mut(chunk).remove(at).1);
+            let (_, child) = Arc::make_mut(chunk).remove(at);
+            self.len -= 1;
+            return Some(child);
         }
         let mut entries = self.take_chunk(&first);
         let (_, child) = entries.remove(at);
-        if entries.len() <= SMALL {
+        self.len -= 1;
+        // A small chunk joins its successor if both fit in one (an empty
+        // one has nothing to join: it just goes).
+        if !entries.is_empty() && entries.len() <= SMALL {
             let next = self
                 .chunks
                 .get_next(&first)
@@ -325,6 +353,8 @@ mod tests {
                     }
                     Step::Remove(d, n) => {
                         let k = key(d, &name(n));
+                        // Looked up by a borrowed probe first, as paths are.
+                        prop_assert_eq!(map.get(&EntryProbe(InodeId(d), &name(n))), model.get(&k));
                         prop_assert_eq!(map.remove(&k), model.remove(&k));
                     }
                     Step::Pin => pins.push((map.clone(), model.clone())),

@@ -93,7 +93,7 @@ impl Holt {
                 let child = pin
                     .ns
                     .dentries
-                    .get(&(graft.parent, Name::from(graft.name.as_str())));
+                    .get(&super::EntryProbe(graft.parent, &graft.name));
                 if *shard == self.shard || child != Some(&InodeId::root(*shard)) {
                     return Err(format!("{id}: its graft registry names a missing graft"));
                 }

@@ -13,7 +13,7 @@
 
 use std::ops::Bound;
 
-use super::{InodeRecord, Name, Namespace};
+use super::{EntryProbe, InodeRecord, Name, Namespace};
 use crate::command::{EntryRef, InodeRef};
 use crate::error::FsError;
 use crate::graft::GraftPoint;
@@ -104,7 +104,7 @@ impl Namespace {
     }
 
     pub(crate) fn child(&self, parent: InodeId, name: &str) -> Option<InodeId> {
-        self.dentries.get(&(parent, Name::from(name))).copied()
+        self.dentries.get(&EntryProbe(parent, name)).copied()
     }
 
     pub(crate) fn has_children(&self, dir: InodeId) -> bool {
