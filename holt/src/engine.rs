@@ -132,8 +132,9 @@ pub struct Stats {
 ///
 /// Kept small because there is one per inode: what most inodes lack sits
 /// behind a pointer (the body, the extended attributes, a symlink's
-/// target), so a directory or an empty file costs its attributes, three
-/// words and its entry (120 bytes, checked by a test). Encoded field by
+/// target), and what can be derived is (a directory's parent is its
+/// entry's directory), so a directory or an empty file costs its
+/// attributes, two pointers and its entry (112 bytes, checked by a test). Encoded field by
 /// field as the plain values (`RecordImage`), so the image format does not
 /// depend on this layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,17 +143,15 @@ pub(crate) struct InodeRecord {
     /// A symlink's target and the extended attributes: one null pointer
     /// for the inodes that have neither.
     pub(crate) extras: Extras,
-    /// The containing directory, for directories only (a directory has
-    /// exactly one name). Needed to resolve `..` in symlink targets and to
-    /// refuse moving a directory into its own subtree. The root points to itself.
-    parent: MaybeInode,
     /// The published body, for regular files only; `None` until the first
     /// publish (such a file has generation 0 and its size is metadata only).
     /// Compacted (see `stored_body`): its size and generation are `attr`'s,
     /// [`InodeRecord::body`] joins them. Encoded as a [`crate::Body`].
     pub(crate) body: Option<Box<StoredBody>>,
     /// The inode's local entry `(directory, name)` if it has exactly one
-    /// (see `index`): derived, not encoded.
+    /// (see `index`): derived, not encoded. A directory has exactly one
+    /// name, so this is also where its parent comes from
+    /// ([`InodeRecord::parent`]).
     pub(crate) link: Option<(InodeId, Name)>,
 }
 
@@ -164,7 +163,9 @@ struct RecordImage {
     attr: Attr,
     symlink_target: Option<String>,
     xattrs: BTreeMap<String, Vec<u8>>,
-    parent: MaybeInode,
+    /// Derived on decode (see [`InodeRecord::parent`]): only its presence
+    /// is checked against the file type.
+    parent: Option<InodeId>,
     body: Option<crate::Body>,
 }
 
@@ -178,7 +179,7 @@ impl Serialize for InodeRecord {
             Some(extras) => record.serialize_field("xattrs", &extras.xattrs)?,
             None => record.serialize_field("xattrs", &BTreeMap::<String, Vec<u8>>::new())?,
         }
-        record.serialize_field("parent", &self.parent)?;
+        record.serialize_field("parent", &self.parent())?;
         record.serialize_field("body", &self.body())?;
         record.end()
     }
@@ -187,6 +188,13 @@ impl Serialize for InodeRecord {
 impl<'de> Deserialize<'de> for InodeRecord {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let image = RecordImage::deserialize(deserializer)?;
+        let is_dir = image.attr.file_type == FileType::Directory;
+        if image.parent.is_some() != is_dir {
+            return Err(serde::de::Error::custom(format!(
+                "inode {}: a parent is recorded for directories, and only for them",
+                image.attr.inode
+            )));
+        }
         let body = match image.body {
             None => None,
             Some(body) => {
@@ -204,7 +212,6 @@ impl<'de> Deserialize<'de> for InodeRecord {
         Ok(InodeRecord {
             attr: image.attr,
             extras: Extras::new(image.symlink_target, image.xattrs),
-            parent: image.parent,
             body,
             link: None,
         })
@@ -218,43 +225,15 @@ impl InodeRecord {
         Some(body.with(self.attr.size, self.attr.generation))
     }
 
+    /// The containing directory, for directories only: the directory of
+    /// its one entry. Needed to resolve `..` in symlink targets and to
+    /// refuse moving a directory into its own subtree. A shard's root,
+    /// which has no entry in its own shard, is its own parent.
     pub(crate) fn parent(&self) -> Option<InodeId> {
-        self.parent.get()
-    }
-
-    pub(crate) fn set_parent(&mut self, parent: Option<InodeId>) {
-        self.parent = MaybeInode::new(parent);
-    }
-}
-
-/// An `Option<InodeId>` in one word: no inode has the number 0 (a shard's
-/// local numbers start at its root's, 1), so 0 stands for none. Encoded as
-/// the `Option`; a decoded `Some(0)` is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MaybeInode(u64);
-
-impl MaybeInode {
-    fn new(inode: Option<InodeId>) -> MaybeInode {
-        MaybeInode(inode.map_or(0, |id| id.0))
-    }
-
-    fn get(self) -> Option<InodeId> {
-        (self.0 != 0).then_some(InodeId(self.0))
-    }
-}
-
-impl Serialize for MaybeInode {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.get().serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for MaybeInode {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match Option::<InodeId>::deserialize(deserializer)? {
-            Some(InodeId(0)) => Err(serde::de::Error::custom("inode 0 does not exist")),
-            inode => Ok(MaybeInode::new(inode)),
+        if self.attr.file_type != FileType::Directory {
+            return None;
         }
+        Some(self.link.as_ref().map_or(self.attr.inode, |(dir, _)| *dir))
     }
 }
 
@@ -453,7 +432,6 @@ impl Holt {
                 version: LogIndex(0),
             },
             extras: Extras::default(),
-            parent: MaybeInode::new(Some(root)),
             body: None,
             link: None,
         };

@@ -315,9 +315,7 @@ impl Holt {
                 attr.nlink = attr.nlink.saturating_sub(1)
             });
             self.update_attr(to_parent, |attr| attr.nlink = attr.nlink.saturating_add(1));
-            if let Some(record) = self.record_mut(source) {
-                record.set_parent(Some(to_parent));
-            }
+            // (Its parent is its entry's directory: moved with the entry.)
         }
         self.update_attr(source, |attr| touch_change(attr, stamp));
         self.touch_dir(from_parent, stamp);
@@ -540,7 +538,6 @@ impl Holt {
         let record = InodeRecord {
             attr: attr.clone(),
             extras: super::Extras::symlink(new.symlink_target),
-            parent: super::MaybeInode::new(is_dir.then_some(parent)),
             body: None,
             link: None,
         };

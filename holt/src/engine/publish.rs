@@ -495,7 +495,6 @@ impl Holt {
         let record = InodeRecord {
             attr,
             extras: super::Extras::default(),
-            parent: super::MaybeInode::new(None),
             body: Some(Box::new(StoredBody::new(plan.body, &mut self.labels))),
             link: None,
         };

@@ -834,9 +834,9 @@ fn remove_xattr_flags() {
 /// image), and a record stays the size its docs promise.
 #[test]
 fn records_stay_small_and_canonical() {
-    assert_eq!(std::mem::size_of::<InodeRecord>(), 120);
+    assert_eq!(std::mem::size_of::<InodeRecord>(), 112);
     // The inode map's chunks hold `Option<InodeRecord>`: no extra word.
-    assert_eq!(std::mem::size_of::<Option<InodeRecord>>(), 120);
+    assert_eq!(std::mem::size_of::<Option<InodeRecord>>(), 112);
     // A body without the size and generation its record holds, and a
     // whole-body block as one inode beside the list's pointer.
     assert_eq!(std::mem::size_of::<super::StoredBody>(), 72);
@@ -850,16 +850,37 @@ fn records_stay_small_and_canonical() {
         f.holt.record(id).expect("a record").extras,
         Extras::default()
     );
-    // The parent encodes as the `Option` it stands for, and a parent
-    // numbered 0 (no inode) does not decode.
-    for parent in [None, Some(InodeId(0x2_0000_0000_0007))] {
-        let bytes = bincode::serialize(&MaybeInode::new(parent)).expect("encode");
-        assert_eq!(bytes, bincode::serialize(&parent).expect("encode"));
-        let decoded: MaybeInode = bincode::deserialize(&bytes).expect("decode");
-        assert_eq!(decoded.get(), parent);
+    // A directory's parent is its entry's directory, through a rename;
+    // the root is its own; a file has none.
+    let parent = |f: &Fixture, p: &str| f.holt.record(f.attr(p).inode).expect("a record").parent();
+    let root = f.attr("/").inode;
+    f.ok(mkdir("/e"));
+    f.ok(create("/e/f"));
+    assert_eq!(parent(&f, "/d"), Some(root));
+    f.ok(rename("/d", "/e/d"));
+    assert_eq!(parent(&f, "/e/d"), Some(f.attr("/e").inode));
+    assert_eq!(parent(&f, "/"), Some(root));
+    assert_eq!(parent(&f, "/e/f"), None);
+    // Encoded as it was when it was a field: an image with a parent for a
+    // file, or none for a directory, does not decode.
+    type PlainRecord = (
+        Attr,
+        Option<String>,
+        BTreeMap<String, Vec<u8>>,
+        Option<InodeId>,
+        Option<u8>,
+    );
+    for (p, wrong) in [("/e/f", Some(root)), ("/e/d", None)] {
+        let record = f.holt.record(f.attr(p).inode).expect("a record");
+        let bytes = bincode::serialize(&record).expect("encode");
+        let mut fields: PlainRecord = bincode::deserialize(&bytes).expect("decode as plain fields");
+        assert_eq!(fields.3, record.parent());
+        fields.3 = wrong;
+        let refused =
+            bincode::deserialize::<InodeRecord>(&bincode::serialize(&fields).expect("encode"))
+                .expect_err("a parent of the wrong shape");
+        assert!(refused.to_string().contains("parent"), "{p}: {refused}");
     }
-    let zero = bincode::serialize(&Some(InodeId(0))).expect("encode");
-    assert!(bincode::deserialize::<MaybeInode>(&zero).is_err());
 }
 
 /// A record encodes as its fields did when the symlink target and the

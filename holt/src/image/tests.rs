@@ -495,14 +495,14 @@ fn structurally_inconsistent_states_are_corrupt() {
     let x = InodeId::compose(ShardId(2), 20);
     let y = InodeId::compose(ShardId(2), 21);
     cycle.next_local = 22;
-    let dir = |id: InodeId, parent: InodeId| {
+    let dir = |id: InodeId, parent: InodeId, name: &str| {
         let mut record = cycle.inodes[&InodeId::root(ShardId(2))].clone();
         record.attr.inode = id;
         record.attr.nlink = 3;
-        record.set_parent(Some(parent));
+        record.link = Some((parent, name.into()));
         record
     };
-    let (rx, ry) = (dir(x, y), dir(y, x));
+    let (rx, ry) = (dir(x, y, "x"), dir(y, x, "y"));
     cycle.inodes.insert(x, rx);
     cycle.inodes.insert(y, ry);
     cycle.dentries.insert((x, "y".into()), y);
