@@ -4,9 +4,14 @@
 # directory, and initializes it. Sets NOKV (the binary), DATA, PIDS (the
 # node processes, in id order) and exports NOKV_ENDPOINTS; everything is
 # stopped and removed when the script exits. Extra `serve` arguments can
-# be given in SERVE_ARGS (an array).
-cargo build --release -p nokv-cli --bin nokv >/dev/null
-NOKV="$PWD/target/release/nokv"
+# be given in SERVE_ARGS (an array). NOKV_BIN=PATH runs that binary
+# instead of building one (to compare two builds back to back).
+if [ -n "${NOKV_BIN:-}" ]; then
+  NOKV="$NOKV_BIN"
+else
+  cargo build --release -p nokv-cli --bin nokv >/dev/null
+  NOKV="$PWD/target/release/nokv"
+fi
 DATA="$(mktemp -d)"
 PIDS=()
 cleanup() {
