@@ -264,24 +264,33 @@ impl Holt {
     }
 
     /// Encodes the complete state. Deterministic: equal states give equal bytes.
+    ///
+    /// Written in place after its header (whose length and checksum are
+    /// filled in last), so that encoding needs one image's worth of memory,
+    /// not two: a snapshot of a large state is hundreds of megabytes.
     pub fn encode_image(&self) -> Vec<u8> {
         // Serializing plain data into a Vec cannot fail: there is no size
         // limit, no I/O, and every sequence has a known length. A tuple is
         // its fields in order, so the version-3 body is a prefix.
-        let body = body_options()
-            .serialize(&(
-                self.image_body(),
-                self.image_grafts(),
-                self.image_fields(),
-                self.tokens.iter().collect::<TokensImageRef<'_>>(),
-            ))
-            .expect("serializing the state into memory is infallible");
-        let mut image = Vec::with_capacity(HEADER_LEN + body.len());
+        let parts = (
+            self.image_body(),
+            self.image_grafts(),
+            self.image_fields(),
+            self.tokens.iter().collect::<TokensImageRef<'_>>(),
+        );
+        let len = body_options()
+            .serialized_size(&parts)
+            .expect("sizing the state in memory is infallible");
+        let mut image = Vec::with_capacity(HEADER_LEN + usize::try_from(len).unwrap_or(0));
         image.extend_from_slice(&IMAGE_MAGIC);
         image.extend_from_slice(&IMAGE_VERSION.to_le_bytes());
-        image.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        image.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        image.extend_from_slice(&body);
+        image.extend_from_slice(&len.to_le_bytes());
+        image.extend_from_slice(&[0; 4]); // the checksum, once the body is there
+        body_options()
+            .serialize_into(&mut image, &parts)
+            .expect("serializing the state into memory is infallible");
+        let crc = crc32fast::hash(&image[HEADER_LEN..]);
+        image[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         image
     }
 

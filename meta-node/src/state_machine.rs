@@ -175,15 +175,42 @@ fn snapshot_write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 /// Encodes a snapshot file: magic, format version, crc32 of the body, body
 /// length, then the bincode body. The archive stores exactly these bytes.
+#[cfg(test)]
 pub(crate) fn encode_snapshot_file(snap: &StoredSnapshot) -> Result<Vec<u8>, bincode::Error> {
     let body = bincode::serialize(snap)?;
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut out = snapshot_header(crc32fast::hash(&body), body.len() as u64).to_vec();
     out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// A snapshot file's header for a body of `len` bytes whose crc32 is `crc`.
+fn snapshot_header(crc: u32, len: u64) -> [u8; SNAPSHOT_HEADER_LEN] {
+    let mut header = [0u8; SNAPSHOT_HEADER_LEN];
+    header[0..8].copy_from_slice(SNAPSHOT_MAGIC);
+    header[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    header[16..24].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+/// Counts and checksums what is written into it: a snapshot's body, sized
+/// and summed without being held in memory.
+#[derive(Default)]
+struct BodyDigest {
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl Write for BodyDigest {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes (and checks) a snapshot file; corrupt input is an error, never a panic.
@@ -247,19 +274,39 @@ fn read_snapshot_file(path: &Path) -> Result<Option<StoredSnapshot>, SnapshotFil
     }
 }
 
-/// Writes `snap` as `dir/current` atomically and durably.
+/// Writes `snap` as `dir/current` atomically and durably, in the format of
+/// [`encode_snapshot_file`] but streamed: the body is serialized twice,
+/// once to size and checksum it for the header and once into the file, so
+/// that no copy of the image (hundreds of megabytes for a large state) is
+/// made on the way.
 fn write_snapshot_file(dir: &Path, snap: &StoredSnapshot) -> std::io::Result<()> {
-    let bytes = encode_snapshot_file(snap).map_err(std::io::Error::other)?;
-    write_snapshot_bytes(dir, &bytes)
+    let mut digest = BodyDigest::default();
+    bincode::serialize_into(&mut digest, snap).map_err(std::io::Error::other)?;
+    let header = snapshot_header(digest.crc.finalize(), digest.len);
+    write_snapshot_with(dir, |file| {
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(&header)?;
+        bincode::serialize_into(&mut out, snap).map_err(std::io::Error::other)?;
+        out.flush()
+    })
 }
 
 /// Writes already encoded snapshot-file `bytes` as `dir/current`
-/// atomically and durably (temp file, fsync, rename, fsync dir).
+/// atomically and durably.
 pub(crate) fn write_snapshot_bytes(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_snapshot_with(dir, |file| file.write_all(bytes))
+}
+
+/// Makes `dir/current` what `write` writes, atomically and durably: a
+/// temporary file, fsync, rename, fsync of the directory.
+fn write_snapshot_with(
+    dir: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = dir.join("current.tmp");
     {
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        write(&mut f)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, dir.join("current"))?;
@@ -490,6 +537,23 @@ mod tests {
         let meta = decode_snapshot_meta(&bytes).expect("meta alone");
         assert_eq!(meta.snapshot_id, "s1");
         assert!(decode_snapshot_meta(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// The file a snapshot is streamed into holds exactly the bytes of
+    /// the encoded form (the archive stores those, and restores write them
+    /// back), for an empty state and for one whose image spans many of the
+    /// writer's buffers.
+    #[test]
+    fn a_streamed_snapshot_file_is_the_encoded_one() {
+        let mut large = sample();
+        large.image = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for snap in [sample(), large] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_snapshot_file(dir.path(), &snap).expect("write");
+            let written = fs::read(dir.path().join("current")).expect("read");
+            assert_eq!(written, encode_snapshot_file(&snap).expect("encode"));
+            assert!(!dir.path().join("current.tmp").exists());
+        }
     }
 
     /// The image is not kept in memory: what a follower or the archiver
