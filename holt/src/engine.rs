@@ -157,16 +157,18 @@ pub(crate) struct InodeRecord {
 
 /// [`InodeRecord`] as the image encodes it: the fields it had before the
 /// symlink target and xattrs moved behind one pointer, in that order.
+/// (Tests also build one to write records the engine would not.)
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(rename = "InodeRecord")]
-struct RecordImage {
-    attr: Attr,
-    symlink_target: Option<String>,
-    xattrs: BTreeMap<String, Vec<u8>>,
+pub(crate) struct RecordImage {
+    pub(crate) attr: Attr,
+    pub(crate) symlink_target: Option<String>,
+    pub(crate) xattrs: BTreeMap<String, Vec<u8>>,
     /// Derived on decode (see [`InodeRecord::parent`]): only its presence
     /// is checked against the file type.
-    parent: Option<InodeId>,
-    body: Option<crate::Body>,
+    pub(crate) parent: Option<InodeId>,
+    pub(crate) body: Option<crate::Body>,
 }
 
 impl Serialize for InodeRecord {

@@ -1378,21 +1378,13 @@ fn an_append_to_a_body_newer_than_the_upload_is_refused() {
 /// otherwise come back with the attributes' numbers, silently).
 #[test]
 fn a_record_whose_encoded_body_disagrees_with_its_attributes_does_not_decode() {
-    #[derive(serde::Serialize)]
-    struct Record<'a> {
-        attr: &'a Attr,
-        symlink_target: Option<String>,
-        xattrs: BTreeMap<String, Vec<u8>>,
-        parent: Option<InodeId>,
-        body: Option<Body>,
-    }
     let mut f = Fixture::new();
     let (_, attr) = f.publish("/f", PublishMode::CreateOnly, &[4, 3]);
     let body = f.read_body("/f").1.expect("a body");
     let record = f.holt.record(attr.inode).expect("a record").clone();
     let encode = |body: &Body| {
-        bincode::serialize(&Record {
-            attr: &attr,
+        bincode::serialize(&super::RecordImage {
+            attr: attr.clone(),
             symlink_target: None,
             xattrs: BTreeMap::new(),
             parent: None,

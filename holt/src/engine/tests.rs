@@ -863,19 +863,13 @@ fn records_stay_small_and_canonical() {
     assert_eq!(parent(&f, "/e/f"), None);
     // Encoded as it was when it was a field: an image with a parent for a
     // file, or none for a directory, does not decode.
-    type PlainRecord = (
-        Attr,
-        Option<String>,
-        BTreeMap<String, Vec<u8>>,
-        Option<InodeId>,
-        Option<u8>,
-    );
     for (p, wrong) in [("/e/f", Some(root)), ("/e/d", None)] {
         let record = f.holt.record(f.attr(p).inode).expect("a record");
         let bytes = bincode::serialize(&record).expect("encode");
-        let mut fields: PlainRecord = bincode::deserialize(&bytes).expect("decode as plain fields");
-        assert_eq!(fields.3, record.parent());
-        fields.3 = wrong;
+        let mut fields: super::RecordImage =
+            bincode::deserialize(&bytes).expect("decode as plain fields");
+        assert_eq!(fields.parent, record.parent());
+        fields.parent = wrong;
         let refused =
             bincode::deserialize::<InodeRecord>(&bincode::serialize(&fields).expect("encode"))
                 .expect_err("a parent of the wrong shape");
@@ -888,14 +882,6 @@ fn records_stay_small_and_canonical() {
 /// back to the same record, for each combination of the two.
 #[test]
 fn records_encode_with_target_and_xattrs_as_separate_fields() {
-    #[derive(Serialize)]
-    struct Separate<'a> {
-        attr: &'a Attr,
-        symlink_target: Option<String>,
-        xattrs: BTreeMap<String, Vec<u8>>,
-        parent: Option<InodeId>,
-        body: Option<u8>,
-    }
     let mut f = Fixture::new();
     f.ok(mkdir("/d"));
     f.ok(symlink("/d/s", "../t"));
@@ -914,8 +900,8 @@ fn records_encode_with_target_and_xattrs_as_separate_fields() {
     ] {
         let id = f.attr(path).inode;
         let record = f.holt.record(id).expect("a record").clone();
-        let separate = Separate {
-            attr: &record.attr,
+        let separate = super::RecordImage {
+            attr: record.attr.clone(),
             symlink_target: target.map(str::to_string),
             xattrs: xattrs
                 .into_iter()
