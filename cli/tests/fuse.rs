@@ -140,18 +140,24 @@ impl Mounted {
     /// Sends `signal` and waits for the process to exit and the mount
     /// point to be released.
     async fn stop(mut self, signal: &str) -> std::process::ExitStatus {
+        let status = self.kill(signal).await;
+        wait_until_unmounted(&self.dir).await;
+        status
+    }
+
+    /// Sends `signal` and waits for the process to exit (not for the mount
+    /// point: the caller may first close what it holds open under it).
+    async fn kill(&mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().expect("the mount process runs");
         let sent = std::process::Command::new("kill")
             .args([signal, &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill {signal} {pid}");
-        let status = tokio::time::timeout(WAIT, self.child.wait())
+        tokio::time::timeout(WAIT, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("nokv mount did not exit after {signal}"))
-            .expect("wait for nokv mount");
-        wait_until_unmounted(&self.dir).await;
-        status
+            .expect("wait for nokv mount")
     }
 }
 
@@ -483,8 +489,12 @@ async fn a_killed_mount_releases_its_mount_point() {
         .open(mount.path("kept"))
         .expect("open for writing");
     std::io::Write::write_all(&mut held, &bytes(80_000, 4)).expect("write, not closed");
-    mount.stop("-KILL").await;
+    let mut mount = mount;
+    mount.kill("-KILL").await;
+    // Our own open file would keep the dead mount busy: close it, then
+    // wait for the release (a CI run once timed out waiting with it open).
     drop(held);
+    wait_until_unmounted(&mount.dir).await;
     let seen = fc
         .cluster
         .must(client.get("/kept", None).await, "read /kept");
