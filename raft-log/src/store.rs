@@ -46,6 +46,20 @@ fn write_gate(gate: &Gate) -> std::sync::RwLockWriteGuard<'_, ()> {
     gate.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Hands this thread's deferred frees to crossbeam-epoch's global queue and runs those
+/// that are safe by now.
+///
+/// sled frees a replaced tree node, and each sealed 512 KiB write buffer, through
+/// crossbeam-epoch's deferred destruction, which parks the free in a bag owned by the
+/// calling thread until 64 have gathered there. Our sled calls run on tokio's blocking
+/// pool and async workers, many threads that each touch sled now and then, so bags sat
+/// part full for good: a leader held ~75 MB of sealed buffers that way at 10^5 files
+/// (docs/benchmarks.md, "the leader's extra memory"). Called after every sled write,
+/// flush and range read here.
+fn release_deferred_frees() {
+    crossbeam_epoch::pin().flush();
+}
+
 /// A durable flush, blocking: sled's flush under the gate's shared side, then the fsync
 /// it leaves out ([`DataFiles::sync`]) outside the gate, so that the next writes need not
 /// wait for the disk. Returns the bytes sled flushed.
@@ -54,6 +68,7 @@ fn flush_now(db: &sled::Db, gate: &Gate, files: &DataFiles) -> Result<usize, Log
         let _shared = read_gate(gate);
         db.flush()?
     };
+    release_deferred_frees();
     files.sync()?;
     Ok(flushed)
 }
@@ -387,6 +402,7 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             let _exclusive = write_gate(&self.gate);
             self.logs.apply_batch(batch)?;
         }
+        release_deferred_frees();
         Ok(removed)
     }
 
@@ -443,7 +459,9 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
         let (meta, gate) = (self.meta.clone(), self.gate.clone());
         tokio::task::spawn_blocking(move || {
             let _exclusive = write_gate(&gate);
-            meta.insert(key, bytes).map(|_| ())
+            let inserted = meta.insert(key, bytes).map(|_| ());
+            release_deferred_frees();
+            inserted
         })
         .await
         .map_err(|e| LogStoreError::Sled(sled::Error::ReportableBug(format!("write task: {e}"))))?
@@ -490,11 +508,14 @@ impl<C: RaftTypeConfig> SledLogStore<C> {
             Some(end) => self.logs.range(log_key(start)..log_key(end)),
             None => self.logs.range(log_key(start)..),
         };
-        iter.map(|item| {
-            let (key, value) = item?;
-            Self::decode_entry(&key, &value)
-        })
-        .collect()
+        let entries = iter
+            .map(|item| {
+                let (key, value) = item?;
+                Self::decode_entry(&key, &value)
+            })
+            .collect();
+        release_deferred_frees();
+        entries
     }
 
     /// Step one of `append`: all entries in one atomic batch, then a flush of the whole db.
