@@ -15,13 +15,27 @@
 //! restored cluster may reuse allocator values, but it starts with an empty
 //! cache (the cache is in memory only).
 //!
+//! Keys are remembered by their SHA-256, 32 bytes however long the key (an
+//! SDK block key is about 90): a full cache held 26 MB of key strings (two
+//! copies each) on a leader, about 10 now. Two keys with one digest would
+//! have to be a SHA-256 collision.
+//!
 //! Must not depend on: the client service (it is a plain bounded map).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use sha2::{Digest, Sha256};
+
 /// Remembered checks kept at most (oldest forgotten first): about 10 MB.
 pub const CAPACITY: usize = 100_000;
+
+/// What a key is remembered by: its SHA-256.
+type KeyDigest = [u8; 32];
+
+fn digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
 
 /// A bounded set of `(key, size)` pairs seen in the store.
 #[derive(Default)]
@@ -31,26 +45,28 @@ pub struct VerifiedBlocks {
 
 #[derive(Default)]
 struct Inner {
-    sizes: HashMap<String, u64>,
-    order: VecDeque<String>,
+    sizes: HashMap<KeyDigest, u64>,
+    order: VecDeque<KeyDigest>,
 }
 
 impl VerifiedBlocks {
     /// Was `key` seen with exactly `size` bytes?
     pub fn contains(&self, key: &str, size: u64) -> bool {
+        let key = digest(key);
         self.inner
             .lock()
-            .map(|i| i.sizes.get(key) == Some(&size))
+            .map(|i| i.sizes.get(&key) == Some(&size))
             .unwrap_or(false)
     }
 
     /// Remembers that `key` exists with `size` bytes.
     pub fn insert(&self, key: &str, size: u64) {
+        let key = digest(key);
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if inner.sizes.insert(key.to_string(), size).is_none() {
-            inner.order.push_back(key.to_string());
+        if inner.sizes.insert(key, size).is_none() {
+            inner.order.push_back(key);
         }
         while inner.order.len() > CAPACITY {
             if let Some(old) = inner.order.pop_front() {
